@@ -1,0 +1,18 @@
+"""LaME — latent-reasoning multimodal embeddings in one forward pass.
+
+``lame.load(ckpt).encode(texts=..., images=...)`` embeds; ``lame-train`` trains both stages.
+Heavy imports (torch, transformers) happen on first use, so ``import lame`` stays cheap.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def load(checkpoint, device: str = "cpu"):
+    """Load a trained checkpoint directory -> :class:`lame.model.LameModel` in eval mode."""
+    from lame.checkpoint import load_model
+
+    return load_model(checkpoint, device=device)
+
+
+__all__ = ["load", "__version__"]

@@ -1,0 +1,20 @@
+"""Backbone adapters: input ids + images -> input embeddings -> causal transformer -> hidden states.
+
+Every adapter implements :class:`lame.backbones.base.Backbone`; the LaME model never touches a
+family's internals, so adding a family means adding one adapter module.
+"""
+from __future__ import annotations
+
+from lame.backbones.base import Backbone
+
+
+def build_backbone(config, vocab_size: int, image_token_id: int) -> Backbone:
+    family = config.backbone.family
+    if family == "qwen2_vl":
+        from lame.backbones.qwen2_vl import Qwen2VLBackbone
+
+        return Qwen2VLBackbone.build(config, vocab_size, image_token_id)
+    raise ValueError(f"unknown backbone family {family!r}; available: qwen2_vl")
+
+
+__all__ = ["Backbone", "build_backbone"]

@@ -1,0 +1,171 @@
+"""Qwen2-VL adapter (the paper's class of backbone).
+
+Two traps this adapter exists to avoid:
+* Fed ``inputs_embeds`` without ``position_ids``, Qwen2-VL silently falls back to 1-D positions:
+  we always pass 3-D M-RoPE positions, computed in :meth:`position_ids` with plain tensor ops
+  (equal to ``Qwen2VLModel.get_rope_index``, which a test checks; tensor ops also export to ONNX).
+* Tiny configs must keep ``sum(mrope_section) == head_dim / 2`` and the vision merger's output
+  width equal to the text hidden size; :func:`tiny_qwen2_vl_config` derives both.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from lame.backbones.base import Backbone
+
+
+def mrope_section_for(head_dim: int) -> list[int]:
+    """Split head_dim/2 rotary frequencies over (time, height, width) like Qwen's 16:24:24."""
+    half = head_dim // 2
+    temporal = half // 4
+    height = (half - temporal) // 2
+    return [temporal, height, half - temporal - height]
+
+
+def tiny_qwen2_vl_config(config, vocab_size: int, image_token_id: int):
+    from transformers import Qwen2VLConfig
+
+    bb, img = config.backbone, config.image
+    head_dim = bb.hidden_size // bb.num_heads
+    text = dict(
+        vocab_size=vocab_size, hidden_size=bb.hidden_size, intermediate_size=bb.intermediate_size,
+        num_hidden_layers=bb.num_layers, num_attention_heads=bb.num_heads,
+        num_key_value_heads=bb.num_kv_heads, max_position_embeddings=1024,
+        rope_parameters={"rope_type": "default", "rope_theta": bb.rope_theta,
+                         "mrope_section": mrope_section_for(head_dim)},
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+    )
+    vision = dict(
+        depth=bb.vision_depth, embed_dim=bb.vision_embed_dim, hidden_size=bb.hidden_size,
+        num_heads=bb.vision_heads, mlp_ratio=2, patch_size=img.patch_size,
+        spatial_merge_size=img.merge_size, temporal_patch_size=img.temporal_patch_size,
+    )
+    cfg = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=image_token_id,
+                        video_token_id=image_token_id)
+    cfg._attn_implementation = bb.attn_implementation
+    cfg.text_config._attn_implementation = bb.attn_implementation
+    cfg.vision_config._attn_implementation = bb.attn_implementation
+    return cfg
+
+
+class Qwen2VLBackbone(Backbone):
+    def __init__(self, model, image_config):
+        super().__init__()
+        self.model = model  # transformers.Qwen2VLModel
+        self.hidden_size = model.config.text_config.hidden_size
+        self.image_config = image_config
+        merge = image_config.merge_size
+        grid_h, grid_w = image_config.grid
+        self.llm_grid = (grid_h // merge, grid_w // merge)
+        # Every image has the same patch grid, so the vision rotary table is a constant.
+        cos, sin = _vision_rotary(model.visual, grid_h, grid_w)
+        self.register_buffer("vision_cos", cos, persistent=False)
+        self.register_buffer("vision_sin", sin, persistent=False)
+
+    @classmethod
+    def build(cls, config, vocab_size: int, image_token_id: int) -> "Qwen2VLBackbone":
+        from transformers import Qwen2VLModel
+
+        if config.backbone.path:
+            model = _load_pretrained(Path(config.backbone.path), config.backbone.attn_implementation)
+            if model.get_input_embeddings().num_embeddings < vocab_size:
+                model.resize_token_embeddings(vocab_size)
+        else:
+            model = Qwen2VLModel(tiny_qwen2_vl_config(config, vocab_size, image_token_id))
+        return cls(model, config.image)
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_input_embeddings()(input_ids)
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Qwen2-VL's vision tower with *batched* attention.
+
+        Qwen's own forward packs all images into one sequence and loops over them in Python
+        (``cu_seqlens``); with one fixed image size the attention is block-diagonal with equal
+        blocks, i.e. plain batched attention: same numbers (a test checks), several times
+        faster on CPU, and free of data-dependent shapes, so it also exports to ONNX as is.
+        """
+        visual = self.model.visual
+        batch, patches, _ = pixel_values.shape
+        x = visual.patch_embed(pixel_values.reshape(batch * patches, -1).to(visual.dtype))
+        x = x.reshape(batch, patches, -1)
+        for block in visual.blocks:
+            x = x + _batched_attention(block.attn, block.norm1(x), self.vision_cos, self.vision_sin)
+            x = x + block.mlp(block.norm2(x))
+        merged = visual.merger(x.reshape(batch * patches, -1))
+        return merged.reshape(batch, -1, merged.shape[-1])
+
+    def position_ids(self, valid: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
+        """3-D M-RoPE positions for rows ``[pad.. text.. image-block text.. latent..]``.
+
+        Text tokens count up by one; the image block (one per row at most) takes a
+        (t, h, w) grid starting at its first position, after which text resumes at
+        ``start + max(grid_h, grid_w)`` — exactly get_rope_index's rule.
+        """
+        valid = valid.long()
+        is_image = is_image.long() * valid
+        grid_h, grid_w = self.llm_grid
+        index = valid.cumsum(-1) - 1                 # position among valid tokens
+        images_seen = is_image.cumsum(-1)            # image tokens up to and including here
+        text_pos = index - images_seen + (images_seen > 0).long() * max(grid_h, grid_w)
+        j = images_seen - 1                          # order of this token within the image
+        start = index - j
+        t_pos, h_pos, w_pos = start, start + j // grid_w, start + j % grid_w
+        img = is_image.bool()
+        pos = torch.stack([torch.where(img, p, text_pos) for p in (t_pos, h_pos, w_pos)])
+        return torch.where(valid.bool().unsqueeze(0), pos, torch.zeros_like(pos))
+
+    def transformer(self, embeds: torch.Tensor, position_ids: torch.Tensor,
+                    attention_bias: torch.Tensor) -> torch.Tensor:
+        # A dict mask is used as-is by transformers: our bias already encodes causality,
+        # padding and the bottleneck, so nothing is rebuilt (or silently changed) inside.
+        out = self.model.language_model(inputs_embeds=embeds, position_ids=position_ids,
+                                        attention_mask={"full_attention": attention_bias},
+                                        use_cache=False)
+        return out.last_hidden_state
+
+    def vision_parameters(self) -> Iterator[nn.Parameter]:
+        return self.model.visual.parameters()
+
+    def language_parameters(self) -> Iterator[nn.Parameter]:
+        return self.model.language_model.parameters()
+
+
+def _vision_rotary(visual, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from transformers.vision_utils import get_vision_position_ids
+
+    grid = torch.tensor([[1, grid_h, grid_w]])
+    positions = get_vision_position_ids(grid, visual.spatial_merge_size)
+    probe = torch.zeros(1, dtype=torch.float32)
+    cos, sin = visual.rotary_pos_emb(probe, positions)
+    return cos.float(), sin.float()
+
+
+def _batched_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+
+    batch, patches, width = x.shape
+    q, k, v = attn.qkv(x).reshape(batch, patches, 3, attn.num_heads, -1).unbind(2)
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)  # cos [P, d] broadcasts over batch
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=attn.scaling)
+    return attn.proj(out.transpose(1, 2).reshape(batch, patches, width))
+
+
+def _load_pretrained(path: Path, attn_implementation: str):
+    from transformers import Qwen2VLModel
+
+    if not path.is_dir():
+        raise FileNotFoundError(f"backbone path {path} is not a directory (a local Hugging Face "
+                                "model directory is expected; nothing is downloaded)")
+    missing = [name for name in ("config.json",) if not (path / name).is_file()]
+    if not any(path.glob("*.safetensors")):
+        missing.append("*.safetensors weights")
+    if missing:
+        raise FileNotFoundError(f"backbone directory {path} lacks: {', '.join(missing)}")
+    return Qwen2VLModel.from_pretrained(str(path), attn_implementation=attn_implementation,
+                                        local_files_only=True, use_safetensors=True)

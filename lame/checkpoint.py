@@ -1,0 +1,165 @@
+"""Checkpoint directories: written atomically (temp dir + rename), loaded with safetensors only.
+
+Layout::
+
+    config.json              LameConfig
+    train_config.json        TrainConfig of the run that wrote it
+    model.safetensors        weights (``reason_tokens`` is [K, hidden])
+    tokenizer.json           tokenizers' own format
+    preprocessor_config.json image transform + text length
+    trainer_state.json       step, stage, optimizer param groups (no pickle anywhere)
+    trainer_state.safetensors optimizer moments + torch RNG state, for exact resume
+    meta.json                stage, step, latest metrics
+    metrics.jsonl            the whole training log up to this step
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from lame.config import LameConfig
+from lame_runtime.preprocess import PREPROCESSOR_FILE, TOKENIZER_FILE, Preprocessor
+
+MODEL_FILE = "model.safetensors"
+REQUIRED_FILES = ("config.json", MODEL_FILE, TOKENIZER_FILE, PREPROCESSOR_FILE)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def atomic_write_dir(final: Path, write: Callable[[Path], None]) -> None:
+    """Build the directory beside ``final`` and swap it in, so a kill never leaves half a
+    checkpoint: at every instant ``final`` or ``final``'s ``.old`` twin is complete."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp"
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    write(tmp)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve(path: str | Path) -> Path:
+    """The checkpoint directory, recovering the previous one if a swap was interrupted."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    old = path.parent / f".{path.name}.old"
+    if old.is_dir():
+        warnings.warn(f"{path} is missing but {old} is complete (interrupted save); using it")
+        return old
+    raise CheckpointError(f"checkpoint directory not found: {path}")
+
+
+def save_checkpoint(directory: Path, model, train_config: dict[str, Any], meta: dict[str, Any],
+                    metrics: list[dict[str, Any]], optimizer: torch.optim.Optimizer | None = None,
+                    extra_files: Callable[[Path], None] | None = None) -> None:
+    def write(tmp: Path) -> None:
+        model.config.save(tmp / "config.json")
+        (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2))
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt", "lame": "1"})
+        model.preprocessor.save(tmp)
+        _save_trainer_state(tmp, meta, optimizer)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+        if extra_files is not None:
+            extra_files(tmp)
+
+    atomic_write_dir(directory, write)
+
+
+def _save_trainer_state(directory: Path, meta: dict[str, Any], optimizer) -> None:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    groups = []
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        groups = state["param_groups"]
+        for index, values in state["state"].items():
+            for name, value in values.items():
+                tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).contiguous()
+    save_file(tensors, str(directory / "trainer_state.safetensors"))
+    info = {"step": meta["step"], "stage": meta["stage"], "param_groups": groups}
+    (directory / "trainer_state.json").write_text(json.dumps(info, indent=2))
+
+
+def load_trainer_state(directory: Path, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Restore optimizer moments and the torch RNG; returns trainer_state.json's content."""
+    directory = resolve(directory)
+    info = json.loads(_require(directory, "trainer_state.json").read_text())
+    tensors = _load_tensors(_require(directory, "trainer_state.safetensors"))
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    if optimizer is not None and info["param_groups"]:
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    return info
+
+
+def read_json(directory: str | Path, name: str) -> Any:
+    return json.loads(_require(resolve(directory), name).read_text())
+
+
+def read_metrics(directory: str | Path) -> list[dict[str, Any]]:
+    path = resolve(directory) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_model(directory: str | Path, device: str = "cpu"):
+    from lame.model import LameModel
+
+    directory = resolve(directory)
+    for name in REQUIRED_FILES:
+        _require(directory, name)
+    try:
+        config = LameConfig.load(directory / "config.json")
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{directory / 'config.json'} is not a valid LaME config: {err}")
+    model = LameModel(config, Preprocessor.from_dir(directory))
+    load_weights(model, directory / MODEL_FILE)
+    return model.to(device).eval()
+
+
+def load_weights(model, path: Path) -> None:
+    state = _load_tensors(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{label}: {names[:5]}{' ...' if len(names) > 5 else ''}"
+                           for label, names in (("missing", missing), ("unexpected", unexpected),
+                                                ("shape mismatch", wrong)) if names)
+        raise CheckpointError(f"{path} does not match its config.json ({detail})")
+    model.load_state_dict(state)
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is corrupt or not a safetensors file: {err}") from err
+
+
+def _require(directory: Path, name: str) -> Path:
+    path = directory / name
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a complete LaME checkpoint: missing {name}")
+    return path

@@ -1,0 +1,90 @@
+"""lame-train: both LaME stages (or one), with resume."""
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from typing import Sequence
+
+import click
+
+from lame.cli import exit_with, invoke
+from lame.config import LameConfig, load_preset, preset_names
+from lame.train import STAGES, TrainConfig, train
+
+
+def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig]:
+    """Preset JSON + command-line overrides -> typed configs (the library never sees argv)."""
+    spec = load_preset(preset)
+    model = dict(spec.get("model", {}))
+    for key in ("num_reason_tokens", "num_summary_tokens", "pooling", "bottleneck_mask",
+                "embed_dim", "w_reconstruction", "w_diversity", "temperature"):
+        if overrides.get(key) is not None:
+            model[key] = overrides[key]
+    if model.get("num_reason_tokens", 8) == 0 and overrides.get("bottleneck_mask") is None:
+        model["bottleneck_mask"] = False  # K=0 is the discriminative baseline: nothing to route
+    if overrides.get("backbone_path"):
+        model.setdefault("backbone", {})["path"] = overrides["backbone_path"]
+    train_spec = dict(spec.get("train", {}))
+    names = {f.name for f in fields(TrainConfig)}
+    train_spec.update({k: v for k, v in overrides.items() if k in names and v is not None})
+    return LameConfig.from_dict(model), TrainConfig.from_dict(train_spec)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Dataset directory (train.jsonl, eval.jsonl, images/).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Checkpoint directory to write (atomically replaced at each save).")
+@click.option("--preset", default="small", show_default=True,
+              help=f"Named preset ({', '.join(preset_names())}) or a preset .json path.")
+@click.option("--stage", type=click.Choice(STAGES), default=None,
+              help="warmup, joint, or all (warm-up then joint). Default: all.")
+@click.option("--init-from", type=click.Path(file_okay=False), default=None,
+              help="Start from this checkpoint's weights (e.g. a warm-up run before --stage joint).")
+@click.option("--max-steps", type=int, default=None, help="Total optimizer steps over the stages.")
+@click.option("--warmup-fraction", type=float, default=None,
+              help="Share of --max-steps given to the warm-up stage when --stage all.")
+@click.option("--batch-size", type=int, default=None, help="Rows per step (in-batch negatives).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--seed", type=int, default=None, help="Seed for init and batch order.")
+@click.option("--reason-tokens", "num_reason_tokens", type=int, default=None,
+              help="K latent reason tokens; 0 = discriminative baseline.")
+@click.option("--summary-tokens", "num_summary_tokens", type=int, default=None,
+              help="M summary tokens (the last is [EMBED]).")
+@click.option("--pooling", type=click.Choice(["embed", "attention"]), default=None,
+              help="Embedding head pooling over the summary tokens.")
+@click.option("--bottleneck-mask/--no-bottleneck-mask", default=None,
+              help="Summary tokens see the input only through the reason tokens.")
+@click.option("--w-reconstruction", type=float, default=None,
+              help="Weight of the decoder-head loss (0 turns the decoder off).")
+@click.option("--w-diversity", type=float, default=None, help="Weight of the diversity term.")
+@click.option("--hard-negatives", type=int, default=None, help="Hard negatives per row (0-N).")
+@click.option("--eval-every", type=int, default=None, help="Steps between quick evals (0: off).")
+@click.option("--save-every", type=int, default=None, help="Steps between checkpoints.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads.")
+@click.option("--backbone-path", type=click.Path(file_okay=False), default=None,
+              help="Local Hugging Face Qwen2-VL directory instead of the preset's tiny model.")
+@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out after a kill.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def command(data_dir, out_dir, preset, init_from, resume, no_progress, **overrides) -> int:
+    """Train a LaME model (warm-up, then joint optimisation) and print the final evaluation."""
+    model_config, train_config = build_configs(preset, overrides)
+    result = train(data_dir, out_dir, None if init_from else model_config, train_config,
+                   resume=resume, init_from=init_from, show_progress=not no_progress)
+    summary = {k: result[k] for k in ("hit@1", "ndcg@5", "ndcg@10") if k in result}
+    if "per_group" in result:
+        summary["per_group"] = {g: v["hit@1"] for g, v in result["per_group"].items()}
+    click.echo(json.dumps({"checkpoint": str(out_dir), **summary}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return invoke(command, argv, "lame-train")
+
+
+def run() -> None:
+    exit_with(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,113 @@
+"""Typed configuration. Saved as JSON beside every checkpoint (``config.json``).
+
+The paper does not publish its exact split of latent tokens; the defaults here are ours:
+K=8 reason tokens feed the decoder head, M=1 summary token ([EMBED]) feeds the embedding head,
+and with ``bottleneck_mask`` the summary token sees the query only through the reason tokens.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lame_runtime.images import ImageConfig
+
+POOLINGS = ("embed", "attention")
+
+
+@dataclass
+class BackboneConfig:
+    """Either a tiny random-init Qwen2-VL built from these sizes, or ``path`` to a local HF model."""
+    family: str = "qwen2_vl"
+    path: str | None = None
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    vision_depth: int = 2
+    vision_embed_dim: int = 64
+    vision_heads: int = 4
+    rope_theta: float = 10000.0
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class LameConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    max_text_tokens: int = 48
+    num_reason_tokens: int = 8          # K; 0 gives the discriminative (VLM2Vec-style) baseline
+    num_summary_tokens: int = 1         # M >= 1; the last one is [EMBED]
+    embed_dim: int = 128
+    pooling: str = "embed"              # "embed": [EMBED] state; "attention": learned pool over M
+    bottleneck_mask: bool = True        # summary tokens see the input only via the reason tokens
+    decoder_dim: int = 128
+    decoder_layers: int = 1
+    decoder_heads: int = 4
+    max_answer_tokens: int = 24
+    w_contrastive: float = 1.0
+    w_reconstruction: float = 0.5
+    w_diversity: float = 0.05
+    temperature: float = 0.05
+
+    def __post_init__(self) -> None:
+        if isinstance(self.backbone, dict):
+            self.backbone = BackboneConfig(**self.backbone)
+        if isinstance(self.image, dict):
+            self.image = ImageConfig.from_dict(self.image)
+        self.validate()
+
+    def validate(self) -> None:
+        if self.num_reason_tokens < 0:
+            raise ValueError("num_reason_tokens must be >= 0")
+        if self.num_summary_tokens < 1:
+            raise ValueError("num_summary_tokens must be >= 1 (the last one is [EMBED])")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.bottleneck_mask and self.num_reason_tokens == 0:
+            raise ValueError("bottleneck_mask needs reason tokens: with num_reason_tokens=0 the "
+                             "summary tokens would see nothing; set bottleneck_mask=false")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0")
+
+    @property
+    def uses_decoder(self) -> bool:
+        return self.num_reason_tokens > 0 and self.w_reconstruction > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LameConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown LameConfig keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LameConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def preset_names() -> list[str]:
+    files = resources.files("lame.configs").iterdir()
+    return sorted(p.name[:-5] for p in files if p.name.endswith(".json"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """A preset is JSON with a ``model`` section (LameConfig) and a ``train`` section (defaults)."""
+    path = Path(name)
+    if path.suffix == ".json" and path.is_file():
+        return json.loads(path.read_text())
+    resource = resources.files("lame.configs") / f"{name}.json"
+    if not resource.is_file():
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(preset_names())} "
+                         "(or a path to a preset .json)")
+    return json.loads(resource.read_text())

@@ -1,0 +1,1 @@
+"""Datasets: the directory format (dataset.py), the bundled digits benchmark (digits.py) and batching."""

@@ -1,0 +1,84 @@
+"""Training batches: rows -> feeds for query, target and hard negatives, decoder ids, answer mask.
+
+All tokenisation and image work goes through :class:`lame_runtime.Preprocessor`, the same code
+the runtime serves with.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from lame.data.dataset import Item, TrainRow
+from lame_runtime.preprocess import Preprocessor, format_query
+
+
+def batch_indices(num_rows: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """Rows of global step ``step``: a seeded permutation per epoch, so any step's batch can
+    be recomputed after a restart without saving sampler state."""
+    per_epoch = max(1, num_rows // batch_size)
+    epoch, offset = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_rows)
+    return order[offset * batch_size:(offset + 1) * batch_size]
+
+
+class Collator:
+    def __init__(self, preprocessor: Preprocessor, max_answer_tokens: int, hard_negatives: int):
+        self.pre = preprocessor
+        self.max_answer_tokens = max_answer_tokens
+        self.hard_negatives = hard_negatives
+
+    def __call__(self, rows: Sequence[TrainRow]) -> dict:
+        queries = [Item(format_query(r.query.text, r.instruction), r.query.image) for r in rows]
+        batch = {
+            "query": self._feed(queries),
+            "target": self._feed([r.target for r in rows]),
+            "same_answer": torch.from_numpy(_same_answer(rows)),
+        }
+        batch["decoder_input"], batch["decoder_target"] = self._answers(rows)
+        if self.hard_negatives > 0:
+            negatives, valid = self._negatives(rows)
+            if valid.any():
+                batch["negatives"] = self._feed(negatives)
+                batch["negative_valid"] = torch.from_numpy(valid)
+        return batch
+
+    def _feed(self, items: Sequence[Item]) -> dict[str, torch.Tensor]:
+        feed = self.pre([i.text for i in items], [i.image for i in items])
+        return {name: torch.from_numpy(value) for name, value in feed.items()}
+
+    def _negatives(self, rows: Sequence[TrainRow]) -> tuple[list[Item], np.ndarray]:
+        """Exactly ``hard_negatives`` per row; rows with fewer reuse their target as filler and
+        mark it invalid (masked out of the loss)."""
+        items, valid = [], np.zeros((len(rows), self.hard_negatives), dtype=bool)
+        for i, row in enumerate(rows):
+            for j in range(self.hard_negatives):
+                if j < len(row.negatives):
+                    items.append(row.negatives[j])
+                    valid[i, j] = True
+                else:
+                    items.append(row.target)
+        return items, valid
+
+    def _answers(self, rows: Sequence[TrainRow]) -> tuple[torch.Tensor, torch.Tensor]:
+        special = self.pre.text.special
+        encoded = [self.pre.text.encode_text(_answer(r))[: self.max_answer_tokens] for r in rows]
+        length = max(len(e) for e in encoded) + 1
+        inputs = np.full((len(rows), length), special["pad"], dtype=np.int64)
+        targets = np.full((len(rows), length), special["pad"], dtype=np.int64)
+        for i, ids in enumerate(encoded):
+            inputs[i, : len(ids) + 1] = [special["bos"], *ids]
+            targets[i, : len(ids) + 1] = [*ids, special["eos"]]
+        return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def _answer(row: TrainRow) -> str:
+    """The reconstruction target: the row's answer text, else the target's text."""
+    return row.answer or row.target.text or ""
+
+
+def _same_answer(rows: Sequence[TrainRow]) -> np.ndarray:
+    """[B, B] True where two rows share an answer (their targets are interchangeable)."""
+    keys = [row.answer or row.target.key() for row in rows]
+    return np.array([[a == b for b in keys] for a in keys], dtype=bool)

@@ -1,0 +1,244 @@
+"""Reader and validator for the LaME dataset directory format.
+
+A dataset is a directory holding two JSON-lines files:
+
+* ``train.jsonl`` -- one training pair per line::
+
+      {"query": {"text"?: str, "image"?: str}, "target": {...},
+       "answer"?: str, "rationale"?: str, "negatives"?: [item, ...],
+       "instruction"?: str, "task"?: str}
+
+* ``eval.jsonl`` -- one retrieval problem per line (MMEB convention: the
+  candidate at index ``label`` is the positive, default 0)::
+
+      {"query": {...}, "candidates": [{...}, ...], "label"?: int,
+       "task"?: str, "instruction"?: str}
+
+An item needs at least one of ``text``/``image``.  Image paths in rows are
+relative to the dataset directory; after loading, ``Item.image`` is absolute.
+Unknown keys are ignored so producers can carry extra annotations.
+
+Every problem is reported as a :class:`DatasetError` whose message starts with
+``<file>:<line>:`` (1-based), because datasets are hand-edited and a message
+without a location is useless on a file with thousands of rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+TRAIN_FILE = "train.jsonl"
+EVAL_FILE = "eval.jsonl"
+
+
+class DatasetError(ValueError):
+    """A dataset directory, file or row is malformed."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One side of a pair: a text, an image (absolute path once loaded) or both."""
+
+    text: str | None = None
+    image: str | None = None
+
+    def key(self) -> str:
+        """Stable identity string, used to embed each distinct item only once.
+
+        JSON-quoting the parts keeps the key unambiguous even when a text
+        contains the separator, and distinguishes a missing part from any text.
+        """
+        return "T:" + json.dumps(self.text) + "|I:" + json.dumps(self.image)
+
+
+@dataclass
+class TrainRow:
+    query: Item
+    target: Item
+    answer: str | None = None
+    rationale: str | None = None
+    negatives: list[Item] = field(default_factory=list)
+    instruction: str | None = None
+    task: str | None = None
+
+
+@dataclass
+class EvalRow:
+    query: Item
+    candidates: list[Item]
+    label: int = 0
+    task: str = "default"
+    instruction: str | None = None
+
+
+def load_train(data_dir: str | Path, check_images: bool = True) -> list[TrainRow]:
+    """Read and validate ``train.jsonl``; raises DatasetError on the first problem."""
+    return list(_iter_train(Path(data_dir), check_images))
+
+
+def load_eval(data_dir: str | Path, check_images: bool = True) -> list[EvalRow]:
+    """Read and validate ``eval.jsonl``; raises DatasetError on the first problem."""
+    root = _dataset_root(Path(data_dir))
+    checked: set[str] = set()
+    rows = []
+    for number, raw in _read_objects(root / EVAL_FILE):
+        parser = _RowParser(f"{EVAL_FILE}:{number}", root, check_images, checked)
+        rows.append(parser.eval_row(raw))
+    return rows
+
+
+def iter_texts(data_dir: str | Path) -> Iterator[str]:
+    """Yield every text of ``train.jsonl`` (items, answer, rationale, instruction).
+
+    Meant as the corpus for training a tokenizer, so images are not checked.
+    """
+    for row in _iter_train(Path(data_dir), check_images=False):
+        items = [row.query, row.target, *row.negatives]
+        texts = [item.text for item in items]
+        texts += [row.answer, row.rationale, row.instruction]
+        yield from (text for text in texts if text)
+
+
+def _iter_train(data_dir: Path, check_images: bool) -> Iterator[TrainRow]:
+    root = _dataset_root(data_dir)
+    # Many rows share images; stat each file once.
+    checked: set[str] = set()
+    for number, raw in _read_objects(root / TRAIN_FILE):
+        parser = _RowParser(f"{TRAIN_FILE}:{number}", root, check_images, checked)
+        yield parser.train_row(raw)
+
+
+def _dataset_root(data_dir: Path) -> Path:
+    if not data_dir.is_dir():
+        raise DatasetError(f"dataset directory not found: {data_dir}")
+    return data_dir.resolve()
+
+
+def _read_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (1-based line number, JSON object) for each non-blank line."""
+    if not path.is_file():
+        raise DatasetError(f"{path.name}: file not found in {path.parent}")
+    count = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path.name}:{number}"
+            try:
+                # Only the line ending goes, so reported columns match the file.
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(f"{where}: not valid UTF-8 ({exc.reason})") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise DatasetError(f"{where}: row must be a JSON object, got {_json_type(obj)}")
+            count += 1
+            yield number, obj
+    if count == 0:
+        raise DatasetError(f"{path.name}: file has no rows ({path})")
+
+
+def _json_type(value: Any) -> str:
+    """Name a parsed value by its JSON type, as the user wrote it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+class _RowParser:
+    """Validates one row; knows its file:line so every error can name it."""
+
+    def __init__(self, where: str, root: Path, check_images: bool, checked: set[str]):
+        self.where = where
+        self.root = root
+        self.check_images = check_images
+        self.checked = checked
+
+    def fail(self, message: str) -> DatasetError:
+        return DatasetError(f"{self.where}: {message}")
+
+    def train_row(self, raw: dict[str, Any]) -> TrainRow:
+        return TrainRow(
+            query=self.item(self.required(raw, "query"), "query"),
+            target=self.item(self.required(raw, "target"), "target"),
+            answer=self.optional_str(raw, "answer"),
+            rationale=self.optional_str(raw, "rationale"),
+            negatives=self.item_list(raw, "negatives", min_len=0),
+            instruction=self.optional_str(raw, "instruction"),
+            task=self.optional_str(raw, "task"),
+        )
+
+    def eval_row(self, raw: dict[str, Any]) -> EvalRow:
+        query = self.item(self.required(raw, "query"), "query")
+        self.required(raw, "candidates")
+        candidates = self.item_list(raw, "candidates", min_len=2)
+        return EvalRow(
+            query=query,
+            candidates=candidates,
+            label=self.label(raw.get("label", 0), len(candidates)),
+            task=self.optional_str(raw, "task") or "default",
+            instruction=self.optional_str(raw, "instruction"),
+        )
+
+    def required(self, raw: dict[str, Any], key: str) -> Any:
+        if raw.get(key) is None:
+            raise self.fail(f"missing required key '{key}'")
+        return raw[key]
+
+    def optional_str(self, raw: dict[str, Any], key: str, name: str | None = None) -> str | None:
+        value = raw.get(key)
+        if value is not None and not isinstance(value, str):
+            raise self.fail(f"'{name or key}' must be a string, got {_json_type(value)}")
+        return value
+
+    def item(self, value: Any, name: str) -> Item:
+        if not isinstance(value, dict):
+            got = _json_type(value)
+            raise self.fail(f"{name} must be an object with 'text' and/or 'image', got {got}")
+        text = self.optional_str(value, "text", f"{name}.text")
+        image = self.optional_str(value, "image", f"{name}.image")
+        # An empty string carries nothing to embed, so it counts as absent.
+        if not text and not image:
+            raise self.fail(f"{name} has neither 'text' nor 'image'")
+        return Item(text=text or None, image=self.image_path(image, name) if image else None)
+
+    def item_list(self, raw: dict[str, Any], key: str, min_len: int) -> list[Item]:
+        value = raw.get(key)
+        if value is None:
+            value = []
+        if not isinstance(value, list):
+            raise self.fail(f"'{key}' must be an array of items, got {_json_type(value)}")
+        if len(value) < min_len:
+            raise self.fail(f"'{key}' needs at least {min_len} items, got {len(value)}")
+        return [self.item(entry, f"{key}[{index}]") for index, entry in enumerate(value)]
+
+    def label(self, value: Any, n_candidates: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(f"'label' must be an integer, got {_json_type(value)}")
+        if not 0 <= value < n_candidates:
+            raise self.fail(f"label {value} out of range for {n_candidates} candidates")
+        return value
+
+    def image_path(self, relative: str, name: str) -> str:
+        # Normalised so the same file always yields the same Item.key().
+        path = os.path.normpath(self.root / relative)
+        if self.check_images and path not in self.checked:
+            if not Path(path).is_file():
+                raise self.fail(f"{name}.image file not found: {relative} (looked for {path})")
+            self.checked.add(path)
+        return path

@@ -1,0 +1,513 @@
+"""Bundled reasoning benchmark built from sklearn's 1,797 real 8x8 handwritten digits.
+
+Composite images (16x64 grayscale) show 2-4 digits; texts are statements about
+the digit sequence ("the odd digits add up to 9"), each a predicate object with
+``text`` and ``holds`` so truth on any image is checkable.  Tier 1 (2 digits):
+read, sum, max.  Tier 2 (3-4 digits, multi-step): oddsum, range, countgt and the
+compound order+sum.  Tasks are ``tier{1|2}.{family}.{i2t|t2i}``.  Handwriting
+samples are split 80/20 (stratified) before composing, so eval images never reuse
+a training sample; ``images.jsonl`` records each image's digits and samples.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+Digits = tuple[int, ...]
+
+TIER_FAMILIES = {1: ("read", "sum", "max"), 2: ("oddsum", "range", "countgt", "order")}
+FAMILY_TIER = {family: tier for tier, families in TIER_FAMILIES.items() for family in families}
+DIRECTIONS = ("i2t", "t2i")
+TASKS = tuple(f"tier{FAMILY_TIER[f]}.{f}.{d}" for f in FAMILY_TIER for d in DIRECTIONS)
+INSTRUCTIONS = {
+    "t2i": "Find the image that matches the statement.",
+    "i2t": "Find the statement that is true for the image.",
+}
+SLOT = 16
+IMAGE_HEIGHT, IMAGE_WIDTH = SLOT, 4 * SLOT
+EVAL_FRACTION = 0.2
+# Images are made in groups of a base sequence plus near-miss variants (permuted,
+# one digit changed, same sum ...), so hard negatives exist inside each split.
+GROUP_SIZE = 4
+# Share of the eval negatives taken from the most similar false images.
+HARD_FRACTION = 1 / 3
+IMAGE_INDEX_FILE = "images.jsonl"
+DESCRIPTION = ("Statements about composites of 2-4 real handwritten digits (sklearn load_digits). "
+               "Tier 1: read, sum, max; tier 2 (multi-step): oddsum, range, countgt, order+sum. "
+               "Handwriting samples are split 80/20 before composing; see images.jsonl.")
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A predicate over a left-to-right digit sequence: a family and its numbers.
+
+    e.g. ``Statement("oddsum", (9,))`` is "the odd digits add up to 9";
+    ``Statement("order", (1, 14))`` is "... increasing order and add up to 14"
+    (1 = increasing, 0 = decreasing); ``countgt`` values are (count, threshold).
+    """
+
+    family: str
+    values: tuple[int, ...]
+
+    @property
+    def text(self) -> str:
+        return _FAMILIES[self.family].text(*self.values)
+
+    def holds(self, digits: Sequence[int]) -> bool:
+        return _FAMILIES[self.family].holds(tuple(digits), *self.values)
+
+
+@dataclass(frozen=True)
+class _Family:
+    pattern: str  # regex capturing ``values`` from ``text``, for parse_statement
+    text: Callable[..., str]
+    holds: Callable[..., bool]  # (digits, *values) -> truth
+    measure: Callable[[Digits, int], tuple[int, ...] | None]  # (digits, threshold) -> true values
+    ranges: tuple[Sequence[int], ...]  # every value a statement can take, per position
+
+
+def _is_sorted(digits: Sequence[int], increasing: int) -> bool:
+    return all(a < b if increasing else a > b for a, b in zip(digits, digits[1:]))
+
+
+def _order_measure(digits: Digits, _: int) -> tuple[int, int] | None:
+    for increasing in (1, 0):
+        if _is_sorted(digits, increasing):
+            return increasing, sum(digits)
+    return None
+
+
+def _odd_sum(digits: Sequence[int]) -> int:
+    return sum(d for d in digits if d % 2)
+
+
+_FAMILIES = {
+    "read": _Family(r"the digits are (\d) and (\d)", lambda a, b: f"the digits are {a} and {b}",
+                    lambda d, a, b: d == (a, b), lambda d, _: d, (range(10), range(10))),
+    "sum": _Family(r"the digits add up to (\d+)", lambda t: f"the digits add up to {t}",
+                   lambda d, t: sum(d) == t, lambda d, _: (sum(d),), (range(19),)),
+    "max": _Family(r"the largest digit is (\d)", lambda v: f"the largest digit is {v}",
+                   lambda d, v: max(d) == v, lambda d, _: (max(d),), (range(10),)),
+    "oddsum": _Family(r"the odd digits add up to (\d+)", lambda t: f"the odd digits add up to {t}",
+                      lambda d, t: _odd_sum(d) == t, lambda d, _: (_odd_sum(d),), (range(37),)),
+    "range": _Family(r"the largest minus the smallest is (\d)",
+                     lambda r: f"the largest minus the smallest is {r}",
+                     lambda d, r: max(d) - min(d) == r, lambda d, _: (max(d) - min(d),), (range(10),)),
+    "countgt": _Family(
+        r"exactly (\d) (?:digit is|digits are) greater than (\d)",
+        lambda k, t: f"exactly {k} {'digit is' if k == 1 else 'digits are'} greater than {t}",
+        lambda d, k, t: sum(x > t for x in d) == k,
+        lambda d, t: (sum(x > t for x in d), t), (range(5), range(2, 8))),
+    # 3..30 spans every sum of 3-4 strictly sorted distinct digits.
+    "order": _Family(
+        r"the digits are in (in|de)creasing order and add up to (\d+)",
+        lambda up, t: f"the digits are in {'in' if up else 'de'}creasing order and add up to {t}",
+        lambda d, up, t: _is_sorted(d, up) and sum(d) == t, _order_measure, ((1, 0), range(3, 31))),
+}
+
+
+def parse_statement(text: str) -> Statement:
+    """Inverse of ``Statement.text``; raises ValueError for unknown wording."""
+    for family, spec in _FAMILIES.items():
+        match = re.fullmatch(spec.pattern, text)
+        if match:
+            direction = {"in": 1, "de": 0}  # order's (in|de)creasing group
+            return Statement(family, tuple(direction[g] if g in direction else int(g) for g in match.groups()))
+    raise ValueError(f"not a digits statement: {text!r}")
+
+
+@lru_cache(maxsize=None)
+def family_statements(family: str) -> tuple[Statement, ...]:
+    """Every statement of a family over the value range its images can reach."""
+    return tuple(Statement(family, values) for values in itertools.product(*_FAMILIES[family].ranges))
+
+
+def true_statement(family: str, digits: Sequence[int], rng: np.random.Generator) -> Statement | None:
+    """A statement of ``family`` that holds for ``digits`` (None if the family can't)."""
+    threshold = int(rng.integers(2, 8)) if family == "countgt" else 0
+    values = _FAMILIES[family].measure(tuple(digits), threshold)
+    return None if values is None else Statement(family, tuple(values))
+
+
+def statement_distance(a: Statement, b: Statement) -> int:
+    """How far apart two same-family statements are; 1 = a near miss."""
+    if a.family == "read":
+        if sorted(a.values) == sorted(b.values):
+            return 1  # same digits swapped: as hard as one digit changed
+        return sum(x != y for x, y in zip(a.values, b.values))
+    return sum(abs(x - y) for x, y in zip(a.values, b.values))
+
+
+def rationale(digits: Sequence[int], statement: Statement) -> str:
+    """A short space-separated chain of thought deriving ``statement`` from ``digits``."""
+    family, values = statement.family, statement.values
+    steps = [f"digits {_spaced(digits)}"]
+    if family == "sum":
+        steps.append(_addition(digits))
+    elif family == "max":
+        steps.append(f"largest {max(digits)}")
+    elif family == "oddsum":
+        odd = [d for d in digits if d % 2]
+        steps += [f"odd digits {_spaced(odd)}", _addition(odd)] if odd else ["odd digits none", "sum 0"]
+    elif family == "range":
+        high, low = max(digits), min(digits)
+        steps += [f"largest {high}", f"smallest {low}", f"{high} - {low} = {high - low}"]
+    elif family == "countgt":
+        above = [d for d in digits if d > values[1]]
+        steps += [f"greater than {values[1]} : {_spaced(above) or 'none'}", f"count {len(above)}"]
+    elif family == "order":
+        sign, way = ("<", "increasing") if values[0] else (">", "decreasing")
+        steps += [f" {sign} ".join(map(str, digits)) + f" {way}", _addition(digits)]
+    return " . ".join(steps)
+
+
+def _spaced(numbers: Sequence[int]) -> str:
+    return " ".join(map(str, numbers))
+
+
+def _addition(numbers: Sequence[int]) -> str:
+    return " + ".join(map(str, numbers)) + f" = {sum(numbers)}"
+
+
+def _sample_base(family: str, rng: np.random.Generator) -> Digits:
+    length = 2 if FAMILY_TIER[family] == 1 else int(rng.integers(3, 5))
+    if family != "order":
+        return tuple(int(d) for d in rng.integers(0, 10, length))
+    # Sorted sequences are rare by chance (4% of 4-digit ones), so build them.
+    ascending = sorted(int(d) for d in rng.choice(10, length, replace=False))
+    return tuple(ascending if rng.random() < 0.5 else ascending[::-1])
+
+
+def _permuted(digits: Digits, rng: np.random.Generator) -> Digits | None:
+    if len(set(digits)) == 1:
+        return None
+    while True:
+        shuffled = tuple(int(d) for d in rng.permutation(digits))
+        if shuffled != digits:
+            return shuffled
+
+
+def _one_changed(digits: Digits, rng: np.random.Generator) -> Digits:
+    position = int(rng.integers(len(digits)))
+    new = (digits[position] + int(rng.integers(1, 10))) % 10
+    return digits[:position] + (new,) + digits[position + 1:]
+
+
+def _sorted_changed(digits: Digits, rng: np.random.Generator) -> Digits | None:
+    """One digit changed, still strictly sorted the same way (so only the sum differs)."""
+    changed = (_one_changed(digits, rng) for _ in range(20))
+    return next((c for c in changed if _is_sorted(c, _is_sorted(digits, 1))), None)
+
+
+def _same_sum(digits: Digits, rng: np.random.Generator) -> Digits | None:
+    for _ in range(20):
+        i, j = (int(x) for x in rng.choice(len(digits), 2, replace=False))
+        delta = int(rng.integers(1, 4))
+        changed = list(digits)
+        changed[i], changed[j] = digits[i] + delta, digits[j] - delta
+        if changed[i] <= 9 and changed[j] >= 0:
+            return tuple(changed)
+    return None
+
+
+def _group(family: str, rng: np.random.Generator) -> list[Digits]:
+    """A base sequence plus near-miss variants that make good hard negatives."""
+    base = _sample_base(family, rng)
+    if family == "order":
+        variants = [base[::-1], _sorted_changed(base, rng), _permuted(base, rng)]
+    else:
+        variants = [_permuted(base, rng), _one_changed(base, rng), _same_sum(base, rng)]
+    return [base] + [v if v is not None else _one_changed(base, rng) for v in variants]
+
+
+def _split_samples(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/eval split of sample indices (before any composition)."""
+    train, held_out = [], []
+    for digit in range(10):
+        members = rng.permutation(np.flatnonzero(labels == digit))
+        n_eval = int(round(len(members) * EVAL_FRACTION))
+        held_out.append(members[:n_eval])
+        train.append(members[n_eval:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held_out))
+
+
+def _glyphs(images: np.ndarray) -> np.ndarray:
+    """All samples as 16x16 uint8 (0-16 scaled to 0-255, bilinear upsampling)."""
+    scaled = np.round(images * (255.0 / 16.0)).astype(np.uint8)
+    return np.stack([
+        np.asarray(Image.fromarray(img).resize((SLOT, SLOT), Image.Resampling.BILINEAR))
+        for img in scaled
+    ])
+
+
+def compose(glyphs: Sequence[np.ndarray]) -> np.ndarray:
+    """Place 16x16 glyphs side by side, centred in the 4-slot canvas."""
+    canvas = np.zeros((IMAGE_HEIGHT, IMAGE_WIDTH), dtype=np.uint8)
+    left = (4 - len(glyphs)) * SLOT // 2
+    for slot, glyph in enumerate(glyphs):
+        canvas[:, left + slot * SLOT: left + (slot + 1) * SLOT] = glyph
+    return canvas
+
+
+class _Pool:
+    """The composite images of one split, with digit features for fast search."""
+
+    def __init__(self, split: str, sequences: list[Digits], samples: list[tuple[int, ...]]):
+        self.split = split
+        self.digits = sequences
+        self.samples = samples
+        self.paths = [f"images/{split}_{i:05d}.png" for i in range(len(sequences))]
+        self.tiers = np.array([1 if len(d) == 2 else 2 for d in sequences])
+        # Similarity features: digit counts, then sum and length; kept per tier
+        # (negatives never cross tiers) so each search slices nothing.
+        features = np.array([[*np.bincount(d, minlength=10), sum(d), len(d)] for d in sequences],
+                            dtype=np.int16).reshape(-1, 12)
+        self.features = features
+        self.by_tier = {t: (self.members(t), features[self.members(t)]) for t in TIER_FAMILIES}
+
+    def members(self, tier: int) -> np.ndarray:
+        return np.flatnonzero(self.tiers == tier)
+
+    def ranked_false(self, statement: Statement, anchor: int, rng: np.random.Generator,
+                     limit: int) -> list[int]:
+        """Up to ``limit`` same-tier images where ``statement`` is false, most similar first.
+
+        Similarity to the anchor: shared digits count double, then same sum and
+        same length; random jitter breaks ties so choices vary.
+        """
+        idx, features = self.by_tier[self.tiers[anchor]]
+        mine = self.features[anchor]
+        score = 2 * np.minimum(features[:, :10], mine[:10]).sum(axis=1)
+        score = score + (features[:, 10:] == mine[10:]).sum(axis=1)
+        score = -(score + rng.random(len(idx)))
+        # Usually the 64 most similar images suffice, so sort those before all.
+        head = np.argpartition(score, min(len(idx), 64) - 1)[:64]
+        for candidates in (head, np.arange(len(idx))):
+            order = idx[candidates[np.argsort(score[candidates], kind="stable")]].tolist()
+            false = (j for j in order if j != anchor and not statement.holds(self.digits[j]))
+            found = list(itertools.islice(false, limit))
+            if len(found) == limit:
+                break
+        return found
+
+
+def _build_pool(split: str, n_images: int, sample_ids: np.ndarray, labels: np.ndarray,
+                glyphs: np.ndarray, rng: np.random.Generator, out_dir: Path,
+                progress: Callable[[str], None]) -> _Pool:
+    families = list(FAMILY_TIER)
+    n_groups = math.ceil(n_images / GROUP_SIZE)
+    group_families = [families[g % len(families)] for g in range(n_groups)]
+    rng.shuffle(group_families)
+    sequences = [seq for fam in group_families for seq in _group(fam, rng)][:n_images]
+    by_digit = [sample_ids[labels[sample_ids] == d] for d in range(10)]
+    samples = [tuple(int(rng.choice(by_digit[d])) for d in seq) for seq in sequences]
+    pool = _Pool(split, sequences, samples)
+    for i, path in enumerate(pool.paths):
+        canvas = compose([glyphs[s] for s in samples[i]])
+        Image.fromarray(canvas).save(out_dir / path)
+        if (i + 1) % 1000 == 0 or i + 1 == n_images:
+            progress(f"{split}: rendered {i + 1}/{n_images} images")
+    return pool
+
+
+def _train_rows(pool: _Pool, rng: np.random.Generator) -> list[dict]:
+    rows = []
+    for image in range(len(pool.digits)):
+        for family in _image_families(pool.digits[image], rng):
+            statement = true_statement(family, pool.digits[image], rng)
+            for direction in DIRECTIONS:
+                rows.append(_train_row(pool, image, family, statement, direction, rng))
+    return rows
+
+
+def _image_families(digits: Digits, rng: np.random.Generator) -> list[str]:
+    """1-2 families with a true statement about this image."""
+    tier = 1 if len(digits) == 2 else 2
+    usable = [f for f in TIER_FAMILIES[tier] if f != "order" or _order_measure(digits, 0)]
+    # Sorted images are scarce, so they always teach the compound statement.
+    first = "order" if "order" in usable else _pick(usable, rng)
+    rest = [f for f in usable if f != first]
+    return [first, _pick(rest, rng)] if rng.random() < 0.5 else [first]
+
+
+def _pick(options: Sequence, rng: np.random.Generator):
+    return options[int(rng.integers(len(options)))]
+
+
+def _train_row(pool: _Pool, image: int, family: str, statement: Statement,
+               direction: str, rng: np.random.Generator) -> dict:
+    image_item, text_item = {"image": pool.paths[image]}, {"text": statement.text}
+    if direction == "i2t":
+        near = _ranked_false_statements(statement, pool.digits[image], rng)[:3]
+        query, target, negatives = image_item, text_item, [{"text": _pick(near, rng).text}]
+    else:
+        near_images = pool.ranked_false(statement, image, rng, limit=3)
+        negatives = [{"image": pool.paths[_pick(near_images, rng)]}] if near_images else []
+        query, target = text_item, image_item
+    return {
+        "query": query, "target": target, "answer": statement.text,
+        "rationale": rationale(pool.digits[image], statement),
+        "negatives": negatives, "instruction": INSTRUCTIONS[direction],
+        "task": f"tier{FAMILY_TIER[family]}.{family}.{direction}",
+    }
+
+
+def _ranked_false_statements(positive: Statement, digits: Digits,
+                             rng: np.random.Generator) -> list[Statement]:
+    """False statements of the same family, nearest values first (random tie-break)."""
+    false = [s for s in family_statements(positive.family) if not s.holds(digits)]
+    jitter = rng.random(len(false))
+    order = sorted(range(len(false)), key=lambda i: (statement_distance(positive, false[i]), jitter[i]))
+    return [false[i] for i in order]
+
+
+def _eval_rows(pool: _Pool, eval_per_task: int, n_candidates: int,
+               rng: np.random.Generator) -> list[dict]:
+    return [_eval_row(pool, task, image, n_candidates, rng) for task in TASKS
+            for image in _eval_anchors(pool, task.split(".")[1], eval_per_task, rng)]
+
+
+def _eval_row(pool: _Pool, task: str, image: int, n_candidates: int, rng: np.random.Generator) -> dict:
+    _, family, direction = task.split(".")
+    statement = true_statement(family, pool.digits[image], rng)
+    image_item, text_item = {"image": pool.paths[image]}, {"text": statement.text}
+    if direction == "i2t":
+        query, positive = image_item, text_item
+        false = _i2t_negatives(statement, pool.digits[image], n_candidates - 1, rng)
+        negatives = [{"text": s.text} for s in false]
+    else:
+        query, positive = text_item, image_item
+        false = _t2i_negatives(pool, statement, image, n_candidates - 1, rng)
+        negatives = [{"image": pool.paths[j]} for j in false]
+    label = int(rng.integers(n_candidates))
+    candidates = negatives[:label] + [positive] + negatives[label:]
+    return {"query": query, "candidates": candidates, "label": label,
+            "task": task, "instruction": INSTRUCTIONS[direction]}
+
+
+def _eval_anchors(pool: _Pool, family: str, count: int, rng: np.random.Generator) -> list[int]:
+    """Distinct images for which ``family`` has a true statement (reused only if too few)."""
+    eligible = [int(i) for i in pool.members(FAMILY_TIER[family])
+                if family != "order" or _order_measure(pool.digits[i], 0)]
+    if not eligible:
+        raise ValueError(f"eval split has no image for family {family!r}; raise n_eval_images")
+    order = [eligible[i] for i in rng.permutation(len(eligible))]
+    return [order[i % len(order)] for i in range(count)]
+
+
+def _i2t_negatives(positive: Statement, digits: Digits, count: int,
+                   rng: np.random.Generator) -> list[Statement]:
+    # Same-template statements first so only the digits decide; then false
+    # statements of the tier's other families to reach the candidate count.
+    family = positive.family
+    chosen = _ranked_false_statements(positive, digits, rng)[:count]
+    others = [s for f in TIER_FAMILIES[FAMILY_TIER[family]] if f != family
+              for s in family_statements(f) if not s.holds(digits)]
+    chosen += [others[i] for i in rng.permutation(len(others))[:count - len(chosen)]]
+    if len(chosen) < count:
+        raise ValueError(f"only {len(chosen)} false statements for {family!r}; lower n_candidates")
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def _t2i_negatives(pool: _Pool, statement: Statement, anchor: int, count: int,
+                   rng: np.random.Generator) -> list[int]:
+    n_hard = max(1, int(count * HARD_FRACTION))
+    chosen = pool.ranked_false(statement, anchor, rng, limit=n_hard)
+    taken = set(chosen) | {anchor}
+    for j in rng.permutation(pool.members(pool.tiers[anchor])):
+        if len(chosen) == count:
+            break
+        if int(j) not in taken and not statement.holds(pool.digits[j]):
+            chosen.append(int(j))
+    if len(chosen) < count:
+        raise ValueError(f"eval pool has only {len(chosen)} negatives for {statement.text!r}; "
+                         "raise n_eval_images or lower n_candidates")
+    return [chosen[i] for i in rng.permutation(len(chosen))]
+
+
+def build_digits(out_dir: str | Path, *, seed: int = 0, n_train_images: int = 6000,
+                 n_eval_images: int = 1500, eval_per_task: int = 60, n_candidates: int = 50,
+                 progress: Callable[[str], None] | None = None, overwrite: bool = False) -> dict:
+    """Build the benchmark into ``out_dir`` (deterministic for ``seed``); returns a summary.
+
+    The dataset is written into a temporary directory beside ``out_dir`` and
+    renamed into place, so an interrupted build never leaves a half dataset.
+    """
+    if min(n_train_images, n_eval_images, eval_per_task) < 1 or n_candidates < 2:
+        raise ValueError("image counts and eval_per_task must be >= 1, n_candidates >= 2")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # mkdtemp makes a private (0700) directory, so build one level below it
+    # where the user's umask applies; the holder also receives a replaced dataset.
+    holder = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        staging = holder / "new"
+        staging.mkdir()
+        summary = _write_dataset(staging, seed, n_train_images, n_eval_images, eval_per_task,
+                                 n_candidates, progress or (lambda message: None))
+        if out_dir.is_dir():
+            os.rename(out_dir, holder / "replaced")
+        elif out_dir.exists():
+            out_dir.unlink()
+        os.rename(staging, out_dir)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
+    return {**summary, "out_dir": str(out_dir)}
+
+
+def _write_dataset(root: Path, seed: int, n_train_images: int, n_eval_images: int,
+                   eval_per_task: int, n_candidates: int, progress: Callable[[str], None]) -> dict:
+    from sklearn.datasets import load_digits  # deferred: sklearn import is slow
+
+    digits = load_digits()
+    labels = digits.target.astype(int)
+    rng = np.random.default_rng(seed)
+    train_ids, eval_ids = _split_samples(labels, rng)
+    glyphs = _glyphs(digits.images)
+    (root / "images").mkdir()
+    train = _build_pool("train", n_train_images, train_ids, labels, glyphs, rng, root, progress)
+    held = _build_pool("eval", n_eval_images, eval_ids, labels, glyphs, rng, root, progress)
+    train_rows = _train_rows(train, rng)
+    progress(f"train: {len(train_rows)} rows")
+    eval_rows = _eval_rows(held, eval_per_task, n_candidates, rng)
+    progress(f"eval: {len(eval_rows)} rows")
+    _write_jsonl(root / "train.jsonl", train_rows)
+    _write_jsonl(root / "eval.jsonl", eval_rows)
+    _write_jsonl(root / IMAGE_INDEX_FILE, [
+        {"image": pool.paths[i], "split": pool.split, "digits": list(pool.digits[i]),
+         "samples": list(pool.samples[i])}
+        for pool in (train, held) for i in range(len(pool.digits))])
+    meta = {
+        "name": "lame-digits", "seed": seed, "n_train_images": n_train_images,
+        "n_eval_images": n_eval_images, "eval_per_task": eval_per_task,
+        "n_candidates": n_candidates, "tasks": list(TASKS),
+        "image_size": {"height": IMAGE_HEIGHT, "width": IMAGE_WIDTH, "mode": "L"},
+        "description": DESCRIPTION, "image_index": IMAGE_INDEX_FILE,
+        "split_samples": {"train": train_ids.tolist(), "eval": eval_ids.tolist()},
+    }
+    (root / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    per_task = {task: sum(row["task"] == task for row in eval_rows) for task in TASKS}
+    return {"train_rows": len(train_rows), "eval_rows": len(eval_rows),
+            "images": n_train_images + n_eval_images, "train_images": n_train_images,
+            "eval_images": n_eval_images, "eval_per_task": per_task}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -1,0 +1,137 @@
+"""The LaME model: backbone + K reason tokens + M summary tokens + two heads, one forward pass."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from lame.backbones import build_backbone
+from lame.config import LameConfig
+from lame.heads import DecoderHead, EmbeddingHead
+from lame_runtime.preprocess import INPUT_NAMES, Preprocessor, align_inputs
+
+
+@dataclass
+class LameOutput:
+    embedding: torch.Tensor       # [B, D], unit norm
+    reason_states: torch.Tensor   # [B, K, H]
+    summary_states: torch.Tensor  # [B, M, H]
+
+
+class LameModel(nn.Module):
+    def __init__(self, config: LameConfig, preprocessor: Preprocessor):
+        super().__init__()
+        self.config = config
+        self.preprocessor = preprocessor
+        special = preprocessor.text.special
+        self.image_token_id = special["image"]
+        self.pad_token_id = special["pad"]
+        self.backbone = build_backbone(config, preprocessor.text.vocab_size, self.image_token_id)
+        hidden = self.backbone.hidden_size
+        # One parameter each; the export check looks for the safetensors key "reason_tokens".
+        self.reason_tokens = nn.Parameter(torch.randn(config.num_reason_tokens, hidden) * 0.02)
+        self.summary_tokens = nn.Parameter(torch.randn(config.num_summary_tokens, hidden) * 0.02)
+        self.embed_head = EmbeddingHead(hidden, config.embed_dim, config.pooling)
+        self.decoder_head = None
+        if config.uses_decoder:
+            self.decoder_head = DecoderHead(hidden, preprocessor.text.vocab_size,
+                                            config.decoder_dim, config.decoder_layers,
+                                            config.decoder_heads, config.max_answer_tokens)
+
+    @property
+    def num_latent(self) -> int:
+        return self.config.num_reason_tokens + self.config.num_summary_tokens
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                pixel_values: torch.Tensor, image_mask: torch.Tensor) -> LameOutput:
+        length = input_ids.shape[1]
+        hidden = self.hidden_states(input_ids, attention_mask, pixel_values, image_mask)
+        k = self.config.num_reason_tokens
+        reason, summary = hidden[:, length:length + k], hidden[:, length + k:]
+        return LameOutput(self.embed_head(summary), reason, summary)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      pixel_values: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states of the whole sequence [B, L + K + M, H] (input, reason, summary)."""
+        batch, length = input_ids.shape
+        is_image = (input_ids == self.image_token_id) & attention_mask.bool()
+        embeds = self._merge_images(self.backbone.embed_tokens(input_ids), is_image,
+                                    self._image_features(pixel_values, image_mask, is_image))
+        latent = torch.cat([self.reason_tokens, self.summary_tokens]).to(embeds.dtype)
+        embeds = torch.cat([embeds, latent.unsqueeze(0).expand(batch, -1, -1)], dim=1)
+        ones = attention_mask.new_ones(batch, self.num_latent)
+        valid = torch.cat([attention_mask, ones], dim=1)
+        is_image = torch.cat([is_image, torch.zeros_like(ones, dtype=torch.bool)], dim=1)
+        positions = self.backbone.position_ids(valid, is_image)
+        bias = self.attention_bias(valid, length, embeds.dtype)
+        return self.backbone.transformer(embeds, positions, bias)
+
+    def _image_features(self, pixel_values: torch.Tensor, image_mask: torch.Tensor,
+                        is_image: torch.Tensor) -> torch.Tensor | None:
+        """Visual tokens [B, N, H] (zeros for text-only rows); vision runs on image rows only."""
+        rows = image_mask.bool()
+        counts = is_image.sum(1)
+        expected = rows.long() * self.config.image.num_tokens
+        if not torch.equal(counts, expected):
+            raise ValueError(f"image placeholder tokens per row {counts.tolist()} do not match "
+                             f"image_mask * {self.config.image.num_tokens} = {expected.tolist()}")
+        if not rows.any():
+            return None
+        features = self.backbone.encode_images(pixel_values[rows])
+        out = features.new_zeros(len(rows), *features.shape[1:])
+        out[rows] = features
+        return out
+
+    @staticmethod
+    def _merge_images(embeds: torch.Tensor, is_image: torch.Tensor,
+                      features: torch.Tensor | None) -> torch.Tensor:
+        # cumsum/gather/where rather than masked_scatter/nonzero: static shapes, exportable.
+        if features is None:
+            return embeds
+        order = (is_image.long().cumsum(1) - 1).clamp(min=0)
+        gathered = features.gather(1, order.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
+        return torch.where(is_image.unsqueeze(-1), gathered.to(embeds.dtype), embeds)
+
+    def attention_bias(self, valid: torch.Tensor, input_length: int,
+                       dtype: torch.dtype) -> torch.Tensor:
+        """Additive [B, 1, T, T] bias: causal + key padding (+ the bottleneck)."""
+        total = valid.shape[1]
+        idx = torch.arange(total, device=valid.device)
+        allowed = (idx.unsqueeze(0) <= idx.unsqueeze(1)).unsqueeze(0) & valid.bool().unsqueeze(1)
+        if self.config.bottleneck_mask:
+            summary_query = idx >= input_length + self.config.num_reason_tokens
+            input_key = idx < input_length
+            allowed = allowed & ~(summary_query.unsqueeze(1) & input_key.unsqueeze(0))
+        # A padded query row would otherwise see nothing (softmax of all -inf = NaN).
+        allowed = allowed | torch.eye(total, dtype=torch.bool, device=valid.device)
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=valid.device)
+        return bias.masked_fill(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+
+    # ----------------------------------------------------------------- inference API
+    def feed_to_tensors(self, feed: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        device = self.reason_tokens.device
+        return {name: torch.from_numpy(feed[name]).to(device) for name in INPUT_NAMES}
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str | None] | None = None,
+               images: Sequence[Any] | None = None, batch_size: int = 32) -> np.ndarray:
+        """Embed queries -> float32 [N, D], unit-norm rows. Texts and images may be given alone
+        or together (equal lengths: one interleaved query per row); images are paths, PIL
+        images or HxWx3 uint8 arrays."""
+        texts, images = align_inputs(texts, images)
+        count = len(texts)
+        was_training = self.training
+        self.eval()
+        chunks = []
+        try:
+            for start in range(0, count, batch_size):
+                part = slice(start, start + batch_size)
+                feed = self.preprocessor(texts[part], images[part])
+                chunks.append(self(**self.feed_to_tensors(feed)).embedding.float().cpu().numpy())
+        finally:
+            self.train(was_training)
+        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(
+            (0, self.config.embed_dim), np.float32)

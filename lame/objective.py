@@ -1,0 +1,30 @@
+"""The LaME training objective for one batch: contrastive + reconstruction + diversity."""
+from __future__ import annotations
+
+import torch
+
+from lame.losses import diversity_penalty, info_nce
+
+
+def compute_losses(model, batch: dict) -> dict[str, torch.Tensor]:
+    cfg = model.config
+    query = model(**batch["query"])
+    target = model(**batch["target"])
+    negatives = None
+    if "negatives" in batch:
+        flat = model(**batch["negatives"]).embedding
+        negatives = flat.reshape(len(query.embedding), -1, flat.shape[-1])
+    losses = {"contrastive": info_nce(query.embedding, target.embedding, cfg.temperature,
+                                      negatives, batch["same_answer"],
+                                      batch.get("negative_valid"))}
+    total = cfg.w_contrastive * losses["contrastive"]
+    if model.decoder_head is not None:
+        losses["reconstruction"] = model.decoder_head.loss(
+            query.reason_states, batch["decoder_input"], batch["decoder_target"],
+            ignore_index=model.pad_token_id)
+        total = total + cfg.w_reconstruction * losses["reconstruction"]
+    if cfg.num_reason_tokens > 1 and cfg.w_diversity > 0:
+        losses["diversity"] = diversity_penalty(query.reason_states)
+        total = total + cfg.w_diversity * losses["diversity"]
+    losses["total"] = total
+    return losses

@@ -1,0 +1,258 @@
+"""Both training stages in one loop.
+
+* warm-up: vision encoder and language model frozen; reason tokens, summary tokens and both heads
+  learn to use the (frozen) backbone.
+* joint: everything trains; contrastive on [EMBED] plus reconstruction and diversity.
+
+Each stage gets its own AdamW (different parameter sets) with linear warm-up + cosine decay.
+Batches are a pure function of (seed, global step), and checkpoints carry optimizer moments and
+the torch RNG, so ``resume=True`` after a kill reproduces the uninterrupted run.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lame.checkpoint import (load_model, load_trainer_state, read_json, read_metrics, resolve,
+                             save_checkpoint)
+from lame.config import LameConfig
+from lame.data.batching import Collator, batch_indices
+from lame.data.dataset import load_eval, load_train
+from lame.evaluate import evaluate, subsample
+from lame.objective import compute_losses
+
+STAGES = ("warmup", "joint", "all")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "all"              # warmup | joint | all (= warmup then joint)
+    max_steps: int = 1500           # total optimizer steps over the stages run
+    warmup_fraction: float = 0.2    # share of max_steps given to the warm-up stage with "all"
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_warmup: float = 0.05         # share of each stage spent ramping the learning rate up
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    hard_negatives: int = 1
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 500           # 0 disables periodic evaluation
+    eval_per_task: int = 20         # rows per task in periodic evaluation (final one uses all)
+    save_every: int = 250
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.max_steps < 1 or self.batch_size < 2:
+            raise ValueError("max_steps must be >= 1 and batch_size >= 2 (in-batch negatives)")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ValueError("warmup_fraction must be within [0, 1]")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def stage_plan(self) -> list[tuple[str, int, int]]:
+        """[(stage, first_step, end_step)] over global steps."""
+        if self.stage != "all":
+            return [(self.stage, 0, self.max_steps)]
+        warm = round(self.max_steps * self.warmup_fraction)
+        plan = [("warmup", 0, warm), ("joint", warm, self.max_steps)]
+        return [p for p in plan if p[2] > p[1]]
+
+
+def set_trainable(model, stage: str) -> list[torch.nn.Parameter]:
+    """Freeze the whole backbone for warm-up; train everything in the joint stage."""
+    for param in model.parameters():
+        param.requires_grad_(True)
+    if stage == "warmup":
+        for param in model.backbone.parameters():
+            param.requires_grad_(False)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def learning_rate(cfg: TrainConfig, step: int, first: int, end: int) -> float:
+    total = end - first
+    ramp = max(1, round(total * cfg.lr_warmup))
+    local = step - first
+    if local < ramp:
+        return cfg.lr * (local + 1) / ramp
+    progress = (local - ramp) / max(1, total - ramp)
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def _optimizer(model, params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Decay matrices only; not biases/norms, and not the latent tokens, which decay would pull
+    # towards the zero vector (a token that carries nothing).
+    latent = {id(model.reason_tokens), id(model.summary_tokens)}
+    decay = [p for p in params if p.ndim >= 2 and id(p) not in latent]
+    decay_ids = {id(p) for p in decay}
+    rest = [p for p in params if id(p) not in decay_ids]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+class Trainer:
+    def __init__(self, model, cfg: TrainConfig, data_dir: Path, out_dir: Path,
+                 show_progress: bool = True):
+        self.model, self.cfg, self.out_dir = model, cfg, Path(out_dir)
+        self.rows = load_train(data_dir)
+        if len(self.rows) < cfg.batch_size:
+            raise ValueError(f"{data_dir} has {len(self.rows)} training rows, fewer than "
+                             f"batch_size={cfg.batch_size}")
+        eval_path = Path(data_dir) / "eval.jsonl"
+        self.eval_rows = load_eval(data_dir) if eval_path.is_file() else []
+        model.preprocessor.image_cache = {}
+        self.collate = Collator(model.preprocessor, model.config.max_answer_tokens,
+                                cfg.hard_negatives)
+        self.metrics: list[dict[str, Any]] = []
+        self.show_progress = show_progress
+
+    # ------------------------------------------------------------------ loop
+    def run(self, start_step: int = 0) -> dict[str, Any]:
+        for stage, first, end in self.cfg.stage_plan():
+            if end > start_step:
+                self._run_stage(stage, first, end, max(first, start_step))
+        final = self.evaluate(full=True) if self.eval_rows else {}
+        if final:
+            self.metrics.append({"step": self.cfg.max_steps, "stage": "final", "eval": final})
+        self.save(self.cfg.stage_plan()[-1][0], self.cfg.max_steps, done=True, optimizer=None)
+        return final
+
+    def _run_stage(self, stage: str, first: int, end: int, start: int) -> None:
+        params = set_trainable(self.model, stage)
+        optimizer = _optimizer(self.model, params, self.cfg)
+        if start > first:  # resuming inside this stage
+            load_trainer_state(self.out_dir, optimizer)
+        self.model.train()
+        bar = _progress(range(start, end), stage, self.show_progress)
+        tick = time.perf_counter()
+        for step in bar:
+            lr = learning_rate(self.cfg, step, first, end)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            losses = self._step(step, params, optimizer)
+            if (step + 1) % self.cfg.log_every == 0 or step + 1 == end:
+                now = time.perf_counter()
+                self._log(step + 1, stage, lr, losses, now - tick)
+                tick = now
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{losses['total']:.3f}", lr=f"{lr:.1e}")
+            if self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0 and self.eval_rows:
+                self.metrics.append({"step": step + 1, "stage": stage, "eval": self.evaluate()})
+                self.model.train()
+            if (self.cfg.save_every and (step + 1) % self.cfg.save_every == 0) or step + 1 == end:
+                self.save(stage, step + 1, done=False, optimizer=optimizer)
+
+    def _step(self, step: int, params, optimizer) -> dict[str, float]:
+        idx = batch_indices(len(self.rows), self.cfg.batch_size, self.cfg.seed, step)
+        batch = self.collate([self.rows[i] for i in idx])
+        losses = compute_losses(self.model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        if not torch.isfinite(losses["total"]):
+            raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        optimizer.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _log(self, step: int, stage: str, lr: float, losses: dict[str, float],
+             seconds: float) -> None:
+        steps = min(self.cfg.log_every, step) or 1
+        self.metrics.append({"step": step, "stage": stage, "lr": lr, **losses,
+                             "steps_per_s": round(steps / max(seconds, 1e-9), 3)})
+
+    def evaluate(self, full: bool = False) -> dict[str, Any]:
+        rows = self.eval_rows if full else subsample(self.eval_rows, self.cfg.eval_per_task)
+        return evaluate(self.model.encode, rows)
+
+    def save(self, stage: str, step: int, done: bool, optimizer) -> None:
+        meta = {"stage": stage, "step": step, "done": done,
+                "max_steps": self.cfg.max_steps, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        last_eval = next((m["eval"] for m in reversed(self.metrics) if "eval" in m), None)
+        if last_eval:
+            meta["eval"] = {k: last_eval[k] for k in ("hit@1", "ndcg@5", "ndcg@10")}
+        save_checkpoint(self.out_dir, self.model, asdict(self.cfg), meta, self.metrics, optimizer,
+                        extra_files=self._plot if done else None)
+
+    def _plot(self, directory: Path) -> None:
+        from lame.plots import plot_training
+
+        plot_training(self.metrics, directory / "training_curves.png")
+
+
+def _progress(steps, stage: str, enabled: bool):
+    if not enabled:
+        return steps
+    from tqdm.auto import tqdm
+
+    return tqdm(steps, desc=f"{stage}", unit="step", dynamic_ncols=True)
+
+
+def train(data_dir: str | Path, out_dir: str | Path, model_config: LameConfig | None,
+          train_config: TrainConfig, resume: bool = False, init_from: str | Path | None = None,
+          show_progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) into ``out_dir``; returns the final evaluation (percent metrics)."""
+    if train_config.threads:
+        torch.set_num_threads(train_config.threads)
+    out_dir = Path(out_dir)
+    if resume and _has_checkpoint(out_dir):
+        return _resume(data_dir, out_dir, train_config, show_progress)
+    if _has_checkpoint(out_dir) and not resume:
+        raise FileExistsError(f"{out_dir} already holds a checkpoint; pass resume=True "
+                              "(--resume) to continue it, or choose another output directory")
+    torch.manual_seed(train_config.seed)
+    if init_from is not None:
+        model = load_model(init_from)
+        if model_config is not None and model_config.to_dict() != model.config.to_dict():
+            warnings.warn(f"init_from={init_from}: using that checkpoint's model config")
+    else:
+        if model_config is None:
+            raise ValueError("model_config is required unless init_from is given")
+        from lame.tokenizer import preprocessor_for
+
+        model = _new_model(model_config, preprocessor_for(data_dir, model_config))
+    trainer = Trainer(model, train_config, Path(data_dir), out_dir, show_progress)
+    return trainer.run()
+
+
+def _new_model(config: LameConfig, preprocessor):
+    from lame.model import LameModel
+
+    return LameModel(config, preprocessor)
+
+
+def _has_checkpoint(out_dir: Path) -> bool:
+    try:
+        return (resolve(out_dir) / "meta.json").is_file()
+    except Exception:
+        return False
+
+
+def _resume(data_dir, out_dir: Path, requested: TrainConfig, show_progress: bool):
+    meta = read_json(out_dir, "meta.json")
+    saved = TrainConfig.from_dict(read_json(out_dir, "train_config.json"))
+    if asdict(saved) != asdict(requested):
+        changed = sorted(k for k, v in asdict(requested).items() if asdict(saved)[k] != v)
+        warnings.warn(f"resuming with the checkpoint's own training config; ignoring changed "
+                      f"options {changed}")
+    if meta.get("done"):
+        return meta.get("eval", {})
+    model = load_model(out_dir)
+    trainer = Trainer(model, saved, Path(data_dir), out_dir, show_progress)
+    trainer.metrics = read_metrics(out_dir)
+    if meta["step"] > 0:
+        load_trainer_state(out_dir, None)  # restores the RNG even at a stage boundary
+    return trainer.run(start_step=meta["step"])

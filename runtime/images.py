@@ -1,0 +1,163 @@
+"""Image preprocessing with NumPy + Pillow only.
+
+Reproduces the Qwen2-VL image processor's flat patch layout (the order its vision tower expects):
+resize to a fixed resolution, rescale to [0, 1], normalise per channel, cut into
+``patch_size`` squares grouped by ``merge_size`` x ``merge_size`` blocks, and repeat each image
+``temporal_patch_size`` times along time (a still image is a one-frame video to Qwen2-VL).
+A fixed resolution gives every image the same number of visual tokens, which keeps the exported
+graph static in that dimension.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+# OpenAI CLIP statistics: the Qwen2-VL image processor's defaults.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+             "nearest": Image.Resampling.NEAREST}
+
+
+@dataclass
+class ImageConfig:
+    height: int = 16
+    width: int = 64
+    patch_size: int = 8
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
+    std: list[float] = field(default_factory=lambda: list(CLIP_STD))
+    resample: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        block = self.patch_size * self.merge_size
+        if self.height % block or self.width % block:
+            raise ValueError(f"image size {self.height}x{self.width} must be divisible by "
+                             f"patch_size*merge_size = {block}")
+        if self.resample not in _RESAMPLE:
+            raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (rows, cols) before merging."""
+        return self.height // self.patch_size, self.width // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        gh, gw = self.grid
+        return gh * gw
+
+    @property
+    def num_tokens(self) -> int:
+        """Visual tokens the language model sees per image (after the 2x2 merger)."""
+        return self.num_patches // (self.merge_size ** 2)
+
+    @property
+    def patch_dim(self) -> int:
+        return 3 * self.temporal_patch_size * self.patch_size ** 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ImageConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ImageConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def load_image(image: Any) -> Image.Image:
+    """Path, PIL image or uint8/uint16 array (HxW, HxWx3, HxWx4) -> RGB PIL image."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb(img)
+    if isinstance(image, Image.Image):
+        return _to_rgb(image)
+    if isinstance(image, np.ndarray):
+        return _to_rgb(_array_to_pil(image))
+    raise TypeError(f"unsupported image type {type(image).__name__}: "
+                    "expected a path, a PIL image or a NumPy array")
+
+
+def _array_to_pil(array: np.ndarray) -> Image.Image:
+    if array.dtype == np.uint16:
+        array = _sixteen_to_eight(array)
+    if array.dtype != np.uint8:
+        raise TypeError(f"image arrays must be uint8 or uint16, got {array.dtype}")
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
+        return Image.fromarray(array)
+    raise ValueError(f"image array must be HxW, HxWx3 or HxWx4, got shape {array.shape}")
+
+
+def _sixteen_to_eight(array: np.ndarray) -> np.ndarray:
+    # Divide by 257 so that 65535 -> 255 exactly; rounding keeps mid-grey symmetric.
+    return np.round(array.astype(np.float32) / 257.0).astype(np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return Image.fromarray(_sixteen_to_eight(np.asarray(img).astype(np.uint16))).convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on white, as the Qwen processors' convert_rgb does: transparent means background.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def image_to_array(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
+    """RGB PIL image -> normalised float32 CHW array at the configured resolution."""
+    if img.size != (cfg.width, cfg.height):
+        img = img.resize((cfg.width, cfg.height), _RESAMPLE[cfg.resample])
+    array = np.asarray(img, dtype=np.float32) / 255.0
+    mean = np.asarray(cfg.mean, dtype=np.float32)
+    std = np.asarray(cfg.std, dtype=np.float32)
+    return ((array - mean) / std).transpose(2, 0, 1)
+
+
+def patchify(chw: np.ndarray, cfg: ImageConfig) -> np.ndarray:
+    """CHW -> [num_patches, patch_dim] in Qwen2-VL's flat (merge-block-major) patch order."""
+    c, h, w = chw.shape
+    p, m, t = cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size
+    gh, gw = h // p, w // p
+    x = chw.reshape(c, gh // m, m, p, gw // m, m, p)
+    x = x.transpose(1, 4, 2, 5, 0, 3, 6)  # (gh/m, gw/m, m, m, C, p, p)
+    x = np.broadcast_to(x[:, :, :, :, :, None], (*x.shape[:5], t, p, p))
+    return np.ascontiguousarray(x.reshape(gh * gw, c * t * p * p), dtype=np.float32)
+
+
+def preprocess_images(images: Sequence[Any], cfg: ImageConfig,
+                      cache: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Images (None allowed for text-only rows) -> pixel_values [B, num_patches, patch_dim].
+
+    ``cache`` (path -> patches) lets a training loop decode each image file once.
+    """
+    out = np.zeros((len(images), cfg.num_patches, cfg.patch_dim), dtype=np.float32)
+    for row, image in enumerate(images):
+        if image is None:
+            continue
+        key = str(image) if cache is not None and isinstance(image, (str, Path)) else None
+        if key is not None and key in cache:
+            out[row] = cache[key]
+            continue
+        out[row] = patchify(image_to_array(load_image(image), cfg), cfg)
+        if key is not None:
+            cache[key] = out[row].copy()
+    return out

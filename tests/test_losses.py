@@ -1,0 +1,66 @@
+"""InfoNCE and the diversity regulariser against straightforward reference computations."""
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lame.losses import diversity_penalty, info_nce
+
+
+def _reference_info_nce(q, t, temp, negatives, same, valid):
+    total = 0.0
+    for i in range(len(q)):
+        logits = []
+        for j in range(len(t)):
+            if j != i and same[i, j]:
+                continue
+            logits.append(float(q[i] @ t[j]) / temp)
+        positive = float(q[i] @ t[i]) / temp
+        for h in range(negatives.shape[1]):
+            if valid[i, h]:
+                logits.append(float(q[i] @ negatives[i, h]) / temp)
+        total += -(positive - math.log(sum(math.exp(x) for x in logits)))
+    return total / len(q)
+
+
+def test_info_nce_equals_reference():
+    gen = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(6, 8, generator=gen), dim=-1)
+    t = F.normalize(torch.randn(6, 8, generator=gen), dim=-1)
+    neg = F.normalize(torch.randn(6, 2, 8, generator=gen), dim=-1)
+    answers = ["a", "b", "a", "c", "d", "b"]
+    same = torch.tensor([[x == y for y in answers] for x in answers])
+    valid = torch.tensor([[True, True], [True, False]] * 3)
+    ours = info_nce(q, t, 0.1, neg, same, valid)
+    reference = _reference_info_nce(q.numpy(), t.numpy(), 0.1, neg.numpy(), same.numpy(),
+                                    valid.numpy())
+    assert abs(float(ours) - reference) < 1e-5
+
+
+def test_false_negatives_are_masked_not_pushed():
+    q = F.normalize(torch.randn(4, 8), dim=-1)
+    t = q.clone()
+    t[1] = t[0]  # row 1's target is identical to row 0's: a false negative for row 0
+    same = torch.tensor([[True, True, False, False], [True, True, False, False],
+                         [False, False, True, False], [False, False, False, True]])
+    masked = info_nce(q, t, 0.05, same_answer=same)
+    unmasked = info_nce(q, t, 0.05)
+    assert masked < unmasked
+
+
+def test_diversity_penalty_extremes():
+    same = torch.ones(2, 4, 8)
+    assert torch.isclose(diversity_penalty(same), torch.tensor(1.0))
+    orthogonal = torch.eye(8)[:4].expand(2, 4, 8)
+    assert float(diversity_penalty(orthogonal)) < 1e-7
+    assert float(diversity_penalty(torch.randn(2, 1, 8))) == 0.0
+
+
+def test_diversity_gradient_spreads_states():
+    states = (torch.ones(1, 3, 4) + 0.01 * torch.randn(1, 3, 4)).requires_grad_()
+    before = float(diversity_penalty(states.detach()))
+    diversity_penalty(states).backward()
+    with torch.no_grad():
+        after = float(diversity_penalty(states - 1.0 * states.grad))
+    assert after < before
