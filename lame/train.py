@@ -10,7 +10,9 @@ the torch RNG, so ``resume=True`` after a kill reproduces the uninterrupted run.
 """
 from __future__ import annotations
 
+import json
 import math
+from collections import Counter
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -36,7 +38,7 @@ class TrainConfig:
     max_steps: int = 1500           # total optimizer steps over the stages run
     warmup_fraction: float = 0.2    # share of max_steps given to the warm-up stage with "all"
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-4
     lr_warmup: float = 0.05         # share of each stage spent ramping the learning rate up
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -185,12 +187,24 @@ class Trainer:
         if last_eval:
             meta["eval"] = {k: last_eval[k] for k in ("hit@1", "ndcg@5", "ndcg@10")}
         save_checkpoint(self.out_dir, self.model, asdict(self.cfg), meta, self.metrics, optimizer,
-                        extra_files=self._plot if done else None)
+                        extra_files=lambda d: self._extra_files(d, done))
 
-    def _plot(self, directory: Path) -> None:
-        from lame.plots import plot_training
+    def _extra_files(self, directory: Path, done: bool) -> None:
+        (directory / "instructions.json").write_text(json.dumps(self._instructions(), indent=2))
+        if done:
+            from lame.plots import plot_training
 
-        plot_training(self.metrics, directory / "training_curves.png")
+            plot_training(self.metrics, directory / "training_curves.png")
+
+    def _instructions(self) -> dict[str, Any]:
+        """The query instructions the model was trained with (the runtime re-uses them)."""
+        per_task = {}
+        for row in self.rows:
+            if row.instruction and row.task:
+                per_task.setdefault(row.task, row.instruction)
+        counts = Counter(row.instruction for row in self.rows if row.instruction)
+        return {"query": counts.most_common(1)[0][0] if counts else None, "document": None,
+                "tasks": dict(sorted(per_task.items()))}
 
 
 def _progress(steps, stage: str, enabled: bool):

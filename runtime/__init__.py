@@ -7,8 +7,13 @@ preprocessing (tokenisation with ``tokenizers``, image transforms with NumPy/Pil
 from lame_runtime.images import ImageConfig, load_image, preprocess_images
 from lame_runtime.text import SPECIAL_TOKENS, TextProcessor
 from lame_runtime.preprocess import Preprocessor, format_query
+from lame_runtime.artifact import Artifact, ArtifactError
+from lame_runtime.embedder import Embedder
 
 __all__ = [
+    "Embedder",
+    "Artifact",
+    "ArtifactError",
     "ImageConfig",
     "load_image",
     "preprocess_images",

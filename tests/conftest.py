@@ -54,3 +54,16 @@ def trained_ckpt(digits_dir, tmp_path_factory) -> Path:
                  "--max-steps", "8", "--batch-size", "8", "--no-progress"])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(trained_ckpt, digits_dir, tmp_path_factory) -> Path:
+    """The tiny checkpoint exported with fp32 + fp16 + int8 (gates recorded, not enforced:
+    an 8-step model's rankings are near-ties, so its hit@1 moves on noise)."""
+    from lame_export.pipeline import ExportOptions, export_checkpoint
+
+    out = tmp_path_factory.mktemp("artifact") / "tiny"
+    export_checkpoint(trained_ckpt, out, ExportOptions(fp16=True, int8=True,
+                                                       calib_data=str(digits_dir),
+                                                       calib_size=32, force=True))
+    return out

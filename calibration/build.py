@@ -1,0 +1,96 @@
+"""Sample, preprocess (with the runtime's own code) and save a calibration set."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lame_runtime.preprocess import Preprocessor, format_query
+
+Item = tuple[str | None, str | None]  # (text, absolute image path)
+
+
+def _items_of(row: dict[str, Any], root: Path, split: str) -> list[tuple[str, Item]]:
+    """(stratum, item) pairs of one jsonl row: its query and its targets/candidates."""
+    def item(spec: dict, instruction: str | None = None) -> Item:
+        image = spec.get("image")
+        return format_query(spec.get("text"), instruction), str(root / image) if image else None
+
+    task = row.get("task", "default")
+    out = [(f"{task}/query", item(row["query"], row.get("instruction")))]
+    docs = [row["target"]] if split == "train" else row.get("candidates", [])
+    out += [(f"{task}/document", item(doc)) for doc in docs]
+    return out
+
+
+def sample_items(data_dir: str | Path, size: int, seed: int = 0,
+                 split: str = "train") -> list[Item]:
+    """Seeded sample stratified over (task, query/document, modality), round-robin."""
+    root = Path(data_dir)
+    path = root / f"{split}.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"calibration data: {path} not found")
+    strata: dict[str, list[Item]] = defaultdict(list)
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                for stratum, (text, image) in _items_of(row, root, split):
+                    modality = "+".join(m for m, v in (("text", text), ("image", image)) if v)
+                    strata[f"{stratum}/{modality}"].append((text, image))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{number}: not a valid row: {err}") from err
+    rng = np.random.default_rng(seed)
+    queues = {k: [v[i] for i in rng.permutation(len(v))] for k, v in sorted(strata.items())}
+    picked: list[Item] = []
+    while len(picked) < size and any(queues.values()):
+        for key in sorted(queues):
+            if queues[key] and len(picked) < size:
+                picked.append(queues[key].pop())
+    return picked
+
+
+def pad_left(feed: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Left-pad ``input_ids``/``attention_mask`` to a fixed ``length``."""
+    current = feed["input_ids"].shape[1]
+    if current > length:
+        raise ValueError(f"sequence length {current} exceeds the fixed length {length}")
+    extra = length - current
+    out = dict(feed)
+    out["input_ids"] = np.pad(feed["input_ids"], ((0, 0), (extra, 0)), constant_values=pad_id)
+    out["attention_mask"] = np.pad(feed["attention_mask"], ((0, 0), (extra, 0)))
+    return out
+
+
+def build(data_dir: str | Path, preprocessor_dir: str | Path, out_path: str | Path,
+          size: int = 128, seed: int = 0, split: str = "train",
+          length: int | None = None) -> Path:
+    """Write ``out_path`` (.npz, atomically): ``size`` samples, all padded to one length."""
+    preprocessor = Preprocessor.from_dir(preprocessor_dir)
+    items = sample_items(data_dir, size, seed, split)
+    if not items:
+        raise ValueError(f"no calibration samples found in {data_dir}")
+    feed = preprocessor([t for t, _ in items], [i for _, i in items])
+    feed = pad_left(feed, length or feed["input_ids"].shape[1], preprocessor.text.special["pad"])
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".npz")
+    os.close(fd)
+    np.savez(tmp, **feed)
+    os.replace(tmp, out_path)
+    return out_path
+
+
+def load(path: str | Path) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"calibration file not found: {path}")
+    with np.load(path, allow_pickle=False) as data:  # never unpickle
+        return {name: data[name] for name in data.files}

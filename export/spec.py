@@ -1,0 +1,71 @@
+"""The declarative export spec: names, dynamic axes and dummy inputs in one place."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lame_runtime.preprocess import INPUT_NAMES, Preprocessor
+
+# Not "embedding": the dynamo exporter's names collide with aten.embedding.
+OUTPUT_NAME = "lame_embedding"
+
+
+@dataclass
+class ExportSpec:
+    opset: int = 18
+    max_batch: int = 64
+    max_sequence: int = 512
+    input_names: tuple[str, ...] = INPUT_NAMES
+    output_names: tuple[str, ...] = (OUTPUT_NAME,)
+
+    def dynamic_shapes(self) -> dict:
+        import torch
+
+        batch = torch.export.Dim("batch", min=1, max=self.max_batch)
+        sequence = torch.export.Dim("sequence", min=2, max=self.max_sequence)
+        return {"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence},
+                "pixel_values": {0: batch}, "image_mask": {0: batch}}
+
+    def io_manifest(self, preprocessor: Preprocessor, embed_dim: int) -> dict:
+        image = preprocessor.image
+        return {
+            "inputs": [
+                {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+                {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
+                {"name": "pixel_values", "dtype": "float32",
+                 "shape": ["batch", image.num_patches, image.patch_dim]},
+                {"name": "image_mask", "dtype": "int64", "shape": ["batch"]},
+            ],
+            "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", embed_dim]}],
+        }
+
+
+def sample_image(seed: int, height: int, width: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def dummy_feed(preprocessor: Preprocessor) -> dict[str, np.ndarray]:
+    """Three rows covering text-only, image-only and text+image, with unequal lengths."""
+    image = sample_image(0, preprocessor.image.height, preprocessor.image.width)
+    return preprocessor(["a short text", None, "a somewhat longer text query here"],
+                        [None, image, image])
+
+
+PARITY_TEXTS = ["a", "the digits add up to 9", "find the image that matches the statement: "
+                "the odd digits add up to 13", "exactly 2 digits are greater than 6", "7 3 1"]
+
+
+def parity_feeds(preprocessor: Preprocessor, batches=(1, 3, 8)) -> list[tuple[str, dict]]:
+    """(label, feed) pairs: every batch size x {text, image, text+image, mixed}, varied lengths."""
+    h, w = preprocessor.image.height, preprocessor.image.width
+    feeds = []
+    for batch in batches:
+        texts = [PARITY_TEXTS[(batch + i) % len(PARITY_TEXTS)] for i in range(batch)]
+        images = [sample_image(100 * batch + i, h, w) for i in range(batch)]
+        mixed_t = [t if i % 3 != 1 else None for i, t in enumerate(texts)]
+        mixed_i = [im if i % 3 != 0 else None for i, im in enumerate(images)]
+        for label, (t, im) in {"text": (texts, None), "image": (None, images),
+                               "text+image": (texts, images), "mixed": (mixed_t, mixed_i)}.items():
+            feeds.append((f"b{batch}/{label}", preprocessor(t, im)))
+    return feeds

@@ -1,0 +1,56 @@
+"""Parity checks: compare a candidate's embeddings with a reference's, row by row."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+Feed = dict[str, np.ndarray]
+
+# Minimum row cosine to the PyTorch reference, per precision (the export issue's gates).
+THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}
+
+
+class ParityError(AssertionError):
+    pass
+
+
+def row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    cand = candidate / np.linalg.norm(candidate, axis=1, keepdims=True)
+    return np.sum(ref * cand, axis=1)
+
+
+def validate(reference: np.ndarray, candidate: np.ndarray, min_cosine: float,
+             atol: float | None = None) -> dict:
+    """Raise :class:`ParityError` unless every row matches; return the figures either way."""
+    if reference.shape != candidate.shape:
+        raise ParityError(f"shape mismatch: reference {reference.shape} vs candidate "
+                          f"{candidate.shape}")
+    finite = bool(np.isfinite(candidate).all())
+    cosines = row_cosines(reference, candidate) if finite else np.array([-1.0])
+    figures = {"min_cosine": float(cosines.min()), "finite": finite,
+               "max_abs_diff": float(np.abs(reference - candidate).max()) if finite else None}
+    if not finite:
+        raise ParityError("candidate produced NaN/Inf")
+    if figures["min_cosine"] < min_cosine:
+        raise ParityError(f"min cosine {figures['min_cosine']:.6f} < {min_cosine}")
+    if atol is not None and figures["max_abs_diff"] > atol:
+        raise ParityError(f"max abs diff {figures['max_abs_diff']:.2e} > {atol}")
+    return figures
+
+
+def parity_suite(reference: Callable[[Feed], np.ndarray], candidate: Callable[[Feed], np.ndarray],
+                 feeds: Sequence[tuple[str, Feed]], min_cosine: float) -> dict:
+    """Run every (label, feed); -> {"min_cosine", "finite", "passed", "cases": {label: cos}}."""
+    cases, finite = {}, True
+    for label, feed in feeds:
+        ref, cand = reference(feed), candidate(feed)
+        if not np.isfinite(cand).all():
+            finite = False
+            cases[label] = None
+            continue
+        cases[label] = round(float(row_cosines(ref, cand).min()), 7)
+    worst = min((c for c in cases.values() if c is not None), default=-1.0)
+    return {"min_cosine": worst, "finite": finite, "threshold": min_cosine,
+            "passed": finite and worst >= min_cosine, "cases": cases}

@@ -1,0 +1,82 @@
+"""``Embedder``: texts/images in, unit-norm float32 embeddings out. No torch, no transformers."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from lame_runtime.artifact import Artifact
+from lame_runtime.backends import OnnxRuntimeBackend, check_feed, tensorrt_backend
+from lame_runtime.preprocess import Preprocessor, align_inputs, format_query
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+
+
+class Embedder:
+    """Serve an export artifact directory.
+
+    ``encode`` has the same signature and meaning as ``lame.load(ckpt).encode``; the same
+    preprocessing code runs in both, so embeddings match (parity is checked at export).
+    """
+
+    def __init__(self, path: str | Path, backend: str = "auto", precision: str = "auto",
+                 providers: Sequence[str] | None = None, threads: int | None = None,
+                 lazy: bool = False):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.artifact = Artifact.open(path)
+        self.precision = self._pick_precision(precision)
+        self.backend_name = "onnxruntime" if backend == "auto" else backend
+        self.preprocessor = Preprocessor.from_dir(self.artifact.path)
+        self._providers, self._threads = providers, threads
+        self._backend = None
+        if not lazy:
+            self._load_backend()
+
+    def _pick_precision(self, precision: str) -> str:
+        if precision == "auto":
+            return "fp32"  # the reference precision; fp16/int8 are opt-in
+        self.artifact.file_for(precision, verify=False)  # clear error if absent
+        return precision
+
+    def _load_backend(self):
+        if self._backend is None:
+            model = self.artifact.file_for(self.precision)
+            if self.backend_name == "tensorrt":
+                self._backend = tensorrt_backend(model)
+            else:
+                self._backend = OnnxRuntimeBackend(model, self.artifact.output_name,
+                                                   self._providers, self._threads)
+        return self._backend
+
+    @property
+    def dim(self) -> int:
+        return self.artifact.dim
+
+    def __repr__(self) -> str:
+        backend = self._backend.name if self._backend else f"{self.backend_name} (not loaded)"
+        return (f"Embedder(path='{self.artifact.path}', dim={self.dim}, "
+                f"precision={self.precision}, backend={backend})")
+
+    def infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        check_feed(feed, self.artifact.inputs)
+        return self._load_backend().infer(feed)[self.artifact.output_name]
+
+    def encode(self, texts: Sequence[str | None] | None = None,
+               images: Sequence[Any] | None = None, batch_size: int = 32) -> np.ndarray:
+        texts, images = align_inputs(texts, images)
+        chunks = [self.infer(self.preprocessor(texts[i:i + batch_size], images[i:i + batch_size]))
+                  for i in range(0, len(texts), batch_size)]
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def encode_queries(self, texts=None, images=None, batch_size: int = 32) -> np.ndarray:
+        """Queries get the artifact's query instruction, exactly as in training."""
+        texts, images = align_inputs(texts, images)
+        instruction = self.artifact.instruction("query")
+        return self.encode([format_query(t, instruction) for t in texts], images, batch_size)
+
+    def encode_documents(self, texts=None, images=None, batch_size: int = 32) -> np.ndarray:
+        texts, images = align_inputs(texts, images)
+        instruction = self.artifact.instruction("document")
+        return self.encode([format_query(t, instruction) for t in texts], images, batch_size)
