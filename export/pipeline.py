@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from lame.checkpoint import MODEL_FILE, atomic_write_dir, resolve

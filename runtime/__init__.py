@@ -9,9 +9,11 @@ from lame_runtime.text import SPECIAL_TOKENS, TextProcessor
 from lame_runtime.preprocess import Preprocessor, format_query
 from lame_runtime.artifact import Artifact, ArtifactError
 from lame_runtime.embedder import Embedder
+from lame_runtime.index import Index
 
 __all__ = [
     "Embedder",
+    "Index",
     "Artifact",
     "ArtifactError",
     "ImageConfig",

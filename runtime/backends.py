@@ -21,9 +21,15 @@ class Backend(Protocol):
 
 
 def check_feed(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> None:
+    if not isinstance(feed, dict):
+        raise TypeError(f"feed must be a dict of input name -> array, got {type(feed).__name__}")
     missing = [s.name for s in specs if s.name not in feed]
     if missing:
         raise ValueError(f"feed lacks inputs {missing}")
+    unexpected = sorted(set(feed) - {s.name for s in specs})
+    if unexpected:
+        raise ValueError(f"feed has unknown inputs {unexpected}; the model takes "
+                         f"{[s.name for s in specs]}")
     batch = None
     for spec in specs:
         value = feed[spec.name]
@@ -80,7 +86,11 @@ class OnnxRuntimeBackend:
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe, so one session serves concurrent encode() calls.
-        (out,) = self.session.run([self.output_name], feed)
+        try:
+            (out,) = self.session.run([self.output_name], feed)
+        except Exception as err:  # ORT's errors name kernels, not the call; add the shapes
+            shapes = {name: tuple(value.shape) for name, value in feed.items()}
+            raise RuntimeError(f"ONNX Runtime inference failed for inputs {shapes}: {err}") from err
         return {self.output_name: out}
 
 

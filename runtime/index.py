@@ -7,7 +7,6 @@ search itself always runs in float32.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from lame_runtime.artifact import sha256
 
 STORAGES = ("float32", "float16", "int8")
 BACKENDS = ("auto", "numpy", "faiss")
@@ -160,7 +161,7 @@ class Index:
         _atomic_write(npz_path, lambda handle: np.savez(handle, **arrays))
         meta = {"format": FORMAT, "version": VERSION, "dim": self.dim, "storage": self.storage,
                 "count": len(self), "ids": self._ids, "payloads": self._payloads,
-                "npz_sha256": _sha256(npz_path)}
+                "npz_sha256": sha256(npz_path)}
         text = json.dumps(meta, ensure_ascii=False)
         _atomic_write(json_path, lambda handle: handle.write(text.encode("utf-8")))
         return npz_path, json_path
@@ -180,9 +181,12 @@ class Index:
         if meta.get("version") != VERSION:
             raise ValueError(f"{json_path}: index version {meta.get('version')!r} is not "
                              f"supported (expects {VERSION})")
-        if meta.get("npz_sha256") != _sha256(npz_path):
+        if meta.get("npz_sha256") != sha256(npz_path):
             raise ValueError(f"{npz_path} does not match {json_path} (sha256 differs): the "
                              "files come from different saves or are corrupt; rebuild the index")
+        missing = [key for key in ("dim", "storage", "ids", "payloads") if key not in meta]
+        if missing:
+            raise ValueError(f"{json_path} lacks {missing}")
         index = cls(meta["dim"], meta["storage"], backend)
         with np.load(npz_path, allow_pickle=False) as arrays:
             codes = arrays["vectors"]
@@ -242,16 +246,17 @@ def _check_matrix(values: Any, dim: int, name: str) -> np.ndarray:
     if not np.isfinite(array).all():
         bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
         raise ValueError(f"{name} row {bad} has NaN or infinite values")
-    return array.astype(np.float32, copy=False)
+    return array
 
 
 def _normalise(array: np.ndarray, name: str) -> np.ndarray:
-    # Norms in float64: a float32 vector with huge components would overflow to inf.
-    norms = np.linalg.norm(array.astype(np.float64), axis=1)
+    # In float64: squaring large float32 (or float16) components would overflow to inf.
+    wide = array.astype(np.float64)
+    norms = np.linalg.norm(wide, axis=1)
     if (norms == 0).any():
         raise ValueError(f"{name} row {int(np.flatnonzero(norms == 0)[0])} is all zeros "
                          "(a zero vector has no direction)")
-    return (array / norms[:, None]).astype(np.float32)
+    return (wide / norms[:, None]).astype(np.float32)
 
 
 def _check_ids(ids: Sequence[str], count: int, existing: dict[str, int]) -> list[str]:
@@ -317,14 +322,6 @@ def _top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np
     return out_scores, out_rows
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _atomic_write(path: Path, write) -> None:
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
                                          suffix=".tmp", delete=False)
@@ -333,6 +330,7 @@ def _atomic_write(path: Path, write) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)  # temp files are created 0600; an index is shareable data
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)

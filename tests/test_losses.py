@@ -1,7 +1,6 @@
 """InfoNCE and the diversity regulariser against straightforward reference computations."""
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

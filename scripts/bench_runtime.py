@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""Benchmark the torch-free runtime on an export artifact: cold start and embeddings/s.
+
+    python scripts/bench_runtime.py ARTIFACT_DIR [--json OUT] [--reps 5] [--threads N]
+
+Cold start is measured in fresh subprocesses (import lame_runtime + Embedder(...) + the first
+vector; torch and transformers are blocked there, so an accidental import fails loudly).
+Throughput runs every (precision, modality, batch) configuration once per repetition, in a
+rotating order, and reports the median: slow drift (thermal, other load) then hits every
+configuration alike instead of whichever happened to run last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+COLD_START = r"""
+import sys, time, json
+sys.modules["torch"] = None; sys.modules["transformers"] = None
+t0 = time.perf_counter()
+import lame_runtime
+t1 = time.perf_counter()
+embedder = lame_runtime.Embedder(sys.argv[1], threads=int(sys.argv[2]) or None)
+t2 = time.perf_counter()
+vector = embedder.encode(texts=["the digits are 1 and 2"])
+t3 = time.perf_counter()
+assert vector.shape == (1, embedder.dim)
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_vector_s": t3 - t2,
+                  "total_s": t3 - t0}))
+"""
+
+TEXTS = ["the digits are 1 and 2", "the largest digit is 8", "the odd digits add up to 18",
+         "the digits are in increasing order", "there are three digits above 4",
+         "the digits span a range of 6", "the sum of the digits is 23", "the digits are 0 and 9"]
+
+
+def cold_start(artifact: Path, runs: int, threads: int) -> dict:
+    results = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", COLD_START, str(artifact), str(threads)],
+                             capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if out.returncode != 0:
+            raise SystemExit(f"cold-start subprocess failed:\n{out.stderr}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result["process_wall_s"] = wall
+        results.append(result)
+    keys = results[0].keys()
+    return {"runs": len(results), **{k: statistics.median(r[k] for r in results) for k in keys}}
+
+
+def make_inputs(embedder, batch: int, modality: str) -> dict:
+    if modality == "text":
+        return {"texts": [TEXTS[i % len(TEXTS)] for i in range(batch)]}
+    cfg = embedder.preprocessor.image
+    rng = np.random.default_rng(0)
+    return {"images": [rng.integers(0, 256, (cfg.height, cfg.width, 3), dtype=np.uint8)
+                       for _ in range(batch)]}
+
+
+def calls_for(embedder, inputs: dict, min_seconds: float) -> int:
+    """Warm up, then choose a call count so one measurement lasts about ``min_seconds``."""
+    embedder.encode_queries(**inputs)
+    start = time.perf_counter()
+    embedder.encode_queries(**inputs)
+    once = max(time.perf_counter() - start, 1e-6)
+    return max(1, int(np.ceil(min_seconds / once)))
+
+
+def measure(embedder, inputs: dict, calls: int, batch: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        embedder.encode_queries(**inputs, batch_size=batch)
+    return calls * batch / (time.perf_counter() - start)
+
+
+def throughput(artifact: Path, precisions: list[str], batches: list[int], reps: int,
+               min_seconds: float, threads: int) -> list[dict]:
+    from lame_runtime import Embedder
+
+    configs = []
+    for precision in precisions:
+        embedder = Embedder(artifact, precision=precision, threads=threads or None)
+        for modality in ("text", "image"):
+            for batch in batches:
+                inputs = make_inputs(embedder, batch, modality)
+                configs.append({"precision": precision, "modality": modality, "batch": batch,
+                                "embedder": embedder, "inputs": inputs,
+                                "calls": calls_for(embedder, inputs, min_seconds), "runs": []})
+    for rep in range(reps):
+        shift = rep % len(configs)  # rotate the order each repetition
+        for config in configs[shift:] + configs[:shift]:
+            config["runs"].append(measure(config["embedder"], config["inputs"],
+                                          config["calls"], config["batch"]))
+    return [{"precision": c["precision"], "modality": c["modality"], "batch": c["batch"],
+             "emb_per_s": statistics.median(c["runs"]), "runs": c["runs"]} for c in configs]
+
+
+def render(report: dict) -> str:
+    cold = report["cold_start"]
+    lines = [f"artifact: {report['artifact']}",
+             f"machine: {report['env']['cpus']} CPUs, onnxruntime {report['env']['onnxruntime']}, "
+             f"threads={report['env']['threads'] or 'ORT default'}",
+             "",
+             f"cold start (fresh process, median of {cold['runs']}):",
+             f"  import lame_runtime   {cold['import_s'] * 1000:8.1f} ms",
+             f"  Embedder(...)        {cold['load_s'] * 1000:8.1f} ms",
+             f"  first vector         {cold['first_vector_s'] * 1000:8.1f} ms",
+             f"  total (in process)   {cold['total_s'] * 1000:8.1f} ms",
+             f"  process wall time    {cold['process_wall_s'] * 1000:8.1f} ms "
+             "(with interpreter start)",
+             "",
+             f"throughput (embeddings/s, median of {report['reps']} interleaved repetitions):",
+             f"  {'precision':<10}{'modality':<10}{'batch':>6}{'emb/s':>12}{'min':>10}{'max':>10}"]
+    for row in report["throughput"]:
+        lines.append(f"  {row['precision']:<10}{row['modality']:<10}{row['batch']:>6}"
+                     f"{row['emb_per_s']:>12.1f}{min(row['runs']):>10.1f}"
+                     f"{max(row['runs']):>10.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("artifact", type=Path, help="export artifact directory")
+    parser.add_argument("--json", dest="json_out", type=Path, help="also write the report here")
+    parser.add_argument("--reps", type=int, default=5, help="throughput repetitions (>= 5)")
+    parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--precisions", nargs="+", default=None,
+                        help="default: every precision in the artifact")
+    parser.add_argument("--min-seconds", type=float, default=0.2,
+                        help="minimum duration of one throughput measurement")
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: default)")
+    args = parser.parse_args(argv)
+    if args.reps < 5:
+        parser.error("--reps must be at least 5")
+
+    sys.modules.setdefault("torch", None)  # this script must never pull torch in
+    from lame_runtime import Artifact
+    import onnxruntime
+
+    artifact = Artifact.open(args.artifact)
+    precisions = args.precisions or artifact.precisions
+    report = {
+        "artifact": str(args.artifact),
+        "env": {"cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+                "python": platform.python_version(), "threads": args.threads},
+        "reps": args.reps,
+        "cold_start": cold_start(args.artifact, args.cold_runs, args.threads),
+        "throughput": throughput(args.artifact, precisions, args.batches, args.reps,
+                                 args.min_seconds, args.threads),
+    }
+    print(render(report))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
