@@ -26,7 +26,11 @@ BLOCK_ELEMENTS = 1 << 23  # scores computed per block: at most ~32 MB of float32
 
 
 class Index:
-    """Exact cosine top-k. ``add(vectors, ids, payloads)``, ``search(queries, k)``, ``remove``."""
+    """Exact cosine top-k. ``add(vectors, ids, payloads)``, ``search(queries, k)``, ``remove``.
+
+    Not synchronised: serialise add/remove against searches (e.g. with a lock) when sharing
+    one index between threads.
+    """
 
     def __init__(self, dim: int, storage: str = "float32", backend: str = "auto"):
         if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
@@ -41,6 +45,8 @@ class Index:
         self._payloads: list[Any] = []
         self._codes = np.zeros((0, self.dim), dtype=_code_dtype(storage))
         self._scales = np.zeros(0, dtype=np.float32)  # int8 only: one scale per vector
+        # Rows added since the last consolidation: many small add() calls stay linear in time.
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._faiss = None  # built lazily, dropped whenever the vectors change
 
     # ----------------------------------------------------------------- contents
@@ -66,6 +72,7 @@ class Index:
 
     def vectors(self) -> np.ndarray:
         """The stored vectors as float32 [N, dim] (dequantised for float16/int8 storage)."""
+        self._consolidate()
         return _decode(self._codes, self._scales, self.storage)
 
     # ----------------------------------------------------------------- mutation
@@ -80,10 +87,8 @@ class Index:
             raise ValueError(f"got {len(payloads)} payloads for {len(ids)} ids")
         for item_id, payload in zip(ids, payloads):
             _check_payload(item_id, payload)
-        codes, scales = _encode(unit, self.storage)
         start = len(self._ids)
-        self._codes = np.concatenate([self._codes, codes])
-        self._scales = np.concatenate([self._scales, scales])
+        self._pending.append(_encode(unit, self.storage))
         self._ids.extend(ids)
         self._payloads.extend(payloads)
         self._rows.update({item_id: start + i for i, item_id in enumerate(ids)})
@@ -97,6 +102,7 @@ class Index:
         if unknown:
             raise KeyError(f"ids not in the index: {unknown[:5]}"
                            + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
+        self._consolidate()
         keep = np.ones(len(self._ids), dtype=bool)
         keep[[self._rows[i] for i in ids]] = False
         # Compacting keeps the survivors in insertion order, which is the tie-break order.
@@ -122,7 +128,14 @@ class Index:
             scores, rows = self._search_numpy(unit, k)
         return scores, [[self._ids[r] for r in row] for row in rows]
 
+    def _consolidate(self) -> None:
+        if self._pending:
+            self._codes = np.concatenate([self._codes, *(c for c, _ in self._pending)])
+            self._scales = np.concatenate([self._scales, *(s for _, s in self._pending)])
+            self._pending = []
+
     def _search_numpy(self, unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self._consolidate()
         block = max(k, BLOCK_ELEMENTS // max(len(unit), 1))
         best_scores, best_rows = None, None
         for start in range(0, len(self), block):
@@ -155,6 +168,7 @@ class Index:
         the json records the npz's sha256, so a reader never pairs halves of two saves.
         """
         npz_path, json_path = index_files(path, for_writing=True)
+        self._consolidate()
         arrays = {"vectors": self._codes}
         if self.storage == "int8":
             arrays["scales"] = self._scales

@@ -55,6 +55,20 @@ def test_search_across_blocks_matches_single_block(data, monkeypatch):
     np.testing.assert_allclose(blocked[0], whole[0], atol=1e-6)
 
 
+def test_many_small_adds_equal_one_add(data):
+    docs, queries, ids = data
+    whole, pieces = Index(24, storage="int8", backend="numpy"), Index(24, storage="int8",
+                                                                      backend="numpy")
+    whole.add(docs, ids)
+    for start in range(0, len(ids), 7):
+        pieces.add(docs[start:start + 7], ids[start:start + 7])
+        if start == 70:  # a search between adds must see everything added so far
+            assert pieces.search(queries[:1], k=500)[0].shape == (1, 77)
+    assert pieces.ids == whole.ids
+    assert np.array_equal(pieces.vectors(), whole.vectors())
+    assert pieces.search(queries, k=5)[1] == whole.search(queries, k=5)[1]
+
+
 def test_k_larger_than_size_and_empty_index():
     index = Index(3, backend="numpy")
     scores, found = index.search(np.ones((2, 3), np.float32), k=5)
@@ -90,7 +104,6 @@ def test_compressed_storage_agrees_on_top1(data, storage, agreement):
     assert same >= agreement, f"{storage} top-1 agreement {same:.3f}"
     tolerance = 2e-3 if storage == "float16" else 2e-2
     np.testing.assert_allclose(scores[:, 0], exact_scores[:, 0], atol=tolerance)
-    assert compressed._codes.dtype == np.dtype(storage)
     assert np.all(scores <= 1.0 + 1e-6)
 
 
@@ -115,6 +128,8 @@ def test_save_load_round_trip_is_exact(data, tmp_path, storage, layout):
     target = str(target) + ("/" if layout == "dir" else "")
     npz_path, json_path = index.save(target)
     assert npz_path.is_file() and json_path.is_file()
+    with np.load(npz_path, allow_pickle=False) as arrays:
+        assert arrays["vectors"].dtype == np.dtype(storage)  # stored compressed on disk too
     assert not [p for p in npz_path.parent.iterdir() if p.name.endswith(".tmp")]
     loaded = Index.load(target, backend="numpy")
     assert (loaded.dim, loaded.storage, len(loaded)) == (24, storage, len(ids) - 2)
