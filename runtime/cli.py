@@ -23,15 +23,18 @@ USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsErr
 
 
 # --------------------------------------------------------------------------- items to index
-def image_items(root: Path) -> list[tuple[str, dict[str, Any], str | None, str | None]]:
-    """Every image under ``root`` (recursive, sorted): (id, payload, text, image)."""
+def image_items(root: Path, pattern: str = "*"
+                ) -> list[tuple[str, dict[str, Any], str | None, str | None]]:
+    """Every image under ``root`` matching ``pattern`` (recursive, sorted):
+    (id, payload, text, image)."""
     if not root.is_dir():
         raise FileNotFoundError(f"image directory not found: {root}")
-    files = sorted((p for p in root.rglob("*")
+    files = sorted((p for p in root.rglob(pattern)
                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
                    key=lambda p: p.relative_to(root).as_posix())
     if not files:
-        raise ValueError(f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images in {root}")
+        raise ValueError(f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images matching "
+                         f"{pattern!r} in {root}")
     return [(p.relative_to(root).as_posix(), {"path": str(p.resolve())}, None, str(p))
             for p in files]
 
@@ -97,6 +100,8 @@ def command() -> None:
 @click.option("--model", "model", required=True, help="Export artifact directory (lame-export).")
 @click.option("--images", "images_dir", default=None,
               help="Index every png/jpg/jpeg/bmp image under this directory.")
+@click.option("--pattern", default="*", show_default=True,
+              help="With --images: only files whose name matches this glob (e.g. 'eval_*').")
 @click.option("--data", "data_dir", default=None,
               help="Index every distinct candidate in this dataset's eval.jsonl.")
 @click.option("--out", "out", required=True,
@@ -107,8 +112,8 @@ def command() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing index at --out.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def index_command(model, images_dir, data_dir, out, precision, storage, batch_size, force,
-                  progress) -> int:
+def index_command(model, images_dir, pattern, data_dir, out, precision, storage, batch_size,
+                  force, progress) -> int:
     """Embed documents (images or dataset candidates) and save a searchable index."""
     from lame_runtime.embedder import Embedder
 
@@ -118,7 +123,8 @@ def index_command(model, images_dir, data_dir, out, precision, storage, batch_si
     if existing and not force:
         raise FileExistsError(f"{existing[0]} exists; pass --force to overwrite it")
     embedder = Embedder(model, precision=precision)
-    items = image_items(Path(images_dir)) if images_dir else dataset_items(Path(data_dir))
+    items = (image_items(Path(images_dir), pattern) if images_dir
+             else dataset_items(Path(data_dir)))
     index = Index(embedder.dim, storage=storage)
     with _progress(progress, len(items), "embedding") as bar:
         for start in range(0, len(items), batch_size):

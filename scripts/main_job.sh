@@ -18,9 +18,9 @@ print(f"digits eval hit@1 {r['hit@1']:.2f}% (chance 2%) | " +
       " | ".join(f"{g} {v['hit@1']:.2f}%" for g, v in r["per_group"].items()))
 PY
 lame-export --ckpt "$RUN" --out "$ART" --fp16 --int8 --calib-data "$DATA"
-if command -v lame-search > /dev/null && python -c "import lame_runtime.cli" 2> /dev/null; then
-  lame-search index --model "$ART" --images "$DATA/images" --out "$INDEX"
-  lame-search query --model "$ART" --index "$INDEX" "the digits add up to 12" -k 3
-  lame-search query --model "$ART" --index "$INDEX" "the largest digit is 7" -k 3
-  lame-search query --model "$ART" --index "$INDEX" "the odd digits add up to 9" -k 3
-fi
+# Index the eval images (never seen in training) and ask three text->image questions.
+lame-search index --model "$ART" --images "$DATA/images" --pattern "eval_*" --out "$INDEX" --force
+T2I="Find the image that matches the statement."
+for query in "the digits add up to 12" "the largest digit is 7" "the odd digits add up to 9"; do
+  lame-search query --model "$ART" --index "$INDEX" --instruction "$T2I" "$query" -k 3
+done

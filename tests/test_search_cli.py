@@ -47,6 +47,17 @@ def test_index_images_dir(image_index, digits_dir, artifact_dir):
     np.testing.assert_allclose(index.vectors()[5], direct[0], atol=1e-6)
 
 
+def test_index_pattern_selects_files(artifact_dir, digits_dir, tmp_path, capsys):
+    out = tmp_path / "eval_only"
+    code, _, err = run_cli(capsys, "index", "--model", artifact_dir, "--images",
+                           digits_dir / "images", "--pattern", "eval_*", "--out", out,
+                           "--no-progress")
+    assert code == 0, err
+    ids = Index.load(out).ids
+    assert ids and all(i.startswith("eval_") for i in ids)
+    assert len(ids) == len(list((digits_dir / "images").glob("eval_*.png")))
+
+
 def test_query_text_matches_library_search(image_index, artifact_dir, capsys):
     path, index = image_index
     text = "the digits are 4 and 7"
