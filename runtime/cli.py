@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import click
 
+from lame_runtime.clitools import invoke
 from lame_runtime.artifact import PRECISIONS, ArtifactError
 from lame_runtime.index import STORAGES, Index, index_files
 
@@ -217,27 +218,8 @@ class _NoBar:
 
 
 # --------------------------------------------------------------------------- entry points
-def invoke(cmd: click.Command, argv: Sequence[str] | None, prog: str) -> int:
-    try:
-        result = cmd.main(args=list(argv) if argv is not None else None, prog_name=prog,
-                          standalone_mode=False)
-    except click.exceptions.Exit as stop:
-        return stop.exit_code
-    except click.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except USER_ERRORS as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        click.echo(f"{prog}: error: {message}", err=True)
-        return 2
-    return result if isinstance(result, int) else 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return invoke(command, argv, PROG)
+    return invoke(command, argv, PROG, USER_ERRORS)
 
 
 def run() -> None:

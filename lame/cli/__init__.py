@@ -8,26 +8,13 @@ from typing import Sequence
 import click
 
 from lame.checkpoint import CheckpointError
+from lame_runtime.clitools import invoke as run_command
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CheckpointError, TypeError)
 
 
 def invoke(command: click.Command, argv: Sequence[str] | None, prog: str) -> int:
-    try:
-        result = command.main(args=list(argv) if argv is not None else None, prog_name=prog,
-                              standalone_mode=False)
-    except click.exceptions.Exit as stop:
-        return stop.exit_code
-    except click.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except USER_ERRORS as err:
-        click.echo(f"{prog}: error: {err}", err=True)
-        return 2
-    return result if isinstance(result, int) else 0
+    return run_command(command, argv, prog, USER_ERRORS)
 
 
 def exit_with(main) -> None:
