@@ -133,3 +133,19 @@ def test_batched_vision_equals_qwen2_vl_visual(make_model):
         reference = model.backbone.model.visual(pixels.flatten(0, 1),
                                                 grid_thw=torch.tensor([[1, gh, gw]] * 3)).pooler_output
     assert torch.allclose(ours.flatten(0, 1), reference, atol=1e-5)
+
+
+def test_backbone_from_local_pretrained_directory(make_model, tmp_path, tiny_config):
+    """--backbone-path loads a local Hugging Face directory (safetensors, no hub access)."""
+    from dataclasses import replace
+
+
+    source = make_model()
+    source.backbone.model.save_pretrained(tmp_path / "qwen", safe_serialization=True)
+    backbone = replace(tiny_config.backbone, path=str(tmp_path / "qwen"))
+    loaded = make_model(seed=1, backbone=backbone)
+    for name, value in source.backbone.state_dict().items():
+        assert torch.equal(value, loaded.backbone.state_dict()[name]), name
+    with pytest.raises(FileNotFoundError, match="lacks"):
+        (tmp_path / "empty").mkdir()
+        make_model(backbone=replace(tiny_config.backbone, path=str(tmp_path / "empty")))
