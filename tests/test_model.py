@@ -139,7 +139,6 @@ def test_backbone_from_local_pretrained_directory(make_model, tmp_path, tiny_con
     """--backbone-path loads a local Hugging Face directory (safetensors, no hub access)."""
     from dataclasses import replace
 
-
     source = make_model()
     source.backbone.model.save_pretrained(tmp_path / "qwen", safe_serialization=True)
     backbone = replace(tiny_config.backbone, path=str(tmp_path / "qwen"))
