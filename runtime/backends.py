@@ -70,12 +70,16 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
 
     def __init__(self, model_path: Path, output_name: str, providers: Sequence[str] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, spin: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spin:
+            # Idle ORT worker threads spin-wait by default: fastest back to back, but they steal
+            # cores from anything else in the process (another session, torch, the app).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(model_path), options,
                                                 providers=choose_providers(providers))

@@ -24,14 +24,14 @@ class Embedder:
 
     def __init__(self, path: str | Path, backend: str = "auto", precision: str = "auto",
                  providers: Sequence[str] | None = None, threads: int | None = None,
-                 lazy: bool = False):
+                 lazy: bool = False, spin: bool = True):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.artifact = Artifact.open(path)
         self.precision = self._pick_precision(precision)
         self.backend_name = "onnxruntime" if backend == "auto" else backend
         self.preprocessor = Preprocessor.from_dir(self.artifact.path)
-        self._providers, self._threads = providers, threads
+        self._providers, self._threads, self._spin = providers, threads, spin
         self._backend = None
         self._lock = threading.Lock()  # guards lazy backend creation across threads
         if not lazy:
@@ -57,7 +57,8 @@ class Embedder:
                     self._backend = tensorrt_backend(model)
                 else:
                     self._backend = OnnxRuntimeBackend(model, self.artifact.output_name,
-                                                       self._providers, self._threads)
+                                                       self._providers, self._threads,
+                                                       self._spin)
             return self._backend
 
     @property

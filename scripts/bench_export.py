@@ -38,7 +38,8 @@ def main(argv=None) -> dict:
     model = lame.load(args.ckpt)
     backends = {"torch eager": lambda feed: _torch(model, feed)}
     for precision in Embedder(args.artifact, lazy=True).artifact.precisions:
-        embedder = Embedder(args.artifact, precision=precision)
+        # No idle spinning: several sessions and torch share 2 cores in this one process.
+        embedder = Embedder(args.artifact, precision=precision, spin=False)
         backends[f"ort {precision}"] = embedder.infer
     results = {}
     for batch in (1, 8):

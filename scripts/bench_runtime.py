@@ -90,7 +90,9 @@ def throughput(artifact: Path, precisions: list[str], batches: list[int], reps: 
 
     configs = []
     for precision in precisions:
-        embedder = Embedder(artifact, precision=precision, threads=threads or None)
+        # spin=False: the precisions' sessions are interleaved in one process, and idle
+        # spinning workers of one would steal the cores of the one being timed.
+        embedder = Embedder(artifact, precision=precision, threads=threads or None, spin=False)
         for modality in ("text", "image"):
             for batch in batches:
                 inputs = make_inputs(embedder, batch, modality)

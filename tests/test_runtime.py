@@ -281,3 +281,12 @@ def test_base_install_in_fresh_venv_embeds(artifact_dir, tmp_path):
     cli = subprocess.run([str(venv / "bin" / "lame-search"), "--help"], capture_output=True,
                          text=True, timeout=60)
     assert cli.returncode == 0 and "index" in cli.stdout, cli.stderr
+
+
+def test_spin_off_gives_the_same_vectors(artifact_dir):
+    texts = ["the digits add up to 9", "the largest digit is 7"]
+    spinning = Embedder(artifact_dir).encode(texts=texts)
+    quiet = Embedder(artifact_dir, spin=False)
+    options = quiet._load_backend().session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    np.testing.assert_array_equal(spinning, quiet.encode(texts=texts))
