@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from lame.checkpoint import MODEL_FILE, atomic_write_dir, resolve
+from lame.checkpoint import MODEL_FILE, atomic_write_dir, check_replaceable, resolve
 from lame_export.onnx_export import export_onnx, reason_token_initializer
 from lame_export.spec import ExportSpec, parity_feeds
 from lame_export.trt_lint import lint
@@ -50,6 +50,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
 
     if options.int8 and not (options.calib_data or options.calib_file):
         raise ValueError("--int8 needs a calibration set: --calib-data DIR or --calib FILE.npz")
+    check_replaceable(Path(out), MANIFEST)  # before minutes of work, not after
     ckpt = resolve(ckpt)
     model = lame.load(ckpt)
     report: dict = {"gates": {}, "failures": []}
@@ -76,7 +77,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
             raise ExportGateError("; ".join(report["failures"]))
         (stage / "parity.json").write_text(json.dumps(report, indent=2))
 
-    atomic_write_dir(Path(out), build)
+    atomic_write_dir(Path(out), build, marker=MANIFEST)
     return report
 
 

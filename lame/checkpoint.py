@@ -35,10 +35,15 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def atomic_write_dir(final: Path, write: Callable[[Path], None]) -> None:
+def atomic_write_dir(final: Path, write: Callable[[Path], None], marker: str) -> None:
     """Build the directory beside ``final`` and swap it in, so a kill never leaves half a
-    checkpoint: at every instant ``final`` or ``final``'s ``.old`` twin is complete."""
+    checkpoint: at every instant ``final`` or ``final``'s ``.old`` twin is complete.
+
+    An existing ``final`` is replaced only if it is empty or holds ``marker`` (i.e. it is one
+    of ours): pointing ``--out`` at a folder of other files must never delete them.
+    """
     final = Path(final)
+    check_replaceable(final, marker)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp"
     old = final.parent / f".{final.name}.old"
@@ -50,6 +55,17 @@ def atomic_write_dir(final: Path, write: Callable[[Path], None]) -> None:
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_replaceable(path: Path, marker: str) -> None:
+    """Raise unless ``path`` is absent, an empty directory, or a directory holding ``marker``."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if path.is_dir() and (not any(path.iterdir()) or (path / marker).is_file()):
+        return
+    raise FileExistsError(f"{path} exists and is not a LaME output (no {marker}); refusing to "
+                          "replace it — choose another directory")
 
 
 def resolve(path: str | Path) -> Path:
@@ -79,7 +95,7 @@ def save_checkpoint(directory: Path, model, train_config: dict[str, Any], meta: 
         if extra_files is not None:
             extra_files(tmp)
 
-    atomic_write_dir(directory, write)
+    atomic_write_dir(directory, write, marker="meta.json")
 
 
 def _save_trainer_state(directory: Path, meta: dict[str, Any], optimizer) -> None:

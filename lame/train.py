@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from lame.checkpoint import (load_model, load_trainer_state, read_json, read_metrics, resolve,
-                             save_checkpoint)
+from lame.checkpoint import (CheckpointError, check_replaceable, load_model, load_trainer_state,
+                             read_json, read_metrics, resolve, save_checkpoint)
 from lame.config import LameConfig
 from lame.data.batching import Collator, batch_indices
 from lame.data.dataset import load_eval, load_train
@@ -227,6 +227,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_config: LameConfig | 
     if _has_checkpoint(out_dir) and not resume:
         raise FileExistsError(f"{out_dir} already holds a checkpoint; pass resume=True "
                               "(--resume) to continue it, or choose another output directory")
+    check_replaceable(out_dir, "meta.json")  # fail now, not at the first save
     torch.manual_seed(train_config.seed)
     if init_from is not None:
         model = load_model(init_from)
@@ -251,7 +252,7 @@ def _new_model(config: LameConfig, preprocessor):
 def _has_checkpoint(out_dir: Path) -> bool:
     try:
         return (resolve(out_dir) / "meta.json").is_file()
-    except Exception:
+    except CheckpointError:
         return False
 
 

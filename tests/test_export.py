@@ -153,3 +153,12 @@ def test_export_refuses_on_failed_gate(trained_ckpt, tmp_path, monkeypatch, caps
     assert "gate failed" in capsys.readouterr().err and not out.exists()
     assert export_main(["--ckpt", str(trained_ckpt), "--out", str(out), "--force"]) == 0
     assert json.loads((out / "parity.json").read_text())["failures"]
+
+
+def test_export_never_replaces_a_foreign_directory(trained_ckpt, tmp_path, capsys):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep")
+    assert export_main(["--ckpt", str(trained_ckpt), "--out", str(precious)]) == 2
+    assert "not a LaME output" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep"

@@ -170,3 +170,13 @@ def test_bad_options_give_one_line_errors(digits_dir, tmp_path, capsys):
     code = train_main(["--data", str(digits_dir), "--out", str(tmp_path / "o"),
                        "--preset", "nonexistent"])
     assert code == 2 and "unknown preset" in capsys.readouterr().err
+
+
+def test_out_dir_with_foreign_files_is_never_replaced(digits_dir, tmp_path, capsys):
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("do not delete")
+    code = train_main(["--data", str(digits_dir), "--out", str(precious), "--preset", "tiny",
+                       "--max-steps", "2", "--batch-size", "8", "--no-progress"])
+    assert code == 2 and "not a LaME output" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "do not delete"
