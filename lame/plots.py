@@ -19,7 +19,7 @@ def plot_training(metrics: list[dict[str, Any]], path: Path) -> None:
         points = [(m["step"], m[name]) for m in train_rows if name in m]
         if points:
             ax_loss.plot(*zip(*points), label=name)
-    boundaries = [b["step"] for a, b in zip(train_rows, train_rows[1:]) if a["stage"] != b["stage"]]
+    boundaries = [a["step"] for a, b in zip(train_rows, train_rows[1:]) if a["stage"] != b["stage"]]
     for step in boundaries:
         for ax in (ax_loss, ax_eval):
             ax.axvline(step, color="grey", linestyle=":", label="_stage")
