@@ -51,7 +51,12 @@ class DecoderHead(nn.Module):
         return self.out(h)
 
     def loss(self, reason_states: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
-             ignore_index: int) -> torch.Tensor:
+             ignore_index: int, tokens: float | None = None) -> torch.Tensor:
+        """Token-level cross-entropy, summed and divided by ``tokens`` (default: the number of
+        target tokens here; with several processes, the global count / world size, so that
+        the ranks' average is the global per-token mean whatever each rank's answer lengths)."""
         logits = self(reason_states, inputs)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                               ignore_index=ignore_index)
+        total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                ignore_index=ignore_index, reduction="sum")
+        count = tokens if tokens is not None else (targets != ignore_index).sum().clamp(min=1)
+        return total / count

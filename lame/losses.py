@@ -8,7 +8,7 @@ import torch.nn.functional as F
 def info_nce(queries: torch.Tensor, targets: torch.Tensor, temperature: float,
              hard_negatives: torch.Tensor | None = None,
              same_answer: torch.Tensor | None = None,
-             negative_valid: torch.Tensor | None = None) -> torch.Tensor:
+             negative_valid: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
     """Query -> target InfoNCE over in-batch targets plus each row's own hard negatives.
 
     queries, targets: [B, D] unit vectors; hard_negatives: [B, H, D] (row i's negatives are used
@@ -16,18 +16,20 @@ def info_nce(queries: torch.Tensor, targets: torch.Tensor, temperature: float,
     same_answer: [B, B] bool, True where rows share an answer, i.e. target j is also a correct
     match for query i. Those off-diagonal entries are masked out rather than pushed away;
     negative_valid: [B, H] bool, False for filler negatives.
+    With several processes, ``targets`` is the global batch [B_global, D], ``same_answer`` is
+    [B, B_global] and query i's positive is target ``offset + i``.
     """
     logits = queries @ targets.T / temperature
+    labels = torch.arange(len(queries), device=queries.device) + offset
     if same_answer is not None:
-        false_negative = same_answer & ~torch.eye(len(queries), dtype=torch.bool,
-                                                  device=queries.device)
-        logits = logits.masked_fill(false_negative, float("-inf"))
+        own = torch.zeros_like(same_answer)
+        own[torch.arange(len(queries)), labels] = True
+        logits = logits.masked_fill(same_answer & ~own, float("-inf"))
     if hard_negatives is not None and hard_negatives.shape[1] > 0:
         hard = torch.einsum("bd,bhd->bh", queries, hard_negatives) / temperature
         if negative_valid is not None:
             hard = hard.masked_fill(~negative_valid, float("-inf"))
         logits = torch.cat([logits, hard], dim=1)
-    labels = torch.arange(len(queries), device=queries.device)
     return F.cross_entropy(logits, labels)
 
 

@@ -23,6 +23,7 @@ import torch
 
 from lame.checkpoint import (CheckpointError, check_replaceable, load_model, load_trainer_state,
                              read_json, read_metrics, resolve, save_checkpoint)
+from lame import distributed as ddp
 from lame.config import LameConfig
 from lame.data.batching import Collator, batch_indices
 from lame.data.dataset import load_eval, load_train
@@ -127,7 +128,7 @@ class Trainer:
         for stage, first, end in self.cfg.stage_plan():
             if end > start_step:
                 self._run_stage(stage, first, end, max(first, start_step))
-        final = self.evaluate(full=True) if self.eval_rows else {}
+        final = self.evaluate(full=True) if self.eval_rows and ddp.is_main() else {}
         if final:
             self.metrics.append({"step": self.cfg.max_steps, "stage": "final", "eval": final})
         self.save(self.cfg.stage_plan()[-1][0], self.cfg.max_steps, done=True, optimizer=None)
@@ -139,7 +140,7 @@ class Trainer:
         if start > first:  # resuming inside this stage
             load_trainer_state(self.out_dir, optimizer)
         self.model.train()
-        bar = _progress(range(start, end), stage, self.show_progress)
+        bar = _progress(range(start, end), stage, self.show_progress and ddp.is_main())
         tick = time.perf_counter()
         for step in bar:
             lr = learning_rate(self.cfg, step, first, end)
@@ -152,7 +153,8 @@ class Trainer:
                 tick = now
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{losses['total']:.3f}", lr=f"{lr:.1e}")
-            if self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0 and self.eval_rows:
+            if (self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0 and self.eval_rows
+                    and ddp.is_main()):
                 self.metrics.append({"step": step + 1, "stage": stage, "eval": self.evaluate()})
                 self.model.train()
             if (self.cfg.save_every and (step + 1) % self.cfg.save_every == 0) or step + 1 == end:
@@ -160,15 +162,18 @@ class Trainer:
 
     def _step(self, step: int, params, optimizer) -> dict[str, float]:
         idx = batch_indices(len(self.rows), self.cfg.batch_size, self.cfg.seed, step)
-        batch = self.collate([self.rows[i] for i in idx])
+        rows = [self.rows[i] for i in idx]
+        share = ddp.local_slice(len(rows))  # the whole batch in a single process
+        batch = self.collate(rows[share], global_rows=rows, offset=share.start)
         losses = compute_losses(self.model, batch)
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         if not torch.isfinite(losses["total"]):
             raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
+        ddp.average_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
         optimizer.step()
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return ddp.average_scalars({k: float(v.detach()) for k, v in losses.items()})
 
     def _log(self, step: int, stage: str, lr: float, losses: dict[str, float],
              seconds: float) -> None:
@@ -181,6 +186,12 @@ class Trainer:
         return evaluate(self.model.encode, rows)
 
     def save(self, stage: str, step: int, done: bool, optimizer) -> None:
+        """Rank 0 writes; the others wait so nobody runs ahead of a checkpoint."""
+        if ddp.is_main():
+            self._save(stage, step, done, optimizer)
+        ddp.barrier()
+
+    def _save(self, stage: str, step: int, done: bool, optimizer) -> None:
         meta = {"stage": stage, "step": step, "done": done,
                 "max_steps": self.cfg.max_steps, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         last_eval = next((m["eval"] for m in reversed(self.metrics) if "eval" in m), None)
@@ -221,6 +232,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_config: LameConfig | 
     """Train (or resume) into ``out_dir``; returns the final evaluation (percent metrics)."""
     if train_config.threads:
         torch.set_num_threads(train_config.threads)
+    ddp.setup()  # no-op unless launched by torchrun with several processes
     out_dir = Path(out_dir)
     if resume and _has_checkpoint(out_dir):
         return _resume(data_dir, out_dir, train_config, show_progress)
@@ -239,6 +251,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_config: LameConfig | 
         from lame.tokenizer import preprocessor_for
 
         model = _new_model(model_config, preprocessor_for(data_dir, model_config))
+    ddp.broadcast_parameters(model)
     trainer = Trainer(model, train_config, Path(data_dir), out_dir, show_progress)
     return trainer.run()
 
@@ -271,3 +284,9 @@ def _resume(data_dir, out_dir: Path, requested: TrainConfig, show_progress: bool
     if meta["step"] > 0:
         load_trainer_state(out_dir, None)  # restores the RNG even at a stage boundary
     return trainer.run(start_step=meta["step"])
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m lame.train --data ... --out ...
+    from lame.cli.train import run
+
+    run()

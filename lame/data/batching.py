@@ -29,12 +29,16 @@ class Collator:
         self.max_answer_tokens = max_answer_tokens
         self.hard_negatives = hard_negatives
 
-    def __call__(self, rows: Sequence[TrainRow]) -> dict:
+    def __call__(self, rows: Sequence[TrainRow], global_rows: Sequence[TrainRow] | None = None,
+                 offset: int = 0) -> dict:
+        """``rows`` are this process's; ``global_rows``/``offset`` describe the whole batch
+        when several processes train (false negatives are masked against all of it)."""
         queries = [Item(format_query(r.query.text, r.instruction), r.query.image) for r in rows]
         batch = {
             "query": self._feed(queries),
             "target": self._feed([r.target for r in rows]),
-            "same_answer": torch.from_numpy(_same_answer(rows)),
+            "same_answer": torch.from_numpy(_same_answer(rows, global_rows or rows)),
+            "offset": offset,
         }
         batch["decoder_input"], batch["decoder_target"] = self._answers(rows)
         if self.hard_negatives > 0:
@@ -78,7 +82,9 @@ def _answer(row: TrainRow) -> str:
     return row.answer or row.target.text or ""
 
 
-def _same_answer(rows: Sequence[TrainRow]) -> np.ndarray:
-    """[B, B] True where two rows share an answer (their targets are interchangeable)."""
-    keys = [row.answer or row.target.key() for row in rows]
-    return np.array([[a == b for b in keys] for a in keys], dtype=bool)
+def _same_answer(rows: Sequence[TrainRow], columns: Sequence[TrainRow]) -> np.ndarray:
+    """[B, B_columns] True where two rows share an answer (their targets are interchangeable)."""
+    def key(row: TrainRow) -> str:
+        return row.answer or row.target.key()
+
+    return np.array([[key(a) == key(b) for b in columns] for a in rows], dtype=bool)
