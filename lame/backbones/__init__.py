@@ -14,7 +14,11 @@ def build_backbone(config, vocab_size: int, image_token_id: int) -> Backbone:
         from lame.backbones.qwen2_vl import Qwen2VLBackbone
 
         return Qwen2VLBackbone.build(config, vocab_size, image_token_id)
-    raise ValueError(f"unknown backbone family {family!r}; available: qwen2_vl")
+    if family == "qwen2_5_vl":
+        from lame.backbones.qwen2_5_vl import Qwen25VLBackbone
+
+        return Qwen25VLBackbone.build(config, vocab_size, image_token_id)
+    raise ValueError(f"unknown backbone family {family!r}; available: qwen2_vl, qwen2_5_vl")
 
 
 __all__ = ["Backbone", "build_backbone"]

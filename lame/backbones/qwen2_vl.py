@@ -145,20 +145,25 @@ def _vision_rotary(visual, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torc
     return cos.float(), sin.float()
 
 
-def _batched_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def _batched_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Qwen-style vision attention over [B, P, width]; ``mask`` [P, P] bool (True = attend)
+    expresses block-diagonal windows, identical for every image of one fixed size."""
     from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 
     batch, patches, width = x.shape
     q, k, v = attn.qkv(x).reshape(batch, patches, 3, attn.num_heads, -1).unbind(2)
     q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)  # cos [P, d] broadcasts over batch
     out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), scale=attn.scaling)
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+        scale=attn.scaling)
     return attn.proj(out.transpose(1, 2).reshape(batch, patches, width))
 
 
-def _load_pretrained(path: Path, attn_implementation: str):
-    from transformers import Qwen2VLModel
-
+def _load_pretrained(path: Path, attn_implementation: str, model_class=None):
+    if model_class is None:
+        from transformers import Qwen2VLModel as model_class
+    path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"backbone path {path} is not a directory (a local Hugging Face "
                                 "model directory is expected; nothing is downloaded)")
@@ -167,5 +172,5 @@ def _load_pretrained(path: Path, attn_implementation: str):
         missing.append("*.safetensors weights")
     if missing:
         raise FileNotFoundError(f"backbone directory {path} lacks: {', '.join(missing)}")
-    return Qwen2VLModel.from_pretrained(str(path), attn_implementation=attn_implementation,
-                                        local_files_only=True, use_safetensors=True)
+    return model_class.from_pretrained(str(path), attn_implementation=attn_implementation,
+                                       local_files_only=True, use_safetensors=True)
