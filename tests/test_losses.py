@@ -63,3 +63,17 @@ def test_diversity_gradient_spreads_states():
     with torch.no_grad():
         after = float(diversity_penalty(states - 1.0 * states.grad))
     assert after < before
+
+
+def test_info_nce_offset_splits_the_global_batch():
+    """Two halves with offsets (as two processes compute them) average to the full loss."""
+    gen = torch.Generator().manual_seed(1)
+    q = F.normalize(torch.randn(8, 6, generator=gen), dim=-1)
+    t = F.normalize(torch.randn(8, 6, generator=gen), dim=-1)
+    answers = list("aabcdefa")
+    same = torch.tensor([[x == y for y in answers] for x in answers])
+    full = info_nce(q, t, 0.1, same_answer=same)
+    halves = [info_nce(q[s], t, 0.1, same_answer=same[s], offset=s.start)
+              for s in (slice(0, 4), slice(4, 8))]
+    assert torch.isclose(full, sum(halves) / 2, atol=1e-6)
+    assert not torch.isclose(full, info_nce(q[4:], t, 0.1, same_answer=same[4:]), atol=1e-3)
