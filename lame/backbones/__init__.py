@@ -18,7 +18,12 @@ def build_backbone(config, vocab_size: int, image_token_id: int) -> Backbone:
         from lame.backbones.qwen2_5_vl import Qwen25VLBackbone
 
         return Qwen25VLBackbone.build(config, vocab_size, image_token_id)
-    raise ValueError(f"unknown backbone family {family!r}; available: qwen2_vl, qwen2_5_vl")
+    if family == "idefics3":
+        from lame.backbones.idefics3 import Idefics3Backbone
+
+        return Idefics3Backbone.build(config, vocab_size, image_token_id)
+    raise ValueError(f"unknown backbone family {family!r}; available: qwen2_vl, qwen2_5_vl, "
+                     "idefics3")
 
 
 __all__ = ["Backbone", "build_backbone"]
