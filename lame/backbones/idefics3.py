@@ -10,14 +10,13 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterator
 
 import torch
 from torch import nn
 
 from lame.backbones.base import Backbone
-from lame.backbones.qwen2_vl import _load_pretrained
+from lame.backbones.qwen2_vl import build_model
 
 
 def tiny_idefics3_config(config, vocab_size: int, image_token_id: int):
@@ -65,14 +64,8 @@ class Idefics3Backbone(Backbone):
     def build(cls, config, vocab_size: int, image_token_id: int) -> "Idefics3Backbone":
         from transformers import Idefics3Model
 
-        if config.backbone.path:
-            model = _load_pretrained(Path(config.backbone.path),
-                                     config.backbone.attn_implementation, Idefics3Model)
-            if model.get_input_embeddings().num_embeddings < vocab_size:
-                model.resize_token_embeddings(vocab_size)
-        else:
-            model = Idefics3Model(tiny_idefics3_config(config, vocab_size, image_token_id))
-        return cls(model, config.image)
+        return cls(build_model(config, vocab_size, image_token_id, Idefics3Model,
+                               tiny_idefics3_config), config.image)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from lame.backbones.qwen2_vl import (Qwen2VLBackbone, _batched_attention, _load_pretrained,
+from lame.backbones.qwen2_vl import (Qwen2VLBackbone, _batched_attention, build_model,
                                      mrope_section_for)
 
 
@@ -61,14 +61,8 @@ class Qwen25VLBackbone(Qwen2VLBackbone):
     def build(cls, config, vocab_size: int, image_token_id: int) -> "Qwen25VLBackbone":
         from transformers import Qwen2_5_VLModel
 
-        if config.backbone.path:
-            model = _load_pretrained(config.backbone.path, config.backbone.attn_implementation,
-                                     Qwen2_5_VLModel)
-            if model.get_input_embeddings().num_embeddings < vocab_size:
-                model.resize_token_embeddings(vocab_size)
-        else:
-            model = Qwen2_5_VLModel(tiny_qwen2_5_vl_config(config, vocab_size, image_token_id))
-        return cls(model, config.image)
+        return cls(build_model(config, vocab_size, image_token_id, Qwen2_5_VLModel,
+                               tiny_qwen2_5_vl_config), config.image)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         visual = self.model.visual

@@ -70,13 +70,8 @@ class Qwen2VLBackbone(Backbone):
     def build(cls, config, vocab_size: int, image_token_id: int) -> "Qwen2VLBackbone":
         from transformers import Qwen2VLModel
 
-        if config.backbone.path:
-            model = _load_pretrained(Path(config.backbone.path), config.backbone.attn_implementation)
-            if model.get_input_embeddings().num_embeddings < vocab_size:
-                model.resize_token_embeddings(vocab_size)
-        else:
-            model = Qwen2VLModel(tiny_qwen2_vl_config(config, vocab_size, image_token_id))
-        return cls(model, config.image)
+        return cls(build_model(config, vocab_size, image_token_id, Qwen2VLModel,
+                               tiny_qwen2_vl_config), config.image)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
@@ -160,10 +155,18 @@ def _batched_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return attn.proj(out.transpose(1, 2).reshape(batch, patches, width))
 
 
-def _load_pretrained(path: Path, attn_implementation: str, model_class=None):
-    if model_class is None:
-        from transformers import Qwen2VLModel as model_class
-    path = Path(path)
+def build_model(config, vocab_size: int, image_token_id: int, model_class, tiny_config):
+    """A local pretrained directory (``backbone.path``) or a tiny random model from the preset."""
+    if not config.backbone.path:
+        return model_class(tiny_config(config, vocab_size, image_token_id))
+    model = _load_pretrained(Path(config.backbone.path), config.backbone.attn_implementation,
+                             model_class)
+    if model.get_input_embeddings().num_embeddings < vocab_size:
+        model.resize_token_embeddings(vocab_size)  # room for LaME's special tokens
+    return model
+
+
+def _load_pretrained(path: Path, attn_implementation: str, model_class):
     if not path.is_dir():
         raise FileNotFoundError(f"backbone path {path} is not a directory (a local Hugging Face "
                                 "model directory is expected; nothing is downloaded)")
