@@ -10,9 +10,11 @@ from torch import nn
 class Backbone(nn.Module):
     hidden_size: int
 
+    model: nn.Module  # the wrapped Transformers model
+
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[B, L] ids -> [B, L, H] token embeddings."""
-        raise NotImplementedError
+        return self.model.get_input_embeddings()(input_ids)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, P, patch_dim] fixed-size images -> [B, N, H] visual tokens for the language model."""

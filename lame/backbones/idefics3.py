@@ -67,9 +67,6 @@ class Idefics3Backbone(Backbone):
         return cls(build_model(config, vocab_size, image_token_id, Idefics3Model,
                                tiny_idefics3_config), config.image)
 
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(input_ids)
-
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         images = unpatchify(pixel_values, self.image_config).to(self.model.vision_model.dtype)
         states = self.model.vision_model(pixel_values=images).last_hidden_state

@@ -73,9 +73,6 @@ class Qwen2VLBackbone(Backbone):
         return cls(build_model(config, vocab_size, image_token_id, Qwen2VLModel,
                                tiny_qwen2_vl_config), config.image)
 
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_input_embeddings()(input_ids)
-
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Qwen2-VL's vision tower with *batched* attention.
 
