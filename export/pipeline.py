@@ -20,7 +20,7 @@ from lame_export.spec import ExportSpec, parity_feeds
 from lame_export.trt_lint import lint
 from lame_export.validate import THRESHOLDS, parity_suite
 from lame_runtime.artifact import FORMAT_VERSION, MANIFEST, sha256
-from lame_runtime.preprocess import PREPROCESSOR_FILE, TOKENIZER_FILE
+from lame_runtime.preprocess import INPUT_NAMES, PREPROCESSOR_FILE, TOKENIZER_FILE
 
 FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 MAX_HIT_DROP = 1.0  # points of hit@1 a reduced precision may lose against fp32
@@ -110,12 +110,8 @@ def _convert(precision: str, stage: Path, model, options: ExportOptions, progres
         progress(f"building a {options.calib_size}-sample calibration set")
         calib = build_calibration(options.calib_data, stage, stage / "calib.npz",
                                   size=options.calib_size)
-    reader = CalibrationReader(calib, batch_size=8, input_names=list(model_input_names()))
+    reader = CalibrationReader(calib, batch_size=8, input_names=list(INPUT_NAMES))
     to_int8(src, stage / FILES["int8"], reader, for_tensorrt=options.int8_for_tensorrt)
-
-
-def model_input_names() -> tuple[str, ...]:
-    return ExportSpec().input_names
 
 
 def _parity(model, onnx_path: Path, precision: str, report: dict) -> dict:

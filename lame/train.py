@@ -248,18 +248,13 @@ def train(data_dir: str | Path, out_dir: str | Path, model_config: LameConfig | 
     else:
         if model_config is None:
             raise ValueError("model_config is required unless init_from is given")
+        from lame.model import LameModel
         from lame.tokenizer import preprocessor_for
 
-        model = _new_model(model_config, preprocessor_for(data_dir, model_config))
+        model = LameModel(model_config, preprocessor_for(data_dir, model_config))
     ddp.broadcast_parameters(model)
     trainer = Trainer(model, train_config, Path(data_dir), out_dir, show_progress)
     return trainer.run()
-
-
-def _new_model(config: LameConfig, preprocessor):
-    from lame.model import LameModel
-
-    return LameModel(config, preprocessor)
 
 
 def _has_checkpoint(out_dir: Path) -> bool:
