@@ -23,6 +23,7 @@ from lame_runtime.artifact import FORMAT_VERSION, MANIFEST, sha256
 from lame_runtime.preprocess import INPUT_NAMES, PREPROCESSOR_FILE, TOKENIZER_FILE
 
 FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+EXPORTABLE_METHODS = ("lame", "discriminative")
 MAX_HIT_DROP = 1.0  # points of hit@1 a reduced precision may lose against fp32
 
 
@@ -53,6 +54,10 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
     check_replaceable(Path(out), MANIFEST)  # before minutes of work, not after
     ckpt = resolve(ckpt)
     model = lame.load(ckpt)
+    if model.config.method not in EXPORTABLE_METHODS:
+        raise ValueError(f"{ckpt} was trained with method {model.config.method!r}; ONNX export "
+                         f"covers the one-pass methods {EXPORTABLE_METHODS} (cot and latent "
+                         "decode step by step: benchmark them in PyTorch with lame-bench)")
     report: dict = {"gates": {}, "failures": []}
 
     def build(stage: Path) -> None:

@@ -15,6 +15,9 @@ from typing import Any
 from lame_runtime.images import ImageConfig
 
 POOLINGS = ("embed", "attention")
+# lame: the method. discriminative: K=0, [EMBED] only (VLM2Vec). cot: generate a rationale, then
+# embed (UME-R1). latent: K sequential latent steps, each fed the last hidden state (Coconut).
+METHODS = ("lame", "discriminative", "cot", "latent")
 
 
 @dataclass
@@ -32,6 +35,9 @@ class BackboneConfig:
     vision_heads: int = 4
     rope_theta: float = 10000.0
     attn_implementation: str = "sdpa"
+    vision_mlp_ratio: int = 2
+    vocab_size: int | None = None       # None: the tokenizer's; larger pads the embeddings (speed
+                                        # benchmarks of real-size models with a small tokenizer)
 
 
 @dataclass
@@ -52,6 +58,10 @@ class LameConfig:
     w_reconstruction: float = 0.5
     w_diversity: float = 0.05
     temperature: float = 0.05
+    method: str = "lame"                # see METHODS
+    max_rationale_tokens: int = 64      # cot: training rationales are cut to this many tokens
+    max_new_tokens: int = 128           # cot: generation budget per query at inference
+    w_lm: float = 1.0                   # cot: weight of the next-token loss on the rationale
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):
@@ -72,10 +82,29 @@ class LameConfig:
                              "summary tokens would see nothing; set bottleneck_mask=false")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        self._validate_method()
+
+    def _validate_method(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method != "lame" and self.bottleneck_mask:
+            raise ValueError(f"method {self.method!r} has no bottleneck: set bottleneck_mask=false")
+        if self.method in ("discriminative", "cot") and self.num_reason_tokens:
+            raise ValueError(f"method {self.method!r} appends no reason tokens: set "
+                             "num_reason_tokens=0")
+        if self.method == "latent" and self.num_reason_tokens < 1:
+            raise ValueError("method 'latent' needs num_reason_tokens >= 1 (the latent steps)")
+        if self.max_new_tokens < 1 or self.max_rationale_tokens < 1:
+            raise ValueError("max_new_tokens and max_rationale_tokens must be >= 1")
 
     @property
     def uses_decoder(self) -> bool:
-        return self.num_reason_tokens > 0 and self.w_reconstruction > 0
+        return self.method == "lame" and self.num_reason_tokens > 0 and self.w_reconstruction > 0
+
+    @property
+    def appended_reason_tokens(self) -> int:
+        """Learned reason tokens appended to every input (the latent method feeds states)."""
+        return self.num_reason_tokens if self.method == "lame" else 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

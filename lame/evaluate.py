@@ -2,6 +2,19 @@
 
 ``encode`` is any callable ``(texts, images, batch_size) -> float32 [N, D]``: a
 ``LameModel.encode`` or the runtime's ``Embedder.encode`` score through the same code.
+``encode_target`` (default: ``encode``) embeds the candidates, for methods that treat queries
+and candidates differently (the CoT baseline reasons on queries only).
+
+Gains: a row's ``relevance`` list, or 1 for the candidate at ``label`` and 0 elsewhere.
+NDCG@k is linear: DCG@k = sum over ranks i <= k of gain_i / log2(i + 1), divided by the DCG
+of the gains sorted in decreasing order (the ideal ranking of the row's candidates).
+hit@1 is 1 when the top-ranked candidate has a positive gain.
+
+Tie rule (the worst ranking the scores allow, so a collapsed model earns nothing): candidates
+are sorted by score, descending; equal scores put the lower gain first; a NaN score of a
+zero-gain candidate ranks it above everything, and a non-finite score of a relevant candidate
+ranks it below everything.  With one positive this is exactly :func:`rank_of_positive`:
+every candidate scoring >= the positive ranks above it.
 """
 from __future__ import annotations
 
@@ -11,11 +24,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from lame.data.dataset import EvalRow, Item
+from lame.data.dataset import METRICS, EvalRow, Item
 from lame_runtime.preprocess import format_query
 
 Encode = Callable[..., np.ndarray]
 KS = (5, 10)
+assert METRICS == ("hit@1", *(f"ndcg@{k}" for k in KS))  # the names rows may pick
 
 
 def rank_of_positive(scores: np.ndarray, label: int) -> int:
@@ -28,11 +42,33 @@ def rank_of_positive(scores: np.ndarray, label: int) -> int:
     return 1 + int(np.sum(~(negatives < positive)))  # NaN negatives count as beating it
 
 
-def row_metrics(scores: np.ndarray, label: int) -> dict[str, float]:
-    rank = rank_of_positive(scores, label)
-    metrics = {"hit@1": float(rank == 1)}
-    for k in KS:  # one relevant item: ideal DCG is 1
-        metrics[f"ndcg@{k}"] = 1.0 / math.log2(rank + 1) if rank <= k else 0.0
+def pessimistic_order(scores: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """Candidate indices best-first under the module's tie rule (see the docstring)."""
+    relevant = gains > 0
+    effective = np.where(relevant & ~np.isfinite(scores), -np.inf, scores)
+    effective = np.where(~relevant & np.isnan(scores), np.inf, effective)
+    return np.lexsort((gains, -effective))  # last key is primary: score desc, then gain asc
+
+
+def dcg(gains: Sequence[float]) -> float:
+    # Zero gains add exactly 0.0, so one positive at rank r gives exactly 1 / log2(r + 1).
+    return sum(float(g) / math.log2(i + 2) for i, g in enumerate(gains) if g)
+
+
+def row_metrics(scores: np.ndarray, label: int,
+                relevance: Sequence[float] | None = None) -> dict[str, float]:
+    gains = np.zeros(len(scores))
+    if relevance is None:
+        gains[label] = 1.0
+    else:
+        gains[:] = relevance
+    if not np.any(gains > 0):
+        raise ValueError("a row needs at least one candidate with positive relevance")
+    ranked = gains[pessimistic_order(np.asarray(scores, dtype=float), gains)]
+    ideal = np.sort(gains)[::-1]
+    metrics = {"hit@1": float(ranked[0] > 0)}
+    for k in KS:
+        metrics[f"ndcg@{k}"] = dcg(ranked[:k]) / dcg(ideal[:k])
     return metrics
 
 
@@ -44,10 +80,12 @@ def embed_unique(encode: Encode, items: Sequence[Item], batch_size: int) -> dict
     return {item.key(): vec for item, vec in zip(unique, vectors)}
 
 
-def score_rows(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64) -> list[np.ndarray]:
+def score_rows(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
+               encode_target: Encode | None = None) -> list[np.ndarray]:
     queries = [Item(format_query(r.query.text, r.instruction), r.query.image) for r in rows]
     query_vecs = embed_unique(encode, queries, batch_size)
-    cand_vecs = embed_unique(encode, [c for r in rows for c in r.candidates], batch_size)
+    cand_vecs = embed_unique(encode_target or encode, [c for r in rows for c in r.candidates],
+                             batch_size)
     out = []
     for query, row in zip(queries, rows):
         cands = np.stack([cand_vecs[c.key()] for c in row.candidates])
@@ -55,21 +93,35 @@ def score_rows(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64) ->
     return out
 
 
-def evaluate(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64) -> dict:
+def evaluate(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
+             encode_target: Encode | None = None) -> dict:
     """-> {"hit@1", "ndcg@5", "ndcg@10", "n", "per_task": {...}, "per_group": {...}} in percent.
 
+    Each ``per_task`` entry also names the ``metric`` its rows chose (MMEB image tasks hit@1,
+    visual-document tasks ndcg@5, MRMR ndcg@10) and that metric's value as ``score``.
     A group is the task name before its first '.', e.g. ``tier2`` for ``tier2.oddsum.i2t``."""
     if not rows:
         raise ValueError("no evaluation rows")
-    per_row = [row_metrics(s, r.label) for s, r in zip(score_rows(encode, rows, batch_size), rows)]
+    scores = score_rows(encode, rows, batch_size, encode_target)
+    per_row = [row_metrics(s, r.label, r.relevance) for s, r in zip(scores, rows)]
     by_task, by_group = defaultdict(list), defaultdict(list)
+    task_metric: dict[str, str] = {}
     for metrics, row in zip(per_row, rows):
         by_task[row.task].append(metrics)
         by_group[row.task.split(".")[0]].append(metrics)
+        # load_eval already rejects mixed metrics; rows built in code might not.
+        if task_metric.setdefault(row.task, row.metric) != row.metric:
+            raise ValueError(f"task '{row.task}' mixes metrics "
+                             f"'{task_metric[row.task]}' and '{row.metric}'")
     result = _mean(per_row)
-    result["per_task"] = {task: _mean(m) for task, m in sorted(by_task.items())}
+    result["per_task"] = {task: _with_score(_mean(m), task_metric[task])
+                          for task, m in sorted(by_task.items())}
     result["per_group"] = {group: _mean(m) for group, m in sorted(by_group.items())}
     return result
+
+
+def _with_score(means: dict, metric: str) -> dict:
+    return {**means, "metric": metric, "score": means[metric]}
 
 
 def _mean(metrics: list[dict[str, float]]) -> dict[str, float]:

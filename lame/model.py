@@ -22,17 +22,22 @@ class LameOutput:
 
 
 class LameModel(nn.Module):
-    def __init__(self, config: LameConfig, preprocessor: Preprocessor):
+    def __init__(self, config: LameConfig, preprocessor: Preprocessor,
+                 backbone: nn.Module | None = None):
+        """``backbone``: reuse an already built one (benchmarks compare methods on one set of
+        weights); by default it is built from ``config.backbone``."""
         super().__init__()
         self.config = config
         self.preprocessor = preprocessor
         special = preprocessor.text.special
         self.image_token_id = special["image"]
         self.pad_token_id = special["pad"]
-        self.backbone = build_backbone(config, preprocessor.text.vocab_size, self.image_token_id)
+        self.backbone = backbone or build_backbone(config, preprocessor.text.vocab_size,
+                                                   self.image_token_id)
         hidden = self.backbone.hidden_size
         # One parameter each; the export check looks for the safetensors key "reason_tokens".
-        self.reason_tokens = nn.Parameter(torch.randn(config.num_reason_tokens, hidden) * 0.02)
+        self.reason_tokens = nn.Parameter(
+            torch.randn(config.appended_reason_tokens, hidden) * 0.02)
         self.summary_tokens = nn.Parameter(torch.randn(config.num_summary_tokens, hidden) * 0.02)
         self.embed_head = EmbeddingHead(hidden, config.embed_dim, config.pooling)
         self.decoder_head = None
@@ -43,31 +48,54 @@ class LameModel(nn.Module):
 
     @property
     def num_latent(self) -> int:
-        return self.config.num_reason_tokens + self.config.num_summary_tokens
+        """Learned tokens appended to every input: K reason (LaME only) + M summary."""
+        return self.config.appended_reason_tokens + self.config.num_summary_tokens
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 pixel_values: torch.Tensor, image_mask: torch.Tensor) -> LameOutput:
+        if self.config.method == "latent":
+            from lame.baselines import latent_forward
+
+            return latent_forward(self, input_ids, attention_mask, pixel_values, image_mask)
         length = input_ids.shape[1]
         hidden = self.hidden_states(input_ids, attention_mask, pixel_values, image_mask)
-        k = self.config.num_reason_tokens
+        k = self.config.appended_reason_tokens
         reason, summary = hidden[:, length:length + k], hidden[:, length + k:]
         return LameOutput(self.embed_head(summary), reason, summary)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       pixel_values: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states of the whole sequence [B, L + K + M, H] (input, reason, summary)."""
-        batch, length = input_ids.shape
-        is_image = (input_ids == self.image_token_id) & attention_mask.bool()
-        embeds = self._merge_images(self.backbone.embed_tokens(input_ids), is_image,
-                                    self._image_features(pixel_values, image_mask, is_image))
+        embeds, is_image = self.input_embeds(input_ids, attention_mask, pixel_values, image_mask)
+        batch = input_ids.shape[0]  # a symbolic size under export, unlike len()
         latent = torch.cat([self.reason_tokens, self.summary_tokens]).to(embeds.dtype)
         embeds = torch.cat([embeds, latent.unsqueeze(0).expand(batch, -1, -1)], dim=1)
         ones = attention_mask.new_ones(batch, self.num_latent)
         valid = torch.cat([attention_mask, ones], dim=1)
         is_image = torch.cat([is_image, torch.zeros_like(ones, dtype=torch.bool)], dim=1)
+        return self.run(embeds, valid, is_image, input_ids.shape[1])
+
+    def input_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     pixel_values: torch.Tensor, image_mask: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings with visual tokens merged in -> ([B, L, H], is_image [B, L])."""
+        is_image = (input_ids == self.image_token_id) & attention_mask.bool()
+        embeds = self._merge_images(self.backbone.embed_tokens(input_ids), is_image,
+                                    self._image_features(pixel_values, image_mask, is_image))
+        return embeds, is_image
+
+    def run(self, embeds: torch.Tensor, valid: torch.Tensor, is_image: torch.Tensor,
+            input_length: int) -> torch.Tensor:
+        """The causal LM over a full sequence (positions and mask built from ``valid``)."""
         positions = self.backbone.position_ids(valid, is_image)
-        bias = self.attention_bias(valid, length, embeds.dtype)
+        bias = self.attention_bias(valid, input_length, embeds.dtype)
         return self.backbone.transformer(embeds, positions, bias)
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits through the input embedding matrix (a tied LM head; the CoT
+        baseline's generator), so no extra parameters are saved or loaded."""
+        weight = self.backbone.model.get_input_embeddings().weight
+        return torch.nn.functional.linear(hidden, weight.to(hidden.dtype))
 
     def _image_features(self, pixel_values: torch.Tensor, image_mask: torch.Tensor,
                         is_image: torch.Tensor) -> torch.Tensor | None:
@@ -102,7 +130,7 @@ class LameModel(nn.Module):
         idx = torch.arange(total, device=valid.device)
         allowed = (idx.unsqueeze(0) <= idx.unsqueeze(1)).unsqueeze(0) & valid.bool().unsqueeze(1)
         if self.config.bottleneck_mask:
-            summary_query = idx >= input_length + self.config.num_reason_tokens
+            summary_query = idx >= input_length + self.config.appended_reason_tokens
             input_key = idx < input_length
             allowed = allowed & ~(summary_query.unsqueeze(1) & input_key.unsqueeze(0))
         # A padded query row would otherwise see nothing (softmax of all -inf = NaN).
@@ -117,10 +145,15 @@ class LameModel(nn.Module):
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str | None] | None = None,
-               images: Sequence[Any] | None = None, batch_size: int = 32) -> np.ndarray:
+               images: Sequence[Any] | None = None, batch_size: int = 32,
+               role: str = "query") -> np.ndarray:
         """Embed queries -> float32 [N, D], unit-norm rows. Texts and images may be given alone
         or together (equal lengths: one interleaved query per row); images are paths, PIL
-        images or HxWx3 uint8 arrays."""
+        images or HxWx3 uint8 arrays. ``role="target"`` embeds candidates: only the CoT
+        baseline treats them differently (no rationale is generated for a candidate)."""
+        if role not in ("query", "target"):
+            raise ValueError(f"role must be 'query' or 'target', got {role!r}")
+        generate = self.config.method == "cot" and role == "query"
         texts, images = align_inputs(texts, images)
         count = len(texts)
         was_training = self.training
@@ -130,8 +163,20 @@ class LameModel(nn.Module):
             for start in range(0, count, batch_size):
                 part = slice(start, start + batch_size)
                 feed = self.preprocessor(texts[part], images[part])
-                chunks.append(self(**self.feed_to_tensors(feed)).embedding.float().cpu().numpy())
+                tensors = self.feed_to_tensors(feed)
+                out = self.generate_and_embed(**tensors) if generate else self(**tensors)
+                chunks.append(out.embedding.float().cpu().numpy())
         finally:
             self.train(was_training)
         return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(
             (0, self.config.embed_dim), np.float32)
+
+    def generate_and_embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           pixel_values: torch.Tensor, image_mask: torch.Tensor,
+                           max_new_tokens: int | None = None,
+                           stop_at_eos: bool = True) -> LameOutput:
+        """CoT baseline inference: greedy rationale (KV cache), then [EMBED]."""
+        from lame.baselines import cot_generate
+
+        return cot_generate(self, input_ids, attention_mask, pixel_values, image_mask,
+                            max_new_tokens or self.config.max_new_tokens, stop_at_eos).output

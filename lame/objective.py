@@ -9,7 +9,13 @@ from lame.losses import diversity_penalty, info_nce
 
 def compute_losses(model, batch: dict) -> dict[str, torch.Tensor]:
     cfg = model.config
-    query = model(**batch["query"])
+    lm_loss = None
+    if cfg.method == "cot":
+        from lame.baselines import cot_teacher_forced
+
+        query, lm_loss = cot_teacher_forced(model, batch["query"], batch["rationale"])
+    else:
+        query = model(**batch["query"])
     target = model(**batch["target"])
     negatives = None
     if "negatives" in batch:
@@ -28,7 +34,10 @@ def compute_losses(model, batch: dict) -> dict[str, torch.Tensor]:
             query.reason_states, batch["decoder_input"], targets_ids,
             ignore_index=model.pad_token_id, tokens=max(tokens, 1.0))
         total = total + cfg.w_reconstruction * losses["reconstruction"]
-    if cfg.num_reason_tokens > 1 and cfg.w_diversity > 0:
+    if lm_loss is not None:
+        losses["lm"] = lm_loss
+        total = total + cfg.w_lm * lm_loss
+    if cfg.method == "lame" and cfg.num_reason_tokens > 1 and cfg.w_diversity > 0:
         losses["diversity"] = diversity_penalty(query.reason_states)
         total = total + cfg.w_diversity * losses["diversity"]
     losses["total"] = total

@@ -10,6 +10,7 @@ the torch RNG, so ``resume=True`` after a kill reproduces the uninterrupted run.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import Counter
@@ -118,8 +119,13 @@ class Trainer:
         eval_path = Path(data_dir) / "eval.jsonl"
         self.eval_rows = load_eval(data_dir) if eval_path.is_file() else []
         model.preprocessor.image_cache = {}
+        cot = model.config.method == "cot"
+        if cot and not any(row.rationale for row in self.rows):
+            raise ValueError(f"method 'cot' trains on rationales, and {data_dir}/train.jsonl "
+                             "has none (add a \"rationale\" field to the rows)")
         self.collate = Collator(model.preprocessor, model.config.max_answer_tokens,
-                                cfg.hard_negatives)
+                                cfg.hard_negatives,
+                                model.config.max_rationale_tokens if cot else 0)
         self.metrics: list[dict[str, Any]] = []
         self.show_progress = show_progress
 
@@ -183,7 +189,8 @@ class Trainer:
 
     def evaluate(self, full: bool = False) -> dict[str, Any]:
         rows = self.eval_rows if full else subsample(self.eval_rows, self.cfg.eval_per_task)
-        return evaluate(self.model.encode, rows)
+        return evaluate(self.model.encode, rows,
+                        encode_target=functools.partial(self.model.encode, role="target"))
 
     def save(self, stage: str, step: int, done: bool, optimizer) -> None:
         """Rank 0 writes; the others wait so nobody runs ahead of a checkpoint."""

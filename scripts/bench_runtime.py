@@ -16,47 +16,17 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-COLD_START = r"""
-import sys, time, json
-sys.modules["torch"] = None; sys.modules["transformers"] = None
-t0 = time.perf_counter()
-import lame_runtime
-t1 = time.perf_counter()
-embedder = lame_runtime.Embedder(sys.argv[1], threads=int(sys.argv[2]) or None)
-t2 = time.perf_counter()
-vector = embedder.encode(texts=["the digits are 1 and 2"])
-t3 = time.perf_counter()
-assert vector.shape == (1, embedder.dim)
-print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_vector_s": t3 - t2,
-                  "total_s": t3 - t0}))
-"""
+from lame_runtime.timing import cold_start
 
 TEXTS = ["the digits are 1 and 2", "the largest digit is 8", "the odd digits add up to 18",
          "the digits are in increasing order", "there are three digits above 4",
          "the digits span a range of 6", "the sum of the digits is 23", "the digits are 0 and 9"]
-
-
-def cold_start(artifact: Path, runs: int, threads: int) -> dict:
-    results = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", COLD_START, str(artifact), str(threads)],
-                             capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if out.returncode != 0:
-            raise SystemExit(f"cold-start subprocess failed:\n{out.stderr}")
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        result["process_wall_s"] = wall
-        results.append(result)
-    keys = results[0].keys()
-    return {"runs": len(results), **{k: statistics.median(r[k] for r in results) for k in keys}}
 
 
 def make_inputs(embedder, batch: int, modality: str) -> dict:

@@ -7,6 +7,15 @@ import torch
 from torch import nn
 
 
+def cache_kwargs(module: nn.Module, cache) -> dict:
+    """The KV-cache keyword of a Transformers model: ``cache`` in recent releases,
+    ``past_key_values`` before (deprecated since 5.2x)."""
+    import inspect
+
+    names = inspect.signature(module.forward).parameters
+    return {"cache": cache} if "cache" in names else {"past_key_values": cache}
+
+
 class Backbone(nn.Module):
     hidden_size: int
 
@@ -29,8 +38,20 @@ class Backbone(nn.Module):
         """Run the causal LM on embeddings with an additive [B, 1, L, L] bias -> [B, L, H]."""
         raise NotImplementedError
 
+    def transformer_cached(self, embeds: torch.Tensor, position_ids: torch.Tensor,
+                           attention_bias: torch.Tensor, cache) -> torch.Tensor:
+        """``transformer`` for step-by-step decoding (the CoT and latent baselines): ``embeds``
+        are the new positions only, ``attention_bias`` is [B, 1, new, past + new] and ``cache``
+        (a ``transformers.DynamicCache``) is extended in place."""
+        raise NotImplementedError
+
     def vision_parameters(self) -> Iterator[nn.Parameter]:
         raise NotImplementedError
 
     def language_parameters(self) -> Iterator[nn.Parameter]:
         raise NotImplementedError
+
+    def connector_parameters(self) -> Iterator[nn.Parameter]:
+        """Newly initialised glue between pretrained towers (e.g. a vision projector) that a
+        warm-up stage which freezes the backbone should still train; none by default."""
+        return iter(())

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from lame.backbones.base import Backbone
+from lame.backbones.base import Backbone, cache_kwargs
 from lame.backbones.qwen2_vl import build_model
 
 
@@ -80,6 +80,13 @@ class Idefics3Backbone(Backbone):
                     attention_bias: torch.Tensor) -> torch.Tensor:
         out = self.model.text_model(inputs_embeds=embeds, position_ids=position_ids,
                                     attention_mask=attention_bias, use_cache=False)
+        return out.last_hidden_state
+
+    def transformer_cached(self, embeds: torch.Tensor, position_ids: torch.Tensor,
+                           attention_bias: torch.Tensor, cache) -> torch.Tensor:
+        out = self.model.text_model(inputs_embeds=embeds, position_ids=position_ids,
+                                    attention_mask=attention_bias, use_cache=True,
+                                    **cache_kwargs(self.model.text_model, cache))
         return out.last_hidden_state
 
     def vision_parameters(self) -> Iterator[nn.Parameter]:

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from lame.backbones.base import Backbone
+from lame.backbones.base import Backbone, cache_kwargs
 
 
 def mrope_section_for(head_dim: int) -> list[int]:
@@ -32,7 +32,8 @@ def tiny_qwen2_vl_config(config, vocab_size: int, image_token_id: int):
     bb, img = config.backbone, config.image
     head_dim = bb.hidden_size // bb.num_heads
     text = dict(
-        vocab_size=vocab_size, hidden_size=bb.hidden_size, intermediate_size=bb.intermediate_size,
+        vocab_size=max(vocab_size, bb.vocab_size or 0), hidden_size=bb.hidden_size,
+        intermediate_size=bb.intermediate_size,
         num_hidden_layers=bb.num_layers, num_attention_heads=bb.num_heads,
         num_key_value_heads=bb.num_kv_heads, max_position_embeddings=1024,
         rope_parameters={"rope_type": "default", "rope_theta": bb.rope_theta,
@@ -41,7 +42,7 @@ def tiny_qwen2_vl_config(config, vocab_size: int, image_token_id: int):
     )
     vision = dict(
         depth=bb.vision_depth, embed_dim=bb.vision_embed_dim, hidden_size=bb.hidden_size,
-        num_heads=bb.vision_heads, mlp_ratio=2, patch_size=img.patch_size,
+        num_heads=bb.vision_heads, mlp_ratio=int(bb.vision_mlp_ratio), patch_size=img.patch_size,
         spatial_merge_size=img.merge_size, temporal_patch_size=img.temporal_patch_size,
     )
     cfg = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=image_token_id,
@@ -118,6 +119,14 @@ class Qwen2VLBackbone(Backbone):
         out = self.model.language_model(inputs_embeds=embeds, position_ids=position_ids,
                                         attention_mask={"full_attention": attention_bias},
                                         use_cache=False)
+        return out.last_hidden_state
+
+    def transformer_cached(self, embeds: torch.Tensor, position_ids: torch.Tensor,
+                           attention_bias: torch.Tensor, cache) -> torch.Tensor:
+        out = self.model.language_model(inputs_embeds=embeds, position_ids=position_ids,
+                                        attention_mask={"full_attention": attention_bias},
+                                        use_cache=True,
+                                        **cache_kwargs(self.model.language_model, cache))
         return out.last_hidden_state
 
     def vision_parameters(self) -> Iterator[nn.Parameter]:

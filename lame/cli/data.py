@@ -1,4 +1,5 @@
-"""lame-data: build bundled datasets (the digits reasoning benchmark)."""
+"""lame-data: build bundled datasets (the digits reasoning benchmark) and convert external
+benchmarks (MMEB-v2 task files, MRMR/BEIR directories) into the LaME eval format."""
 from __future__ import annotations
 
 import json
@@ -40,6 +41,53 @@ def digits(out_dir, seed, train_images, eval_per_task, candidates, vocab_size, o
     tokenizer.save(str(Path(out_dir) / "tokenizer.json"))
     click.echo(json.dumps(summary))
     return 0
+
+
+def _converter_options(func):
+    """Options every converter shares: where to write and what to do with an existing eval."""
+    func = click.option("--overwrite", is_flag=True,
+                        help="Replace an existing eval.jsonl in OUT.")(func)
+    func = click.option("--append", is_flag=True,
+                        help="Add the task to an existing eval.jsonl in OUT.")(func)
+    func = click.option("--task", default=None,
+                        help="Task name for the rows [default: the input's file/dir name].")(func)
+    return click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+                        help="Dataset directory to write (eval.jsonl + images/).")(func)
+
+
+def _report(summary: dict) -> int:
+    for warning in summary.get("warnings", []):
+        click.echo(f"lame-data: warning: {warning}", err=True)
+    click.echo(json.dumps(summary))
+    return 0
+
+
+@command.command("mmeb")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--image-root", required=True, type=click.Path(file_okay=False),
+              help="Directory the rows' qry_img_path / tgt_img_path are relative to.")
+@click.option("--family", type=click.Choice(["image", "visdoc"]), default="image",
+              show_default=True, help="image tasks report hit@1, visdoc tasks NDCG@5.")
+@_converter_options
+def mmeb(file, image_root, family, out_dir, task, append, overwrite) -> int:
+    """One MMEB-v2 task file (.jsonl, or a .json array) -> eval rows; first target positive."""
+    from lame.data.external import convert_mmeb
+
+    return _report(convert_mmeb(file, image_root, out_dir, task=task, family=family,
+                                append=append, overwrite=overwrite))
+
+
+@command.command("mrmr")
+@click.argument("src_dir", type=click.Path(file_okay=False))
+@click.option("--image-root", default=None, type=click.Path(file_okay=False),
+              help="Directory image paths are relative to [default: SRC_DIR].")
+@_converter_options
+def mrmr(src_dir, image_root, out_dir, task, append, overwrite) -> int:
+    """MRMR/BEIR directory (queries.jsonl, corpus.jsonl, qrels) -> eval rows scored by NDCG@10."""
+    from lame.data.external import convert_mrmr
+
+    return _report(convert_mrmr(src_dir, out_dir, task=task, image_root=image_root,
+                                append=append, overwrite=overwrite))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from typing import Sequence
 import click
 
 from lame.cli import exit_with, invoke
-from lame.config import LameConfig, load_preset, preset_names
+from lame.config import METHODS, LameConfig, load_preset, preset_names
 from lame.train import STAGES, TrainConfig, train
 
 
@@ -16,8 +16,14 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
     """Preset JSON + command-line overrides -> typed configs (the library never sees argv)."""
     spec = load_preset(preset)
     model = dict(spec.get("model", {}))
+    method = overrides.get("method") or model.get("method", "lame")
+    model["method"] = method
+    if method in ("discriminative", "cot"):
+        model["num_reason_tokens"] = 0  # the method's definition: no reason tokens appended
+    if method != "lame":
+        model["bottleneck_mask"] = False
     for key in ("num_reason_tokens", "num_summary_tokens", "pooling", "bottleneck_mask",
-                "embed_dim", "w_reconstruction", "w_diversity", "temperature"):
+                "embed_dim", "w_reconstruction", "w_diversity", "temperature", "max_new_tokens"):
         if overrides.get(key) is not None:
             model[key] = overrides[key]
     if model.get("num_reason_tokens", 8) == 0 and overrides.get("bottleneck_mask") is None:
@@ -47,6 +53,11 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
 @click.option("--batch-size", type=int, default=None, help="Rows per step (in-batch negatives).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
 @click.option("--seed", type=int, default=None, help="Seed for init and batch order.")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="lame (default), discriminative (K=0, VLM2Vec), cot (rationale then embed, "
+                   "UME-R1), latent (K sequential latent steps, Coconut).")
+@click.option("--max-new-tokens", type=int, default=None,
+              help="cot: rationale tokens generated per query at evaluation (default 128).")
 @click.option("--reason-tokens", "num_reason_tokens", type=int, default=None,
               help="K latent reason tokens; 0 = discriminative baseline.")
 @click.option("--summary-tokens", "num_summary_tokens", type=int, default=None,

@@ -24,10 +24,12 @@ def batch_indices(num_rows: int, batch_size: int, seed: int, step: int) -> np.nd
 
 
 class Collator:
-    def __init__(self, preprocessor: Preprocessor, max_answer_tokens: int, hard_negatives: int):
+    def __init__(self, preprocessor: Preprocessor, max_answer_tokens: int, hard_negatives: int,
+                 rationale_tokens: int = 0):
         self.pre = preprocessor
         self.max_answer_tokens = max_answer_tokens
         self.hard_negatives = hard_negatives
+        self.rationale_tokens = rationale_tokens  # > 0: the CoT baseline's "rationale . answer"
 
     def __call__(self, rows: Sequence[TrainRow], global_rows: Sequence[TrainRow] | None = None,
                  offset: int = 0) -> dict:
@@ -41,6 +43,8 @@ class Collator:
             "offset": offset,
         }
         batch["decoder_input"], batch["decoder_target"] = self._answers(rows)
+        if self.rationale_tokens:
+            batch["rationale"] = self._rationales(rows)
         if self.hard_negatives > 0:
             negatives, valid = self._negatives(rows)
             if valid.any():
@@ -75,6 +79,29 @@ class Collator:
             inputs[i, : len(ids) + 1] = [special["bos"], *ids]
             targets[i, : len(ids) + 1] = [*ids, special["eos"]]
         return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+    def _rationales(self, rows: Sequence[TrainRow]) -> dict[str, torch.Tensor]:
+        """Teacher-forcing ids (right-padded, with a validity mask) and next-token targets:
+        ``targets[:, j]`` is what the model should say after j rationale tokens (EOS at the end)."""
+        special = self.pre.text.special
+        encoded = [self.pre.text.encode_text(cot_text(r))[: self.rationale_tokens] for r in rows]
+        span = max(len(e) for e in encoded)
+        ids = np.full((len(rows), span), special["pad"], dtype=np.int64)
+        valid = np.zeros((len(rows), span), dtype=np.int64)
+        targets = np.full((len(rows), span + 1), special["pad"], dtype=np.int64)
+        for i, tokens in enumerate(encoded):
+            ids[i, : len(tokens)] = tokens
+            valid[i, : len(tokens)] = 1
+            targets[i, : len(tokens) + 1] = [*tokens, special["eos"]]
+        return {name: torch.from_numpy(value) for name, value in
+                (("ids", ids), ("valid", valid), ("targets", targets))}
+
+
+def cot_text(row: TrainRow) -> str:
+    """What the CoT baseline learns to write: the rationale, then the answer."""
+    answer = _answer(row)
+    return f"{row.rationale} . {answer}" if row.rationale else answer
 
 
 def _answer(row: TrainRow) -> str:

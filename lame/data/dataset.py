@@ -12,7 +12,16 @@ A dataset is a directory holding two JSON-lines files:
   candidate at index ``label`` is the positive, default 0)::
 
       {"query": {...}, "candidates": [{...}, ...], "label"?: int,
-       "task"?: str, "instruction"?: str}
+       "task"?: str, "instruction"?: str, "relevance"?: [number, ...],
+       "metric"?: "hit@1" | "ndcg@5" | "ndcg@10"}
+
+  ``relevance`` (optional) gives each candidate a graded gain (>= 0, one per
+  candidate, at least one > 0) for rows with several relevant candidates;
+  without it the candidate at ``label`` has gain 1 and the rest 0.  With it,
+  ``label`` still names the best positive: it defaults to the first candidate
+  of highest gain, and an explicit ``label`` must point at a highest gain.
+  ``metric`` names the score the row's task reports (default ``hit@1``); all
+  rows of one task must agree on it.
 
 An item needs at least one of ``text``/``image``.  Image paths in rows are
 relative to the dataset directory; after loading, ``Item.image`` is absolute.
@@ -26,6 +35,7 @@ without a location is useless on a file with thousands of rows.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +43,9 @@ from typing import Any, Iterator
 
 TRAIN_FILE = "train.jsonl"
 EVAL_FILE = "eval.jsonl"
+# The per-row scores lame.evaluate computes; a task reports one of them as its headline.
+METRICS = ("hit@1", "ndcg@5", "ndcg@10")
+DEFAULT_METRIC = "hit@1"
 
 
 class DatasetError(ValueError):
@@ -73,6 +86,8 @@ class EvalRow:
     label: int = 0
     task: str = "default"
     instruction: str | None = None
+    relevance: list[float] | None = None  # per-candidate gain; None: one-hot at label
+    metric: str = DEFAULT_METRIC
 
 
 def load_train(data_dir: str | Path, check_images: bool = True) -> list[TrainRow]:
@@ -84,10 +99,17 @@ def load_eval(data_dir: str | Path, check_images: bool = True) -> list[EvalRow]:
     """Read and validate ``eval.jsonl``; raises DatasetError on the first problem."""
     root = _dataset_root(Path(data_dir))
     checked: set[str] = set()
+    task_metric: dict[str, tuple[str, str]] = {}  # task -> (metric, where first seen)
     rows = []
     for number, raw in _read_objects(root / EVAL_FILE):
         parser = _RowParser(f"{EVAL_FILE}:{number}", root, check_images, checked)
-        rows.append(parser.eval_row(raw))
+        row = parser.eval_row(raw)
+        metric, first = task_metric.setdefault(row.task, (row.metric, parser.where))
+        if metric != row.metric:
+            # A task reports one headline score; mixing them would average incomparable numbers.
+            raise parser.fail(f"task '{row.task}' uses metric '{row.metric}' but {first} "
+                              f"set '{metric}'")
+        rows.append(row)
     return rows
 
 
@@ -145,6 +167,11 @@ def _read_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DatasetError(f"{path.name}: file has no rows ({path})")
 
 
+def _best(relevance: list[float] | None) -> int:
+    """Index of the first highest gain: the default label of a row with relevance."""
+    return 0 if relevance is None else relevance.index(max(relevance))
+
+
 def _json_type(value: Any) -> str:
     """Name a parsed value by its JSON type, as the user wrote it."""
     if value is None:
@@ -187,12 +214,15 @@ class _RowParser:
         query = self.item(self.required(raw, "query"), "query")
         self.required(raw, "candidates")
         candidates = self.item_list(raw, "candidates", min_len=2)
+        relevance = self.relevance(raw.get("relevance"), len(candidates))
         return EvalRow(
             query=query,
             candidates=candidates,
-            label=self.label(raw.get("label", 0), len(candidates)),
+            label=self.label(raw.get("label", _best(relevance)), len(candidates), relevance),
             task=self.optional_str(raw, "task") or "default",
             instruction=self.optional_str(raw, "instruction"),
+            relevance=relevance,
+            metric=self.metric(raw.get("metric", DEFAULT_METRIC)),
         )
 
     def required(self, raw: dict[str, Any], key: str) -> Any:
@@ -227,11 +257,35 @@ class _RowParser:
             raise self.fail(f"'{key}' needs at least {min_len} items, got {len(value)}")
         return [self.item(entry, f"{key}[{index}]") for index, entry in enumerate(value)]
 
-    def label(self, value: Any, n_candidates: int) -> int:
+    def label(self, value: Any, n_candidates: int, relevance: list[float] | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(f"'label' must be an integer, got {_json_type(value)}")
         if not 0 <= value < n_candidates:
             raise self.fail(f"label {value} out of range for {n_candidates} candidates")
+        if relevance is not None and relevance[value] < max(relevance):
+            raise self.fail(f"label {value} has relevance {relevance[value]:g}, below the "
+                            f"highest {max(relevance):g}; label must name a best positive")
+        return value
+
+    def relevance(self, value: Any, n_candidates: int) -> list[float] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            raise self.fail(f"'relevance' must be an array of numbers, got {_json_type(value)}")
+        if len(value) != n_candidates:
+            raise self.fail(f"'relevance' has {len(value)} entries for {n_candidates} candidates")
+        for index, gain in enumerate(value):
+            if _json_type(gain) != "number" or not math.isfinite(gain) or gain < 0:
+                raise self.fail(f"relevance[{index}] must be a non-negative number, got "
+                                f"{json.dumps(gain)}")
+        if max(value) <= 0:
+            raise self.fail("'relevance' has no positive entry (no relevant candidate)")
+        return [float(gain) for gain in value]
+
+    def metric(self, value: Any) -> str:
+        if value not in METRICS:
+            raise self.fail(f"'metric' must be one of {', '.join(METRICS)}, got "
+                            f"{json.dumps(value)}")
         return value
 
     def image_path(self, relative: str, name: str) -> str:
