@@ -148,7 +148,10 @@ def load_model(directory: str | Path, device: str = "cpu"):
         config = LameConfig.load(directory / "config.json")
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{directory / 'config.json'} is not a valid LaME config: {err}")
-    model = LameModel(config, Preprocessor.from_dir(directory))
+    from lame.backbones import architecture_only
+
+    with architecture_only():  # the checkpoint's weights replace any packaged pretrained ones
+        model = LameModel(config, Preprocessor.from_dir(directory))
     load_weights(model, directory / MODEL_FILE)
     return model.to(device).eval()
 

@@ -23,15 +23,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Tokenizer:
 
 
 def preprocessor_for(data_dir, config):
-    """The dataset's ``tokenizer.json`` if it ships one (``lame-data`` writes it), else a BPE
-    trained here on the dataset's text; wrapped with the config's image transform."""
+    """The backbone's own tokenizer when its family has one (pretrained language models such as
+    lame-small's SmolLM2, extended with LaME's special tokens); otherwise the dataset's
+    ``tokenizer.json`` if it ships one (``lame-data`` writes it), else a BPE trained here on the
+    dataset's text. Wrapped with the config's image transform."""
     from pathlib import Path
 
+    from lame.backbones import backbone_tokenizer
     from lame.data.dataset import iter_texts
     from lame_runtime.preprocess import Preprocessor
     from lame_runtime.text import TextProcessor
 
-    path = Path(data_dir) / "tokenizer.json"
-    tokenizer = Tokenizer.from_file(str(path)) if path.is_file() else train_tokenizer(
-        iter_texts(data_dir))
+    tokenizer = backbone_tokenizer(config)
+    if tokenizer is None:
+        path = Path(data_dir) / "tokenizer.json"
+        tokenizer = Tokenizer.from_file(str(path)) if path.is_file() else train_tokenizer(
+            iter_texts(data_dir))
     return Preprocessor(TextProcessor(tokenizer, config.max_text_tokens), config.image)

@@ -76,12 +76,15 @@ class TrainConfig:
 
 
 def set_trainable(model, stage: str) -> list[torch.nn.Parameter]:
-    """Freeze the whole backbone for warm-up; train everything in the joint stage."""
+    """Freeze the backbone's pretrained towers for warm-up (a randomly initialised connector
+    still trains); train everything in the joint stage."""
     for param in model.parameters():
         param.requires_grad_(True)
     if stage == "warmup":
         for param in model.backbone.parameters():
             param.requires_grad_(False)
+        for param in model.backbone.connector_parameters():  # new glue, e.g. lame-small's projector
+            param.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 
 

@@ -16,6 +16,13 @@ def cache_kwargs(module: nn.Module, cache) -> dict:
     return {"cache": cache} if "cache" in names else {"past_key_values": cache}
 
 
+def sequential_positions(valid: torch.Tensor) -> torch.Tensor:
+    """1-D positions counted over non-padding tokens (left padding and masked gaps); padded
+    slots get 0. For Llama-style language models."""
+    valid = valid.long()
+    return ((valid.cumsum(-1) - 1).clamp(min=0)) * valid
+
+
 class Backbone(nn.Module):
     hidden_size: int
 
@@ -33,17 +40,32 @@ class Backbone(nn.Module):
         """Positions for a full sequence (input + latent tokens); padded slots get 0."""
         raise NotImplementedError
 
+    @property
+    def text_model(self) -> nn.Module:
+        """The causal language model body (a Transformers ``*TextModel``/``LlamaModel``)."""
+        raise NotImplementedError
+
+    def text_mask(self, attention_bias: torch.Tensor):
+        """Our additive bias as the text model's ``attention_mask`` argument (used as given)."""
+        return attention_bias
+
     def transformer(self, embeds: torch.Tensor, position_ids: torch.Tensor,
                     attention_bias: torch.Tensor) -> torch.Tensor:
         """Run the causal LM on embeddings with an additive [B, 1, L, L] bias -> [B, L, H]."""
-        raise NotImplementedError
+        out = self.text_model(inputs_embeds=embeds, position_ids=position_ids,
+                              attention_mask=self.text_mask(attention_bias), use_cache=False)
+        return out.last_hidden_state
 
     def transformer_cached(self, embeds: torch.Tensor, position_ids: torch.Tensor,
                            attention_bias: torch.Tensor, cache) -> torch.Tensor:
         """``transformer`` for step-by-step decoding (the CoT and latent baselines): ``embeds``
         are the new positions only, ``attention_bias`` is [B, 1, new, past + new] and ``cache``
         (a ``transformers.DynamicCache``) is extended in place."""
-        raise NotImplementedError
+        text_model = self.text_model
+        out = text_model(inputs_embeds=embeds, position_ids=position_ids,
+                         attention_mask=self.text_mask(attention_bias), use_cache=True,
+                         **cache_kwargs(text_model, cache))
+        return out.last_hidden_state
 
     def vision_parameters(self) -> Iterator[nn.Parameter]:
         raise NotImplementedError

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from lame.backbones.base import Backbone, cache_kwargs
+from lame.backbones.base import Backbone, sequential_positions
 from lame.backbones.qwen2_vl import build_model
 
 
@@ -73,21 +73,11 @@ class Idefics3Backbone(Backbone):
         return self.model.connector(states)
 
     def position_ids(self, valid: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
-        valid = valid.long()
-        return ((valid.cumsum(-1) - 1).clamp(min=0)) * valid
+        return sequential_positions(valid)
 
-    def transformer(self, embeds: torch.Tensor, position_ids: torch.Tensor,
-                    attention_bias: torch.Tensor) -> torch.Tensor:
-        out = self.model.text_model(inputs_embeds=embeds, position_ids=position_ids,
-                                    attention_mask=attention_bias, use_cache=False)
-        return out.last_hidden_state
-
-    def transformer_cached(self, embeds: torch.Tensor, position_ids: torch.Tensor,
-                           attention_bias: torch.Tensor, cache) -> torch.Tensor:
-        out = self.model.text_model(inputs_embeds=embeds, position_ids=position_ids,
-                                    attention_mask=attention_bias, use_cache=True,
-                                    **cache_kwargs(self.model.text_model, cache))
-        return out.last_hidden_state
+    @property
+    def text_model(self) -> nn.Module:
+        return self.model.text_model
 
     def vision_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.model.vision_model.parameters()

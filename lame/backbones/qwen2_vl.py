@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from lame.backbones.base import Backbone, cache_kwargs
+from lame.backbones.base import Backbone
 
 
 def mrope_section_for(head_dim: int) -> list[int]:
@@ -112,22 +112,14 @@ class Qwen2VLBackbone(Backbone):
         pos = torch.stack([torch.where(img, p, text_pos) for p in (t_pos, h_pos, w_pos)])
         return torch.where(valid.bool().unsqueeze(0), pos, torch.zeros_like(pos))
 
-    def transformer(self, embeds: torch.Tensor, position_ids: torch.Tensor,
-                    attention_bias: torch.Tensor) -> torch.Tensor:
+    @property
+    def text_model(self) -> nn.Module:
+        return self.model.language_model
+
+    def text_mask(self, attention_bias: torch.Tensor):
         # A dict mask is used as-is by transformers: our bias already encodes causality,
         # padding and the bottleneck, so nothing is rebuilt (or silently changed) inside.
-        out = self.model.language_model(inputs_embeds=embeds, position_ids=position_ids,
-                                        attention_mask={"full_attention": attention_bias},
-                                        use_cache=False)
-        return out.last_hidden_state
-
-    def transformer_cached(self, embeds: torch.Tensor, position_ids: torch.Tensor,
-                           attention_bias: torch.Tensor, cache) -> torch.Tensor:
-        out = self.model.language_model(inputs_embeds=embeds, position_ids=position_ids,
-                                        attention_mask={"full_attention": attention_bias},
-                                        use_cache=True,
-                                        **cache_kwargs(self.model.language_model, cache))
-        return out.last_hidden_state
+        return {"full_attention": attention_bias}
 
     def vision_parameters(self) -> Iterator[nn.Parameter]:
         return self.model.visual.parameters()
