@@ -41,6 +41,7 @@ class TrainConfig:
     warmup_fraction: float = 0.2    # share of max_steps given to the warm-up stage with "all"
     batch_size: int = 64
     lr: float = 3e-4
+    new_lr_scale: float = 1.0       # lr multiplier for parameters not in the pretrained backbone
     lr_warmup: float = 0.05         # share of each stage spent ramping the learning rate up
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
@@ -103,12 +104,20 @@ def _optimizer(model, params: list[torch.nn.Parameter], cfg: TrainConfig) -> tor
     # Decay matrices only; not biases/norms, and not the latent tokens, which decay would pull
     # towards the zero vector (a token that carries nothing).
     latent = {id(model.reason_tokens), id(model.summary_tokens)}
-    decay = [p for p in params if p.ndim >= 2 and id(p) not in latent]
-    decay_ids = {id(p) for p in decay}
-    rest = [p for p in params if id(p) not in decay_ids]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    # Pretrained towers vs parameters initialised here (latent tokens, heads, connector): the
+    # latter may learn faster (new_lr_scale) -- with few steps on a pretrained backbone they
+    # otherwise barely leave their random init.
+    pretrained = {id(p) for p in model.backbone.parameters()} - {
+        id(p) for p in model.backbone.connector_parameters()}
+    groups = []
+    for is_new, scale in ((False, 1.0), (True, cfg.new_lr_scale)):
+        part = [p for p in params if (id(p) not in pretrained) == is_new]
+        decay = [p for p in part if p.ndim >= 2 and id(p) not in latent]
+        decay_ids = {id(p) for p in decay}
+        rest = [p for p in part if id(p) not in decay_ids]
+        groups += [{"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": rest, "weight_decay": 0.0, "lr_scale": scale}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
 class Trainer:
@@ -154,7 +163,7 @@ class Trainer:
         for step in bar:
             lr = learning_rate(self.cfg, step, first, end)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group["lr_scale"]
             losses = self._step(step, params, optimizer)
             if (step + 1) % self.cfg.log_every == 0 or step + 1 == end:
                 now = time.perf_counter()

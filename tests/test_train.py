@@ -180,3 +180,19 @@ def test_out_dir_with_foreign_files_is_never_replaced(digits_dir, tmp_path, caps
                        "--max-steps", "2", "--batch-size", "8", "--no-progress"])
     assert code == 2 and "not a LaME output" in capsys.readouterr().err
     assert (precious / "notes.txt").read_text() == "do not delete"
+
+
+def test_new_parameters_can_learn_faster_than_the_pretrained_backbone(make_model):
+    from lame.train import _optimizer
+
+    model = make_model()
+    params = set_trainable(model, "joint")
+    optimizer = _optimizer(model, params, TrainConfig(lr=1e-4, new_lr_scale=10.0))
+    scale_of = {id(p): g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
+    assert len(scale_of) == len(params)  # every trainable parameter in exactly one group
+    assert all(scale_of[id(p)] == 1.0 for p in model.backbone.parameters())
+    for new in (model.reason_tokens, model.embed_head.proj.weight,
+                next(model.decoder_head.parameters())):
+        assert scale_of[id(new)] == 10.0
+    decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(model.reason_tokens) not in decay and id(model.embed_head.proj.weight) in decay

@@ -52,6 +52,9 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
               help="Share of --max-steps given to the warm-up stage when --stage all.")
 @click.option("--batch-size", type=int, default=None, help="Rows per step (in-batch negatives).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
+@click.option("--new-lr-scale", type=float, default=None,
+              help="lr multiplier for parameters initialised here (latent tokens, heads, "
+                   "connector) next to a pretrained backbone.")
 @click.option("--seed", type=int, default=None, help="Seed for init and batch order.")
 @click.option("--method", type=click.Choice(METHODS), default=None,
               help="lame (default), discriminative (K=0, VLM2Vec), cot (rationale then embed, "
