@@ -154,7 +154,7 @@ def ratios(methods: dict[str, Any], deploy: dict[str, Any] | None, config: LameC
     names = {name for entry in per_batch.values() for name in entry}
     headline = {name: min(e[name] for e in per_batch.values() if name in e) for name in names}
     n = methods["input_tokens"]
-    k, m = config.num_reason_tokens or 8, config.num_summary_tokens
+    k, m = config.num_reason_tokens, config.num_summary_tokens
     headline["bound_lame_vs_discriminative"] = n / (n + k + m)
     return dict(sorted(headline.items())), per_batch
 
