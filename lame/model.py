@@ -94,7 +94,7 @@ class LameModel(nn.Module):
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits through the input embedding matrix (a tied LM head; the CoT
         baseline's generator), so no extra parameters are saved or loaded."""
-        weight = self.backbone.model.get_input_embeddings().weight
+        weight = self.backbone.lm_head_weight()
         return torch.nn.functional.linear(hidden, weight.to(hidden.dtype))
 
     def _image_features(self, pixel_values: torch.Tensor, image_mask: torch.Tensor,

@@ -32,6 +32,11 @@ class Backbone(nn.Module):
         """[B, L] ids -> [B, L, H] token embeddings."""
         return self.model.get_input_embeddings()(input_ids)
 
+    def lm_head_weight(self) -> torch.Tensor:
+        """[vocab, hidden] next-token projection: the input embedding matrix (a tied head, as
+        SmolLM2 and the small Qwen2-VL models have), used by the CoT baseline's generator."""
+        return self.model.get_input_embeddings().weight
+
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """[B, P, patch_dim] fixed-size images -> [B, N, H] visual tokens for the language model."""
         raise NotImplementedError

