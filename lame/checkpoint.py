@@ -15,8 +15,6 @@ Layout::
 from __future__ import annotations
 
 import json
-import shutil
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,59 +23,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lame.config import LameConfig
+from lame_runtime.errors import CheckpointError
+from lame_runtime.persist import atomic_write_dir, check_replaceable, recover_dir  # noqa: F401
 from lame_runtime.preprocess import PREPROCESSOR_FILE, TOKENIZER_FILE, Preprocessor
 
 MODEL_FILE = "model.safetensors"
 REQUIRED_FILES = ("config.json", MODEL_FILE, TOKENIZER_FILE, PREPROCESSOR_FILE)
 
 
-class CheckpointError(RuntimeError):
-    pass
-
-
-def atomic_write_dir(final: Path, write: Callable[[Path], None], marker: str) -> None:
-    """Build the directory beside ``final`` and swap it in, so a kill never leaves half a
-    checkpoint: at every instant ``final`` or ``final``'s ``.old`` twin is complete.
-
-    An existing ``final`` is replaced only if it is empty or holds ``marker`` (i.e. it is one
-    of ours): pointing ``--out`` at a folder of other files must never delete them.
-    """
-    final = Path(final)
-    check_replaceable(final, marker)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp"
-    old = final.parent / f".{final.name}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write(tmp)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def check_replaceable(path: Path, marker: str) -> None:
-    """Raise unless ``path`` is absent, an empty directory, or a directory holding ``marker``."""
-    path = Path(path)
-    if not path.exists():
-        return
-    if path.is_dir() and (not any(path.iterdir()) or (path / marker).is_file()):
-        return
-    raise FileExistsError(f"{path} exists and is not a LaME output (no {marker}); refusing to "
-                          "replace it — choose another directory")
-
-
 def resolve(path: str | Path) -> Path:
     """The checkpoint directory, recovering the previous one if a swap was interrupted."""
-    path = Path(path)
-    if path.is_dir():
-        return path
-    old = path.parent / f".{path.name}.old"
-    if old.is_dir():
-        warnings.warn(f"{path} is missing but {old} is complete (interrupted save); using it")
-        return old
-    raise CheckpointError(f"checkpoint directory not found: {path}")
+    found = recover_dir(path)
+    if found is None:
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    return found
 
 
 def save_checkpoint(directory: Path, model, train_config: dict[str, Any], meta: dict[str, Any],

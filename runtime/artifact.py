@@ -5,20 +5,18 @@ ONNX graphs per precision, ``tokenizer.json``, ``preprocessor_config.json`` and 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lame_runtime.errors import ArtifactError  # noqa: F401  (re-exported)
+from lame_runtime.persist import sha256  # noqa: F401  (re-exported)
+
 MANIFEST = "lame_artifact.json"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 DTYPES = {"int64": "int64", "float32": "float32"}
-
-
-class ArtifactError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -85,9 +83,3 @@ class Artifact:
         return self.manifest.get("instructions", {}).get(kind)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

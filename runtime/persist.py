@@ -1,0 +1,232 @@
+"""The one persistence helper: checkpoints, artifacts, indexes and calibration files.
+
+Rules every writer follows, so that a kill at any instant loses nothing:
+
+* a file is written to a temporary name in the same folder, fsynced, then ``os.replace``d;
+* a folder is built as ``.NAME.tmp`` and swapped in (``NAME`` -> ``.NAME.old``, tmp -> ``NAME``);
+  at every instant ``NAME`` or ``.NAME.old`` is complete, and ``recover_dir`` brings it back;
+* several files that must agree are written under per-save names (``stem.<token>.npz``) and a
+  small metadata file, replaced last, points at them with their sha256: no two-file swap can
+  tear, and files no longer pointed at are deleted only after the pointer is in place;
+* staging is removed on every error path.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from lame_runtime.errors import IntegrityError, MissingFileError
+
+Writer = Callable[[BinaryIO], None]
+
+
+def sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a rename in ``path`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_file(path: str | Path, write: Writer, mode: int = 0o644) -> Path:
+    """Write ``path`` through ``write(handle)`` on a temp file + fsync + rename."""
+    path = Path(path)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
+                                         suffix=".tmp", delete=False)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(handle.name, mode)  # temp files are created 0600
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write_file(path, lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, value: Any, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(value, indent=indent, ensure_ascii=False))
+
+
+def fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(folder)
+
+
+def staging_paths(final: Path) -> tuple[Path, Path]:
+    """(``.NAME.tmp``, ``.NAME.old``) beside ``final``."""
+    return final.parent / f".{final.name}.tmp", final.parent / f".{final.name}.old"
+
+
+def check_replaceable(path: str | Path, marker: str) -> None:
+    """Raise unless ``path`` is absent, an empty folder, or a folder holding ``marker``:
+    pointing ``--out`` at a folder of other files must never delete them."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if path.is_dir() and (not any(path.iterdir()) or (path / marker).is_file()):
+        return
+    raise FileExistsError(f"{path} exists and is not a LaME output (no {marker}); refusing to "
+                          "replace it: choose another directory")
+
+
+def atomic_write_dir(final: str | Path, write: Callable[[Path], None], marker: str) -> Path:
+    """Build a folder with ``write(staging)`` and swap it in; staging is removed on any error.
+
+    An existing ``final`` is replaced only if it is ours (see ``check_replaceable``).
+    """
+    final = Path(final)
+    check_replaceable(final, marker)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final)  # finish a swap an earlier kill interrupted before touching anything
+    tmp, old = staging_paths(final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if not (tmp / marker).is_file():
+            raise RuntimeError(f"internal error: the writer of {final} did not write {marker}")
+        fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def recover_dir(final: str | Path) -> Path | None:
+    """The complete folder at ``final``, repairing an interrupted swap; None if there is none.
+
+    A kill between the two renames leaves only ``.NAME.old`` (complete): it is renamed back.
+    Where the folder is read-only the old copy is used in place, with a warning.
+    """
+    final = Path(final)
+    tmp, old = staging_paths(final)
+    if final.is_dir():
+        if old.exists():  # killed after the swap, before the old copy was removed
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+    if old.is_dir():
+        try:
+            old.rename(final)
+            fsync_dir(final.parent)
+            warnings.warn(f"{final} was missing after an interrupted save; restored the "
+                          "previous complete version", RuntimeWarning, stacklevel=2)
+            return final
+        except OSError:
+            warnings.warn(f"{final} is missing but {old} is complete (interrupted save); "
+                          "using it", RuntimeWarning, stacklevel=2)
+            return old
+    return None
+
+
+def remove_staging(final: str | Path) -> None:
+    """Delete a leftover ``.NAME.tmp`` (an interrupted build): never a complete version."""
+    tmp, _ = staging_paths(Path(final))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------- pointer + versioned files
+def save_versioned(meta_path: str | Path, blobs: dict[str, Writer],
+                   meta: dict[str, Any]) -> dict[str, Any]:
+    """Write each blob as ``<stem>.<token>.<key>``, then ``meta_path`` (JSON) pointing at them.
+
+    ``meta["files"][key] = {"path", "sha256", "bytes"}`` is filled in. Blobs of earlier saves
+    are deleted only after the new metadata is in place, so the metadata on disk always
+    describes a complete set. Returns the metadata written.
+    """
+    meta_path = Path(meta_path)
+    folder, stem = meta_path.parent, meta_path.stem
+    token = uuid.uuid4().hex[:12]
+    files: dict[str, dict[str, Any]] = {}
+    written: list[Path] = []
+    try:
+        for key, write in blobs.items():
+            path = folder / f"{stem}.{token}.{key}"
+            atomic_write_file(path, write)
+            written.append(path)
+            files[key] = {"path": path.name, "sha256": sha256(path),
+                          "bytes": path.stat().st_size}
+        meta = {**meta, "files": files}
+        atomic_write_json(meta_path, meta, indent=None)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    keep = {entry["path"] for entry in files.values()}
+    for key in blobs:
+        for stale in folder.glob(f"{stem}.*.{key}"):
+            if stale.name not in keep and _is_token_name(stale.name, stem, key):
+                stale.unlink(missing_ok=True)
+    return meta
+
+
+def _is_token_name(name: str, stem: str, key: str) -> bool:
+    middle = name[len(stem) + 1:-(len(key) + 1)]
+    return len(middle) == 12 and all(c in "0123456789abcdef" for c in middle)
+
+
+def versioned_file(meta_path: str | Path, meta: dict[str, Any], key: str,
+                   verify: bool = True) -> Path:
+    """The blob ``key`` that ``meta`` (read from ``meta_path``) points at, hash-checked.
+
+    The name must be a plain file name in the same folder: a metadata file cannot point a
+    reader outside its folder.
+    """
+    meta_path = Path(meta_path)
+    entry = (meta.get("files") or {}).get(key)
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        raise MissingFileError(f"{meta_path} does not name its {key!r} file")
+    name = entry["path"]
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise IntegrityError(f"{meta_path} points outside its folder ({name!r})")
+    path = meta_path.parent / name
+    if not path.is_file():
+        raise MissingFileError(f"{path}, named by {meta_path}, is missing")
+    if verify and sha256(path) != entry.get("sha256"):
+        raise IntegrityError(f"{path} does not match the sha256 in {meta_path}: corrupt or "
+                               "replaced")
+    return path
