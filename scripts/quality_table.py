@@ -1,12 +1,20 @@
-"""Markdown tables from scripts/quality_runs.sh's runs: overall / tier / per-task hit@1.
+"""Markdown tables from scripts/quality_runs.sh's runs: mean ± sd over seeds of overall /
+tier / per-task hit@1, and each row's difference to a baseline row.
 
     python scripts/quality_table.py runs/quality [--rows lame,discriminative,...]
+                                                 [--baseline discriminative]
+
+A row is ``ROOT/NAME/seed*/eval.json`` (one per seed) or, for single-seed runs of earlier
+releases, ``ROOT/NAME/eval.json``. Differences smaller than twice their standard error are
+flagged "not significant".
 """
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+
+from lame.stats import compare, summarise
 
 LABELS = {
     "lame": "LaME (K=8, mask, decoder, diversity, two stages)",
@@ -17,36 +25,57 @@ LABELS = {
     "no-mask": "LaME without bottleneck mask", "no-decoder": "LaME without decoder head",
     "no-diversity": "LaME without diversity term", "one-stage": "LaME, joint stage only",
 }
+COLUMNS = {"hit@1": lambda r: r["hit@1"], "tier 1": lambda r: r["per_group"]["tier1"]["hit@1"],
+           "tier 2": lambda r: r["per_group"]["tier2"]["hit@1"], "ndcg@10": lambda r: r["ndcg@10"]}
 
 
-def load(root: Path, names: list[str]) -> dict[str, dict]:
+def load(root: Path, names: list[str]) -> dict[str, list[dict]]:
+    """Row name -> the eval.json of each seed found."""
     runs = {}
     for name in names:
-        path = root / name / "eval.json"
-        if path.is_file():
-            runs[name] = json.loads(path.read_text())
+        files = sorted((root / name).glob("seed*/eval.json")) or \
+            [p for p in [root / name / "eval.json"] if p.is_file()]
+        if files:
+            runs[name] = [json.loads(p.read_text()) for p in files]
     return runs
+
+
+def tables(runs: dict[str, list[dict]], baseline: str) -> str:
+    lines = ["| run | seeds | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for name, results in runs.items():
+        cells = [str(summarise([get(r) for r in results])) for get in COLUMNS.values()]
+        lines.append(f"| {LABELS.get(name, name)} | {len(results)} | " + " | ".join(cells) + " |")
+    if baseline in runs:
+        lines += ["", f"Difference to `{baseline}` (mean ± standard error; not significant "
+                      "when smaller than 2 standard errors):", "",
+                  "| run | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+        for name, results in runs.items():
+            if name == baseline:
+                continue
+            cells = [str(compare(summarise([get(r) for r in results]),
+                                 summarise([get(r) for r in runs[baseline]])))
+                     for get in COLUMNS.values()]
+            lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+    names = list(runs)
+    lines += ["", "| task (hit@1, mean over seeds) | " + " | ".join(names) + " |",
+              "|---|" + "---|" * len(names)]
+    for task in next(iter(runs.values()))[0]["per_task"]:
+        lines.append(f"| {task} | " + " | ".join(
+            f"{summarise([r['per_task'][task]['hit@1'] for r in runs[n]]).mean:.1f}"
+            for n in names) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path)
     parser.add_argument("--rows", default=",".join(LABELS))
+    parser.add_argument("--baseline", default="discriminative")
     args = parser.parse_args(argv)
     runs = load(args.root, args.rows.split(","))
-    print("| run | hit@1 | tier 1 | tier 2 | ndcg@10 |")
-    print("|---|---|---|---|---|")
-    for name, r in runs.items():
-        groups = r["per_group"]
-        print(f"| {LABELS.get(name, name)} | {r['hit@1']:.2f} | {groups['tier1']['hit@1']:.2f} | "
-              f"{groups['tier2']['hit@1']:.2f} | {r['ndcg@10']:.2f} |")
-    print()
-    names = list(runs)
-    print("| task (hit@1) | " + " | ".join(names) + " |")
-    print("|---|" + "---|" * len(names))
-    for task in next(iter(runs.values()))["per_task"]:
-        print(f"| {task} | " + " | ".join(f"{runs[n]['per_task'][task]['hit@1']:.1f}"
-                                         for n in names) + " |")
+    if not runs:
+        raise SystemExit(f"error: no eval.json under {args.root} for rows {args.rows}")
+    print(tables(runs, args.baseline))
 
 
 if __name__ == "__main__":

@@ -254,3 +254,27 @@ def test_invalid_sizes_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="n_eval_images"):
         build_digits(tmp_path / "y", n_train_images=20, n_eval_images=40, eval_per_task=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_reasoning_target_for_text_to_image_rows(built, tmp_path):
+    """--t2i-answer reasoning: t2i rows reconstruct the positive image's digits and the derived
+    quantity; i2t rows, every other field and the eval split are unchanged."""
+    root, _ = built
+    other = tmp_path / "reasoning"
+    build_digits(other, seed=3, t2i_answer="reasoning", **SMALL)
+    digits = image_digits(other)
+    plain, reasoning = read_jsonl(root / "train.jsonl"), read_jsonl(other / "train.jsonl")
+    assert len(plain) == len(reasoning)
+    for a, b in zip(plain, reasoning):
+        assert {k: v for k, v in a.items() if k != "answer"} == \
+            {k: v for k, v in b.items() if k != "answer"}
+        if b["task"].endswith(".t2i"):
+            seq = digits[b["target"]["image"]]
+            assert b["answer"] == b["rationale"] != b["query"]["text"]
+            assert b["answer"].startswith("digits " + " ".join(map(str, seq)))
+        else:
+            assert b["answer"] == a["answer"]
+    assert read_jsonl(root / "eval.jsonl") == read_jsonl(other / "eval.jsonl")
+    assert json.loads((other / "meta.json").read_text())["t2i_answer"] == "reasoning"
+    with pytest.raises(ValueError, match="t2i_answer"):
+        build_digits(tmp_path / "bad", t2i_answer="image")

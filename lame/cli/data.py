@@ -27,8 +27,13 @@ def command() -> None:
               help="Candidates per eval query (1 positive).")
 @click.option("--vocab-size", type=int, default=512, show_default=True,
               help="BPE vocabulary size of the tokenizer trained on the data.")
+@click.option("--t2i-answer", type=click.Choice(["statement", "reasoning"]), default="statement",
+              show_default=True,
+              help="Decoder-head target of text->image rows: the query statement (a copy task) "
+                   "or the positive image's digits and derived quantity (its rationale).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset directory.")
-def digits(out_dir, seed, train_images, eval_per_task, candidates, vocab_size, overwrite) -> int:
+def digits(out_dir, seed, train_images, eval_per_task, candidates, vocab_size, t2i_answer,
+           overwrite) -> int:
     """Digits reasoning benchmark from scikit-learn's 1,797 real handwritten digits."""
     from lame.data.dataset import iter_texts
     from lame.data.digits import build_digits
@@ -36,7 +41,8 @@ def digits(out_dir, seed, train_images, eval_per_task, candidates, vocab_size, o
 
     summary = build_digits(out_dir, seed=seed, n_train_images=train_images,
                            eval_per_task=eval_per_task, n_candidates=candidates,
-                           overwrite=overwrite, progress=lambda msg: click.echo(msg, err=True))
+                           overwrite=overwrite, progress=lambda msg: click.echo(msg, err=True),
+                           t2i_answer=t2i_answer)
     tokenizer = train_tokenizer(iter_texts(out_dir), vocab_size=vocab_size)
     tokenizer.save(str(Path(out_dir) / "tokenizer.json"))
     click.echo(json.dumps(summary))

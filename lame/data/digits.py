@@ -37,6 +37,11 @@ GROUP_SIZE = 4
 # Share of the eval negatives taken from the most similar false images.
 HARD_FRACTION = 1 / 3
 IMAGE_INDEX_FILE = "images.jsonl"
+# What the decoder head reconstructs for text->image rows. "statement" copies the query (the
+# original behaviour: a copy task that teaches the reason tokens nothing about the image side);
+# "reasoning" is the positive image's digits and the derived quantity (its rationale), which
+# the query side can only produce by reasoning about what the matching image must contain.
+T2I_ANSWERS = ("statement", "reasoning")
 DESCRIPTION = ("Statements about composites of 2-4 real handwritten digits (sklearn load_digits). "
                "Tier 1: read, sum, max; tier 2 (multi-step): oddsum, range, countgt, order+sum. "
                "Handwriting samples are split 80/20 before composing; see images.jsonl.")
@@ -183,13 +188,15 @@ def _build_pool(split: str, n_images: int, sample_ids: np.ndarray, labels: np.nd
     return pool
 
 
-def _train_rows(pool: _Pool, rng: np.random.Generator) -> list[dict]:
+def _train_rows(pool: _Pool, rng: np.random.Generator,
+                t2i_answer: str = "statement") -> list[dict]:
     rows = []
     for image in range(len(pool.digits)):
         for family in _image_families(pool.digits[image], rng):
             statement = true_statement(family, pool.digits[image], rng)
             for direction in DIRECTIONS:
-                rows.append(_train_row(pool, image, family, statement, direction, rng))
+                rows.append(_train_row(pool, image, family, statement, direction, rng,
+                                       t2i_answer))
     return rows
 
 
@@ -208,7 +215,8 @@ def _pick(options: Sequence, rng: np.random.Generator):
 
 
 def _train_row(pool: _Pool, image: int, family: str, statement: Statement,
-               direction: str, rng: np.random.Generator) -> dict:
+               direction: str, rng: np.random.Generator,
+               t2i_answer: str = "statement") -> dict:
     image_item, text_item = {"image": pool.paths[image]}, {"text": statement.text}
     if direction == "i2t":
         near = _ranked_false_statements(statement, pool.digits[image], rng)[:3]
@@ -217,9 +225,10 @@ def _train_row(pool: _Pool, image: int, family: str, statement: Statement,
         near_images = pool.ranked_false(statement, image, rng, limit=3)
         negatives = [{"image": pool.paths[_pick(near_images, rng)]}] if near_images else []
         query, target = text_item, image_item
+    reasoning = rationale(pool.digits[image], statement)
+    answer = reasoning if direction == "t2i" and t2i_answer == "reasoning" else statement.text
     return {
-        "query": query, "target": target, "answer": statement.text,
-        "rationale": rationale(pool.digits[image], statement),
+        "query": query, "target": target, "answer": answer, "rationale": reasoning,
         "negatives": negatives, "instruction": INSTRUCTIONS[direction],
         "task": f"tier{FAMILY_TIER[family]}.{family}.{direction}",
     }
@@ -300,12 +309,15 @@ def _t2i_negatives(pool: _Pool, statement: Statement, anchor: int, count: int,
 
 def build_digits(out_dir: str | Path, *, seed: int = 0, n_train_images: int = 6000,
                  n_eval_images: int = 1500, eval_per_task: int = 60, n_candidates: int = 50,
-                 progress: Callable[[str], None] | None = None, overwrite: bool = False) -> dict:
+                 progress: Callable[[str], None] | None = None, overwrite: bool = False,
+                 t2i_answer: str = "statement") -> dict:
     """Build the benchmark into ``out_dir`` (deterministic for ``seed``); returns a summary.
 
     The dataset is written into a temporary directory beside ``out_dir`` and
     renamed into place, so an interrupted build never leaves a half dataset.
     """
+    if t2i_answer not in T2I_ANSWERS:
+        raise ValueError(f"t2i_answer must be one of {T2I_ANSWERS}, got {t2i_answer!r}")
     if min(n_train_images, n_eval_images, eval_per_task) < 1 or n_candidates < 2:
         raise ValueError("image counts and eval_per_task must be >= 1, n_candidates >= 2")
     out_dir = Path(out_dir)
@@ -319,7 +331,7 @@ def build_digits(out_dir: str | Path, *, seed: int = 0, n_train_images: int = 60
         staging = holder / "new"
         staging.mkdir()
         summary = _write_dataset(staging, seed, n_train_images, n_eval_images, eval_per_task,
-                                 n_candidates, progress or (lambda message: None))
+                                 n_candidates, progress or (lambda message: None), t2i_answer)
         if out_dir.is_dir():
             os.rename(out_dir, holder / "replaced")
         elif out_dir.exists():
@@ -331,7 +343,8 @@ def build_digits(out_dir: str | Path, *, seed: int = 0, n_train_images: int = 60
 
 
 def _write_dataset(root: Path, seed: int, n_train_images: int, n_eval_images: int,
-                   eval_per_task: int, n_candidates: int, progress: Callable[[str], None]) -> dict:
+                   eval_per_task: int, n_candidates: int, progress: Callable[[str], None],
+                   t2i_answer: str = "statement") -> dict:
     from sklearn.datasets import load_digits  # deferred: sklearn import is slow
 
     digits = load_digits()
@@ -342,7 +355,7 @@ def _write_dataset(root: Path, seed: int, n_train_images: int, n_eval_images: in
     (root / "images").mkdir()
     train = _build_pool("train", n_train_images, train_ids, labels, glyphs, rng, root, progress)
     held = _build_pool("eval", n_eval_images, eval_ids, labels, glyphs, rng, root, progress)
-    train_rows = _train_rows(train, rng)
+    train_rows = _train_rows(train, rng, t2i_answer)
     progress(f"train: {len(train_rows)} rows")
     eval_rows = _eval_rows(held, eval_per_task, n_candidates, rng)
     progress(f"eval: {len(eval_rows)} rows")
@@ -355,7 +368,7 @@ def _write_dataset(root: Path, seed: int, n_train_images: int, n_eval_images: in
     meta = {
         "name": "lame-digits", "seed": seed, "n_train_images": n_train_images,
         "n_eval_images": n_eval_images, "eval_per_task": eval_per_task,
-        "n_candidates": n_candidates, "tasks": list(TASKS),
+        "n_candidates": n_candidates, "tasks": list(TASKS), "t2i_answer": t2i_answer,
         "image_size": {"height": IMAGE_HEIGHT, "width": IMAGE_WIDTH, "mode": "L"},
         "description": DESCRIPTION, "image_index": IMAGE_INDEX_FILE,
         "split_samples": {"train": train_ids.tolist(), "eval": eval_ids.tolist()},
