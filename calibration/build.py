@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from lame_runtime.persist import atomic_write_file
 from lame_runtime.preprocess import Preprocessor, format_query
 
 Item = tuple[str | None, str | None]  # (text, absolute image path)
@@ -81,11 +80,7 @@ def build(data_dir: str | Path, preprocessor_dir: str | Path, out_path: str | Pa
     feed = pad_left(feed, length or feed["input_ids"].shape[1], preprocessor.text.special["pad"])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".npz")
-    os.close(fd)
-    np.savez(tmp, **feed)
-    os.replace(tmp, out_path)
-    return out_path
+    return atomic_write_file(out_path, lambda handle: np.savez(handle, **feed))
 
 
 def load(path: str | Path) -> dict[str, np.ndarray]:

@@ -28,9 +28,26 @@ import click
 @click.option("--max-batch", type=int, default=64, show_default=True,
               help="Upper bound of the dynamic batch dimension.")
 @click.option("--force", is_flag=True, help="Write the artifact even if a gate fails.")
-def command(ckpt, out, **options) -> int:
+@click.option("--trt", "trt", type=click.Choice(("fp16", "int8")), default=None,
+              help="Then build a TensorRT engine of this precision on this GPU (needs TensorRT; "
+                   "same as `lame-search build-engine OUT --precision P`).")
+@click.option("--external-data-threshold", "external_data_mib", type=click.FloatRange(min=0),
+              default=1024, show_default=True, metavar="MiB",
+              help="Save every graph with external data (model.onnx + model.onnx.data) when "
+                   "the fp32 weights exceed this size; 0 forces it (protobuf stops at 2 GB).")
+def command(ckpt, out, external_data_mib, trt, **options) -> int:
     """Export a LaME checkpoint for the torch-free runtime, checking parity at every step."""
     from lame_export.pipeline import ExportOptions, export_checkpoint
+
+    if trt:  # fail before minutes of export, and leave an existing --out untouched
+        from lame_runtime.tensorrt_build import check_build_environment
+
+        check_build_environment()
+        # The engine is built from the graph of its precision: export that graph too (int8 in
+        # TensorRT's symmetric Q/DQ form).
+        options[trt] = True
+        options["int8_for_tensorrt"] = options["int8_for_tensorrt"] or trt == "int8"
+    options["external_data_threshold"] = int(external_data_mib * 2 ** 20)
 
     report = export_checkpoint(ckpt, out, ExportOptions(**options),
                                progress=lambda msg: click.echo(f"[lame-export] {msg}", err=True))
@@ -39,6 +56,12 @@ def command(ckpt, out, **options) -> int:
                            "retrieval": report.get("retrieval", {}).get("hit@1"),
                            "tensorrt_ok": report["tensorrt_lint"]["ok"],
                            "failures": report["failures"]}))
+    if trt:
+        from lame_runtime.tensorrt_build import EngineBuildOptions, build_engine
+
+        record = build_engine(out, EngineBuildOptions(precision=trt), progress=lambda msg:
+                              click.echo(f"[lame-export] {msg}", err=True))
+        click.echo(json.dumps({"engine": record["path"], "trtexec": record["trtexec"]}))
     return 0
 
 
@@ -46,8 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lame.cli import invoke
     from lame_export.pipeline import ExportGateError
 
+    from lame_runtime.errors import BackendError
+
     try:
         return invoke(command, argv, "lame-export")
+    except BackendError as err:  # TensorRT or a GPU missing (--trt): one line, nothing written
+        click.echo(f"lame-export: error: {err}", err=True)
+        return 2
     except ExportGateError as err:
         click.echo(f"lame-export: gate failed, nothing written: {err}", err=True)
         return 3

@@ -13,7 +13,12 @@ from lame_export.spec import ExportSpec, dummy_feed
 TWO_GIB = 2 * 1024 ** 3
 
 
-def export_onnx(model, path: Path, spec: ExportSpec) -> Path:
+def parameter_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def export_onnx(model, path: Path, spec: ExportSpec, external_data: bool | None = None) -> Path:
+    """``external_data``: weights in ``<path>.data`` (None: only when the weights pass 2 GiB)."""
     model = model.eval()
     feed = dummy_feed(model.preprocessor)
     args = tuple(torch.from_numpy(feed[name]) for name in spec.input_names)
@@ -23,26 +28,42 @@ def export_onnx(model, path: Path, spec: ExportSpec) -> Path:
             EmbeddingGraph(model), args, dynamo=True, dynamic_shapes=spec.dynamic_shapes(),
             input_names=list(spec.input_names), output_names=list(spec.output_names),
             opset_version=spec.opset, verbose=False)
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
-    program.save(str(path), external_data=size > TWO_GIB)
+    if external_data is None:
+        external_data = parameter_bytes(model) > TWO_GIB
+    program.save(str(path), external_data=external_data)
     return path
 
 
+# The exporter folds the reason tokens (with the summary tokens) into one constant whose name
+# it picks itself; it has K..K+MAX_EXTRA_ROWS rows of the hidden width.
+MAX_EXTRA_ROWS = 64
+
+
 def reason_token_initializer(onnx_path: Path, reason_tokens: np.ndarray) -> str | None:
-    """Name of an initializer that contains the checkpoint's reason-token rows, if any."""
+    """Name of the initializer that holds the checkpoint's reason-token rows, if any.
+
+    Reads the graph structure only (``load_external_data=False``) and then the values of the
+    few initializers whose name and shape can hold the tokens, one by one (a name with
+    ``reason_tokens`` first): a 2 GB graph is never loaded whole and no session is opened.
+    """
     import onnx
     from onnx import numpy_helper
 
     if reason_tokens.size == 0:
         return None
-    width = reason_tokens.shape[1]
-    model = onnx.load(str(onnx_path))
-    for init in model.graph.initializer:
-        values = numpy_helper.to_array(init)
-        if values.size < reason_tokens.size or values.size % width:
-            continue
+    count, width = reason_tokens.shape
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    candidates = []
+    for init in graph.initializer:
+        size = int(np.prod(init.dims)) if init.dims else 1
+        rows = size // width
+        if init.dims and init.dims[-1] == width and count <= rows <= count + MAX_EXTRA_ROWS:
+            candidates.append(init)
+    candidates.sort(key=lambda init: ("reason_tokens" not in init.name, init.name))
+    for init in candidates:
+        values = numpy_helper.to_array(init, base_dir=str(Path(onnx_path).parent))
         rows = values.reshape(-1, width).astype(np.float32)
-        for start in range(rows.shape[0] - reason_tokens.shape[0] + 1):
-            if np.allclose(rows[start:start + reason_tokens.shape[0]], reason_tokens, atol=1e-3):
+        for start in range(rows.shape[0] - count + 1):
+            if np.allclose(rows[start:start + count], reason_tokens, atol=1e-3):
                 return init.name
     return None

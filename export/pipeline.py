@@ -1,7 +1,12 @@
 """``export_checkpoint``: checkpoint -> artifact directory, every step validated.
 
-Everything is built in a staging directory and swapped in at the end, so a failed gate leaves
-no half-written artifact behind (and an existing artifact untouched).
+Everything is built in a staging directory (``.OUT.tmp``, via ``lame_runtime.persist``) and
+swapped in at the end, so a failed gate or any error leaves no half-written artifact and no
+staging folder behind (and an existing artifact untouched).
+
+Models whose fp32 weights pass ``external_data_threshold`` bytes are written with external
+data (``model.onnx`` + ``model.onnx.data``, likewise for fp16 and int8): protobuf cannot
+serialise a message over 2 GB.
 """
 from __future__ import annotations
 
@@ -12,23 +17,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
-from lame.checkpoint import MODEL_FILE, atomic_write_dir, check_replaceable, resolve
-from lame_export.onnx_export import export_onnx, reason_token_initializer
+from lame.checkpoint import MODEL_FILE, resolve
+from lame_export.onnx_export import export_onnx, parameter_bytes, reason_token_initializer
+from lame_export.precision import data_file
 from lame_export.spec import ExportSpec, parity_feeds
+from lame_export.text_graph import (TEXT_FILES, build_text_graphs, check_text_parity,
+                                    convert_text_graph)
 from lame_export.trt_lint import lint
 from lame_export.validate import THRESHOLDS, parity_suite
-from lame_runtime.artifact import FORMAT_VERSION, MANIFEST, sha256
+from lame_runtime.artifact import FORMAT_VERSION, HASH_CACHE, MANIFEST, sha256
+from lame_runtime.artifact_files import HashCache
+from lame_runtime.errors import GateError
+from lame_runtime.persist import atomic_write_dir, atomic_write_json, check_replaceable
 from lame_runtime.preprocess import INPUT_NAMES, PREPROCESSOR_FILE, TOKENIZER_FILE
 
 FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 EXPORTABLE_METHODS = ("lame", "discriminative")
 MAX_HIT_DROP = 1.0  # points of hit@1 a reduced precision may lose against fp32
+# Files a deployment may drop (listed and verified when present, not needed to serve).
+OPTIONAL_FILES = ("calib.npz", "parity.json")
+# 1 GiB, well under protobuf's 2 GB: the graph structure and inline constants need room too.
+DEFAULT_EXTERNAL_DATA_THRESHOLD = 1 << 30
 
 
-class ExportGateError(RuntimeError):
-    """A parity or retrieval gate failed; nothing was written (use force to write anyway)."""
+class ExportGateError(GateError):
+    """A parity or retrieval gate failed; nothing was written (use force to write anyway).
+
+    Kept under this name for compatibility; catch ``lame_runtime.errors.GateError``."""
 
 
 @dataclass
@@ -42,6 +60,10 @@ class ExportOptions:
     opset: int = 18
     max_batch: int = 64
     force: bool = False
+    # fp32 weight bytes above which every graph is saved with external data (0: always).
+    external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
+    # Also export the text-only graph (no vision tower) that text-only rows are routed to.
+    text_graph: bool = True
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
@@ -51,6 +73,9 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
 
     if options.int8 and not (options.calib_data or options.calib_file):
         raise ValueError("--int8 needs a calibration set: --calib-data DIR or --calib FILE.npz")
+    if options.external_data_threshold < 0:
+        raise ValueError("external_data_threshold must be >= 0 bytes, got "
+                         f"{options.external_data_threshold}")
     check_replaceable(Path(out), MANIFEST)  # before minutes of work, not after
     ckpt = resolve(ckpt)
     model = lame.load(ckpt)
@@ -58,39 +83,65 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
         raise ValueError(f"{ckpt} was trained with method {model.config.method!r}; ONNX export "
                          f"covers the one-pass methods {EXPORTABLE_METHODS} (cot and latent "
                          "decode step by step: benchmark them in PyTorch with lame-bench)")
-    report: dict = {"gates": {}, "failures": []}
+    weight_bytes = parameter_bytes(model)
+    external = weight_bytes > options.external_data_threshold
+    report: dict = {"gates": {}, "failures": [],
+                    "external_data": external, "fp32_weight_bytes": weight_bytes}
+
+    source_sha256 = sha256(ckpt / MODEL_FILE)
+    hashes: dict[str, str] = {}  # artifact file -> sha256, computed once per file
 
     def build(stage: Path) -> None:
         spec = ExportSpec(opset=options.opset, max_batch=options.max_batch)
         _copy_runtime_files(ckpt, stage)
-        progress("exporting fp32 ONNX (dynamo)")
-        export_onnx(model, stage / FILES["fp32"], spec)
+        progress("exporting fp32 ONNX (dynamo)" + " with external data" * external)
+        export_onnx(model, stage / FILES["fp32"], spec, external_data=external)
         _check_reason_tokens(model, stage / FILES["fp32"], report)
         report["tensorrt_lint"] = lint(stage / FILES["fp32"])
+        if options.text_graph:
+            progress("exporting the text-only graph (no vision tower)")
+            build_text_graphs(model, stage, spec, external, report)
         precisions = ["fp32"] + ["fp16"] * options.fp16 + ["int8"] * options.int8
+        feeds = parity_feeds(model.preprocessor)
+        progress("PyTorch reference embeddings")
+        references = _references(model, feeds)
+        _release_weights(model)
         for precision in precisions:
             if precision != "fp32":
                 progress(f"converting to {precision}")
-                _convert(precision, stage, model, options, progress)
+                _convert(precision, stage, model, options, progress, external)
+                if options.text_graph:
+                    convert_text_graph(precision, stage, options, external, progress)
             progress(f"parity check {precision}")
-            report[precision] = _parity(model, stage / FILES[precision], precision, report)
-        _write_manifest(stage, model, ckpt, precisions, spec)
+            report[precision] = _parity(references, feeds, stage / FILES[precision],
+                                        precision, report)
+            if options.text_graph:
+                report.setdefault("text_graph", {})[precision] = check_text_parity(
+                    references, feeds, stage / TEXT_FILES[precision], precision, report)
+        # The retrieval gate opens the artifact through the runtime, so it needs a manifest;
+        # the final one (with parity.json listed) replaces it below.
+        progress("hashing the artifact's files")
+        _write_manifest(stage, model, ckpt, precisions, spec, hashes, source_sha256,
+                        options.text_graph)
         if options.calib_data and (Path(options.calib_data) / "eval.jsonl").is_file():
             report["retrieval"] = _retrieval_gate(stage, options.calib_data, precisions,
                                                   report, progress)
         if report["failures"] and not options.force:
             raise ExportGateError("; ".join(report["failures"]))
-        (stage / "parity.json").write_text(json.dumps(report, indent=2))
+        atomic_write_json(stage / "parity.json", report)
+        _write_manifest(stage, model, ckpt, precisions, spec, hashes, source_sha256,
+                        options.text_graph)
 
     atomic_write_dir(Path(out), build, marker=MANIFEST)
     return report
 
 
 def _check_reason_tokens(model, onnx_path: Path, report: dict) -> None:
-    import onnxruntime as ort
+    import onnx
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in initializers]
     tokens = model.reason_tokens.detach().float().numpy()
     holder = reason_token_initializer(onnx_path, tokens)
     report["graph"] = {"inputs": names, "reason_tokens_initializer": holder,
@@ -99,12 +150,13 @@ def _check_reason_tokens(model, onnx_path: Path, report: dict) -> None:
         report["failures"].append("no initializer holds the checkpoint's reason_tokens")
 
 
-def _convert(precision: str, stage: Path, model, options: ExportOptions, progress) -> None:
+def _convert(precision: str, stage: Path, model, options: ExportOptions, progress,
+             external: bool) -> None:
     from lame_export.precision import to_fp16, to_int8
 
     src = stage / FILES["fp32"]
     if precision == "fp16":
-        to_fp16(src, stage / FILES["fp16"])
+        to_fp16(src, stage / FILES["fp16"], external_data=external)
         return
     from lame_calibration import CalibrationReader, build as build_calibration
 
@@ -115,25 +167,53 @@ def _convert(precision: str, stage: Path, model, options: ExportOptions, progres
         progress(f"building a {options.calib_size}-sample calibration set")
         calib = build_calibration(options.calib_data, stage, stage / "calib.npz",
                                   size=options.calib_size)
-    reader = CalibrationReader(calib, batch_size=8, input_names=list(INPUT_NAMES))
-    to_int8(src, stage / FILES["int8"], reader, for_tensorrt=options.int8_for_tensorrt)
+    # MinMax ranges do not depend on how samples are batched; small batches keep the
+    # calibration session's activations (and the export's peak memory) small.
+    reader = CalibrationReader(calib, batch_size=2, input_names=list(INPUT_NAMES))
+    to_int8(src, stage / FILES["int8"], reader, for_tensorrt=options.int8_for_tensorrt,
+            external_data=external, progress=progress)
 
 
-def _parity(model, onnx_path: Path, precision: str, report: dict) -> dict:
+def _release_weights(model) -> None:
+    """Free the PyTorch weights once the fp32 graph and the reference embeddings exist: the
+    conversions only need the graph, and this keeps the export's peak near 3x the model, not
+    4x. The storages are emptied in place because the exporter's traced program keeps
+    references to the parameters alive (``model.to("meta")`` alone frees nothing)."""
+    import gc
+    import itertools
+
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        try:
+            tensor.detach().untyped_storage().resize_(0)
+        except RuntimeError:
+            pass  # a non-resizable storage (e.g. from NumPy): small buffers only
+    model.to("meta")  # config, preprocessor and shapes stay usable for the manifest
+    gc.collect()
+
+
+def _references(model, feeds) -> dict[str, np.ndarray]:
+    """PyTorch fp32 embeddings of every parity feed, by label (computed once per export)."""
+    with torch.no_grad():
+        return {label: model(**model.feed_to_tensors(feed)).embedding.float().numpy()
+                for label, feed in feeds}
+
+
+def _parity(references: dict, feeds, onnx_path: Path, precision: str, report: dict) -> dict:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    labels = {id(feed): label for label, feed in feeds}
 
     def reference(feed):
-        with torch.no_grad():
-            return model(**model.feed_to_tensors(feed)).embedding.float().numpy()
+        return references[labels[id(feed)]]
 
     def candidate(feed):
         return session.run(None, feed)[0]
 
-    result = parity_suite(reference, candidate, parity_feeds(model.preprocessor),
-                          THRESHOLDS[precision])
-    result["bytes"] = onnx_path.stat().st_size
+    result = parity_suite(reference, candidate, feeds, THRESHOLDS[precision])
+    del session
+    data = onnx_path.parent / data_file(onnx_path)
+    result["bytes"] = onnx_path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
     if not result["passed"]:
         report["failures"].append(f"{precision} parity: min cosine {result['min_cosine']:.6f} "
                                   f"< {THRESHOLDS[precision]} (finite={result['finite']})")
@@ -146,11 +226,43 @@ def _copy_runtime_files(ckpt: Path, stage: Path) -> None:
 
 
 def _instructions(ckpt: Path) -> dict:
+    """The checkpoint's instructions per direction/task, validated (lame_runtime.instructions)."""
+    from lame_runtime.instructions import check
+
     path = ckpt / "instructions.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return check(json.loads(path.read_text()), str(path)) if path.is_file() else {}
 
 
-def _write_manifest(stage: Path, model, ckpt: Path, precisions, spec: ExportSpec) -> None:
+def _external_data(graph: Path) -> list[str]:
+    """The external-data files a graph refers to (read with onnx itself, the reference)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    proto = onnx.load(str(graph), load_external_data=False)
+    found: dict[str, None] = {}
+    for tensor in _get_all_tensors(proto):
+        if uses_external_data(tensor):
+            found.setdefault({e.key: e.value for e in tensor.external_data}["location"])
+    return list(found)
+
+
+def _file_table(stage: Path, hashes: dict[str, str]) -> dict[str, dict]:
+    """Every file of the staged artifact (but the manifest and the hash cache), hashed once."""
+    table = {}
+    for path in sorted(p for p in stage.rglob("*") if p.is_file()):
+        name = path.relative_to(stage).as_posix()
+        if name in (MANIFEST, HASH_CACHE) or path.name.startswith("."):
+            continue
+        if name not in hashes:
+            hashes[name] = sha256(path)
+        table[name] = {"bytes": path.stat().st_size, "sha256": hashes[name]}
+        if name in OPTIONAL_FILES:
+            table[name]["required"] = False
+    return table
+
+
+def _write_manifest(stage: Path, model, ckpt: Path, precisions, spec: ExportSpec,
+                    hashes: dict[str, str], source_sha256: str, text_graph: bool = False) -> None:
     import onnx
     import onnxruntime
 
@@ -162,23 +274,32 @@ def _write_manifest(stage: Path, model, ckpt: Path, precisions, spec: ExportSpec
         "num_summary_tokens": model.config.num_summary_tokens,
         **spec.io_manifest(pre, model.config.embed_dim),
         "graph": "one graph for text, image and text+image rows: image_mask zeroes the visual "
-                 "tokens of text-only rows; reason/summary tokens are constants",
+                 "tokens of text-only rows; reason/summary tokens are constants"
+                 + ("; models[p].text: the text-only graph (input_ids + attention_mask, no "
+                    "vision tower) that text-only rows are routed to" if text_graph else ""),
         "image": pre.image.to_dict(),
         "num_image_tokens": pre.image.num_tokens,
         "max_text_tokens": pre.text.max_text_tokens,
         "special_tokens": pre.text.special,
         "instructions": _instructions(ckpt),
         "opset": spec.opset,
-        "files": {p: {"path": FILES[p], "precision": p, "sha256": sha256(stage / FILES[p]),
-                      "bytes": (stage / FILES[p]).stat().st_size} for p in precisions},
-        "source_checkpoint": {"path": str(ckpt), "sha256": sha256(ckpt / MODEL_FILE),
+        # The graph's dynamic-axis bounds: TensorRT optimisation profiles are sized from them.
+        "max_batch": spec.max_batch, "max_sequence": spec.max_sequence,
+        "models": {p: {"path": FILES[p], "external_data": _external_data(stage / FILES[p]),
+                       **({"text": {"path": TEXT_FILES[p],
+                                    "external_data": _external_data(stage / TEXT_FILES[p])}}
+                          if text_graph else {})}
+                   for p in precisions},
+        "files": _file_table(stage, hashes),
+        "source_checkpoint": {"path": str(ckpt), "sha256": source_sha256,
                               "meta": json.loads((ckpt / "meta.json").read_text())
                               if (ckpt / "meta.json").is_file() else {}},
         "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__,
                           "onnxruntime": onnxruntime.__version__,
                           "python": platform.python_version()},
     }
-    (stage / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    atomic_write_json(stage / MANIFEST, manifest)
+    HashCache.write(stage, hashes)  # the first load need not hash 2 GB again
 
 
 def _retrieval_gate(stage: Path, data_dir: str, precisions, report: dict, progress) -> dict:

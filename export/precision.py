@@ -2,8 +2,9 @@
 
 * FP16: ``onnxruntime.transformers.float16``; inputs/outputs stay fp32 and the ops where fp16
   overflows or loses the most (normalisations, softmax, the L2 norm, rotary angles) stay fp32.
-* INT8: ``onnxruntime.quantization`` — ``quant_pre_process`` then ``quantize_static`` in QDQ
-  format, per-channel int8 weights and uint8 activations (U8S8), on the weight MatMul/Gemm
+* INT8: ``onnxruntime.quantization`` — ``quant_pre_process``, MinMax calibration (ORT's
+  method, run here on a structure-only augmented graph to keep memory low; the ranges go to
+  ``quantize_static`` as its calibration cache), then ``quantize_static`` in QDQ format, per-channel int8 weights and uint8 activations (U8S8), on the weight MatMul/Gemm
   nodes only. Activation-activation MatMuls (attention scores) stay fp32: quantising them cost
   accuracy for no speed here (see the README's export table).
 """
@@ -19,14 +20,36 @@ FP16_KEEP_FP32 = ["Pow", "ReduceMean", "Sqrt", "Reciprocal", "LayerNormalization
 INT8_OP_TYPES = ("MatMul", "Gemm")
 
 
-def to_fp16(src: Path, dst: Path) -> Path:
+def data_file(graph: Path) -> str:
+    """The external-data file name of a graph: ``model.onnx`` -> ``model.onnx.data``."""
+    return f"{Path(graph).name}.data"
+
+
+def save_graph(model, dst: Path, external_data: bool) -> Path:
+    """Save a ModelProto; with ``external_data`` every tensor over 1 KiB goes to one
+    ``<dst>.data`` file (the only way past protobuf's 2 GB limit)."""
     import onnx
+
+    if external_data:
+        Path(dst.parent / data_file(dst)).unlink(missing_ok=True)  # onnx appends to it
+        onnx.save(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                  location=data_file(dst), size_threshold=1024)
+    else:
+        onnx.save(model, str(dst))
+    return dst
+
+
+def to_fp16(src: Path, dst: Path, external_data: bool = False) -> Path:
+    import gc
+
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = onnx.load(str(src))
-    converted = convert_float_to_float16(model, keep_io_types=True,
+    # A path (not a ModelProto): the converter then runs shape inference with
+    # infer_shapes_path, which works past 2 GB (infer_shapes serialises the proto and fails).
+    converted = convert_float_to_float16(str(src), keep_io_types=True,
                                          op_block_list=FP16_KEEP_FP32)
-    onnx.save(converted, str(dst))
+    gc.collect()  # the fp32 copy the converter loaded is garbage now: free it before saving
+    save_graph(converted, Path(dst), external_data)
     return dst
 
 
@@ -38,24 +61,106 @@ def weight_nodes(model, op_types=INT8_OP_TYPES) -> list[str]:
             if n.op_type in op_types and any(i in initializers | constants for i in n.input)]
 
 
+def minmax_ranges(prepared: Path, reader, op_types=INT8_OP_TYPES):
+    """MinMax activation ranges of the op_types nodes' float inputs/outputs, as ORT's
+    ``MinMaxCalibrater`` computes them (per-batch ReduceMin/ReduceMax, min/max over batches).
+
+    Why not ORT's calibrator: it loads the whole model into Python, a second copy for the
+    quantiser, and its session pre-packs every weight again (16 GB peak on the 2.4 GB probe).
+    Here the augmented graph is written structure-only beside ``prepared`` (it reuses its
+    external data) and the session runs without weight pre-packing.
+    """
+    import itertools
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    model = onnx.load(str(prepared), load_external_data=False)
+    graph = model.graph
+    infos = {vi.name: vi for vi in itertools.chain(graph.value_info, graph.output, graph.input)}
+    constants = {init.name for init in graph.initializer}
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
+    tensors = sorted({name for node in graph.node if node.op_type in op_types
+                      for name in itertools.chain(node.input, node.output)
+                      if name in infos and name not in constants
+                      and infos[name].type.HasField("tensor_type")
+                      and infos[name].type.tensor_type.elem_type in floats})
+    outputs, reducers = [], {}
+    for i, name in enumerate(tensors):
+        for op in ("ReduceMin", "ReduceMax"):
+            out = f"lame_calib_{i}_{op}"
+            reducers.setdefault(name, []).append(
+                helper.make_node(op, [name], [out], keepdims=1, name=out))
+            outputs.append(out)
+            graph.output.append(helper.make_tensor_value_info(
+                out, infos[name].type.tensor_type.elem_type, None))
+    # Each reduction right after its tensor's producer: appended at the end instead, ORT would
+    # keep every calibrated activation alive until the end of the run (GBs at 2B scale).
+    nodes = [n for name in tensors if name in {i.name for i in graph.input}
+             for n in reducers[name]]
+    for node in graph.node:
+        nodes.append(node)
+        nodes += [n for name in node.output for n in reducers.get(name, [])]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    augmented = Path(prepared).parent / "augmented.onnx"
+    onnx.save(model, str(augmented))  # structure only: the weights stay in prepared's .data
+    del model, graph
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.enable_cpu_mem_arena = False  # give activation memory back between batches
+    session = ort.InferenceSession(str(augmented), options, providers=["CPUExecutionProvider"])
+    lows = np.full(len(tensors), np.inf, dtype=np.float32)
+    highs = np.full(len(tensors), -np.inf, dtype=np.float32)
+    reader.rewind()
+    for batch in iter(reader.get_next, None):
+        values = session.run(outputs, batch)
+        lows = np.fmin(lows, [float(np.min(v)) for v in values[0::2]])
+        highs = np.fmax(highs, [float(np.max(v)) for v in values[1::2]])
+    del session
+    augmented.unlink()
+    return TensorsData(CalibrationMethod.MinMax, {
+        name: TensorData(lowest=np.array([lo], np.float32), highest=np.array([hi], np.float32))
+        for name, lo, hi in zip(tensors, lows, highs)})
+
+
 def to_int8(src: Path, dst: Path, reader, per_channel: bool = True,
-            op_types=INT8_OP_TYPES, for_tensorrt: bool = False) -> Path:
+            op_types=INT8_OP_TYPES, for_tensorrt: bool = False,
+            external_data: bool = False, progress=lambda message: None) -> Path:
     """``for_tensorrt``: symmetric int8 activations (zero point 0), which TensorRT's Q/DQ
     parser requires; the default U8S8 runs fastest on ONNX Runtime's CPU kernels."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory(dir=Path(dst).parent) as tmp:
+    dst = Path(dst)
+    with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
-        nodes = weight_nodes(onnx.load(str(prepared)), op_types)
-        partial = Path(tmp) / "int8.onnx"
-        quantize_static(str(prepared), str(partial), reader, quant_format=QuantFormat.QDQ,
+        progress("int8: pre-processing (shape inference, ORT basic optimisations)")
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True,
+                          save_as_external_data=external_data, all_tensors_to_one_file=True,
+                          external_data_location=data_file(prepared))
+        progress("int8: calibrating activation ranges (MinMax)")
+        ranges = Path(tmp) / "ranges.json"
+        save_tensors_data(minmax_ranges(prepared, reader, op_types), ranges)
+        # Graph structure only: the node list does not need 2 GB of weights in memory.
+        nodes = weight_nodes(onnx.load(str(prepared), load_external_data=False), op_types)
+        partial = Path(tmp) / dst.name
+        progress("int8: quantising weights (Q/DQ)")
+        quantize_static(str(prepared), str(partial), None, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, per_channel=per_channel,
                         op_types_to_quantize=list(op_types), nodes_to_quantize=nodes,
+                        use_external_data_format=external_data,
                         extra_options={"ActivationSymmetric": for_tensorrt,
-                                       "WeightSymmetric": True})
+                                       "WeightSymmetric": True},
+                        calibration_cache_path=str(ranges))
+        if external_data:
+            os.replace(Path(tmp) / data_file(partial), dst.parent / data_file(dst))
         os.replace(partial, dst)
     return dst

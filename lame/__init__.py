@@ -9,7 +9,10 @@ __version__ = "0.1.0"
 
 
 def load(checkpoint, device: str = "cpu"):
-    """Load a trained checkpoint directory -> :class:`lame.model.LameModel` in eval mode."""
+    """Load a trained checkpoint directory -> :class:`lame.model.LameModel` in eval mode on
+    ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a missing GPU raises
+    :class:`lame_runtime.errors.BackendError`). A model trained from ``--backbone-path`` loads
+    without that directory (its architecture is in the checkpoint's config.json)."""
     from lame.checkpoint import load_model
 
     return load_model(checkpoint, device=device)

@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from lame.config import LameConfig, load_preset
+from lame.methods import embedding_methods, get_method
 from lame_runtime.timing import cold_start, interleaved_medians
 
 BENCH_PRESETS = ("tiny", "small", "2b")
-METHOD_ORDER = ("lame", "discriminative", "latent", "cot")
+METHOD_ORDER = embedding_methods()  # lame first: the ratios are LaME's speed over the others
 STATEMENTS = ["the digits add up to 12", "the largest digit is 7", "the odd digits add up to 9",
               "exactly 2 digits are greater than 6", "the digits are in increasing order",
               "the largest minus the smallest is 5", "the digits read 3 8 1 4"]
@@ -66,13 +67,7 @@ def bench_tokenizer():
 
 
 def method_config(base: LameConfig, method: str, max_new_tokens: int) -> LameConfig:
-    k = base.num_reason_tokens or 8
-    if method == "lame":
-        return replace(base, method="lame", num_reason_tokens=k, bottleneck_mask=True)
-    if method == "latent":
-        return replace(base, method="latent", num_reason_tokens=k, bottleneck_mask=False)
-    return replace(base, method=method, num_reason_tokens=0, bottleneck_mask=False,
-                   max_new_tokens=max_new_tokens)
+    return get_method(method).bench_config(base, max_new_tokens)
 
 
 def build_models(options: BenchOptions) -> dict[str, Any]:
@@ -81,7 +76,9 @@ def build_models(options: BenchOptions) -> dict[str, Any]:
     from lame_runtime.preprocess import Preprocessor
     from lame_runtime.text import TextProcessor
 
-    base = LameConfig.from_dict(load_preset(options.preset)["model"])
+    from lame.backbones.directory import resolve_model_spec
+
+    base = LameConfig.from_dict(resolve_model_spec(load_preset(options.preset)["model"]))
     preprocessor = Preprocessor(TextProcessor(bench_tokenizer(), base.max_text_tokens), base.image)
     dtype = getattr(torch, options.dtype)
     models: dict[str, Any] = {}
@@ -106,10 +103,7 @@ def query_feed(preprocessor, batch: int) -> dict[str, np.ndarray]:
 
 
 def embed_fn(model, tensors: dict[str, torch.Tensor], max_new_tokens: int) -> Callable[[], Any]:
-    if model.config.method == "cot":
-        return lambda: model.generate_and_embed(**tensors, max_new_tokens=max_new_tokens,
-                                                stop_at_eos=False).embedding
-    return lambda: model(**tensors).embedding
+    return model.method.bench_embed(model, tensors, max_new_tokens)
 
 
 def time_methods(models: dict[str, Any], options: BenchOptions) -> dict[str, Any]:
@@ -144,7 +138,7 @@ def ratios(methods: dict[str, Any], deploy: dict[str, Any] | None, config: LameC
             continue
         lame = rows["lame"]["emb_per_s"]
         entry = {f"lame_vs_{m}": lame / rows[m]["emb_per_s"]
-                 for m in ("cot", "latent", "discriminative")}
+                 for m in METHOD_ORDER if m != "lame"}
         if deploy and key in deploy.get("ms_per_batch", {}):
             ms = deploy["ms_per_batch"][key]
             for precision in ("fp32", "fp16", "int8"):
@@ -225,8 +219,9 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda m:
               ) -> dict[str, Any]:
     if options.threads:
         torch.set_num_threads(options.threads)
-    if options.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {options.device!r} asked for, but torch sees no CUDA device")
+    from lame.device import resolve_device
+
+    options = replace(options, device=str(resolve_device(options.device)))  # BackendError if none
     progress(f"building the four methods on the {options.preset!r} backbone")
     models = build_models(options)
     config = models["lame"].config

@@ -8,7 +8,8 @@ Layout::
     tokenizer.json           tokenizers' own format
     preprocessor_config.json image transform + text length
     trainer_state.json       step, stage, optimizer param groups (no pickle anywhere)
-    trainer_state.safetensors optimizer moments + torch RNG state, for exact resume
+    trainer_state.safetensors optimizer moments + torch CPU/CUDA RNG states (+ LoRA's
+                             unmerged weights), for exact resume
     meta.json                stage, step, latest metrics
     metrics.jsonl            the whole training log up to this step
 """
@@ -41,14 +42,20 @@ def resolve(path: str | Path) -> Path:
 
 def save_checkpoint(directory: Path, model, train_config: dict[str, Any], meta: dict[str, Any],
                     metrics: list[dict[str, Any]], optimizer: torch.optim.Optimizer | None = None,
-                    extra_files: Callable[[Path], None] | None = None) -> None:
+                    extra_files: Callable[[Path], None] | None = None,
+                    weights: dict[str, torch.Tensor] | None = None,
+                    resume_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """``weights``: what goes into model.safetensors (default ``model.state_dict()``; LoRA
+    runs pass merged weights); ``resume_tensors``: more trainer state for an exact resume."""
     def write(tmp: Path) -> None:
         model.config.save(tmp / "config.json")
         (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2))
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        source = model.state_dict() if weights is None else weights
+        state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point()
+                 else v.detach().contiguous().cpu() for k, v in source.items()}
         save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt", "lame": "1"})
         model.preprocessor.save(tmp)
-        _save_trainer_state(tmp, meta, optimizer)
+        _save_trainer_state(tmp, meta, optimizer, resume_tensors or {})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         (tmp / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
         if extra_files is not None:
@@ -57,15 +64,18 @@ def save_checkpoint(directory: Path, model, train_config: dict[str, Any], meta: 
     atomic_write_dir(directory, write, marker="meta.json")
 
 
-def _save_trainer_state(directory: Path, meta: dict[str, Any], optimizer) -> None:
-    tensors = {"rng.torch": torch.get_rng_state()}
+def _save_trainer_state(directory: Path, meta: dict[str, Any], optimizer,
+                        extra: dict[str, torch.Tensor]) -> None:
+    tensors = {"rng.torch": torch.get_rng_state(), **extra}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()  # this process's current GPU
     groups = []
     if optimizer is not None:
         state = optimizer.state_dict()
         groups = state["param_groups"]
         for index, values in state["state"].items():
             for name, value in values.items():
-                tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).contiguous()
+                tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).contiguous().cpu()
     save_file(tensors, str(directory / "trainer_state.safetensors"))
     info = {"step": meta["step"], "stage": meta["stage"], "param_groups": groups}
     (directory / "trainer_state.json").write_text(json.dumps(info, indent=2))
@@ -75,15 +85,25 @@ def load_trainer_state(directory: Path, optimizer: torch.optim.Optimizer | None)
     """Restore optimizer moments and the torch RNG; returns trainer_state.json's content."""
     directory = resolve(directory)
     info = json.loads(_require(directory, "trainer_state.json").read_text())
-    tensors = _load_tensors(_require(directory, "trainer_state.safetensors"))
+    tensors = read_trainer_tensors(directory)
     torch.set_rng_state(tensors.pop("rng.torch"))
+    cuda_state = tensors.pop("rng.cuda", None)
+    if cuda_state is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda_state)
     if optimizer is not None and info["param_groups"]:
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
+            if not key.startswith("optim."):
+                continue
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = value
         optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
     return info
+
+
+def read_trainer_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of trainer_state.safetensors (RNG states, optimizer moments, LoRA state)."""
+    return _load_tensors(_require(resolve(directory), "trainer_state.safetensors"))
 
 
 def read_json(directory: str | Path, name: str) -> Any:
@@ -97,9 +117,12 @@ def read_metrics(directory: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def load_model(directory: str | Path, device: str = "cpu"):
+def load_model(directory: str | Path, device: str | torch.device = "cpu"):
+    """The checkpoint's model on ``device`` (``auto``/``cpu``/``cuda``/``cuda:N``), eval mode."""
+    from lame.device import resolve_device
     from lame.model import LameModel
 
+    target = resolve_device(device)  # a missing GPU fails before minutes of loading
     directory = resolve(directory)
     for name in REQUIRED_FILES:
         _require(directory, name)
@@ -112,7 +135,7 @@ def load_model(directory: str | Path, device: str = "cpu"):
     with architecture_only():  # the checkpoint's weights replace any packaged pretrained ones
         model = LameModel(config, Preprocessor.from_dir(directory))
     load_weights(model, directory / MODEL_FILE)
-    return model.to(device).eval()
+    return model.to(target).eval()
 
 
 def load_weights(model, path: Path) -> None:

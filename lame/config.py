@@ -12,12 +12,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from lame.methods import METHODS, get_method  # noqa: F401  (METHODS: re-exported)
 from lame_runtime.images import ImageConfig
 
 POOLINGS = ("embed", "attention")
-# lame: the method. discriminative: K=0, [EMBED] only (VLM2Vec). cot: generate a rationale, then
-# embed (UME-R1). latent: K sequential latent steps, each fed the last hidden state (Coconut).
-METHODS = ("lame", "discriminative", "cot", "latent")
+# METHODS (lame.methods, one module each): lame: the method. discriminative: K=0, [EMBED] only
+# (VLM2Vec). cot: generate a rationale, then embed (UME-R1). latent: K sequential latent steps,
+# each fed the last hidden state (Coconut). lm: generative pre-training (next-token loss only).
 
 
 @dataclass
@@ -38,6 +39,8 @@ class BackboneConfig:
     vision_mlp_ratio: int = 2
     vocab_size: int | None = None       # None: the tokenizer's; larger pads the embeddings (speed
                                         # benchmarks of real-size models with a small tokenizer)
+    hf_config: dict[str, Any] | None = None  # with ``path``: that directory's config.json,
+                                        # so a checkpoint rebuilds the backbone without it
 
 
 @dataclass
@@ -59,9 +62,9 @@ class LameConfig:
     w_diversity: float = 0.05
     temperature: float = 0.05
     method: str = "lame"                # see METHODS
-    max_rationale_tokens: int = 64      # cot: training rationales are cut to this many tokens
+    max_rationale_tokens: int = 64      # cot, lm: training rationales are cut to this many tokens
     max_new_tokens: int = 128           # cot: generation budget per query at inference
-    w_lm: float = 1.0                   # cot: weight of the next-token loss on the rationale
+    w_lm: float = 1.0                   # cot, lm: weight of the next-token loss on the rationale
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):
@@ -82,29 +85,24 @@ class LameConfig:
                              "summary tokens would see nothing; set bottleneck_mask=false")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        from lame.backbones.directory import check_image_for_family
+
+        check_image_for_family(self.backbone.family, self.image.to_dict())
         self._validate_method()
 
     def _validate_method(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.method != "lame" and self.bottleneck_mask:
-            raise ValueError(f"method {self.method!r} has no bottleneck: set bottleneck_mask=false")
-        if self.method in ("discriminative", "cot") and self.num_reason_tokens:
-            raise ValueError(f"method {self.method!r} appends no reason tokens: set "
-                             "num_reason_tokens=0")
-        if self.method == "latent" and self.num_reason_tokens < 1:
-            raise ValueError("method 'latent' needs num_reason_tokens >= 1 (the latent steps)")
+        get_method(self.method).validate(self)  # ValueError naming the methods if unknown
         if self.max_new_tokens < 1 or self.max_rationale_tokens < 1:
             raise ValueError("max_new_tokens and max_rationale_tokens must be >= 1")
 
     @property
     def uses_decoder(self) -> bool:
-        return self.method == "lame" and self.num_reason_tokens > 0 and self.w_reconstruction > 0
+        return get_method(self.method).uses_decoder(self)
 
     @property
     def appended_reason_tokens(self) -> int:
         """Learned reason tokens appended to every input (the latent method feeds states)."""
-        return self.num_reason_tokens if self.method == "lame" else 0
+        return get_method(self.method).appended_reason_tokens(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -17,10 +17,18 @@ import torch
 import torch.distributed as dist
 
 
-def setup() -> None:
-    """Join the process group torchrun describes (WORLD_SIZE/RANK/MASTER_*), if any."""
+_DEVICE = torch.device("cpu")  # where collective buffers live (NCCL needs them on the GPU)
+
+
+def setup(device: torch.device | str = "cpu") -> None:
+    """Join the process group torchrun describes (WORLD_SIZE/RANK/MASTER_*), if any: NCCL when
+    this process trains on a GPU (made its current device first), gloo on CPUs."""
+    global _DEVICE
+    _DEVICE = torch.device(device)
+    if _DEVICE.type == "cuda":
+        torch.cuda.set_device(_DEVICE)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if _DEVICE.type == "cuda" else "gloo")
 
 
 def is_initialized() -> bool:
@@ -61,9 +69,9 @@ def average_scalars(values: dict[str, float]) -> dict[str, float]:
     if world_size() == 1:
         return values
     names = sorted(values)
-    tensor = torch.tensor([values[n] for n in names], dtype=torch.float64)
+    tensor = torch.tensor([values[n] for n in names], dtype=torch.float64, device=_DEVICE)
     dist.all_reduce(tensor)
-    return {n: float(v) / world_size() for n, v in zip(names, tensor)}
+    return {n: float(v) / world_size() for n, v in zip(names, tensor.cpu())}
 
 
 def per_rank_share(count: int) -> float:
@@ -71,9 +79,9 @@ def per_rank_share(count: int) -> float:
     equal the global mean over items of uneven per-rank numbers (e.g. answer tokens)."""
     if world_size() == 1:
         return float(count)
-    tensor = torch.tensor([float(count)], dtype=torch.float64)
+    tensor = torch.tensor([float(count)], dtype=torch.float64, device=_DEVICE)
     dist.all_reduce(tensor)
-    return float(tensor) / world_size()
+    return float(tensor.cpu()) / world_size()
 
 
 def broadcast_parameters(module: torch.nn.Module) -> None:

@@ -72,20 +72,38 @@ def row_metrics(scores: np.ndarray, label: int,
     return metrics
 
 
-def embed_unique(encode: Encode, items: Sequence[Item], batch_size: int) -> dict[str, np.ndarray]:
-    """Embed each distinct item once (eval rows share many candidates)."""
+def embed_unique(encode: Encode, items: Sequence[Item], batch_size: int,
+                 progress: bool = False, label: str = "eval") -> dict[str, np.ndarray]:
+    """Embed each distinct item once (eval rows share many candidates), ``batch_size`` at a
+    time, with a progress bar when ``progress``."""
     unique = list({item.key(): item for item in items}.values())
-    vectors = encode(texts=[i.text for i in unique], images=[i.image for i in unique],
-                     batch_size=batch_size)
-    return {item.key(): vec for item, vec in zip(unique, vectors)}
+    bar = _bar(len(unique), label, progress)
+    vectors = []
+    try:
+        for start in range(0, len(unique), batch_size):
+            part = unique[start:start + batch_size]
+            vectors.append(encode(texts=[i.text for i in part], images=[i.image for i in part],
+                                  batch_size=batch_size))
+            bar.update(len(part))
+    finally:
+        bar.close()
+    flat = np.concatenate(vectors) if vectors else []
+    return {item.key(): vec for item, vec in zip(unique, flat)}
+
+
+def _bar(total: int, label: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="item", disable=not enabled, dynamic_ncols=True,
+                leave=False)
 
 
 def score_rows(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
-               encode_target: Encode | None = None) -> list[np.ndarray]:
+               encode_target: Encode | None = None, progress: bool = False) -> list[np.ndarray]:
     queries = [Item(format_query(r.query.text, r.instruction), r.query.image) for r in rows]
-    query_vecs = embed_unique(encode, queries, batch_size)
+    query_vecs = embed_unique(encode, queries, batch_size, progress, "eval queries")
     cand_vecs = embed_unique(encode_target or encode, [c for r in rows for c in r.candidates],
-                             batch_size)
+                             batch_size, progress, "eval candidates")
     out = []
     for query, row in zip(queries, rows):
         cands = np.stack([cand_vecs[c.key()] for c in row.candidates])
@@ -94,7 +112,7 @@ def score_rows(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
 
 
 def evaluate(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
-             encode_target: Encode | None = None) -> dict:
+             encode_target: Encode | None = None, progress: bool = True) -> dict:
     """-> {"hit@1", "ndcg@5", "ndcg@10", "n", "per_task": {...}, "per_group": {...}} in percent.
 
     Each ``per_task`` entry also names the ``metric`` its rows chose (MMEB image tasks hit@1,
@@ -102,7 +120,7 @@ def evaluate(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
     A group is the task name before its first '.', e.g. ``tier2`` for ``tier2.oddsum.i2t``."""
     if not rows:
         raise ValueError("no evaluation rows")
-    scores = score_rows(encode, rows, batch_size, encode_target)
+    scores = score_rows(encode, rows, batch_size, encode_target, progress)
     per_row = [row_metrics(s, r.label, r.relevance) for s, r in zip(scores, rows)]
     by_task, by_group = defaultdict(list), defaultdict(list)
     task_metric: dict[str, str] = {}
@@ -143,3 +161,24 @@ def subsample(rows: Sequence[EvalRow], per_task: int, seed: int = 0) -> list[Eva
         take = rng.permutation(len(group))[:per_task]
         picked.extend(group[i] for i in sorted(take))
     return picked
+
+
+def limit_rows(rows: Sequence[EvalRow], limit: int | None) -> list[EvalRow]:
+    """At most ``limit`` rows, spread evenly over the tasks (round-robin in file order), so a
+    quick look at a large eval set still covers every task; None: all rows."""
+    if limit is None or limit >= len(rows):
+        return list(rows)
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    by_task = defaultdict(list)
+    for index, row in enumerate(rows):
+        by_task[row.task].append(index)
+    queues = list(by_task.values())
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < limit:
+        for queue in queues:
+            if depth < len(queue) and len(picked) < limit:
+                picked.append(queue[depth])
+        depth += 1
+    return [rows[i] for i in sorted(picked)]

@@ -1,7 +1,9 @@
-"""The LaME model: backbone + K reason tokens + M summary tokens + two heads, one forward pass."""
+"""The LaME model: backbone + K reason tokens + M summary tokens + two heads, one forward pass.
+
+How a query is embedded and trained is the method's (:mod:`lame.methods`, chosen by
+``config.method``); this module holds what every method shares."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -11,14 +13,9 @@ from torch import nn
 from lame.backbones import build_backbone
 from lame.config import LameConfig
 from lame.heads import DecoderHead, EmbeddingHead
+from lame.methods import LameOutput, get_method
+from lame.methods.decoding import greedy_generate
 from lame_runtime.preprocess import INPUT_NAMES, Preprocessor, align_inputs
-
-
-@dataclass
-class LameOutput:
-    embedding: torch.Tensor       # [B, D], unit norm
-    reason_states: torch.Tensor   # [B, K, H]
-    summary_states: torch.Tensor  # [B, M, H]
 
 
 class LameModel(nn.Module):
@@ -28,6 +25,7 @@ class LameModel(nn.Module):
         weights); by default it is built from ``config.backbone``."""
         super().__init__()
         self.config = config
+        self.method = get_method(config.method)
         self.preprocessor = preprocessor
         special = preprocessor.text.special
         self.image_token_id = special["image"]
@@ -53,15 +51,7 @@ class LameModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 pixel_values: torch.Tensor, image_mask: torch.Tensor) -> LameOutput:
-        if self.config.method == "latent":
-            from lame.baselines import latent_forward
-
-            return latent_forward(self, input_ids, attention_mask, pixel_values, image_mask)
-        length = input_ids.shape[1]
-        hidden = self.hidden_states(input_ids, attention_mask, pixel_values, image_mask)
-        k = self.config.appended_reason_tokens
-        reason, summary = hidden[:, length:length + k], hidden[:, length + k:]
-        return LameOutput(self.embed_head(summary), reason, summary)
+        return self.method.forward(self, input_ids, attention_mask, pixel_values, image_mask)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       pixel_values: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
@@ -153,7 +143,7 @@ class LameModel(nn.Module):
         baseline treats them differently (no rationale is generated for a candidate)."""
         if role not in ("query", "target"):
             raise ValueError(f"role must be 'query' or 'target', got {role!r}")
-        generate = self.config.method == "cot" and role == "query"
+        query = role == "query"
         texts, images = align_inputs(texts, images)
         count = len(texts)
         was_training = self.training
@@ -164,7 +154,7 @@ class LameModel(nn.Module):
                 part = slice(start, start + batch_size)
                 feed = self.preprocessor(texts[part], images[part])
                 tensors = self.feed_to_tensors(feed)
-                out = self.generate_and_embed(**tensors) if generate else self(**tensors)
+                out = self.method.encode_query(self, tensors) if query else self(**tensors)
                 chunks.append(out.embedding.float().cpu().numpy())
         finally:
             self.train(was_training)
@@ -176,7 +166,5 @@ class LameModel(nn.Module):
                            max_new_tokens: int | None = None,
                            stop_at_eos: bool = True) -> LameOutput:
         """CoT baseline inference: greedy rationale (KV cache), then [EMBED]."""
-        from lame.baselines import cot_generate
-
-        return cot_generate(self, input_ids, attention_mask, pixel_values, image_mask,
-                            max_new_tokens or self.config.max_new_tokens, stop_at_eos).output
+        return greedy_generate(self, input_ids, attention_mask, pixel_values, image_mask,
+                               max_new_tokens or self.config.max_new_tokens, stop_at_eos).output

@@ -1,44 +1,79 @@
-"""The LaME training objective for one batch: contrastive + reconstruction + diversity."""
+"""The LaME training objective for one batch: contrastive + reconstruction + diversity.
+
+The terms split into two kinds, which is what lets :mod:`lame.gradcache` chunk a batch:
+
+* the contrastive term couples every row with every other (in-batch negatives): it needs all
+  embeddings of the batch at once;
+* the per-row terms (reconstruction from a row's reason states, the diversity of a row's reason
+  states, the CoT next-token loss) are sums over rows, so a chunk's share can be computed and
+  backpropagated on its own (:func:`row_terms` with ``share`` = the chunk's fraction of rows).
+"""
 from __future__ import annotations
 
 import torch
 
 from lame.distributed import gather_rows, per_rank_share
 from lame.losses import diversity_penalty, info_nce
+from lame.methods import get_method
 
 
 def compute_losses(model, batch: dict) -> dict[str, torch.Tensor]:
     cfg = model.config
-    lm_loss = None
-    if cfg.method == "cot":
-        from lame.baselines import cot_teacher_forced
-
-        query, lm_loss = cot_teacher_forced(model, batch["query"], batch["rationale"])
-    else:
-        query = model(**batch["query"])
+    method = get_method(cfg.method)
+    if not method.contrastive:  # generative pre-training: its own loss, no target side
+        return method.generative_losses(model, batch)
+    query, extra = method.query_pass(model, batch)
     target = model(**batch["target"])
     negatives = None
     if "negatives" in batch:
         flat = model(**batch["negatives"]).embedding
         negatives = flat.reshape(len(query.embedding), -1, flat.shape[-1])
-    # Negatives span the global batch when several processes train (a no-op otherwise).
-    targets = gather_rows(target.embedding)
-    losses = {"contrastive": info_nce(query.embedding, targets, cfg.temperature,
-                                      negatives, batch["same_answer"],
-                                      batch.get("negative_valid"), batch.get("offset", 0))}
+    losses = {"contrastive": contrastive_loss(model, batch, query.embedding, target.embedding,
+                                              negatives)}
     total = cfg.w_contrastive * losses["contrastive"]
-    if model.decoder_head is not None:
-        targets_ids = batch["decoder_target"]
-        tokens = per_rank_share(int((targets_ids != model.pad_token_id).sum()))
-        losses["reconstruction"] = model.decoder_head.loss(
-            query.reason_states, batch["decoder_input"], targets_ids,
-            ignore_index=model.pad_token_id, tokens=max(tokens, 1.0))
-        total = total + cfg.w_reconstruction * losses["reconstruction"]
-    if lm_loss is not None:
-        losses["lm"] = lm_loss
-        total = total + cfg.w_lm * lm_loss
-    if cfg.method == "lame" and cfg.num_reason_tokens > 1 and cfg.w_diversity > 0:
-        losses["diversity"] = diversity_penalty(query.reason_states)
-        total = total + cfg.w_diversity * losses["diversity"]
+    rows, rows_total = row_terms(model, batch, query.reason_states, answer_tokens(model, batch))
+    losses.update(rows)
+    if rows_total is not None:
+        total = total + rows_total
+    weights = method.extra_weights(cfg)
+    for name, value in extra.items():
+        losses[name] = value
+        total = total + weights[name] * value
     losses["total"] = total
     return losses
+
+
+def contrastive_loss(model, batch: dict, queries: torch.Tensor, targets: torch.Tensor,
+                     negatives: torch.Tensor | None) -> torch.Tensor:
+    # Negatives span the global batch when several processes train (a no-op otherwise).
+    return info_nce(queries, gather_rows(targets), model.config.temperature, negatives,
+                    batch["same_answer"], batch.get("negative_valid"), batch.get("offset", 0))
+
+
+def answer_tokens(model, batch: dict) -> float:
+    """Reconstruction denominator: answer tokens of the whole (global) batch per rank."""
+    if model.decoder_head is None:
+        return 1.0
+    count = int((batch["decoder_target"] != model.pad_token_id).sum())
+    return max(per_rank_share(count), 1.0)
+
+
+def row_terms(model, batch: dict, reason_states: torch.Tensor, tokens: float,
+              share: float = 1.0) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Per-row terms of ``batch``'s rows -> (unweighted terms, their weighted sum or None).
+
+    ``tokens`` is the whole batch's answer-token count and ``share`` the fraction of the batch's
+    rows given here, so the values over the chunks of a batch add up to the full-batch ones."""
+    cfg = model.config
+    terms: dict[str, torch.Tensor] = {}
+    total = None
+    if model.decoder_head is not None:
+        terms["reconstruction"] = model.decoder_head.loss(
+            reason_states, batch["decoder_input"], batch["decoder_target"],
+            ignore_index=model.pad_token_id, tokens=tokens)
+        total = cfg.w_reconstruction * terms["reconstruction"]
+    if get_method(cfg.method).diversity and cfg.num_reason_tokens > 1 and cfg.w_diversity > 0:
+        terms["diversity"] = diversity_penalty(reason_states) * share
+        weighted = cfg.w_diversity * terms["diversity"]
+        total = weighted if total is None else total + weighted
+    return terms, total

@@ -6,32 +6,43 @@
 
 Each stage gets its own AdamW (different parameter sets) with linear warm-up + cosine decay.
 Batches are a pure function of (seed, global step), and checkpoints carry optimizer moments and
-the torch RNG, so ``resume=True`` after a kill reproduces the uninterrupted run.
+the torch CPU/CUDA RNG states, so ``resume=True`` after a kill reproduces the uninterrupted run.
+
+Scale (see the README): ``device`` (batches are built on the CPU and moved once per step),
+``precision="bf16"`` (autocast, float32 master weights), ``grad_checkpointing``, ``chunk_size``
+(GradCache, :mod:`lame.gradcache`) and ``lora_rank`` (:mod:`lame.lora`; checkpoints hold merged
+weights). Launch several processes with ``torchrun -m lame.cli.train``.
 """
 from __future__ import annotations
 
 import functools
-import json
 import math
-from collections import Counter
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lame.checkpoint import (CheckpointError, check_replaceable, load_model, load_trainer_state,
-                             read_json, read_metrics, resolve, save_checkpoint)
 from lame import distributed as ddp
+from lame import lora
+from lame.checkpoint import (CheckpointError, check_replaceable, load_model, load_trainer_state,
+                             read_json, read_metrics, read_trainer_tensors, resolve,
+                             save_checkpoint)
 from lame.config import LameConfig
 from lame.data.batching import Collator, batch_indices
 from lame.data.dataset import load_eval, load_train
-from lame.evaluate import evaluate, subsample
+from lame.device import autocast, check_precision, resolve_device, to_device
+from lame.evaluate import evaluate, limit_rows, subsample
+from lame.gradcache import chunked_backward
+from lame.methods import get_method
 from lame.objective import compute_losses
 
 STAGES = ("warmup", "joint", "all")
+# Options that change memory, speed or what is evaluated but not the trained weights' math: a
+# resumed run takes them from the command line, everything else from the checkpoint.
+RUNTIME_OPTIONS = ("grad_checkpointing", "chunk_size", "eval_limit", "final_eval", "threads")
 
 
 @dataclass
@@ -53,10 +64,24 @@ class TrainConfig:
     eval_per_task: int = 20         # rows per task in periodic evaluation (final one uses all)
     save_every: int = 250
     threads: int | None = None
+    precision: str = "fp32"         # fp32 | bf16 (autocast; float32 master weights)
+    grad_checkpointing: bool = False  # recompute backbone activations in backward
+    chunk_size: int | None = None   # GradCache: embed the batch this many rows at a time
+    lora_rank: int = 0              # > 0: LoRA on the language model (peft), merged at save
+    lora_targets: list[str] = field(default_factory=lambda: list(lora.DEFAULT_TARGETS))
+    eval_limit: int | None = None   # evaluate on at most this many rows (spread over tasks)
+    final_eval: bool = True         # evaluate on the eval split after training
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        check_precision(self.precision)
+        self.lora_targets = list(self.lora_targets)
+        for name, value in (("chunk_size", self.chunk_size), ("eval_limit", self.eval_limit)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}")
         if self.max_steps < 1 or self.batch_size < 2:
             raise ValueError("max_steps must be >= 1 and batch_size >= 2 (in-batch negatives)")
         if not 0.0 <= self.warmup_fraction <= 1.0:
@@ -78,12 +103,14 @@ class TrainConfig:
 
 def set_trainable(model, stage: str) -> list[torch.nn.Parameter]:
     """Freeze the backbone's pretrained towers for warm-up (a randomly initialised connector
-    still trains); train everything in the joint stage."""
+    still trains); train everything in the joint stage -- with LoRA, the adapters instead of
+    the backbone's own weights (latent tokens, heads and connector always train)."""
+    adapted = lora.has_lora(model)
     for param in model.parameters():
         param.requires_grad_(True)
-    if stage == "warmup":
-        for param in model.backbone.parameters():
-            param.requires_grad_(False)
+    if stage == "warmup" or adapted:
+        for name, param in model.backbone.named_parameters():
+            param.requires_grad_(stage != "warmup" and lora.is_adapter_parameter(name))
         for param in model.backbone.connector_parameters():  # new glue, e.g. lame-small's projector
             param.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
@@ -122,8 +149,19 @@ def _optimizer(model, params: list[torch.nn.Parameter], cfg: TrainConfig) -> tor
 
 class Trainer:
     def __init__(self, model, cfg: TrainConfig, data_dir: Path, out_dir: Path,
-                 show_progress: bool = True):
+                 show_progress: bool = True, device: str | torch.device = "cpu"):
         self.model, self.cfg, self.out_dir = model, cfg, Path(out_dir)
+        self.device = resolve_device(device)
+        method = get_method(model.config.method)
+        if cfg.chunk_size and not method.chunkable:
+            raise ValueError(f"chunk_size (GradCache) does not cover method "
+                             f"{method.name!r}; train it without --chunk-size")
+        if cfg.lora_rank:
+            lora.apply_lora(model, cfg.lora_rank, cfg.lora_targets)
+        if cfg.grad_checkpointing:
+            model.backbone.enable_gradient_checkpointing()
+        model.to(self.device)
+        self.autocast = functools.partial(autocast, self.device, cfg.precision)
         self.rows = load_train(data_dir)
         if len(self.rows) < cfg.batch_size:
             raise ValueError(f"{data_dir} has {len(self.rows)} training rows, fewer than "
@@ -131,13 +169,15 @@ class Trainer:
         eval_path = Path(data_dir) / "eval.jsonl"
         self.eval_rows = load_eval(data_dir) if eval_path.is_file() else []
         model.preprocessor.image_cache = {}
-        cot = model.config.method == "cot"
-        if cot and not any(row.rationale for row in self.rows):
-            raise ValueError(f"method 'cot' trains on rationales, and {data_dir}/train.jsonl "
-                             "has none (add a \"rationale\" field to the rows)")
+        if method.needs_rationale and not any(row.rationale for row in self.rows):
+            raise ValueError(f"method {method.name!r} trains on rationales, and {data_dir}/"
+                             "train.jsonl has none (add a \"rationale\" field to the rows)")
         self.collate = Collator(model.preprocessor, model.config.max_answer_tokens,
                                 cfg.hard_negatives,
-                                model.config.max_rationale_tokens if cot else 0)
+                                model.config.max_rationale_tokens if method.writes_text else 0)
+        # A method without a retrieval embedding (lm pre-training) is not scored by retrieval:
+        # lame-eval --generate scores what it writes.
+        self.retrieval = method.retrieval
         self.metrics: list[dict[str, Any]] = []
         self.show_progress = show_progress
 
@@ -146,7 +186,9 @@ class Trainer:
         for stage, first, end in self.cfg.stage_plan():
             if end > start_step:
                 self._run_stage(stage, first, end, max(first, start_step))
-        final = self.evaluate(full=True) if self.eval_rows and ddp.is_main() else {}
+        final = {}
+        if self.cfg.final_eval and self.eval_rows and self.retrieval and ddp.is_main():
+            final = self.evaluate(full=True)
         if final:
             self.metrics.append({"step": self.cfg.max_steps, "stage": "final", "eval": final})
         self.save(self.cfg.stage_plan()[-1][0], self.cfg.max_steps, done=True, optimizer=None)
@@ -172,7 +214,7 @@ class Trainer:
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{losses['total']:.3f}", lr=f"{lr:.1e}")
             if (self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0 and self.eval_rows
-                    and ddp.is_main()):
+                    and self.retrieval and ddp.is_main()):
                 self.metrics.append({"step": step + 1, "stage": stage, "eval": self.evaluate()})
                 self.model.train()
             if (self.cfg.save_every and (step + 1) % self.cfg.save_every == 0) or step + 1 == end:
@@ -182,10 +224,15 @@ class Trainer:
         idx = batch_indices(len(self.rows), self.cfg.batch_size, self.cfg.seed, step)
         rows = [self.rows[i] for i in idx]
         share = ddp.local_slice(len(rows))  # the whole batch in a single process
-        batch = self.collate(rows[share], global_rows=rows, offset=share.start)
-        losses = compute_losses(self.model, batch)
+        batch = to_device(self.collate(rows[share], global_rows=rows, offset=share.start),
+                          self.device)  # built on the CPU, moved once
         optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        if self.cfg.chunk_size and self.cfg.chunk_size < len(batch["same_answer"]):
+            losses = chunked_backward(self.model, batch, self.cfg.chunk_size, self.autocast)
+        else:
+            with self.autocast():
+                losses = compute_losses(self.model, batch)
+            losses["total"].backward()
         if not torch.isfinite(losses["total"]):
             raise FloatingPointError(f"non-finite loss at step {step}: {losses}")
         ddp.average_gradients(params)
@@ -201,8 +248,11 @@ class Trainer:
 
     def evaluate(self, full: bool = False) -> dict[str, Any]:
         rows = self.eval_rows if full else subsample(self.eval_rows, self.cfg.eval_per_task)
-        return evaluate(self.model.encode, rows,
-                        encode_target=functools.partial(self.model.encode, role="target"))
+        rows = limit_rows(rows, self.cfg.eval_limit)
+        with self.autocast():
+            return evaluate(self.model.encode, rows,
+                            encode_target=functools.partial(self.model.encode, role="target"),
+                            progress=self.show_progress)
 
     def save(self, stage: str, step: int, done: bool, optimizer) -> None:
         """Rank 0 writes; the others wait so nobody runs ahead of a checkpoint."""
@@ -216,25 +266,30 @@ class Trainer:
         last_eval = next((m["eval"] for m in reversed(self.metrics) if "eval" in m), None)
         if last_eval:
             meta["eval"] = {k: last_eval[k] for k in ("hit@1", "ndcg@5", "ndcg@10")}
+        adapted = lora.has_lora(self.model)  # merged weights + what an exact resume needs
         save_checkpoint(self.out_dir, self.model, asdict(self.cfg), meta, self.metrics, optimizer,
-                        extra_files=lambda d: self._extra_files(d, done))
+                        extra_files=lambda d: self._extra_files(d, done),
+                        weights=lora.merged_state_dict(self.model) if adapted else None,
+                        resume_tensors=lora.resume_tensors(self.model) if adapted else None)
 
     def _extra_files(self, directory: Path, done: bool) -> None:
-        (directory / "instructions.json").write_text(json.dumps(self._instructions(), indent=2))
+        from lame_runtime.persist import atomic_write_json
+
+        atomic_write_json(directory / "instructions.json", self._instructions())
         if done:
             from lame.plots import plot_training
 
             plot_training(self.metrics, directory / "training_curves.png")
 
     def _instructions(self) -> dict[str, Any]:
-        """The query instructions the model was trained with (the runtime re-uses them)."""
-        per_task = {}
-        for row in self.rows:
-            if row.instruction and row.task:
-                per_task.setdefault(row.task, row.instruction)
-        counts = Counter(row.instruction for row in self.rows if row.instruction)
-        return {"query": counts.most_common(1)[0][0] if counts else None, "document": None,
-                "tasks": dict(sorted(per_task.items()))}
+        """The query instructions the model was trained with, per direction ("text->image",
+        "image->text", ...) and per task; "query" only when every row used the same one
+        (never a majority vote). The runtime picks from these (lame_runtime.instructions)."""
+        from lame_runtime.instructions import modality, summarise
+
+        return summarise((modality(row.query.text, row.query.image),
+                          modality(row.target.text, row.target.image), row.task,
+                          row.instruction) for row in self.rows)
 
 
 def _progress(steps, stage: str, enabled: bool):
@@ -247,14 +302,16 @@ def _progress(steps, stage: str, enabled: bool):
 
 def train(data_dir: str | Path, out_dir: str | Path, model_config: LameConfig | None,
           train_config: TrainConfig, resume: bool = False, init_from: str | Path | None = None,
-          show_progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) into ``out_dir``; returns the final evaluation (percent metrics)."""
+          show_progress: bool = True, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Train (or resume) into ``out_dir`` on ``device`` (auto/cpu/cuda/cuda:N); returns the
+    final evaluation (percent metrics)."""
     if train_config.threads:
         torch.set_num_threads(train_config.threads)
-    ddp.setup()  # no-op unless launched by torchrun with several processes
+    device = resolve_device(device)  # a missing GPU is one clear error, before any work
+    ddp.setup(device)  # joins the process group only when launched by torchrun
     out_dir = Path(out_dir)
     if resume and _has_checkpoint(out_dir):
-        return _resume(data_dir, out_dir, train_config, show_progress)
+        return _resume(data_dir, out_dir, train_config, show_progress, device)
     if _has_checkpoint(out_dir) and not resume:
         raise FileExistsError(f"{out_dir} already holds a checkpoint; pass resume=True "
                               "(--resume) to continue it, or choose another output directory")
@@ -262,18 +319,61 @@ def train(data_dir: str | Path, out_dir: str | Path, model_config: LameConfig | 
     torch.manual_seed(train_config.seed)
     if init_from is not None:
         model = load_model(init_from)
-        if model_config is not None and model_config.to_dict() != model.config.to_dict():
+        if model_config is not None and model_config.method != model.config.method:
+            # Another method's checkpoint (e.g. lm pre-training): its backbone, a fresh rest.
+            model = model_from_backbone(model, model_config)
+        elif model_config is not None and model_config.to_dict() != model.config.to_dict():
             warnings.warn(f"init_from={init_from}: using that checkpoint's model config")
     else:
         if model_config is None:
             raise ValueError("model_config is required unless init_from is given")
+        from lame.backbones.directory import with_backbone_dir
         from lame.model import LameModel
         from lame.tokenizer import preprocessor_for
 
+        model_config = with_backbone_dir(model_config)
         model = LameModel(model_config, preprocessor_for(data_dir, model_config))
-    ddp.broadcast_parameters(model)
-    trainer = Trainer(model, train_config, Path(data_dir), out_dir, show_progress)
+    trainer = Trainer(model, train_config, Path(data_dir), out_dir, show_progress, device)
+    ddp.broadcast_parameters(trainer.model)  # on the device: NCCL broadcasts GPU tensors
     return trainer.run()
+
+
+def model_from_backbone(source, config: LameConfig):
+    """A fresh model of ``config``'s method whose backbone tensors are copied from ``source``
+    (a model of another method). The backbone architecture, image settings and tokenizer are
+    the source's (they define the copied tensors); the rest of ``config`` (method, K, M,
+    heads, loss weights) is the request's, freshly initialised."""
+    from dataclasses import replace
+
+    from lame.backbones import architecture_only
+    from lame.model import LameModel
+
+    config = replace(config, backbone=source.config.backbone, image=source.config.image,
+                     max_text_tokens=source.config.max_text_tokens)
+    config.validate()
+    with architecture_only():  # the source's weights replace any packaged pretrained ones
+        model = LameModel(config, source.preprocessor)
+    copy_backbone(source, model)
+    return model
+
+
+def copy_backbone(source, target) -> None:
+    """Copy every backbone tensor of ``source`` into ``target`` (exact values); a missing,
+    extra or differently shaped tensor is a CheckpointError naming them."""
+    have, want = source.backbone.state_dict(), target.backbone.state_dict()
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    wrong = [f"{k} {tuple(have[k].shape)} vs {tuple(want[k].shape)}"
+             for k in sorted(set(have) & set(want)) if have[k].shape != want[k].shape]
+    if missing or extra or wrong:
+        detail = "; ".join(f"{label}: {names[:4]}{' ...' if len(names) > 4 else ''}"
+                           for label, names in (("missing", missing), ("unexpected", extra),
+                                                ("shape mismatch", wrong)) if names)
+        raise CheckpointError(f"the init checkpoint's backbone does not fit the requested "
+                              f"model ({detail})")
+    with torch.no_grad():
+        for name, tensor in want.items():
+            tensor.copy_(have[name])
 
 
 def _has_checkpoint(out_dir: Path) -> bool:
@@ -283,24 +383,25 @@ def _has_checkpoint(out_dir: Path) -> bool:
         return False
 
 
-def _resume(data_dir, out_dir: Path, requested: TrainConfig, show_progress: bool):
+def _resume(data_dir, out_dir: Path, requested: TrainConfig, show_progress: bool,
+            device: torch.device):
     meta = read_json(out_dir, "meta.json")
     saved = TrainConfig.from_dict(read_json(out_dir, "train_config.json"))
-    if asdict(saved) != asdict(requested):
-        changed = sorted(k for k, v in asdict(requested).items() if asdict(saved)[k] != v)
+    runtime = {k: getattr(requested, k) for k in RUNTIME_OPTIONS}
+    changed = sorted(k for k, v in asdict(requested).items()
+                     if k not in RUNTIME_OPTIONS and asdict(saved)[k] != v)
+    if changed:
         warnings.warn(f"resuming with the checkpoint's own training config; ignoring changed "
                       f"options {changed}")
+    saved = TrainConfig.from_dict({**asdict(saved), **runtime})
     if meta.get("done"):
         return meta.get("eval", {})
-    model = load_model(out_dir)
-    trainer = Trainer(model, saved, Path(data_dir), out_dir, show_progress)
+    model = load_model(out_dir)  # merged weights; LoRA's own state is restored below
+    trainer = Trainer(model, saved, Path(data_dir), out_dir, show_progress, device)
+    if saved.lora_rank:
+        lora.restore_resume_tensors(trainer.model, read_trainer_tensors(out_dir))
     trainer.metrics = read_metrics(out_dir)
     if meta["step"] > 0:
         load_trainer_state(out_dir, None)  # restores the RNG even at a stage boundary
     return trainer.run(start_step=meta["step"])
 
-
-if __name__ == "__main__":  # torchrun --nproc_per_node N -m lame.train --data ... --out ...
-    from lame.cli.train import run
-
-    run()

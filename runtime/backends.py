@@ -1,17 +1,26 @@
-"""Inference backends behind one interface: ``infer(feed) -> {output_name: ndarray}``.
+"""Inference backends behind one interface: ``infer(feed) -> {output_name: ndarray}``:
+ONNX Runtime (providers from :mod:`lame_runtime.providers`) or a native TensorRT engine
+(:mod:`lame_runtime.tensorrt_backend`, imported only when one is used).
 
 The feed is checked against the artifact's input specs *before* it reaches a backend, so a
 wrong dtype or rank is reported by name instead of failing deep inside ONNX Runtime.
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from lame_runtime.artifact import TensorSpec
+from lame_runtime.artifact import Artifact, TensorSpec
+from lame_runtime.errors import ArtifactError, BackendError
+from lame_runtime.persist import sha256
+from lame_runtime.providers import (CACHE_DIR_NAME, ProviderDefaults, check_fallback,
+                                    normalize_providers, prepare_cache_dir, profile_shape_options,
+                                    resolve_providers)
+from lame_runtime.tensorrt_backend import probe_device, running_device
+from lame_runtime.tensorrt_meta import (check_engine_compatible, engine_profiles, profile_shapes,
+                                        rebuild_hint, select_backend, validate_engines_section)
 
 
 class Backend(Protocol):
@@ -49,31 +58,26 @@ def check_feed(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> None
         batch = value.shape[0]
 
 
-def choose_providers(requested: Sequence[str] | None = None) -> list[str]:
-    """ONNX Runtime providers in preference order; warns when a GPU provider is unavailable."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    wanted = list(requested) if requested else [
-        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    chosen = [p for p in wanted if p in available]
-    dropped = [p for p in wanted if p not in available]
-    if requested and dropped:
-        warnings.warn(f"ONNX Runtime providers {dropped} are not available here "
-                      f"(available: {available}); falling back to {chosen or ['CPUExecutionProvider']}")
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
-
-
 class OnnxRuntimeBackend:
+    """One ``InferenceSession`` over an artifact graph, on the providers resolved in
+    :mod:`lame_runtime.providers` (the one place that decides them)."""
+
     name = "onnxruntime"
 
-    def __init__(self, model_path: Path, output_name: str, providers: Sequence[str] | None = None,
-                 threads: int | None = None, spin: bool = True):
+    def __init__(self, model_path: Path, output_name: str, providers: Sequence[Any] | None = None,
+                 threads: int | None = None, spin: bool = True, strict: bool = False,
+                 defaults: ProviderDefaults | None = None, tensorrt_ep: bool = False,
+                 log_severity: int = 3, reported: Sequence[str] = ()):
         import onnxruntime as ort
 
+        available = ort.get_available_providers()
+        resolved, unavailable = resolve_providers(providers, available, Path(model_path).parent,
+                                                  defaults, tensorrt_ep)
+        prepare_cache_dir(resolved)
         options = ort.SessionOptions()
+        # 3 = errors only: ORT's provider warnings must not reach stdout (`--json` output);
+        # fallbacks are reported by check_fallback below instead, as a Python warning.
+        options.log_severity_level = log_severity
         if threads:
             options.intra_op_num_threads = threads
         if not spin:
@@ -81,12 +85,15 @@ class OnnxRuntimeBackend:
             # cores from anything else in the process (another session, torch, the app).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(model_path), options,
-                                                providers=choose_providers(providers))
+            self.session = ort.InferenceSession(str(model_path), options, providers=resolved)
         except Exception as err:  # ORT raises its own exception types; name the file
-            raise RuntimeError(f"ONNX Runtime could not load {model_path}: {err}") from err
+            raise BackendError(f"ONNX Runtime could not load {model_path} with providers "
+                               f"{[name for name, _ in resolved]}: {err}") from err
         self.output_name = output_name
         self.providers = self.session.get_providers()
+        requested = [name for name, _ in normalize_providers(providers)] if providers is not None \
+            else [name for name, _ in resolved]
+        self.fallback = check_fallback(requested, self.providers, strict, unavailable, reported)
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe, so one session serves concurrent encode() calls.
@@ -98,13 +105,53 @@ class OnnxRuntimeBackend:
         return {self.output_name: out}
 
 
-def tensorrt_backend(*args, **kwargs):
-    """The native TensorRT backend arrives with the TensorRT issue; say so clearly."""
-    try:
-        import tensorrt  # noqa: F401  (lazy: never imported unless asked for)
-    except ImportError as err:
-        raise RuntimeError("backend='tensorrt' needs the TensorRT Python package (JetPack or "
-                           "NVIDIA's wheels); it is not installed here") from err
-    raise NotImplementedError("the native TensorRT engine backend is not implemented yet; use "
-                              "backend='onnxruntime' (with onnxruntime-gpu its TensorRT "
-                              "execution provider is used)")
+# --------------------------------------------------------------------------- choosing a backend
+def provider_defaults(artifact: Artifact, precision: str, device_id: int = 0,
+                      cache_dir: str | Path | None = None) -> ProviderDefaults:
+    """Defaults for the TensorRT/CUDA execution providers from the artifact: fp16 flag, cache
+    folder (``<artifact>/trt_cache`` unless given) and the profile shapes of its inputs."""
+    shapes = profile_shapes(artifact.manifest["inputs"], engine_profiles(artifact.manifest))
+    return ProviderDefaults(device_id=device_id, precision=precision,
+                            cache_dir=Path(cache_dir) if cache_dir else artifact.path / CACHE_DIR_NAME,
+                            profile_shapes=profile_shape_options(shapes))
+
+
+def choose_backend(artifact: Artifact, backend: str, precision: str, device_id: int = 0
+                   ) -> tuple[str, str, dict | None]:
+    """-> (backend, precision, engine record or None).
+
+    ``tensorrt``: the recorded engine must exist and match this process's TensorRT release and
+    GPU (checked before anything is deserialised). ``auto``: such an engine if there is one,
+    else ONNX Runtime. TensorRT is imported only when the artifact records an engine.
+    """
+    engines = validate_engines_section(artifact.manifest)
+    running = None
+    if backend == "tensorrt":
+        running = running_device(device_id)
+    elif backend == "auto" and engines:
+        running = probe_device(device_id)
+    name, chosen = select_backend(artifact.manifest, backend, precision, running)
+    if name != "tensorrt":
+        return name, chosen, None
+    record = engines.get(chosen)
+    if record is None:
+        have = ", ".join(engines) or "none"
+        raise BackendError(f"{artifact.path} has no {chosen} TensorRT engine (it has {have}); "
+                           f"{rebuild_hint(str(artifact.path), chosen)}")
+    check_engine_compatible(record, running, str(artifact.path), chosen)
+    return name, chosen, record
+
+
+def load_tensorrt(artifact: Artifact, record: dict, output_name: str, device_id: int = 0,
+                  verify: bool = True):
+    """The plan file, sha256-checked against its record, deserialised on ``device_id``."""
+    from lame_runtime.tensorrt_backend import TensorRTBackend
+
+    plan = artifact.path / record["path"]
+    if not plan.is_file():
+        raise ArtifactError(f"{plan}, recorded in the manifest's engines, is missing; "
+                            f"{rebuild_hint(str(artifact.path), record['precision'])}")
+    if verify and sha256(plan) != record["sha256"]:
+        raise ArtifactError(f"{plan} does not match the sha256 recorded for it: the engine is "
+                            f"corrupt or was replaced; {rebuild_hint(str(artifact.path), record['precision'])}")
+    return TensorRTBackend(plan, output_name, device_id)

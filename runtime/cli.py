@@ -15,12 +15,18 @@ import click
 
 from lame_runtime.clitools import invoke
 from lame_runtime.artifact import PRECISIONS, ArtifactError
-from lame_runtime.index import STORAGES, Index, index_files
+from lame_runtime.index import STORAGES, index_exists
+from lame_runtime.errors import BackendError, InputError, IntegrityError, MissingFileError
+from lame_runtime.paths import contained_path
+from lame_runtime.tensorrt_cli import (build_engine_command, embedder_options, gpu_options,
+                                       triton_command)
 
 PROG = "lame-search"
+ANN_KINDS = ("flat", "hnsw")  # lame_runtime.ann.KINDS (not imported: faiss stays optional)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 EVAL_FILE = "eval.jsonl"
-USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, ArtifactError)
+USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, ArtifactError,
+               BackendError)
 
 
 # --------------------------------------------------------------------------- items to index
@@ -29,12 +35,17 @@ def image_items(root: Path, pattern: str = "*"
     """Every image under ``root`` matching ``pattern`` (recursive, sorted):
     (id, payload, text, image)."""
     if not root.is_dir():
-        raise FileNotFoundError(f"image directory not found: {root}")
+        raise MissingFileError(f"image directory not found: {root}")
+    base = root.resolve()
     files = sorted((p for p in root.rglob(pattern)
                     if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
                    key=lambda p: p.relative_to(root).as_posix())
+    outside = [p for p in files if base not in p.resolve().parents]
+    if outside:  # a symlink inside the folder must not pull in files from elsewhere
+        raise IntegrityError(f"{outside[0]} links outside the image directory {root} (to "
+                             f"{outside[0].resolve()}); remove the link or index its target")
     if not files:
-        raise ValueError(f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images matching "
+        raise InputError(f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images matching "
                          f"{pattern!r} in {root}")
     return [(p.relative_to(root).as_posix(), {"path": str(p.resolve())}, None, str(p))
             for p in files]
@@ -50,12 +61,12 @@ def dataset_items(root: Path) -> list[tuple[str, dict[str, Any], str | None, str
         text, image = candidate.get("text"), candidate.get("image")
         if (text is not None and not isinstance(text, str)) or \
                 (image is not None and not isinstance(image, str)) or not (text or image):
-            raise ValueError(f"{where}: a candidate needs a string 'text' and/or 'image'")
+            raise InputError(f"{where}: a candidate needs a string 'text' and/or 'image'")
         payload: dict[str, Any] = {}
         if image:
-            path = root / image
+            path = contained_path(root, image, f"{where}: image path", folder="dataset")
             if not path.is_file():
-                raise FileNotFoundError(f"{where}: image file not found: {path}")
+                raise MissingFileError(f"{where}: image file not found: {path}")
             payload["path"] = str(path.resolve())
         if text:
             payload["text"] = text
@@ -63,16 +74,16 @@ def dataset_items(root: Path) -> list[tuple[str, dict[str, Any], str | None, str
         items.setdefault(item_id, (item_id, payload, text or None, str(root / image)
                                    if image else None))
     if not items:
-        raise ValueError(f"{root / EVAL_FILE} has no candidates")
+        raise InputError(f"{root / EVAL_FILE} has no candidates")
     return list(items.values())
 
 
 def _eval_candidates(root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     path = root / EVAL_FILE
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset directory not found: {root}")
+        raise MissingFileError(f"dataset directory not found: {root}")
     if not path.is_file():
-        raise FileNotFoundError(f"{root} has no {EVAL_FILE}")
+        raise MissingFileError(f"{root} has no {EVAL_FILE}")
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -81,20 +92,23 @@ def _eval_candidates(root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON: {err}") from err
+                raise InputError(f"{where}: invalid JSON: {err}") from err
             candidates = row.get("candidates") if isinstance(row, dict) else None
             if not isinstance(candidates, list):
-                raise ValueError(f"{where}: 'candidates' must be a list")
+                raise InputError(f"{where}: 'candidates' must be a list")
             for candidate in candidates:
                 if not isinstance(candidate, dict):
-                    raise ValueError(f"{where}: each candidate must be an object")
+                    raise InputError(f"{where}: each candidate must be an object")
                 yield where, candidate
 
 
 # --------------------------------------------------------------------------- commands
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def command() -> None:
-    """Cosine search over LaME embeddings served from an export artifact (no torch)."""
+    """Cosine search over LaME embeddings served from an export artifact (no torch).
+
+    Errors print one line; add --debug (or set LAME_DEBUG=1) for the traceback.
+    """
 
 
 @command.command("index")
@@ -105,74 +119,146 @@ def command() -> None:
               help="With --images: only files whose name matches this glob (e.g. 'eval_*').")
 @click.option("--data", "data_dir", default=None,
               help="Index every distinct candidate in this dataset's eval.jsonl.")
-@click.option("--out", "out", required=True,
+@click.option("--out", "out", default=None,
               help="Index path: a directory, or a prefix for <prefix>.npz + <prefix>.json.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--storage", type=click.Choice(STORAGES), default="float32", show_default=True,
               help="How the index stores vectors.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing index at --out.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted build of --out from its last checkpoint.")
+@click.option("--skip-bad", is_flag=True,
+              help="Skip unreadable/invalid items and list them in <index>.skipped.jsonl.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Save the partial index every N items (for --resume); the interval also "
+                   "grows to 10 percent of the items done, since each save rewrites the index.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("--ann", type=click.Choice(ANN_KINDS), default=None,
+              help="Build a FAISS index (lame_runtime.ann) instead of the exact one: 'flat' "
+                   "(exhaustive; --storage float16/int8 = scalar quantizer) or 'hnsw' "
+                   "(approximate graph).")
+@click.option("--hnsw-m", type=click.IntRange(min=2), default=32, show_default=True,
+              help="With --ann hnsw: graph degree.")
+@click.option("--ef-search", type=click.IntRange(min=1), default=64, show_default=True,
+              help="With --ann hnsw: default query beam (recall vs speed).")
+@click.option("--qdrant", "qdrant", default=None,
+              help="Write to a Qdrant collection instead: a folder (embedded local mode, no "
+                   "server) or an http(s):// URL. Needs `pip install lame-embed[qdrant]`.")
+@click.option("--collection", default="lame", show_default=True,
+              help="With --qdrant: the collection name.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Image decode threads (default: one per core).")
+@gpu_options
 def index_command(model, images_dir, pattern, data_dir, out, precision, storage, batch_size,
-                  force, progress) -> int:
+                  force, resume, skip_bad, checkpoint_every, progress, ann, hnsw_m, ef_search,
+                  qdrant, collection, workers, **gpu) -> int:
     """Embed documents (images or dataset candidates) and save a searchable index."""
     from lame_runtime.embedder import Embedder
+    from lame_runtime.indexing import BuildOptions, build_index, build_qdrant
+    from lame_runtime.pipeline import PipelineOptions
 
     if (images_dir is None) == (data_dir is None):
-        raise ValueError("give exactly one of --images DIR or --data DIR")
-    existing = [p for p in index_files(out) if p.exists()]
-    if existing and not force:
-        raise FileExistsError(f"{existing[0]} exists; pass --force to overwrite it")
-    embedder = Embedder(model, precision=precision)
+        raise InputError("give exactly one of --images DIR or --data DIR")
+    if force and resume:
+        raise InputError("give at most one of --force and --resume")
+    if (out is None) == (qdrant is None):
+        raise InputError("give exactly one of --out PATH (a local index) or --qdrant "
+                         "PATH_OR_URL (a Qdrant collection)")
+    if qdrant is not None and (resume or ann):
+        raise InputError("--qdrant cannot be combined with --resume or --ann (Qdrant upserts "
+                         "are idempotent: run the same command again to finish a build)")
+    existing = index_exists(out) if out is not None else None
+    if existing and not (force or resume):
+        raise FileExistsError(f"{existing} exists; pass --force to overwrite it or --resume "
+                              "to continue building it")
+    embedder = Embedder(model, precision=precision, **embedder_options(**gpu),
+                        pipeline_options=PipelineOptions(workers=workers))
     items = (image_items(Path(images_dir), pattern) if images_dir
              else dataset_items(Path(data_dir)))
-    index = Index(embedder.dim, storage=storage)
+    source = ({"kind": "images", "source": str(Path(images_dir).resolve()), "pattern": pattern}
+              if images_dir else
+              {"kind": "data", "source": str(Path(data_dir).resolve()), "pattern": None})
+    ann_config = None
+    if ann is not None:
+        from lame_runtime.ann import AnnConfig
+
+        ann_config = AnnConfig(kind=ann, storage=storage, hnsw_m=hnsw_m, ef_search=ef_search)
+    options = BuildOptions(storage=storage, batch_size=batch_size,
+                           checkpoint_every=checkpoint_every, skip_bad=skip_bad,
+                           resume=resume, force=force, ann=ann_config)
     with _progress(progress, len(items), "embedding") as bar:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            vectors = embedder.encode_documents(texts=[i[2] for i in chunk],
-                                                images=[i[3] for i in chunk],
-                                                batch_size=batch_size)
-            index.add(vectors, [i[0] for i in chunk], [i[1] for i in chunk])
-            bar.update(len(chunk))
-    npz_path, json_path = index.save(out)
-    click.echo(json.dumps({"index": str(json_path.with_suffix("")), "count": len(index),
-                           "dim": index.dim, "storage": storage, "precision": precision,
-                           "files": [str(npz_path), str(json_path)]}))
+        if qdrant is not None:
+            from lame_runtime.qdrant_store import QdrantStore
+
+            with QdrantStore(qdrant, collection, dim=embedder.dim) as store:
+                summary = build_qdrant(embedder, items, store, options, bar.update)
+        else:
+            summary = build_index(embedder, items, out, source, options, bar.update)
+    click.echo(json.dumps(summary))
     return 0
 
 
 @command.command("query")
 @click.argument("text", required=False)
 @click.option("--model", "model", required=True, help="Export artifact directory (lame-export).")
-@click.option("--index", "index_path", required=True, help="Index written by `lame-search index`.")
+@click.option("--index", "index_path", default=None,
+              help="Index written by `lame-search index --out` (exact or --ann).")
+@click.option("--qdrant", "qdrant", default=None,
+              help="Query a Qdrant collection instead: folder (local mode) or http(s):// URL.")
+@click.option("--collection", default="lame", show_default=True,
+              help="With --qdrant: the collection name.")
+@click.option("--ef-search", type=click.IntRange(min=1), default=None,
+              help="For an HNSW index: query beam (default: the one it was built with).")
 @click.option("--image", "image", default=None, help="Query image (alone or with TEXT).")
 @click.option("-k", "--k", "k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--instruction", default=None,
-              help="Query instruction; default: the artifact's. Pass '' for none.")
+              help="Query instruction; default: the one trained for the query's modality "
+                   "(text->image, image->text, ...). Pass '' for none.")
+@click.option("--task", default=None,
+              help="Use the instruction of this training task (see the artifact's manifest).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def query_command(text, model, index_path, image, k, instruction, precision, as_json) -> int:
+@gpu_options
+def query_command(text, model, index_path, qdrant, collection, ef_search, image, k, instruction,
+                  task, precision, as_json, **gpu) -> int:
     """Embed TEXT and/or --image as a query and print the top-k documents."""
     from lame_runtime.embedder import Embedder
 
     if not text and image is None:
-        raise ValueError("give a query TEXT, --image PATH, or both")
+        raise InputError("give a query TEXT, --image PATH, or both")
     if image is not None and not Path(image).is_file():
-        raise FileNotFoundError(f"image file not found: {image}")
-    index = Index.load(index_path)
-    embedder = Embedder(model, precision=precision)
+        raise MissingFileError(f"image file not found: {image}")
+    if (index_path is None) == (qdrant is None):
+        raise InputError("give exactly one of --index PATH or --qdrant PATH_OR_URL")
+    if qdrant is not None:
+        from lame_runtime.qdrant_store import QdrantStore, is_url
+
+        if not is_url(qdrant) and not Path(qdrant).is_dir():
+            raise MissingFileError(f"Qdrant folder not found: {qdrant} (build it with "
+                                   "`lame-search index --qdrant`)")
+        index = QdrantStore(qdrant, collection)
+    else:
+        from lame_runtime.ann import load_any
+
+        index = load_any(index_path)
+    embedder = Embedder(model, precision=precision, **embedder_options(**gpu))
     if embedder.dim != index.dim:
-        raise ValueError(f"the model embeds in {embedder.dim} dims but the index holds "
+        raise InputError(f"the model embeds in {embedder.dim} dims but the index holds "
                          f"{index.dim}-dim vectors: it was built with another model")
     vector = embedder.encode_queries(texts=[text or None], images=[image],
-                                     instruction=instruction)
-    scores, ids = index.search(vector, k)
+                                     instruction=instruction, task=task)
+    if ef_search is not None and hasattr(index, "config"):
+        scores, ids = index.search(vector, k, ef_search=ef_search)
+    else:
+        scores, ids = index.search(vector, k)
     results = [{"rank": rank, "score": float(score), "id": item_id,
                 "payload": index.payload(item_id)}
                for rank, (score, item_id) in enumerate(zip(scores[0], ids[0]), 1)]
+    if hasattr(index, "close"):
+        index.close()
     if as_json:
-        used = instruction if instruction is not None else embedder.artifact.instruction("query")
+        used = embedder.query_instructions([text or None], [image], instruction, task)[0]
         click.echo(json.dumps({"query": {"text": text, "image": image, "instruction": used},
                                "results": results}, ensure_ascii=False))
     else:
@@ -198,10 +284,12 @@ def _short(text: str, limit: int = 80) -> str:
 
 
 def _progress(enabled: bool, length: int, label: str):
-    # tqdm is not a base dependency; click's bar is enough, on stderr so stdout stays JSON.
+    # tqdm (items/s and ETA) on stderr, so stdout stays JSON.
     if not enabled:
         return _NoBar()
-    return click.progressbar(length=length, label=label, file=sys.stderr)
+    from tqdm import tqdm
+
+    return tqdm(total=length, desc=label, unit="item", file=sys.stderr, smoothing=0.1)
 
 
 class _NoBar:
@@ -215,6 +303,10 @@ class _NoBar:
 
     def update(self, steps: int) -> None:
         return None
+
+
+command.add_command(build_engine_command)
+command.add_command(triton_command)
 
 
 # --------------------------------------------------------------------------- entry points

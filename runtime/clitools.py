@@ -1,20 +1,47 @@
 """The one CLI wrapper every LaME console script uses (lame-* in all four packages).
 
-Runs a click command in-process (``main(argv)`` in tests), returns an exit code, and turns the
-library's expected exceptions into a one-line ``prog: error: ...`` on stderr (exit code 2).
+Runs a click command in-process (``main(argv)`` in tests) and returns an exit code. Errors
+become one line on stderr, never a traceback:
+
+* ``LameError`` and the builtin user errors a CLI names (``ValueError``, ``FileNotFoundError``,
+  ...): ``prog: error: <message>``, exit code 2;
+* ``GateError`` (an export gate failed, nothing written): ``prog: error: gate failed, nothing
+  written: <message>``, exit code 3;
+* anything else (a bug, a library crash): ``prog: error: internal error: <type>: <message>
+  (run with --debug for the traceback)``, exit code 1.
+
+``--debug`` (anywhere on the command line, removed before click parses it) or the environment
+variable ``LAME_DEBUG=1`` also prints the traceback.
 """
 from __future__ import annotations
 
+import os
+import traceback
 from typing import Sequence
 
 import click
 
+from lame_runtime.errors import GateError, LameError
+
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "LAME_DEBUG"
+
+
+def debug_enabled(argv: list[str]) -> tuple[bool, list[str]]:
+    """(debug on?, argv without ``--debug``)."""
+    wanted = DEBUG_FLAG in argv
+    env = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return wanted or env, [a for a in argv if a != DEBUG_FLAG]
+
 
 def invoke(command: click.Command, argv: Sequence[str] | None, prog: str,
-           user_errors: tuple[type[BaseException], ...]) -> int:
+           user_errors: tuple[type[BaseException], ...] = ()) -> int:
+    import sys
+
+    args = list(argv) if argv is not None else sys.argv[1:]
+    debug, args = debug_enabled(args)
     try:
-        result = command.main(args=list(argv) if argv is not None else None, prog_name=prog,
-                              standalone_mode=False)
+        result = command.main(args=args, prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as stop:
         return stop.exit_code
     except click.Abort:
@@ -23,9 +50,26 @@ def invoke(command: click.Command, argv: Sequence[str] | None, prog: str,
     except click.ClickException as err:
         err.show()
         return err.exit_code
-    except user_errors as err:
+    except (LameError, *user_errors) as err:
+        if debug:
+            traceback.print_exc()
         # KeyError's str() adds quotes around the message; show the message itself.
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        click.echo(f"{prog}: error: {message}", err=True)
+        if isinstance(err, GateError):
+            click.echo(f"{prog}: error: gate failed, nothing written: {_one_line(message)}",
+                       err=True)
+            return 3
+        click.echo(f"{prog}: error: {_one_line(message)}", err=True)
         return 2
+    except Exception as err:  # noqa: BLE001  (the last line of defence: no traceback by default)
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else f" (run with {DEBUG_FLAG} for the traceback)"
+        click.echo(f"{prog}: error: internal error: {type(err).__name__}: {_one_line(err)}{hint}",
+                   err=True)
+        return 1
     return result if isinstance(result, int) else 0
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split()) or "(no message)"

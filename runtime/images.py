@@ -17,6 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
+from lame_runtime.errors import InputError, InputTypeError, MissingFileError
+
 # OpenAI CLIP statistics: the Qwen2-VL image processor's defaults.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -39,10 +41,10 @@ class ImageConfig:
     def __post_init__(self) -> None:
         block = self.patch_size * self.merge_size
         if self.height % block or self.width % block:
-            raise ValueError(f"image size {self.height}x{self.width} must be divisible by "
+            raise InputError(f"image size {self.height}x{self.width} must be divisible by "
                              f"patch_size*merge_size = {block}")
         if self.resample not in _RESAMPLE:
-            raise ValueError(f"resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}")
+            raise InputError(f"resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -79,31 +81,70 @@ class ImageConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+# Larger aspect ratios squeeze an image into a few pixels of the fixed input: refuse them
+# (Qwen2-VL's image processor refuses the same bound).
+MAX_ASPECT_RATIO = 200
+
+
 def load_image(image: Any) -> Image.Image:
-    """Path, PIL image or uint8/uint16 array (HxW, HxWx3, HxWx4) -> RGB PIL image."""
+    """Path, PIL image or array (HxW, HxWx3, HxWx4; uint8, uint16, or float in [0, 1]) -> RGB.
+
+    Every problem (missing, unreadable or truncated file, empty or absurdly shaped image, wrong
+    rank or dtype, NaN/Inf) raises ``InputError``/``InputTypeError``/``MissingFileError``.
+    """
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        with Image.open(path) as img:
-            img.load()
-            return _to_rgb(img)
+            raise MissingFileError(f"image file not found: {path}")
+        try:
+            with Image.open(path) as img:
+                img.load()
+                rgb = _to_rgb(img)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            # PIL: UnidentifiedImageError/OSError (unreadable, truncated), DecompressionBomb.
+            raise InputError(f"cannot read image {path}: {err}") from err
+        return _check_size(rgb)
     if isinstance(image, Image.Image):
+        _check_size(image)
+        if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+            raise InputError("image has NaN or infinite values")
         return _to_rgb(image)
     if isinstance(image, np.ndarray):
-        return _to_rgb(_array_to_pil(image))
-    raise TypeError(f"unsupported image type {type(image).__name__}: "
-                    "expected a path, a PIL image or a NumPy array")
+        return _check_size(_to_rgb(_array_to_pil(image)))
+    raise InputTypeError(f"unsupported image type {type(image).__name__}: "
+                         "expected a path, a PIL image or a NumPy array")
+
+
+def _check_size(img: Image.Image) -> Image.Image:
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise InputError(f"image is empty ({width}x{height} pixels)")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise InputError(f"image aspect ratio {width}x{height} exceeds {MAX_ASPECT_RATIO}:1")
+    return img
 
 
 def _array_to_pil(array: np.ndarray) -> Image.Image:
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
+        raise InputError(f"image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape "
+                         f"{array.shape}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.size == 0:
+        raise InputError(f"image array is empty (shape {array.shape})")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise InputError("image array has NaN or infinite values")
+        if array.min() < 0 or array.max() > 1:
+            raise InputError(f"float image arrays must hold values in [0, 1], got "
+                             f"[{float(array.min()):g}, {float(array.max()):g}]")
+        array = np.round(array.astype(np.float32) * 255.0).astype(np.uint8)
     if array.dtype == np.uint16:
         array = _sixteen_to_eight(array)
     if array.dtype != np.uint8:
-        raise TypeError(f"image arrays must be uint8 or uint16, got {array.dtype}")
-    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4)):
-        return Image.fromarray(array)
-    raise ValueError(f"image array must be HxW, HxWx3 or HxWx4, got shape {array.shape}")
+        raise InputTypeError(f"image arrays must be uint8, uint16 or float in [0, 1], got "
+                             f"{array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def _sixteen_to_eight(array: np.ndarray) -> np.ndarray:
@@ -144,10 +185,12 @@ def patchify(chw: np.ndarray, cfg: ImageConfig) -> np.ndarray:
 
 
 def preprocess_images(images: Sequence[Any], cfg: ImageConfig,
-                      cache: dict[str, np.ndarray] | None = None) -> np.ndarray:
+                      cache: dict[str, np.ndarray] | None = None,
+                      first_index: int = 0) -> np.ndarray:
     """Images (None allowed for text-only rows) -> pixel_values [B, num_patches, patch_dim].
 
-    ``cache`` (path -> patches) lets a training loop decode each image file once.
+    ``cache`` (path -> patches) lets a training loop decode each image file once. A bad image
+    raises one error naming it: ``images[<first_index + row>] (<path>): <problem>``.
     """
     out = np.zeros((len(images), cfg.num_patches, cfg.patch_dim), dtype=np.float32)
     for row, image in enumerate(images):
@@ -157,7 +200,21 @@ def preprocess_images(images: Sequence[Any], cfg: ImageConfig,
         if key is not None and key in cache:
             out[row] = cache[key]
             continue
-        out[row] = patchify(image_to_array(load_image(image), cfg), cfg)
+        try:
+            out[row] = patchify(image_to_array(load_image(image), cfg), cfg)
+        except (InputError, InputTypeError, MissingFileError) as err:
+            raise type(err)(f"{describe_image(first_index + row, image)}: {err}") from err
         if key is not None:
             cache[key] = out[row].copy()
     return out
+
+
+def describe_image(index: int, image: Any) -> str:
+    """``images[3] ('a.png')`` or ``images[3] (array uint8 (0, 4))``: how errors name an item."""
+    if isinstance(image, (str, Path)):
+        what = repr(str(image))
+    elif isinstance(image, np.ndarray):
+        what = f"array {image.dtype} {image.shape}"
+    else:
+        what = type(image).__name__
+    return f"images[{index}] ({what})"

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.images import ImageConfig, preprocess_images
 from lame_runtime.text import TextProcessor
 
@@ -36,10 +37,19 @@ class Preprocessor:
         directory = Path(directory)
         config_path = directory / PREPROCESSOR_FILE
         if not config_path.is_file():
-            raise FileNotFoundError(f"missing {PREPROCESSOR_FILE} in {directory}")
-        config = json.loads(config_path.read_text())
+            raise MissingFileError(f"missing {PREPROCESSOR_FILE} in {directory}")
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise InputError(f"{config_path} is not valid JSON: {err}") from err
+        if not isinstance(config, dict) or not isinstance(config.get("image"), dict):
+            raise InputError(f"{config_path} must be an object with an 'image' object")
         text = TextProcessor(directory / TOKENIZER_FILE, config.get("max_text_tokens", 48))
-        return cls(text, ImageConfig.from_dict(config["image"]))
+        try:
+            image = ImageConfig.from_dict(config["image"])
+        except (TypeError, ZeroDivisionError) as err:
+            raise InputError(f"{config_path}: bad 'image' config: {err}") from err
+        return cls(text, image)
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -48,35 +58,61 @@ class Preprocessor:
         (directory / PREPROCESSOR_FILE).write_text(json.dumps(config, indent=2))
 
     def __call__(self, texts: Sequence[str | None] | None = None,
-                 images: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
+                 images: Sequence[Any] | None = None,
+                 first_index: int = 0) -> dict[str, np.ndarray]:
+        """-> the model feed. ``first_index``: the position of row 0 in the caller's input,
+        so an error names the caller's item (``images[130]``), not a batch-local one."""
         texts, images = align_inputs(texts, images)
+        if not texts:
+            raise InputError("nothing to preprocess: empty input")
         has_image = [image is not None for image in images]
         ids, mask = self.text.encode_rows(texts, has_image, self.image.num_tokens)
         return {
             "input_ids": ids,
             "attention_mask": mask,
-            "pixel_values": preprocess_images(images, self.image, self.image_cache),
+            "pixel_values": preprocess_images(images, self.image, self.image_cache, first_index),
             "image_mask": np.asarray(has_image, dtype=np.int64),
         }
 
 
 def align_inputs(texts: Sequence[str | None] | None,
-           images: Sequence[Any] | None) -> tuple[list[str | None], list[Any]]:
-    """Validate and pair texts with images: one (possibly interleaved) query per row."""
+                 images: Sequence[Any] | None) -> tuple[list[str | None], list[Any]]:
+    """Validate and pair texts with images: one (possibly interleaved) query per row.
+
+    Each argument is a list (any ordered iterable) or None. A single string, path, array or
+    PIL image raises ``InputTypeError`` (it would otherwise be iterated item by item). Empty
+    lists give empty lists (the caller decides what an empty batch means).
+    """
     if texts is None and images is None:
-        raise ValueError("give texts, images, or both")
-    if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings, not a single string")
-    texts = list(texts) if texts is not None else [None] * len(images)
-    images = list(images) if images is not None else [None] * len(texts)
+        raise InputError("give texts, images, or both")
+    texts = _as_rows(texts, "texts", "strings") if texts is not None else None
+    images = _as_rows(images, "images", "paths, PIL images or arrays") \
+        if images is not None else None
+    texts = texts if texts is not None else [None] * len(images)
+    images = images if images is not None else [None] * len(texts)
     if len(texts) != len(images):
-        raise ValueError(f"texts and images must have equal lengths (one query per row), "
+        raise InputError(f"texts and images must have equal lengths (one query per row), "
                          f"got {len(texts)} texts and {len(images)} images")
-    if not texts:
-        raise ValueError("nothing to encode: empty input")
     for i, (text, image) in enumerate(zip(texts, images)):
         if text is not None and not isinstance(text, str):
-            raise TypeError(f"texts[{i}] must be a string or None, got {type(text).__name__}")
-        if not text and image is None:
-            raise ValueError(f"row {i} has neither text nor image")
+            raise InputTypeError(f"texts[{i}] must be a string or None, got "
+                                 f"{type(text).__name__}")
+        if text is None and image is None:
+            raise InputError(f"row {i} has neither text nor image")
     return texts, images
+
+
+def _as_rows(value: Any, name: str, kind: str) -> list[Any]:
+    if isinstance(value, np.ndarray) and value.ndim == (4 if name == "images" else 1):
+        return list(value)  # a batch array: one row per item
+    single = (str, bytes, Path, np.ndarray, dict, set, frozenset)
+    if isinstance(value, single) or type(value).__module__.startswith("PIL."):
+        what = {str: "string", bytes: "bytes object", np.ndarray: "array"}.get(
+            type(value), "path" if isinstance(value, Path) else type(value).__name__)
+        raise InputTypeError(f"{name} must be a list of {kind}, got a single {what}: pass a "
+                             f"list, e.g. {name}=[value]")
+    try:
+        return list(value)
+    except TypeError as err:
+        raise InputTypeError(f"{name} must be a list of {kind}, got "
+                             f"{type(value).__name__}") from err

@@ -2,6 +2,14 @@
 
 Special tokens are looked up by *name* in the tokenizer, never hard-coded by id, so a tokenizer
 trained on other data (or a pretrained backbone's, extended with these names) works unchanged.
+
+User text can never produce a special token: a document containing "[IMG]" or "[EMBED]" is
+tokenised as the plain characters (``encode_special_tokens``), and any structural special id a
+tokenizer still emits is replaced by ``[UNK]``. Special ids are only ever placed by id, here.
+
+Text longer than ``max_text_tokens`` is truncated with a warning; a very long text is cut
+(in characters) before tokenisation so its cost stays bounded. An empty text embeds as
+``[BOS]`` alone (with a warning) unless the row has an image.
 """
 from __future__ import annotations
 
@@ -11,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
+
+from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 
 # role -> token string. Reason/summary/[EMBED] ids are placeholders: the model appends learned
 # embeddings at those positions, but the ids still mark them (e.g. for M-RoPE and masks).
@@ -33,16 +43,26 @@ class TextProcessor:
         if not isinstance(tokenizer, Tokenizer):
             path = Path(tokenizer)
             if not path.is_file():
-                raise FileNotFoundError(f"tokenizer file not found: {path}")
-            tokenizer = Tokenizer.from_file(str(path))
+                raise MissingFileError(f"tokenizer file not found: {path}")
+            try:
+                tokenizer = Tokenizer.from_file(str(path))
+            except Exception as err:  # tokenizers raises a bare Exception on bad JSON
+                raise InputError(f"{path} is not a valid tokenizer.json: {err}") from err
+        if (not isinstance(max_text_tokens, (int, np.integer)) or isinstance(max_text_tokens, bool)
+                or max_text_tokens < 1):
+            raise InputError(f"max_text_tokens must be a positive integer, got {max_text_tokens!r}")
+        # Special-token strings inside user text are encoded as ordinary text (not serialised
+        # into tokenizer.json, so the file on disk is unchanged).
+        tokenizer.encode_special_tokens = True
         self.tokenizer = tokenizer
         self.max_text_tokens = int(max_text_tokens)
         self.special = {role: self._require(tok) for role, tok in SPECIAL_TOKENS.items()}
+        self._structural = {i for role, i in self.special.items() if role != "unk"}
 
     def _require(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
         if token_id is None:
-            raise ValueError(f"tokenizer lacks the special token {token!r}; "
+            raise InputError(f"tokenizer lacks the special token {token!r}; "
                              f"LaME needs all of {sorted(SPECIAL_TOKENS.values())}")
         return token_id
 
@@ -51,7 +71,26 @@ class TextProcessor:
         return self.tokenizer.get_vocab_size()
 
     def encode_text(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        """Ids of ``text`` as plain text: never a structural special token."""
+        if not isinstance(text, str):
+            raise InputTypeError(f"text must be a string, got {type(text).__name__}")
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if self._structural.intersection(ids):  # a vocabulary that merges "[IMG]" by itself
+            unk = self.special["unk"]
+            ids = [unk if i in self._structural else i for i in ids]
+        return ids
+
+    def encode_limited(self, text: str, limit: int) -> tuple[list[int], int | None]:
+        """(the first ``limit`` ids of ``text``, the full token count or None if it was cut
+        before tokenising). A huge text is tokenised only as far as needed."""
+        chars = max(256, limit * 16)
+        while chars < len(text):
+            ids = self.encode_text(text[:chars])
+            if len(ids) > limit + 2:  # the cut word is past the limit: the head is exact
+                return ids[:limit], None
+            chars *= 4
+        ids = self.encode_text(text)
+        return ids[:limit], len(ids)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -69,10 +108,14 @@ class TextProcessor:
         return ids, mask
 
     def _row(self, text: str | None, has_image: bool, num_image_tokens: int) -> list[int]:
-        tokens = self.encode_text(text) if text else []
-        if len(tokens) > self.max_text_tokens:
-            warnings.warn(f"text of {len(tokens)} tokens truncated to {self.max_text_tokens}: "
-                          f"{text[:60]!r}...", stacklevel=3)
-            tokens = tokens[: self.max_text_tokens]
+        tokens: list[int] = []
+        if text:
+            tokens, total = self.encode_limited(text, self.max_text_tokens)
+            if total is None or total > self.max_text_tokens:
+                size = f"{total} tokens" if total else f"{len(text)} characters"
+                warnings.warn(f"text of {size} truncated to {self.max_text_tokens} tokens: "
+                              f"{text[:60]!r}...", stacklevel=4)
+        elif text is not None and not has_image:
+            warnings.warn("empty text embedded as [BOS] alone (no content)", stacklevel=4)
         image = [self.special["image"]] * num_image_tokens if has_image else []
         return [self.special["bos"], *image, *tokens]

@@ -1,16 +1,46 @@
 #!/usr/bin/env bash
-# The README quality table: every method and LaME ablation trained with the `small` preset's
-# budget (1,200 steps, batch 64; STEPS=N to change it) on the digits benchmark, evaluated on
-# all 840 eval queries. Usage: SEEDS="0 1 2" bash scripts/quality_runs.sh [NAME ...]
-# (default: all rows, seed 0). Each run writes runs/quality/NAME/seedS/ (checkpoint +
-# eval.json); runs already done are skipped, interrupted ones resume.
-# Then: python scripts/quality_table.py runs/quality  prints mean ± sd over seeds.
+# The README quality table: every method and LaME ablation trained on the digits benchmark,
+# from scratch and from a generative pre-trained backbone, evaluated on all 840 eval queries.
+#   SEEDS="0 1 2" bash scripts/quality_runs.sh [NAME ...]      (default: all rows, seed 0)
+# Each run writes ROOT/NAME/seedS/ (checkpoint + eval.json); runs already done are skipped,
+# interrupted ones resume (--resume), so the script can be re-run after a kill.
+# Then: python scripts/quality_table.py ROOT   prints mean ± sd over seeds.
+#
+# Rows:
+#   from scratch: lame discriminative cot latent, LaME ablations k2 k4 k16 no-mask no-decoder
+#                 no-diversity one-stage
+#   lm:           generative pre-training (--method lm: next-token loss on rationale + answer,
+#                 the whole budget in the joint stage); its check is lame-eval --generate
+#                 GEN_N -> generate.json (exact match), not retrieval.
+#   gen-*:        gen-lame gen-discriminative gen-cot gen-latent gen-no-mask: the same
+#                 methods with --init-from the same seed's lm checkpoint (its backbone tensors
+#                 copied into a fresh model); the lm run of that seed is made first if missing.
+#   wall-*:       wall-discriminative wall-cot wall-latent: the from-scratch method given
+#                 LaME's training wall time instead of its step count: steps = the method's
+#                 steps x (LaME's training seconds / the method's), both read from the same
+#                 seed's metrics.jsonl (steps_per_s); the lame and METHOD rows of that seed
+#                 are made first if missing. Meaningful only on an otherwise idle machine.
+#
+# Budget variables (each run records its own wall time as train_eval_seconds in eval.json):
+#   STEPS           contrastive steps per row (default: the preset's, small = 1,200 at batch 64)
+#   PRETRAIN_STEPS  lm steps per seed (default: STEPS, else 600)
+#   BATCH           batch size (default: the preset's)
+#   GEN_N           eval queries the lm check generates for (default 200)
+#   PRESET          model/training preset (default small); THREADS torch threads (default 2)
+#   SEEDS           seeds, e.g. "0 1 2" (>= 3 for the table's mean ± sd)
+#   DATA, ROOT      dataset (built if missing) and output root
+# Rough cost on 2 cores: a row's wall time scales with STEPS x BATCH; run one row with a small
+# STEPS first and read its train_eval_seconds to size the table.
 set -euo pipefail
 DATA=${DATA:-data/digits}
 ROOT=${ROOT:-runs/quality}
 THREADS=${THREADS:-2}
 SEEDS=${SEEDS:-0}
 STEPS=${STEPS:-}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-${STEPS:-600}}
+BATCH=${BATCH:-}
+GEN_N=${GEN_N:-200}
+PRESET=${PRESET:-small}
 declare -A ARGS=(
   [lame]=""
   [discriminative]="--method discriminative"
@@ -23,28 +53,94 @@ declare -A ARGS=(
   [no-decoder]="--w-reconstruction 0"
   [no-diversity]="--w-diversity 0"
   [one-stage]="--warmup-fraction 0"
+  [lm]="--method lm"
+  [gen-lame]="--method lame"
+  [gen-discriminative]="--method discriminative"
+  [gen-cot]="--method cot"
+  [gen-latent]="--method latent"
+  [gen-no-mask]="--method lame --no-bottleneck-mask"
+  [wall-discriminative]="--method discriminative"
+  [wall-cot]="--method cot"
+  [wall-latent]="--method latent"
 )
-ORDER=(lame discriminative cot latent k2 k4 k16 no-mask no-decoder no-diversity one-stage)
+ORDER=(lame discriminative cot latent k2 k4 k16 no-mask no-decoder no-diversity one-stage
+       lm gen-lame gen-discriminative gen-cot gen-latent gen-no-mask
+       wall-discriminative wall-cot wall-latent)
 [ -f "$DATA/train.jsonl" ] || lame-data digits "$DATA"
+
+finish() {  # finish OUT SECONDS: add the wall time to OUT/NAME.tmp.json, then publish NAME.json
+  python - "$1" "$2" "$3" <<'PY'
+import json, os, sys
+out, seconds, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+result = json.load(open(f"{out}/{name}.tmp.json"))
+result["train_eval_seconds"] = seconds  # wall time of this invocation (shared CPU)
+json.dump(result, open(f"{out}/{name}.tmp.json", "w"), indent=1)
+os.replace(f"{out}/{name}.tmp.json", f"{out}/{name}.json")
+PY
+}
+
+train() {  # train NAME SEED STEPS EXTRA...: one resumable lame-train run
+  local name=$1 seed=$2 steps=$3 out="$ROOT/$1/seed$2"
+  shift 3
+  # shellcheck disable=SC2086
+  lame-train --data "$DATA" --out "$out" --preset "$PRESET" --eval-every 0 \
+    --threads "$THREADS" --seed "$seed" ${steps:+--max-steps "$steps"} ${BATCH:+--batch-size "$BATCH"} \
+    --no-progress --no-final-eval ${ARGS[$name]} "$@" $( [ -d "$out" ] && echo --resume ) > /dev/null
+}
+
+pretrain() {  # pretrain SEED: the lm run of SEED and its generation check
+  local seed=$1 out="$ROOT/lm/seed$1"
+  [ -f "$out/generate.json" ] && return 0
+  echo "== [$(date +%T)] lm seed $seed: lame-train --method lm ($PRETRAIN_STEPS steps)" >&2
+  local start=$SECONDS
+  train lm "$seed" "$PRETRAIN_STEPS"
+  lame-eval --ckpt "$out" --data "$DATA" --generate "$GEN_N" --no-progress \
+    --out "$out/generate.tmp.json" > /dev/null
+  finish "$out" $((SECONDS - start)) generate
+}
+
+wall_steps() {  # wall_steps REF_RUN RUN: RUN's steps scaled to REF_RUN's training seconds
+  python - "$1" "$2" <<'PY'
+import json, sys
+def seconds_and_steps(run):
+    every = json.load(open(f"{run}/train_config.json"))["log_every"]
+    logs = [json.loads(line) for line in open(f"{run}/metrics.jsonl") if line.strip()]
+    timed = [m for m in logs if m.get("steps_per_s")]
+    # The trainer logs steps_per_s = min(log_every, step) / seconds since its last log.
+    seconds = sum(min(every, m["step"]) / m["steps_per_s"] for m in timed)
+    return seconds, max(m["step"] for m in timed)
+ref_seconds, _ = seconds_and_steps(sys.argv[1])
+seconds, steps = seconds_and_steps(sys.argv[2])
+print(max(1, round(steps * ref_seconds / seconds)))
+PY
+}
+
+single() {  # single NAME SEED: make a plain row's run of SEED if it is missing
+  SEEDS=$2 bash "$0" "$1"
+}
+
 for name in "${@:-${ORDER[@]}}"; do
   [ -n "${ARGS[$name]+x}" ] || { echo "unknown row $name; rows: ${ORDER[*]}" >&2; exit 2; }
   for seed in $SEEDS; do
+    if [ "$name" = lm ]; then pretrain "$seed"; continue; fi
     out="$ROOT/$name/seed$seed"
     [ -f "$out/eval.json" ] && { echo "== $name seed $seed: done already" >&2; continue; }
-    echo "== [$(date +%T)] $name seed $seed: lame-train ${ARGS[$name]}" >&2
+    init=()
+    steps=$STEPS
+    if [[ $name == gen-* ]]; then
+      pretrain "$seed"
+      init=(--init-from "$ROOT/lm/seed$seed")
+    elif [[ $name == wall-* ]]; then
+      base=${name#wall-}
+      single lame "$seed"
+      single "$base" "$seed"
+      steps=$(wall_steps "$ROOT/lame/seed$seed" "$ROOT/$base/seed$seed")
+    fi
+    echo "== [$(date +%T)] $name seed $seed: lame-train ${ARGS[$name]} ${init[*]}" \
+         "${steps:+--max-steps $steps}" >&2
     start=$SECONDS
-    # shellcheck disable=SC2086
-    lame-train --data "$DATA" --out "$out" --preset small --eval-every 0 --threads "$THREADS" \
-      --seed "$seed" ${STEPS:+--max-steps "$STEPS"} --no-progress ${ARGS[$name]} \
-      $( [ -d "$out" ] && echo --resume )
-    lame-eval --ckpt "$out" --data "$DATA" --out "$out/eval.tmp.json" > /dev/null
-    python - "$out" $((SECONDS - start)) <<'PY'
-import json, os, sys
-out, seconds = sys.argv[1], int(sys.argv[2])
-result = json.load(open(f"{out}/eval.tmp.json"))
-result["train_eval_seconds"] = seconds  # wall time of this invocation (shared CPU)
-json.dump(result, open(f"{out}/eval.tmp.json", "w"), indent=1)
-os.replace(f"{out}/eval.tmp.json", f"{out}/eval.json")
-PY
+    train "$name" "$seed" "$steps" "${init[@]}"
+    lame-eval --ckpt "$out" --data "$DATA" --no-progress --out "$out/eval.tmp.json" > /dev/null
+    finish "$out" $((SECONDS - start)) eval
   done
 done

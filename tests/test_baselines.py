@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lame.baselines import cot_generate, cot_teacher_forced, latent_forward
+from lame.methods.cot import cot_generate, cot_teacher_forced
+from lame.methods.latent import latent_forward
 from lame_export.cli import main as export_main
 from lame.cli.train import main as train_main
 from lame.config import LameConfig, load_preset

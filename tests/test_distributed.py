@@ -15,7 +15,7 @@ ARGS = ["--preset", "tiny", "--stage", "joint", "--max-steps", "3", "--batch-siz
 
 def _train(command, data, out):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same math in every process
-    done = subprocess.run([*command, "-m", "lame.train", "--data", str(data), "--out", str(out),
+    done = subprocess.run([*command, "-m", "lame.cli.train", "--data", str(data), "--out", str(out),
                            *ARGS], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     losses = [json.loads(line) for line in (out / "metrics.jsonl").open()]

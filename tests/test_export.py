@@ -19,8 +19,9 @@ def test_artifact_files_and_manifest(artifact_dir, trained_ckpt):
     for name in ("model.onnx", "model_fp16.onnx", "model_int8.onnx", "tokenizer.json",
                  "preprocessor_config.json", "parity.json", "calib.npz"):
         assert (artifact_dir / name).is_file(), name
-    for precision, entry in manifest["files"].items():
-        assert sha256(artifact_dir / entry["path"]) == entry["sha256"], precision
+    assert set(manifest["models"]) == {"fp32", "fp16", "int8"}
+    for name, entry in manifest["files"].items():
+        assert sha256(artifact_dir / name) == entry["sha256"], name
     config = json.loads((trained_ckpt / "config.json").read_text())
     assert manifest["embedding_dim"] == config["embed_dim"]
     assert manifest["num_reason_tokens"] == config["num_reason_tokens"]
@@ -28,7 +29,9 @@ def test_artifact_files_and_manifest(artifact_dir, trained_ckpt):
                                                        "pixel_values", "image_mask"]
     assert manifest["outputs"][0]["name"] == "lame_embedding"
     assert manifest["special_tokens"]["embed"] >= 0
-    assert manifest["instructions"]["query"]
+    # One instruction per query direction (issue 11), copied from the checkpoint.
+    assert set(manifest["instructions"]["directions"]) == {"text->image", "image->text"}
+    assert all(manifest["instructions"]["directions"].values())
 
 
 def test_reason_tokens_are_constants_not_inputs(artifact_dir, trained_ckpt):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lame_runtime import Index
+from lame_runtime.errors import IndexFileError
 from lame_runtime.index import index_files
 
 
@@ -158,14 +159,16 @@ def test_save_overwrites_and_detects_mismatched_halves(data, tmp_path):
     first.add(docs[:10], ids[:10])
     second.add(docs[10:30], ids[10:30])
     first.save(tmp_path / "a")
-    second.save(tmp_path / "b")
+    b_npz, _ = second.save(tmp_path / "b")
     assert len(Index.load(tmp_path / "a")) == 10
     second.save(tmp_path / "a")  # overwrite in place
     assert len(Index.load(tmp_path / "a")) == 20
-    first.save(tmp_path / "a")
+    a_npz, _ = first.save(tmp_path / "a")
+    # Earlier saves' npz files are gone once the new json points elsewhere.
+    assert sorted(p.name for p in tmp_path.glob("a.*.npz")) == [a_npz.name]
     # A json paired with another save's npz must be refused, not silently misread.
-    (tmp_path / "a.npz").write_bytes((tmp_path / "b.npz").read_bytes())
-    with pytest.raises(ValueError, match="sha256"):
+    a_npz.write_bytes(b_npz.read_bytes())
+    with pytest.raises(IndexFileError, match="sha256"):
         Index.load(tmp_path / "a")
 
 

@@ -135,12 +135,16 @@ def test_batched_vision_equals_qwen2_vl_visual(make_model):
     assert torch.allclose(ours.flatten(0, 1), reference, atol=1e-5)
 
 
-def test_backbone_from_local_pretrained_directory(make_model, tmp_path, tiny_config):
-    """--backbone-path loads a local Hugging Face directory (safetensors, no hub access)."""
+def test_backbone_from_local_pretrained_directory(make_model, tmp_path, tiny_config,
+                                                  digits_dir):
+    """--backbone-path loads a local Hugging Face directory (safetensors, no hub access) and
+    its own tokenizer.json."""
+    import shutil
     from dataclasses import replace
 
     source = make_model()
     source.backbone.model.save_pretrained(tmp_path / "qwen", safe_serialization=True)
+    shutil.copy(digits_dir / "tokenizer.json", tmp_path / "qwen" / "tokenizer.json")
     backbone = replace(tiny_config.backbone, path=str(tmp_path / "qwen"))
     loaded = make_model(seed=1, backbone=backbone)
     for name, value in source.backbone.state_dict().items():

@@ -54,8 +54,10 @@ def test_sixteen_bit_array_matches_its_eight_bit_rescale():
 def test_bad_image_inputs_are_named():
     with pytest.raises(FileNotFoundError, match="nope.png"):
         load_image("nope.png")
-    with pytest.raises(TypeError, match="uint8 or uint16"):
-        load_image(np.zeros((4, 4, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match="uint8, uint16 or float"):
+        load_image(np.zeros((4, 4, 3), dtype=np.int32))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):  # float arrays are [0, 1] images
+        load_image(np.full((4, 4, 3), 2.0, dtype=np.float32))
     with pytest.raises(ValueError, match="shape"):
         load_image(np.zeros((4, 4, 5), dtype=np.uint8))
     with pytest.raises(ValueError, match="divisible"):
@@ -87,6 +89,8 @@ def test_mismatched_inputs_rejected(preprocessor):
     with pytest.raises(ValueError, match="equal lengths"):
         preprocessor(["a", "b"], [None])
     with pytest.raises(ValueError, match="neither text nor image"):
-        preprocessor([""], [None])
+        preprocessor([None], [None])
+    with pytest.warns(UserWarning, match="empty text"):  # documented: [BOS] alone, warned
+        assert preprocessor([""], [None])["attention_mask"].sum() == 1
     with pytest.raises(TypeError, match="list of strings"):
         preprocessor("a single string")

@@ -112,10 +112,29 @@ def test_eval_hit_at_1_matches_pytorch(artifact_dir, torch_model, eval_rows):
     assert abs(runtime["hit@1"] - reference["hit@1"]) <= 0.5, (runtime, reference)
 
 
-def test_encode_queries_uses_artifact_instruction_or_override(artifact_dir):
+def test_encode_queries_uses_artifact_instruction_or_override(artifact_dir, digits_dir):
+    """One instruction per query direction: text queries get the text->image one, image
+    queries the image->text one; no majority vote (issue 11)."""
+    from lame.data.digits import INSTRUCTIONS
+    from lame_runtime.errors import InputError
+
     embedder = Embedder(artifact_dir)
-    instruction = embedder.artifact.instruction("query")
-    assert instruction, "the digits export records a query instruction"
+    directions = embedder.artifact.instructions["directions"]
+    assert directions == {"text->image": INSTRUCTIONS["t2i"], "image->text": INSTRUCTIONS["i2t"]}
+    assert embedder.artifact.instruction("query") is None  # two were trained: none is "the" one
+    instruction = INSTRUCTIONS["t2i"]
+    image = str(sorted((digits_dir / "images").glob("*.png"))[0])
+    assert embedder.query_instructions(["a", None], [None, image]) == [INSTRUCTIONS["t2i"],
+                                                                       INSTRUCTIONS["i2t"]]
+    np.testing.assert_allclose(embedder.encode_queries(images=[image]),
+                               embedder.encode(texts=[INSTRUCTIONS["i2t"]], images=[image]),
+                               atol=1e-6)
+    with pytest.raises(InputError, match="pass instruction="):  # no text+image direction
+        embedder.encode_queries(texts=["the digits are 1 and 2"], images=[image])
+    task = next(t for t in embedder.artifact.instructions["tasks"] if t.endswith(".i2t"))
+    assert embedder.query_instructions(["a"], [None], task=task) == [INSTRUCTIONS["i2t"]]
+    with pytest.raises(InputError, match="unknown task 'nope'"):
+        embedder.encode_queries(texts=["a"], task="nope")
     text = "the digits are 3 and 4"
     default = embedder.encode_queries(texts=[text])
     explicit = embedder.encode(texts=[format_query(text, instruction)])
@@ -162,7 +181,9 @@ def test_concurrent_encode_matches_sequential(artifact_dir, digits_dir, monkeypa
         thread.join(timeout=120)
     assert not errors, errors
     assert len(results) == 4 * 3 * len(jobs)
-    assert len(created) == 1, "lazy loading created more than one ONNX Runtime session"
+    # One session per graph: the full graph, and the text-only graph text rows are routed to.
+    assert len(created) == 1 + shared.routes_text, \
+        "lazy loading created more than one ONNX Runtime session per graph"
     for (_, _, j), vectors in results.items():
         np.testing.assert_allclose(vectors, expected[j], atol=1e-6, rtol=0)
 
@@ -186,14 +207,14 @@ def test_corrupt_model_fails_sha256(artifact_copy):
     model.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="sha256"):
         Embedder(copy)
-    lazy = Embedder(copy, lazy=True)  # a lazy embedder reports it on first use
+    lazy = Embedder(copy, lazy=True)  # a lazy embedder reports it on first use of that graph
     with pytest.raises(ArtifactError, match="sha256"):
-        lazy.encode(texts=["x"])
+        lazy.encode(texts=["x"], images=[np.zeros((16, 64, 3), dtype=np.uint8)])
     Embedder(copy, precision="fp16")  # the other files are still fine
 
 
 def test_precision_not_in_artifact(artifact_copy):
-    copy = artifact_copy(lambda m: m["files"].pop("int8"))
+    copy = artifact_copy(lambda m: m["models"].pop("int8"))
     with pytest.raises(ArtifactError, match="no int8 model.*fp32, fp16"):
         Embedder(copy, precision="int8")
     with pytest.raises(ValueError, match="precision must be"):

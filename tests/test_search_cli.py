@@ -67,7 +67,9 @@ def test_query_text_matches_library_search(image_index, artifact_dir, capsys):
     assert [r["id"] for r in result["results"]] == ids[0]
     np.testing.assert_allclose([r["score"] for r in result["results"]], scores[0], atol=1e-6)
     assert [r["rank"] for r in result["results"]] == [1, 2, 3, 4]
-    assert result["query"]["instruction"] == embedder.artifact.instruction("query")
+    # Text queries get the instruction trained for text->image (not a majority vote).
+    assert result["query"]["instruction"] == \
+        embedder.artifact.instructions["directions"]["text->image"]
     assert result["results"][0]["payload"]["path"].endswith(ids[0][0])
 
 
@@ -93,7 +95,12 @@ def test_query_image_finds_itself_without_instruction(image_index, digits_dir, a
     assert top > 0.99999
     assert name in [r["id"] for r in result["results"] if r["score"] == top]
     # Text + image together is a different query from the image alone.
-    both = query_json(capsys, artifact_dir, path, "the digits are 1 and 2", "--image", image)
+    # No text+image direction was trained: the CLI asks for an instruction instead of guessing.
+    code, _, err = run_cli(capsys, "query", "--model", artifact_dir, "--index", path,
+                           "the digits are 1 and 2", "--image", image)
+    assert code == 2 and "pass instruction=" in err and err.count("\n") == 1, err
+    both = query_json(capsys, artifact_dir, path, "the digits are 1 and 2", "--image", image,
+                      "--instruction", "")
     assert both["query"]["image"] == str(image)
     assert both["results"][0]["score"] != top
 

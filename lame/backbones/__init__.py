@@ -35,15 +35,18 @@ def build_backbone(config, vocab_size: int, image_token_id: int) -> Backbone:
     if family == "qwen2_vl":
         from lame.backbones.qwen2_vl import Qwen2VLBackbone
 
-        return Qwen2VLBackbone.build(config, vocab_size, image_token_id)
+        return Qwen2VLBackbone.build(config, vocab_size, image_token_id,
+                         pretrained=_LOAD_PRETRAINED.get())
     if family == "qwen2_5_vl":
         from lame.backbones.qwen2_5_vl import Qwen25VLBackbone
 
-        return Qwen25VLBackbone.build(config, vocab_size, image_token_id)
+        return Qwen25VLBackbone.build(config, vocab_size, image_token_id,
+                         pretrained=_LOAD_PRETRAINED.get())
     if family == "idefics3":
         from lame.backbones.idefics3 import Idefics3Backbone
 
-        return Idefics3Backbone.build(config, vocab_size, image_token_id)
+        return Idefics3Backbone.build(config, vocab_size, image_token_id,
+                         pretrained=_LOAD_PRETRAINED.get())
     if family == "smollm2_efficientnet":
         from lame.backbones.smollm_effnet import SmolLM2EfficientNetBackbone
 
@@ -54,7 +57,12 @@ def build_backbone(config, vocab_size: int, image_token_id: int) -> Backbone:
 
 def backbone_tokenizer(config):
     """The tokenizer a family must use (a ``tokenizers.Tokenizer`` that already holds LaME's
-    special tokens), or None when the family trains with the dataset's tokenizer."""
+    special tokens), or None when the family trains with the dataset's tokenizer. A local
+    backbone directory (``backbone.path``) brings its own ``tokenizer.json``."""
+    if config.backbone.path:
+        from lame.backbones.directory import directory_tokenizer
+
+        return directory_tokenizer(config.backbone.path)
     if config.backbone.family == "smollm2_efficientnet":
         from lame.backbones.smollm_effnet import tokenizer_for
 

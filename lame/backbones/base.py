@@ -27,6 +27,29 @@ class Backbone(nn.Module):
     hidden_size: int
 
     model: nn.Module  # the wrapped Transformers model
+    checkpoint_vision: bool = False  # recompute vision blocks in backward (adapters that loop)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass instead of keeping them: every block of
+        the language model (Transformers' own mechanism, non-reentrant so frozen inputs and
+        LoRA work) and the vision tower's blocks where the adapter runs them itself."""
+        options = {"use_reentrant": False}
+        for module in (self.text_model, getattr(self.model, "vision_model", None)):
+            if not getattr(module, "supports_gradient_checkpointing", False):
+                continue
+            if hasattr(module, "activation_checkpointing_enable"):  # Transformers >= 5.x name
+                module.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+            else:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+        self.checkpoint_vision = True
+
+    def run_block(self, block, *args):
+        """``block(*args)``, recomputed in backward when gradient checkpointing is on."""
+        if self.checkpoint_vision and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[B, L] ids -> [B, L, H] token embeddings."""

@@ -61,11 +61,13 @@ class Idefics3Backbone(Backbone):
         self.image_config = image_config
 
     @classmethod
-    def build(cls, config, vocab_size: int, image_token_id: int) -> "Idefics3Backbone":
+    def build(cls, config, vocab_size: int, image_token_id: int,
+              pretrained: bool = True) -> "Idefics3Backbone":
         from transformers import Idefics3Model
 
         return cls(build_model(config, vocab_size, image_token_id, Idefics3Model,
-                               tiny_idefics3_config), config.image)
+                               tiny_idefics3_config, pretrained),
+                   config.image)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         images = unpatchify(pixel_values, self.image_config).to(self.model.vision_model.dtype)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from lame.backbones.qwen2_vl import (Qwen2VLBackbone, _batched_attention, build_model,
+from lame.backbones.qwen2_vl import (Qwen2VLBackbone, _vision_block, build_model,
                                      mrope_section_for)
 
 
@@ -58,11 +58,13 @@ class Qwen25VLBackbone(Qwen2VLBackbone):
         self.full_blocks = set(visual.fullatt_block_indexes)
 
     @classmethod
-    def build(cls, config, vocab_size: int, image_token_id: int) -> "Qwen25VLBackbone":
+    def build(cls, config, vocab_size: int, image_token_id: int,
+              pretrained: bool = True) -> "Qwen25VLBackbone":
         from transformers import Qwen2_5_VLModel
 
         return cls(build_model(config, vocab_size, image_token_id, Qwen2_5_VLModel,
-                               tiny_qwen2_5_vl_config), config.image)
+                               tiny_qwen2_5_vl_config, pretrained),
+                   config.image)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         visual = self.model.visual
@@ -72,8 +74,7 @@ class Qwen25VLBackbone(Qwen2VLBackbone):
         cos, sin = self.vision_cos[self.window_order], self.vision_sin[self.window_order]
         for index, block in enumerate(visual.blocks):
             mask = None if index in self.full_blocks else self.window_mask
-            x = x + _batched_attention(block.attn, block.norm1(x), cos, sin, mask)
-            x = x + block.mlp(block.norm2(x))
+            x = self.run_block(_vision_block, block, x, cos, sin, mask)
         merged = visual.merger(x.reshape(batch * patches, -1))
         merged = merged.reshape(batch, -1, merged.shape[-1])
         return merged[:, self.unit_restore]

@@ -68,11 +68,12 @@ class Qwen2VLBackbone(Backbone):
         self.register_buffer("vision_sin", sin, persistent=False)
 
     @classmethod
-    def build(cls, config, vocab_size: int, image_token_id: int) -> "Qwen2VLBackbone":
+    def build(cls, config, vocab_size: int, image_token_id: int,
+              pretrained: bool = True) -> "Qwen2VLBackbone":
         from transformers import Qwen2VLModel
 
         return cls(build_model(config, vocab_size, image_token_id, Qwen2VLModel,
-                               tiny_qwen2_vl_config), config.image)
+                               tiny_qwen2_vl_config, pretrained), config.image)
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Qwen2-VL's vision tower with *batched* attention.
@@ -87,8 +88,7 @@ class Qwen2VLBackbone(Backbone):
         x = visual.patch_embed(pixel_values.reshape(batch * patches, -1).to(visual.dtype))
         x = x.reshape(batch, patches, -1)
         for block in visual.blocks:
-            x = x + _batched_attention(block.attn, block.norm1(x), self.vision_cos, self.vision_sin)
-            x = x + block.mlp(block.norm2(x))
+            x = self.run_block(_vision_block, block, x, self.vision_cos, self.vision_sin, None)
         merged = visual.merger(x.reshape(batch * patches, -1))
         return merged.reshape(batch, -1, merged.shape[-1])
 
@@ -138,6 +138,13 @@ def _vision_rotary(visual, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torc
     return cos.float(), sin.float()
 
 
+def _vision_block(block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  mask: torch.Tensor | None) -> torch.Tensor:
+    """One Qwen vision block (pre-norm attention + MLP) with batched attention."""
+    x = x + _batched_attention(block.attn, block.norm1(x), cos, sin, mask)
+    return x + block.mlp(block.norm2(x))
+
+
 def _batched_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        mask: torch.Tensor | None = None) -> torch.Tensor:
     """Qwen-style vision attention over [B, P, width]; ``mask`` [P, P] bool (True = attend)
@@ -153,15 +160,29 @@ def _batched_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     return attn.proj(out.transpose(1, 2).reshape(batch, patches, width))
 
 
-def build_model(config, vocab_size: int, image_token_id: int, model_class, tiny_config):
-    """A local pretrained directory (``backbone.path``) or a tiny random model from the preset."""
-    if not config.backbone.path:
+def build_model(config, vocab_size: int, image_token_id: int, model_class, tiny_config,
+                pretrained: bool = True):
+    """A local pretrained directory (``backbone.path``), the same architecture from the config
+    copied out of it (``backbone.hf_config``; when a checkpoint's own weights replace the
+    pretrained ones, so the directory is not needed), or a tiny random model from the preset."""
+    bb = config.backbone
+    if bb.path and (pretrained or not bb.hf_config):
+        model = _load_pretrained(Path(bb.path), bb.attn_implementation, model_class)
+    elif bb.hf_config:
+        model = model_class(_config_from_dict(model_class, bb.hf_config, bb.attn_implementation))
+    else:
         return model_class(tiny_config(config, vocab_size, image_token_id))
-    model = _load_pretrained(Path(config.backbone.path), config.backbone.attn_implementation,
-                             model_class)
     if model.get_input_embeddings().num_embeddings < vocab_size:
         model.resize_token_embeddings(vocab_size)  # room for LaME's special tokens
     return model
+
+
+def _config_from_dict(model_class, data: dict, attn_implementation: str):
+    cfg = model_class.config_class.from_dict(data)
+    for sub in (cfg, *(getattr(cfg, name, None) for name in ("text_config", "vision_config"))):
+        if sub is not None:
+            sub._attn_implementation = attn_implementation
+    return cfg
 
 
 def _load_pretrained(path: Path, attn_implementation: str, model_class):

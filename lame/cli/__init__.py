@@ -9,8 +9,12 @@ import click
 
 from lame.checkpoint import CheckpointError
 from lame_runtime.clitools import invoke as run_command
+from lame_runtime.errors import LameError
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, CheckpointError, TypeError)
+# Shown as one line `prog: error: ...` (exit 2); anything else is an internal error (exit 1),
+# with a traceback only under --debug or LAME_DEBUG=1 (lame_runtime.clitools).
+USER_ERRORS = (LameError, ValueError, FileNotFoundError, FileExistsError, CheckpointError,
+               TypeError)
 
 
 def invoke(command: click.Command, argv: Sequence[str] | None, prog: str) -> int:

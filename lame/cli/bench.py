@@ -71,7 +71,7 @@ def _write_json(path: Path, report: dict) -> None:
 @click.option("--reps", type=int, default=5, show_default=True, help="Timed rounds (>= 5).")
 @click.option("--max-new-tokens", type=int, default=128, show_default=True,
               help="Tokens the CoT baseline generates per query.")
-@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
               default="float32", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch / ONNX Runtime CPU threads.")
@@ -80,6 +80,9 @@ def command(preset, artifact, json_out, plot_out, batches, reps, max_new_tokens,
             threads, no_deploy) -> int:
     """Time the four methods on one backbone in one run; print a table and the ratios."""
     from lame.bench import BenchOptions, run_bench
+    from lame.device import resolve_device
+
+    device = str(resolve_device(device))  # one clear line when the GPU is missing
 
     try:
         sizes = tuple(int(b) for b in batches.split(","))

@@ -1,4 +1,6 @@
-"""lame-eval: retrieval metrics of a checkpoint on a dataset's eval split, as one JSON object."""
+"""lame-eval: retrieval metrics of a checkpoint on a dataset's eval split, as one JSON object;
+with ``--generate N``, the greedy-generation check instead (exact match of generated answers,
+:mod:`lame.methods.generation`)."""
 from __future__ import annotations
 
 import functools
@@ -18,7 +20,18 @@ from lame.cli import exit_with, invoke
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Encoding batch size.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Also write the JSON to this file.")
-def command(ckpt, data_dir, batch_size, out_file) -> int:
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--limit", type=int, default=None,
+              help="Evaluate on at most N rows (spread evenly over the tasks).")
+@click.option("--generate", "generate", type=int, default=None,
+              help="Instead of retrieval: greedy-generate answers for N eval queries (spread "
+                   "over the tasks) and report exact match (see lame.methods.generation).")
+@click.option("--max-new-tokens", type=int, default=None,
+              help="--generate: token budget per query (default: the checkpoint's "
+                   "max_rationale_tokens + 8).")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def command(ckpt, data_dir, batch_size, out_file, device, limit, no_progress, generate,
+            max_new_tokens) -> int:
     """Print hit@1, ndcg@5 and ndcg@10 (percent), overall, per task and per task group.
 
     Each task also reports the metric its rows name (MMEB image: hit@1, visdoc: ndcg@5,
@@ -26,17 +39,55 @@ def command(ckpt, data_dir, batch_size, out_file) -> int:
     stderr so the JSON on stdout stays machine-readable."""
     import lame
     from lame.data.dataset import load_eval
-    from lame.evaluate import evaluate
+    from lame.evaluate import evaluate, limit_rows
 
-    model = lame.load(ckpt)
-    result = evaluate(model.encode, load_eval(data_dir), batch_size=batch_size,
-                      encode_target=functools.partial(model.encode, role="target"))
+    from lame.device import resolve_device
+
+    device = resolve_device(device)  # a missing GPU: one line, before any loading
+    if generate is not None and generate < 1:
+        raise click.UsageError(f"--generate must be >= 1, got {generate}")
+    rows = limit_rows(load_eval(data_dir), generate or limit)
+    model = lame.load(ckpt, device=device)
+    if generate is not None:
+        return _generate(model, rows, data_dir, batch_size, max_new_tokens, out_file,
+                         not no_progress)
+    result = evaluate(model.encode, rows, batch_size=batch_size,
+                      encode_target=functools.partial(model.encode, role="target"),
+                      progress=not no_progress)
     text = json.dumps(result, indent=2)
     if out_file:
         with open(out_file, "w") as handle:
             handle.write(text + "\n")
     for task, entry in result["per_task"].items():
         click.echo(f"{task}: {entry['metric']} = {entry['score']:.2f} (n={entry['n']})", err=True)
+    click.echo(text)
+    return 0
+
+
+def _generate(model, rows, data_dir, batch_size, max_new_tokens, out_file, progress) -> int:
+    from lame.methods.generation import generate_texts, image_digits, score_generations
+
+    budget = max_new_tokens or model.config.max_rationale_tokens + 8
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(rows), desc="generate", unit="query", dynamic_ncols=True)
+    try:
+        texts = generate_texts(model, rows, budget, min(batch_size, 32),
+                               progress=bar.update if bar else (lambda n: None))
+    finally:
+        if bar:
+            bar.close()
+    result = {"checkpoint_method": model.config.method, "max_new_tokens": budget,
+              **score_generations(rows, texts, image_digits(data_dir))}
+    text = json.dumps(result, indent=2)
+    if out_file:
+        from lame_runtime.persist import atomic_write_text
+
+        atomic_write_text(out_file, text + "\n")
+    click.echo(f"exact match {result.get('exact_match', 0.0):.1f} % over {result['n']} queries",
+               err=True)
     click.echo(text)
     return 0
 

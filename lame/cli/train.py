@@ -1,4 +1,7 @@
-"""lame-train: both LaME stages (or one), with resume."""
+"""lame-train: both LaME stages (or one), with resume.
+
+Several processes (one per GPU, or gloo on CPUs): ``torchrun --nproc_per_node N -m lame.cli.train
+--data ... --out ...`` (this module is the entry point; ``lame.train`` is the library)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +10,11 @@ from typing import Sequence
 
 import click
 
+from lame.backbones.directory import resolve_model_spec
 from lame.cli import exit_with, invoke
+from lame.device import PRECISIONS
 from lame.config import METHODS, LameConfig, load_preset, preset_names
+from lame.methods import get_method
 from lame.train import STAGES, TrainConfig, train
 
 
@@ -18,10 +24,7 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
     model = dict(spec.get("model", {}))
     method = overrides.get("method") or model.get("method", "lame")
     model["method"] = method
-    if method in ("discriminative", "cot"):
-        model["num_reason_tokens"] = 0  # the method's definition: no reason tokens appended
-    if method != "lame":
-        model["bottleneck_mask"] = False
+    get_method(method).cli_defaults(model)  # e.g. K=0 and no mask for a method without them
     for key in ("num_reason_tokens", "num_summary_tokens", "pooling", "bottleneck_mask",
                 "embed_dim", "w_reconstruction", "w_diversity", "temperature", "max_new_tokens"):
         if overrides.get(key) is not None:
@@ -30,7 +33,19 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
         model["bottleneck_mask"] = False  # K=0 is the discriminative baseline: nothing to route
     if overrides.get("backbone_path"):
         model.setdefault("backbone", {})["path"] = overrides["backbone_path"]
+    # The backbone directory's architecture, tokenizer patch sizes and the resolution, checked
+    # for the family before any weights load.
+    model = resolve_model_spec(model, overrides.get("image_size"))
+    if overrides.get("lora_targets"):
+        targets = [t.strip() for t in overrides["lora_targets"].split(",") if t.strip()]
+        overrides = {**overrides, "lora_targets": targets}
+    # Flags only switch on; absent, the preset's value (or the default) stands.
+    overrides = {**overrides, "final_eval": False if overrides.get("no_final_eval") else None,
+                 "grad_checkpointing": overrides.get("grad_checkpointing") or None}
     train_spec = dict(spec.get("train", {}))
+    if not get_method(method).contrastive and overrides.get("stage") is None:
+        # A warm-up freezes the backbone, which is all a generative pre-training trains.
+        train_spec["stage"] = "joint"
     names = {f.name for f in fields(TrainConfig)}
     train_spec.update({k: v for k, v in overrides.items() if k in names and v is not None})
     return LameConfig.from_dict(model), TrainConfig.from_dict(train_spec)
@@ -46,7 +61,9 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
 @click.option("--stage", type=click.Choice(STAGES), default=None,
               help="warmup, joint, or all (warm-up then joint). Default: all.")
 @click.option("--init-from", type=click.Path(file_okay=False), default=None,
-              help="Start from this checkpoint's weights (e.g. a warm-up run before --stage joint).")
+              help="Start from this checkpoint's weights (e.g. a warm-up run before --stage "
+                   "joint). With a --method other than the checkpoint's (e.g. an lm "
+                   "pre-training run), only its backbone is copied into a fresh model.")
 @click.option("--max-steps", type=int, default=None, help="Total optimizer steps over the stages.")
 @click.option("--warmup-fraction", type=float, default=None,
               help="Share of --max-steps given to the warm-up stage when --stage all.")
@@ -58,7 +75,8 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
 @click.option("--seed", type=int, default=None, help="Seed for init and batch order.")
 @click.option("--method", type=click.Choice(METHODS), default=None,
               help="lame (default), discriminative (K=0, VLM2Vec), cot (rationale then embed, "
-                   "UME-R1), latent (K sequential latent steps, Coconut).")
+                   "UME-R1), latent (K sequential latent steps, Coconut), lm (generative "
+                   "pre-training: next-token loss on rationale + answer; an --init-from).")
 @click.option("--max-new-tokens", type=int, default=None,
               help="cot: rationale tokens generated per query at evaluation (default 128).")
 @click.option("--reason-tokens", "num_reason_tokens", type=int, default=None,
@@ -77,14 +95,42 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
 @click.option("--save-every", type=int, default=None, help="Steps between checkpoints.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
 @click.option("--backbone-path", type=click.Path(file_okay=False), default=None,
-              help="Local Hugging Face Qwen2-VL directory instead of the preset's tiny model.")
+              help="Local Hugging Face directory of the preset's family (Qwen2-VL, Qwen2.5-VL, "
+                   "Idefics3): its weights, its own tokenizer.json (plus LaME's special tokens) "
+                   "and its patch/merge sizes replace the preset's tiny model.")
+@click.option("--image-size", default=None,
+              help="Fixed training/serving resolution HxW (e.g. 448x448); also the preset key "
+                   "image_size. Must suit the family (divisible by patch x merge; Idefics3: "
+                   "square).")
+@click.option("--device", default="auto", show_default=True,
+              help="auto, cpu, cuda or cuda:N (under torchrun, cuda = this process's GPU).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="fp32 (default) or bf16 (autocast, float32 master weights).")
+@click.option("--grad-checkpointing", is_flag=True, default=None,
+              help="Recompute backbone activations in backward (less memory, ~1/3 more time).")
+@click.option("--chunk-size", type=int, default=None,
+              help="GradCache: embed the contrastive batch this many rows at a time (same loss "
+                   "and gradients, memory of one chunk).")
+@click.option("--lora-rank", type=int, default=None,
+              help="LoRA rank on the language model (peft); 0 = full fine-tuning. Checkpoints "
+                   "hold merged weights.")
+@click.option("--lora-targets", default=None,
+              help="Comma-separated language-model linear layers for LoRA (default q_proj,v_proj).")
+@click.option("--eval-limit", type=int, default=None,
+              help="Evaluate on at most N eval rows (spread over the tasks).")
+@click.option("--no-final-eval", is_flag=True, help="Skip the evaluation after training.")
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out after a kill.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def command(data_dir, out_dir, preset, init_from, resume, no_progress, **overrides) -> int:
+def command(data_dir, out_dir, preset, init_from, resume, no_progress, device,
+            **overrides) -> int:
     """Train a LaME model (warm-up, then joint optimisation) and print the final evaluation."""
     model_config, train_config = build_configs(preset, overrides)
-    result = train(data_dir, out_dir, None if init_from else model_config, train_config,
-                   resume=resume, init_from=init_from, show_progress=not no_progress)
+    # --init-from alone continues that checkpoint (its config); with --method, a checkpoint of
+    # another method gives only its backbone.
+    keep = init_from and not overrides.get("method")
+    result = train(data_dir, out_dir, None if keep else model_config, train_config,
+                   resume=resume, init_from=init_from, show_progress=not no_progress,
+                   device=device)
     summary = {k: result[k] for k in ("hit@1", "ndcg@5", "ndcg@10") if k in result}
     if "per_group" in result:
         summary["per_group"] = {g: v["hit@1"] for g, v in result["per_group"].items()}

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from lame_runtime.paths import contained_path
+
 TRAIN_FILE = "train.jsonl"
 EVAL_FILE = "eval.jsonl"
 # The per-row scores lame.evaluate computes; a task reports one of them as its headline.
@@ -289,6 +291,8 @@ class _RowParser:
         return value
 
     def image_path(self, relative: str, name: str) -> str:
+        # A row must not reach files outside the dataset (absolute paths, "..", symlinks).
+        contained_path(self.root, relative, f"{name}.image", folder="dataset", error=self.fail)
         # Normalised so the same file always yields the same Item.key().
         path = os.path.normpath(self.root / relative)
         if self.check_images and path not in self.checked:

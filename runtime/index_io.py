@@ -1,0 +1,133 @@
+"""Reading and validating saved indexes (``lame_runtime.index``'s file format).
+
+``<stem>.json`` holds the ids, payloads, config and ``content_sha256`` (the sha256 of that
+content) and points at ``<stem>.<token>.npz`` by name and sha256 (version 2). Version 1 kept
+``<stem>.npz`` beside the json with ``npz_sha256``. Every field is checked on load and every
+problem raises an ``IndexFileError`` (or ``MissingFileError``) naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lame_runtime.errors import IndexFileError, MissingFileError
+
+STORAGES = ("float32", "float16", "int8")
+FORMAT = "lame-index"
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+INDEX_STEM = "index"  # file names used when save/load is given a directory
+
+
+def code_dtype(storage: str) -> np.dtype:
+    return np.dtype({"float32": np.float32, "float16": np.float16, "int8": np.int8}[storage])
+
+
+def index_files(path: str | Path, for_writing: bool = False) -> tuple[Path, Path]:
+    """Map a directory or prefix to its (version-1 npz, json) pair.
+
+    Version 2 saves name their npz in the json (``<stem>.<token>.npz``); the first path is
+    where a version 1 save kept it.
+    """
+    text = str(path)
+    path = Path(path)
+    if path.is_dir() or text.endswith(("/", os.sep)):
+        if for_writing:
+            path.mkdir(parents=True, exist_ok=True)
+        return path / f"{INDEX_STEM}.npz", path / f"{INDEX_STEM}.json"
+    if path.suffix in (".npz", ".json"):
+        path = path.with_suffix("")
+    if for_writing and not path.parent.is_dir():
+        raise MissingFileError(f"directory not found: {path.parent}")
+    return path.with_name(path.name + ".npz"), path.with_name(path.name + ".json")
+
+
+def index_exists(path: str | Path) -> Path | None:
+    """The json (or version-1 npz) of an index saved at ``path``, if there is one."""
+    return next((p for p in reversed(index_files(path)) if p.exists()), None)
+
+
+def content_sha256(content: dict[str, Any]) -> str:
+    text = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def read_meta(json_path: Path) -> dict[str, Any]:
+    def bad(problem: str) -> IndexFileError:
+        return IndexFileError(f"{json_path}: {problem}; rebuild the index")
+
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise IndexFileError(f"{json_path} is not valid JSON ({err}): the file is corrupt or "
+                             "truncated; rebuild the index") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise IndexFileError(f"{json_path} is not a LaME index (no \"format\": \"{FORMAT}\")")
+    if meta.get("version") not in READABLE_VERSIONS:
+        raise IndexFileError(f"{json_path}: index version {meta.get('version')!r} is not "
+                             f"supported (this runtime reads {list(READABLE_VERSIONS)})")
+    missing = [key for key in ("dim", "storage", "ids", "payloads") if key not in meta]
+    if missing:
+        raise bad(f"lacks the field(s) {missing}")
+    dim = meta["dim"]
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+        raise bad(f"'dim' must be a positive integer, got {dim!r}")
+    if meta["storage"] not in STORAGES:
+        raise bad(f"'storage' must be one of {STORAGES}, got {meta['storage']!r}")
+    ids, payloads = meta["ids"], meta["payloads"]
+    if not isinstance(ids, list) or not isinstance(payloads, list):
+        raise bad("'ids' and 'payloads' must be lists")
+    not_str = next((i for i, item_id in enumerate(ids) if not isinstance(item_id, str)), None)
+    if not_str is not None:
+        raise bad(f"ids[{not_str}] is {ids[not_str]!r}, not a string")
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        duplicate = next(i for i in ids if i in seen or seen.add(i))
+        raise bad(f"lists duplicate ids (e.g. {duplicate!r})")
+    if len(payloads) != len(ids):
+        raise bad(f"has {len(payloads)} payloads for {len(ids)} ids")
+    count = meta.setdefault("count", len(ids))
+    if count != len(ids):
+        raise bad(f"'count' is {count!r} but it lists {len(ids)} ids")
+    if meta["version"] >= 2:
+        if not isinstance(meta.get("info", {}), dict):
+            raise bad("'info' must be an object")
+        content = {key: meta.get(key) for key in ("format", "version", "dim", "storage",
+                                                  "count", "ids", "payloads", "info")}
+        if meta.get("content_sha256") != content_sha256(content):
+            raise bad("its content does not match its content_sha256 (edited or corrupt)")
+    return meta
+
+
+def read_arrays(npz_path: Path, storage: str, dim: int,
+                 count: int) -> tuple[np.ndarray, np.ndarray]:
+    expected = {"vectors", "scales"} if storage == "int8" else {"vectors"}
+    try:
+        with np.load(npz_path, allow_pickle=False) as arrays:
+            if set(arrays.files) != expected:
+                raise IndexFileError(f"{npz_path} holds arrays {sorted(arrays.files)}, expected "
+                                     f"{sorted(expected)} for {storage} storage")
+            codes = arrays["vectors"]
+            scales = arrays["scales"] if storage == "int8" else np.zeros(len(codes), np.float32)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        if isinstance(err, IndexFileError):
+            raise
+        raise IndexFileError(f"{npz_path} is not a readable npz file ({err}); rebuild the "
+                             "index") from err
+    want = code_dtype(storage)
+    if codes.dtype != want or codes.shape != (count, dim):
+        raise IndexFileError(f"{npz_path} holds {codes.dtype} {codes.shape}, expected {want} "
+                             f"({count}, {dim})")
+    if storage != "int8" and not np.isfinite(codes).all():
+        raise IndexFileError(f"{npz_path} holds NaN or infinite vectors")
+    if storage == "int8" and (scales.dtype != np.float32 or scales.shape != (count,)
+                              or not (np.isfinite(scales) & (scales > 0)).all()):
+        raise IndexFileError(f"{npz_path}: int8 scales must be {count} positive float32 "
+                             f"values, got {scales.dtype} {scales.shape}")
+    return codes, scales

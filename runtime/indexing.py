@@ -1,0 +1,224 @@
+"""Build an index from a list of items, with checkpoints, ``--resume`` and ``--skip-bad``.
+
+Used by ``lame-search index``. Batches stream through ``Embedder.pipeline`` (images decode in a
+thread pool while the model runs on the previous batch); the target is an exact ``Index``, a
+FAISS ``AnnIndex`` (``BuildOptions.ann``) or a Qdrant collection (``build_qdrant``). The resume
+state is deliberately small and lives *in the index
+it describes* (``Index.info["build"]``, saved atomically with the vectors), so the two can
+never disagree::
+
+    {"source": ..., "kind": "images"|"data", "pattern": ..., "model": <manifest sha256>,
+     "precision": ..., "storage": ..., "batch_size": B, "total": N,
+     "next": P,            # items[:P] are done (embedded or skipped); P is a multiple of B
+     "skipped": S, "complete": bool}
+
+Items are processed in a fixed order (sorted files, or eval.jsonl order) in batches that start
+at multiples of B, so a resumed run embeds exactly the batches an uninterrupted one would and
+its index is identical. Bad items (``--skip-bad``) go to ``<index>.skipped.jsonl`` beside the
+index json, one JSON object per line: ``{"position", "id", "image", "error"}``; the report is
+written before each checkpoint of the index, so it always covers ``items[:next]``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lame_runtime.errors import InputError, InputTypeError, MissingFileError
+from lame_runtime.index import Index, index_exists, index_files
+from lame_runtime.persist import atomic_write_text, sha256
+from lame_runtime.preprocess import format_query
+
+BUILD_KEY = "build"
+REPORT_SUFFIX = ".skipped.jsonl"
+ITEM_ERRORS = (InputError, InputTypeError, MissingFileError)
+Item = tuple  # (id, payload, text, image)
+
+
+@dataclass
+class BuildOptions:
+    storage: str = "float32"
+    batch_size: int = 32
+    checkpoint_every: int = 1024  # items between checkpoints (rounded up to whole batches)
+    # A checkpoint rewrites the whole index, so the interval also grows with the index (at
+    # least this fraction of the items done): total bytes written stay within (1 + 1/growth)
+    # of the final index instead of growing with its square, and a crash loses at most about
+    # growth / (1 + growth) of the work done.
+    checkpoint_growth: float = 0.1
+    skip_bad: bool = False
+    resume: bool = False
+    force: bool = False
+    ann: Any = None  # a lame_runtime.ann.AnnConfig: build a FAISS AnnIndex instead of an Index
+
+
+def report_path(out: str | Path) -> Path:
+    json_path = index_files(out)[1]
+    return json_path.with_name(json_path.stem + REPORT_SUFFIX)
+
+
+def build_index(embedder: Any, items: Sequence[Item], out: str | Path, source: dict[str, Any],
+                options: BuildOptions,
+                progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    """Embed ``items`` into the index at ``out``; returns a summary. ``source`` names where
+    the items came from (kind, path, pattern): a resume must match it."""
+    state = {**source, "model": sha256(Path(embedder.artifact.path) / "lame_artifact.json"),
+             "precision": embedder.precision, "storage": options.storage,
+             "batch_size": options.batch_size, "total": len(items), "next": 0, "skipped": 0,
+             "complete": False, "ann": _ann_state(options)}
+    index, skipped = _start(embedder, items, out, state, options)
+    progress(state["next"])
+    since = 0
+    for start, chunk, vectors, ids, bad in embed_batches(embedder, items, state["next"],
+                                                         options.batch_size, options.skip_bad):
+        if ids:
+            payloads = {item[0]: item[1] for item in chunk}
+            index.add(vectors, ids, [payloads[i] for i in ids])
+        skipped.extend(bad)
+        state["next"], state["skipped"] = start + len(chunk), len(skipped)
+        since += len(chunk)
+        progress(len(chunk))
+        if checkpoint_due(since, state["next"], options) and state["next"] < len(items):
+            _checkpoint(index, out, state, skipped)
+            since = 0
+    state["complete"] = True
+    npz_path, json_path = _checkpoint(index, out, state, skipped)
+    return {"index": str(json_path.with_suffix("")), "count": len(index), "dim": index.dim,
+            "storage": options.storage, "precision": embedder.precision,
+            "skipped": len(skipped), "report": str(report_path(out)) if skipped else None,
+            "files": [str(npz_path), str(json_path)]}
+
+
+def checkpoint_due(since: int, done: int, options: BuildOptions) -> bool:
+    """True when ``since`` items were processed since the last checkpoint and that is at least
+    ``checkpoint_every`` and ``checkpoint_growth`` times the ``done`` items."""
+    return since >= max(options.checkpoint_every, options.checkpoint_growth * done)
+
+
+def _ann_state(options: BuildOptions) -> dict[str, Any] | None:
+    from dataclasses import asdict
+
+    return None if options.ann is None else asdict(options.ann)
+
+
+def _start(embedder, items, out, state, options) -> tuple[Any, list[dict[str, Any]]]:
+    existing = index_exists(out)
+    if existing is None or options.force:
+        if options.ann is not None:
+            from lame_runtime.ann import AnnIndex
+
+            return AnnIndex(embedder.dim, options.ann), []
+        return Index(embedder.dim, storage=options.storage), []
+    if not options.resume:
+        raise FileExistsError(f"{existing} exists; pass --resume to continue building it or "
+                              "--force to overwrite it")
+    from lame_runtime.ann import load_any
+
+    index = load_any(out)
+    done = index.info.get(BUILD_KEY)
+    if not isinstance(done, dict):
+        raise InputError(f"{existing} was not built by `lame-search index` (no build state); "
+                         "pass --force to overwrite it")
+    for key in ("kind", "source", "pattern", "model", "precision", "storage", "batch_size",
+                "total", "ann"):
+        if done.get(key) != state[key]:
+            raise InputError(f"cannot resume {existing}: its {key} was {done.get(key)!r}, this "
+                             f"run's is {state[key]!r} (pass --force to start over)")
+    position = done.get("next")
+    if not isinstance(position, int) or not 0 <= position <= len(items):
+        raise InputError(f"cannot resume {existing}: bad build state 'next'={position!r}")
+    skipped = [entry for entry in _read_report(report_path(out)) if entry["position"] < position]
+    bad_ids = {entry["id"] for entry in skipped}
+    expected = [item[0] for item in items[:position] if item[0] not in bad_ids]
+    if index.ids != expected:
+        raise InputError(f"cannot resume {existing}: the items it holds are not the first "
+                         f"{position} of {state['source']} (the source changed?); pass --force")
+    state["next"] = position
+    return index, skipped
+
+
+def embed_batches(embedder, items: Sequence[Item], start: int, batch_size: int,
+                  skip_bad: bool):
+    """Yield ``(start, chunk, vectors, ids, skipped)`` per batch of ``items[start:]``.
+
+    Images of the next batches decode in ``embedder.pipeline``'s thread pool while the model
+    runs on this one (``_embed``). One bad item fails the run unless ``skip_bad``: then the
+    batch's good items are embedded together (the same batch an uninterrupted run embeds) and
+    the bad ones come back as skipped-item records.
+    """
+    instruction = embedder.artifact.instruction("document")
+    rows = ((item[0], format_query(item[2], instruction), item[3]) for item in items[start:])
+    stream = embedder.pipeline.prepared(rows, batch_size, skip_bad=skip_bad, start=start)
+    while True:
+        try:
+            prepared = next(stream, None)
+        except ITEM_ERRORS as err:
+            raise type(err)(f"{err} (pass --skip-bad to skip bad items)") from err
+        if prepared is None:
+            return
+        chunk = items[prepared.start:prepared.start + batch_size]
+        vectors, ids, bad = _embed(embedder, prepared)
+        yield prepared.start, chunk, vectors, ids, bad
+
+
+def _embed(embedder, prepared) -> tuple[Any, list, list[dict[str, Any]]]:
+    """One prepared batch -> (unit vectors or None, their ids, skipped-item records)."""
+    from lame_runtime.embedder import _unit_rows
+
+    vectors = (_unit_rows(embedder.infer(prepared.feed).astype("float32", copy=False))
+               if prepared.feed is not None else None)
+    bad = [{"position": position, "id": item_id, "image": image, "error": str(err)}
+           for position, item_id, image, err in prepared.errors]
+    return vectors, prepared.ids, bad
+
+
+def _checkpoint(index: Index, out, state: dict[str, Any], skipped: list[dict[str, Any]]):
+    # The report first: a kill between the two writes leaves a report covering at least the
+    # index's items[:next] (extra lines past ``next`` are dropped on resume).
+    report = report_path(out)
+    if skipped or report.exists():
+        report.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(report, "".join(json.dumps(entry, ensure_ascii=False) + "\n"
+                                          for entry in skipped))
+    return index.save(out, info={**index.info, BUILD_KEY: dict(state)})
+
+
+def _read_report(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{number}: not valid JSON ({err})") from err
+        if not isinstance(entry, dict) or not isinstance(entry.get("position"), int):
+            raise InputError(f"{path}:{number}: not a skipped-item record")
+        entries.append(entry)
+    return entries
+
+
+def build_qdrant(embedder, items: Sequence[Item], store, options: BuildOptions,
+                 progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+    """Embed ``items`` into a ``lame_runtime.qdrant_store.QdrantStore`` (batched upserts).
+
+    Point ids are derived from the item ids, so running again re-upserts the same points
+    (idempotent) instead of duplicating them. Skipped items are returned in the summary and,
+    for a local folder, written to ``<folder>/<collection>.skipped.jsonl``.
+    """
+    skipped: list[dict[str, Any]] = []
+    for _, chunk, vectors, ids, bad in embed_batches(embedder, items, 0, options.batch_size,
+                                                     options.skip_bad):
+        if ids:
+            payloads = {item[0]: item[1] for item in chunk}
+            store.add(vectors, ids, [payloads[i] for i in ids])
+        skipped.extend(bad)
+        progress(len(chunk))
+    report = None
+    if skipped and Path(store.location).is_dir():
+        report = Path(store.location) / f"{store.collection}{REPORT_SUFFIX}"
+        atomic_write_text(report, "".join(json.dumps(entry, ensure_ascii=False) + "\n"
+                                          for entry in skipped))
+    return {"qdrant": store.location, "collection": store.collection, "count": len(store),
+            "dim": store.dim, "precision": embedder.precision, "skipped": len(skipped),
+            "report": str(report) if report else None}
