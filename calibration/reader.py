@@ -10,8 +10,16 @@ from lame_calibration.build import load
 
 
 class CalibrationReader(CalibrationDataReader):
-    def __init__(self, path: str | Path, batch_size: int = 8, input_names=None):
+    """``text_only``: just the text-only rows (``image_mask == 0``; every row if there are
+    none), for the text-only graph, which sees no images."""
+
+    def __init__(self, path: str | Path, batch_size: int = 8, input_names=None,
+                 text_only: bool = False):
         self.data = load(path)
+        if text_only and "image_mask" in self.data:
+            rows = np.flatnonzero(self.data["image_mask"] == 0)
+            if len(rows):
+                self.data = {name: value[rows] for name, value in self.data.items()}
         if input_names is not None:
             missing = [n for n in input_names if n not in self.data]
             if missing:

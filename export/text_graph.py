@@ -97,30 +97,6 @@ def check_text_parity(references: dict, feeds, onnx_path: Path, precision: str,
     return result
 
 
-class TextCalibrationReader:
-    """The calibration set's text-only rows (both text inputs), for the int8 text graph."""
-
-    def __init__(self, calib, batch_size: int = 8):
-        from lame_calibration.build import load
-
-        data = load(calib)
-        rows = np.flatnonzero(data["image_mask"] == 0)
-        if len(rows) == 0:  # no text-only sample: calibrate on every row's tokens
-            rows = np.arange(len(data["image_mask"]))
-        self.data = {name: data[name][rows] for name in TEXT_INPUTS}
-        self.batch_size, self.position = batch_size, 0
-
-    def get_next(self):
-        if self.position >= len(self.data["input_ids"]):
-            return None
-        part = slice(self.position, self.position + self.batch_size)
-        self.position += self.batch_size
-        return {name: value[part] for name, value in self.data.items()}
-
-    def rewind(self) -> None:
-        self.position = 0
-
-
 def build_text_graphs(model, stage: Path, spec: ExportSpec, external: bool, report: dict) -> None:
     """Export the fp32 text graph (before the weights are released) and lint it."""
     from lame_export.trt_lint import lint
@@ -137,8 +113,11 @@ def convert_text_graph(precision: str, stage: Path, options, external: bool, pro
     if precision == "fp16":
         to_fp16(src, stage / TEXT_FILES["fp16"], external_data=external)
         return
+    from lame_calibration import CalibrationReader
+
     calib = options.calib_file or stage / "calib.npz"
-    to_int8(src, stage / TEXT_FILES["int8"], TextCalibrationReader(calib),
+    reader = CalibrationReader(calib, batch_size=2, input_names=list(TEXT_INPUTS), text_only=True)
+    to_int8(src, stage / TEXT_FILES["int8"], reader,
             for_tensorrt=options.int8_for_tensorrt, external_data=external, progress=progress)
 
 

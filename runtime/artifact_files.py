@@ -10,7 +10,7 @@ import json
 import mmap
 import os
 import threading
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Iterator
 
 from lame_runtime.errors import ArtifactError
