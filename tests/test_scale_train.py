@@ -91,22 +91,7 @@ def test_resumed_bf16_run_equals_uninterrupted_run(digits_dir, tmp_path, tiny_co
                                                    monkeypatch):
     cfg = TrainConfig(max_steps=6, batch_size=8, save_every=2, eval_every=0, seed=3,
                       precision="bf16", final_eval=False)
-    train(digits_dir, tmp_path / "straight", tiny_config, cfg, show_progress=False)
-    real_step = Trainer._step
-
-    def killed_at_step_5(self, step, params, optimizer):
-        if step == 5:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, step, params, optimizer)
-
-    monkeypatch.setattr(Trainer, "_step", killed_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train(digits_dir, tmp_path / "killed", tiny_config, cfg, show_progress=False)
-    monkeypatch.setattr(Trainer, "_step", real_step)
-    train(digits_dir, tmp_path / "killed", tiny_config, cfg, resume=True, show_progress=False)
-    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
+    _assert_kill_and_resume_is_exact(digits_dir, tmp_path, tiny_config, cfg, monkeypatch)
 
 
 # ------------------------------------------------------------------------------ devices --
@@ -238,22 +223,7 @@ def test_resumed_lora_run_equals_uninterrupted_run(digits_dir, tmp_path, tiny_co
     cfg = TrainConfig(max_steps=6, batch_size=8, save_every=2, eval_every=0, seed=2,
                       lora_rank=2, lora_targets=["q_proj", "k_proj", "v_proj"],
                       final_eval=False)
-    train(digits_dir, tmp_path / "straight", tiny_config, cfg, show_progress=False)
-    real_step = Trainer._step
-
-    def killed_at_step_5(self, step, params, optimizer):
-        if step == 5:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, step, params, optimizer)
-
-    monkeypatch.setattr(Trainer, "_step", killed_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train(digits_dir, tmp_path / "killed", tiny_config, cfg, show_progress=False)
-    monkeypatch.setattr(Trainer, "_step", real_step)
-    train(digits_dir, tmp_path / "killed", tiny_config, cfg, resume=True, show_progress=False)
-    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
+    _assert_kill_and_resume_is_exact(digits_dir, tmp_path, tiny_config, cfg, monkeypatch)
 
 
 def test_lora_rejects_unknown_targets(digits_dir, tmp_path, capsys):
@@ -380,3 +350,24 @@ def test_lame_eval_limit_and_no_final_eval(trained_ckpt, digits_dir, tmp_path, c
     assert "hit@1" not in printed
     meta = json.loads((out / "meta.json").read_text())
     assert meta["done"] and "eval" not in meta
+
+
+def _assert_kill_and_resume_is_exact(digits_dir, tmp_path, tiny_config, cfg, monkeypatch):
+    """Train straight; train again killed at step 5 and --resume it: the weights must be
+    bit-identical."""
+    train(digits_dir, tmp_path / "straight", tiny_config, cfg, show_progress=False)
+    real_step = Trainer._step
+
+    def killed_at_step_5(self, step, params, optimizer):
+        if step == 5:
+            raise KeyboardInterrupt("simulated kill")
+        return real_step(self, step, params, optimizer)
+
+    monkeypatch.setattr(Trainer, "_step", killed_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(digits_dir, tmp_path / "killed", tiny_config, cfg, show_progress=False)
+    monkeypatch.setattr(Trainer, "_step", real_step)
+    train(digits_dir, tmp_path / "killed", tiny_config, cfg, resume=True, show_progress=False)
+    straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name

@@ -4,12 +4,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture)
 
 from lame_runtime import Embedder
 from lame_runtime.artifact import MANIFEST
@@ -23,12 +23,6 @@ no_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed: th
                                                       "missing-TensorRT path cannot be shown")
 
 
-@pytest.fixture(scope="session")
-def runtime_artifact(request) -> Path:
-    if os.environ.get("LAME_TEST_ARTIFACT"):
-        return Path(os.environ["LAME_TEST_ARTIFACT"])
-    pytest.importorskip("torch", reason="no $LAME_TEST_ARTIFACT and no torch to export one")
-    return request.getfixturevalue("artifact_dir")
 
 
 @pytest.fixture

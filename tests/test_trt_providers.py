@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture)
 
 from lame_runtime import Embedder
 from lame_runtime.errors import BackendError, InputError, InputTypeError
@@ -22,14 +21,6 @@ pytestmark = pytest.mark.runtime
 HAS_CUDA_EP = CUDA_EP in ort.get_available_providers()
 
 
-@pytest.fixture(scope="session")
-def runtime_artifact(request) -> Path:
-    """A real exported tiny artifact: $LAME_TEST_ARTIFACT (the torch-free min-versions job
-    exports one first), else the suite's own export (needs torch)."""
-    if os.environ.get("LAME_TEST_ARTIFACT"):
-        return Path(os.environ["LAME_TEST_ARTIFACT"])
-    pytest.importorskip("torch", reason="no $LAME_TEST_ARTIFACT and no torch to export one")
-    return request.getfixturevalue("artifact_dir")
 
 
 def test_normalize_accepts_what_onnxruntime_accepts():

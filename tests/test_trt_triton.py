@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture)
 
 from lame_runtime import Embedder
 from lame_runtime.artifact import MANIFEST
@@ -23,12 +23,6 @@ model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 ONNX_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 10: "TYPE_FP16"}  # onnx.TensorProto codes
 
 
-@pytest.fixture(scope="session")
-def runtime_artifact(request) -> Path:
-    if os.environ.get("LAME_TEST_ARTIFACT"):
-        return Path(os.environ["LAME_TEST_ARTIFACT"])
-    pytest.importorskip("torch", reason="no $LAME_TEST_ARTIFACT and no torch to export one")
-    return request.getfixturevalue("artifact_dir")
 
 
 def parse(path: Path):
