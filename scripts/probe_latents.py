@@ -5,7 +5,9 @@
 1. **Reconstruction**: the decoder head's teacher-forced token accuracy (and whole-answer exact
    match) from the K reason states, on training rows (seen) and on eval queries (held out;
    the answer is taken from the row as in ``lame-eval --generate``: i2t the positive's text,
-   t2i the query's text). Checkpoints without a decoder head (K=0, latent, lm) skip it.
+   t2i the query's text), also per direction: ``eval_i2t`` is the one that needs the image
+   read and reasoned about, ``eval_t2i`` is a copy of the query. Checkpoints without a decoder
+   head (K=0, latent, lm) skip it.
 2. **Linear probes** of image queries' digits (their sum and their largest digit, from the
    digits benchmark's image index): closed-form ridge regression on standardised features of
    (a) the K reason states (flattened), (b) the [EMBED] state, (c) the last input token's state
@@ -156,11 +158,23 @@ def run(ckpt: str, data: str, rows: int, val_fraction: float, seed: int,
     train_x, train_states = _features(model, [query(r) for r in train], batch_size)
     eval_x, eval_states = _features(model, [query(r) for r in evals], batch_size)
     if model.decoder_head is not None:
+        cases = [case_for(r) for r in evals]
         report["reconstruction"] = {
             "train_rows_seen": _reconstruction(model, train_states,
                                                [r.answer or r.target.text or "" for r in train]),
             "eval_queries_held_out": _reconstruction(model, eval_states,
-                                                     [case_for(r).reference for r in evals])}
+                                                     [c.reference for c in cases])}
+        # By direction: an i2t answer (the true statement about the query image) needs the
+        # image read and reasoned about; a t2i reference is the query text itself (a copy).
+        import torch
+
+        states = torch.cat(eval_states)
+        for direction in ("i2t", "t2i"):
+            picked = [i for i, c in enumerate(cases) if c.direction == direction]
+            if picked:
+                chunks = list(torch.split(states[picked], batch_size))
+                report["reconstruction"][f"eval_{direction}"] = _reconstruction(
+                    model, chunks, [cases[i].reference for i in picked])
     image_train = [i for i, r in enumerate(train) if r.query.image and
                    _key(r.query.image) in digits]
     image_eval = [i for i, r in enumerate(evals) if r.query.image and

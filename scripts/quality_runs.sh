@@ -12,9 +12,10 @@
 #   lm:           generative pre-training (--method lm: next-token loss on rationale + answer,
 #                 the whole budget in the joint stage); its check is lame-eval --generate
 #                 GEN_N -> generate.json (exact match), not retrieval.
-#   gen-*:        gen-lame gen-discriminative gen-cot gen-latent gen-no-mask: the same
-#                 methods with --init-from the same seed's lm checkpoint (its backbone tensors
-#                 copied into a fresh model); the lm run of that seed is made first if missing.
+#   gen-*:        gen-lame gen-discriminative gen-cot gen-latent gen-no-mask gen-no-decoder
+#                 gen-k2: the same methods (and LaME ablations) with --init-from the same
+#                 seed's lm checkpoint (its backbone tensors copied into a fresh model); the
+#                 lm run of that seed is made first if missing.
 #   wall-*:       wall-discriminative wall-cot wall-latent: the from-scratch method given
 #                 LaME's training wall time instead of its step count: steps = the method's
 #                 steps x (LaME's training seconds / the method's), both read from the same
@@ -59,12 +60,14 @@ declare -A ARGS=(
   [gen-cot]="--method cot"
   [gen-latent]="--method latent"
   [gen-no-mask]="--method lame --no-bottleneck-mask"
+  [gen-no-decoder]="--method lame --w-reconstruction 0"
+  [gen-k2]="--method lame --reason-tokens 2"
   [wall-discriminative]="--method discriminative"
   [wall-cot]="--method cot"
   [wall-latent]="--method latent"
 )
 ORDER=(lame discriminative cot latent k2 k4 k16 no-mask no-decoder no-diversity one-stage
-       lm gen-lame gen-discriminative gen-cot gen-latent gen-no-mask
+       lm gen-lame gen-discriminative gen-cot gen-latent gen-no-mask gen-no-decoder gen-k2
        wall-discriminative wall-cot wall-latent)
 [ -f "$DATA/train.jsonl" ] || lame-data digits "$DATA"
 

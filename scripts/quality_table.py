@@ -1,8 +1,14 @@
 """Markdown tables from scripts/quality_runs.sh's runs: mean ± sd over seeds of overall /
 tier / per-task hit@1, and each row's difference to a baseline row.
 
-    python scripts/quality_table.py runs/quality [--rows lame,discriminative,...]
-                                                 [--baseline discriminative]
+    python scripts/quality_table.py runs/quality [runs/quality-reasoning ...]
+                                    [--rows lame,discriminative,...] [--baseline discriminative]
+
+Rows of a further root (e.g. ``quality_parallel.py --variant reasoning=...``: the same rows
+on another dataset) are labelled with that root's suffix. Each row's difference is taken to
+the baseline of its own start: ``gen-*`` rows to ``gen-BASELINE`` (same pre-trained backbone),
+the others to ``BASELINE``, within the first root. When a run directory holds ``probe.json``
+(``scripts/probe_latents.py --out``), a probe table follows.
 
 A row is ``ROOT/NAME/seed*/eval.json`` (one per seed) or, for single-seed runs of earlier
 releases, ``ROOT/NAME/eval.json``. Differences smaller than twice their standard error are
@@ -28,6 +34,8 @@ LABELS = {
     "gen-lame": "LaME, generative init", "gen-discriminative": "discriminative, generative init",
     "gen-cot": "explicit CoT, generative init", "gen-latent": "latent, generative init",
     "gen-no-mask": "LaME without mask, generative init",
+    "gen-no-decoder": "LaME without decoder head, generative init",
+    "gen-k2": "LaME K=2, generative init",
     "wall-discriminative": "discriminative, LaME's wall time", "wall-cot": "explicit CoT, "
     "LaME's wall time", "wall-latent": "latent, LaME's wall time",
 }
@@ -42,33 +50,46 @@ COLUMNS = {"hit@1": lambda r: r["hit@1"], "tier 1": lambda r: r["per_group"]["ti
            "tier 2": lambda r: r["per_group"]["tier2"]["hit@1"], "ndcg@10": lambda r: r["ndcg@10"]}
 
 
-def load(root: Path, names: list[str]) -> dict[str, list[dict]]:
-    """Row name -> the eval.json of each seed found."""
+def load(root: Path, names: list[str], suffix: str = "",
+         file: str = "eval.json") -> dict[str, list[dict]]:
+    """Row name (+ suffix) -> the ``file`` of each seed found."""
     runs = {}
     for name in names:
-        files = sorted((root / name).glob("seed*/eval.json")) or \
-            [p for p in [root / name / "eval.json"] if p.is_file()]
+        files = sorted((root / name).glob(f"seed*/{file}")) or \
+            [p for p in [root / name / file] if p.is_file()]
         if files:
-            runs[name] = [json.loads(p.read_text()) for p in files]
+            runs[name + suffix] = [json.loads(p.read_text()) for p in files]
     return runs
+
+
+def label(key: str) -> str:
+    name, _, variant = key.partition("@")
+    return LABELS.get(name, name) + (f" [{variant}]" if variant else "")
+
+
+def baseline_of(key: str, baseline: str) -> str:
+    return f"gen-{baseline}" if key.startswith("gen-") else baseline
 
 
 def tables(runs: dict[str, list[dict]], baseline: str) -> str:
     lines = ["| run | seeds | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for name, results in runs.items():
         cells = [str(summarise([get(r) for r in results])) for get in COLUMNS.values()]
-        lines.append(f"| {LABELS.get(name, name)} | {len(results)} | " + " | ".join(cells) + " |")
-    if baseline in runs:
-        lines += ["", f"Difference to `{baseline}` (mean ± standard error; not significant "
-                      "when smaller than 2 standard errors):", "",
-                  "| run | " + " | ".join(COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
-        for name, results in runs.items():
-            if name == baseline:
-                continue
-            cells = [str(compare(summarise([get(r) for r in results]),
-                                 summarise([get(r) for r in runs[baseline]])))
+        lines.append(f"| {label(name)} | {len(results)} | " + " | ".join(cells) + " |")
+    compared = [n for n in runs if baseline_of(n, baseline) in runs
+                and n != baseline_of(n, baseline)]
+    if compared:
+        lines += ["", f"Difference to `{baseline}` started the same way (`gen-{baseline}` for "
+                      "generative-init rows; mean ± standard error; not significant when "
+                      "smaller than 2 standard errors):", "",
+                  "| run | vs | " + " | ".join(COLUMNS) + " |",
+                  "|---|---|" + "---|" * len(COLUMNS)]
+        for name in compared:
+            base = baseline_of(name, baseline)
+            cells = [str(compare(summarise([get(r) for r in runs[name]]),
+                                 summarise([get(r) for r in runs[base]])))
                      for get in COLUMNS.values()]
-            lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(name)} | `{base}` | " + " | ".join(cells) + " |")
     names = list(runs)
     lines += ["", "| task (hit@1, mean over seeds) | " + " | ".join(names) + " |",
               "|---|" + "---|" * len(names)]
@@ -97,20 +118,61 @@ def generation_table(root: Path) -> str | None:
         f"| lm pre-training | {len(results)} | " + " | ".join(cells) + " |"])
 
 
+# probe.json (scripts/probe_latents.py): decoder reconstruction from the K states, and
+# held-out accuracy of ridge probes for the digits' sum from three places in the network.
+PROBE_COLUMNS = {
+    "recon. token acc (train rows)":
+        lambda r: r.get("reconstruction", {}).get("train_rows_seen", {}).get("token_acc"),
+    "recon. token acc (eval)":
+        lambda r: r.get("reconstruction", {}).get("eval_queries_held_out", {}).get("token_acc"),
+    "recon. exact (eval i2t)":
+        lambda r: r.get("reconstruction", {}).get("eval_i2t", {}).get("answer_exact"),
+    "recon. exact (eval t2i)":
+        lambda r: r.get("reconstruction", {}).get("eval_t2i", {}).get("answer_exact"),
+    "sum probe: K states": lambda r: r["probes"]["sum"].get("reason", {}).get("test_acc"),
+    "sum probe: [EMBED]": lambda r: r["probes"]["sum"].get("embed", {}).get("test_acc"),
+    "sum probe: last input": lambda r: r["probes"]["sum"].get("input", {}).get("test_acc"),
+    "sum: constant": lambda r: r["probes"]["sum"].get("constant_acc"),
+}
+
+
+def probe_table(probes: dict[str, list[dict]]) -> str:
+    lines = ["Probes (`scripts/probe_latents.py`; percent, mean ± sd over seeds; probe "
+             "accuracies on held-out eval image queries, ridge strength chosen on a "
+             "validation split of training rows):", "",
+             "| run | seeds | " + " | ".join(PROBE_COLUMNS) + " |",
+             "|---|---|" + "---|" * len(PROBE_COLUMNS)]
+    for name, results in probes.items():
+        cells = []
+        for get in PROBE_COLUMNS.values():
+            values = [get(r) for r in results]
+            cells.append(str(summarise(values)) if all(v is not None for v in values) else "-")
+        lines.append(f"| {label(name)} | {len(results)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", type=Path)
+    parser.add_argument("roots", type=Path, nargs="+")
     parser.add_argument("--rows", default=",".join(LABELS))
     parser.add_argument("--baseline", default="discriminative")
     args = parser.parse_args(argv)
-    runs = load(args.root, args.rows.split(","))
-    generation = generation_table(args.root)
+    names = args.rows.split(",")
+    first = args.roots[0]
+    runs, probes = load(first, names), load(first, names, file="probe.json")
+    for root in args.roots[1:]:
+        suffix = "@" + root.name.removeprefix(first.name).lstrip("-_")
+        runs.update(load(root, names, suffix))
+        probes.update(load(root, names, suffix, file="probe.json"))
+    generation = generation_table(first)
     if not runs and not generation:
-        raise SystemExit(f"error: no eval.json under {args.root} for rows {args.rows}")
+        raise SystemExit(f"error: no eval.json under {first} for rows {args.rows}")
     if runs:
         print(tables(runs, args.baseline))
     if generation:
         print(("\n" if runs else "") + generation)
+    if probes:
+        print("\n" + probe_table(probes))
 
 
 if __name__ == "__main__":

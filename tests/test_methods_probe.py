@@ -57,6 +57,8 @@ def test_probe_script_runs_on_a_tiny_checkpoint(make_model, digits_dir, tmp_path
     assert json.loads(capsys.readouterr().out) == report
     held = report["reconstruction"]["eval_queries_held_out"]
     assert 0.0 <= held["token_acc"] <= 100.0 and held["rows"] > 0
+    by_direction = report["reconstruction"]
+    assert by_direction["eval_i2t"]["rows"] + by_direction["eval_t2i"]["rows"] == held["rows"]
     sums = report["probes"]["sum"]
     assert {"reason", "embed", "input"} <= set(sums)
     assert report["probes"]["rows"]["validation"] > 0

@@ -1,0 +1,90 @@
+"""scripts/quality_parallel.py (job order, dependencies, dataset variants) and
+scripts/quality_table.py (mean ± sd over seeds, per-start baselines, variant rows, probes)."""
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+quality_parallel = _script("quality_parallel")
+quality_table = _script("quality_table")
+
+
+def test_jobs_keep_row_order_and_variants_share_the_pretrained_backbone(tmp_path):
+    root = tmp_path / "q"
+    _, jobs = quality_parallel.parse_jobs(
+        ["--seeds", "0", "1", "--root", str(root), "--", "lm", "gen-lame",
+         "--variant", "reasoning=data/r", "lame", "--variant", "=", "wall-latent"])
+    assert [(j.row, j.seed, j.root.name, j.data) for j in jobs] == [
+        ("lm", 0, "q", "data/digits"), ("lm", 1, "q", "data/digits"),
+        ("gen-lame", 0, "q", "data/digits"), ("gen-lame", 1, "q", "data/digits"),
+        ("lame", 0, "q-reasoning", "data/r"), ("lame", 1, "q-reasoning", "data/r"),
+        ("wall-latent", 0, "q", "data/digits"), ("wall-latent", 1, "q", "data/digits")]
+    assert (root.parent / "q-reasoning" / "lm").resolve() == (root / "lm").resolve()
+    gen = jobs[2]
+    assert gen.needs(root) == [root / "lm" / "seed0" / "generate.json"]
+    assert jobs[0].done_file() == root / "lm" / "seed0" / "generate.json"
+    assert jobs[-1].needs(root) == [root / "lame" / "seed1" / "eval.json",
+                                    root / "latent" / "seed1" / "eval.json"]
+
+
+def test_rows_must_follow_a_double_dash():
+    with pytest.raises(SystemExit):
+        quality_parallel.parse_jobs(["--seeds", "0", "lame"])
+
+
+def _eval(hit, tier2):
+    return {"hit@1": hit, "ndcg@10": hit + 10, "per_group": {"tier1": {"hit@1": hit + 5},
+                                                             "tier2": {"hit@1": tier2}},
+            "per_task": {"tier2.sum.i2t": {"hit@1": tier2}}}
+
+
+def _write(root, row, values, file="eval.json"):
+    for seed, value in enumerate(values):
+        path = root / row / f"seed{seed}" / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+
+
+def test_table_reports_mean_sd_and_compares_each_row_with_its_own_start(tmp_path, capsys):
+    main, variant = tmp_path / "quality", tmp_path / "quality-reasoning"
+    _write(main, "discriminative", [_eval(10, 2), _eval(12, 4), _eval(11, 3)])
+    _write(main, "gen-discriminative", [_eval(30, 9), _eval(31, 10), _eval(29, 11)])
+    _write(main, "gen-lame", [_eval(20, 9), _eval(21, 10), _eval(22, 11)])
+    _write(variant, "gen-lame", [_eval(35, 20), _eval(36, 21), _eval(34, 22)])
+    _write(main, "gen-lame", [{"reconstruction": {}, "probes": {"sum": {
+        "reason": {"test_acc": a}, "embed": {"test_acc": 1.0}, "constant_acc": 5.0}}}
+        for a in (40.0, 50.0, 60.0)], file="probe.json")
+    quality_table.main([str(main), str(variant)])
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line for line in out.splitlines()
+            if line.startswith("| ")}
+    gen_lame = [line for line in out.splitlines() if line.startswith("| LaME, generative init |")]
+    assert f"{statistics.mean([20, 21, 22]):.2f} ± {statistics.stdev([20, 21, 22]):.2f}" \
+        in gen_lame[0]
+    # gen-lame is compared with gen-discriminative (21 - 30 overall, equal tier 2), not with
+    # discriminative; the equal tier 2 is flagged as noise, the 9 points are not.
+    diff = [line for line in out.splitlines()
+            if line.startswith("| LaME, generative init | `gen-discriminative`")]
+    cells = diff[0].split(" | ")
+    assert cells[2].startswith("-9.00") and "(not significant)" not in cells[2]
+    assert cells[4].startswith("+0.00") and "(not significant)" in cells[4]
+    variant_diff = [line for line in out.splitlines()
+                    if line.startswith("| LaME, generative init [reasoning] | `gen-")]
+    assert variant_diff and "+5.00" in variant_diff[0]
+    assert "LaME, generative init [reasoning]" in rows
+    probe = [line for line in out.splitlines() if "50.00 ± 10.00" in line]
+    assert probe and probe[0].startswith("| LaME, generative init | 3 |")
