@@ -121,25 +121,26 @@ def generation_table(root: Path) -> str | None:
 # probe.json (scripts/probe_latents.py): decoder reconstruction from the K states, and
 # held-out accuracy of ridge probes for the digits' sum from three places in the network.
 PROBE_COLUMNS = {
-    "recon. token acc (train rows)":
-        lambda r: r.get("reconstruction", {}).get("train_rows_seen", {}).get("token_acc"),
     "recon. token acc (eval)":
         lambda r: r.get("reconstruction", {}).get("eval_queries_held_out", {}).get("token_acc"),
     "recon. exact (eval i2t)":
         lambda r: r.get("reconstruction", {}).get("eval_i2t", {}).get("answer_exact"),
     "recon. exact (eval t2i)":
         lambda r: r.get("reconstruction", {}).get("eval_t2i", {}).get("answer_exact"),
-    "sum probe: K states": lambda r: r["probes"]["sum"].get("reason", {}).get("test_acc"),
-    "sum probe: [EMBED]": lambda r: r["probes"]["sum"].get("embed", {}).get("test_acc"),
-    "sum probe: last input": lambda r: r["probes"]["sum"].get("input", {}).get("test_acc"),
-    "sum: constant": lambda r: r["probes"]["sum"].get("constant_acc"),
+    "sum R²: K states": lambda r: r["probes"]["sum"].get("reason", {}).get("test_r2"),
+    "sum R²: [EMBED]": lambda r: r["probes"]["sum"].get("embed", {}).get("test_r2"),
+    "sum R²: last input": lambda r: r["probes"]["sum"].get("input", {}).get("test_r2"),
+    "sum exact: K states": lambda r: r["probes"]["sum"].get("reason", {}).get("test_acc"),
+    "sum exact: [EMBED]": lambda r: r["probes"]["sum"].get("embed", {}).get("test_acc"),
+    "sum exact: constant": lambda r: r["probes"]["sum"].get("constant_acc"),
 }
 
 
 def probe_table(probes: dict[str, list[dict]]) -> str:
-    lines = ["Probes (`scripts/probe_latents.py`; percent, mean ± sd over seeds; probe "
-             "accuracies on held-out eval image queries, ridge strength chosen on a "
-             "validation split of training rows):", "",
+    lines = ["Probes (`scripts/probe_latents.py`; mean ± sd over seeds; reconstruction and "
+             "exact-sum accuracies in percent, R² as a fraction; sum probes scored on held-out "
+             "eval image queries, ridge strength chosen on a validation split of training "
+             "rows):", "",
              "| run | seeds | " + " | ".join(PROBE_COLUMNS) + " |",
              "|---|---|" + "---|" * len(PROBE_COLUMNS)]
     for name, results in probes.items():
