@@ -100,16 +100,22 @@ def tables(runs: dict[str, list[dict]], baseline: str) -> str:
     return "\n".join(lines)
 
 
+def optional_cells(results: list[dict], columns: dict) -> list[str]:
+    """mean ± sd per column, "-" where some seed's file lacks the value (e.g. no decoder)."""
+    cells = []
+    for get in columns.values():
+        values = [get(r) for r in results]
+        cells.append(str(summarise(values)) if all(v is not None for v in values) else "-")
+    return cells
+
+
 def generation_table(root: Path) -> str | None:
     """The lm pre-training row: generated-answer exact match, mean ± sd over seeds."""
     files = sorted((root / "lm").glob("seed*/generate.json"))
     if not files:
         return None
     results = [json.loads(p.read_text()) for p in files]
-    cells = []
-    for get in GENERATION_COLUMNS.values():
-        values = [get(r) for r in results]
-        cells.append(str(summarise(values)) if all(v is not None for v in values) else "-")
+    cells = optional_cells(results, GENERATION_COLUMNS)
     return "\n".join([
         "Generative pre-training (`--method lm`), greedy generation on "
         f"{results[0]['n']} eval queries (percent):", "",
@@ -144,10 +150,7 @@ def probe_table(probes: dict[str, list[dict]]) -> str:
              "| run | seeds | " + " | ".join(PROBE_COLUMNS) + " |",
              "|---|---|" + "---|" * len(PROBE_COLUMNS)]
     for name, results in probes.items():
-        cells = []
-        for get in PROBE_COLUMNS.values():
-            values = [get(r) for r in results]
-            cells.append(str(summarise(values)) if all(v is not None for v in values) else "-")
+        cells = optional_cells(results, PROBE_COLUMNS)
         lines.append(f"| {label(name)} | {len(results)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
