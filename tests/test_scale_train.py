@@ -10,20 +10,18 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import train_killed_at
+from train_helpers import weights as _weights
 
 from lame.cli.evaluate import main as eval_main
 from lame.cli.train import main as train_main
 from lame.data.batching import Collator, batch_indices
 from lame.data.dataset import load_eval, load_train
 from lame.objective import compute_losses
-from lame.train import TrainConfig, Trainer, train
+from lame.train import TrainConfig, train
 
 # Gradients of a recomputed / chunked pass: the same float ops in another summation order.
 GRAD_ATOL, GRAD_RTOL = 2e-6, 1e-4
-
-
-def _weights(path):
-    return load_file(str(path / "model.safetensors"))
 
 
 def _batch(model, digits_dir, rows=8, hard_negatives=1, step=0):
@@ -356,17 +354,7 @@ def _assert_kill_and_resume_is_exact(digits_dir, tmp_path, tiny_config, cfg, mon
     """Train straight; train again killed at step 5 and --resume it: the weights must be
     bit-identical."""
     train(digits_dir, tmp_path / "straight", tiny_config, cfg, show_progress=False)
-    real_step = Trainer._step
-
-    def killed_at_step_5(self, step, params, optimizer):
-        if step == 5:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, step, params, optimizer)
-
-    monkeypatch.setattr(Trainer, "_step", killed_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train(digits_dir, tmp_path / "killed", tiny_config, cfg, show_progress=False)
-    monkeypatch.setattr(Trainer, "_step", real_step)
+    train_killed_at(5, digits_dir, tmp_path / "killed", tiny_config, cfg, monkeypatch)
     train(digits_dir, tmp_path / "killed", tiny_config, cfg, resume=True, show_progress=False)
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
     for name in straight:

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_helpers import train_killed_at
+from train_helpers import weights as _weights
 
 import lame
 from lame.checkpoint import CheckpointError
@@ -13,7 +15,7 @@ from lame.cli.train import main as train_main
 from lame.data.batching import Collator, batch_indices
 from lame.data.dataset import load_train
 from lame.objective import compute_losses
-from lame.train import TrainConfig, Trainer, set_trainable, train
+from lame.train import TrainConfig, set_trainable, train
 
 CONTRACT = ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
             "trainer_state.json", "trainer_state.safetensors", "meta.json", "metrics.jsonl",
@@ -81,27 +83,12 @@ def test_batches_depend_only_on_seed_and_step():
     assert sorted(epoch.tolist()) == list(range(100))
 
 
-def _weights(path):
-    return load_file(str(path / "model.safetensors"))
-
-
 def test_resume_after_kill_matches_uninterrupted_run(digits_dir, tmp_path, tiny_config,
                                                      monkeypatch):
     cfg = TrainConfig(max_steps=10, batch_size=8, save_every=3, eval_every=0, seed=1)
     train(digits_dir, tmp_path / "straight", tiny_config, cfg, show_progress=False)
-
-    real_step = Trainer._step
-
-    def killed_at_step_7(self, step, params, optimizer):
-        if step == 7:
-            raise KeyboardInterrupt("simulated kill")
-        return real_step(self, step, params, optimizer)
-
-    monkeypatch.setattr(Trainer, "_step", killed_at_step_7)
-    with pytest.raises(KeyboardInterrupt):
-        train(digits_dir, tmp_path / "killed", tiny_config, cfg, show_progress=False)
+    train_killed_at(7, digits_dir, tmp_path / "killed", tiny_config, cfg, monkeypatch)
     assert json.loads((tmp_path / "killed" / "meta.json").read_text())["step"] == 6
-    monkeypatch.setattr(Trainer, "_step", real_step)
     train(digits_dir, tmp_path / "killed", tiny_config, cfg, resume=True, show_progress=False)
 
     straight, resumed = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
