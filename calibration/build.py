@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from lame_runtime.persist import atomic_write_file
-from lame_runtime.preprocess import Preprocessor, format_query
+from lame_runtime.artifact.persist import atomic_write_file
+from lame_runtime.inputs.preprocess import Preprocessor, format_query
 
 Item = tuple[str | None, str | None]  # (text, absolute image path)
 

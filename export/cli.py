@@ -40,7 +40,7 @@ def command(ckpt, out, external_data_mib, trt, **options) -> int:
     from lame_export.pipeline import ExportOptions, export_checkpoint
 
     if trt:  # fail before minutes of export, and leave an existing --out untouched
-        from lame_runtime.tensorrt_build import check_build_environment
+        from lame_runtime.engines.tensorrt.build import check_build_environment
 
         check_build_environment()
         # The engine is built from the graph of its precision: export that graph too (int8 in
@@ -57,7 +57,7 @@ def command(ckpt, out, external_data_mib, trt, **options) -> int:
                            "tensorrt_ok": report["tensorrt_lint"]["ok"],
                            "failures": report["failures"]}))
     if trt:
-        from lame_runtime.tensorrt_build import EngineBuildOptions, build_engine
+        from lame_runtime.engines.tensorrt.build import EngineBuildOptions, build_engine
 
         record = build_engine(out, EngineBuildOptions(precision=trt), progress=lambda msg:
                               click.echo(f"[lame-export] {msg}", err=True))

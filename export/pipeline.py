@@ -1,6 +1,6 @@
 """``export_checkpoint``: checkpoint -> artifact directory, every step validated.
 
-Everything is built in a staging directory (``.OUT.tmp``, via ``lame_runtime.persist``) and
+Everything is built in a staging directory (``.OUT.tmp``, via ``lame_runtime.artifact.persist``) and
 swapped in at the end, so a failed gate or any error leaves no half-written artifact and no
 staging folder behind (and an existing artifact untouched).
 
@@ -28,11 +28,11 @@ from lame_export.text_graph import (TEXT_FILES, build_text_graphs, check_text_pa
                                     convert_text_graph)
 from lame_export.trt_lint import lint
 from lame_export.validate import THRESHOLDS, parity_suite
-from lame_runtime.artifact import FORMAT_VERSION, HASH_CACHE, MANIFEST, sha256
-from lame_runtime.artifact_files import HashCache
+from lame_runtime.artifact.contract import FORMAT_VERSION, HASH_CACHE, MANIFEST, sha256
+from lame_runtime.artifact.files import HashCache
 from lame_runtime.errors import GateError
-from lame_runtime.persist import atomic_write_dir, atomic_write_json, check_replaceable
-from lame_runtime.preprocess import INPUT_NAMES, PREPROCESSOR_FILE, TOKENIZER_FILE
+from lame_runtime.artifact.persist import atomic_write_dir, atomic_write_json, check_replaceable
+from lame_runtime.inputs.preprocess import INPUT_NAMES, PREPROCESSOR_FILE, TOKENIZER_FILE
 
 FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 EXPORTABLE_METHODS = ("lame", "discriminative")
@@ -226,8 +226,8 @@ def _copy_runtime_files(ckpt: Path, stage: Path) -> None:
 
 
 def _instructions(ckpt: Path) -> dict:
-    """The checkpoint's instructions per direction/task, validated (lame_runtime.instructions)."""
-    from lame_runtime.instructions import check
+    """The checkpoint's instructions per direction/task, validated (lame_runtime.inputs.instructions)."""
+    from lame_runtime.inputs.instructions import check
 
     path = ckpt / "instructions.json"
     return check(json.loads(path.read_text()), str(path)) if path.is_file() else {}

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lame_runtime.preprocess import INPUT_NAMES, Preprocessor
+from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor
 
 # Not "embedding": the dynamo exporter's names collide with aten.embedding.
 OUTPUT_NAME = "lame_embedding"

@@ -4,7 +4,7 @@ The full graph runs the vision tower on every row and masks text-only rows with
 ``image_mask`` (static shapes, one graph for every kind of row), so a text query paid for a
 blank image. This graph is the same model with ``_image_features`` returning nothing: inputs
 ``input_ids`` + ``attention_mask`` only, the same reason/summary constants and heads. The
-runtime routes text-only rows to it (``lame_runtime.routing``); rows with an image still go
+runtime routes text-only rows to it (``lame_runtime.inputs.routing``); rows with an image still go
 to the full graph.
 
 It gets its own parity gate against PyTorch on the text rows of the parity feeds, with the

@@ -73,8 +73,8 @@ def method_config(base: LameConfig, method: str, max_new_tokens: int) -> LameCon
 def build_models(options: BenchOptions) -> dict[str, Any]:
     """One LameModel per method, all sharing the first model's backbone (same weights)."""
     from lame.model import LameModel
-    from lame_runtime.preprocess import Preprocessor
-    from lame_runtime.text import TextProcessor
+    from lame_runtime.inputs.preprocess import Preprocessor
+    from lame_runtime.inputs.text import TextProcessor
 
     from lame.backbones.directory import resolve_model_spec
 

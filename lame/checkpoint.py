@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from lame.config import LameConfig
 from lame_runtime.errors import CheckpointError
-from lame_runtime.persist import atomic_write_dir, check_replaceable, recover_dir  # noqa: F401
-from lame_runtime.preprocess import PREPROCESSOR_FILE, TOKENIZER_FILE, Preprocessor
+from lame_runtime.artifact.persist import atomic_write_dir, check_replaceable, recover_dir  # noqa: F401
+from lame_runtime.inputs.preprocess import PREPROCESSOR_FILE, TOKENIZER_FILE, Preprocessor
 
 MODEL_FILE = "model.safetensors"
 REQUIRED_FILES = ("config.json", MODEL_FILE, TOKENIZER_FILE, PREPROCESSOR_FILE)

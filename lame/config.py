@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lame.methods import METHODS, get_method  # noqa: F401  (METHODS: re-exported)
-from lame_runtime.images import ImageConfig
+from lame_runtime.inputs.images import ImageConfig
 
 POOLINGS = ("embed", "attention")
 # METHODS (lame.methods, one module each): lame: the method. discriminative: K=0, [EMBED] only

@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from lame.data.dataset import METRICS, EvalRow, Item
-from lame_runtime.preprocess import format_query
+from lame_runtime.inputs.preprocess import format_query
 
 Encode = Callable[..., np.ndarray]
 KS = (5, 10)

@@ -15,7 +15,7 @@ from lame.config import LameConfig
 from lame.heads import DecoderHead, EmbeddingHead
 from lame.methods import LameOutput, get_method
 from lame.methods.decoding import greedy_generate
-from lame_runtime.preprocess import INPUT_NAMES, Preprocessor, align_inputs
+from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor, align_inputs
 
 
 class LameModel(nn.Module):

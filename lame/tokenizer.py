@@ -5,7 +5,7 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from lame_runtime.text import SPECIAL_TOKENS
+from lame_runtime.inputs.text import SPECIAL_TOKENS
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Tokenizer:
@@ -31,8 +31,8 @@ def preprocessor_for(data_dir, config):
 
     from lame.backbones import backbone_tokenizer
     from lame.data.dataset import iter_texts
-    from lame_runtime.preprocess import Preprocessor
-    from lame_runtime.text import TextProcessor
+    from lame_runtime.inputs.preprocess import Preprocessor
+    from lame_runtime.inputs.text import TextProcessor
 
     tokenizer = backbone_tokenizer(config)
     if tokenizer is None:

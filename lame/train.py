@@ -273,7 +273,7 @@ class Trainer:
                         resume_tensors=lora.resume_tensors(self.model) if adapted else None)
 
     def _extra_files(self, directory: Path, done: bool) -> None:
-        from lame_runtime.persist import atomic_write_json
+        from lame_runtime.artifact.persist import atomic_write_json
 
         atomic_write_json(directory / "instructions.json", self._instructions())
         if done:
@@ -284,8 +284,8 @@ class Trainer:
     def _instructions(self) -> dict[str, Any]:
         """The query instructions the model was trained with, per direction ("text->image",
         "image->text", ...) and per task; "query" only when every row used the same one
-        (never a majority vote). The runtime picks from these (lame_runtime.instructions)."""
-        from lame_runtime.instructions import modality, summarise
+        (never a majority vote). The runtime picks from these (lame_runtime.inputs.instructions)."""
+        from lame_runtime.inputs.instructions import modality, summarise
 
         return summarise((modality(row.query.text, row.query.image),
                           modality(row.target.text, row.target.image), row.task,

@@ -7,19 +7,31 @@ preprocessing (tokenisation with ``tokenizers``, image transforms with NumPy/Pil
 Every expected failure raises a ``LameError`` subclass (``lame_runtime.errors``); each also
 derives from the builtin a caller would catch (``InputError`` is a ``ValueError``, ...).
 The runtime opens no network connection.
+
+Layout (each sub-package's ``__init__`` says what lives there and what it may import):
+``artifact/`` the contract, paths and atomic writes; ``inputs/`` preprocessing; ``engines/``
+ONNX Runtime and TensorRT; ``retrieval/`` indexes and corpus indexing; ``deploy/`` Triton;
+``cli/`` the command lines. ``Embedder`` and ``errors`` stay here.
 """
 from lame_runtime.errors import (ArtifactError, BackendError, IndexFileError, InputError,
                                  InputTypeError, IntegrityError, LameError, MissingFileError)
-from lame_runtime.images import ImageConfig, load_image, preprocess_images
-from lame_runtime.text import SPECIAL_TOKENS, TextProcessor
-from lame_runtime.preprocess import Preprocessor, format_query
-from lame_runtime.artifact import Artifact
+from lame_runtime.inputs.images import ImageConfig, load_image, preprocess_images
+from lame_runtime.inputs.text import SPECIAL_TOKENS, TextProcessor
+from lame_runtime.inputs.preprocess import Preprocessor, format_query
+from lame_runtime.artifact.contract import Artifact
 from lame_runtime.embedder import Embedder
-from lame_runtime.index import Index
+from lame_runtime.retrieval.index import Index
+from lame_runtime.retrieval.ann import AnnIndex  # faiss is imported only when an AnnIndex is built
+from lame_runtime.retrieval.qdrant_store import QdrantStore  # likewise qdrant-client
+from lame_runtime._moved import install as _install_moved_modules
+
+_install_moved_modules()
 
 __all__ = [
     "Embedder",
     "Index",
+    "AnnIndex",
+    "QdrantStore",
     "Artifact",
     "ArtifactError",
     "ImageConfig",

@@ -8,15 +8,15 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from lame_runtime.artifact import PRECISIONS, Artifact
-from lame_runtime.backends import (OnnxRuntimeBackend, check_feed, choose_backend,
+from lame_runtime.artifact.contract import PRECISIONS, Artifact
+from lame_runtime.engines.backends import (OnnxRuntimeBackend, check_feed, choose_backend,
                                    load_tensorrt, provider_defaults)
-from lame_runtime.tensorrt_backend import running_device
+from lame_runtime.engines.tensorrt.backend import running_device
 from lame_runtime.errors import InputError, InputTypeError
-from lame_runtime.instructions import modality, pick as pick_instruction
-from lame_runtime.pipeline import FeedPipeline, PipelineOptions, encode_iter, encode_pipelined
-from lame_runtime.preprocess import Preprocessor, align_inputs, format_query
-from lame_runtime.routing import route
+from lame_runtime.inputs.instructions import modality, pick as pick_instruction
+from lame_runtime.inputs.pipeline import FeedPipeline, PipelineOptions, encode_iter, encode_pipelined
+from lame_runtime.inputs.preprocess import Preprocessor, align_inputs, format_query
+from lame_runtime.inputs.routing import route
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
@@ -35,13 +35,13 @@ class Embedder:
                  tensorrt_ep: bool = False, pipeline_options: PipelineOptions | None = None,
                  route_text: bool = True):
         # providers: names or (name, options) pairs, as onnxruntime takes them; the TensorRT/CUDA
-        # EPs get defaults from the artifact (lame_runtime.providers). strict: a provider that
+        # EPs get defaults from the artifact (lame_runtime.engines.providers). strict: a provider that
         # does not start raises BackendError instead of a warning. device_id: the GPU for the
         # CUDA/TensorRT EPs and the TensorRT backend. cache_dir: the TensorRT EP's engine and
         # timing caches (default <artifact>/trt_cache). tensorrt_ep: put the TensorRT EP first.
         # route_text=False: every row through the full graph even if the artifact has a
         # text-only one. pipeline_options: decode threads / prefetch / JPEG draft
-        # (lame_runtime.pipeline).
+        # (lame_runtime.inputs.pipeline).
         # verify=False skips the sha256 checks of the artifact's files (for devices that
         # verify at install time); paths, sizes and the manifest are still checked.
         if backend not in BACKENDS:
@@ -112,7 +112,7 @@ class Embedder:
 
     def infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """Raw outputs of a model feed; text-only rows go to the text graph when there is one
-        (``lame_runtime.routing``), in the caller's row order."""
+        (``lame_runtime.inputs.routing``), in the caller's row order."""
         check_feed(feed, self.artifact.inputs)
         output = self.artifact.output_name
         if not self.routes_text:
@@ -163,7 +163,7 @@ class Embedder:
 
     def encode_iter(self, items: Iterable[Any], batch_size: int = 32,
                     instruction: str | None = None) -> Iterator[tuple[list, np.ndarray]]:
-        """Stream ``(ids, unit vectors)`` batches with bounded memory (``lame_runtime.pipeline``).
+        """Stream ``(ids, unit vectors)`` batches with bounded memory (``lame_runtime.inputs.pipeline``).
 
         ``items``: ``(id, text, image)`` triples, or bare texts / images (ids = positions)."""
         for ids, raw in encode_iter(self, items, batch_size, instruction):
@@ -187,7 +187,7 @@ class Embedder:
         training task's. Otherwise each row gets the instruction of the training directions
         that start at its modality (text -> the text->image one, image -> image->text, ...);
         if those disagree ``InputError`` asks for ``instruction=`` or ``task=``
-        (see ``lame_runtime.instructions``).
+        (see ``lame_runtime.inputs.instructions``).
         """
         texts, images = align_inputs(texts, images)
         per_row = self.query_instructions(texts, images, instruction, task)

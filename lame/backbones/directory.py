@@ -84,7 +84,7 @@ def resolve_model_spec(model: dict[str, Any], image_size: Any = None) -> dict[st
 def _fill_image_defaults(image: dict[str, Any]) -> None:
     from dataclasses import fields
 
-    from lame_runtime.images import ImageConfig
+    from lame_runtime.inputs.images import ImageConfig
 
     defaults = ImageConfig()
     for field in fields(ImageConfig):
@@ -157,7 +157,7 @@ def directory_tokenizer(directory: str | Path):
     """DIR/tokenizer.json plus LaME's special tokens (added special tokens, new ids at the end)."""
     from tokenizers import AddedToken, Tokenizer
 
-    from lame_runtime.text import SPECIAL_TOKENS
+    from lame_runtime.inputs.text import SPECIAL_TOKENS
 
     path = _require_dir(Path(directory)) / "tokenizer.json"
     if not path.is_file():

@@ -39,7 +39,7 @@ def tiny_idefics3_config(config, vocab_size: int, image_token_id: int):
 
 
 def unpatchify(patches: torch.Tensor, image_config) -> torch.Tensor:
-    """[B, P, 3*T*p*p] flat patches (Qwen layout, see lame_runtime.images) -> [B, 3, H, W]."""
+    """[B, P, 3*T*p*p] flat patches (Qwen layout, see lame_runtime.inputs.images) -> [B, 3, H, W]."""
     p, m, t = image_config.patch_size, image_config.merge_size, image_config.temporal_patch_size
     gh, gw = image_config.grid
     x = patches.reshape(-1, gh // m, gw // m, m, m, 3, t, p, p)[:, :, :, :, :, :, 0]

@@ -164,7 +164,7 @@ def tokenizer_for(config=None):
     as added special tokens after its 49152 ids; ``config`` is unused (one tokenizer per family)."""
     from tokenizers import AddedToken
 
-    from lame_runtime.text import SPECIAL_TOKENS
+    from lame_runtime.inputs.text import SPECIAL_TOKENS
 
     _require_gguf()
     path = packaged_file(LM_DIST, LM_FILE)

@@ -83,7 +83,7 @@ def _generate(model, rows, data_dir, batch_size, max_new_tokens, out_file, progr
               **score_generations(rows, texts, image_digits(data_dir))}
     text = json.dumps(result, indent=2)
     if out_file:
-        from lame_runtime.persist import atomic_write_text
+        from lame_runtime.artifact.persist import atomic_write_text
 
         atomic_write_text(out_file, text + "\n")
     click.echo(f"exact match {result.get('exact_match', 0.0):.1f} % over {result['n']} queries",

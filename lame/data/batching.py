@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from lame.data.dataset import Item, TrainRow
-from lame_runtime.preprocess import Preprocessor, format_query
+from lame_runtime.inputs.preprocess import Preprocessor, format_query
 
 
 def batch_indices(num_rows: int, batch_size: int, seed: int, step: int) -> np.ndarray:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from lame_runtime.paths import contained_path
+from lame_runtime.artifact.paths import contained_path
 
 TRAIN_FILE = "train.jsonl"
 EVAL_FILE = "eval.jsonl"

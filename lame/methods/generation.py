@@ -31,7 +31,7 @@ import torch
 
 from lame.data.dataset import EvalRow
 from lame.methods.decoding import greedy_generate
-from lame_runtime.preprocess import format_query
+from lame_runtime.inputs.preprocess import format_query
 
 _DIGITS = re.compile(r"digits((?:\s*\d)+)")
 

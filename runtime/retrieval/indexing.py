@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
-from lame_runtime.index import Index, index_exists, index_files
-from lame_runtime.persist import atomic_write_text, sha256
-from lame_runtime.preprocess import format_query
+from lame_runtime.retrieval.index import Index, index_exists, index_files
+from lame_runtime.artifact.persist import atomic_write_text, sha256
+from lame_runtime.inputs.preprocess import format_query
 
 BUILD_KEY = "build"
 REPORT_SUFFIX = ".skipped.jsonl"
@@ -49,7 +49,7 @@ class BuildOptions:
     skip_bad: bool = False
     resume: bool = False
     force: bool = False
-    ann: Any = None  # a lame_runtime.ann.AnnConfig: build a FAISS AnnIndex instead of an Index
+    ann: Any = None  # a lame_runtime.retrieval.ann.AnnConfig: build a FAISS AnnIndex instead of an Index
 
 
 def report_path(out: str | Path) -> Path:
@@ -105,14 +105,14 @@ def _start(embedder, items, out, state, options) -> tuple[Any, list[dict[str, An
     existing = index_exists(out)
     if existing is None or options.force:
         if options.ann is not None:
-            from lame_runtime.ann import AnnIndex
+            from lame_runtime.retrieval.ann import AnnIndex
 
             return AnnIndex(embedder.dim, options.ann), []
         return Index(embedder.dim, storage=options.storage), []
     if not options.resume:
         raise FileExistsError(f"{existing} exists; pass --resume to continue building it or "
                               "--force to overwrite it")
-    from lame_runtime.ann import load_any
+    from lame_runtime.retrieval.ann import load_any
 
     index = load_any(out)
     done = index.info.get(BUILD_KEY)
@@ -200,7 +200,7 @@ def _read_report(path: Path) -> list[dict[str, Any]]:
 
 def build_qdrant(embedder, items: Sequence[Item], store, options: BuildOptions,
                  progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
-    """Embed ``items`` into a ``lame_runtime.qdrant_store.QdrantStore`` (batched upserts).
+    """Embed ``items`` into a ``lame_runtime.retrieval.qdrant_store.QdrantStore`` (batched upserts).
 
     Point ids are derived from the item ids, so running again re-upserts the same points
     (idempotent) instead of duplicating them. Skipped items are returned in the summary and,

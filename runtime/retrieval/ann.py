@@ -1,6 +1,6 @@
 """``AnnIndex``: FAISS cosine search at scale: fp16/int8 storage and an approximate HNSW graph.
 
-The exact ``lame_runtime.index.Index`` stays the reference (exact top-k, deterministic ties,
+The exact ``lame_runtime.retrieval.index.Index`` stays the reference (exact top-k, deterministic ties,
 remove, concurrent snapshots). This layer is for collections where that is too slow or too
 big: vectors live *inside* FAISS (no float32 copy beside them), and ``add`` appends to the
 FAISS index instead of rebuilding it.
@@ -10,7 +10,7 @@ Kinds (``AnnConfig.kind``) and storages (``AnnConfig.storage``):
 - ``flat``: exhaustive search; ``float32`` is ``IndexFlatIP`` (exact), ``float16``/``int8``
   a ``IndexScalarQuantizer`` (QT_fp16 / QT_8bit) with inner product: 2x / 4x less memory.
 - ``hnsw``: ``IndexHNSWFlat`` / ``IndexHNSWSQ`` with inner product: approximate, sub-linear
-  queries; ``ef_search`` trades recall for speed (see scripts/bench_search.py for the figures).
+  queries; ``ef_search`` trades recall for speed (see scripts/bench/bench_search.py for the figures).
 
 int8 (QT_8bit) learns a per-dimension range: it is trained on the first ``train_size`` vectors
 added (buffered until then, or until the first search/save); later components outside that
@@ -18,7 +18,7 @@ range are clipped. For unit vectors from one model that range is stable.
 
 Vectors are normalised on the way in, so inner product is cosine. Ids are strings and payloads
 JSON, as in ``Index``. Saved as ``<stem>.json`` + ``<stem>.<token>.faiss`` (FAISS's own binary
-format, never pickle) through ``lame_runtime.persist.save_versioned``: a kill mid-save leaves
+format, never pickle) through ``lame_runtime.artifact.persist.save_versioned``: a kill mid-save leaves
 the previous save loadable. One lock serialises ``add``/``save`` with ``search`` (FAISS's
 index is not safe to read while it is being appended to).
 """
@@ -34,9 +34,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from lame_runtime.errors import BackendError, IndexFileError, InputError, MissingFileError
-from lame_runtime.index import (_as_list, _check_matrix, _check_payload, _materialise,
+from lame_runtime.retrieval.index import (_as_list, _check_matrix, _check_payload, _materialise,
                                 _normalise, index_files)
-from lame_runtime.persist import save_versioned, versioned_file
+from lame_runtime.artifact.persist import save_versioned, versioned_file
 
 KINDS = ("flat", "hnsw")
 STORAGES = ("float32", "float16", "int8")
@@ -251,7 +251,7 @@ def _digest(content: dict[str, Any]) -> str:
 
 def load_any(path: str | Path, backend: str = "auto"):
     """An ``Index`` or an ``AnnIndex``, whichever was saved at ``path`` (by its json's format)."""
-    from lame_runtime.index import Index
+    from lame_runtime.retrieval.index import Index
 
     _, json_path = index_files(path)
     if json_path.is_file():

@@ -12,7 +12,7 @@ building the FAISS index) happens under that lock too.
 
 On disk (format version 2): ``<stem>.json`` (ids, payloads, config, the sha256 of its own
 content) points at ``<stem>.<token>.npz`` by name and sha256. A save writes a new npz under a
-new name and replaces the json last (``lame_runtime.persist.save_versioned``), so a kill at any
+new name and replaces the json last (``lame_runtime.artifact.persist.save_versioned``), so a kill at any
 instant leaves the previous or the new index loadable, never neither. Version 1 indexes
 (``<stem>.npz`` + ``<stem>.json``) still load.
 """
@@ -28,10 +28,10 @@ import numpy as np
 
 from lame_runtime.errors import (BackendError, IndexFileError, InputError, InputTypeError,
                                  IntegrityError, MissingFileError)
-from lame_runtime.index_io import (FORMAT, INDEX_STEM, STORAGES, VERSION,  # noqa: F401
+from lame_runtime.retrieval.index_io import (FORMAT, INDEX_STEM, STORAGES, VERSION,  # noqa: F401
                                    code_dtype, content_sha256, index_exists, index_files,
                                    read_arrays, read_meta)
-from lame_runtime.persist import save_versioned, sha256, versioned_file
+from lame_runtime.artifact.persist import save_versioned, sha256, versioned_file
 
 BACKENDS = ("auto", "numpy", "faiss")
 BLOCK_ELEMENTS = 1 << 23  # scores computed per block: at most ~32 MB of float32 at a time

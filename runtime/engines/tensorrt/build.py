@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lame_runtime.artifact import MANIFEST, Artifact
+from lame_runtime.artifact.contract import MANIFEST, Artifact
 from lame_runtime.errors import BackendError, InputError
-from lame_runtime.persist import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256
-from lame_runtime.tensorrt_backend import import_tensorrt, running_device
-from lame_runtime.tensorrt_meta import (ENGINE_PRECISIONS, PLAN_FILES, EngineProfile,
+from lame_runtime.artifact.persist import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256
+from lame_runtime.engines.tensorrt.backend import import_tensorrt, running_device
+from lame_runtime.engines.tensorrt.meta import (ENGINE_PRECISIONS, PLAN_FILES, EngineProfile,
                                         engine_profiles, profile_shapes, trtexec_command,
                                         validate_engines_section)
 

@@ -28,17 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lame_runtime.artifact_files import HASH_CACHE, HashCache, external_data_locations, member_path
+from lame_runtime.artifact.files import HASH_CACHE, HashCache, external_data_locations, member_path
 from lame_runtime.errors import ArtifactError  # noqa: F401  (re-exported)
-from lame_runtime.persist import recover_dir
-from lame_runtime.persist import sha256  # noqa: F401  (re-exported)
+from lame_runtime.artifact.persist import recover_dir
+from lame_runtime.artifact.persist import sha256  # noqa: F401  (re-exported)
 
 MANIFEST = "lame_artifact.json"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 PRECISIONS = ("fp32", "fp16", "int8")
 DTYPES = {"int64": "int64", "float32": "float32"}
-TOKENIZER_FILE = "tokenizer.json"          # same names as lame_runtime.preprocess (no import
+TOKENIZER_FILE = "tokenizer.json"          # same names as lame_runtime.inputs.preprocess (no import
 PREPROCESSOR_FILE = "preprocessor_config.json"  # cycle: preprocess does not need us)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -163,8 +163,8 @@ def _check_special_tokens(where: str, manifest: dict) -> None:
 
 
 def _check_engines(where: str, manifest: dict) -> None:
-    # The "engines" section (TensorRT plans) belongs to lame_runtime.tensorrt_meta (area trt).
-    from lame_runtime.tensorrt_meta import validate_engines_section
+    # The "engines" section (TensorRT plans) belongs to lame_runtime.engines.tensorrt.meta (area trt).
+    from lame_runtime.engines.tensorrt.meta import validate_engines_section
 
     try:
         validate_engines_section(manifest)
@@ -279,8 +279,8 @@ class Artifact:
 
     @property
     def instructions(self) -> dict[str, Any]:
-        """The trained instructions per direction and task (lame_runtime.instructions)."""
-        from lame_runtime.instructions import check
+        """The trained instructions per direction and task (lame_runtime.inputs.instructions)."""
+        from lame_runtime.inputs.instructions import check
 
         return check(self.manifest.get("instructions"), str(self.path))
 
@@ -372,7 +372,7 @@ class Artifact:
             raise ArtifactError(f"{config_path}: max_text_tokens differs from the manifest's "
                                 f"{self.manifest['max_text_tokens']}")
         vocabulary = _token_ids(_read_json(token_path))
-        from lame_runtime.text import SPECIAL_TOKENS
+        from lame_runtime.inputs.text import SPECIAL_TOKENS
 
         for role, token_id in self.manifest["special_tokens"].items():
             token = SPECIAL_TOKENS.get(role)

@@ -5,13 +5,13 @@ model, then decode the next batch: on the ``small`` model at batch 32 that reach
 raw session throughput. Here each image of the next ``prefetch`` batches is a task in a thread
 pool (Pillow's decode/resize and NumPy release the GIL), so decoding overlaps inference of the
 current batch. Results are identical to the serial path: the same validated functions
-(``lame_runtime.images``) produce each row, only the scheduling differs.
+(``lame_runtime.inputs.images``) produce each row, only the scheduling differs.
 
 JPEG draft mode: a large JPEG can be decoded at 1/2, 1/4 or 1/8 scale by the DCT itself, far
 cheaper than a full decode. ``draft_factor=F`` asks for the smallest such scale that still
 leaves at least ``F`` x the model's resolution on both axes, so the final bicubic resize still
 downsamples by >= F. With F = 2 (default) the preprocessed pixels stay within the tolerance
-``tests/test_corpus_pipeline.py`` states (measured on synthetic 2-12 MP photos: mean
+``tests/runtime/test_corpus_pipeline.py`` states (measured on synthetic 2-12 MP photos: mean
 |diff| <= 0.31 and max <= 3 grey levels of 255 before normalisation; tested: mean <= 0.5,
 max <= 4) at 2.3-2.7x less decode time; ``F = 0``
 turns draft mode off (bit-exact with the serial path).
@@ -34,8 +34,8 @@ import numpy as np
 from PIL import Image
 
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
-from lame_runtime.images import _RESAMPLE, ImageConfig, describe_image, load_image
-from lame_runtime.preprocess import Preprocessor, align_inputs, format_query
+from lame_runtime.inputs.images import _RESAMPLE, ImageConfig, describe_image, load_image
+from lame_runtime.inputs.preprocess import Preprocessor, align_inputs, format_query
 
 ITEM_ERRORS = (InputError, InputTypeError, MissingFileError)
 JPEG_SUFFIXES = (".jpg", ".jpeg")

@@ -1,6 +1,6 @@
 """Inference backends behind one interface: ``infer(feed) -> {output_name: ndarray}``:
-ONNX Runtime (providers from :mod:`lame_runtime.providers`) or a native TensorRT engine
-(:mod:`lame_runtime.tensorrt_backend`, imported only when one is used).
+ONNX Runtime (providers from :mod:`lame_runtime.engines.providers`) or a native TensorRT engine
+(:mod:`lame_runtime.engines.tensorrt.backend`, imported only when one is used).
 
 The feed is checked against the artifact's input specs *before* it reaches a backend, so a
 wrong dtype or rank is reported by name instead of failing deep inside ONNX Runtime.
@@ -12,14 +12,14 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from lame_runtime.artifact import Artifact, TensorSpec
+from lame_runtime.artifact.contract import Artifact, TensorSpec
 from lame_runtime.errors import ArtifactError, BackendError
-from lame_runtime.persist import sha256
-from lame_runtime.providers import (CACHE_DIR_NAME, ProviderDefaults, check_fallback,
+from lame_runtime.artifact.persist import sha256
+from lame_runtime.engines.providers import (CACHE_DIR_NAME, ProviderDefaults, check_fallback,
                                     normalize_providers, prepare_cache_dir, profile_shape_options,
                                     resolve_providers)
-from lame_runtime.tensorrt_backend import probe_device, running_device
-from lame_runtime.tensorrt_meta import (check_engine_compatible, engine_profiles, profile_shapes,
+from lame_runtime.engines.tensorrt.backend import probe_device, running_device
+from lame_runtime.engines.tensorrt.meta import (check_engine_compatible, engine_profiles, profile_shapes,
                                         rebuild_hint, select_backend, validate_engines_section)
 
 
@@ -60,7 +60,7 @@ def check_feed(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> None
 
 class OnnxRuntimeBackend:
     """One ``InferenceSession`` over an artifact graph, on the providers resolved in
-    :mod:`lame_runtime.providers` (the one place that decides them)."""
+    :mod:`lame_runtime.engines.providers` (the one place that decides them)."""
 
     name = "onnxruntime"
 
@@ -145,7 +145,7 @@ def choose_backend(artifact: Artifact, backend: str, precision: str, device_id: 
 def load_tensorrt(artifact: Artifact, record: dict, output_name: str, device_id: int = 0,
                   verify: bool = True):
     """The plan file, sha256-checked against its record, deserialised on ``device_id``."""
-    from lame_runtime.tensorrt_backend import TensorRTBackend
+    from lame_runtime.engines.tensorrt.backend import TensorRTBackend
 
     plan = artifact.path / record["path"]
     if not plan.is_file():

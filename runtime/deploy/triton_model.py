@@ -1,15 +1,15 @@
 """Triton Python-backend model: LaME preprocessing (copied as ``<name>_preprocess/1/model.py``).
 
 Runs inside Triton's Python backend, whose environment needs ``pip install lame-embed`` (the
-torch-free base install). The logic is ``lame_runtime.triton.preprocess_request``, tested
+torch-free base install). The logic is ``lame_runtime.deploy.triton.preprocess_request``, tested
 directly in the project; this file only moves tensors in and out of Triton.
 """
 import os
 
 import triton_python_backend_utils as pb_utils
 
-from lame_runtime.preprocess import Preprocessor
-from lame_runtime.triton import IMAGE_INPUT, TEXT_INPUT, preprocess_request
+from lame_runtime.inputs.preprocess import Preprocessor
+from lame_runtime.deploy.triton import IMAGE_INPUT, TEXT_INPUT, preprocess_request
 
 
 class TritonPythonModel:

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import click
 
-from lame_runtime.tensorrt_meta import ENGINE_PRECISIONS, PROFILE_KEYS
+from lame_runtime.engines.tensorrt.meta import ENGINE_PRECISIONS, PROFILE_KEYS
 
 BACKEND_CHOICES = ("auto", "onnxruntime", "tensorrt")
 
@@ -35,7 +35,7 @@ def gpu_options(function: Callable) -> Callable:
 def embedder_options(backend: str, providers: str | None, device_id: int,
                      strict_providers: bool) -> dict[str, Any]:
     """The gpu_options values as Embedder keyword arguments."""
-    from lame_runtime.providers import parse_provider_arg
+    from lame_runtime.engines.providers import parse_provider_arg
 
     return {"backend": backend, "device_id": device_id, "strict": strict_providers,
             "providers": parse_provider_arg(providers) if providers else None}
@@ -62,7 +62,7 @@ def embedder_options(backend: str, providers: str | None, device_id: int,
 def build_engine_command(artifact, precision, workspace_mb, timing_cache, device_id,
                          **profile) -> int:
     """Build a TensorRT engine (model_fp16.plan / model_int8.plan) inside ARTIFACT, on this GPU."""
-    from lame_runtime.tensorrt_build import EngineBuildOptions, build_engine
+    from lame_runtime.engines.tensorrt.build import EngineBuildOptions, build_engine
 
     options = EngineBuildOptions(precision=precision, workspace_mb=workspace_mb,
                                  timing_cache=timing_cache, device_id=device_id,
@@ -95,7 +95,7 @@ def build_engine_command(artifact, precision, workspace_mb, timing_cache, device
 def triton_command(artifact, repo, name, precision, kind, trt_accelerator, max_batch, instances,
                    force) -> int:
     """Write a Triton model repository serving ARTIFACT: preprocessing + embedding + ensemble."""
-    from lame_runtime.triton import TritonOptions, write_model_repository
+    from lame_runtime.deploy.triton import TritonOptions, write_model_repository
 
     written = write_model_repository(artifact, repo, TritonOptions(
         name=name, precision=precision, platform=kind, trt_accelerator=trt_accelerator,

@@ -13,16 +13,16 @@ from typing import Any, Iterator, Sequence
 
 import click
 
-from lame_runtime.clitools import invoke
-from lame_runtime.artifact import PRECISIONS, ArtifactError
-from lame_runtime.index import STORAGES, index_exists
+from lame_runtime.cli.tools import invoke
+from lame_runtime.artifact.contract import PRECISIONS, ArtifactError
+from lame_runtime.retrieval.index import STORAGES, index_exists
 from lame_runtime.errors import BackendError, InputError, IntegrityError, MissingFileError
-from lame_runtime.paths import contained_path
-from lame_runtime.tensorrt_cli import (build_engine_command, embedder_options, gpu_options,
+from lame_runtime.artifact.paths import contained_path
+from lame_runtime.cli.tensorrt import (build_engine_command, embedder_options, gpu_options,
                                        triton_command)
 
 PROG = "lame-search"
-ANN_KINDS = ("flat", "hnsw")  # lame_runtime.ann.KINDS (not imported: faiss stays optional)
+ANN_KINDS = ("flat", "hnsw")  # lame_runtime.retrieval.ann.KINDS (not imported: faiss stays optional)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 EVAL_FILE = "eval.jsonl"
 USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, ArtifactError,
@@ -135,7 +135,7 @@ def command() -> None:
                    "grows to 10 percent of the items done, since each save rewrites the index.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("--ann", type=click.Choice(ANN_KINDS), default=None,
-              help="Build a FAISS index (lame_runtime.ann) instead of the exact one: 'flat' "
+              help="Build a FAISS index (lame_runtime.retrieval.ann) instead of the exact one: 'flat' "
                    "(exhaustive; --storage float16/int8 = scalar quantizer) or 'hnsw' "
                    "(approximate graph).")
 @click.option("--hnsw-m", type=click.IntRange(min=2), default=32, show_default=True,
@@ -155,8 +155,8 @@ def index_command(model, images_dir, pattern, data_dir, out, precision, storage,
                   qdrant, collection, workers, **gpu) -> int:
     """Embed documents (images or dataset candidates) and save a searchable index."""
     from lame_runtime.embedder import Embedder
-    from lame_runtime.indexing import BuildOptions, build_index, build_qdrant
-    from lame_runtime.pipeline import PipelineOptions
+    from lame_runtime.retrieval.indexing import BuildOptions, build_index, build_qdrant
+    from lame_runtime.inputs.pipeline import PipelineOptions
 
     if (images_dir is None) == (data_dir is None):
         raise InputError("give exactly one of --images DIR or --data DIR")
@@ -181,7 +181,7 @@ def index_command(model, images_dir, pattern, data_dir, out, precision, storage,
               {"kind": "data", "source": str(Path(data_dir).resolve()), "pattern": None})
     ann_config = None
     if ann is not None:
-        from lame_runtime.ann import AnnConfig
+        from lame_runtime.retrieval.ann import AnnConfig
 
         ann_config = AnnConfig(kind=ann, storage=storage, hnsw_m=hnsw_m, ef_search=ef_search)
     options = BuildOptions(storage=storage, batch_size=batch_size,
@@ -189,7 +189,7 @@ def index_command(model, images_dir, pattern, data_dir, out, precision, storage,
                            resume=resume, force=force, ann=ann_config)
     with _progress(progress, len(items), "embedding") as bar:
         if qdrant is not None:
-            from lame_runtime.qdrant_store import QdrantStore
+            from lame_runtime.retrieval.qdrant_store import QdrantStore
 
             with QdrantStore(qdrant, collection, dim=embedder.dim) as store:
                 summary = build_qdrant(embedder, items, store, options, bar.update)
@@ -232,14 +232,14 @@ def query_command(text, model, index_path, qdrant, collection, ef_search, image,
     if (index_path is None) == (qdrant is None):
         raise InputError("give exactly one of --index PATH or --qdrant PATH_OR_URL")
     if qdrant is not None:
-        from lame_runtime.qdrant_store import QdrantStore, is_url
+        from lame_runtime.retrieval.qdrant_store import QdrantStore, is_url
 
         if not is_url(qdrant) and not Path(qdrant).is_dir():
             raise MissingFileError(f"Qdrant folder not found: {qdrant} (build it with "
                                    "`lame-search index --qdrant`)")
         index = QdrantStore(qdrant, collection)
     else:
-        from lame_runtime.ann import load_any
+        from lame_runtime.retrieval.ann import load_any
 
         index = load_any(index_path)
     embedder = Embedder(model, precision=precision, **embedder_options(**gpu))

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
-from lame_runtime.images import ImageConfig, preprocess_images
-from lame_runtime.text import TextProcessor
+from lame_runtime.inputs.images import ImageConfig, preprocess_images
+from lame_runtime.inputs.text import TextProcessor
 
 TOKENIZER_FILE = "tokenizer.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"

@@ -1,4 +1,4 @@
-"""Reading and validating saved indexes (``lame_runtime.index``'s file format).
+"""Reading and validating saved indexes (``lame_runtime.retrieval.index``'s file format).
 
 ``<stem>.json`` holds the ids, payloads, config and ``content_sha256`` (the sha256 of that
 content) and points at ``<stem>.<token>.npz`` by name and sha256 (version 2). Version 1 kept

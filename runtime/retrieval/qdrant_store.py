@@ -26,7 +26,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from lame_runtime.errors import BackendError, InputError
-from lame_runtime.index import _as_list, _check_matrix, _check_payload, _materialise, _normalise
+from lame_runtime.retrieval.index import _as_list, _check_matrix, _check_payload, _materialise, _normalise
 
 # Fixed namespace: the same LaME id maps to the same point id in every run and process.
 NAMESPACE = uuid.UUID("6f1c7a0e-3c1b-5d7e-9a51-4c2b8e0d9f11")

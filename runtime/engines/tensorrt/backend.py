@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from lame_runtime.errors import BackendError
-from lame_runtime.tensorrt_meta import INSTALL_HINT, DeviceInfo
+from lame_runtime.engines.tensorrt.meta import INSTALL_HINT, DeviceInfo
 
 
 def import_tensorrt():
