@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from lame_runtime.artifact import MANIFEST, Artifact
+from lame_runtime.artifact.contract import MANIFEST, Artifact
 from lame_runtime.errors import ArtifactError
 
 THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99}  # the export gates per precision

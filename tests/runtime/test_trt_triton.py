@@ -11,10 +11,10 @@ import pytest
 from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture)
 
 from lame_runtime import Embedder
-from lame_runtime.artifact import MANIFEST
+from lame_runtime.artifact.contract import MANIFEST
 from lame_runtime.errors import ArtifactError, InputError
-from lame_runtime.preprocess import Preprocessor
-from lame_runtime.triton import (MARKER, TritonOptions, decode_rows, preprocess_request,
+from lame_runtime.inputs.preprocess import Preprocessor
+from lame_runtime.deploy.triton import (MARKER, TritonOptions, decode_rows, preprocess_request,
                                  write_model_repository)
 
 text_format = pytest.importorskip("google.protobuf.text_format")
@@ -198,7 +198,7 @@ def test_preprocess_request_is_the_runtime_preprocessing(runtime_artifact):
 
 @pytest.mark.runtime
 def test_triton_command_writes_the_repository(runtime_artifact, tmp_path, capsys):
-    from lame_runtime.cli import main
+    from lame_runtime.cli.search import main
 
     repo = tmp_path / "repo"
     code = main(["triton", str(runtime_artifact), str(repo), "--name", "emb", "--max-batch", "8",

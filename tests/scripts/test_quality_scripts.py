@@ -1,5 +1,5 @@
-"""scripts/quality_parallel.py (job order, dependencies, dataset variants) and
-scripts/quality_table.py (mean ± sd over seeds, per-start baselines, variant rows, probes)."""
+"""scripts/quality/quality_parallel.py (job order, dependencies, dataset variants) and
+scripts/quality/quality_table.py (mean ± sd over seeds, per-start baselines, variant rows, probes)."""
 import importlib.util
 import json
 import statistics
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts" / "quality"
 
 
 def _script(name):

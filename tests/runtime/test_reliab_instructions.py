@@ -1,11 +1,11 @@
-"""Instructions per query direction / task (lame_runtime.instructions): written at training,
+"""Instructions per query direction / task (lame_runtime.inputs.instructions): written at training,
 picked at serving, never a majority vote; old artifacts with one "query" instruction still work."""
 from __future__ import annotations
 
 import pytest
 
 from lame_runtime.errors import InputError
-from lame_runtime.instructions import check, modality, pick, summarise
+from lame_runtime.inputs.instructions import check, modality, pick, summarise
 
 T2I, I2T = "Find the image that matches.", "Find the true statement."
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from lame_runtime.cli import main
+from lame_runtime.cli.search import main
 
 pytest.importorskip("qdrant_client")
 pytest.importorskip("faiss")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lame_runtime import Embedder, Index
-from lame_runtime.cli import main
+from lame_runtime.cli.search import main
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -169,7 +169,7 @@ def test_user_errors(argv, message, image_index, artifact_dir, tmp_path, capsys)
 
 
 def test_module_entry_point_help():
-    out = subprocess.run([sys.executable, "-m", "lame_runtime.cli", "--help"],
+    out = subprocess.run([sys.executable, "-m", "lame_runtime.cli.search", "--help"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "index" in out.stdout and "query" in out.stdout

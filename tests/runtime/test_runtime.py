@@ -14,7 +14,7 @@ import pytest
 import lame_runtime
 from lame_runtime import ArtifactError, Embedder, format_query
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 TORCH_FREE = r"""
 import sys
@@ -153,7 +153,7 @@ def test_concurrent_encode_matches_sequential(artifact_dir, digits_dir, monkeypa
 
     created = []
 
-    class CountingBackend(lame_runtime.backends.OnnxRuntimeBackend):
+    class CountingBackend(lame_runtime.engines.backends.OnnxRuntimeBackend):
         def __init__(self, *args, **kwargs):
             created.append(self)
             super().__init__(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""Pipelined preprocessing, JPEG draft mode and streaming encode (lame_runtime.pipeline)."""
+"""Pipelined preprocessing, JPEG draft mode and streaming encode (lame_runtime.inputs.pipeline)."""
 from __future__ import annotations
 
 import itertools
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from lame_runtime.errors import InputError, MissingFileError
-from lame_runtime.images import ImageConfig, image_to_array, load_image
-from lame_runtime.pipeline import PipelineOptions, open_image
+from lame_runtime.inputs.images import ImageConfig, image_to_array, load_image
+from lame_runtime.inputs.pipeline import PipelineOptions, open_image
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:

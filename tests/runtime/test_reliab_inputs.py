@@ -18,7 +18,7 @@ from lame_runtime import SPECIAL_TOKENS, Embedder
 from lame_runtime.embedder import _unit_rows
 from lame_runtime.errors import (InputError, InputTypeError, IntegrityError, LameError,
                                  MissingFileError)
-from lame_runtime.preprocess import Preprocessor
+from lame_runtime.inputs.preprocess import Preprocessor
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,7 @@ def _escapes(tmp_path: Path, image_path: str) -> list[tuple[str, Path]]:
 
 def test_dataset_image_paths_cannot_escape(tmp_path, image_path):
     from lame.data.dataset import DatasetError, load_eval, load_train
-    from lame_runtime.cli import dataset_items
+    from lame_runtime.cli.search import dataset_items
 
     for image, root in _escapes(tmp_path, image_path):
         with pytest.raises(IntegrityError, match="outside the dataset folder|must be relative"):
@@ -253,7 +253,7 @@ def test_dataset_image_paths_cannot_escape(tmp_path, image_path):
 
 
 def test_image_dir_symlink_outside_is_refused(tmp_path, image_path):
-    from lame_runtime.cli import image_items
+    from lame_runtime.cli.search import image_items
 
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "a.png").write_bytes(Path(image_path).read_bytes())

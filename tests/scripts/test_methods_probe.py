@@ -1,4 +1,4 @@
-"""scripts/probe_latents.py: its pure parts (splits, closed-form ridge, token accuracy) and one
+"""scripts/probes/probe_latents.py: its pure parts (splits, closed-form ridge, token accuracy) and one
 end-to-end run on a tiny checkpoint."""
 import importlib.util
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_latents.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probes" / "probe_latents.py"
 spec = importlib.util.spec_from_file_location("probe_latents", SCRIPT)
 probe_latents = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(probe_latents)

@@ -12,11 +12,11 @@ import pytest
 from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture)
 
 from lame_runtime import Embedder
-from lame_runtime.artifact import MANIFEST
-from lame_runtime.artifact_files import HashCache
+from lame_runtime.artifact.contract import MANIFEST
+from lame_runtime.artifact.files import HashCache
 from lame_runtime.errors import BackendError
-from lame_runtime.tensorrt_backend import probe_device
-from lame_runtime.tensorrt_meta import engine_profiles, profile_shapes
+from lame_runtime.engines.tensorrt.backend import probe_device
+from lame_runtime.engines.tensorrt.meta import engine_profiles, profile_shapes
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 no_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed: the "
@@ -40,7 +40,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 @pytest.mark.runtime
 @no_tensorrt
 def test_build_engine_without_tensorrt_is_one_line_and_writes_nothing(artifact_copy, capsys):
-    from lame_runtime.cli import main
+    from lame_runtime.cli.search import main
 
     before = snapshot(artifact_copy)
     code = main(["build-engine", str(artifact_copy), "--precision", "fp16"])
@@ -114,7 +114,7 @@ needs_gpu_tensorrt = pytest.mark.skipif(
 @pytest.mark.parametrize("precision", ["fp16"])
 def test_build_and_serve_an_engine(artifact_copy, precision):
     """On a real TensorRT install: build, record, run; embeddings agree with ONNX Runtime."""
-    from lame_runtime.tensorrt_build import EngineBuildOptions, build_engine
+    from lame_runtime.engines.tensorrt.build import EngineBuildOptions, build_engine
 
     record = build_engine(artifact_copy, EngineBuildOptions(precision=precision,
                                                             profile={"max_batch": 4}))

@@ -9,14 +9,14 @@ import pytest
 pytest.importorskip("qdrant_client")
 
 from lame_runtime.errors import InputError  # noqa: E402
-from lame_runtime.index import Index  # noqa: E402
-from lame_runtime.qdrant_store import ID_KEY, QdrantStore, point_id  # noqa: E402
+from lame_runtime.retrieval.index import Index  # noqa: E402
+from lame_runtime.retrieval.qdrant_store import ID_KEY, QdrantStore, point_id  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def digits_embeddings(artifact_dir, digits_dir):
     from lame_runtime import Embedder
-    from lame_runtime.cli import dataset_items
+    from lame_runtime.cli.search import dataset_items
 
     embedder = Embedder(artifact_dir)
     items = dataset_items(Path(digits_dir))

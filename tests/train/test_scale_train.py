@@ -271,7 +271,7 @@ def test_backbone_path_uses_its_tokenizer_and_image_size_end_to_end(backbone_dir
 
     from lame_export.pipeline import ExportOptions, export_checkpoint
     from lame_runtime import Embedder
-    from lame_runtime.text import SPECIAL_TOKENS
+    from lame_runtime.inputs.text import SPECIAL_TOKENS
 
     ckpt = tmp_path / "ckpt"
     assert train_main(["--data", str(digits_dir), "--out", str(ckpt), "--preset", "tiny",

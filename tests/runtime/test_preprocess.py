@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from lame_runtime import ImageConfig, Preprocessor, TextProcessor, load_image, preprocess_images
-from lame_runtime.images import image_to_array, patchify
+from lame_runtime.inputs.images import image_to_array, patchify
 
 
 @pytest.fixture

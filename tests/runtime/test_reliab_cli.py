@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from lame_runtime import Index
-from lame_runtime.cli import main
-from lame_runtime.clitools import invoke
+from lame_runtime.cli.search import main
+from lame_runtime.cli.tools import invoke
 from lame_runtime.errors import InputError
-from lame_runtime.indexing import BUILD_KEY, report_path
+from lame_runtime.retrieval.indexing import BUILD_KEY, report_path
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:
@@ -81,7 +81,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(artifact_dir, small_im
     full = Index.load(tmp_path / "full")
 
     # Crash (an exception out of the embedder) on the 4th batch: checkpoints survive.
-    import lame_runtime.indexing as indexing
+    import lame_runtime.retrieval.indexing as indexing
 
     calls = {"n": 0}
     real = indexing._embed
@@ -140,7 +140,7 @@ def test_debug_flag_and_env_show_the_traceback(capsys, monkeypatch):
 def test_checkpoint_interval_grows_with_the_index():
     """Each checkpoint rewrites the whole index: with a fixed interval the bytes written grow
     with the square of the collection; the growing interval keeps them linear."""
-    from lame_runtime.indexing import BuildOptions, checkpoint_due
+    from lame_runtime.retrieval.indexing import BuildOptions, checkpoint_due
 
     options = BuildOptions(batch_size=64, checkpoint_every=1024, checkpoint_growth=0.1)
     done = since = written = saves = 0

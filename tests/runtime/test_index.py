@@ -8,7 +8,7 @@ import pytest
 
 from lame_runtime import Index
 from lame_runtime.errors import IndexFileError
-from lame_runtime.index import index_files
+from lame_runtime.retrieval.index import index_files
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -50,7 +50,7 @@ def test_search_across_blocks_matches_single_block(data, monkeypatch):
     index = Index(24, backend="numpy")
     index.add(docs, ids)
     whole = index.search(queries, k=9)
-    monkeypatch.setattr("lame_runtime.index.BLOCK_ELEMENTS", 40 * 37)  # 37-row blocks
+    monkeypatch.setattr("lame_runtime.retrieval.index.BLOCK_ELEMENTS", 40 * 37)  # 37-row blocks
     blocked = index.search(queries, k=9)
     assert blocked[1] == whole[1]
     np.testing.assert_allclose(blocked[0], whole[0], atol=1e-6)

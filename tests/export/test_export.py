@@ -11,7 +11,7 @@ from lame_export.cli import main as export_main
 from lame_export.onnx_export import reason_token_initializer
 from lame_export.trt_lint import lint, support_table
 from lame_export.validate import ParityError, row_cosines, validate
-from lame_runtime.artifact import sha256
+from lame_runtime.artifact.contract import sha256
 
 
 def test_artifact_files_and_manifest(artifact_dir, trained_ckpt):

@@ -13,7 +13,7 @@ from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture)
 
 from lame_runtime import Embedder
 from lame_runtime.errors import BackendError, InputError, InputTypeError
-from lame_runtime.providers import (CPU_EP, CUDA_EP, TENSORRT_EP, ProviderDefaults,
+from lame_runtime.engines.providers import (CPU_EP, CUDA_EP, TENSORRT_EP, ProviderDefaults,
                                     check_fallback, default_providers, normalize_providers,
                                     parse_provider_arg, prepare_cache_dir, resolve_providers)
 
@@ -126,7 +126,7 @@ def test_query_json_stdout_stays_json_with_a_fallback(runtime_artifact, tmp_path
     """ORT's and our messages go to stderr: `--json` stdout must parse, even on a fallback."""
     from PIL import Image
 
-    from lame_runtime.cli import main
+    from lame_runtime.cli.search import main
 
     images = tmp_path / "images"
     images.mkdir()
@@ -136,7 +136,7 @@ def test_query_json_stdout_stays_json_with_a_fallback(runtime_artifact, tmp_path
     index = tmp_path / "index"
     assert main(["index", "--model", str(runtime_artifact), "--images", str(images),
                  "--out", str(index), "--no-progress"]) == 0
-    run = subprocess.run([sys.executable, "-m", "lame_runtime.cli", "query", "the digits",
+    run = subprocess.run([sys.executable, "-m", "lame_runtime.cli.search", "query", "the digits",
                           "--model", str(runtime_artifact), "--index", str(index), "--json",
                           "-k", "2", "--providers", "CUDAExecutionProvider:device_id=0,cpu"],
                          capture_output=True, text=True, timeout=300)

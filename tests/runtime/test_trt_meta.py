@@ -7,7 +7,7 @@ import shlex
 import pytest
 
 from lame_runtime.errors import ArtifactError, BackendError, InputError
-from lame_runtime.tensorrt_meta import (DeviceInfo, EngineProfile, check_engine_compatible,
+from lame_runtime.engines.tensorrt.meta import (DeviceInfo, EngineProfile, check_engine_compatible,
                                         engine_incompatibility, engine_profiles, profile_shapes,
                                         select_backend, trtexec_command, validate_engines_section)
 

@@ -14,9 +14,9 @@ import pytest
 from lame_runtime import Embedder, Index
 from lame_runtime.errors import (ArtifactError, IndexFileError, InputError, InputTypeError,
                                  IntegrityError, MissingFileError)
-from lame_runtime.images import ImageConfig, load_image
-from lame_runtime.preprocess import Preprocessor
-from lame_runtime.text import TextProcessor
+from lame_runtime.inputs.images import ImageConfig, load_image
+from lame_runtime.inputs.preprocess import Preprocessor
+from lame_runtime.inputs.text import TextProcessor
 
 
 class Context:
@@ -146,7 +146,7 @@ API_CASES: list[tuple[str, Callable[[Context], Any], type, str]] = [
 
 
 def _search(*args):
-    from lame_runtime.cli import main
+    from lame_runtime.cli.search import main
     return "lame-search", main, args
 
 
@@ -262,5 +262,5 @@ def test_unseen_bad_inputs_are_also_handled(ctx):
         with pytest.raises(LameError):
             case()
     with pytest.raises(IntegrityError):
-        from lame_runtime.cli import dataset_items
+        from lame_runtime.cli.search import dataset_items
         dataset_items(ctx.escape)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from lame_runtime import Index
-from lame_runtime.persist import recover_dir, sha256
+from lame_runtime.artifact.persist import recover_dir, sha256
 
 SCALE = float(os.environ.get("LAME_KILL_TRIALS", "1"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -108,7 +108,7 @@ def test_kill_during_index_save_keeps_last_complete_version(tmp_path):
 SWAP_WRITER = """
     import json, os, shutil, sys
     from pathlib import Path
-    from lame_runtime.persist import atomic_write_dir, sha256
+    from lame_runtime.artifact.persist import atomic_write_dir, sha256
 
     final, source, v = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     MARKER = "lame_artifact.json" if source else "manifest.json"
@@ -144,7 +144,7 @@ def _check_version_folder(folder: Path) -> int:
 
 @pytest.mark.parametrize("real", [False, True], ids=["synthetic", "artifact"])
 def test_kill_during_artifact_swap_recovers_last_complete(tmp_path, artifact_dir, real):
-    from lame_runtime.artifact import Artifact
+    from lame_runtime.artifact.contract import Artifact
 
     final = tmp_path / "model"
     source = str(artifact_dir) if real else ""
@@ -185,12 +185,12 @@ def many_images(digits_dir, tmp_path_factory) -> Path:
 
 def test_kill_during_indexing_then_resume_equals_uninterrupted(artifact_dir, many_images,
                                                                 tmp_path):
-    from lame_runtime.cli import main
-    from lame_runtime.indexing import BUILD_KEY, report_path
+    from lame_runtime.cli.search import main
+    from lame_runtime.retrieval.indexing import BUILD_KEY, report_path
 
     args = ["--model", str(artifact_dir), "--images", str(many_images), "--batch-size", "2",
             "--checkpoint-every", "2", "--skip-bad", "--no-progress"]
-    command = [sys.executable, "-m", "lame_runtime.cli", "index"]
+    command = [sys.executable, "-m", "lame_runtime.cli.search", "index"]
     began = time.monotonic()
     done = subprocess.run([*command, "--out", str(tmp_path / "full"), *args],
                           capture_output=True, text=True, env=ENV, timeout=600)

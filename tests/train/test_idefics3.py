@@ -6,7 +6,7 @@ import torch
 
 from lame.backbones.idefics3 import unpatchify
 from lame.config import LameConfig, load_preset
-from lame_runtime.images import image_to_array, load_image
+from lame_runtime.inputs.images import image_to_array, load_image
 
 IMAGE = np.random.default_rng(4).integers(0, 256, (16, 64, 3), dtype=np.uint8)
 

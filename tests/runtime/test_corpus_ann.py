@@ -1,4 +1,4 @@
-"""FAISS layer (lame_runtime.ann): storages and HNSW against the exact NumPy Index."""
+"""FAISS layer (lame_runtime.retrieval.ann): storages and HNSW against the exact NumPy Index."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from lame_runtime.ann import AnnConfig, AnnIndex  # noqa: E402
+from lame_runtime.retrieval.ann import AnnConfig, AnnIndex  # noqa: E402
 from lame_runtime.errors import IndexFileError, InputError  # noqa: E402
-from lame_runtime.index import Index  # noqa: E402
+from lame_runtime.retrieval.index import Index  # noqa: E402
 
 DIM, N, Q, K = 48, 3000, 40, 10
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from lame_runtime import Embedder
-from lame_runtime.artifact import (FORMAT_VERSION, HASH_CACHE, MANIFEST, REQUIRED_FIELDS,
+from lame_runtime.artifact.contract import (FORMAT_VERSION, HASH_CACHE, MANIFEST, REQUIRED_FIELDS,
                                    Artifact, validate_manifest)
-from lame_runtime.artifact_files import HashCache
+from lame_runtime.artifact.files import HashCache
 from lame_runtime.errors import ArtifactError
-from lame_runtime.persist import sha256, staging_paths
+from lame_runtime.artifact.persist import sha256, staging_paths
 
 
 @pytest.fixture
@@ -204,7 +204,7 @@ def test_kill_between_the_two_renames_is_recovered(copy):
 KILLED_WRITER = """
 import shutil, sys
 from pathlib import Path
-from lame_runtime.persist import atomic_write_dir
+from lame_runtime.artifact.persist import atomic_write_dir
 src, final = Path(sys.argv[1]), Path(sys.argv[2])
 def write(stage):
     for path in sorted(src.iterdir()):
