@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Probe the quality table's checkpoints (issue 14: why LaME does or does not win):
-#   SEEDS="0 1 2" bash scripts/probe_runs.sh [ROW ...]   (default: lame gen-lame gen-no-mask
+#   SEEDS="0 1 2" bash scripts/probes/probe_runs.sh [ROW ...]   (default: lame gen-lame gen-no-mask
 #                                                         gen-discriminative discriminative)
-# Writes ROOT/ROW/seedS/probe.json with scripts/probe_latents.py (decoder reconstruction from
+# Writes ROOT/ROW/seedS/probe.json with scripts/probes/probe_latents.py (decoder reconstruction from
 # the K states, ridge probes of the digits' sum; the ridge strength is chosen on a validation
 # split of training rows, never on the eval split); probes already made are skipped.
 # DATA, ROOT as in quality_runs.sh; PROBE_ROWS training rows sampled per probe (default 600).
-# Then: python scripts/quality_table.py ROOT prints the probe table under the quality table.
+# Then: python scripts/quality/quality_table.py ROOT prints the probe table under the quality table.
 set -euo pipefail
 DATA=${DATA:-data/digits}
 ROOT=${ROOT:-runs/quality}

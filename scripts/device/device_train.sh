@@ -8,9 +8,9 @@
 #   (c) gc+chunk  (a) with GradCache chunks of 4 rows
 # 2 untimed + 6 timed steps each; a few minutes in all. Writes under $OUT: gpu.txt,
 # train_throughput.{json,png,log} (steps/s, samples/s, peak GPU memory per mode).
-#   device run:  bash scripts/device_train.sh            (OUT is set by the device tool)
-#   by hand:     OUT=runs/device bash scripts/device_train.sh
-#   CPU smoke:   PRESET=tiny DEVICE=cpu PRECISION=fp32 OUT=runs/smoke bash scripts/device_train.sh
+#   device run:  bash scripts/device/device_train.sh            (OUT is set by the device tool)
+#   by hand:     OUT=runs/device bash scripts/device/device_train.sh
+#   CPU smoke:   PRESET=tiny DEVICE=cpu PRECISION=fp32 OUT=runs/smoke bash scripts/device/device_train.sh
 # LoRA needs peft (+ accelerate); a bare device image may lack them: prepare a site folder
 # here and carry it (carry: ["runs/device_site"]):
 #   pip install --no-deps --target runs/device_site peft==0.21.2 accelerate
@@ -39,7 +39,7 @@ fi
 $PY -c "import torch, transformers; print('torch', torch.__version__, '| transformers',
 transformers.__version__, '| cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 $PY -c "import peft; print('peft', peft.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt" || true
-timeout 480 $PY scripts/train_throughput.py --preset "$PRESET" --device "$DEVICE" \
+timeout 480 $PY scripts/bench/train_throughput.py --preset "$PRESET" --device "$DEVICE" \
   --precision "$PRECISION" --modes "$MODES" --batch-size "${BATCH:-16}" --chunk-size 4 \
   --lora-rank 8 --warmup-steps 2 --steps "${STEPS:-6}" --out "$OUT" \
   2>&1 | tee "$OUT/train_throughput.log"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark the torch-free runtime on an export artifact: cold start and embeddings/s.
 
-    python scripts/bench_runtime.py ARTIFACT_DIR [--json OUT] [--reps 5] [--threads N]
+    python scripts/bench/bench_runtime.py ARTIFACT_DIR [--json OUT] [--reps 5] [--threads N]
 
 Cold start is measured in fresh subprocesses (import lame_runtime + Embedder(...) + the first
 vector; torch and transformers are blocked there, so an accidental import fails loudly).

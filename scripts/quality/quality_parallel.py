@@ -1,10 +1,10 @@
 """Run the quality table's rows on several workers at once (one torch thread each).
 
-    python scripts/quality_parallel.py --workers 2 --seeds 0 1 2 -- ROW [ROW ...]
-    python scripts/quality_parallel.py ... -- lm lame --variant reasoning=data/digits-reasoning \
+    python scripts/quality/quality_parallel.py --workers 2 --seeds 0 1 2 -- ROW [ROW ...]
+    python scripts/quality/quality_parallel.py ... -- lm lame --variant reasoning=data/digits-reasoning \
         lame gen-lame --variant = no-mask
 
-Each job is one (row, seed) of ``scripts/quality_runs.sh``, which does the work and skips runs
+Each job is one (row, seed) of ``scripts/quality/quality_runs.sh``, which does the work and skips runs
 already done, so this driver can be killed and re-run. Jobs are taken in the order given (rows
 outer, seeds inner), so the rows that matter most come first; a job waits until the runs it
 reads exist (a gen-* row needs that seed's lm run, a wall-* row the lame and base rows), so two

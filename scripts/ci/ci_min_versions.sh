@@ -6,7 +6,7 @@
 # Called by .ci/run after the main pytest, with the CI venv active (it has torch: it exports the
 # tiny artifact the torch-free tests then serve, passed to them as $LAME_TEST_ARTIFACT).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 started=$(date +%s)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -45,7 +45,7 @@ EOF
 
 # 4. the runtime tests, torch-free (no conftest: it needs torch)
 cd "$work/src"
-files=$(grep -l "pytest.mark.runtime" tests/test_*.py)
+files=$(grep -rl --include="test_*.py" "pytest.mark.runtime" tests)
 LAME_TEST_ARTIFACT="$work/artifact" "$work/venv/bin/python" -m pytest -q --noconftest \
     -p no:cacheprovider -m runtime $files
 echo "[min-versions] done in $(( $(date +%s) - started )) s"

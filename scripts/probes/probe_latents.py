@@ -1,6 +1,6 @@
 """Why does LaME not win? Measure what its K reason states hold (issue 14).
 
-    python scripts/probe_latents.py --ckpt CKPT --data data/digits [--rows 600] [--out probe.json]
+    python scripts/probes/probe_latents.py --ckpt CKPT --data data/digits [--rows 600] [--out probe.json]
 
 1. **Reconstruction**: the decoder head's teacher-forced token accuracy (and whole-answer exact
    match) from the K reason states, on training rows (seen) and on eval queries (held out;
@@ -141,7 +141,7 @@ def run(ckpt: str, data: str, rows: int, val_fraction: float, seed: int,
     import lame
     from lame.data.dataset import Item, load_eval, load_train
     from lame.methods.generation import case_for, image_digits
-    from lame_runtime.preprocess import format_query
+    from lame_runtime.inputs.preprocess import format_query
 
     model = lame.load(ckpt)
     digits = image_digits(data)
@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     text = json.dumps(report, indent=1)
     if args.out:
-        from lame_runtime.persist import atomic_write_text
+        from lame_runtime.artifact.persist import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
     print(text)

@@ -1,14 +1,14 @@
-"""Markdown tables from scripts/quality_runs.sh's runs: mean ± sd over seeds of overall /
+"""Markdown tables from scripts/quality/quality_runs.sh's runs: mean ± sd over seeds of overall /
 tier / per-task hit@1, and each row's difference to a baseline row.
 
-    python scripts/quality_table.py runs/quality [runs/quality-reasoning ...]
+    python scripts/quality/quality_table.py runs/quality [runs/quality-reasoning ...]
                                     [--rows lame,discriminative,...] [--baseline discriminative]
 
 Rows of a further root (e.g. ``quality_parallel.py --variant reasoning=...``: the same rows
 on another dataset) are labelled with that root's suffix. Each row's difference is taken to
 the baseline of its own start: ``gen-*`` rows to ``gen-BASELINE`` (same pre-trained backbone),
 the others to ``BASELINE``, within the first root. When a run directory holds ``probe.json``
-(``scripts/probe_latents.py --out``), a probe table follows.
+(``scripts/probes/probe_latents.py --out``), a probe table follows.
 
 A row is ``ROOT/NAME/seed*/eval.json`` (one per seed) or, for single-seed runs of earlier
 releases, ``ROOT/NAME/eval.json``. Differences smaller than twice their standard error are
@@ -124,7 +124,7 @@ def generation_table(root: Path) -> str | None:
         f"| lm pre-training | {len(results)} | " + " | ".join(cells) + " |"])
 
 
-# probe.json (scripts/probe_latents.py): decoder reconstruction from the K states, and
+# probe.json (scripts/probes/probe_latents.py): decoder reconstruction from the K states, and
 # held-out accuracy of ridge probes for the digits' sum from three places in the network.
 PROBE_COLUMNS = {
     "recon. token acc (eval)":
@@ -143,7 +143,7 @@ PROBE_COLUMNS = {
 
 
 def probe_table(probes: dict[str, list[dict]]) -> str:
-    lines = ["Probes (`scripts/probe_latents.py`; mean ± sd over seeds; reconstruction and "
+    lines = ["Probes (`scripts/probes/probe_latents.py`; mean ± sd over seeds; reconstruction and "
              "exact-sum accuracies in percent, R² as a fraction; sum probes scored on held-out "
              "eval image queries, ridge strength chosen on a validation split of training "
              "rows):", "",

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The README quality table: every method and LaME ablation trained on the digits benchmark,
 # from scratch and from a generative pre-trained backbone, evaluated on all 840 eval queries.
-#   SEEDS="0 1 2" bash scripts/quality_runs.sh [NAME ...]      (default: all rows, seed 0)
+#   SEEDS="0 1 2" bash scripts/quality/quality_runs.sh [NAME ...]      (default: all rows, seed 0)
 # Each run writes ROOT/NAME/seedS/ (checkpoint + eval.json); runs already done are skipped,
 # interrupted ones resume (--resume), so the script can be re-run after a kill.
-# Then: python scripts/quality_table.py ROOT   prints mean ± sd over seeds.
+# Then: python scripts/quality/quality_table.py ROOT   prints mean ± sd over seeds.
 #
 # Rows:
 #   from scratch: lame discriminative cot latent, LaME ablations k2 k4 k16 no-mask no-decoder

@@ -7,7 +7,7 @@ vectors in place; the reference for recall), FAISS flat
 and int8) and Qdrant local mode (``QdrantStore(":memory:")``, the embedded engine; a folder adds
 sqlite writes at build time, not at query time). Build seconds and stored bytes are reported too.
 
-    OMP_NUM_THREADS=2 python scripts/bench_search.py --sizes 100000 1000000 --dims 128 1536 \\
+    OMP_NUM_THREADS=2 python scripts/bench/bench_search.py --sizes 100000 1000000 --dims 128 1536 \\
         --json bench_search.json
 
 HNSW and Qdrant builds are slow on a small CPU: ``--max-hnsw``/``--max-qdrant`` cap the sizes
@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 
-from lame_runtime.ann import AnnConfig, AnnIndex
-from lame_runtime.index import Index
+from lame_runtime.retrieval.ann import AnnConfig, AnnIndex
+from lame_runtime.retrieval.index import Index
 
 METHODS = ("numpy", "faiss-flat", "faiss-fp16", "faiss-int8", "hnsw", "hnsw-int8", "qdrant")
 
@@ -45,7 +45,7 @@ def build(method: str, vectors: np.ndarray, ids: list[str], args) -> tuple[objec
     if method == "faiss-flat":
         index = Index(dim, backend="faiss")
     elif method == "qdrant":
-        from lame_runtime.qdrant_store import QdrantStore
+        from lame_runtime.retrieval.qdrant_store import QdrantStore
 
         index = QdrantStore(":memory:", "bench", dim=dim, batch_size=1024)
     else:
@@ -65,7 +65,7 @@ def build(method: str, vectors: np.ndarray, ids: list[str], args) -> tuple[objec
 
 class ExactNumpy:
     """The exact NumPy search of ``Index(backend="numpy")`` (blocked matmul + deterministic
-    top-k, ``lame_runtime.index._search_numpy``) run on the vectors in place: the reference,
+    top-k, ``lame_runtime.retrieval.index._search_numpy``) run on the vectors in place: the reference,
     without the Index's own float32 copy (1M x 1536 would need 12 GB more)."""
 
     def __init__(self, vectors: np.ndarray, ids: list[str]):
@@ -73,7 +73,7 @@ class ExactNumpy:
         self.scales = np.zeros(len(vectors), np.float32)
 
     def search(self, queries: np.ndarray, k: int):
-        from lame_runtime.index import _search_numpy
+        from lame_runtime.retrieval.index import _search_numpy
 
         scores, rows = _search_numpy(self.vectors, self.scales, "float32", queries, k)
         return scores, [[self.ids[r] for r in row] for row in rows]

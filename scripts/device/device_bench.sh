@@ -4,8 +4,8 @@
 # vs latent vs discriminative at batch 1 and 32, median of 5 rounds. About 3-5 minutes;
 # writes gpu.txt, bench_2b_gpu.{json,png,log} under $OUT. Nothing here needs a GPU to exist
 # elsewhere: the fast test suite never calls it.
-#   device run:  bash scripts/device_bench.sh            (OUT is set by the device tool)
-#   by hand:     OUT=runs/device bash scripts/device_bench.sh
+#   device run:  bash scripts/device/device_bench.sh            (OUT is set by the device tool)
+#   by hand:     OUT=runs/device bash scripts/device/device_bench.sh
 set -euo pipefail
 OUT=${OUT:-runs/device}
 mkdir -p "$OUT"

@@ -1,6 +1,6 @@
 """Latency of the exported artifact vs PyTorch eager, side by side in one run.
 
-    python scripts/bench_export.py --ckpt runs/lame --artifact runs/lame-onnx [--json out.json]
+    python scripts/bench/bench_export.py --ckpt runs/lame --artifact runs/lame-onnx [--json out.json]
 
 Interleaved repetitions (each round times every backend once), median of --reps rounds, for
 batch 1 and 8 of text+image queries. Prints a table of milliseconds per batch and the ratio

@@ -2,7 +2,7 @@
 
 Text 1536 x 2 layers (vocab 151,936), vision 1280 x 12 blocks: about 2.4 GB of fp32 weights,
 past protobuf's 2 GB limit, so every graph needs external data. Steps (each its own process,
-run by scripts/probe_2gb.sh, so each one's peak RSS is its own):
+run by scripts/probes/probe_2gb.sh, so each one's peak RSS is its own):
 
   build   random weights -> checkpoint (no training: export does not depend on weight values)
   export  fp32 + fp16 + int8 through lame_export, all gates enforced; per stage: seconds, peak
@@ -119,7 +119,7 @@ def load(work: Path) -> dict:
     import numpy as np
 
     from lame_runtime import Embedder
-    from lame_runtime.artifact import HASH_CACHE, Artifact
+    from lame_runtime.artifact.contract import HASH_CACHE, Artifact
 
     folder = work / "artifact"
 

@@ -1,6 +1,6 @@
 """Training steps per second, LaME vs the K=0 discriminative baseline, side by side.
 
-    python scripts/bench_train_step.py --data data/digits [--preset small] [--steps 30]
+    python scripts/bench/bench_train_step.py --data data/digits [--preset small] [--steps 30]
 
 Both models train on the same batches; each round runs one step of every variant (interleaved,
 so background load hits them alike); the median round time gives steps/s. Used to size the

@@ -13,7 +13,7 @@ Checks (exit code 1 if any fails):
 Not a timed test: it prints its figures as JSON. Without ``--model`` it builds a tiny trained
 artifact first (needs the training extras: torch).
 
-    python scripts/soak_runtime.py [--model ARTIFACT --images DIR] [--threads 8] [--calls 1000]
+    python scripts/bench/soak_runtime.py [--model ARTIFACT --images DIR] [--threads 8] [--calls 1000]
 """
 from __future__ import annotations
 

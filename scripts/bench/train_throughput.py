@@ -7,9 +7,9 @@ CPU-built batch moved once to the device, autocast, GradCache chunks, clipping, 
 ``full`` (plain full fine-tuning), ``gc`` (gradient checkpointing), ``chunk`` (GradCache with
 ``--chunk-size``), ``lora`` (rank ``--lora-rank`` on q/v projections), e.g. ``gc,lora``.
 
-    python scripts/train_throughput.py --preset tiny --device cpu --modes full,gc --steps 2
-    python scripts/train_throughput.py --preset 2b --device cuda --precision bf16 \\
-        --modes gc,lora --out runs/device          (what scripts/device_train.sh runs)
+    python scripts/bench/train_throughput.py --preset tiny --device cpu --modes full,gc --steps 2
+    python scripts/bench/train_throughput.py --preset 2b --device cuda --precision bf16 \\
+        --modes gc,lora --out runs/device          (what scripts/device/device_train.sh runs)
 
 Writes ``train_throughput.json`` (+ ``.png``) under ``--out``: steps/s, samples/s, peak GPU
 memory (torch's allocator peak, reset per mode) and the process's peak RSS (monotonic over a
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from lame.config import LameConfig, load_preset
     from lame.device import resolve_device
-    from lame_runtime.persist import atomic_write_json
+    from lame_runtime.artifact.persist import atomic_write_json
 
     device = resolve_device(args.device)
     image = LameConfig.from_dict(load_preset(args.preset)["model"]).image

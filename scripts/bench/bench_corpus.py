@@ -1,15 +1,15 @@
 """Corpus-scale measurements (issue 13): ratios printed side by side, JSON on request.
 
     # text-only row cost / image row cost, with and without routing to the text graph
-    python scripts/bench_corpus.py text-cost ARTIFACT [--batches 1 8] [--threads 2]
+    python scripts/bench/bench_corpus.py text-cost ARTIFACT [--batches 1 8] [--threads 2]
     # same on raw sessions: a full graph vs a text graph exported separately (big probes)
-    python scripts/bench_corpus.py text-cost ARTIFACT --text-graph model_text.onnx
+    python scripts/bench/bench_corpus.py text-cost ARTIFACT --text-graph model_text.onnx
     # Embedder.encode / raw session throughput, image files at batch 32, ORT on one thread
-    python scripts/bench_corpus.py throughput ARTIFACT [--images 2048] [--batch 32]
+    python scripts/bench/bench_corpus.py throughput ARTIFACT [--images 2048] [--batch 32]
     # only the text graph of a checkpoint (then text-cost --text-graph on its old artifact)
-    python scripts/bench_corpus.py export-text-graph CKPT OUT/model_text.onnx
+    python scripts/bench/bench_corpus.py export-text-graph CKPT OUT/model_text.onnx
     # lame-search index over N synthetic images: items/s, peak RSS, kill + --resume equality
-    python scripts/bench_corpus.py index ARTIFACT --count 100000 --work DIR
+    python scripts/bench/bench_corpus.py index ARTIFACT --count 100000 --work DIR
 
 Timings are medians over repetitions (no timed asserts anywhere: this is a script).
 """
@@ -123,13 +123,13 @@ def throughput(args) -> dict:
     import onnxruntime as ort
 
     from lame_runtime import Embedder
-    from lame_runtime.pipeline import PipelineOptions
+    from lame_runtime.inputs.pipeline import PipelineOptions
 
     embedder = Embedder(args.artifact, threads=1, pipeline_options=PipelineOptions(
         workers=args.workers))
     cfg = embedder.preprocessor.image
     with tempfile.TemporaryDirectory() as tmp:
-        if args.arrays:  # decoded arrays at the model resolution (scripts/bench_runtime.py's)
+        if args.arrays:  # decoded arrays at the model resolution (scripts/bench/bench_runtime.py's)
             paths = [_image(cfg, i) for i in range(args.images)]
         else:
             paths = [str(p) for p in write_images(Path(tmp), args.images,
@@ -172,7 +172,7 @@ def throughput(args) -> dict:
 # ----------------------------------------------------------------------------- index
 def _run_index(args, images: Path, out: Path, extra: list[str], kill_at: int | None = None
                ) -> dict:
-    command = [sys.executable, "-m", "lame_runtime.cli", "index", "--model", str(args.artifact),
+    command = [sys.executable, "-m", "lame_runtime.cli.search", "index", "--model", str(args.artifact),
                "--images", str(images), "--out", str(out), "--batch-size", str(args.batch),
                "--checkpoint-every", str(args.checkpoint_every), "--no-progress", *extra]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -208,7 +208,7 @@ def _rss_kb(pid: int) -> int:
 
 
 def _done(out: Path) -> int:
-    from lame_runtime.index import index_files
+    from lame_runtime.retrieval.index import index_files
 
     try:
         meta = json.loads(index_files(out)[1].read_text())
@@ -218,7 +218,7 @@ def _done(out: Path) -> int:
 
 
 def index_run(args) -> dict:
-    from lame_runtime.index import Index
+    from lame_runtime.retrieval.index import Index
 
     work = Path(args.work)
     images = work / "images"
