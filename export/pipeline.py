@@ -304,7 +304,7 @@ def _write_manifest(stage: Path, model, ckpt: Path, precisions, spec: ExportSpec
 
 def _retrieval_gate(stage: Path, data_dir: str, precisions, report: dict, progress) -> dict:
     from lame.data.dataset import load_eval
-    from lame.evaluate import evaluate
+    from lame.evaluation.evaluate import evaluate
     from lame_runtime import Embedder
 
     rows = load_eval(data_dir)

@@ -2,7 +2,7 @@
 import pytest
 from safetensors.torch import load_file
 
-from lame.train import Trainer, train
+from lame.training.train import Trainer, train
 
 
 def weights(run_dir):

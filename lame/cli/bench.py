@@ -79,7 +79,7 @@ def _write_json(path: Path, report: dict) -> None:
 def command(preset, artifact, json_out, plot_out, batches, reps, max_new_tokens, device, dtype,
             threads, no_deploy) -> int:
     """Time the four methods on one backbone in one run; print a table and the ratios."""
-    from lame.bench import BenchOptions, run_bench
+    from lame.evaluation.bench import BenchOptions, run_bench
     from lame.device import resolve_device
 
     device = str(resolve_device(device))  # one clear line when the GPU is missing
@@ -96,7 +96,7 @@ def command(preset, artifact, json_out, plot_out, batches, reps, max_new_tokens,
     if json_out:
         _write_json(Path(json_out), report)
     if plot_out:
-        from lame.plots import plot_bench
+        from lame.evaluation.plots import plot_bench
 
         plot_bench(report, Path(plot_out))
     return 0

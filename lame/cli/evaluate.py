@@ -39,7 +39,7 @@ def command(ckpt, data_dir, batch_size, out_file, device, limit, no_progress, ge
     stderr so the JSON on stdout stays machine-readable."""
     import lame
     from lame.data.dataset import load_eval
-    from lame.evaluate import evaluate, limit_rows
+    from lame.evaluation.evaluate import evaluate, limit_rows
 
     from lame.device import resolve_device
 

@@ -1,7 +1,7 @@
 """lame-train: both LaME stages (or one), with resume.
 
 Several processes (one per GPU, or gloo on CPUs): ``torchrun --nproc_per_node N -m lame.cli.train
---data ... --out ...`` (this module is the entry point; ``lame.train`` is the library)."""
+--data ... --out ...`` (this module is the entry point; ``lame.training.train`` is the library)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ from lame.cli import exit_with, invoke
 from lame.device import PRECISIONS
 from lame.config import METHODS, LameConfig, load_preset, preset_names
 from lame.methods import get_method
-from lame.train import STAGES, TrainConfig, train
+from lame.training.train import STAGES, TrainConfig, train
 
 
 def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig]:

@@ -45,7 +45,7 @@ from lame_runtime.artifact.paths import contained_path
 
 TRAIN_FILE = "train.jsonl"
 EVAL_FILE = "eval.jsonl"
-# The per-row scores lame.evaluate computes; a task reports one of them as its headline.
+# The per-row scores lame.evaluation.evaluate computes; a task reports one of them as its headline.
 METRICS = ("hit@1", "ndcg@5", "ndcg@10")
 DEFAULT_METRIC = "hit@1"
 

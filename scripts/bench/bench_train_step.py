@@ -18,9 +18,9 @@ from lame.cli.train import build_configs
 from lame.data.batching import Collator, batch_indices
 from lame.data.dataset import load_train
 from lame.model import LameModel
-from lame.objective import compute_losses
+from lame.training.objective import compute_losses
 from lame.tokenizer import preprocessor_for
-from lame.train import set_trainable
+from lame.training.train import set_trainable
 
 VARIANTS = {"lame": {}, "discriminative": {"num_reason_tokens": 0}}
 

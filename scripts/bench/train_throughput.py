@@ -57,7 +57,7 @@ def run_mode(mode: str, args, data_dir: Path, device: torch.device) -> dict:
     from lame.config import LameConfig, load_preset
     from lame.model import LameModel
     from lame.tokenizer import preprocessor_for
-    from lame.train import TrainConfig, Trainer, _optimizer, set_trainable
+    from lame.training.train import TrainConfig, Trainer, _optimizer, set_trainable
 
     switches = set(mode.split("+"))
     unknown = switches - set(SWITCHES)

@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lame.stats import compare, summarise
+from lame.evaluation.stats import compare, summarise
 
 LABELS = {
     "lame": "LaME (K=8, mask, decoder, diversity, two stages)",

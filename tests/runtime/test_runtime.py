@@ -104,7 +104,7 @@ def test_parity_with_pytorch(artifact_dir, torch_model, eval_queries, precision,
 
 
 def test_eval_hit_at_1_matches_pytorch(artifact_dir, torch_model, eval_rows):
-    from lame.evaluate import evaluate
+    from lame.evaluation.evaluate import evaluate
 
     runtime = evaluate(Embedder(artifact_dir).encode, eval_rows)
     reference = evaluate(torch_model.encode, eval_rows)

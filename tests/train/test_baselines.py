@@ -11,7 +11,7 @@ from lame.cli.train import main as train_main
 from lame.config import LameConfig, load_preset
 from lame.data.batching import Collator
 from lame.data.dataset import load_train
-from lame.objective import compute_losses
+from lame.training.objective import compute_losses
 
 TEXTS = ["Find the image that matches the statement. the digits add up to 12", None,
          "the largest digit is 7"]

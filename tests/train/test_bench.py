@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from lame.bench import BenchOptions, build_models, method_config, query_feed
+from lame.evaluation.bench import BenchOptions, build_models, method_config, query_feed
 from lame.cli.bench import main
 from lame.config import LameConfig, load_preset
 

@@ -1,5 +1,5 @@
 """Tests for lame.data.external (MMEB-v2 and MRMR converters), relevance-aware metrics in
-lame.evaluate, the eval-row ``relevance``/``metric`` keys and the per-task metric of lame-eval.
+lame.evaluation.evaluate, the eval-row ``relevance``/``metric`` keys and the per-task metric of lame-eval.
 
 Scores come from a deterministic numpy encoder (the metric is what is under test): every query
 embeds to [1, 0]; a candidate embeds to [s, 1] where s is its image's pixel value / 100 or the
@@ -20,7 +20,7 @@ from PIL import Image
 from lame.cli.data import main as data_main
 from lame.data.dataset import DatasetError, load_eval
 from lame.data.external import convert_mmeb, convert_mrmr
-from lame.evaluate import evaluate, rank_of_positive, row_metrics
+from lame.evaluation.evaluate import evaluate, rank_of_positive, row_metrics
 
 
 def fake_encode(texts, images, batch_size=64, role="query") -> np.ndarray:

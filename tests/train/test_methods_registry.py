@@ -14,7 +14,7 @@ from lame.config import LameConfig, load_preset
 from lame.data.dataset import EvalRow, Item
 from lame.methods import METHODS, embedding_methods, get_method
 from lame.methods.generation import case_for, exact_match, read_digits, score_generations
-from lame.train import copy_backbone
+from lame.training.train import copy_backbone
 from lame_runtime.errors import CheckpointError
 
 
@@ -61,7 +61,7 @@ def test_lm_pretraining_lowers_its_next_token_loss(lm_ckpt):
 
 
 def test_lm_loss_falls_over_steps(digits_dir, tmp_path):
-    from lame.train import TrainConfig, train
+    from lame.training.train import TrainConfig, train
 
     model = dict(load_preset("tiny")["model"], method="lm", num_reason_tokens=0,
                  bottleneck_mask=False)

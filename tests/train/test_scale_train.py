@@ -17,8 +17,8 @@ from lame.cli.evaluate import main as eval_main
 from lame.cli.train import main as train_main
 from lame.data.batching import Collator, batch_indices
 from lame.data.dataset import load_eval, load_train
-from lame.objective import compute_losses
-from lame.train import TrainConfig, train
+from lame.training.objective import compute_losses
+from lame.training.train import TrainConfig, train
 
 # Gradients of a recomputed / chunked pass: the same float ops in another summation order.
 GRAD_ATOL, GRAD_RTOL = 2e-6, 1e-4
@@ -158,7 +158,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(make_model, di
 
 @pytest.mark.parametrize("method", ["lame", "discriminative"])
 def test_chunked_contrastive_batch_equals_the_full_batch(make_model, digits_dir, method):
-    from lame.gradcache import chunked_backward
+    from lame.training.gradcache import chunked_backward
 
     overrides = {} if method == "lame" else dict(method="discriminative", num_reason_tokens=0,
                                                  bottleneck_mask=False)
@@ -327,7 +327,7 @@ def test_backbone_path_of_another_family_is_refused(backbone_dir, digits_dir, tm
 # -------------------------------------------------------------------------- evaluation --
 
 def test_eval_limit_spreads_rows_over_tasks(digits_dir):
-    from lame.evaluate import limit_rows
+    from lame.evaluation.evaluate import limit_rows
 
     rows = load_eval(digits_dir)
     tasks = {r.task for r in rows}

@@ -3,7 +3,7 @@ import statistics
 
 import pytest
 
-from lame.stats import compare, summarise
+from lame.evaluation.stats import compare, summarise
 
 
 def test_summary_matches_statistics_module():

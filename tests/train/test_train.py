@@ -14,8 +14,8 @@ from lame.cli.evaluate import main as eval_main
 from lame.cli.train import main as train_main
 from lame.data.batching import Collator, batch_indices
 from lame.data.dataset import load_train
-from lame.objective import compute_losses
-from lame.train import TrainConfig, set_trainable, train
+from lame.training.objective import compute_losses
+from lame.training.train import TrainConfig, set_trainable, train
 
 CONTRACT = ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
             "trainer_state.json", "trainer_state.safetensors", "meta.json", "metrics.jsonl",
@@ -170,7 +170,7 @@ def test_out_dir_with_foreign_files_is_never_replaced(digits_dir, tmp_path, caps
 
 
 def test_new_parameters_can_learn_faster_than_the_pretrained_backbone(make_model):
-    from lame.train import _optimizer
+    from lame.training.train import _optimizer
 
     model = make_model()
     params = set_trainable(model, "joint")

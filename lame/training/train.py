@@ -10,7 +10,7 @@ the torch CPU/CUDA RNG states, so ``resume=True`` after a kill reproduces the un
 
 Scale (see the README): ``device`` (batches are built on the CPU and moved once per step),
 ``precision="bf16"`` (autocast, float32 master weights), ``grad_checkpointing``, ``chunk_size``
-(GradCache, :mod:`lame.gradcache`) and ``lora_rank`` (:mod:`lame.lora`; checkpoints hold merged
+(GradCache, :mod:`lame.training.gradcache`) and ``lora_rank`` (:mod:`lame.training.lora`; checkpoints hold merged
 weights). Launch several processes with ``torchrun -m lame.cli.train``.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from lame import distributed as ddp
-from lame import lora
+from lame.training import distributed as ddp
+from lame.training import lora
 from lame.checkpoint import (CheckpointError, check_replaceable, load_model, load_trainer_state,
                              read_json, read_metrics, read_trainer_tensors, resolve,
                              save_checkpoint)
@@ -34,10 +34,10 @@ from lame.config import LameConfig
 from lame.data.batching import Collator, batch_indices
 from lame.data.dataset import load_eval, load_train
 from lame.device import autocast, check_precision, resolve_device, to_device
-from lame.evaluate import evaluate, limit_rows, subsample
-from lame.gradcache import chunked_backward
+from lame.evaluation.evaluate import evaluate, limit_rows, subsample
+from lame.training.gradcache import chunked_backward
 from lame.methods import get_method
-from lame.objective import compute_losses
+from lame.training.objective import compute_losses
 
 STAGES = ("warmup", "joint", "all")
 # Options that change memory, speed or what is evaluated but not the trained weights' math: a
@@ -277,7 +277,7 @@ class Trainer:
 
         atomic_write_json(directory / "instructions.json", self._instructions())
         if done:
-            from lame.plots import plot_training
+            from lame.evaluation.plots import plot_training
 
             plot_training(self.metrics, directory / "training_curves.png")
 

@@ -1,6 +1,6 @@
 """The LaME training objective for one batch: contrastive + reconstruction + diversity.
 
-The terms split into two kinds, which is what lets :mod:`lame.gradcache` chunk a batch:
+The terms split into two kinds, which is what lets :mod:`lame.training.gradcache` chunk a batch:
 
 * the contrastive term couples every row with every other (in-batch negatives): it needs all
   embeddings of the batch at once;
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from lame.distributed import gather_rows, per_rank_share
+from lame.training.distributed import gather_rows, per_rank_share
 from lame.losses import diversity_penalty, info_nce
 from lame.methods import get_method
 

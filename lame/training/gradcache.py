@@ -28,7 +28,7 @@ from typing import Callable, ContextManager
 import torch
 
 from lame.methods import get_method
-from lame.objective import answer_tokens, contrastive_loss, row_terms
+from lame.training.objective import answer_tokens, contrastive_loss, row_terms
 from lame_runtime.errors import InputError
 
 FEED_SIDES = ("query", "target", "negatives")

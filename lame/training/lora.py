@@ -3,7 +3,7 @@
 * :func:`apply_lora` injects rank-``r`` adapters into the language model's ``targets`` (default
   ``q_proj``/``v_proj``, peft's own default for Qwen2 and Llama); the vision tower and the
   language model's own weights are frozen in every stage, while the latent tokens, both heads
-  and the backbone's connector stay fully trained (see :func:`lame.train.set_trainable`).
+  and the backbone's connector stay fully trained (see :func:`lame.training.train.set_trainable`).
 * Checkpoints hold **merged** weights (W + B A * scale) under the plain parameter names, so
   ``lame.load``, ``lame-export`` and the runtime never see an adapter.
 * For an exact ``--resume`` the trainer state also keeps the unmerged adapted weights and the
