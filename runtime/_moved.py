@@ -1,7 +1,7 @@
-"""The module paths of the flat 0.1 layout (``lame_runtime.index``, ``lame_runtime.ann``, ...),
+"""The module paths of the flat 0.1 layout (``lame_runtime.index``, ``lame.train``, ...),
 kept importable for one release: each resolves, with a DeprecationWarning, to the very module
 object at its new home, so ``isinstance`` checks and module state are shared, not copied.
-No shim files: one finder, installed by ``lame_runtime/__init__.py``. Remove in 0.3.
+No shim files: one finder per package, installed by its ``__init__.py``. Remove in 0.3.
 """
 from __future__ import annotations
 
@@ -45,16 +45,20 @@ class _Alias(importlib.abc.Loader):
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder):
+    def __init__(self, package: str, moved: dict[str, str]):
+        self.package, self.moved = package, moved
+
     def find_spec(self, fullname, path=None, target=None):
         package, _, name = fullname.partition(".")
-        if package != "lame_runtime" or name not in MOVED:
+        if package != self.package or name not in self.moved:
             return None
-        new = f"lame_runtime.{MOVED[name]}"
+        new = f"{package}.{self.moved[name]}"
         warnings.warn(f"{fullname} moved to {new}; the old path goes away in lame-embed 0.3",
                       DeprecationWarning, stacklevel=2)
         return importlib.machinery.ModuleSpec(fullname, _Alias(new))
 
 
-def install() -> None:
-    if not any(isinstance(finder, _MovedFinder) for finder in sys.meta_path):
-        sys.meta_path.append(_MovedFinder())
+def install(package: str = "lame_runtime", moved: dict[str, str] = MOVED) -> None:
+    """Alias ``package.OLD`` to ``package.NEW`` for each ``OLD: NEW`` of ``moved`` (once)."""
+    if not any(isinstance(f, _MovedFinder) and f.package == package for f in sys.meta_path):
+        sys.meta_path.append(_MovedFinder(package, moved))

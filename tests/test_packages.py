@@ -67,6 +67,15 @@ def _runtime_imports(folder: str, deferred: bool = True) -> set[str]:
     return {name for name in found if name.startswith("lame_runtime.")}
 
 
+def test_lame_layout_rooms():
+    lame = RUNTIME.parent / "lame"
+    assert len(list(lame.glob("*.py"))) <= 10
+    for package in ["training", "evaluation"]:
+        doc = __import__("ast").get_docstring(__import__("ast").parse(
+            (lame / package / "__init__.py").read_text()))
+        assert doc and len(doc.strip().splitlines()) >= 2
+
+
 def test_runtime_layout_rooms():
     top = sorted(p.name for p in RUNTIME.glob("*.py"))
     assert len(top) <= 8, top
@@ -100,6 +109,11 @@ def test_public_names_and_old_module_paths():
             "importlib.reload(old_index)\n"
             "assert [w.category.__name__ for w in caught] == ['DeprecationWarning'] * 2, caught\n"
             "assert 'lame_runtime.retrieval.ann' in str(caught[0].message)\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    from lame.train import TrainConfig as old_config\n"
+            "from lame.training.train import TrainConfig\n"
+            "assert old_config is TrainConfig and 'lame.training.train' in str(caught[0].message)\n"
             "try:\n"
             "    import lame_runtime.no_such_module\n"
             "except ModuleNotFoundError:\n"
