@@ -10,14 +10,19 @@ def test_package_imports(name):
     __import__(name)
 
 
+def _prints_ok(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (clean import state) and expect it to print ok."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
 def test_runtime_imports_neither_torch_nor_transformers():
     code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
             "import lame_runtime, lame_calibration\n"
             "from lame_runtime import Preprocessor, ImageConfig, TextProcessor\n"
             "print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    _prints_ok(code)
 
 
 @pytest.mark.parametrize("module", ["lame.cli.train", "lame.cli.evaluate", "lame.cli.data"])
@@ -118,6 +123,4 @@ def test_public_names_and_old_module_paths():
             "    import lame_runtime.no_such_module\n"
             "except ModuleNotFoundError:\n"
             "    print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    _prints_ok(code)
