@@ -43,9 +43,6 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
     overrides = {**overrides, "final_eval": False if overrides.get("no_final_eval") else None,
                  "grad_checkpointing": overrides.get("grad_checkpointing") or None}
     train_spec = dict(spec.get("train", {}))
-    if not get_method(method).contrastive and overrides.get("stage") is None:
-        # A warm-up freezes the backbone, which is all a generative pre-training trains.
-        train_spec["stage"] = "joint"
     names = {f.name for f in fields(TrainConfig)}
     train_spec.update({k: v for k, v in overrides.items() if k in names and v is not None})
     return LameConfig.from_dict(model), TrainConfig.from_dict(train_spec)

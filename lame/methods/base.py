@@ -58,6 +58,11 @@ class Method:
         if not self.bottleneck:
             model["bottleneck_mask"] = False
 
+    def stage_plan(self, train_config) -> list[tuple[str, int, int]]:
+        """[(stage, first_step, end_step)] this method trains under ``train_config``: by
+        default the requested stage(s), a warm-up (backbone frozen) then joint."""
+        return train_config.stage_plan()
+
     def appended_reason_tokens(self, config) -> int:
         return config.num_reason_tokens if self.reason_tokens == APPENDED else 0
 

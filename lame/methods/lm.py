@@ -23,6 +23,15 @@ class LmMethod(Method):
     retrieval = False
     chunkable = False            # GradCache splits a contrastive batch; lm has none
 
+    def stage_plan(self, train_config) -> list[tuple[str, int, int]]:
+        # The warm-up freezes the backbone, which is all a generative pre-training trains: the
+        # whole run is one joint stage, however it was asked for (a continued lm checkpoint
+        # keeps its method without --method, so the preset's "all" must not apply).
+        if train_config.stage == "warmup":
+            raise ValueError("method 'lm' has no warm-up stage (it trains only the backbone, "
+                             "which the warm-up freezes); use --stage joint")
+        return [("joint", 0, train_config.max_steps)]
+
     def generative_losses(self, model, batch: dict) -> dict[str, torch.Tensor]:
         _, lm_loss = teacher_forced(model, batch["query"], batch["rationale"], with_summary=False)
         return {"lm": lm_loss, "total": model.config.w_lm * lm_loss}

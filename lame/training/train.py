@@ -156,6 +156,7 @@ class Trainer:
         if cfg.chunk_size and not method.chunkable:
             raise ValueError(f"chunk_size (GradCache) does not cover method "
                              f"{method.name!r}; train it without --chunk-size")
+        self.plan = method.stage_plan(cfg)  # the method's stages (lm: joint only)
         if cfg.lora_rank:
             lora.apply_lora(model, cfg.lora_rank, cfg.lora_targets)
         if cfg.grad_checkpointing:
@@ -183,7 +184,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self, start_step: int = 0) -> dict[str, Any]:
-        for stage, first, end in self.cfg.stage_plan():
+        for stage, first, end in self.plan:
             if end > start_step:
                 self._run_stage(stage, first, end, max(first, start_step))
         final = {}
@@ -191,7 +192,7 @@ class Trainer:
             final = self.evaluate(full=True)
         if final:
             self.metrics.append({"step": self.cfg.max_steps, "stage": "final", "eval": final})
-        self.save(self.cfg.stage_plan()[-1][0], self.cfg.max_steps, done=True, optimizer=None)
+        self.save(self.plan[-1][0], self.cfg.max_steps, done=True, optimizer=None)
         return final
 
     def _run_stage(self, stage: str, first: int, end: int, start: int) -> None:

@@ -52,9 +52,9 @@ def lm_ckpt(digits_dir, tmp_path_factory):
 def test_lm_pretraining_lowers_its_next_token_loss(lm_ckpt):
     config = LameConfig.load(lm_ckpt / "config.json")
     assert config.method == "lm" and config.num_reason_tokens == 0 and not config.bottleneck_mask
-    train_config = json.loads((lm_ckpt / "train_config.json").read_text())
-    assert train_config["stage"] == "joint"  # no frozen-backbone warm-up for a generative run
     logs = [json.loads(line) for line in (lm_ckpt / "metrics.jsonl").read_text().splitlines()]
+    # no frozen-backbone warm-up for a generative run (the method's stage plan)
+    assert {m["stage"] for m in logs} == {"joint"}
     losses = [m for m in logs if "lm" in m]
     assert losses and all("contrastive" not in m for m in losses)
     assert losses[-1]["total"] == pytest.approx(losses[-1]["lm"])
@@ -73,6 +73,26 @@ def test_lm_loss_falls_over_steps(digits_dir, tmp_path):
     lm = [m["lm"] for m in logs if "lm" in m]
     assert len(lm) == 10
     assert sum(lm[-2:]) / 2 < 0.8 * sum(lm[:2]) / 2, lm
+
+
+def test_init_from_an_lm_checkpoint_without_method_continues_it_jointly(lm_ckpt, digits_dir,
+                                                                      tmp_path, capsys):
+    """The preset's default method is lame, the checkpoint's lm: --init-from alone continues
+    the lm run, whose stage plan has no warm-up (which would freeze all it trains)."""
+    out = tmp_path / "more-lm"
+    assert train_main(["--data", str(digits_dir), "--out", str(out), "--preset", "tiny",
+                       "--init-from", str(lm_ckpt), "--max-steps", "2", "--batch-size", "8",
+                       "--no-final-eval", "--no-progress"]) == 0
+    assert LameConfig.load(out / "config.json").method == "lm"
+    logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {m["stage"] for m in logs} == {"joint"}
+    before, after = load_file(lm_ckpt / "model.safetensors"), load_file(out / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    code = train_main(["--data", str(digits_dir), "--out", str(tmp_path / "w"), "--preset",
+                       "tiny", "--init-from", str(lm_ckpt), "--stage", "warmup",
+                       "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no warm-up stage" in err and len(err.splitlines()) == 1, err
 
 
 def test_init_from_an_lm_checkpoint_copies_its_backbone_into_lame(lm_ckpt, digits_dir,
