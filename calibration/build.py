@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 
 from lame_runtime.artifact.persist import atomic_write_file
+from lame_runtime.artifact.persist import parse_json
+from lame_runtime.errors import InputError
 from lame_runtime.inputs.preprocess import Preprocessor, format_query
 
 Item = tuple[str | None, str | None]  # (text, absolute image path)
@@ -40,7 +42,7 @@ def sample_items(data_dir: str | Path, size: int, seed: int = 0,
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = parse_json(line, f"{path}:{number}", InputError)
                 for stratum, (text, image) in _items_of(row, root, split):
                     modality = "+".join(m for m, v in (("text", text), ("image", image)) if v)
                     strata[f"{stratum}/{modality}"].append((text, image))

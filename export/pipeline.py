@@ -31,6 +31,8 @@ from lame_export.validate import THRESHOLDS, parity_suite
 from lame_runtime.artifact.contract import FORMAT_VERSION, HASH_CACHE, MANIFEST, sha256
 from lame_runtime.artifact.files import HashCache
 from lame_runtime.errors import GateError
+from lame_runtime.errors import InputError
+from lame_runtime.artifact.persist import read_json
 from lame_runtime.artifact.persist import atomic_write_dir, atomic_write_json, check_replaceable
 from lame_runtime.inputs.preprocess import INPUT_NAMES, PREPROCESSOR_FILE, TOKENIZER_FILE
 
@@ -230,7 +232,7 @@ def _instructions(ckpt: Path) -> dict:
     from lame_runtime.inputs.instructions import check
 
     path = ckpt / "instructions.json"
-    return check(json.loads(path.read_text()), str(path)) if path.is_file() else {}
+    return check(read_json(path, InputError), str(path)) if path.is_file() else {}
 
 
 def _external_data(graph: Path) -> list[str]:

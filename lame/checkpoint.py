@@ -27,6 +27,12 @@ from lame.config import LameConfig
 from lame_runtime.errors import CheckpointError
 from lame_runtime.artifact.persist import atomic_write_dir, check_replaceable, recover_dir  # noqa: F401
 from lame_runtime.inputs.preprocess import PREPROCESSOR_FILE, TOKENIZER_FILE, Preprocessor
+from lame_runtime.artifact.persist import parse_json, read_json as _read_json_file
+
+
+def _read_json(path: Path) -> Any:
+    return _read_json_file(path, CheckpointError)
+
 
 MODEL_FILE = "model.safetensors"
 REQUIRED_FILES = ("config.json", MODEL_FILE, TOKENIZER_FILE, PREPROCESSOR_FILE)
@@ -84,7 +90,7 @@ def _save_trainer_state(directory: Path, meta: dict[str, Any], optimizer,
 def load_trainer_state(directory: Path, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Restore optimizer moments and the torch RNG; returns trainer_state.json's content."""
     directory = resolve(directory)
-    info = json.loads(_require(directory, "trainer_state.json").read_text())
+    info = _read_json(_require(directory, "trainer_state.json"))
     tensors = read_trainer_tensors(directory)
     torch.set_rng_state(tensors.pop("rng.torch"))
     cuda_state = tensors.pop("rng.cuda", None)
@@ -107,14 +113,15 @@ def read_trainer_tensors(directory: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_json(directory: str | Path, name: str) -> Any:
-    return json.loads(_require(resolve(directory), name).read_text())
+    return _read_json(_require(resolve(directory), name))
 
 
 def read_metrics(directory: str | Path) -> list[dict[str, Any]]:
     path = resolve(directory) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [parse_json(line, f"{path}:{number}", CheckpointError)
+            for number, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu"):

@@ -14,6 +14,8 @@ from typing import Any
 
 from lame.methods import METHODS, get_method  # noqa: F401  (METHODS: re-exported)
 from lame_runtime.inputs.images import ImageConfig
+from lame_runtime.artifact.persist import read_json
+from lame_runtime.errors import InputError
 
 POOLINGS = ("embed", "attention")
 # METHODS (lame.methods, one module each): lame: the method. discriminative: K=0, [EMBED] only
@@ -120,7 +122,7 @@ class LameConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "LameConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(read_json(path, InputError, dict))
 
 
 def preset_names() -> list[str]:
@@ -132,7 +134,7 @@ def load_preset(name: str) -> dict[str, Any]:
     """A preset is JSON with a ``model`` section (LameConfig) and a ``train`` section (defaults)."""
     path = Path(name)
     if path.suffix == ".json" and path.is_file():
-        return json.loads(path.read_text())
+        return read_json(path, InputError, dict, "preset")
     resource = resources.files("lame.configs") / f"{name}.json"
     if not resource.is_file():
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(preset_names())} "

@@ -13,6 +13,7 @@ from lame_runtime.engines.backends import (OnnxRuntimeBackend, check_feed, choos
                                    load_tensorrt, provider_defaults)
 from lame_runtime.engines.tensorrt.backend import running_device
 from lame_runtime.errors import InputError, InputTypeError
+from lame_runtime.inputs.images import check_max_pixels
 from lame_runtime.inputs.instructions import modality, pick as pick_instruction
 from lame_runtime.inputs.pipeline import FeedPipeline, PipelineOptions, encode_iter, encode_pipelined
 from lame_runtime.inputs.preprocess import Preprocessor, align_inputs, format_query
@@ -33,7 +34,7 @@ class Embedder:
                  lazy: bool = False, spin: bool = True, verify: bool = True,
                  device_id: int = 0, strict: bool = False, cache_dir: str | Path | None = None,
                  tensorrt_ep: bool = False, pipeline_options: PipelineOptions | None = None,
-                 route_text: bool = True):
+                 route_text: bool = True, max_pixels: int | None = None):
         # providers: names or (name, options) pairs, as onnxruntime takes them; the TensorRT/CUDA
         # EPs get defaults from the artifact (lame_runtime.engines.providers). strict: a provider that
         # does not start raises BackendError instead of a warning. device_id: the GPU for the
@@ -41,7 +42,8 @@ class Embedder:
         # timing caches (default <artifact>/trt_cache). tensorrt_ep: put the TensorRT EP first.
         # route_text=False: every row through the full graph even if the artifact has a
         # text-only one. pipeline_options: decode threads / prefetch / JPEG draft
-        # (lame_runtime.inputs.pipeline).
+        # (lame_runtime.inputs.pipeline). max_pixels: refuse larger input images before decoding
+        # (None: lame_runtime.inputs.images.default_max_pixels, from the model's resolution).
         # verify=False skips the sha256 checks of the artifact's files (for devices that
         # verify at install time); paths, sizes and the manifest are still checked.
         if backend not in BACKENDS:
@@ -55,6 +57,7 @@ class Embedder:
         self._device_id, self._strict, self._verify = device_id, strict, verify
         self._cache_dir, self._tensorrt_ep = cache_dir, tensorrt_ep
         self.preprocessor = Preprocessor.from_dir(self.artifact.path)
+        self.preprocessor.max_pixels = check_max_pixels(max_pixels)
         self._providers, self._threads, self._spin = providers, threads, spin
         self._backend = None
         self._pipeline_options, self._pipeline = pipeline_options, None
@@ -97,7 +100,8 @@ class Embedder:
             self._providers, self._threads, self._spin, strict=self._strict,
             defaults=provider_defaults(self.artifact, self.precision, self._device_id,
                                        self._cache_dir),
-            tensorrt_ep=self._tensorrt_ep, reported=self._fallback_reported)
+            tensorrt_ep=self._tensorrt_ep, reported=self._fallback_reported,
+            expect=(self.artifact.dim, self.artifact.inputs))
         self._fallback_reported = tuple(set(self._fallback_reported) | set(backend.fallback))
         return backend
 

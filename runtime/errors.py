@@ -43,5 +43,13 @@ class BackendError(LameError, RuntimeError):
     """An inference backend or device is unavailable or incompatible (TensorRT, CUDA, ORT)."""
 
 
+class BusyError(LameError, RuntimeError):
+    """Another process is writing the same output (index, artifact): one writer at a time."""
+
+
+class StoreError(BackendError):
+    """A vector store (Qdrant) failed or cannot be reached; the message names its URL/folder."""
+
+
 class GateError(LameError, RuntimeError):
     """An export parity or retrieval gate failed; nothing was written."""

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lame_runtime.errors import InputError, MissingFileError
+from lame_runtime.artifact.persist import read_json
 
 # family -> the Transformers model_type its config.json must declare
 MODEL_TYPES = {"qwen2_vl": ("qwen2_vl",), "qwen2_5_vl": ("qwen2_5_vl",),
@@ -111,7 +112,7 @@ def read_hf_config(directory: Path, family: str) -> dict[str, Any]:
     path = _require_dir(directory) / "config.json"
     if not path.is_file():
         raise MissingFileError(f"backbone directory {directory} lacks config.json")
-    config = json.loads(path.read_text())
+    config = read_json(path, InputError, dict)
     allowed = MODEL_TYPES.get(family)
     if allowed is None:
         raise InputError(f"backbone family {family!r} does not load from a directory "
@@ -127,7 +128,7 @@ def image_settings(directory: Path, hf_config: dict[str, Any], family: str) -> d
     """Patch / merge / temporal sizes and mean / std for the image config."""
     vision = hf_config.get("vision_config") or {}
     processor_path = directory / "preprocessor_config.json"
-    processor = json.loads(processor_path.read_text()) if processor_path.is_file() else {}
+    processor = read_json(processor_path, InputError, dict) if processor_path.is_file() else {}
     if family == "idefics3":
         patch, merge = vision.get("patch_size"), hf_config.get("scale_factor")
         temporal = None

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lame_runtime.artifact.paths import contained_path
+from lame_runtime.errors import LameError
 
 TRAIN_FILE = "train.jsonl"
 EVAL_FILE = "eval.jsonl"
@@ -50,7 +51,7 @@ METRICS = ("hit@1", "ndcg@5", "ndcg@10")
 DEFAULT_METRIC = "hit@1"
 
 
-class DatasetError(ValueError):
+class DatasetError(LameError, ValueError):
     """A dataset directory, file or row is malformed."""
 
 
@@ -161,6 +162,10 @@ def _read_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+            except RecursionError:
+                raise DatasetError(f"{where}: JSON nested too deeply to read") from None
+            except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+                raise DatasetError(f"{where}: invalid JSON: {exc}") from None
             if not isinstance(obj, dict):
                 raise DatasetError(f"{where}: row must be a JSON object, got {_json_type(obj)}")
             count += 1

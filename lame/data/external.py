@@ -87,6 +87,10 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         rows = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path.name}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise DatasetError(f"{path.name}: JSON nested too deeply to read") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path.name}: invalid JSON: {exc}") from None
     if not isinstance(rows, list) or not rows:
         raise DatasetError(f"{path.name}: expected a non-empty JSON array of rows")
     for index, raw in enumerate(rows):

@@ -22,7 +22,6 @@ sizes are still checked). To extend the manifest, add a field to ``REQUIRED_FIEL
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Callable
 from lame_runtime.artifact.files import HASH_CACHE, HashCache, external_data_locations, member_path
 from lame_runtime.errors import ArtifactError  # noqa: F401  (re-exported)
 from lame_runtime.artifact.persist import recover_dir
+from lame_runtime.artifact.persist import read_json
 from lame_runtime.artifact.persist import sha256  # noqa: F401  (re-exported)
 
 MANIFEST = "lame_artifact.json"
@@ -241,10 +241,7 @@ class Artifact:
         manifest_path = found / MANIFEST
         if not manifest_path.is_file():
             raise ArtifactError(f"{found} is not a LaME export artifact: missing {MANIFEST}")
-        try:
-            raw = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ArtifactError(f"{manifest_path} is not valid JSON: {err}") from err
+        raw = read_json(manifest_path, ArtifactError, what="manifest")
         artifact = cls(found, validate_manifest(raw, str(manifest_path)), verify)
         artifact._check_present()
         model_files = {n for m in artifact.models.values() for g in [m, m.get("text") or m]
@@ -383,13 +380,7 @@ class Artifact:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ArtifactError(f"{path} is not valid JSON: {err}") from err
-    if not isinstance(value, dict):
-        raise ArtifactError(f"{path} must hold a JSON object")
-    return value
+    return read_json(path, ArtifactError, dict)
 
 
 def _token_ids(tokenizer: dict) -> dict[str, int]:

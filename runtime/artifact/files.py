@@ -166,7 +166,7 @@ class HashCache:
     def _read(self) -> dict[str, dict]:
         try:
             data = json.loads(self.file.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}  # absent or unreadable: it is only a cache
         entries = data.get("files") if isinstance(data, dict) else None
         return entries if isinstance(entries, dict) else {}

@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from lame_runtime.errors import IntegrityError, MissingFileError
+from lame_runtime.errors import BusyError, InputError, IntegrityError, LameError, MissingFileError
 
 Writer = Callable[[BinaryIO], None]
 
@@ -230,3 +230,133 @@ def versioned_file(meta_path: str | Path, meta: dict[str, Any], key: str,
         raise IntegrityError(f"{path} does not match the sha256 in {meta_path}: corrupt or "
                                "replaced")
     return path
+
+
+# ------------------------------------------------------------------------------ readers
+def parse_json(text: str, where: str, error: type[LameError] = InputError) -> Any:
+    """``json.loads`` with every way a document can be bad (not JSON, nested deeper than the
+    interpreter's recursion limit, an integer of more than 4,300 digits) raised as ``error``
+    naming ``where`` (a path, or ``path:line``)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise error(f"{where}: JSON nested too deeply to read") from None
+    except ValueError as err:  # JSONDecodeError, and int-string conversion limits
+        raise error(f"{where} is not valid JSON: {err}") from err
+
+
+def read_json(path: str | Path, error: type[LameError] = InputError, kind: type | None = None,
+              what: str = "") -> Any:
+    """One JSON file, read at the boundary: a missing file raises ``MissingFileError``;
+    unreadable, not UTF-8, not JSON, too deep, or (with ``kind``) not a ``kind`` raises
+    ``error`` naming the path. ``what`` names the file's role in the messages."""
+    path = Path(path)
+    label = f"{what} {path}" if what else str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MissingFileError(f"{label} not found") from None
+    except UnicodeDecodeError as err:
+        raise error(f"{label} is not UTF-8 text: {err}") from None
+    except OSError as err:
+        raise error(f"cannot read {label}: {err.strerror or err}") from err
+    value = parse_json(text, label, error)
+    if kind is not None and not isinstance(value, kind):
+        raise error(f"{label} must hold a JSON {_json_kind(kind)}, got "
+                    f"{_json_kind(type(value))}")
+    return value
+
+
+def _json_kind(kind: type) -> str:
+    return {dict: "object", list: "array", str: "string"}.get(kind, kind.__name__)
+
+
+# Deflate cannot expand data by more than about 1032:1; a member whose header claims more
+# than that is lying about its shape (numpy would try to allocate the claimed size).
+MAX_DEFLATE_RATIO = 1032
+
+
+def check_npz(path: str | Path, error: type[LameError] = InputError) -> dict[str, tuple]:
+    """Read the headers of every array in an ``.npz`` without loading the data, and raise
+    ``error`` naming the file for anything that is not a plain array archive: not a zip,
+    pickled (object) arrays, or a header claiming more bytes than the member holds. Returns
+    {name: (shape, dtype)}. Call before ``np.load`` so a crafted header cannot make numpy
+    allocate an absurd array."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    out: dict[str, tuple] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = header(member, max_header_size=10_000)
+                    offset = member.tell()
+                if dtype.hasobject:
+                    raise error(f"{path}: array {name!r} holds Python objects (pickle); refused")
+                claimed = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
+                stored = info.file_size - offset
+                bound = info.compress_size * MAX_DEFLATE_RATIO + 1024
+                if claimed != stored or claimed > bound:
+                    raise error(f"{path}: array {name!r} claims shape {tuple(shape)} "
+                                f"({claimed:,} bytes) but holds {max(stored, 0):,}: corrupt file")
+                out[name] = (tuple(shape), dtype)
+    except LameError:
+        raise
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as err:
+        raise error(f"{path} is not a readable npz file ({err})") from err
+    return out
+
+
+# -------------------------------------------------------------------------- writer lock
+class writer_lock:
+    """One writer per output: ``with writer_lock(out): ...`` takes an exclusive, non-blocking
+    ``flock`` on ``<out>.lock`` (beside the output, so it also covers a folder that is being
+    swapped in). A second writer gets ``BusyError`` naming the holder's pid and command; the
+    lock is released when the holder exits, however it exits (the kernel drops it), so a
+    killed writer never leaves a stale lock. The lock file itself is left in place: deleting
+    it would let a third writer lock a new file while the second holds the old one."""
+
+    def __init__(self, target: str | Path):
+        target = Path(target)
+        self.path = target.parent / f".{target.name}.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "writer_lock":
+        import fcntl
+        import sys
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise BusyError(f"{self.path.parent / self.path.name[1:-5]} is being written by "
+                            f"another process ({holder}); wait for it to finish") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock
+            self._fd = None
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "pid unknown"
+    except OSError:
+        return "pid unknown"

@@ -18,6 +18,7 @@ from lame_runtime.artifact.contract import PRECISIONS, ArtifactError
 from lame_runtime.retrieval.index import STORAGES, index_exists
 from lame_runtime.errors import BackendError, InputError, IntegrityError, MissingFileError
 from lame_runtime.artifact.paths import contained_path
+from lame_runtime.artifact.persist import parse_json
 from lame_runtime.cli.tensorrt import (build_engine_command, embedder_options, gpu_options,
                                        triton_command)
 
@@ -89,10 +90,7 @@ def _eval_candidates(root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             if not line.strip():
                 continue
             where = f"{EVAL_FILE}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{where}: invalid JSON: {err}") from err
+            row = parse_json(line, where, InputError)
             candidates = row.get("candidates") if isinstance(row, dict) else None
             if not isinstance(candidates, list):
                 raise InputError(f"{where}: 'candidates' must be a list")

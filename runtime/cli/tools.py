@@ -5,6 +5,11 @@ become one line on stderr, never a traceback:
 
 * ``LameError`` and the builtin user errors a CLI names (``ValueError``, ``FileNotFoundError``,
   ...): ``prog: error: <message>``, exit code 2;
+* ``OSError`` (disk full, permission denied, a read-only folder: the OS's errors, at the
+  boundary where every CLI meets the file system) and ``MemoryError``: the same one line,
+  naming the path where the OS gives one, exit code 2;
+* click's usage errors (an unknown option, a missing argument): ``prog: error: <message>
+  (see prog --help)``, one line, exit code 2;
 * ``GateError`` (an export gate failed, nothing written): ``prog: error: gate failed, nothing
   written: <message>``, exit code 3;
 * anything else (a bug, a library crash): ``prog: error: internal error: <type>: <message>
@@ -47,8 +52,16 @@ def invoke(command: click.Command, argv: Sequence[str] | None, prog: str,
     except click.Abort:
         click.echo("aborted", err=True)
         return 130
+    except getattr(click.exceptions, "NoArgsIsHelpError", ()) as err:  # bare `prog`: its help
+        click.echo(err.ctx.get_help() if err.ctx is not None else err.format_message())
+        return 2
+    except click.UsageError as err:
+        hint = err.ctx.command_path if err.ctx is not None else prog
+        click.echo(f"{prog}: error: {_one_line(err.format_message())} (see {hint} --help)",
+                   err=True)
+        return 2
     except click.ClickException as err:
-        err.show()
+        click.echo(f"{prog}: error: {_one_line(err.format_message())}", err=True)
         return err.exit_code
     except (LameError, *user_errors) as err:
         if debug:
@@ -61,6 +74,17 @@ def invoke(command: click.Command, argv: Sequence[str] | None, prog: str,
             return 3
         click.echo(f"{prog}: error: {_one_line(message)}", err=True)
         return 2
+    except OSError as err:  # not a bug: the machine said no (ENOSPC, EACCES, EROFS, ...)
+        if debug:
+            traceback.print_exc()
+        click.echo(f"{prog}: error: {_os_message(err)}", err=True)
+        return 2
+    except MemoryError:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"{prog}: error: out of memory (try a smaller --batch-size or input)",
+                   err=True)
+        return 2
     except Exception as err:  # noqa: BLE001  (the last line of defence: no traceback by default)
         if debug:
             traceback.print_exc()
@@ -69,6 +93,15 @@ def invoke(command: click.Command, argv: Sequence[str] | None, prog: str,
                    err=True)
         return 1
     return result if isinstance(result, int) else 0
+
+
+def _os_message(err: OSError) -> str:
+    """``No space left on device: /data/index.npz`` (strerror and the paths the OS names)."""
+    what = err.strerror or type(err).__name__
+    paths = [str(p) for p in (err.filename, err.filename2) if p is not None]
+    if not err.strerror:
+        return _one_line(f"{what}: {err}")
+    return _one_line(f"{what}: {' -> '.join(paths)}" if paths else what)
 
 
 def _one_line(message: object) -> str:

@@ -67,7 +67,9 @@ class OnnxRuntimeBackend:
     def __init__(self, model_path: Path, output_name: str, providers: Sequence[Any] | None = None,
                  threads: int | None = None, spin: bool = True, strict: bool = False,
                  defaults: ProviderDefaults | None = None, tensorrt_ep: bool = False,
-                 log_severity: int = 3, reported: Sequence[str] = ()):
+                 log_severity: int = 3, reported: Sequence[str] = (),
+                 expect: tuple[int, Sequence[Any]] | None = None):
+        # expect: (embedding_dim, input specs) from the manifest, checked against the graph.
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -91,6 +93,8 @@ class OnnxRuntimeBackend:
                                f"{[name for name, _ in resolved]}: {err}") from err
         self.output_name = output_name
         self.providers = self.session.get_providers()
+        if expect is not None:
+            check_graph(self.session, Path(model_path), output_name, *expect)
         requested = [name for name, _ in normalize_providers(providers)] if providers is not None \
             else [name for name, _ in resolved]
         self.fallback = check_fallback(requested, self.providers, strict, unavailable, reported)
@@ -103,6 +107,35 @@ class OnnxRuntimeBackend:
             shapes = {name: tuple(value.shape) for name, value in feed.items()}
             raise RuntimeError(f"ONNX Runtime inference failed for inputs {shapes}: {err}") from err
         return {self.output_name: out}
+
+
+_ORT_TYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32",
+              "tensor(float16)": "float16", "tensor(bool)": "bool"}
+
+
+def check_graph(session: Any, path: Path, output_name: str, dim: int,
+                inputs: Sequence[Any]) -> None:
+    """The manifest must describe the graph it ships: its output name and embedding width, and
+    its inputs (names and dtypes). A mismatch would otherwise open fine and fail, or return
+    vectors of another width than ``Embedder.dim``, at the first query."""
+    outputs = {out.name: out for out in session.get_outputs()}
+    if output_name not in outputs:
+        raise ArtifactError(f"{path}: the manifest names output {output_name!r}, the graph's "
+                            f"outputs are {sorted(outputs)}: manifest and graph disagree")
+    width = (outputs[output_name].shape or [None])[-1]
+    if isinstance(width, int) and width != dim:
+        raise ArtifactError(f"{path}: the graph's {output_name!r} is {width}-dimensional, the "
+                            f"manifest's embedding_dim is {dim}: manifest and graph disagree")
+    specs = {spec.name: spec for spec in inputs}
+    for graph_input in session.get_inputs():
+        spec = specs.get(graph_input.name)
+        if spec is None:
+            raise ArtifactError(f"{path}: the graph takes input {graph_input.name!r}, which the "
+                                f"manifest does not list ({sorted(specs)})")
+        dtype = _ORT_TYPES.get(graph_input.type, graph_input.type)
+        if dtype != spec.dtype:
+            raise ArtifactError(f"{path}: input {graph_input.name!r} is {dtype} in the graph "
+                                f"and {spec.dtype} in the manifest")
 
 
 # --------------------------------------------------------------------------- choosing a backend

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
+from lame_runtime.artifact.persist import read_json
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 
 # OpenAI CLIP statistics: the Qwen2-VL image processor's defaults.
@@ -78,41 +79,104 @@ class ImageConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ImageConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return cls.from_dict(read_json(path, InputError, dict))
 
 
 # Larger aspect ratios squeeze an image into a few pixels of the fixed input: refuse them
 # (Qwen2-VL's image processor refuses the same bound).
 MAX_ASPECT_RATIO = 200
 
+# Pixel limit (decompression bombs and plain huge images): a 17 KB PNG can declare 89 Mpx,
+# just under Pillow's own limit, and cost ~0.7 GB and 2 s per decode thread. The default is
+# sized from the model's input: 100x its pixels, at least 25 Mpx (a 24 MP phone photo passes),
+# at most Pillow's MAX_IMAGE_PIXELS. The size is read from the file's header before decoding.
+MIN_DEFAULT_PIXELS = 25_000_000
+DEFAULT_PIXEL_FACTOR = 100
 
-def load_image(image: Any) -> Image.Image:
-    """Path, PIL image or array (HxW, HxWx3, HxWx4; uint8, uint16, or float in [0, 1]) -> RGB.
+# What Pillow raises for a bad file or a PIL image in a bad state (closed, lazily opened from
+# a truncated file, an unconvertible mode): every one becomes InputError naming the item.
+PIL_ERRORS = (OSError, ValueError, SyntaxError, TypeError, KeyError, EOFError, MemoryError,
+              Image.DecompressionBombError)
+OUR_ERRORS = (InputError, InputTypeError, MissingFileError)
 
-    Every problem (missing, unreadable or truncated file, empty or absurdly shaped image, wrong
-    rank or dtype, NaN/Inf) raises ``InputError``/``InputTypeError``/``MissingFileError``.
+
+def default_max_pixels(cfg: "ImageConfig | None" = None) -> int:
+    """The pixel limit used when none is given: see ``MIN_DEFAULT_PIXELS``."""
+    model = cfg.height * cfg.width if cfg is not None else 0
+    limit = max(MIN_DEFAULT_PIXELS, DEFAULT_PIXEL_FACTOR * model)
+    pillow = Image.MAX_IMAGE_PIXELS
+    return min(limit, int(pillow)) if pillow else limit
+
+
+def check_max_pixels(max_pixels: Any) -> int | None:
+    """Validate a ``max_pixels`` option (None: the default; 0 is not allowed)."""
+    if max_pixels is None:
+        return None
+    if not isinstance(max_pixels, (int, np.integer)) or isinstance(max_pixels, bool) \
+            or max_pixels < 1:
+        raise InputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    return int(max_pixels)
+
+
+def load_image(image: Any, max_pixels: int | None = None) -> Image.Image:
+    """Path, PIL image or array -> RGB PIL image, by one rule for every kind of input.
+
+    The rule (training reads images through this same function):
+
+    * **EXIF orientation** is applied to files and PIL images (a phone photo is embedded the
+      way it is displayed); arrays carry no metadata and are taken as they are.
+    * **8-bit** data is used as is; **16-bit** (``uint16`` arrays, modes ``I;16*`` and ``I``
+      in [0, 65535]) is divided by 257 (65535 -> 255).
+    * **Float** data (float arrays, mode ``F`` images and float TIFFs alike) must be finite and
+      in [0, 1]; it is scaled by 255 and rounded. Anything else is refused, never clipped.
+    * **Transparency** is composited on white; other modes convert to RGB.
+
+    ``max_pixels`` (None: ``default_max_pixels()``) refuses larger images before decoding.
+    Every problem raises ``InputError``/``InputTypeError``/``MissingFileError``.
     """
+    limit = check_max_pixels(max_pixels) or default_max_pixels()
     if isinstance(image, (str, Path)):
         path = Path(image)
         if not path.is_file():
             raise MissingFileError(f"image file not found: {path}")
         try:
             with Image.open(path) as img:
+                _check_pixels(img.size, limit)  # from the header, before any decoding
                 img.load()
-                rgb = _to_rgb(img)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            # PIL: UnidentifiedImageError/OSError (unreadable, truncated), DecompressionBomb.
-            raise InputError(f"cannot read image {path}: {err}") from err
+                rgb = _pil_to_rgb(img)
+        except OUR_ERRORS:
+            raise
+        except PIL_ERRORS as err:
+            raise InputError(f"cannot read image {path}: {_describe(err)}") from err
         return _check_size(rgb)
     if isinstance(image, Image.Image):
-        _check_size(image)
-        if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
-            raise InputError("image has NaN or infinite values")
-        return _to_rgb(image)
+        try:
+            _check_pixels(image.size, limit)
+            image.load()  # a lazily opened file decodes here; a closed image fails here
+            return _check_size(_pil_to_rgb(image))
+        except OUR_ERRORS:
+            raise
+        except PIL_ERRORS as err:
+            raise InputError(f"cannot read PIL image: {_describe(err)}") from err
     if isinstance(image, np.ndarray):
+        if image.ndim in (2, 3):
+            _check_pixels((image.shape[1], image.shape[0]), limit)
         return _check_size(_to_rgb(_array_to_pil(image)))
     raise InputTypeError(f"unsupported image type {type(image).__name__}: "
                          "expected a path, a PIL image or a NumPy array")
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, MemoryError):
+        return "out of memory while decoding"
+    return f"{type(err).__name__}: {err}" if not str(err) else str(err)
+
+
+def _check_pixels(size: tuple[int, int], limit: int) -> None:
+    width, height = size
+    if width * height > limit:
+        raise InputError(f"image of {width}x{height} = {width * height:,} pixels exceeds the "
+                         f"limit of {limit:,} (max_pixels; --max-pixels on the CLIs)")
 
 
 def _check_size(img: Image.Image) -> Image.Image:
@@ -133,12 +197,7 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     if array.size == 0:
         raise InputError(f"image array is empty (shape {array.shape})")
     if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise InputError("image array has NaN or infinite values")
-        if array.min() < 0 or array.max() > 1:
-            raise InputError(f"float image arrays must hold values in [0, 1], got "
-                             f"[{float(array.min()):g}, {float(array.max()):g}]")
-        array = np.round(array.astype(np.float32) * 255.0).astype(np.uint8)
+        array = _float_to_eight(array)
     if array.dtype == np.uint16:
         array = _sixteen_to_eight(array)
     if array.dtype != np.uint8:
@@ -147,20 +206,43 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
+def _float_to_eight(array: np.ndarray) -> np.ndarray:
+    """The float rule, for arrays, mode-F images and float TIFFs alike."""
+    if not np.isfinite(array).all():
+        raise InputError("float image has NaN or infinite values")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 1:
+        raise InputError(f"float images must hold values in [0, 1], got [{low:g}, {high:g}]")
+    return np.round(array.astype(np.float32) * 255.0).astype(np.uint8)
+
+
 def _sixteen_to_eight(array: np.ndarray) -> np.ndarray:
     # Divide by 257 so that 65535 -> 255 exactly; rounding keeps mid-grey symmetric.
     return np.round(array.astype(np.float32) / 257.0).astype(np.uint8)
 
 
+def _pil_to_rgb(img: Image.Image) -> Image.Image:
+    """A decoded PIL image (from a file or from the caller) -> RGB by the rule above."""
+    img = ImageOps.exif_transpose(img) or img
+    if img.mode == "F":
+        return _to_rgb(Image.fromarray(_float_to_eight(np.asarray(img))))
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        values = np.asarray(img)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise InputError(f"integer image (mode {img.mode}) must hold values in [0, 65535], "
+                             f"got [{int(values.min())}, {int(values.max())}]")
+        return _to_rgb(Image.fromarray(_sixteen_to_eight(values.astype(np.uint16))))
+    return _to_rgb(img)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return Image.fromarray(_sixteen_to_eight(np.asarray(img).astype(np.uint16))).convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P"
+                                                       and "transparency" in img.info):
         # Composite on white, as the Qwen processors' convert_rgb does: transparent means background.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def image_to_array(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
@@ -186,13 +268,14 @@ def patchify(chw: np.ndarray, cfg: ImageConfig) -> np.ndarray:
 
 def preprocess_images(images: Sequence[Any], cfg: ImageConfig,
                       cache: dict[str, np.ndarray] | None = None,
-                      first_index: int = 0) -> np.ndarray:
+                      first_index: int = 0, max_pixels: int | None = None) -> np.ndarray:
     """Images (None allowed for text-only rows) -> pixel_values [B, num_patches, patch_dim].
 
     ``cache`` (path -> patches) lets a training loop decode each image file once. A bad image
     raises one error naming it: ``images[<first_index + row>] (<path>): <problem>``.
     """
     out = np.zeros((len(images), cfg.num_patches, cfg.patch_dim), dtype=np.float32)
+    limit = check_max_pixels(max_pixels) or default_max_pixels(cfg)
     for row, image in enumerate(images):
         if image is None:
             continue
@@ -201,7 +284,7 @@ def preprocess_images(images: Sequence[Any], cfg: ImageConfig,
             out[row] = cache[key]
             continue
         try:
-            out[row] = patchify(image_to_array(load_image(image), cfg), cfg)
+            out[row] = patchify(image_to_array(load_image(image, limit), cfg), cfg)
         except (InputError, InputTypeError, MissingFileError) as err:
             raise type(err)(f"{describe_image(first_index + row, image)}: {err}") from err
         if key is not None:

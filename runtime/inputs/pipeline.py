@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
-from lame_runtime.inputs.images import _RESAMPLE, ImageConfig, describe_image, load_image
+from lame_runtime.inputs.images import (_RESAMPLE, ImageConfig, _check_pixels, default_max_pixels,
+                                        describe_image, load_image)
 from lame_runtime.inputs.preprocess import Preprocessor, align_inputs, format_query
 
 ITEM_ERRORS = (InputError, InputTypeError, MissingFileError)
@@ -65,32 +66,39 @@ class PipelineOptions:
             raise InputError(f"draft_factor must be an integer >= 0, got {self.draft_factor!r}")
 
 
-def open_image(image: Any, cfg: ImageConfig, draft_factor: int) -> Image.Image:
+def open_image(image: Any, cfg: ImageConfig, draft_factor: int,
+               max_pixels: int | None = None) -> Image.Image:
     """``load_image`` (validated RGB), with JPEG files decoded in draft mode when large.
 
     Any problem in the draft path falls back to ``load_image(image)``, which raises the one
-    clear error it always raises for a bad file.
+    clear error it always raises for a bad file. ``max_pixels`` applies to the file's own
+    size (its header), before the draft scale-down.
     """
+    limit = max_pixels or default_max_pixels(cfg)
     if draft_factor and isinstance(image, (str, Path)) \
             and str(image).lower().endswith(JPEG_SUFFIXES):
         want = (cfg.width * draft_factor, cfg.height * draft_factor)
         try:
             with Image.open(image) as img:
+                _check_pixels(img.size, limit)
                 if img.format == "JPEG" and img.width >= 2 * want[0] \
                         and img.height >= 2 * want[1]:
                     img.draft("RGB", want)
                     img.load()
-                    return load_image(img)
+                    return load_image(img, limit)
+        except ITEM_ERRORS:
+            raise
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             pass
-    return load_image(image)
+    return load_image(image, limit)
 
 
-def decoded_pixels(image: Any, cfg: ImageConfig, index: int, draft_factor: int) -> np.ndarray:
+def decoded_pixels(image: Any, cfg: ImageConfig, index: int, draft_factor: int,
+                   max_pixels: int | None = None) -> np.ndarray:
     """One image -> uint8 [height, width, 3] at the model resolution (the pool's task: Pillow
     releases the GIL while it decodes and resizes). Errors name ``images[index] (path)``."""
     try:
-        img = open_image(image, cfg, draft_factor)
+        img = open_image(image, cfg, draft_factor, max_pixels)
         if img.size != (cfg.width, cfg.height):  # exactly image_to_array's resize
             img = img.resize((cfg.width, cfg.height), _RESAMPLE[cfg.resample])
         return np.asarray(img, dtype=np.uint8)
@@ -114,9 +122,11 @@ def batch_patches(pixels: np.ndarray, cfg: ImageConfig) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(b, gh * gw, c * t * p * p), dtype=np.float32)
 
 
-def image_patches(image: Any, cfg: ImageConfig, index: int, draft_factor: int) -> np.ndarray:
+def image_patches(image: Any, cfg: ImageConfig, index: int, draft_factor: int,
+                  max_pixels: int | None = None) -> np.ndarray:
     """One image -> [num_patches, patch_dim] (``decoded_pixels`` + ``batch_patches``)."""
-    return batch_patches(decoded_pixels(image, cfg, index, draft_factor)[None], cfg)[0]
+    return batch_patches(decoded_pixels(image, cfg, index, draft_factor, max_pixels)[None],
+                         cfg)[0]
 
 
 @dataclass
@@ -169,8 +179,10 @@ class FeedPipeline:
 
     def _submit(self, start: int, ids: list, texts: list, images: list) -> Batch:
         cfg, draft, pool = self.preprocessor.image, self.options.draft_factor, self._executor()
+        limit = self.preprocessor.max_pixels
         patches: list[Future | None] = [
-            None if image is None else pool.submit(decoded_pixels, image, cfg, start + row, draft)
+            None if image is None else pool.submit(decoded_pixels, image, cfg, start + row, draft,
+                                                   limit)
             for row, image in enumerate(images)]
         return Batch(start, ids, texts, images, patches)
 
@@ -230,7 +242,8 @@ class FeedPipeline:
                 if not chunk:
                     return
                 ids = [row[0] for row in chunk]
-                texts, images = align_inputs([row[1] for row in chunk], [row[2] for row in chunk])
+                texts, images = align_inputs([row[1] for row in chunk], [row[2] for row in chunk],
+                                             position)
                 queue.append(self._submit(position, ids, texts, images))
                 position += len(chunk)
 

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
+from lame_runtime.artifact.persist import read_json
 from lame_runtime.inputs.images import ImageConfig, preprocess_images
 from lame_runtime.inputs.text import TextProcessor
 
@@ -30,6 +31,8 @@ class Preprocessor:
         self.text = text
         self.image = image
         self.image_cache: dict[str, np.ndarray] | None = None  # set by training loops
+        # Pixel limit for input images (None: lame_runtime.inputs.images.default_max_pixels).
+        self.max_pixels: int | None = None
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> "Preprocessor":
@@ -38,10 +41,7 @@ class Preprocessor:
         config_path = directory / PREPROCESSOR_FILE
         if not config_path.is_file():
             raise MissingFileError(f"missing {PREPROCESSOR_FILE} in {directory}")
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise InputError(f"{config_path} is not valid JSON: {err}") from err
+        config = read_json(config_path, InputError)
         if not isinstance(config, dict) or not isinstance(config.get("image"), dict):
             raise InputError(f"{config_path} must be an object with an 'image' object")
         text = TextProcessor(directory / TOKENIZER_FILE, config.get("max_text_tokens", 48))
@@ -62,7 +62,7 @@ class Preprocessor:
                  first_index: int = 0) -> dict[str, np.ndarray]:
         """-> the model feed. ``first_index``: the position of row 0 in the caller's input,
         so an error names the caller's item (``images[130]``), not a batch-local one."""
-        texts, images = align_inputs(texts, images)
+        texts, images = align_inputs(texts, images, first_index)
         if not texts:
             raise InputError("nothing to preprocess: empty input")
         has_image = [image is not None for image in images]
@@ -70,18 +70,22 @@ class Preprocessor:
         return {
             "input_ids": ids,
             "attention_mask": mask,
-            "pixel_values": preprocess_images(images, self.image, self.image_cache, first_index),
+            "pixel_values": preprocess_images(images, self.image, self.image_cache, first_index,
+                                              self.max_pixels),
             "image_mask": np.asarray(has_image, dtype=np.int64),
         }
 
 
-def align_inputs(texts: Sequence[str | None] | None,
-                 images: Sequence[Any] | None) -> tuple[list[str | None], list[Any]]:
+def align_inputs(texts: Sequence[str | None] | None, images: Sequence[Any] | None,
+                 first_index: int = 0) -> tuple[list[str | None], list[Any]]:
     """Validate and pair texts with images: one (possibly interleaved) query per row.
 
     Each argument is a list (any ordered iterable) or None. A single string, path, array or
     PIL image raises ``InputTypeError`` (it would otherwise be iterated item by item). Empty
-    lists give empty lists (the caller decides what an empty batch means).
+    lists give empty lists (the caller decides what an empty batch means). A text that is not
+    valid Unicode (a lone surrogate, e.g. from ``os.fsdecode`` or a bad JSON escape) raises
+    ``InputError`` naming ``texts[i]``. ``first_index``: the position of row 0 in the caller's
+    input, for the messages.
     """
     if texts is None and images is None:
         raise InputError("give texts, images, or both")
@@ -93,13 +97,27 @@ def align_inputs(texts: Sequence[str | None] | None,
     if len(texts) != len(images):
         raise InputError(f"texts and images must have equal lengths (one query per row), "
                          f"got {len(texts)} texts and {len(images)} images")
-    for i, (text, image) in enumerate(zip(texts, images)):
+    for row, (text, image) in enumerate(zip(texts, images)):
+        i = first_index + row
         if text is not None and not isinstance(text, str):
             raise InputTypeError(f"texts[{i}] must be a string or None, got "
                                  f"{type(text).__name__}")
         if text is None and image is None:
             raise InputError(f"row {i} has neither text nor image")
+        if text:
+            check_unicode(text, f"texts[{i}]")
     return texts, images
+
+
+def check_unicode(text: str, what: str) -> None:
+    """Raise ``InputError`` if ``text`` cannot be encoded as UTF-8 (what the tokenizer needs)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = text[err.start]
+        raise InputError(f"{what} is not valid Unicode: lone surrogate U+{ord(bad):04X} at "
+                         f"character {err.start} (decode the source with errors='replace')"
+                         ) from None
 
 
 def _as_rows(value: Any, name: str, kind: str) -> list[Any]:

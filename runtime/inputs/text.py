@@ -74,7 +74,11 @@ class TextProcessor:
         """Ids of ``text`` as plain text: never a structural special token."""
         if not isinstance(text, str):
             raise InputTypeError(f"text must be a string, got {type(text).__name__}")
-        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        try:
+            ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        except Exception as err:  # tokenizers raises TypeError/Exception without naming the text
+            raise InputError(f"the tokenizer cannot encode the text {text[:40]!r}...: "
+                             f"{err}") from err
         if self._structural.intersection(ids):  # a vocabulary that merges "[IMG]" by itself
             unk = self.special["unk"]
             ids = [unk if i in self._structural else i for i in ids]

@@ -36,7 +36,7 @@ import numpy as np
 from lame_runtime.errors import BackendError, IndexFileError, InputError, MissingFileError
 from lame_runtime.retrieval.index import (_as_list, _check_matrix, _check_payload, _materialise,
                                 _normalise, index_files)
-from lame_runtime.artifact.persist import save_versioned, versioned_file
+from lame_runtime.artifact.persist import read_json, save_versioned, versioned_file
 
 KINDS = ("flat", "hnsw")
 STORAGES = ("float32", "float16", "int8")
@@ -209,10 +209,7 @@ class AnnIndex:
         _, json_path = index_files(path)
         if not json_path.is_file():
             raise MissingFileError(f"index file not found: {json_path}")
-        try:
-            meta = json.loads(json_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise IndexFileError(f"{json_path} is not valid JSON ({err})") from err
+        meta = read_json(json_path, IndexFileError, what="index metadata")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise IndexFileError(f"{json_path} is not a LaME ANN index (\"format\": {FORMAT!r})")
         if meta.get("version") != VERSION:
@@ -233,7 +230,11 @@ class AnnIndex:
             raise IndexFileError(f"{json_path}: bad 'config': {err}") from err
         index = cls(meta["dim"], config)
         blob = np.fromfile(versioned_file(json_path, meta, "faiss"), dtype=np.uint8)
-        loaded = _faiss().deserialize_index(blob)
+        try:
+            loaded = _faiss().deserialize_index(blob)
+        except (RuntimeError, MemoryError, ValueError) as err:  # faiss: "Error in ... read"
+            raise IndexFileError(f"{json_path}: its FAISS file cannot be read ({_first_line(err)})"
+                                 "; rebuild the index") from err
         if loaded.d != index.dim or loaded.ntotal != len(ids):
             raise IndexFileError(f"{json_path}: the FAISS file holds {loaded.ntotal} vectors of "
                                  f"dim {loaded.d}, the json {len(ids)} of dim {index.dim}")
@@ -242,6 +243,11 @@ class AnnIndex:
         index._rows = {item_id: row for row, item_id in enumerate(ids)}
         index.info = meta.get("info") or {}
         return index
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
 
 
 def _digest(content: dict[str, Any]) -> str:
@@ -257,7 +263,7 @@ def load_any(path: str | Path, backend: str = "auto"):
     if json_path.is_file():
         try:
             kind = json.loads(json_path.read_text(encoding="utf-8")).get("format")
-        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
             kind = None  # Index.load names the problem
         if kind == FORMAT:
             return AnnIndex.load(path)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lame_runtime.errors import IndexFileError, MissingFileError
+from lame_runtime.artifact.persist import check_npz, read_json
 
 STORAGES = ("float32", "float16", "int8")
 FORMAT = "lame-index"
@@ -62,11 +63,7 @@ def read_meta(json_path: Path) -> dict[str, Any]:
     def bad(problem: str) -> IndexFileError:
         return IndexFileError(f"{json_path}: {problem}; rebuild the index")
 
-    try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise IndexFileError(f"{json_path} is not valid JSON ({err}): the file is corrupt or "
-                             "truncated; rebuild the index") from err
+    meta = read_json(json_path, IndexFileError, what="index metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise IndexFileError(f"{json_path} is not a LaME index (no \"format\": \"{FORMAT}\")")
     if meta.get("version") not in READABLE_VERSIONS:
@@ -108,6 +105,11 @@ def read_meta(json_path: Path) -> dict[str, Any]:
 def read_arrays(npz_path: Path, storage: str, dim: int,
                  count: int) -> tuple[np.ndarray, np.ndarray]:
     expected = {"vectors", "scales"} if storage == "int8" else {"vectors"}
+    headers = check_npz(npz_path, IndexFileError)  # shapes from the headers, nothing allocated
+    if set(headers) == expected and headers["vectors"][0] != (count, dim):
+        shape, dtype = headers["vectors"]
+        raise IndexFileError(f"{npz_path} holds {dtype} {shape}, expected {code_dtype(storage)} "
+                             f"({count}, {dim}) (files from different saves?)")
     try:
         with np.load(npz_path, allow_pickle=False) as arrays:
             if set(arrays.files) != expected:

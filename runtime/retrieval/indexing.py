@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.retrieval.index import Index, index_exists, index_files
 from lame_runtime.artifact.persist import atomic_write_text, sha256
+from lame_runtime.artifact.persist import parse_json, writer_lock
 from lame_runtime.inputs.preprocess import format_query
 
 BUILD_KEY = "build"
@@ -61,7 +62,15 @@ def build_index(embedder: Any, items: Sequence[Item], out: str | Path, source: d
                 options: BuildOptions,
                 progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
     """Embed ``items`` into the index at ``out``; returns a summary. ``source`` names where
-    the items came from (kind, path, pattern): a resume must match it."""
+    the items came from (kind, path, pattern): a resume must match it.
+
+    One writer per ``out``: a second build of the same index, in any process, is refused with
+    ``BusyError`` naming the holder (``persist.writer_lock``) instead of racing it."""
+    with writer_lock(index_files(out)[1]):
+        return _build(embedder, items, out, source, options, progress)
+
+
+def _build(embedder, items, out, source, options, progress) -> dict[str, Any]:
     state = {**source, "model": sha256(Path(embedder.artifact.path) / "lame_artifact.json"),
              "precision": embedder.precision, "storage": options.storage,
              "batch_size": options.batch_size, "total": len(items), "next": 0, "skipped": 0,
@@ -188,10 +197,7 @@ def _read_report(path: Path) -> list[dict[str, Any]]:
         return []
     entries = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{number}: not valid JSON ({err})") from err
+        entry = parse_json(line, f"{path}:{number}", InputError)
         if not isinstance(entry, dict) or not isinstance(entry.get("position"), int):
             raise InputError(f"{path}:{number}: not a skipped-item record")
         entries.append(entry)

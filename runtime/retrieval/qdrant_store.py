@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from typing import Any, Iterable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from lame_runtime.errors import BackendError, InputError
+from lame_runtime.errors import BackendError, InputError, LameError, StoreError
 from lame_runtime.retrieval.index import _as_list, _check_matrix, _check_payload, _materialise, _normalise
 
 # Fixed namespace: the same LaME id maps to the same point id in every run and process.
@@ -74,8 +75,25 @@ class QdrantStore:
                 self._client = qdrant_client.QdrantClient(path=self.location)
         except RuntimeError as err:  # local mode: the folder is locked by another client
             raise BackendError(f"cannot open Qdrant at {self.location}: {err}") from err
-        self.dim = self._prepare(dim)
+        except Exception as err:  # noqa: BLE001  (a bad URL, an unknown option)
+            raise StoreError(f"cannot open Qdrant at {self.location}: {_one_line(err)}") from err
+        with self._store("open the collection"):
+            self.dim = self._prepare(dim)
         self._fast_local_commits()
+
+    @contextmanager
+    def _store(self, doing: str) -> Iterator[None]:
+        """The store boundary: whatever qdrant-client, httpx or grpc raise (connection refused,
+        timeouts, HTTP errors, a server that is not Qdrant) becomes one ``StoreError`` naming
+        the location and what was being done. Nothing is lost: an upsert that failed is
+        simply not in the collection, and ``--resume`` finds where to go on."""
+        try:
+            yield
+        except LameError:
+            raise
+        except Exception as err:  # noqa: BLE001  (the client's exception types vary by transport)
+            raise StoreError(f"Qdrant at {self.location} failed to {doing}: "
+                             f"{_one_line(err)}") from err
 
     def _fast_local_commits(self) -> None:
         """Local mode commits one sqlite transaction per point, each an fsync: ~19 ms a point
@@ -113,7 +131,8 @@ class QdrantStore:
         return int(dim)
 
     def __len__(self) -> int:
-        return int(self._client.count(self.collection, exact=True).count)
+        with self._store("count points"):
+            return int(self._client.count(self.collection, exact=True).count)
 
     def __enter__(self) -> "QdrantStore":
         return self
@@ -122,7 +141,8 @@ class QdrantStore:
         self.close()
 
     def close(self) -> None:
-        self._client.close()
+        with self._store("close"):
+            self._client.close()
 
     def add(self, vectors: Any, ids: Iterable[str], payloads: Iterable[Any] | None = None) -> None:
         """Upsert rows in batches; an id already present is overwritten."""
@@ -142,7 +162,8 @@ class QdrantStore:
                 vectors=unit[start:stop].tolist(),
                 payloads=[{ID_KEY: i, PAYLOAD_KEY: p}
                           for i, p in zip(ids[start:stop], payloads[start:stop])])
-            self._client.upsert(self.collection, points=batch, wait=True)
+            with self._store(f"upsert points {start}-{start + len(batch.ids) - 1}"):
+                self._client.upsert(self.collection, points=batch, wait=True)
 
     def search(self, queries: Any, k: int = 10,
                exact: bool = False) -> tuple[np.ndarray, list[list[str]]]:
@@ -153,9 +174,10 @@ class QdrantStore:
         params = self._models.SearchParams(exact=True) if exact else None
         all_scores, all_ids = [], []
         for query in unit:
-            points = self._client.query_points(self.collection, query=query.tolist(),
-                                               limit=int(k), with_payload=[ID_KEY],
-                                               search_params=params).points
+            with self._store("search"):
+                points = self._client.query_points(self.collection, query=query.tolist(),
+                                                   limit=int(k), with_payload=[ID_KEY],
+                                                   search_params=params).points
             all_scores.append([p.score for p in points])
             all_ids.append([p.payload[ID_KEY] for p in points])
         width = min(len(row) for row in all_scores) if all_scores else 0
@@ -164,7 +186,14 @@ class QdrantStore:
         return scores, all_ids
 
     def payload(self, item_id: str) -> Any:
-        records = self._client.retrieve(self.collection, [point_id(item_id)], with_payload=True)
+        with self._store("read a payload"):
+            records = self._client.retrieve(self.collection, [point_id(item_id)],
+                                            with_payload=True)
         if not records:
             raise KeyError(f"id {item_id!r} is not in Qdrant collection {self.collection!r}")
         return records[0].payload.get(PAYLOAD_KEY)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

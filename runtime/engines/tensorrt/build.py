@@ -25,15 +25,15 @@ network, config)`` (-> IHostMemory or None).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from lame_runtime.artifact.contract import MANIFEST, Artifact
-from lame_runtime.errors import BackendError, InputError
-from lame_runtime.artifact.persist import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256
+from lame_runtime.errors import ArtifactError, BackendError, InputError
+from lame_runtime.artifact.persist import (atomic_write_bytes, atomic_write_json, atomic_write_text,
+                                           read_json, sha256)
 from lame_runtime.engines.tensorrt.backend import import_tensorrt, running_device
 from lame_runtime.engines.tensorrt.meta import (ENGINE_PRECISIONS, PLAN_FILES, EngineProfile,
                                         engine_profiles, profile_shapes, trtexec_command,
@@ -105,7 +105,7 @@ def build_engine(artifact_dir: str | Path, options: EngineBuildOptions,
     atomic_write_bytes(plan_path, plan)
     record["sha256"] = sha256(plan_path)
     try:
-        manifest = json.loads((artifact.path / MANIFEST).read_text())
+        manifest = read_json(artifact.path / MANIFEST, ArtifactError, dict, "manifest")
         manifest.setdefault("engines", {})[options.precision] = record
         validate_engines_section(manifest)
         atomic_write_json(artifact.path / MANIFEST, manifest)
