@@ -147,8 +147,14 @@ def external_data_locations(path: str | Path) -> list[str]:
 class HashCache:
     """sha256 of artifact files, computed once per file version.
 
-    An entry (size, mtime_ns, inode, sha256) is trusted only while the file's size, mtime and
-    inode are unchanged; anything else is re-hashed. Entries live in ``.lame_hashes.json``
+    An entry (size, mtime_ns, ctime_ns, inode, sha256) is trusted only while all four are
+    unchanged; anything else is re-hashed. ``ctime`` is what makes a rewrite visible: the kernel
+    sets it on every write or metadata change and, unlike mtime, no user call (``touch -d``,
+    ``os.utime``, ``cp -p``, ``rsync -t``) can set it back, so a file rewritten in place with
+    its size and mtime restored is re-hashed. What the cache does not protect against: anyone
+    who can write the artifact folder can also edit ``.lame_hashes.json`` itself (verify what
+    you did not write yourself by deleting that file, or with a fresh copy), and a system
+    clock set back by root. Entries live in ``.lame_hashes.json``
     beside the manifest (written atomically); where the folder is read-only they are kept in
     this process only. ``hashed`` counts the files actually read, for tests and benchmarks.
     """
@@ -174,7 +180,8 @@ class HashCache:
     @staticmethod
     def _stamp(path: Path) -> dict:
         stat = path.stat()
-        return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+        return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
 
     def digest(self, relative: str) -> str:
         path = self.root / relative

@@ -215,11 +215,14 @@ def index_command(model, images_dir, pattern, data_dir, out, precision, storage,
                    "(text->image, image->text, ...). Pass '' for none.")
 @click.option("--task", default=None,
               help="Use the instruction of this training task (see the artifact's manifest).")
+@click.option("--image-to-image", "image_to_image", is_flag=True,
+              help="Find images like --image: embed it exactly as the indexed images were "
+                   "(the document instruction), so an indexed image finds itself first.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @gpu_options
 def query_command(text, model, index_path, qdrant, collection, ef_search, image, k, instruction,
-                  task, precision, as_json, **gpu) -> int:
+                  task, image_to_image, precision, as_json, **gpu) -> int:
     """Embed TEXT and/or --image as a query and print the top-k documents."""
     from lame_runtime.embedder import Embedder
 
@@ -229,6 +232,9 @@ def query_command(text, model, index_path, qdrant, collection, ef_search, image,
         raise MissingFileError(f"image file not found: {image}")
     if (index_path is None) == (qdrant is None):
         raise InputError("give exactly one of --index PATH or --qdrant PATH_OR_URL")
+    if image_to_image and (image is None or text or instruction is not None or task):
+        raise InputError("--image-to-image takes --image alone (no TEXT, --instruction or "
+                         "--task): the image is embedded as the indexed documents were")
     if qdrant is not None:
         from lame_runtime.retrieval.qdrant_store import QdrantStore, is_url
 
@@ -244,6 +250,8 @@ def query_command(text, model, index_path, qdrant, collection, ef_search, image,
     if embedder.dim != index.dim:
         raise InputError(f"the model embeds in {embedder.dim} dims but the index holds "
                          f"{index.dim}-dim vectors: it was built with another model")
+    if image_to_image:  # the same embedding the index holds for an indexed image
+        instruction = embedder.artifact.instruction("document") or ""
     vector = embedder.encode_queries(texts=[text or None], images=[image],
                                      instruction=instruction, task=task)
     if ef_search is not None and hasattr(index, "config"):

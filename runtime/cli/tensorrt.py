@@ -26,6 +26,9 @@ def gpu_options(function: Callable) -> Callable:
                      help="GPU for the CUDA/TensorRT providers and the TensorRT backend."),
         click.option("--strict-providers", is_flag=True,
                      help="Fail instead of warning when a requested provider does not start."),
+        click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+                     help="Refuse input images with more pixels (read from the file header, "
+                          "before decoding). Default: 100x the model's input, at least 25 Mpx."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -33,12 +36,13 @@ def gpu_options(function: Callable) -> Callable:
 
 
 def embedder_options(backend: str, providers: str | None, device_id: int,
-                     strict_providers: bool) -> dict[str, Any]:
+                     strict_providers: bool, max_pixels: int | None = None) -> dict[str, Any]:
     """The gpu_options values as Embedder keyword arguments."""
     from lame_runtime.engines.providers import parse_provider_arg
 
     return {"backend": backend, "device_id": device_id, "strict": strict_providers,
-            "providers": parse_provider_arg(providers) if providers else None}
+            "providers": parse_provider_arg(providers) if providers else None,
+            "max_pixels": max_pixels}
 
 
 @click.command("build-engine")
