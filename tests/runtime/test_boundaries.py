@@ -408,3 +408,71 @@ def test_hash_cache_sees_a_rewrite_with_restored_mtime(ctx, tmp_path):
 
 def test_table_size():
     assert len(API_CASES) + len(CLI_CASES) >= 30
+
+
+def _all_lame_errors() -> list[type[BaseException]]:
+    import lame_runtime.errors as errors
+
+    found, todo = [], [errors.LameError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return sorted(set(found), key=lambda c: c.__name__)
+
+
+BOUNDARY_ERRORS = [cls("a named problem: /some/path") for cls in _all_lame_errors()] + [
+    OSError(28, "No space left on device", "/data/index.npz"),
+    PermissionError(13, "Permission denied", "/data"),
+    MemoryError(),
+]
+
+
+@pytest.mark.parametrize("err", BOUNDARY_ERRORS, ids=lambda e: type(e).__name__)
+def test_no_boundary_class_is_an_internal_error(err):
+    """Every error class the boundaries raise (each ``lame_runtime.errors`` class, found by
+    walking the hierarchy, so a new class is covered the day it is added) and the OS's and
+    memory's errors print one line and exit 2 (3 for a failed gate), never "internal error"."""
+    import click
+
+    from lame_runtime.cli.tools import invoke
+    from lame_runtime.errors import GateError
+
+    @click.command()
+    def boom():
+        raise err
+
+    import contextlib
+    import io
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = invoke(boom, [], "prog")
+    text = stderr.getvalue()
+    assert code == (3 if isinstance(err, GateError) else 2), text
+    assert text.count("\n") == 1 and text.startswith("prog: error: "), text
+    assert "internal error" not in text, text
+
+
+def test_every_console_script_goes_through_the_one_wrapper(capsys):
+    """Each console script in pyproject.toml turns a usage error into the wrapper's one line:
+    so the mapping above holds for every CLI, not only lame-search."""
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())[
+        "project"]["scripts"]
+    assert scripts
+    for name, target in scripts.items():
+        module = target.split(":")[0]  # run() is sys.exit(main(argv)): call main
+        try:
+            entry = importlib.import_module(module).main
+        except ImportError as missing:  # the base install has no torch: lame-* need the extra
+            if "torch" in str(missing) or "transformers" in str(missing):
+                continue
+            raise
+        code = entry(["--no-such-option-anywhere"])
+        err = capsys.readouterr().err
+        assert code == 2, (name, err)
+        assert err.count("\n") == 1 and "error:" in err and "internal error" not in err, (
+            name, err)
