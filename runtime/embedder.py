@@ -73,7 +73,7 @@ class Embedder:
         if precision == "auto":
             return "fp32"  # the reference precision; fp16/int8 are opt-in
         if precision not in PRECISIONS:
-            raise ValueError(f"precision must be 'auto' or one of {PRECISIONS}, "
+            raise InputError(f"precision must be 'auto' or one of {PRECISIONS}, "
                              f"got {precision!r}")
         self.artifact.file_for(precision, verify=False)  # clear error if absent
         return precision

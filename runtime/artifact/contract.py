@@ -324,6 +324,8 @@ class Artifact:
     def _check_present(self) -> None:
         for name, entry in self.manifest["files"].items():
             path = self._member(name)
+            if path.exists() and not path.is_file():
+                raise ArtifactError(f"{path}, listed in {MANIFEST}, is not a regular file")
             if not path.is_file():
                 if entry.get("required", True) is False:  # e.g. calib.npz, parity.json
                     self._absent.add(name)

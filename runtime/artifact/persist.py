@@ -235,14 +235,33 @@ def versioned_file(meta_path: str | Path, meta: dict[str, Any], key: str,
 # ------------------------------------------------------------------------------ readers
 def parse_json(text: str, where: str, error: type[LameError] = InputError) -> Any:
     """``json.loads`` with every way a document can be bad (not JSON, nested deeper than the
-    interpreter's recursion limit, an integer of more than 4,300 digits) raised as ``error``
-    naming ``where`` (a path, or ``path:line``)."""
+    interpreter's recursion limit, an integer of more than 4,300 digits, a key given twice in
+    one object) raised as ``error`` naming ``where`` (a path, or ``path:line``). Duplicate keys
+    are refused because ``json`` would silently keep the last one: a hand-edited manifest whose
+    second ``embedding_dim`` wins is a misread, not a choice."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as dup:
+        raise error(f"{where}: key {dup.args[0]!r} appears twice in one JSON object") from None
     except RecursionError:
         raise error(f"{where}: JSON nested too deeply to read") from None
     except ValueError as err:  # JSONDecodeError, and int-string conversion limits
         raise error(f"{where} is not valid JSON: {err}") from err
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return result
 
 
 def read_json(path: str | Path, error: type[LameError] = InputError, kind: type | None = None,

@@ -228,6 +228,8 @@ def query_command(text, model, index_path, qdrant, collection, ef_search, image,
 
     if not text and image is None:
         raise InputError("give a query TEXT, --image PATH, or both")
+    if image is not None and Path(image).is_dir():
+        raise InputError(f"--image {image} is a directory, not an image file")
     if image is not None and not Path(image).is_file():
         raise MissingFileError(f"image file not found: {image}")
     if (index_path is None) == (qdrant is None):

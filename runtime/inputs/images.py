@@ -137,6 +137,8 @@ def load_image(image: Any, max_pixels: int | None = None) -> Image.Image:
     limit = check_max_pixels(max_pixels) or default_max_pixels()
     if isinstance(image, (str, Path)):
         path = Path(image)
+        if path.is_dir():
+            raise InputError(f"{path} is a directory, not an image file")
         if not path.is_file():
             raise MissingFileError(f"image file not found: {path}")
         try:
@@ -146,6 +148,9 @@ def load_image(image: Any, max_pixels: int | None = None) -> Image.Image:
                 rgb = _pil_to_rgb(img)
         except OUR_ERRORS:
             raise
+        except Image.DecompressionBombError as err:  # Pillow refused the header itself
+            raise InputError(f"image {path} exceeds the limit of {limit:,} pixels (max_pixels; "
+                             f"--max-pixels on the CLIs): {err}") from None
         except PIL_ERRORS as err:
             raise InputError(f"cannot read image {path}: {_describe(err)}") from err
         return _check_size(rgb)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lame_runtime.errors import IndexFileError, MissingFileError
+from lame_runtime.errors import IndexFileError, InputTypeError, MissingFileError
 from lame_runtime.artifact.persist import check_npz, read_json
 
 STORAGES = ("float32", "float16", "int8")
@@ -36,6 +36,9 @@ def index_files(path: str | Path, for_writing: bool = False) -> tuple[Path, Path
     Version 2 saves name their npz in the json (``<stem>.<token>.npz``); the first path is
     where a version 1 save kept it.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputTypeError(f"an index path must be a str or os.PathLike, got "
+                             f"{type(path).__name__}")
     text = str(path)
     path = Path(path)
     if path.is_dir() or text.endswith(("/", os.sep)):

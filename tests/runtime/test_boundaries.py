@@ -22,7 +22,7 @@ from lame_runtime import Embedder, Index
 from lame_runtime.artifact.persist import check_npz, writer_lock
 from lame_runtime.cli.search import main as search_main
 from lame_runtime.errors import (ArtifactError, BusyError, IndexFileError, InputError,
-                                 LameError, StoreError)
+                                 InputTypeError, LameError, StoreError)
 from lame_runtime.inputs.images import ImageConfig, load_image
 from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture)
 
@@ -242,6 +242,134 @@ API_CASES: list[tuple[str, Callable[[Ctx], Any], type, str]] = [
 ]
 
 
+def _png_claiming(c: Ctx, width: int, height: int) -> Path:
+    """A 60-byte PNG whose header declares ``width`` x ``height`` (no pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    path = c.root / f"claims_{width}x{height}.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+        ">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b""))
+    return path
+
+
+def _fake_png(c: Ctx) -> Path:
+    path = c.root / "not_an_image.png"
+    path.write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    return path
+
+
+def _manifest_text(c: Ctx, name: str, edit: Callable[[str], bytes]) -> Path:
+    target = c.root / name
+    shutil.copytree(c.artifact, target)
+    manifest = target / "lame_artifact.json"
+    manifest.write_bytes(edit(manifest.read_text()))
+    return target
+
+
+def _listed_file_replaced_by_folder(c: Ctx) -> Path:
+    target = c.root / "graph_is_a_folder"
+    shutil.copytree(c.artifact, target)
+    manifest = json.loads((target / "lame_artifact.json").read_text())
+    graph = target / manifest["models"]["fp32"]["path"]
+    graph.unlink()
+    graph.mkdir()
+    return target
+
+
+def _tokenizer_rewritten(c: Ctx) -> Path:
+    target = c.root / "tokenizer_rewritten"
+    shutil.copytree(c.artifact, target)
+    next(target.glob("**/tokenizer.json")).write_text("{}")
+    return target
+
+
+def _index(c: Ctx) -> Index:
+    return Index.load(c.index_path)
+
+
+def _vectors(c: Ctx, rows: int = 1, value: float = 1.0) -> np.ndarray:
+    return np.full((rows, c.embedder.dim), value, np.float32)
+
+
+# More bad inputs of our own, in the same classes (images, texts, artifact files, indexes).
+API_CASES += [
+    ("a folder given as an image", lambda c: c.embedder.encode(images=[c.root]), InputError,
+     "is a directory"),
+    ("image path given as bytes", lambda c: c.embedder.encode(images=[str(c.png).encode()]),
+     InputTypeError, "images[0] (bytes)"),
+    ("encoded PNG bytes instead of a path",
+     lambda c: c.embedder.encode(images=[c.png.read_bytes()]), InputTypeError,
+     "unsupported image"),
+    ("a text file named .png", lambda c: c.embedder.encode(images=[_fake_png(c)]), InputError,
+     "cannot read image"),
+    ("PNG header declaring 10^10 pixels (Pillow's own bomb limit)",
+     lambda c: c.embedder.encode(images=[_png_claiming(c, 100_000, 100_000)]), InputError,
+     "exceeds the limit"),
+    ("PNG header declaring 5000x5000 (our limit, header only)",
+     lambda c: Embedder(c.artifact, max_pixels=20_000_000).encode(
+         images=[_png_claiming(c, 5000, 5000)]), InputError, "exceeds the limit"),
+    ("int64 image array", lambda c: load_image(np.full((8, 8, 3), 1000, np.int64)), LameError,
+     "uint8, uint16 or float"),
+    ("bool image array", lambda c: load_image(np.ones((8, 8), bool)), LameError, "got bool"),
+    ("complex image array", lambda c: load_image(np.ones((8, 8), np.complex64)), LameError,
+     "complex64"),
+    ("object image array", lambda c: load_image(np.array([[None]], dtype=object)), LameError,
+     "got object"),
+    ("negative float image", lambda c: load_image(np.full((8, 8), -0.5, np.float32)),
+     InputError, "[0, 1]"),
+    ("image array with 2 channels", lambda c: load_image(np.zeros((8, 8, 2), np.uint8)),
+     InputError, "HxWx3"),
+    ("image array with 5 channels", lambda c: load_image(np.zeros((8, 8, 5), np.uint8)),
+     InputError, "(8, 8, 5)"),
+    ("text given as bytes", lambda c: c.embedder.encode(texts=["ok", b"abc"]), LameError,
+     "texts[1]"),
+    ("instruction with a lone surrogate",
+     lambda c: c.embedder.encode_queries(texts=["a"], instruction="find \ud800"), InputError,
+     "U+D800"),
+    ("batch_size given as a string", lambda c: c.embedder.encode(texts=["a"], batch_size="2"),
+     InputError, "batch_size"),
+    ("unknown precision", lambda c: Embedder(c.artifact, precision="fp8"), InputError, "fp8"),
+    ("empty manifest", lambda c: Embedder(_manifest_text(c, "m_empty", lambda t: b"")),
+     ArtifactError, "not valid JSON"),
+    ("manifest saved as UTF-16",
+     lambda c: Embedder(_manifest_text(c, "m_utf16", lambda t: t.encode("utf-16"))),
+     ArtifactError, "not UTF-8"),
+    ("manifest with embedding_dim given twice",
+     lambda c: Embedder(_manifest_text(c, "m_dup", lambda t: t.replace(
+         "{", '{"embedding_dim": 3, ', 1).encode())), ArtifactError, "appears twice"),
+    ("manifest with NaN for embedding_dim",
+     lambda c: Embedder(_manifest_text(c, "m_nan", lambda t: t.replace(
+         '"embedding_dim": ', '"embedding_dim": NaN, "was": ', 1).encode())), ArtifactError,
+     "embedding_dim"),
+    ("tokenizer.json rewritten", lambda c: Embedder(_tokenizer_rewritten(c)), ArtifactError,
+     "tokenizer.json"),
+    ("graph replaced by a folder", lambda c: Embedder(_listed_file_replaced_by_folder(c)),
+     ArtifactError, "not a regular file"),
+    ("Index.load of a folder without an index", lambda c: Index.load(c.root), LameError,
+     "index file not found"),
+    ("Index.load of an integer", lambda c: Index.load(5), LameError, "got int"),
+    ("search with a NaN query", lambda c: _index(c).search(_vectors(c, value=np.nan)),
+     InputError, "NaN"),
+    ("search with a 3-D query", lambda c: _index(c).search(_vectors(c)[None]), InputError,
+     "2-D"),
+    ("search with k as a string", lambda c: _index(c).search(_vectors(c), k="3"), InputError,
+     "k must be"),
+    ("add with fewer ids than vectors", lambda c: _index(c).add(_vectors(c, 2), ["x"]),
+     InputError, "1 ids for 2 vectors"),
+    ("add with an integer id", lambda c: _index(c).add(_vectors(c), [5]), LameError,
+     "ids must be strings"),
+    ("add with more payloads than ids", lambda c: _index(c).add(_vectors(c), ["q"], [{}, {}]),
+     InputError, "2 payloads for 1 ids"),
+    ("save under a regular file", lambda c: _index(c).save(c.png / "idx"), LameError,
+     "ok.png"),
+]
+
+
 def _two_locks(target: Path) -> None:
     with writer_lock(target):
         with writer_lock(target):
@@ -333,6 +461,36 @@ CLI_CASES: list[tuple[str, Callable[[Ctx, Path], list[str]], str]] = [
     ("query with an unreachable Qdrant URL", lambda c, t: [
         "query", "hi", "--model", str(c.artifact), "--qdrant",
         f"http://127.0.0.1:{_free_port()}"], "Qdrant at http://127.0.0.1:"),
+]
+
+
+def _bomb_folder(c: Ctx) -> Path:
+    folder = c.root / "bomb_images"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(_png_claiming(c, 100_000, 100_000), folder / "bomb.png")
+    return folder
+
+
+CLI_CASES += [
+    ("query -k 0", lambda c, t: ["query", "hi", "--model", str(c.artifact), "--index",
+                                 str(c.index_path), "-k", "0"], "k"),
+    ("query --image that does not exist", lambda c, t: [
+        "query", "--model", str(c.artifact), "--index", str(c.index_path), "--image",
+        str(c.root / "nope.png")], "nope.png"),
+    ("query --image that is a folder", lambda c, t: [
+        "query", "--model", str(c.artifact), "--index", str(c.index_path), "--image",
+        str(c.root)], "is a directory"),
+    ("query --index that does not exist", lambda c, t: [
+        "query", "hi", "--model", str(c.artifact), "--index", str(c.root / "no_index")],
+     "no_index"),
+    ("index --checkpoint-every 0", lambda c, t: [
+        "index", "--model", str(c.artifact), "--images", str(c.root), "--pattern", "ok.png",
+        "--out", str(t / "idx"), "--checkpoint-every", "0"], "checkpoint-every"),
+    ("index a folder holding a PNG bomb", lambda c, t: [
+        "index", "--model", str(c.artifact), "--images", str(_bomb_folder(c)),
+        "--out", str(t / "idx")], "bomb.png"),
+    ("query --model pointing at an image file", lambda c, t: [
+        "query", "hi", "--model", str(c.png), "--index", str(c.index_path)], "ok.png"),
 ]
 
 
@@ -476,3 +634,20 @@ def test_every_console_script_goes_through_the_one_wrapper(capsys):
         assert code == 2, (name, err)
         assert err.count("\n") == 1 and "error:" in err and "internal error" not in err, (
             name, err)
+
+
+def test_odd_exif_is_ignored_not_fatal(ctx, tmp_path):
+    """An EXIF orientation outside 1..8, or an EXIF block of garbage, is ignored (the image is
+    used as stored), never an error: EXIF is advice, the pixels are the data."""
+    exif = Image.Exif()
+    exif[0x0112] = 9
+    odd = tmp_path / "orientation9.jpg"
+    Image.fromarray(ctx.pixels).save(odd, exif=exif, quality=100)
+    assert load_image(odd).size == (64, 16)
+    raw = bytearray(odd.read_bytes())
+    start = raw.find(b"Exif")
+    raw[start + 10:start + 30] = b"\xff" * 20
+    garbage = tmp_path / "garbage_exif.jpg"
+    garbage.write_bytes(bytes(raw))
+    assert load_image(garbage).size == (64, 16)
+    assert ctx.embedder.encode(images=[odd, garbage]).shape == (2, ctx.embedder.dim)
