@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's main job: build the bundled digits benchmark, train LaME (both stages) with the
 # default preset, evaluate, export to ONNX (fp32 + fp16 + int8, parity-gated), index the eval
-# images with the torch-free runtime and run three example queries. ~7 minutes on 2 CPU cores.
+# images with the torch-free runtime, run three text queries and one image->image query.
+# ~8 minutes on 2 CPU cores.
 set -euo pipefail
 DATA=${DATA:-data/digits}
 RUN=${RUN:-runs/lame}
@@ -31,4 +32,9 @@ for query in "the digits add up to 12" "the largest digit is 7" "the odd digits 
   lame-search query --model "$ART" --index "$INDEX" --instruction "$T2I" "$query" -k 3 --json \
     | python scripts/show_hits.py "$DATA"
 done
+step "image->image: an eval image finds itself and look-alikes (document instruction)"
+EVAL_IMAGES=("$DATA"/images/eval_*)
+IMAGE=${EVAL_IMAGES[0]}
+lame-search query --model "$ART" --index "$INDEX" --image "$IMAGE" --image-to-image -k 3 \
+  --json | python scripts/show_hits.py "$DATA"
 step "done"

@@ -4,6 +4,8 @@
 
 For each hit, prints the digits in the image (from the builder's images.jsonl) and whether the
 query statement holds for them — so the main job's example queries are checkable at a glance.
+An image query (``--image-to-image``) prints the query image's digits and marks hits that are
+the query image itself or show the same digits.
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ def main(argv=None) -> None:
     digits = {Path(r["image"]).name: r["digits"]
               for r in map(json.loads, (data_dir / "images.jsonl").read_text().splitlines())}
     result = json.load(sys.stdin)
+    if not result["query"].get("text"):
+        return show_image_query(result, digits)
     statement = parse_statement(result["query"]["text"])
     print(f"query: {statement.text!r}")
     for hit in result["results"]:
@@ -26,6 +30,18 @@ def main(argv=None) -> None:
         verdict = "true " if seen is not None and statement.holds(seen) else "false"
         print(f"  {hit['rank']}. {hit['id']:<16} score {hit['score']:.4f}  digits {seen}  "
               f"statement {verdict}")
+
+
+def show_image_query(result: dict, digits: dict) -> None:
+    query = Path(result["query"]["image"]).name
+    wanted = digits.get(query)
+    print(f"query: image {query!r} (digits {wanted})")
+    for hit in result["results"]:
+        name = Path(hit["id"]).name
+        seen = digits.get(name)
+        verdict = "itself" if name == query else ("same digits" if seen == wanted else "other")
+        print(f"  {hit['rank']}. {hit['id']:<16} score {hit['score']:.4f}  digits {seen}  "
+              f"{verdict}")
 
 
 if __name__ == "__main__":
