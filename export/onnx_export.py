@@ -1,6 +1,8 @@
 """PyTorch -> ONNX with the dynamo exporter; reason tokens become graph constants."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from pathlib import Path
 
@@ -17,13 +19,32 @@ def parameter_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+# The dynamo exporter logs "torchvision is not installed. Skipping torchvision::..." once per
+# torchvision op in its registry whenever torchvision is absent (eight lines per export). Our
+# graphs use no torchvision op, and installing torchvision would pull a CUDA torch: silence
+# that logger for the export only, along with the exporter's deprecation warnings.
+REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    logger = logging.getLogger(REGISTRY_LOGGER)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def export_onnx(model, path: Path, spec: ExportSpec, external_data: bool | None = None) -> Path:
     """``external_data``: weights in ``<path>.data`` (None: only when the weights pass 2 GiB)."""
     model = model.eval()
     feed = dummy_feed(model.preprocessor)
     args = tuple(torch.from_numpy(feed[name]) for name in spec.input_names)
-    with export_patches(model), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with export_patches(model), torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
             EmbeddingGraph(model), args, dynamo=True, dynamic_shapes=spec.dynamic_shapes(),
             input_names=list(spec.input_names), output_names=list(spec.output_names),

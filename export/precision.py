@@ -141,17 +141,17 @@ def to_int8(src: Path, dst: Path, reader, per_channel: bool = True,
     dst = Path(dst)
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
-        progress("int8: pre-processing (shape inference, ORT basic optimisations)")
+        progress(f"int8 {dst.name}: pre-processing (shape inference, ORT basic optimisations)")
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True,
                           save_as_external_data=external_data, all_tensors_to_one_file=True,
                           external_data_location=data_file(prepared))
-        progress("int8: calibrating activation ranges (MinMax)")
+        progress(f"int8 {dst.name}: calibrating activation ranges (MinMax)")
         ranges = Path(tmp) / "ranges.json"
         save_tensors_data(minmax_ranges(prepared, reader, op_types), ranges)
         # Graph structure only: the node list does not need 2 GB of weights in memory.
         nodes = weight_nodes(onnx.load(str(prepared), load_external_data=False), op_types)
         partial = Path(tmp) / dst.name
-        progress("int8: quantising weights (Q/DQ)")
+        progress(f"int8 {dst.name}: quantising weights (Q/DQ)")
         quantize_static(str(prepared), str(partial), None, quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
                         weight_type=QuantType.QInt8, per_channel=per_channel,

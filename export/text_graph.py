@@ -15,13 +15,13 @@ rows). The manifest lists it under each precision's ``models`` entry as ``"text"
 from __future__ import annotations
 
 import contextlib
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from lame_export.onnx_export import quiet_exporter
 from lame_export.spec import ExportSpec, dummy_feed
 
 TEXT_INPUTS = ("input_ids", "attention_mask")
@@ -62,8 +62,7 @@ def export_text_onnx(model, path: Path, spec: ExportSpec, external_data: bool) -
     rows = np.flatnonzero(feed["image_mask"] == 0)
     args = tuple(torch.from_numpy(feed[name][rows]) for name in TEXT_INPUTS)
     dynamic = {name: spec.dynamic_shapes()[name] for name in TEXT_INPUTS}
-    with text_only(model), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with text_only(model), torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
             TextEmbeddingGraph(model), args, dynamo=True, dynamic_shapes=dynamic,
             input_names=list(TEXT_INPUTS), output_names=list(spec.output_names),

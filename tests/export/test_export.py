@@ -165,3 +165,27 @@ def test_export_never_replaces_a_foreign_directory(trained_ckpt, tmp_path, capsy
     assert export_main(["--ckpt", str(trained_ckpt), "--out", str(precious)]) == 2
     assert "not a LaME output" in capsys.readouterr().err
     assert (precious / "notes.txt").read_text() == "keep"
+
+
+def test_export_output_is_quiet_and_names_each_int8_graph(trained_ckpt, digits_dir, tmp_path):
+    """No "torchvision is not installed" lines (the exporter's registry logs one per
+    torchvision op when it is absent, once per process: hence a fresh process), and every
+    int8 progress line names the graph it is quantising (the full graph and the text graph
+    run the same three steps)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "quiet"
+    code = "import sys; from lame_export.cli import main; sys.exit(main(sys.argv[1:]))"
+    run = subprocess.run([sys.executable, "-c", code, "--ckpt", str(trained_ckpt), "--out",
+                          str(out), "--int8", "--calib-data", str(digits_dir),
+                          "--calib-size", "16"], capture_output=True, text=True, timeout=600)
+    text = run.stdout + run.stderr
+    assert run.returncode in (0, 3), text  # 3: an 8-step model may fail the retrieval gate
+    assert "exporting fp32 ONNX" in run.stderr, text  # the export itself ran
+    assert "torchvision" not in text, text
+    int8_lines = [line for line in run.stderr.splitlines() if "int8" in line
+                  and ("pre-processing" in line or "calibrating" in line or "quantising" in line)]
+    assert len(int8_lines) == 6, run.stderr  # 3 steps x (full graph, text graph)
+    assert {line.split("int8 ")[1].split(":")[0] for line in int8_lines} == {
+        "model_int8.onnx", "model_text_int8.onnx"}, int8_lines
