@@ -651,3 +651,25 @@ def test_odd_exif_is_ignored_not_fatal(ctx, tmp_path):
     garbage.write_bytes(bytes(raw))
     assert load_image(garbage).size == (64, 16)
     assert ctx.embedder.encode(images=[odd, garbage]).shape == (2, ctx.embedder.dim)
+
+
+def test_readme_runtime_snippet_runs_as_written(ctx, tmp_path, monkeypatch):
+    """The Python block under "## Runtime" in the README, executed verbatim in a folder laid
+    out as the main job leaves it (runs/lame-onnx, data/digits/images/eval_*)."""
+    import os
+    import re
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Runtime (`lame_runtime`)"):]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "runs").mkdir()
+    os.symlink(ctx.artifact, tmp_path / "runs" / "lame-onnx")
+    images = tmp_path / "data" / "digits" / "images"
+    images.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.roll(ctx.pixels, 5 * i, axis=1)).save(images / f"eval_{i:05d}.png")
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, Any] = {}
+    exec(compile(snippet, "README.md (runtime snippet)", "exec"), scope)
+    assert len(scope["index"]) == 6
+    assert scope["same"][1][0][0].endswith("eval_00000.png")  # image -> image finds itself
