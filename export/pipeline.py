@@ -103,6 +103,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
         if options.text_graph:
             progress("exporting the text-only graph (no vision tower)")
             build_text_graphs(model, stage, spec, external, report)
+            _share(stage, "fp32", external, report)
         precisions = ["fp32"] + ["fp16"] * options.fp16 + ["int8"] * options.int8
         feeds = parity_feeds(model.preprocessor)
         progress("PyTorch reference embeddings")
@@ -114,6 +115,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
                 _convert(precision, stage, model, options, progress, external)
                 if options.text_graph:
                     convert_text_graph(precision, stage, options, external, progress)
+                    _share(stage, precision, external, report)
             progress(f"parity check {precision}")
             report[precision] = _parity(references, feeds, stage / FILES[precision],
                                         precision, report)
@@ -136,6 +138,16 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
 
     atomic_write_dir(Path(out), build, marker=MANIFEST)
     return report
+
+
+def _share(stage: Path, precision: str, external: bool, report: dict) -> None:
+    """With external data, the text graph's weights become references into the full graph's
+    ``.data`` (``lame_export.shared_weights``): one copy on disk and, at run time, in memory."""
+    if external:
+        from lame_export.shared_weights import share_text_weights
+
+        report.setdefault("shared_weights", {})[precision] = share_text_weights(
+            stage / FILES[precision], stage / TEXT_FILES[precision])
 
 
 def _check_reason_tokens(model, onnx_path: Path, report: dict) -> None:

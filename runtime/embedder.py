@@ -34,7 +34,8 @@ class Embedder:
                  lazy: bool = False, spin: bool = True, verify: bool = True,
                  device_id: int = 0, strict: bool = False, cache_dir: str | Path | None = None,
                  tensorrt_ep: bool = False, pipeline_options: PipelineOptions | None = None,
-                 route_text: bool = True, max_pixels: int | None = None):
+                 route_text: bool = True, max_pixels: int | None = None,
+                 share_weights: bool = True):
         # providers: names or (name, options) pairs, as onnxruntime takes them; the TensorRT/CUDA
         # EPs get defaults from the artifact (lame_runtime.engines.providers). strict: a provider that
         # does not start raises BackendError instead of a warning. device_id: the GPU for the
@@ -44,6 +45,9 @@ class Embedder:
         # text-only one. pipeline_options: decode threads / prefetch / JPEG draft
         # (lame_runtime.inputs.pipeline). max_pixels: refuse larger input images before decoding
         # (None: lame_runtime.inputs.images.default_max_pixels, from the model's resolution).
+        # share_weights: the full and the text graph use one
+        # mapped copy of the weights they share on disk (lame_runtime.engines.shared_weights);
+        # False: each session loads (and pre-packs) its own.
         # verify=False skips the sha256 checks of the artifact's files (for devices that
         # verify at install time); paths, sizes and the manifest are still checked.
         if backend not in BACKENDS:
@@ -62,6 +66,7 @@ class Embedder:
         self._backend = None
         self._pipeline_options, self._pipeline = pipeline_options, None
         self._route_text, self._text_backend = route_text, None
+        self._share_weights, self._shared = share_weights, None
         self._fallback_reported: tuple[str, ...] = ()
         self._lock = threading.Lock()  # guards lazy backend creation across threads
         if not lazy:
@@ -101,9 +106,30 @@ class Embedder:
             defaults=provider_defaults(self.artifact, self.precision, self._device_id,
                                        self._cache_dir),
             tensorrt_ep=self._tensorrt_ep, reported=self._fallback_reported,
-            expect=(self.artifact.dim, self.artifact.inputs))
+            expect=(self.artifact.dim, self.artifact.inputs),
+            shared=self._shared_weights())
         self._fallback_reported = tuple(set(self._fallback_reported) | set(backend.fallback))
         return backend
+
+    def _shared_weights(self):
+        """The mappings both graphs of this precision use, when the text graph's weights live
+        in the full graph's data file (exports since issue 21) and it is served."""
+        if not (self._share_weights and self.routes_text):
+            return None
+        if self._shared is None:
+            from lame_runtime.engines.shared_weights import SharedWeights
+
+            entry = self.artifact.models[self.precision]
+            common = set(entry["external_data"]) & set(entry["text"]["external_data"])
+            if not common:
+                return None
+            self._shared = SharedWeights(self.artifact.path, common)
+        return self._shared
+
+    @property
+    def shares_weights(self) -> bool:
+        """Whether the loaded sessions use one in-memory copy of their common weights."""
+        return self._shared is not None and self._shared.shared_bytes > 0
 
     @property
     def dim(self) -> int:

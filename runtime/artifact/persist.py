@@ -49,9 +49,45 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write_file(path: str | Path, write: Writer, mode: int = 0o644) -> Path:
-    """Write ``path`` through ``write(handle)`` on a temp file + fsync + rename."""
+def current_umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` sets it, which races with
+    other threads creating files); falls back to setting it back at once where /proc lacks it."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 minus the umask (0o644 under the usual 022).
+
+    Every file a writer here leaves behind gets it, whoever created it: ``tempfile`` creates
+    0600 files, and onnx (>= 1.19) writes external ``.data`` files 0600, so without this an
+    artifact exported by one user could not be read by the service account that serves it."""
+    return 0o666 & ~current_umask()
+
+
+def normalize_modes(root: str | Path) -> None:
+    """Give every regular file under ``root`` the default mode (see ``default_file_mode``)."""
+    mode = default_file_mode()
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path) and (os.stat(path).st_mode & 0o777) != mode:
+                os.chmod(path, mode)
+
+
+def atomic_write_file(path: str | Path, write: Writer, mode: int | None = None) -> Path:
+    """Write ``path`` through ``write(handle)`` on a temp file + fsync + rename.
+    ``mode``: default ``default_file_mode()`` (what a plain ``open`` would give)."""
     path = Path(path)
+    mode = default_file_mode() if mode is None else mode
     handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
                                          suffix=".tmp", delete=False)
     try:
@@ -124,6 +160,7 @@ def atomic_write_dir(final: str | Path, write: Callable[[Path], None], marker: s
         write(tmp)
         if not (tmp / marker).is_file():
             raise RuntimeError(f"internal error: the writer of {final} did not write {marker}")
+        normalize_modes(tmp)  # one mode for every file, whichever library wrote it
         fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

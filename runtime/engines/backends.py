@@ -68,8 +68,10 @@ class OnnxRuntimeBackend:
                  threads: int | None = None, spin: bool = True, strict: bool = False,
                  defaults: ProviderDefaults | None = None, tensorrt_ep: bool = False,
                  log_severity: int = 3, reported: Sequence[str] = (),
-                 expect: tuple[int, Sequence[Any]] | None = None):
+                 expect: tuple[int, Sequence[Any]] | None = None, shared=None):
         # expect: (embedding_dim, input specs) from the manifest, checked against the graph.
+        # shared: a lame_runtime.engines.shared_weights.SharedWeights whose mapped initializers
+        # this session uses in place (one copy for the full and the text graph).
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -86,6 +88,7 @@ class OnnxRuntimeBackend:
             # Idle ORT worker threads spin-wait by default: fastest back to back, but they steal
             # cores from anything else in the process (another session, torch, the app).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.shared_initializers = shared.apply(options, model_path) if shared else 0
         try:
             self.session = ort.InferenceSession(str(model_path), options, providers=resolved)
         except Exception as err:  # ORT raises its own exception types; name the file
