@@ -15,6 +15,16 @@ import click
               help="Artifact directory to write (replaced atomically).")
 @click.option("--fp16", is_flag=True, help="Also write model_fp16.onnx (fp32 I/O).")
 @click.option("--int8", is_flag=True, help="Also write model_int8.onnx (Q/DQ, calibrated).")
+@click.option("--int4", is_flag=True,
+              help="Also write model_int4.onnx: weight-only 4-bit blocks (ONNX Runtime "
+                   "MatMulNBits), no calibration; ONNX Runtime only (not TensorRT).")
+@click.option("--int4-block-size", type=click.IntRange(min=16), default=32, show_default=True,
+              help="Weights per int4 scale (a power of two).")
+@click.option("--int4-accuracy-level", type=click.IntRange(0, 4), default=4,
+              show_default=True,
+              help="MatMulNBits compute: 4 = int8 activations (fastest on CPU), 0 = fp32.")
+@click.option("--int4-embeddings/--no-int4-embeddings", default=True, show_default=True,
+              help="Quantise the token-embedding table to 4 bits too.")
 @click.option("--calib-data", type=click.Path(file_okay=False), default=None,
               help="Dataset directory: calibration samples and, if it has eval.jsonl, the "
                    "retrieval gate.")
@@ -51,7 +61,8 @@ def command(ckpt, out, external_data_mib, trt, **options) -> int:
 
     report = export_checkpoint(ckpt, out, ExportOptions(**options),
                                progress=lambda msg: click.echo(f"[lame-export] {msg}", err=True))
-    summary = {p: report[p]["min_cosine"] for p in ("fp32", "fp16", "int8") if p in report}
+    summary = {p: report[p]["min_cosine"] for p in ("fp32", "fp16", "int8", "int4")
+               if p in report}
     click.echo(json.dumps({"artifact": out, "min_cosine": summary,
                            "retrieval": report.get("retrieval", {}).get("hit@1"),
                            "tensorrt_ok": report["tensorrt_lint"]["ok"],

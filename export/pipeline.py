@@ -26,7 +26,7 @@ from lame_export.precision import data_file
 from lame_export.spec import ExportSpec, parity_feeds
 from lame_export.text_graph import (TEXT_FILES, build_text_graphs, check_text_parity,
                                     convert_text_graph)
-from lame_export.trt_lint import lint
+from lame_export.trt_lint import int4_lint, lint
 from lame_export.validate import THRESHOLDS, parity_suite
 from lame_runtime.artifact.contract import FORMAT_VERSION, HASH_CACHE, MANIFEST, sha256
 from lame_runtime.artifact.files import HashCache
@@ -36,9 +36,13 @@ from lame_runtime.artifact.persist import read_json
 from lame_runtime.artifact.persist import atomic_write_dir, atomic_write_json, check_replaceable
 from lame_runtime.inputs.preprocess import INPUT_NAMES, PREPROCESSOR_FILE, TOKENIZER_FILE
 
-FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx",
+         "int4": "model_int4.onnx"}
 EXPORTABLE_METHODS = ("lame", "discriminative")
 MAX_HIT_DROP = 1.0  # points of hit@1 a reduced precision may lose against fp32
+# int4 weight-only may lose 2: twice int8's budget for 16x its weight step, still under one
+# query in fifty (a real regression, e.g. a wrong block axis, costs tens of points).
+MAX_HIT_DROPS = {"int4": 2.0}
 # Files a deployment may drop (listed and verified when present, not needed to serve).
 OPTIONAL_FILES = ("calib.npz", "parity.json")
 # 1 GiB, well under protobuf's 2 GB: the graph structure and inline constants need room too.
@@ -59,6 +63,10 @@ class ExportOptions:
     calib_file: str | None = None      # a prepared calib.npz instead
     calib_size: int = 128
     int8_for_tensorrt: bool = False    # symmetric int8 activations (TensorRT Q/DQ needs them)
+    int4: bool = False                 # weight-only int4 (MatMulNBits), no calibration needed
+    int4_block_size: int = 32
+    int4_accuracy_level: int = 4
+    int4_embeddings: bool = True
     opset: int = 18
     max_batch: int = 64
     force: bool = False
@@ -66,6 +74,13 @@ class ExportOptions:
     external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
     # Also export the text-only graph (no vision tower) that text-only rows are routed to.
     text_graph: bool = True
+
+    def int4_options(self):
+        from lame_export.precision import Int4Options
+
+        return Int4Options(block_size=self.int4_block_size,
+                           accuracy_level=self.int4_accuracy_level,
+                           embeddings=self.int4_embeddings)
 
 
 def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
@@ -78,6 +93,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
     if options.external_data_threshold < 0:
         raise ValueError("external_data_threshold must be >= 0 bytes, got "
                          f"{options.external_data_threshold}")
+    if options.int4:
+        options.int4_options().check()
     check_replaceable(Path(out), MANIFEST)  # before minutes of work, not after
     ckpt = resolve(ckpt)
     model = lame.load(ckpt)
@@ -104,7 +121,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
             progress("exporting the text-only graph (no vision tower)")
             build_text_graphs(model, stage, spec, external, report)
             _share(stage, "fp32", external, report)
-        precisions = ["fp32"] + ["fp16"] * options.fp16 + ["int8"] * options.int8
+        precisions = (["fp32"] + ["fp16"] * options.fp16 + ["int8"] * options.int8
+                      + ["int4"] * options.int4)
         feeds = parity_feeds(model.preprocessor)
         progress("PyTorch reference embeddings")
         references = _references(model, feeds)
@@ -113,6 +131,8 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
             if precision != "fp32":
                 progress(f"converting to {precision}")
                 _convert(precision, stage, model, options, progress, external)
+                if precision == "int4":
+                    report["tensorrt_lint_int4"] = int4_lint(stage / FILES["int4"])
                 if options.text_graph:
                     convert_text_graph(precision, stage, options, external, progress)
                     _share(stage, precision, external, report)
@@ -166,11 +186,14 @@ def _check_reason_tokens(model, onnx_path: Path, report: dict) -> None:
 
 def _convert(precision: str, stage: Path, model, options: ExportOptions, progress,
              external: bool) -> None:
-    from lame_export.precision import to_fp16, to_int8
+    from lame_export.precision import to_fp16, to_int4, to_int8
 
     src = stage / FILES["fp32"]
     if precision == "fp16":
         to_fp16(src, stage / FILES["fp16"], external_data=external)
+        return
+    if precision == "int4":
+        to_int4(src, stage / FILES["int4"], options.int4_options(), external_data=external)
         return
     from lame_calibration import CalibrationReader, build as build_calibration
 
@@ -329,7 +352,8 @@ def _retrieval_gate(stage: Path, data_dir: str, precisions, report: dict, progre
         results[precision] = evaluate(embedder.encode, rows)["hit@1"]
     for precision in precisions[1:]:
         drop = results["fp32"] - results[precision]
-        if drop > MAX_HIT_DROP:
+        limit = MAX_HIT_DROPS.get(precision, MAX_HIT_DROP)
+        if drop > limit:
             report["failures"].append(f"{precision} loses {drop:.2f} points of hit@1 vs fp32 "
-                                      f"(limit {MAX_HIT_DROP})")
-    return {"hit@1": results, "max_drop": MAX_HIT_DROP}
+                                      f"(limit {limit})")
+    return {"hit@1": results, "max_drop": MAX_HIT_DROP, "max_drops": MAX_HIT_DROPS}

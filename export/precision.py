@@ -7,11 +7,16 @@
   ``quantize_static`` as its calibration cache), then ``quantize_static`` in QDQ format, per-channel int8 weights and uint8 activations (U8S8), on the weight MatMul/Gemm
   nodes only. Activation-activation MatMuls (attention scores) stay fp32: quantising them cost
   accuracy for no speed here (see the README's export table).
+* INT4 (weight-only): ``onnxruntime.quantization.matmul_nbits_quantizer`` — block-wise
+  symmetric 4-bit weights for every weight MatMul (ORT's ``MatMulNBits`` contrib op; the
+  quantiser handles MatMul only, and the exported linears are MatMul) and, optionally, the
+  token-embedding table (``GatherBlockQuantized``). No calibration: activations stay float.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 # RMSNorm decomposes to Pow/ReduceMean/Sqrt/Reciprocal; keep the whole chain in fp32.
@@ -50,6 +55,46 @@ def to_fp16(src: Path, dst: Path, external_data: bool = False) -> Path:
                                          op_block_list=FP16_KEEP_FP32)
     gc.collect()  # the fp32 copy the converter loaded is garbage now: free it before saving
     save_graph(converted, Path(dst), external_data)
+    return dst
+
+
+@dataclass
+class Int4Options:
+    block_size: int = 32        # weights per scale along K: 32 is the accuracy end of ORT's range
+    accuracy_level: int = 4     # MatMulNBits compute type: 4 = int8 activations (fastest on CPU);
+                                # 0 = fp32 compute (slower, a little closer to fp32)
+    embeddings: bool = True     # 4-bit token-embedding table too (the biggest tensor at 2B)
+
+    def check(self) -> None:
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"int4 block size must be a power of two >= 16, got {self.block_size}")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"int4 accuracy level must be 0-4, got {self.accuracy_level}")
+
+
+def to_int4(src: Path, dst: Path, options: Int4Options | None = None,
+            external_data: bool = False) -> Path:
+    """Weight-only int4 of an fp32 graph (``MatMulNBits``; TensorRT cannot parse it: see
+    ``lame_export.trt_lint.INT4_NOTE``)."""
+    import gc
+
+    import onnx
+    from onnxruntime.quantization import QuantFormat
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    options = options or Int4Options()
+    options.check()
+    model = onnx.load(str(src))  # with its external data: the quantiser reads the weights
+    quantizer = MatMulNBitsQuantizer(
+        model, bits=4, block_size=options.block_size, is_symmetric=True,
+        accuracy_level=options.accuracy_level, quant_format=QuantFormat.QOperator,
+        op_types_to_quantize=("MatMul", "Gather") if options.embeddings else ("MatMul",),
+        quant_axes=(("MatMul", 0), ("Gather", 1)))
+    quantizer.process()
+    quantized = quantizer.model.model
+    del model, quantizer
+    gc.collect()
+    save_graph(quantized, Path(dst), external_data)
     return dst
 
 

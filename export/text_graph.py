@@ -26,7 +26,7 @@ from lame_export.spec import ExportSpec, dummy_feed
 
 TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_FILES = {"fp32": "model_text.onnx", "fp16": "model_text_fp16.onnx",
-              "int8": "model_text_int8.onnx"}
+              "int8": "model_text_int8.onnx", "int4": "model_text_int4.onnx"}
 
 
 @contextlib.contextmanager
@@ -105,12 +105,15 @@ def build_text_graphs(model, stage: Path, spec: ExportSpec, external: bool, repo
 
 
 def convert_text_graph(precision: str, stage: Path, options, external: bool, progress) -> None:
-    """fp16/int8 of the text graph with the same conversions as the full graph."""
-    from lame_export.precision import to_fp16, to_int8
+    """fp16/int8/int4 of the text graph with the same conversions as the full graph."""
+    from lame_export.precision import to_fp16, to_int4, to_int8
 
     src = stage / TEXT_FILES["fp32"]
     if precision == "fp16":
         to_fp16(src, stage / TEXT_FILES["fp16"], external_data=external)
+        return
+    if precision == "int4":
+        to_int4(src, stage / TEXT_FILES["int4"], options.int4_options(), external_data=external)
         return
     from lame_calibration import CalibrationReader
 

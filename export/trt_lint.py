@@ -46,3 +46,23 @@ def lint(onnx_path: str | Path) -> dict:
     report["ok"] = not custom and not report["data_dependent_shape_ops"] and all(
         not v["unsupported"] for v in report["versions"].values())
     return report
+
+
+# What TensorRT does with weight-only int4 (TensorRT 10 docs, "Weight-only quantization" /
+# "INT4 block quantization"): it runs INT4 weights only as an ONNX DequantizeLinear with an
+# INT4 initializer and a ``block_size`` attribute (opset 21) feeding a MatMul/Gemm, in a
+# strongly typed network; ORT's ``MatMulNBits``/``GatherBlockQuantized`` are com.microsoft
+# contrib ops that the TensorRT ONNX parser does not know. Block-quantised Gather (the
+# embedding table) is not supported by TensorRT at all.
+INT4_NOTE = ("the int4 graph uses ONNX Runtime's com.microsoft MatMulNBits / "
+             "GatherBlockQuantized, which TensorRT cannot parse: serve int4 with ONNX Runtime "
+             "(CPU or CUDA EP); TensorRT takes INT4 weight-only only as opset-21 blocked "
+             "DequantizeLinear(INT4) -> MatMul in a strongly typed network, and has no "
+             "block-quantised Gather, so a TensorRT int4 needs the embedding table in fp16")
+
+
+def int4_lint(onnx_path: str | Path) -> dict:
+    """``lint`` of the int4 graph plus the note on what TensorRT supports of it."""
+    report = lint(onnx_path)
+    report["note"] = INT4_NOTE
+    return report

@@ -36,7 +36,7 @@ from lame_runtime.artifact.persist import sha256  # noqa: F401  (re-exported)
 MANIFEST = "lame_artifact.json"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int4")  # int4: weight-only (MatMulNBits), ORT CPU/CUDA
 DTYPES = {"int64": "int64", "float32": "float32"}
 TOKENIZER_FILE = "tokenizer.json"          # same names as lame_runtime.inputs.preprocess (no import
 PREPROCESSOR_FILE = "preprocessor_config.json"  # cycle: preprocess does not need us)

@@ -5,7 +5,7 @@ past protobuf's 2 GB limit, so every graph needs external data. Steps (each its 
 run by scripts/probes/probe_2gb.sh, so each one's peak RSS is its own):
 
   build   random weights -> checkpoint (no training: export does not depend on weight values)
-  export  fp32 + fp16 + int8 through lame_export, all gates enforced; per stage: seconds, peak
+  export  fp32 + fp16 + int8 + int4 through lame_export, all gates enforced; per stage: seconds, peak
           RSS (VmHWM, reset between stages through /proc/self/clear_refs), file sizes, cosine
   load    Artifact.open + the fp32 graph's verification: without the hash cache (hashes 2.4 GB),
           with it, and with verify=False; then one Embedder encode per precision
@@ -103,14 +103,16 @@ def export(work: Path, calib_size: int) -> dict:
     start = time.perf_counter()
     # Retrieval gate off (random weights rank at chance); the parity gates are enforced.
     report = export_checkpoint(work / "ckpt", work / "artifact",
-                               ExportOptions(fp16=True, int8=True, calib_file=str(calib)),
+                               ExportOptions(fp16=True, int8=True, int4=True,
+                                             calib_file=str(calib)),
                                progress=progress)
     close_stage()
     return {"step": "export", "seconds": round(time.perf_counter() - start, 1),
             "peak_rss_mb": max(s["peak_rss_mb"] for s in stages),
             "fp32_weight_gb": round(report["fp32_weight_bytes"] / 1e9, 3),
             "external_data": report["external_data"], "calib_size": calib_size,
-            "min_cosine": {p: report[p]["min_cosine"] for p in ("fp32", "fp16", "int8")},
+            "min_cosine": {p: report[p]["min_cosine"] for p in ("fp32", "fp16", "int8", "int4")},
+            "shared_weights": report.get("shared_weights"),
             "failures": report["failures"], "stages": stages,
             "files_mb": sizes_mb(work / "artifact")}
 
@@ -134,7 +136,7 @@ def load(work: Path) -> dict:
     cached = timed_open(True)    # the cache written by the first open
     unverified = timed_open(False)
     encode = {}
-    for precision in ("fp32", "fp16", "int8"):
+    for precision in ("fp32", "fp16", "int8", "int4"):
         start = time.perf_counter()
         embedder = Embedder(folder, precision=precision, threads=2)
         vectors = embedder.encode(texts=["a probe query"], images=[

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The 2.4 GB export probe (see scripts/probes/probe_2gb.py): random Qwen2-VL-2B-width weights with
-# fewer blocks -> checkpoint -> fp32 + fp16 + int8 artifact with external data -> load timings.
+# fewer blocks -> checkpoint -> fp32 + fp16 + int8 + int4 artifact with external data -> load timings.
 # Needs ~8 GB of RAM and ~12 GB of disk under WORK; takes minutes on 2 CPU cores.
 #
 #   scripts/probes/probe_2gb.sh [WORK_DIR] [CALIB_SIZE]
