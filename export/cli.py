@@ -18,7 +18,7 @@ import click
 @click.option("--int4", is_flag=True,
               help="Also write model_int4.onnx: weight-only 4-bit blocks (ONNX Runtime "
                    "MatMulNBits), no calibration; ONNX Runtime only (not TensorRT).")
-@click.option("--int4-block-size", type=click.IntRange(min=16), default=32, show_default=True,
+@click.option("--int4-block-size", type=click.IntRange(min=16), default=16, show_default=True,
               help="Weights per int4 scale (a power of two).")
 @click.option("--int4-accuracy-level", type=click.IntRange(0, 4), default=4,
               show_default=True,

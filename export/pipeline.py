@@ -64,7 +64,7 @@ class ExportOptions:
     calib_size: int = 128
     int8_for_tensorrt: bool = False    # symmetric int8 activations (TensorRT Q/DQ needs them)
     int4: bool = False                 # weight-only int4 (MatMulNBits), no calibration needed
-    int4_block_size: int = 32
+    int4_block_size: int = 16  # see Int4Options.block_size
     int4_accuracy_level: int = 4
     int4_embeddings: bool = True
     opset: int = 18
