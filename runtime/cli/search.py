@@ -19,6 +19,7 @@ from lame_runtime.retrieval.index import STORAGES, index_exists
 from lame_runtime.errors import BackendError, InputError, IntegrityError, MissingFileError
 from lame_runtime.artifact.paths import contained_path
 from lame_runtime.artifact.persist import parse_json
+from lame_runtime.cli.info import info_command
 from lame_runtime.cli.tensorrt import (build_engine_command, embedder_options, gpu_options,
                                        triton_command)
 
@@ -315,6 +316,7 @@ class _NoBar:
 
 command.add_command(build_engine_command)
 command.add_command(triton_command)
+command.add_command(info_command)
 
 
 # --------------------------------------------------------------------------- entry points

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,36 +27,10 @@ CONFIGS = {
     "routed, share_weights=True": {"route_text": True, "share_weights": True},
 }
 
-CHILD = r"""
-import json, resource, sys, time
-import numpy as np
-from lame_runtime import Embedder
-
-model, precision, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-start = time.perf_counter()
-emb = Embedder(model, precision=precision, verify=False, **options)
-opened = time.perf_counter() - start
-rng = np.random.default_rng(0)
-texts = [f"the digits add up to {i}" for i in range(8)]
-images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
-start = time.perf_counter()
-emb.encode(texts=texts)
-emb.encode(images=images)
-encoded = time.perf_counter() - start
-with open("/proc/self/status") as status:
-    rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-print(json.dumps({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                  "end_rss_mb": round(rss / 1024, 1), "open_s": round(opened, 2),
-                  "encode_s": round(encoded, 2), "routes_text": emb.routes_text}))
-"""
-
-
 def measure(model: str, precision: str, options: dict) -> dict:
-    run = subprocess.run([sys.executable, "-c", CHILD, model, precision, json.dumps(options)],
-                         capture_output=True, text=True)
-    if run.returncode != 0:
-        raise SystemExit(f"bench_memory: {options} failed:\n{run.stderr[-2000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    from lame_runtime.artifact.budget import measure_peak_rss  # the one measurement
+
+    return measure_peak_rss(model, precision, **options)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from lame_export.text_graph import TEXT_FILES
 from lame_runtime import Embedder
 from lame_runtime.artifact.contract import MANIFEST, Artifact
 from lame_runtime.artifact.persist import atomic_write_dir, default_file_mode
-from lame_runtime.engines.shared_weights import external_tensors
+from lame_runtime.engines.shared_weights import NUMPY_TYPES, external_tensors
 from lame_runtime.errors import ArtifactError
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
@@ -124,7 +124,10 @@ def test_both_sessions_use_one_mapped_copy(edge_artifact, precision):
     assert shared.routes_text and shared.shares_weights
     text_tensors = [t for t in external_tensors(edge_artifact / TEXT_FILES[precision])
                     if t.location == f"{FILES[precision]}.data"]
-    assert shared._text_backend.shared_initializers == len(text_tensors) > 0
+    # Sub-byte tensors (int4's packed UINT4 embedding table) have no NumPy dtype to map them
+    # as: ORT loads those itself (a known gap, in the README); every other one is shared.
+    mappable = [t for t in text_tensors if t.data_type in NUMPY_TYPES]
+    assert shared._text_backend.shared_initializers == len(mappable) > 0
     full_tensors = external_tensors(edge_artifact / FILES[precision])
     # every text tensor is one of the full graph's (offset, length): no second buffer for it
     assert {(t.offset, t.length) for t in text_tensors} <= {(t.offset, t.length) for t in full_tensors}
@@ -132,7 +135,10 @@ def test_both_sessions_use_one_mapped_copy(edge_artifact, precision):
     separate = Embedder(edge_artifact, precision=precision, share_weights=False)
     assert not separate.shares_weights and separate._text_backend.shared_initializers == 0
     a, b = shared.encode(TEXTS, IMAGES), separate.encode(TEXTS, IMAGES)
-    np.testing.assert_allclose(a, b, atol=1e-5)  # sharing changes memory, not results
+    # Sharing changes memory, not results -- except int4: without pre-packing MatMulNBits runs
+    # its unpacked kernel, which does not quantise activations to int8 as the pre-packed
+    # accuracy-level-4 kernel does (measured: |diff| ~2.5e-4 on unit vectors).
+    np.testing.assert_allclose(a, b, atol=1e-3 if precision == "int4" else 1e-5)
 
 
 RSS_PROBE = """
@@ -205,3 +211,20 @@ def test_int4_block_size_and_embeddings_options(trained_ckpt, tmp_path):
     assert blocks == {64}
     assert "GatherBlockQuantized" not in {n.op_type for n in graph.node}
     assert Artifact.open(out).precisions == ["fp32", "int4"]
+
+
+def test_info_reports_the_memory_budget(edge_artifact, capsys):
+    """`lame-search info ART --measure --json`: every precision, text weights counted once
+    where they live in the full graph's .data, and a measured peak RSS from a fresh process."""
+    from lame_runtime.cli.search import main
+
+    assert main(["info", str(edge_artifact), "--measure", "--json"]) == 0
+    rows = {r["precision"]: r for r in json.loads(capsys.readouterr().out)["precisions"]}
+    assert set(rows) == {"fp32", "fp16", "int8", "int4"}
+    for row in rows.values():
+        assert row["text_weights_shared"], row
+        # shared: what is mapped is the full graph plus the text graph's structure only
+        assert row["full_graph_bytes"] <= row["resident_weights_bytes"] \
+            < row["full_graph_bytes"] + row["text_graph_bytes"], row
+        assert row["measured"]["routes_text"] and row["measured"]["peak_rss_mb"] > 10
+    assert rows["int4"]["full_graph_bytes"] < rows["fp32"]["full_graph_bytes"]
