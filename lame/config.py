@@ -41,6 +41,10 @@ class BackboneConfig:
     vision_mlp_ratio: int = 2
     vocab_size: int | None = None       # None: the tokenizer's; larger pads the embeddings (speed
                                         # benchmarks of real-size models with a small tokenizer)
+    deepstack_layers: list[int] | None = None  # qwen3_vl: vision blocks feeding DeepStack
+                                        # (None: every block but the last, at most 3)
+    vision_position_grid: int | None = None  # qwen3_vl: side of the learned position table
+                                        # (None: the image's patch grid)
     hf_config: dict[str, Any] | None = None  # with ``path``: that directory's config.json,
                                         # so a checkpoint rebuilds the backbone without it
 
@@ -51,8 +55,10 @@ class LameConfig:
     image: ImageConfig = field(default_factory=ImageConfig)
     max_text_tokens: int = 48
     num_reason_tokens: int = 8          # K; 0 gives the discriminative (VLM2Vec-style) baseline
-    num_summary_tokens: int = 1         # M >= 1; the last one is [EMBED]
+    num_summary_tokens: int = 1         # M >= 1; the last one is [EMBED]. 0: the last *input*
+                                        # token is pooled (imported last-token embedders, K=0)
     embed_dim: int = 128
+    embed_projection: bool = True       # false: the pooled state itself (embed_dim = hidden)
     pooling: str = "embed"              # "embed": [EMBED] state; "attention": learned pool over M
     bottleneck_mask: bool = True        # summary tokens see the input only via the reason tokens
     decoder_dim: int = 128
@@ -78,8 +84,13 @@ class LameConfig:
     def validate(self) -> None:
         if self.num_reason_tokens < 0:
             raise ValueError("num_reason_tokens must be >= 0")
-        if self.num_summary_tokens < 1:
-            raise ValueError("num_summary_tokens must be >= 1 (the last one is [EMBED])")
+        if self.num_summary_tokens < 0:
+            raise ValueError("num_summary_tokens must be >= 0")
+        if self.num_summary_tokens == 0 and (self.method != "discriminative"
+                                             or self.num_reason_tokens or self.pooling != "embed"):
+            raise ValueError("num_summary_tokens=0 (pool the last input token, as imported "
+                             "embedders do) needs method 'discriminative', num_reason_tokens=0 "
+                             "and pooling 'embed'")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.bottleneck_mask and self.num_reason_tokens == 0:

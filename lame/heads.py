@@ -9,12 +9,15 @@ from torch import nn
 class EmbeddingHead(nn.Module):
     """Summary-token states [B, M, H] -> unit-norm embedding [B, D]."""
 
-    def __init__(self, hidden: int, dim: int, pooling: str):
+    def __init__(self, hidden: int, dim: int, pooling: str, projection: bool = True):
         super().__init__()
         self.pooling = pooling
         if pooling == "attention":
             self.query = nn.Parameter(torch.randn(hidden) * hidden ** -0.5)
-        self.proj = nn.Linear(hidden, dim)
+        if not projection and dim != hidden:
+            raise ValueError(f"embed_projection=false needs embed_dim = hidden size {hidden}, "
+                             f"got {dim}")
+        self.proj = nn.Linear(hidden, dim) if projection else nn.Identity()
 
     def forward(self, summary: torch.Tensor) -> torch.Tensor:
         if self.pooling == "attention":

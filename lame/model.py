@@ -37,7 +37,8 @@ class LameModel(nn.Module):
         self.reason_tokens = nn.Parameter(
             torch.randn(config.appended_reason_tokens, hidden) * 0.02)
         self.summary_tokens = nn.Parameter(torch.randn(config.num_summary_tokens, hidden) * 0.02)
-        self.embed_head = EmbeddingHead(hidden, config.embed_dim, config.pooling)
+        self.embed_head = EmbeddingHead(hidden, config.embed_dim, config.pooling,
+                                        config.embed_projection)
         self.decoder_head = None
         if config.uses_decoder:
             self.decoder_head = DecoderHead(hidden, preprocessor.text.vocab_size,
@@ -56,30 +57,50 @@ class LameModel(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       pixel_values: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states of the whole sequence [B, L + K + M, H] (input, reason, summary)."""
-        embeds, is_image = self.input_embeds(input_ids, attention_mask, pixel_values, image_mask)
+        embeds, is_image, visual = self.input_embeds(input_ids, attention_mask, pixel_values,
+                                                     image_mask)
         batch = input_ids.shape[0]  # a symbolic size under export, unlike len()
         latent = torch.cat([self.reason_tokens, self.summary_tokens]).to(embeds.dtype)
         embeds = torch.cat([embeds, latent.unsqueeze(0).expand(batch, -1, -1)], dim=1)
         ones = attention_mask.new_ones(batch, self.num_latent)
         valid = torch.cat([attention_mask, ones], dim=1)
         is_image = torch.cat([is_image, torch.zeros_like(ones, dtype=torch.bool)], dim=1)
-        return self.run(embeds, valid, is_image, input_ids.shape[1])
+        return self.run(embeds, valid, is_image, input_ids.shape[1], visual)
 
     def input_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                      pixel_values: torch.Tensor, image_mask: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token embeddings with visual tokens merged in -> ([B, L, H], is_image [B, L])."""
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Token embeddings with visual tokens merged in -> ([B, L, H], is_image [B, L],
+        visual). ``visual`` is None, or with a DeepStack backbone the extra visual features
+        [B, L, D, H] for the first D language layers (zero outside image positions)."""
         is_image = (input_ids == self.image_token_id) & attention_mask.bool()
-        embeds = self._merge_images(self.backbone.embed_tokens(input_ids), is_image,
-                                    self._image_features(pixel_values, image_mask, is_image))
-        return embeds, is_image
+        tokens = self.backbone.embed_tokens(input_ids)
+        features = self._image_features(pixel_values, image_mask, is_image)
+        levels = self.backbone.deepstack_levels
+        if features is None or not levels:
+            return self._merge_images(tokens, is_image, features), is_image, None
+        # A DeepStack tower returns [B, N, (1 + D) * H]: the merged tokens, then D levels; one
+        # tensor so the row selection and the export's image_mask product treat them alike.
+        batch, count, hidden = features.shape[0], features.shape[1], tokens.shape[-1]
+        stacked = features.reshape(batch, count, 1 + levels, hidden)
+        embeds = self._merge_images(tokens, is_image, stacked[:, :, 0])
+        deep = self._merge_images(tokens.new_zeros(*tokens.shape[:2], levels * hidden), is_image,
+                                  stacked[:, :, 1:].flatten(2))
+        return embeds, is_image, deep.reshape(*tokens.shape[:2], levels, hidden)
 
     def run(self, embeds: torch.Tensor, valid: torch.Tensor, is_image: torch.Tensor,
-            input_length: int) -> torch.Tensor:
-        """The causal LM over a full sequence (positions and mask built from ``valid``)."""
+            input_length: int, visual: torch.Tensor | None = None) -> torch.Tensor:
+        """The causal LM over a full sequence (positions and mask built from ``valid``);
+        ``visual`` (DeepStack features of the first ``input_length`` positions) is zero-padded
+        over the positions appended after the input."""
         positions = self.backbone.position_ids(valid, is_image)
         bias = self.attention_bias(valid, input_length, embeds.dtype)
-        return self.backbone.transformer(embeds, positions, bias)
+        if visual is None:
+            return self.backbone.transformer(embeds, positions, bias)
+        extra = embeds.shape[1] - visual.shape[1]
+        visual = torch.cat([visual, visual.new_zeros(visual.shape[0], extra, *visual.shape[2:])],
+                           dim=1)
+        return self.backbone.transformer(embeds, positions, bias, visual=visual)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits through the input embedding matrix (a tied LM head; the CoT

@@ -11,7 +11,7 @@ from typing import Iterator
 
 from lame.backbones.base import Backbone
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "idefics3", "smollm2_efficientnet")
+FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smollm2_efficientnet")
 
 # False inside architecture_only(): families whose pretrained weights come from installed
 # packages (smollm2_efficientnet) then build the bare architecture instead.
@@ -42,6 +42,11 @@ def build_backbone(config, vocab_size: int, image_token_id: int) -> Backbone:
 
         return Qwen25VLBackbone.build(config, vocab_size, image_token_id,
                          pretrained=_LOAD_PRETRAINED.get())
+    if family == "qwen3_vl":
+        from lame.backbones.qwen3_vl import Qwen3VLBackbone
+
+        return Qwen3VLBackbone.build(config, vocab_size, image_token_id,
+                                     pretrained=_LOAD_PRETRAINED.get())
     if family == "idefics3":
         from lame.backbones.idefics3 import Idefics3Backbone
 

@@ -28,6 +28,9 @@ class Backbone(nn.Module):
 
     model: nn.Module  # the wrapped Transformers model
     checkpoint_vision: bool = False  # recompute vision blocks in backward (adapters that loop)
+    # DeepStack (Qwen3-VL): encode_images returns [B, N, (1 + D) * H] and transformer() adds
+    # level i to the hidden states after language layer i; 0 for every other family.
+    deepstack_levels: int = 0
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward pass instead of keeping them: every block of
@@ -78,17 +81,22 @@ class Backbone(nn.Module):
         return attention_bias
 
     def transformer(self, embeds: torch.Tensor, position_ids: torch.Tensor,
-                    attention_bias: torch.Tensor) -> torch.Tensor:
-        """Run the causal LM on embeddings with an additive [B, 1, L, L] bias -> [B, L, H]."""
+                    attention_bias: torch.Tensor, visual: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """Run the causal LM on embeddings with an additive [B, 1, L, L] bias -> [B, L, H].
+        ``visual`` [B, L, D, H]: DeepStack features (only where ``deepstack_levels`` > 0)."""
+        _no_deepstack(self, visual)
         out = self.text_model(inputs_embeds=embeds, position_ids=position_ids,
                               attention_mask=self.text_mask(attention_bias), use_cache=False)
         return out.last_hidden_state
 
     def transformer_cached(self, embeds: torch.Tensor, position_ids: torch.Tensor,
-                           attention_bias: torch.Tensor, cache) -> torch.Tensor:
+                           attention_bias: torch.Tensor, cache,
+                           visual: torch.Tensor | None = None) -> torch.Tensor:
         """``transformer`` for step-by-step decoding (the CoT and latent baselines): ``embeds``
         are the new positions only, ``attention_bias`` is [B, 1, new, past + new] and ``cache``
         (a ``transformers.DynamicCache``) is extended in place."""
+        _no_deepstack(self, visual)
         text_model = self.text_model
         out = text_model(inputs_embeds=embeds, position_ids=position_ids,
                          attention_mask=self.text_mask(attention_bias), use_cache=True,
@@ -105,3 +113,9 @@ class Backbone(nn.Module):
         """Newly initialised glue between pretrained towers (e.g. a vision projector) that a
         warm-up stage which freezes the backbone should still train; none by default."""
         return iter(())
+
+
+def _no_deepstack(backbone: Backbone, visual) -> None:
+    if visual is not None:
+        raise ValueError(f"{type(backbone).__name__} has no DeepStack layers, but visual "
+                         "features for them were given")

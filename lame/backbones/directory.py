@@ -25,7 +25,7 @@ from lame_runtime.artifact.persist import read_json
 
 # family -> the Transformers model_type its config.json must declare
 MODEL_TYPES = {"qwen2_vl": ("qwen2_vl",), "qwen2_5_vl": ("qwen2_5_vl",),
-               "idefics3": ("idefics3",)}
+               "qwen3_vl": ("qwen3_vl",), "idefics3": ("idefics3",)}
 
 
 def parse_image_size(value: Any) -> tuple[int, int]:

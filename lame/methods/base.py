@@ -77,6 +77,8 @@ class Method:
         hidden = model.hidden_states(input_ids, attention_mask, pixel_values, image_mask)
         k = model.config.appended_reason_tokens
         reason, summary = hidden[:, length:length + k], hidden[:, length + k:]
+        if not model.config.num_summary_tokens:  # last-token pooling: the input's last state
+            summary = hidden[:, length - 1:length]  # (rows are left-padded)
         return LameOutput(model.embed_head(summary), reason, summary)
 
     def encode_query(self, model, tensors: dict[str, torch.Tensor]) -> LameOutput:

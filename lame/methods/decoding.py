@@ -23,8 +23,10 @@ class Decoding:
 
 
 def extend(model, state: Decoding, embeds: torch.Tensor, valid_new: torch.Tensor,
-           is_image_new: torch.Tensor | None = None) -> torch.Tensor:
-    """Run ``embeds`` [B, q, H] as the next q positions -> their hidden states [B, q, H]."""
+           is_image_new: torch.Tensor | None = None,
+           visual: torch.Tensor | None = None) -> torch.Tensor:
+    """Run ``embeds`` [B, q, H] as the next q positions -> their hidden states [B, q, H].
+    ``visual``: DeepStack features of these positions (the prefill's only)."""
     if is_image_new is None:
         is_image_new = torch.zeros_like(valid_new, dtype=torch.bool)
     state.valid = torch.cat([state.valid, valid_new], dim=1)
@@ -32,17 +34,20 @@ def extend(model, state: Decoding, embeds: torch.Tensor, valid_new: torch.Tensor
     q, total = embeds.shape[1], state.valid.shape[1]
     positions = model.backbone.position_ids(state.valid, state.is_image)[..., -q:]
     bias = model.attention_bias(state.valid, total, embeds.dtype)[:, :, -q:]
-    return model.backbone.transformer_cached(embeds, positions, bias, state.cache)
+    if visual is None:
+        return model.backbone.transformer_cached(embeds, positions, bias, state.cache)
+    return model.backbone.transformer_cached(embeds, positions, bias, state.cache, visual=visual)
 
 
 def prefill(model, input_ids, attention_mask, pixel_values, image_mask
             ) -> tuple[torch.Tensor, Decoding]:
     from transformers import DynamicCache
 
-    embeds, is_image = model.input_embeds(input_ids, attention_mask, pixel_values, image_mask)
+    embeds, is_image, visual = model.input_embeds(input_ids, attention_mask, pixel_values,
+                                                  image_mask)
     empty = attention_mask[:, :0]
     state = Decoding(empty, empty.bool(), DynamicCache())
-    hidden = extend(model, state, embeds, attention_mask, is_image)
+    hidden = extend(model, state, embeds, attention_mask, is_image, visual)
     return hidden, state
 
 
@@ -96,7 +101,7 @@ def teacher_forced(model, feed: dict, rationale: dict, with_summary: bool = True
     masked), then (``with_summary``) [EMBED]; -> (embedding output or None, next-token loss
     over rationale + EOS)."""
     input_ids, attention_mask = feed["input_ids"], feed["attention_mask"]
-    embeds, is_image = model.input_embeds(**feed)
+    embeds, is_image, visual = model.input_embeds(**feed)
     batch, length = input_ids.shape
     ids, valid = rationale["ids"], rationale["valid"]
     span = ids.shape[1]
@@ -107,7 +112,7 @@ def teacher_forced(model, feed: dict, rationale: dict, with_summary: bool = True
     all_valid = torch.cat(valids, dim=1)
     all_image = torch.cat([is_image, torch.zeros_like(all_valid[:, length:], dtype=torch.bool)],
                           dim=1)
-    hidden = model.run(torch.cat(parts, dim=1), all_valid, all_image, length)
+    hidden = model.run(torch.cat(parts, dim=1), all_valid, all_image, length, visual)
     # Position length-1 (last input token) predicts the first rationale token, and so on.
     logits = model.lm_logits(hidden[:, length - 1:length + span])
     lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), rationale["targets"].flatten(),

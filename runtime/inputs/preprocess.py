@@ -10,6 +10,7 @@ import numpy as np
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.artifact.persist import read_json
 from lame_runtime.inputs.images import ImageConfig, preprocess_images
+from lame_runtime.inputs.template import Instructed, PromptTemplate
 from lame_runtime.inputs.text import TextProcessor
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -20,10 +21,12 @@ INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "image_mask")
 
 
 def format_query(text: str | None, instruction: str | None) -> str | None:
-    """Prefix an instruction the way training did (one space between instruction and text)."""
+    """Prefix an instruction the way training did (one space between instruction and text).
+    The result also carries both parts (:class:`Instructed`), for models whose prompt
+    template puts the instruction elsewhere."""
     if not instruction:
         return text
-    return f"{instruction} {text}" if text else instruction
+    return Instructed(text, instruction)
 
 
 class Preprocessor:
@@ -44,7 +47,10 @@ class Preprocessor:
         config = read_json(config_path, InputError)
         if not isinstance(config, dict) or not isinstance(config.get("image"), dict):
             raise InputError(f"{config_path} must be an object with an 'image' object")
-        text = TextProcessor(directory / TOKENIZER_FILE, config.get("max_text_tokens", 48))
+        template = config.get("template")
+        template = PromptTemplate.from_dict(template) if template is not None else None
+        text = TextProcessor(directory / TOKENIZER_FILE, config.get("max_text_tokens", 48),
+                             template)
         try:
             image = ImageConfig.from_dict(config["image"])
         except (TypeError, ZeroDivisionError) as err:
@@ -55,6 +61,8 @@ class Preprocessor:
         directory = Path(directory)
         self.text.tokenizer.save(str(directory / TOKENIZER_FILE))
         config = {"max_text_tokens": self.text.max_text_tokens, "image": self.image.to_dict()}
+        if self.text.template is not None:
+            config["template"] = self.text.template.to_dict()
         (directory / PREPROCESSOR_FILE).write_text(json.dumps(config, indent=2))
 
     def __call__(self, texts: Sequence[str | None] | None = None,

@@ -37,9 +37,12 @@ SPECIAL_TOKENS = {
 
 
 class TextProcessor:
-    """Builds left-padded id matrices: ``[BOS] [IMG]*n_image_tokens text-tokens``."""
+    """Builds left-padded id matrices: ``[BOS] [IMG]*n_image_tokens text-tokens``, or with a
+    :class:`~lame_runtime.inputs.template.PromptTemplate` (an imported embedder's recipe) that
+    template's layout."""
 
-    def __init__(self, tokenizer: Tokenizer | str | Path, max_text_tokens: int = 48):
+    def __init__(self, tokenizer: Tokenizer | str | Path, max_text_tokens: int = 48,
+                 template=None):
         if not isinstance(tokenizer, Tokenizer):
             path = Path(tokenizer)
             if not path.is_file():
@@ -58,12 +61,18 @@ class TextProcessor:
         self.max_text_tokens = int(max_text_tokens)
         self.special = {role: self._require(tok) for role, tok in SPECIAL_TOKENS.items()}
         self._structural = {i for role, i in self.special.items() if role != "unk"}
+        self.template = template
+        self._template_ids = {tok: self._require(tok) for tok in template.special_tokens} \
+            if template is not None else {}
 
     def _require(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
         if token_id is None:
+            needed = sorted(SPECIAL_TOKENS.values())
+            if getattr(self, "template", None) is not None:
+                needed += self.template.special_tokens
             raise InputError(f"tokenizer lacks the special token {token!r}; "
-                             f"LaME needs all of {sorted(SPECIAL_TOKENS.values())}")
+                             f"this model needs all of {needed}")
         return token_id
 
     @property
@@ -112,6 +121,8 @@ class TextProcessor:
         return ids, mask
 
     def _row(self, text: str | None, has_image: bool, num_image_tokens: int) -> list[int]:
+        if self.template is not None:
+            return self._template_row(text, has_image, num_image_tokens)
         tokens: list[int] = []
         if text:
             tokens, total = self.encode_limited(text, self.max_text_tokens)
@@ -123,3 +134,43 @@ class TextProcessor:
             warnings.warn("empty text embedded as [BOS] alone (no content)", stacklevel=4)
         image = [self.special["image"]] * num_image_tokens if has_image else []
         return [self.special["bos"], *image, *tokens]
+
+    def _template_row(self, text: str | None, has_image: bool, num_image_tokens: int
+                      ) -> list[int]:
+        instruction, body = getattr(text, "instruction", None), getattr(text, "body", text)
+        if not body and not has_image:
+            body = self.template.empty_text
+        body = self._truncated(body or "")
+        ids: list[int] = []
+        for kind, value in self.template.parts(body, instruction,
+                                               num_image_tokens if has_image else 0):
+            if kind == "text":
+                ids += self.encode_text(value)
+            elif kind == "special":
+                ids.append(self._template_ids[value])
+            else:
+                ids += [self.special["image"]] * value
+        return ids
+
+    def _truncated(self, text: str) -> str:
+        """``text`` cut after its ``max_text_tokens``-th token (by character offsets, so the
+        template tokenises the kept head as one run), with the usual warning. A huge text is
+        tokenised only as far as needed (as :meth:`encode_limited`)."""
+        limit, chars = self.max_text_tokens, max(256, self.max_text_tokens * 16)
+        while True:
+            head = text[:chars]
+            try:
+                encoding = self.tokenizer.encode(head, add_special_tokens=False)
+            except Exception as err:  # tokenizers raises bare Exceptions
+                raise InputError(f"the tokenizer cannot encode the text {text[:40]!r}...: "
+                                 f"{err}") from err
+            if len(encoding.ids) > limit + 2 or chars >= len(text):
+                break
+            chars *= 4
+        if len(encoding.ids) <= limit:
+            return text
+        size = f"{len(encoding.ids)} tokens" if chars >= len(text) else \
+            f"{len(text)} characters"
+        warnings.warn(f"text of {size} truncated to {limit} tokens: {text[:60]!r}...",
+                      stacklevel=5)
+        return text[:encoding.offsets[limit - 1][1]]

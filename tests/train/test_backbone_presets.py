@@ -7,7 +7,7 @@ from lame.cli.train import main as train_main
 from lame_export.cli import main as export_main
 
 
-@pytest.mark.parametrize("preset", ["tiny-qwen2.5-vl", "tiny-idefics3"])
+@pytest.mark.parametrize("preset", ["tiny-qwen2.5-vl", "tiny-qwen3-vl", "tiny-idefics3"])
 def test_trains_both_stages_and_exports_with_parity(preset, digits_dir, tmp_path):
     ckpt, art = tmp_path / "ckpt", tmp_path / "art"
     assert train_main(["--data", str(digits_dir), "--out", str(ckpt), "--preset", preset,

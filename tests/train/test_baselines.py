@@ -35,7 +35,7 @@ def test_latent_steps_with_cache_equal_one_full_pass(make_model, digits_dir, fam
     with torch.no_grad():
         out = latent_forward(model, **feed)
         # Replay: feed the recorded step states as ordinary inputs in one uncached pass.
-        embeds, is_image = model.input_embeds(**feed)
+        embeds, is_image, _ = model.input_embeds(**feed)
         batch, length = feed["input_ids"].shape
         fed = torch.cat([embeds[:, :0], model.run(embeds, feed["attention_mask"], is_image,
                                                   length)[:, -1:], out.reason_states[:, :-1]], 1)
@@ -69,7 +69,7 @@ def test_cot_generation_matches_teacher_forcing_on_its_own_tokens(make_model, di
 
 
 def _full_sequence(model, feed, tokens):
-    embeds, is_image = model.input_embeds(**feed)
+    embeds, is_image, _ = model.input_embeds(**feed)
     sequence = torch.cat([embeds, model.backbone.embed_tokens(tokens)], 1)
     valid = torch.cat([feed["attention_mask"], torch.ones_like(tokens)], 1)
     image = torch.cat([is_image, torch.zeros_like(tokens, dtype=torch.bool)], 1)

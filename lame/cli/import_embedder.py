@@ -1,0 +1,48 @@
+"""lame-import: bring a pretrained embedder in as a LaME checkpoint (see lame.importing)."""
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import click
+
+from lame.cli import exit_with, invoke
+from lame.importing import RECIPES
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def command() -> None:
+    """Import pretrained models as LaME checkpoints."""
+
+
+@command.command("embedder")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="The checkpoint directory to write.")
+@click.option("--recipe", type=click.Choice(sorted(RECIPES)), required=True,
+              help="The embedder's own recipe (prompt template, pooling, normalisation).")
+@click.option("--image-size", default="448x448", show_default=True,
+              help="The fixed image resolution HxW of the exported graph (the model card "
+                   "resizes each image dynamically; here every image is resized to this).")
+@click.option("--max-text-tokens", type=int, default=256, show_default=True,
+              help="Text tokens per input before truncation (with a warning).")
+def embedder(directory, out_dir, recipe, image_size, max_text_tokens) -> int:
+    """Read a local Hugging Face embedder DIRECTORY (nothing is downloaded) and write an
+    ordinary K=0 checkpoint that lame-export and the runtime serve unchanged."""
+    from lame.importing import import_embedder
+
+    out = import_embedder(directory, out_dir, recipe, image_size, max_text_tokens)
+    click.echo(json.dumps({"checkpoint": str(out), "recipe": recipe}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return invoke(command, argv, "lame-import")
+
+
+def run() -> None:
+    exit_with(main)
+
+
+if __name__ == "__main__":
+    run()
