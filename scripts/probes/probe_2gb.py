@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 LAYERS, VISION_DEPTH = 2, 12
+# --preset qwen3-vl-2b: Qwen3-VL-2B widths; 3 text layers and 18 vision blocks, the fewest that
+# keep all three DeepStack levels (after vision blocks 5, 11, 17 into text layers 0, 1, 2).
+BLOCKS = {"2b": (LAYERS, VISION_DEPTH), "qwen3-vl-2b": (3, 18)}
 
 
 def peak_rss_mb() -> float:
@@ -51,7 +54,7 @@ def sizes_mb(folder: Path) -> dict[str, float]:
             if p.is_file() and not p.name.startswith(".")}
 
 
-def build(work: Path) -> dict:
+def build(work: Path, preset: str = "2b") -> dict:
     import torch
 
     from lame.checkpoint import save_checkpoint
@@ -66,8 +69,9 @@ def build(work: Path) -> dict:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries this step's JSON only
             assert data_main(["digits", str(data), "--train-images", "160",
                               "--eval-per-task", "3", "--vocab-size", "300"]) == 0
-    raw = load_preset("2b")["model"]
-    raw["backbone"].update(num_layers=LAYERS, vision_depth=VISION_DEPTH)
+    raw = load_preset(preset)["model"]
+    layers, depth = BLOCKS[preset]
+    raw["backbone"].update(num_layers=layers, vision_depth=depth)
     config = LameConfig.from_dict(raw)
     torch.manual_seed(0)
     model = LameModel(config, preprocessor_for(data, config)).eval()
@@ -79,7 +83,8 @@ def build(work: Path) -> dict:
             "checkpoint_mb": sizes_mb(work / "ckpt").get("model.safetensors")}
 
 
-def export(work: Path, calib_size: int) -> dict:
+def export(work: Path, calib_size: int, precisions: tuple[str, ...] = ("fp16", "int8", "int4")
+           ) -> dict:
     from lame_calibration import build as build_calibration
     from lame_export.pipeline import ExportOptions, export_checkpoint
 
@@ -103,15 +108,16 @@ def export(work: Path, calib_size: int) -> dict:
     start = time.perf_counter()
     # Retrieval gate off (random weights rank at chance); the parity gates are enforced.
     report = export_checkpoint(work / "ckpt", work / "artifact",
-                               ExportOptions(fp16=True, int8=True, int4=True,
-                                             calib_file=str(calib)),
+                               ExportOptions(fp16="fp16" in precisions,
+                                             int8="int8" in precisions,
+                                             int4="int4" in precisions, calib_file=str(calib)),
                                progress=progress)
     close_stage()
     return {"step": "export", "seconds": round(time.perf_counter() - start, 1),
             "peak_rss_mb": max(s["peak_rss_mb"] for s in stages),
             "fp32_weight_gb": round(report["fp32_weight_bytes"] / 1e9, 3),
             "external_data": report["external_data"], "calib_size": calib_size,
-            "min_cosine": {p: report[p]["min_cosine"] for p in ("fp32", "fp16", "int8", "int4")},
+            "min_cosine": {p: report[p]["min_cosine"] for p in ("fp32", *precisions)},
             "shared_weights": report.get("shared_weights"),
             "failures": report["failures"], "stages": stages,
             "files_mb": sizes_mb(work / "artifact")}
@@ -153,13 +159,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("build", "export", "load"))
     parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--preset", choices=sorted(BLOCKS), default="2b",
+                        help="the widths to probe (build step)")
+    parser.add_argument("--precisions", default="fp16,int8,int4",
+                        help="comma-separated precisions beside fp32 (export step)")
     parser.add_argument("--calib-size", type=int, default=16,
                         help="int8 calibration samples (16: 2 ORT batches keep the probe short "
                              "on a CPU; the default export uses 128)")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    result = {"build": lambda: build(args.work), "export": lambda: export(args.work,
-                                                                         args.calib_size),
+    precisions = tuple(p for p in args.precisions.split(",") if p)
+    result = {"build": lambda: build(args.work, args.preset),
+              "export": lambda: export(args.work, args.calib_size, precisions),
               "load": lambda: load(args.work)}[args.step]()
     print(json.dumps(result), flush=True)
     return 0 if not result.get("failures") else 1

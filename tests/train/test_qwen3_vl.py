@@ -84,3 +84,76 @@ def test_cached_decoding_equals_one_pass(qwen3):
         full = qwen3.run(torch.cat([embeds, step], 1), torch.cat([feed["attention_mask"], one], 1),
                          torch.cat([is_image, one.bool() & False], 1), length, visual)[:, -1:]
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-4)
+
+
+def _losses_and_grads(model, batch, chunk=None):
+    from lame.training.gradcache import chunked_backward
+    from lame.training.objective import compute_losses
+
+    model.zero_grad(set_to_none=True)
+    if chunk is None:
+        losses = compute_losses(model, batch)
+        losses["total"].backward()
+    else:
+        losses = chunked_backward(model, batch, chunk)
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return float(losses["total"].detach()), grads
+
+
+def test_gradient_checkpointing_and_gradcache_give_the_same_gradients(make_model, digits_dir):
+    import copy
+
+    from lame.data.batching import Collator
+    from lame.data.dataset import load_train
+
+    config = LameConfig.from_dict(load_preset("tiny-qwen3-vl")["model"])
+    model = make_model(backbone=config.backbone, image=config.image).train()
+    rows = load_train(digits_dir)[:6]
+    batch = Collator(model.preprocessor, model.config.max_answer_tokens, 1)(rows)
+    loss, grads = _losses_and_grads(model, batch)
+    assert any("deepstack_merger_list" in n and g.abs().sum() > 0 for n, g in grads.items())
+    checkpointed = copy.deepcopy(model)
+    checkpointed.backbone.enable_gradient_checkpointing()
+    for other in (_losses_and_grads(checkpointed, batch), _losses_and_grads(model, batch, 4)):
+        assert other[0] == pytest.approx(loss, rel=1e-5)
+        for name, grad in grads.items():
+            assert torch.allclose(other[1][name], grad, atol=2e-6, rtol=1e-4), name
+
+
+def test_bf16_lora_chunked_training_exports_with_parity(digits_dir, tmp_path):
+    from lame.cli.train import main as train_main
+    from lame_export.cli import main as export_main
+
+    ckpt, art = tmp_path / "ckpt", tmp_path / "art"
+    assert train_main(["--data", str(digits_dir), "--out", str(ckpt), "--preset",
+                       "tiny-qwen3-vl", "--max-steps", "2", "--warmup-fraction", "0.5",
+                       "--batch-size", "6", "--precision", "bf16", "--grad-checkpointing",
+                       "--chunk-size", "3", "--lora-rank", "2", "--eval-every", "0",
+                       "--no-final-eval", "--no-progress"]) == 0
+    assert export_main(["--ckpt", str(ckpt), "--out", str(art)]) == 0
+    import json
+
+    report = json.loads((art / "parity.json").read_text())
+    assert report["fp32"]["min_cosine"] >= 0.9999 and report["tensorrt_lint"]["ok"]
+    assert report["text_graph"]["fp32"]["min_cosine"] >= 0.9999 and report[
+        "tensorrt_lint_text"]["ok"]
+
+
+def test_backbone_path_loads_a_local_qwen3_vl_directory(digits_dir, tmp_path):
+    import json
+
+    from embedder_fixtures import build_qwen3_embedder_dir
+
+    from lame.cli.train import main as train_main
+
+    directory = build_qwen3_embedder_dir(tmp_path / "Qwen3-VL-tiny")
+    ckpt = tmp_path / "ckpt"
+    assert train_main(["--data", str(digits_dir), "--out", str(ckpt), "--preset",
+                       "tiny-qwen3-vl", "--backbone-path", str(directory), "--image-size",
+                       "32x64", "--max-steps", "1", "--batch-size", "4", "--no-final-eval",
+                       "--no-progress"]) == 0
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["backbone"]["hf_config"]["model_type"] == "qwen3_vl"
+    assert config["image"]["mean"] == [0.5, 0.5, 0.5] and config["image"]["patch_size"] == 8
+    saved = json.loads((ckpt / "tokenizer.json").read_text())
+    assert any(t["content"] == "<|im_start|>" for t in saved["added_tokens"])  # its own
