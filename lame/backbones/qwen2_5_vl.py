@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from lame.backbones.qwen2_vl import (Qwen2VLBackbone, _vision_block, build_model,
-                                     mrope_section_for)
+                                     mrope_section_for, with_attention)
 
 
 def tiny_qwen2_5_vl_config(config, vocab_size: int, image_token_id: int):
@@ -37,11 +37,9 @@ def tiny_qwen2_5_vl_config(config, vocab_size: int, image_token_id: int):
         window_size=2 * img.merge_size * img.patch_size,
         fullatt_block_indexes=[bb.vision_depth - 1],
     )
-    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=image_token_id,
-                           video_token_id=image_token_id)
-    for sub in (cfg, cfg.text_config, cfg.vision_config):
-        sub._attn_implementation = bb.attn_implementation
-    return cfg
+    return with_attention(Qwen2_5_VLConfig(text_config=text, vision_config=vision,
+                          image_token_id=image_token_id,
+                          video_token_id=image_token_id), bb.attn_implementation)
 
 
 class Qwen25VLBackbone(Qwen2VLBackbone):

@@ -45,11 +45,16 @@ def tiny_qwen2_vl_config(config, vocab_size: int, image_token_id: int):
         num_heads=bb.vision_heads, mlp_ratio=int(bb.vision_mlp_ratio), patch_size=img.patch_size,
         spatial_merge_size=img.merge_size, temporal_patch_size=img.temporal_patch_size,
     )
-    cfg = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=image_token_id,
-                        video_token_id=image_token_id)
-    cfg._attn_implementation = bb.attn_implementation
-    cfg.text_config._attn_implementation = bb.attn_implementation
-    cfg.vision_config._attn_implementation = bb.attn_implementation
+    return with_attention(Qwen2VLConfig(text_config=text, vision_config=vision,
+                                        image_token_id=image_token_id,
+                                        video_token_id=image_token_id), bb.attn_implementation)
+
+
+def with_attention(cfg, implementation: str):
+    """``cfg`` with ``implementation`` (sdpa, eager, ...) on it and its text/vision configs."""
+    for sub in (cfg, *(getattr(cfg, name, None) for name in ("text_config", "vision_config"))):
+        if sub is not None:
+            sub._attn_implementation = implementation
     return cfg
 
 
@@ -178,11 +183,7 @@ def build_model(config, vocab_size: int, image_token_id: int, model_class, tiny_
 
 
 def _config_from_dict(model_class, data: dict, attn_implementation: str):
-    cfg = model_class.config_class.from_dict(data)
-    for sub in (cfg, *(getattr(cfg, name, None) for name in ("text_config", "vision_config"))):
-        if sub is not None:
-            sub._attn_implementation = attn_implementation
-    return cfg
+    return with_attention(model_class.config_class.from_dict(data), attn_implementation)
 
 
 def _load_pretrained(path: Path, attn_implementation: str, model_class):

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from lame.backbones.base import cache_kwargs
-from lame.backbones.qwen2_vl import Qwen2VLBackbone, _vision_block, build_model
+from lame.backbones.qwen2_vl import (Qwen2VLBackbone, _vision_block, build_model,
+                                     with_attention)
 
 # Deepstack levels taken by tiny configs: after every vision block but the last, at most 3
 # (the real models take 3).
@@ -65,11 +66,9 @@ def tiny_qwen3_vl_config(config, vocab_size: int, image_token_id: int):
         spatial_merge_size=img.merge_size, temporal_patch_size=img.temporal_patch_size,
         num_position_embeddings=side * side, deepstack_visual_indexes=list(levels),
     )
-    cfg = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=image_token_id,
-                        video_token_id=image_token_id)
-    for sub in (cfg, cfg.text_config, cfg.vision_config):
-        sub._attn_implementation = bb.attn_implementation
-    return cfg
+    return with_attention(Qwen3VLConfig(text_config=text, vision_config=vision,
+                          image_token_id=image_token_id,
+                          video_token_id=image_token_id), bb.attn_implementation)
 
 
 class Qwen3VLBackbone(Qwen2VLBackbone):
