@@ -139,3 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":  # python -m lame_runtime.serve.cli (the tests' server processes)
+    run()

@@ -42,9 +42,10 @@ class ServeConfig:
         for name in ("max_wait_ms", "request_timeout_s", "save_interval_s"):
             if not getattr(self, name) >= 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.max_queue < self.max_batch:
+        if self.max_queue < max(self.max_batch, self.max_items):
+            # else a full-size request could never be queued: a 503 forever, not a limit
             raise InputError(f"max_queue ({self.max_queue}) must be at least max_batch "
-                             f"({self.max_batch})")
+                             f"({self.max_batch}) and max_items ({self.max_items})")
         if self.image_root is not None:
             self.image_root = Path(self.image_root)
             if not self.image_root.is_dir():

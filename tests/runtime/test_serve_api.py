@@ -1,0 +1,236 @@
+"""lame-serve's endpoints through real clients: the official ``openai`` package and ``httpx``
+against uvicorn on 127.0.0.1 (a thread of this process, sharing the reference Embedder), and the
+app mounted without a socket (Starlette's TestClient) for artifact variants."""
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette", reason="the serve extra is not installed")
+pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+pytest.importorskip("prometheus_client", reason="the serve extra is not installed")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+from runtime_fixtures import runtime_artifact  # noqa: E402,F401  (a fixture)
+from serve_fixtures import KEY, ThreadServer, data_uri, png_bytes  # noqa: E402
+
+from lame_runtime import Embedder, Index  # noqa: E402
+from lame_runtime.serve.app import TRUNCATED_HEADER, create_app  # noqa: E402
+from lame_runtime.serve.config import ServeConfig  # noqa: E402
+from lame_runtime.serve.documents import Documents  # noqa: E402
+
+pytestmark = pytest.mark.runtime
+SAME = 0.99999  # cosine between served and in-process vectors (the issue's bar)
+NAME = "tiny-test"
+
+
+@pytest.fixture(scope="module")
+def embedder(runtime_artifact) -> Embedder:
+    return Embedder(runtime_artifact)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("image-root")
+    for i in range(3):
+        (root / f"img{i}.png").write_bytes(png_bytes(i))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(embedder, images, tmp_path_factory):
+    index_path = tmp_path_factory.mktemp("served") / "index"
+    documents = Documents.open_index(index_path, embedder.dim, writable=True,
+                                     save_interval_s=0)
+    config = ServeConfig(model_name=NAME, image_root=images, api_keys=(KEY,), writable=True,
+                         max_items=8, max_body_bytes=256 * 1024, request_timeout_s=20)
+    with ThreadServer(create_app(embedder, config, documents)) as running:
+        running.index_path = index_path
+        yield running
+
+
+def cosines(a, b) -> np.ndarray:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_openai_client_text_matches_embedder(server, embedder):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused-for-reads")
+    texts = ["a handwritten three", "seven", "the digit zero, written small"]
+    want = embedder.encode_queries(texts)
+    for encoding in ("float", "base64", None):
+        # None: the client asks for base64 itself and decodes it; asked for, it does not
+        extra = {"encoding_format": encoding} if encoding else {}
+        got = client.embeddings.create(model=NAME, input=texts, **extra)
+        vectors = np.array([np.frombuffer(base64.b64decode(item.embedding), "<f4")
+                            if encoding == "base64" else item.embedding for item in got.data],
+                           np.float32)
+        assert [item.index for item in got.data] == [0, 1, 2]
+        assert cosines(vectors, want).min() >= SAME
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+        assert got.model == NAME and got.usage.prompt_tokens > len(texts)
+    single = client.embeddings.create(model=NAME, input="seven")
+    assert cosines([single.data[0].embedding], want[1:2])[0] >= SAME
+
+
+def test_openai_client_data_uri_image_matches_embedder(server, embedder, images):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused-for-reads")
+    uri = data_uri((images / "img1.png").read_bytes())
+    want = embedder.encode_queries(images=[images / "img1.png"])
+    parts = client.embeddings.create(
+        model=NAME, input=[[{"type": "image_url", "image_url": {"url": uri}}]])
+    infinity = client.embeddings.create(model=NAME, input=[uri],
+                                        extra_body={"modality": "image"})
+    for got in (parts, infinity):
+        assert cosines([got.data[0].embedding], want)[0] >= SAME
+    mixed = client.embeddings.create(model=NAME, input=[
+        [{"type": "text", "text": "a digit"}, {"type": "image_url", "image_url": uri}],
+        {"text": "a digit", "image": "img1.png"}],  # the second: a path under --image-root
+        extra_body={"task": "tier1.read.i2t"})  # text+image queries: the trained task's
+    want = embedder.encode_queries(["a digit"] * 2, [images / "img1.png"] * 2,
+                                   task="tier1.read.i2t")
+    assert cosines([d.embedding for d in mixed.data], want).min() >= SAME
+
+
+def test_documents_input_type_and_truncation(server, embedder):
+    texts = ["one", "two"]
+    got = httpx.post(server.url + "/v1/embeddings",
+                     json={"model": NAME, "input": texts, "input_type": "document"}).json()
+    want = embedder.encode_documents(texts)
+    assert cosines([d["embedding"] for d in got["data"]], want).min() >= SAME
+    long = " ".join(["digit"] * (4 * embedder.preprocessor.text.max_text_tokens))
+    answer = httpx.post(server.url + "/v1/embeddings",
+                        json={"model": NAME, "input": ["short", long]})
+    assert answer.status_code == 200
+    assert answer.headers[TRUNCATED_HEADER] == "1" and answer.json()["truncated"] == [1]
+
+
+def test_search_add_delete(server, embedder, images):
+    url, auth = server.url, {"Authorization": f"Bearer {KEY}"}
+    docs = [{"id": f"text/{i}", "text": t, "payload": {"n": i}}
+            for i, t in enumerate(["zero", "one", "two", "three"])]
+    docs.append({"id": "image/1", "image": data_uri((images / "img1.png").read_bytes())})
+    assert httpx.post(url + "/v1/documents", json={"documents": docs}).status_code == 401
+    added = httpx.post(url + "/v1/documents", json={"documents": docs}, headers=auth)
+    assert added.status_code == 200 and added.json()["added"] == len(docs)
+    hits = httpx.post(url + "/v1/search", json={"query": "two", "k": 3}).json()["data"]
+    # the same ranking as searching the served vectors in-process
+    reference = Index(embedder.dim)
+    reference.add(embedder.encode_documents([d["text"] for d in docs[:4]]
+                                            + [None], [None] * 4 + [images / "img1.png"]),
+                  [d["id"] for d in docs])
+    scores, ids = reference.search(embedder.encode_queries(["two"]), k=3)
+    assert [h["id"] for h in hits] == ids[0]
+    assert np.allclose([h["score"] for h in hits], scores[0], atol=1e-5)
+    assert {h["id"]: h["payload"] for h in hits}.get("text/2") == {"n": 2}
+    only = httpx.post(url + "/v1/search", json={"query": {"image": "img1.png"}, "k": 2,
+                                                "prefix": "image/"}).json()["data"]
+    assert [h["id"] for h in only] == ["image/1"]
+    gone = httpx.request("DELETE", url + "/v1/documents", json={"ids": ["text/2"]},
+                         headers=auth)
+    assert gone.status_code == 200
+    hits = httpx.post(url + "/v1/search", json={"query": "two", "k": 5}).json()["data"]
+    assert "text/2" not in [h["id"] for h in hits] and len(hits) == len(docs) - 1
+
+
+def test_health_ready_models_metrics(server, embedder):
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}
+    assert httpx.get(server.url + "/ready").json()["status"] == "ready"
+    models = openai.OpenAI(base_url=server.url + "/v1", api_key="x").models.list()
+    assert [m.id for m in models.data] == [NAME]
+    httpx.post(server.url + "/v1/embeddings", json={"model": NAME, "input": ["a", "b"]})
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("lame_requests_total", "lame_request_seconds_bucket", "lame_batch_rows_bucket",
+                 "lame_queue_rows", 'lame_rows_total{graph="text"}', "lame_provider_info",
+                 "lame_provider_fallbacks", "process_resident_memory_bytes"):
+        assert name in text, name
+    provider = [line for line in text.splitlines() if line.startswith("lame_provider_info")]
+    assert any('provider="CPUExecutionProvider"' in line for line in provider), provider
+
+
+def test_cors_is_off_by_default(server):
+    answer = httpx.options(server.url + "/v1/embeddings",
+                           headers={"Origin": "https://example.com",
+                                    "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in answer.headers
+
+
+def test_concurrent_requests_are_batched(server, embedder):
+    """Concurrent single-item requests share model calls and still get their own vectors."""
+    texts = [f"digit number {i}" for i in range(24)]
+    want = embedder.encode_queries(texts)
+    before = _metric(server, "lame_batch_requests_count"), _metric(server,
+                                                                   "lame_batch_requests_sum")
+    with httpx.Client() as client, concurrent.futures.ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda t: client.post(
+            server.url + "/v1/embeddings", json={"model": NAME, "input": t}).json(), texts))
+    got = np.array([a["data"][0]["embedding"] for a in answers])
+    assert cosines(got, want).min() >= SAME
+    calls = _metric(server, "lame_batch_requests_count") - before[0]
+    requests = _metric(server, "lame_batch_requests_sum") - before[1]
+    assert requests == len(texts) and calls < len(texts)  # some calls served several requests
+
+
+def _metric(server, name: str) -> float:
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"no metric {name}")
+
+
+def test_full_queue_answers_503_with_retry_after(embedder):
+    """A queue of max_queue rows: a burst beyond it is refused at once, then served again."""
+    config = ServeConfig(model_name=NAME, max_batch=1, max_items=8, max_queue=8,
+                         max_wait_ms=0)
+    rows = [{"image": data_uri(png_bytes(i))} for i in range(8)]
+    with ThreadServer(create_app(embedder, config)) as running, httpx.Client() as client, \
+            concurrent.futures.ThreadPoolExecutor(16) as pool:
+        statuses, retry = [], set()
+        for _ in range(5):  # bounded: a burst of 16 full requests overflows an 8-row queue
+            answers = list(pool.map(lambda _: client.post(
+                running.url + "/v1/embeddings", json={"model": NAME, "input": rows}),
+                range(16)))
+            statuses += [a.status_code for a in answers]
+            retry |= {a.headers.get("retry-after") for a in answers if a.status_code == 503}
+            if 503 in statuses:
+                break
+        assert set(statuses) == {200, 503}, statuses
+        assert retry == {str(config.retry_after_s)}
+        again = client.post(running.url + "/v1/embeddings", json={"model": NAME, "input": "x"})
+        assert again.status_code == 200
+
+
+def test_dimensions_where_the_manifest_lists_them(runtime_artifact, tmp_path):
+    """An artifact whose manifest lists Matryoshka prefixes serves them renormalised; the
+    others refuse (the bad-request table checks that)."""
+    from starlette.testclient import TestClient
+
+    copy = tmp_path / "matryoshka"
+    shutil.copytree(runtime_artifact, copy)
+    manifest_path = copy / "lame_artifact.json"
+    manifest = json.loads(manifest_path.read_text())
+    half = manifest["embedding_dim"] // 2
+    manifest["matryoshka_dims"] = [half]
+    manifest_path.write_text(json.dumps(manifest))
+    embedder = Embedder(copy)
+    with TestClient(create_app(embedder, ServeConfig(model_name=NAME))) as client:
+        got = client.post("/v1/embeddings", json={"model": NAME, "input": ["three"],
+                                                  "dimensions": half,
+                                                  "encoding_format": "base64"}).json()
+        vector = np.frombuffer(base64.b64decode(got["data"][0]["embedding"]), "<f4")
+        full = embedder.encode_queries(["three"])[0]
+        assert vector.shape == (half,)
+        assert cosines([vector], [full[:half]])[0] >= SAME
+        assert abs(np.linalg.norm(vector) - 1) < 1e-5
+        assert client.get("/v1/models").json()["data"][0]["dimensions"] == \
+            [half, manifest["embedding_dim"]]
+        refused = client.post("/v1/embeddings", json={"model": NAME, "input": "x",
+                                                      "dimensions": half + 1})
+        assert refused.status_code == 400 and "dimensions" in refused.json()["error"]["message"]
