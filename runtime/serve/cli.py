@@ -7,6 +7,7 @@ a missing key file) print one line and exit 2, as every lame-* command does.
 """
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -124,6 +125,12 @@ def command(model, model_name, index_path, qdrant, collection, writable, save_in
         server_header=False))
     click.echo(f"{PROG}: serving {app.state.service.name} ({embedder.dim}-dim, "
                f"{embedder.precision}) on http://{host}:{port}", err=True)
+    # uvicorn handles SIGTERM/SIGINT (drain, lifespan shutdown), then restores the handlers
+    # it found and raises the signal again, so that the default handler kills the process
+    # with it. A graceful shutdown is a success here (exit 0, what service managers expect):
+    # the handlers it finds and restores are these no-ops.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
     if not server.started:  # the socket or the app's startup failed; uvicorn logged why
         click.echo(f"{PROG}: error: the server did not start (see the log above)", err=True)
