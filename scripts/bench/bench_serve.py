@@ -1,0 +1,237 @@
+#!/usr/bin/env python
+"""Benchmark lame-serve: single-item /v1/embeddings requests at several concurrencies, with
+dynamic batching on and off, against in-process ``Embedder.encode`` in one run.
+
+    python scripts/bench/bench_serve.py --model ARTIFACT [--requests 400] [--concurrency 1,8,32]
+        [--threads N] [--modality text|image] [--json OUT]
+
+Each configuration gets a fresh server process (``python -m lame_runtime.serve.cli`` on
+127.0.0.1), a warm-up, then ``--requests`` requests from ``concurrency`` asyncio workers (one
+httpx connection each, keep-alive). The client runs on the same machine and takes CPU from
+the server, as a local client would; on 2 cores that is a real share, so the figures are a
+lower bound for a server with its own cores. The reference is ``Embedder.encode`` in this
+process at batch 1 and batch 32 (the rows/s that batching can at best recover). Prints a
+markdown table; ``--json`` also writes the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+TEXTS = ["the digits are 1 and 2", "the largest digit is 8", "the odd digits add up to 18",
+         "the digits are in increasing order", "there are three digits above 4",
+         "the digits span a range of 6", "the sum of the digits is 23", "the digits are 0 and 9"]
+READY_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def items(embedder, modality: str, count: int) -> list:
+    """Request inputs (texts or data-URI PNGs), distinct enough that nothing is cached."""
+    if modality == "text":
+        return [f"{TEXTS[i % len(TEXTS)]} ({i})" for i in range(count)]
+    from PIL import Image
+
+    cfg = embedder.preprocessor.image
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(min(count, 64)):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (cfg.height, cfg.width, 3), np.uint8)).save(
+            buffer, format="PNG")
+        out.append([{"type": "image_url", "image_url": {
+            "url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}])
+    return [out[i % len(out)] for i in range(count)]
+
+
+def in_process(model: str, threads: int | None, modality: str, rows: int) -> dict[int, float]:
+    """Embedder.encode rows/s at batch 1 and 32 (the median of 3 passes)."""
+    from lame_runtime import Embedder
+
+    embedder = Embedder(model, threads=threads)
+    data = items(embedder, modality, rows)
+    if modality == "image":  # what the server decodes per request, done once here
+        from lame_runtime.serve.schema import Row, decode
+
+        decoded = [Row(None, base64.b64decode(d[0]["image_url"]["url"].split(",", 1)[1]))
+                   for d in data]
+        decode(decoded, embedder.preprocessor.image, None)
+        texts, images = [None] * rows, [r.image for r in decoded]
+    else:
+        texts, images = data, [None] * rows
+    out = {}
+    for batch in (1, 32):
+        embedder.encode_queries(texts[:batch], images[:batch], batch_size=batch)  # warm
+        passes = []
+        for _ in range(3):
+            start = time.perf_counter()
+            embedder.encode_queries(texts, images, batch_size=batch)
+            passes.append(rows / (time.perf_counter() - start))
+        out[batch] = statistics.median(passes)
+    return out
+
+
+class Server:
+    def __init__(self, model: str, batching: bool, threads: int | None, max_batch: int):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "lame_runtime.serve.cli", "--model", model, "--port",
+                str(self.port), "--log-level", "warning", "--max-queue", "4096",
+                "--max-batch", str(max_batch)]
+        if threads:
+            args += ["--threads", str(threads)]
+        if not batching:
+            args.append("--no-batching")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+
+    def wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"lame-serve exited: {self.proc.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit("lame-serve did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.communicate(timeout=60)
+
+
+async def drive(url: str, name: str, inputs: list, concurrency: int) -> tuple[float, list]:
+    """-> (requests/s, latencies in s): ``concurrency`` workers share the inputs."""
+    import httpx
+
+    queue: asyncio.Queue = asyncio.Queue()
+    for item in inputs:
+        queue.put_nowait(item)
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while True:
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            start = time.perf_counter()
+            answer = await client.post("/v1/embeddings", json={"model": name, "input": [item]})
+            latencies.append(time.perf_counter() - start)
+            if answer.status_code != 200:
+                raise SystemExit(f"request failed: {answer.status_code} {answer.text[:300]}")
+
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return len(inputs) / elapsed, latencies
+
+
+def run(args) -> dict:
+    from lame_runtime import Embedder
+
+    name = Path(args.model).resolve().name
+    reference = in_process(args.model, args.threads, args.modality, args.requests)
+    embedder = Embedder(args.model, lazy=True)
+    inputs = items(embedder, args.modality, args.requests)
+    results = []
+    for batching in (True, False):
+        server = Server(args.model, batching, args.threads, args.max_batch)
+        try:
+            server.wait_ready()
+            asyncio.run(drive(server.url, name, inputs[:max(32, args.requests // 8)],
+                              max(args.concurrency)))  # warm-up
+            for concurrency in args.concurrency:
+                rate, latencies = asyncio.run(drive(server.url, name, inputs, concurrency))
+                results.append({"batching": batching, "concurrency": concurrency,
+                                "requests_per_s": rate,
+                                "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+                                "p99_ms": 1000 * float(np.percentile(latencies, 99))})
+                print(f"[bench_serve] batching {'on' if batching else 'off'} c={concurrency}: "
+                      f"{rate:.0f} req/s", file=sys.stderr)
+        finally:
+            server.stop()
+    return {"model": str(args.model), "modality": args.modality, "requests": args.requests,
+            "in_process_rows_per_s": reference, "served": results, "environment": environment()}
+
+
+def environment() -> dict:
+    versions = {}
+    for package in ("onnxruntime", "starlette", "uvicorn", "httpx", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"python": platform.python_version(), "cpus": os.cpu_count(),
+            "machine": platform.machine(), **versions}
+
+
+def table(report: dict) -> str:
+    ref = report["in_process_rows_per_s"]
+    best = ref[32]
+    lines = [f"| {report['modality']}, single-item requests | concurrency | requests/s | p50 ms "
+             "| p99 ms | / in-process batch 32 | batching on / off |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    off = {r["concurrency"]: r["requests_per_s"] for r in report["served"] if not r["batching"]}
+    for row in report["served"]:
+        ratio = (f"{row['requests_per_s'] / off[row['concurrency']]:.2f}x"
+                 if row["batching"] else "")
+        lines.append(f"| lame-serve, batching {'on' if row['batching'] else 'off'} | "
+                     f"{row['concurrency']} | {row['requests_per_s']:.0f} | {row['p50_ms']:.1f} "
+                     f"| {row['p99_ms']:.1f} | {row['requests_per_s'] / best:.2f} | {ratio} |")
+    for batch in (1, 32):
+        lines.append(f"| in-process `Embedder.encode`, batch {batch} | - | {ref[batch]:.0f} rows/s "
+                     f"| | | {ref[batch] / best:.2f} | |")
+    env = report["environment"]
+    lines.append("")
+    lines.append(f"Python {env['python']}, {env['cpus']} CPUs ({env['machine']}); onnxruntime "
+                 f"{env['onnxruntime']}, starlette {env['starlette']}, uvicorn {env['uvicorn']}, "
+                 f"httpx {env['httpx']}; {report['requests']} requests per cell.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="export artifact directory")
+    parser.add_argument("--requests", type=int, default=400, help="requests per cell")
+    parser.add_argument("--concurrency", default="1,8,32",
+                        type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--modality", choices=["text", "image"], default="text")
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    report = run(args)
+    print(table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
