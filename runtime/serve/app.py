@@ -36,7 +36,8 @@ from lame_runtime.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 
 log = logging.getLogger("lame_runtime.serve")
 TRUNCATED_HEADER = "X-LaME-Truncated"  # the input indices cut to the model's max_text_tokens
-DRAIN_FACTOR = 4  # an oversized body up to 4x the limit is read (and dropped) before the 413
+DRAIN_FACTOR = 4
+INLINE_ROWS = 4  # text-only requests up to this many rows are prepared on the event loop  # an oversized body up to 4x the limit is read (and dropped) before the 413
 
 
 class ClientGone(Exception):
@@ -114,13 +115,19 @@ class Service:
                     instruction: str | None = None, task: str | None = None
                     ) -> tuple[np.ndarray, int, list[int]]:
         """-> (unit vectors, tokens the model ran on, indices of truncated texts)."""
-        texts, tokens, truncated = await run_in_threadpool(self._prepare, rows, input_type,
-                                                           instruction, task)
+        self.batcher.arrive()
         try:
+            if any(row.image is not None for row in rows) or len(rows) > INLINE_ROWS:
+                texts, tokens, truncated = await run_in_threadpool(
+                    self._prepare, rows, input_type, instruction, task)
+            else:  # a few texts tokenise in microseconds: a thread hop would cost more
+                texts, tokens, truncated = self._prepare(rows, input_type, instruction, task)
             job = self.batcher.submit(texts, [row.image for row in rows])
         except HTTPError as err:
             self.metrics.rejected.labels(err.code).inc()
             raise
+        finally:
+            self.batcher.leave()
         return await self._wait(request, job), tokens, truncated
 
     def _prepare(self, rows: list[schema.Row], input_type: str, instruction: str | None,

@@ -3,7 +3,9 @@
 The model call is CPU/GPU-bound and blocking, so it never runs on the event loop: one worker
 thread takes the oldest queued job, waits at most ``max_wait`` (counted from when that job was
 queued, so a busy server adds no wait) for more jobs until ``max_batch`` rows are gathered, and
-encodes them in one call. ``Embedder.encode`` then sends the batch's text-only rows to the text
+encodes them in one call. It waits only while requests are on their way (parsed, being
+decoded: ``arrive``/``leave``); a lone request runs at once, so concurrency 1 pays no wait, and
+under load the rows that arrive while the model runs form the next batch by themselves. ``Embedder.encode`` then sends the batch's text-only rows to the text
 graph and the rows with an image to the full graph (``lame_runtime.inputs.routing``), one call
 each. Jobs are never split: a request with more rows than ``max_batch`` runs alone.
 
@@ -55,6 +57,7 @@ class Batcher:
         self._on_depth = on_depth or (lambda depth: None)
         self._queue: deque[Job] = deque()
         self._rows = 0  # rows queued (not yet taken by the worker)
+        self._arriving = 0  # requests being prepared that will submit soon
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -67,6 +70,17 @@ class Batcher:
     @property
     def depth(self) -> int:
         return self._rows
+
+    def arrive(self) -> None:
+        """A request is being prepared: a batch being gathered may wait for it."""
+        with self._cond:
+            self._arriving += 1
+
+    def leave(self) -> None:
+        """A request that ``arrive``d will not submit (it failed, or it submitted)."""
+        with self._cond:
+            self._arriving -= 1
+            self._cond.notify()
 
     def submit(self, texts: Sequence[Any], images: Sequence[Any]) -> Job:
         """Queue a job (call on the event loop); its ``future`` gets the vectors."""
@@ -131,7 +145,7 @@ class Batcher:
                         rows += len(job)
                         continue
                     left = deadline - time.monotonic()
-                    if left <= 0 or self._stopping:
+                    if left <= 0 or self._stopping or not self._arriving:
                         break
                     self._cond.wait(left)
             self._rows -= rows

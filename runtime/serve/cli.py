@@ -44,6 +44,9 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
               show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="ONNX Runtime intra-op threads (default: one per core).")
+@click.option("--spin/--no-spin", default=False, show_default=True,
+              help="Let idle ONNX Runtime threads spin-wait (fastest back to back, but they "
+                   "take the cores the event loop and image decoding need).")
 @click.option("--api-key-file", type=click.Path(dir_okay=False), default=None,
               help="Bearer keys, one per line; required for writes.")
 @click.option("--auth-reads", is_flag=True,
@@ -72,7 +75,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
 @gpu_options
 def command(model, model_name, index_path, qdrant, collection, writable, save_interval, host,
-            port, precision, threads, api_key_file, auth_reads, image_root, max_batch,
+            port, precision, threads, spin, api_key_file, auth_reads, image_root, max_batch,
             max_wait_ms, no_batching, max_queue, max_items, max_body_bytes, max_text_chars,
             request_timeout, cors_origins, log_level, access_log, **gpu) -> int:
     """Serve an artifact over HTTP: OpenAI-style /v1/embeddings, /v1/search over an index,
@@ -107,7 +110,8 @@ def command(model, model_name, index_path, qdrant, collection, writable, save_in
                          max_queue=max_queue, request_timeout_s=request_timeout, api_keys=keys,
                          auth_reads=auth_reads, cors_origins=tuple(cors_origins),
                          writable=writable, save_interval_s=save_interval)
-    embedder = Embedder(model, precision=precision, threads=threads, **embedder_options(**gpu))
+    embedder = Embedder(model, precision=precision, threads=threads, spin=spin,
+                        **embedder_options(**gpu))
     documents = None
     if index_path:
         documents = Documents.open_index(index_path, embedder.dim, writable, save_interval)
