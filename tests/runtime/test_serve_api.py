@@ -234,3 +234,59 @@ def test_dimensions_where_the_manifest_lists_them(runtime_artifact, tmp_path):
         refused = client.post("/v1/embeddings", json={"model": NAME, "input": "x",
                                                       "dimensions": half + 1})
         assert refused.status_code == 400 and "dimensions" in refused.json()["error"]["message"]
+
+
+def test_cancelled_jobs_are_never_computed(embedder):
+    """A job whose client left (or timed out) while queued is dropped: the model never sees
+    its rows. The worker starts after the cancel, so the order is certain."""
+    import asyncio
+
+    from lame_runtime.serve.batching import Batcher
+
+    seen: list[list] = []
+
+    def encode(texts, images):
+        seen.append(list(texts))
+        return embedder.encode(texts, images)
+
+    async def scenario():
+        batcher = Batcher(encode, max_batch=8, max_wait_s=0)
+        keep = batcher.submit(["kept"], [None])
+        dropped = batcher.submit(["dropped"], [None])
+        batcher.cancel(dropped)
+        assert batcher.depth == 1
+        batcher.start()
+        vectors = await keep.future
+        batcher.stop(timeout=10)
+        return vectors
+
+    vectors = asyncio.run(scenario())
+    assert seen == [["kept"]]
+    assert cosines(vectors, embedder.encode(["kept"]))[0] >= SAME
+
+
+def test_request_timeout_answers_504_and_the_server_recovers(embedder):
+    from starlette.testclient import TestClient
+
+    config = ServeConfig(model_name=NAME, request_timeout_s=1e-6)  # no model call is this fast
+    rows = [{"image": data_uri(png_bytes(i))} for i in range(8)]
+    with TestClient(create_app(embedder, config)) as client:
+        answer = client.post("/v1/embeddings", json={"model": NAME, "input": rows})
+        assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
+        assert 'lame_rejected_total{reason="timeout"} 1.0' in client.get("/metrics").text
+
+
+def test_cli_refuses_unsafe_or_inconsistent_options(runtime_artifact, tmp_path, capsys):
+    from lame_runtime.serve.cli import main
+
+    cases = [(["--writable", "--index", str(tmp_path / "i")], "--api-key-file"),
+             (["--writable"], "--index or --qdrant"),
+             (["--index", str(tmp_path / "i"), "--qdrant", str(tmp_path / "q")], "not both"),
+             (["--auth-reads"], "--api-key-file"),
+             (["--api-key-file", str(tmp_path / "missing.txt")], "not found")]
+    (tmp_path / "short.txt").write_text("abc\n")
+    cases.append((["--api-key-file", str(tmp_path / "short.txt")], "shorter than 16"))
+    for args, words in cases:
+        assert main(["--model", str(runtime_artifact), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("lame-serve: error: ") and words in err and err.count("\n") == 1
