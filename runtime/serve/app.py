@@ -13,7 +13,6 @@ import base64
 import contextlib
 import logging
 import time
-import warnings
 from typing import Any, Awaitable, Callable
 
 import numpy as np
@@ -65,10 +64,10 @@ class Service:
 
     # ------------------------------------------------------------------ model thread
     def _encode(self, texts: list, images: list) -> np.ndarray:
-        with warnings.catch_warnings():
-            # Truncation is reported per request (X-LaME-Truncated); do not log every text.
-            warnings.filterwarnings("ignore", message="text of .* truncated")
-            return self.embedder.encode(texts, images, batch_size=self.config.max_batch)
+        # The runtime's truncation warning is reported per request instead (X-LaME-Truncated);
+        # lame-serve filters it process-wide (warnings.catch_warnings here would swap the
+        # global filters from this thread under the others' feet).
+        return self.embedder.encode(texts, images, batch_size=self.config.max_batch)
 
     def _observe(self, jobs: list[Job], seconds: float) -> None:
         rows = [image for job in jobs for image in job.images]

@@ -63,7 +63,8 @@ def items(embedder, modality: str, count: int) -> list:
 
 
 def in_process(model: str, threads: int | None, modality: str, rows: int) -> dict[int, float]:
-    """Embedder.encode rows/s at batch 1 and 32 (the median of 3 passes)."""
+    """Embedder.encode rows/s at batch 1 and 32 (the median of 3 passes), with the Embedder's
+    defaults (spinning ORT threads: its fastest back to back; the server does not spin)."""
     from lame_runtime import Embedder
 
     embedder = Embedder(model, threads=threads)
@@ -165,7 +166,9 @@ def run(args) -> dict:
     from lame_runtime import Embedder
 
     name = Path(args.model).resolve().name
-    reference = in_process(args.model, args.threads, args.modality, args.requests)
+    # The machine's other load drifts: measure the reference before and after the served
+    # cells and use the mean (both are reported).
+    before = in_process(args.model, args.threads, args.modality, args.requests)
     embedder = Embedder(args.model, lazy=True)
     inputs = items(embedder, args.modality, args.requests)
     results = []
@@ -185,8 +188,11 @@ def run(args) -> dict:
                       f"{rate:.0f} req/s", file=sys.stderr)
         finally:
             server.stop()
+    after = in_process(args.model, args.threads, args.modality, args.requests)
+    reference = {batch: (before[batch] + after[batch]) / 2 for batch in before}
     return {"model": str(args.model), "modality": args.modality, "requests": args.requests,
-            "in_process_rows_per_s": reference, "served": results, "environment": environment()}
+            "in_process_rows_per_s": reference, "in_process_before": before,
+            "in_process_after": after, "served": results, "environment": environment()}
 
 
 def environment() -> dict:
@@ -218,6 +224,9 @@ def table(report: dict) -> str:
                      f"| | | {ref[batch] / best:.2f} | |")
     env = report["environment"]
     lines.append("")
+    lines.append("In-process rows/s before / after the served cells: " + ", ".join(
+        f"batch {b}: {report['in_process_before'][b]:.0f} / {report['in_process_after'][b]:.0f}"
+        for b in (1, 32)) + ".")
     lines.append(f"Python {env['python']}, {env['cpus']} CPUs ({env['machine']}); onnxruntime "
                  f"{env['onnxruntime']}, starlette {env['starlette']}, uvicorn {env['uvicorn']}, "
                  f"httpx {env['httpx']}; {report['requests']} requests per cell.")

@@ -2,7 +2,6 @@
 one OpenAI-shaped JSON error naming the problem, no traceback, and the server keeps serving."""
 from __future__ import annotations
 
-import base64
 import io
 
 import pytest
