@@ -99,6 +99,7 @@ def test_openai_client_data_uri_image_matches_embedder(server, embedder, images)
     assert cosines([d.embedding for d in mixed.data], want).min() >= SAME
 
 
+@pytest.mark.filterwarnings("ignore:text of .* truncated")  # the runtime's, on the server thread
 def test_documents_input_type_and_truncation(server, embedder):
     texts = ["one", "two"]
     got = httpx.post(server.url + "/v1/embeddings",
