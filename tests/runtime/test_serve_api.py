@@ -163,20 +163,51 @@ def test_cors_is_off_by_default(server):
     assert "access-control-allow-origin" not in answer.headers
 
 
-def test_concurrent_requests_are_batched(server, embedder):
-    """Concurrent single-item requests share model calls and still get their own vectors."""
+def test_concurrent_requests_get_their_own_vectors(server, embedder):
+    """Concurrent single-item requests (batched together when they meet in the queue) each
+    get their own vector, and every request is counted in exactly one model call."""
     texts = [f"digit number {i}" for i in range(24)]
     want = embedder.encode_queries(texts)
-    before = _metric(server, "lame_batch_requests_count"), _metric(server,
-                                                                   "lame_batch_requests_sum")
+    before = _metric(server, "lame_batch_requests_sum")
     with httpx.Client() as client, concurrent.futures.ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(lambda t: client.post(
             server.url + "/v1/embeddings", json={"model": NAME, "input": t}).json(), texts))
     got = np.array([a["data"][0]["embedding"] for a in answers])
     assert cosines(got, want).min() >= SAME
-    calls = _metric(server, "lame_batch_requests_count") - before[0]
-    requests = _metric(server, "lame_batch_requests_sum") - before[1]
-    assert requests == len(texts) and calls < len(texts)  # some calls served several requests
+    assert _metric(server, "lame_batch_requests_sum") - before == len(texts)
+
+
+def test_queued_jobs_coalesce_up_to_max_batch_and_are_never_split(embedder):
+    """Jobs waiting in the queue go to the model together, up to max_batch rows; a job that
+    would overflow the batch waits for the next one (the worker starts after the submits, so
+    the grouping is certain). Mixed text and image rows: one call, both graphs."""
+    import asyncio
+
+    from lame_runtime.serve.batching import Batcher
+
+    calls: list[int] = []
+
+    def encode(texts, images):
+        calls.append(len(texts))
+        return embedder.encode(texts, images)
+
+    image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
+        __import__("io").BytesIO(png_bytes(0))).convert("RGB"))
+    jobs_rows = [(["a", None, "b"], [None, image, None]) for _ in range(5)]
+
+    async def scenario():
+        batcher = Batcher(encode, max_batch=8, max_wait_s=0)
+        jobs = [batcher.submit(t, i) for t, i in jobs_rows]
+        batcher.start()
+        out = [await job.future for job in jobs]
+        batcher.stop(timeout=10)
+        return out
+
+    results = asyncio.run(scenario())
+    assert calls == [6, 6, 3]
+    want = embedder.encode(*jobs_rows[0])
+    for vectors in results:
+        assert cosines(vectors, want).min() >= SAME
 
 
 def _metric(server, name: str) -> float:
