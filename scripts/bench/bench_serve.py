@@ -10,7 +10,8 @@ Each configuration gets a fresh server process (``python -m lame_runtime.serve.c
 httpx connection each, keep-alive). The client runs on the same machine and takes CPU from
 the server, as a local client would; on 2 cores that is a real share, so the figures are a
 lower bound for a server with its own cores. The reference is ``Embedder.encode`` in this
-process at batch 1 and batch 32 (the rows/s that batching can at best recover). Prints a
+process at batch 1 and batch 32 (the rows/s that batching can at best recover), measured just
+before each served cell (the server idles meanwhile: its ORT threads do not spin). Prints a
 markdown table; ``--json`` also writes the figures.
 """
 from __future__ import annotations
@@ -62,32 +63,34 @@ def items(embedder, modality: str, count: int) -> list:
     return [out[i % len(out)] for i in range(count)]
 
 
-def in_process(model: str, threads: int | None, modality: str, rows: int) -> dict[int, float]:
-    """Embedder.encode rows/s at batch 1 and 32 (the median of 3 passes), with the Embedder's
-    defaults (spinning ORT threads: its fastest back to back; the server does not spin)."""
-    from lame_runtime import Embedder
+class InProcess:
+    """Embedder.encode rows/s at batch 1 and 32, with the Embedder's defaults (spinning ORT
+    threads: its fastest back to back; the server does not spin)."""
 
-    embedder = Embedder(model, threads=threads)
-    data = items(embedder, modality, rows)
-    if modality == "image":  # what the server decodes per request, done once here
-        from lame_runtime.serve.schema import Row, decode
+    def __init__(self, model: str, threads: int | None, modality: str, rows: int):
+        from lame_runtime import Embedder
 
-        decoded = [Row(None, base64.b64decode(d[0]["image_url"]["url"].split(",", 1)[1]))
-                   for d in data]
-        decode(decoded, embedder.preprocessor.image, None)
-        texts, images = [None] * rows, [r.image for r in decoded]
-    else:
-        texts, images = data, [None] * rows
-    out = {}
-    for batch in (1, 32):
-        embedder.encode_queries(texts[:batch], images[:batch], batch_size=batch)  # warm
-        passes = []
-        for _ in range(3):
+        self.embedder = embedder = Embedder(model, threads=threads)
+        data = items(embedder, modality, rows)
+        if modality == "image":  # what the server decodes per request, done once here
+            from lame_runtime.serve.schema import Row, decode
+
+            decoded = [Row(None, base64.b64decode(d[0]["image_url"]["url"].split(",", 1)[1]))
+                       for d in data]
+            decode(decoded, embedder.preprocessor.image, None)
+            self.texts, self.images = [None] * rows, [r.image for r in decoded]
+        else:
+            self.texts, self.images = data, [None] * rows
+        for batch in (1, 32):  # warm
+            embedder.encode_queries(self.texts[:batch], self.images[:batch], batch_size=batch)
+
+    def measure(self, rows: int) -> dict[int, float]:
+        out = {}
+        for batch in (1, 32):
             start = time.perf_counter()
-            embedder.encode_queries(texts, images, batch_size=batch)
-            passes.append(rows / (time.perf_counter() - start))
-        out[batch] = statistics.median(passes)
-    return out
+            self.embedder.encode_queries(self.texts[:rows], self.images[:rows], batch_size=batch)
+            out[batch] = rows / (time.perf_counter() - start)
+        return out
 
 
 class Server:
@@ -163,14 +166,12 @@ async def drive(url: str, name: str, inputs: list, concurrency: int) -> tuple[fl
 
 
 def run(args) -> dict:
-    from lame_runtime import Embedder
-
+    """Every served cell is preceded by an in-process measurement: the machine's other load
+    drifts (another user's job can halve a figure), so each ratio compares neighbours."""
     name = Path(args.model).resolve().name
-    # The machine's other load drifts: measure the reference before and after the served
-    # cells and use the mean (both are reported).
-    before = in_process(args.model, args.threads, args.modality, args.requests)
-    embedder = Embedder(args.model, lazy=True)
-    inputs = items(embedder, args.modality, args.requests)
+    reference = InProcess(args.model, args.threads, args.modality, args.requests)
+    inputs = items(reference.embedder, args.modality, args.requests)
+    ref_rows = max(32, min(args.requests, 160))
     results = []
     for batching in (True, False):
         server = Server(args.model, batching, args.threads, args.max_batch)
@@ -179,25 +180,25 @@ def run(args) -> dict:
             asyncio.run(drive(server.url, name, inputs[:max(32, args.requests // 8)],
                               max(args.concurrency)))  # warm-up
             for concurrency in args.concurrency:
+                local = reference.measure(ref_rows)
                 rate, latencies = asyncio.run(drive(server.url, name, inputs, concurrency))
                 results.append({"batching": batching, "concurrency": concurrency,
                                 "requests_per_s": rate,
                                 "p50_ms": 1000 * float(np.percentile(latencies, 50)),
-                                "p99_ms": 1000 * float(np.percentile(latencies, 99))})
+                                "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+                                "in_process_rows_per_s": local})
                 print(f"[bench_serve] batching {'on' if batching else 'off'} c={concurrency}: "
-                      f"{rate:.0f} req/s", file=sys.stderr)
+                      f"{rate:.0f} req/s; in-process batch 32 {local[32]:.0f} rows/s",
+                      file=sys.stderr)
         finally:
             server.stop()
-    after = in_process(args.model, args.threads, args.modality, args.requests)
-    reference = {batch: (before[batch] + after[batch]) / 2 for batch in before}
     return {"model": str(args.model), "modality": args.modality, "requests": args.requests,
-            "in_process_rows_per_s": reference, "in_process_before": before,
-            "in_process_after": after, "served": results, "environment": environment()}
+            "served": results, "environment": environment()}
 
 
 def environment() -> dict:
     versions = {}
-    for package in ("onnxruntime", "starlette", "uvicorn", "httpx", "numpy"):
+    for package in ("onnxruntime", "starlette", "uvicorn", "httptools", "uvloop", "numpy"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -207,29 +208,29 @@ def environment() -> dict:
 
 
 def table(report: dict) -> str:
-    ref = report["in_process_rows_per_s"]
-    best = ref[32]
     lines = [f"| {report['modality']}, single-item requests | concurrency | requests/s | p50 ms "
-             "| p99 ms | / in-process batch 32 | batching on / off |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    off = {r["concurrency"]: r["requests_per_s"] for r in report["served"] if not r["batching"]}
+             "| p99 ms | in-process rows/s, batch 1 / 32 (just before) | served / in-process "
+             "batch 32 | batching on / off |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    off = {r["concurrency"]: r for r in report["served"] if not r["batching"]}
     for row in report["served"]:
-        ratio = (f"{row['requests_per_s'] / off[row['concurrency']]:.2f}x"
-                 if row["batching"] else "")
+        ref = row["in_process_rows_per_s"]
+        ratio = row["requests_per_s"] / ref[32]
+        if row["batching"]:
+            other = off[row["concurrency"]]
+            # each side against its own neighbour reference, so drift cancels
+            on_off = f"{ratio / (other['requests_per_s'] / other['in_process_rows_per_s'][32]):.2f}x"
+        else:
+            on_off = ""
         lines.append(f"| lame-serve, batching {'on' if row['batching'] else 'off'} | "
-                     f"{row['concurrency']} | {row['requests_per_s']:.0f} | {row['p50_ms']:.1f} "
-                     f"| {row['p99_ms']:.1f} | {row['requests_per_s'] / best:.2f} | {ratio} |")
-    for batch in (1, 32):
-        lines.append(f"| in-process `Embedder.encode`, batch {batch} | - | {ref[batch]:.0f} rows/s "
-                     f"| | | {ref[batch] / best:.2f} | |")
+                     f"{row['concurrency']} | {row['requests_per_s']:.1f} | {row['p50_ms']:.1f} "
+                     f"| {row['p99_ms']:.1f} | {ref[1]:.1f} / {ref[32]:.1f} | {ratio:.2f} "
+                     f"| {on_off} |")
     env = report["environment"]
     lines.append("")
-    lines.append("In-process rows/s before / after the served cells: " + ", ".join(
-        f"batch {b}: {report['in_process_before'][b]:.0f} / {report['in_process_after'][b]:.0f}"
-        for b in (1, 32)) + ".")
     lines.append(f"Python {env['python']}, {env['cpus']} CPUs ({env['machine']}); onnxruntime "
                  f"{env['onnxruntime']}, starlette {env['starlette']}, uvicorn {env['uvicorn']}, "
-                 f"httpx {env['httpx']}; {report['requests']} requests per cell.")
+                 f"httptools {env['httptools']}, uvloop {env['uvloop']}; {report['requests']} "
+                 "requests per cell.")
     return "\n".join(lines)
 
 
