@@ -213,12 +213,13 @@ def table(report: dict) -> str:
              "batch 32 | batching on / off |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     off = {r["concurrency"]: r for r in report["served"] if not r["batching"]}
     for row in report["served"]:
-        ref = row["in_process_rows_per_s"]
+        ref = {int(k): v for k, v in row["in_process_rows_per_s"].items()}  # JSON: str keys
         ratio = row["requests_per_s"] / ref[32]
         if row["batching"]:
             other = off[row["concurrency"]]
             # each side against its own neighbour reference, so drift cancels
-            on_off = f"{ratio / (other['requests_per_s'] / other['in_process_rows_per_s'][32]):.2f}x"
+            other_ref = {int(k): v for k, v in other["in_process_rows_per_s"].items()}
+            on_off = f"{ratio / (other['requests_per_s'] / other_ref[32]):.2f}x"
         else:
             on_off = ""
         lines.append(f"| lame-serve, batching {'on' if row['batching'] else 'off'} | "
