@@ -322,3 +322,29 @@ def test_cli_refuses_unsafe_or_inconsistent_options(runtime_artifact, tmp_path, 
         assert main(["--model", str(runtime_artifact), *args]) == 2, args
         err = capsys.readouterr().err
         assert err.startswith("lame-serve: error: ") and words in err and err.count("\n") == 1
+
+
+def test_qdrant_collection_search_and_add(embedder, tmp_path):
+    """--qdrant: the same endpoints over a local Qdrant folder (upserts persist in Qdrant)."""
+    pytest.importorskip("qdrant_client")
+    from starlette.testclient import TestClient
+
+    documents = Documents.open_qdrant(str(tmp_path / "qdrant"), "lame", embedder.dim,
+                                      writable=True)
+    config = ServeConfig(model_name=NAME, api_keys=(KEY,), writable=True)
+    texts = ["zero", "one", "two"]
+    with TestClient(create_app(embedder, config, documents)) as client:
+        added = client.post("/v1/documents", headers={"Authorization": f"Bearer {KEY}"},
+                            json={"documents": [{"id": f"t/{i}", "text": t, "payload": i}
+                                                for i, t in enumerate(texts)]})
+        assert added.status_code == 200, added.text
+        hits = client.post("/v1/search", json={"query": "two", "k": 3}).json()["data"]
+        deleted = client.request("DELETE", "/v1/documents", json={"ids": ["t/0"]},
+                                 headers={"Authorization": f"Bearer {KEY}"})
+        assert deleted.status_code == 403 and deleted.json()["error"]["code"] == "unsupported"
+    reference = Index(embedder.dim)
+    reference.add(embedder.encode_documents(texts), [f"t/{i}" for i in range(3)])
+    scores, ids = reference.search(embedder.encode_queries(["two"]), k=3)
+    assert [h["id"] for h in hits] == ids[0]
+    assert np.allclose([h["score"] for h in hits], scores[0], atol=1e-4)
+    assert [h["payload"] for h in hits] == [int(i.split("/")[1]) for i in ids[0]]
