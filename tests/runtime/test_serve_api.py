@@ -298,14 +298,27 @@ def test_cancelled_jobs_are_never_computed(embedder):
 
 
 def test_request_timeout_answers_504_and_the_server_recovers(embedder):
+    """The model thread is held (the real encode, behind a gate) so the request cannot be
+    served in time, whatever the machine's speed; released, the next request is served."""
+    import threading
+
     from starlette.testclient import TestClient
 
-    config = ServeConfig(model_name=NAME, request_timeout_s=1e-6)  # no model call is this fast
-    rows = [{"image": data_uri(png_bytes(i))} for i in range(8)]
-    with TestClient(create_app(embedder, config)) as client:
-        answer = client.post("/v1/embeddings", json={"model": NAME, "input": rows})
+    config = ServeConfig(model_name=NAME, request_timeout_s=0.2)
+    app = create_app(embedder, config)
+    gate = threading.Event()
+    batcher = app.state.service.batcher
+    real = batcher._encode
+    with TestClient(app) as client:  # the warm-up ran through the real encode
+        batcher._encode = lambda texts, images: (gate.wait(30), real(texts, images))[1]
+        answer = client.post("/v1/embeddings", json={"model": NAME, "input": "three"})
         assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
         assert 'lame_rejected_total{reason="timeout"} 1.0' in client.get("/metrics").text
+        gate.set()
+        again = client.post("/v1/embeddings", json={"model": NAME, "input": "three"})
+        assert again.status_code == 200
+        assert cosines([again.json()["data"][0]["embedding"]],
+                       embedder.encode_queries(["three"]))[0] >= SAME
 
 
 def test_cli_refuses_unsafe_or_inconsistent_options(runtime_artifact, tmp_path, capsys):
