@@ -361,3 +361,51 @@ def test_qdrant_collection_search_and_add(embedder, tmp_path):
     assert [h["id"] for h in hits] == ids[0]
     assert np.allclose([h["score"] for h in hits], scores[0], atol=1e-4)
     assert [h["payload"] for h in hits] == [int(i.split("/")[1]) for i in ids[0]]
+
+
+def test_client_disconnect_drops_its_queued_rows(embedder):
+    """A client that hangs up while its rows wait in the queue: the rows leave the queue and
+    never reach the model. The model thread is held on a first request meanwhile, so the
+    second one is certainly still queued when its client leaves."""
+    import socket
+    import threading
+    import time
+
+    config = ServeConfig(model_name=NAME)
+    app = create_app(embedder, config)
+    gate, seen = threading.Event(), []
+    batcher = app.state.service.batcher
+    real = batcher._encode
+
+    def held(texts, images):
+        seen.append(list(texts))
+        gate.wait(30)
+        return real(texts, images)
+
+    def send(text: str) -> socket.socket:
+        body = json.dumps({"model": NAME, "input": text}).encode()
+        sock = socket.create_connection(("127.0.0.1", running.port))
+        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        return sock
+
+    with ThreadServer(app) as running:
+        batcher._encode = held
+        first = send("first")
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:  # the worker holds "first"
+            time.sleep(0.01)
+        second = send("second")
+        while batcher.depth == 0 and time.monotonic() < deadline:  # "second" is queued
+            time.sleep(0.01)
+        assert batcher.depth == 1
+        second.close()
+        while batcher.depth and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.depth == 0, "the hung-up request's rows stayed queued"
+        gate.set()
+        assert b"200 OK" in first.recv(65536)
+        first.close()
+        text = httpx.get(running.url + "/metrics").text
+    assert len(seen) == 1 and not any("second" in (t or "") for t in seen[0]), seen
+    assert 'lame_rejected_total{reason="client_gone"} 1.0' in text
