@@ -58,6 +58,7 @@ class Service:
         self.image_tokens = embedder.preprocessor.image.num_tokens
         self.metrics = Metrics()
         self.ready = False
+        self.shutdown_error: BaseException | None = None
         self.batcher = Batcher(self._encode, config.max_batch, config.max_wait_ms / 1000.0,
                                config.max_queue, config.batching, config.retry_after_s,
                                observe=self._observe, on_depth=self.metrics.queue_depth.set)
@@ -206,7 +207,13 @@ class Service:
         self.ready = False
         await run_in_threadpool(self.batcher.stop)  # queued jobs finish first
         if self.documents is not None:
-            await run_in_threadpool(self.documents.close)  # the final save
+            try:
+                await run_in_threadpool(self.documents.close)  # the final save
+            except Exception as err:  # noqa: BLE001  (kept for the CLI's exit code)
+                # A failed final save (a full disk) loses the adds since the last save: the
+                # process must not exit 0 as if nothing happened.
+                log.error("the final save of the index failed: %s", err)
+                self.shutdown_error = err
 
 
 async def _disconnected(request: Request) -> None:

@@ -141,6 +141,9 @@ def command(model, model_name, index_path, qdrant, collection, writable, save_in
         if documents is not None:
             documents.close()
         return 1
+    failed = app.state.service.shutdown_error
+    if failed is not None:  # one line, exit 2 (tools.invoke): the last adds were not saved
+        raise failed
     return 0
 
 

@@ -211,3 +211,25 @@ def test_signal_with_adds_in_flight(runtime_artifact, tmp_path, sig, delay):
         assert code == 0, stderr[-2000:]
         assert "Traceback" not in stderr, stderr[-2000:]
         assert set(acked) <= ids, f"{len(set(acked) - ids)} acknowledged adds were not saved"
+
+
+def test_a_failed_final_save_is_not_a_clean_exit(runtime_artifact, tmp_path):
+    """SIGTERM when the index cannot be written any more (its folder replaced by a file):
+    the adds since the last save are lost, so the exit code says so, in one line."""
+    import shutil
+
+    folder = tmp_path / "served"
+    server = ServerProcess("--model", str(runtime_artifact), "--index", str(folder / "index"),
+                           "--writable", "--api-key-file", str(write_key_file(tmp_path)),
+                           "--save-interval", "0", env=ENV)
+    with server:
+        added = httpx.post(server.url + "/v1/documents", headers=AUTH,
+                           json={"documents": [{"id": "a", "text": "x"}]})
+        assert added.status_code == 200
+        shutil.rmtree(folder)
+        folder.write_text("not a folder any more")
+        server.signal(signal.SIGTERM)
+        code, stderr = server.wait()
+    assert code == 2, stderr[-2000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("lame-serve: error: "), stderr[-2000:]
