@@ -409,3 +409,15 @@ def test_client_disconnect_drops_its_queued_rows(embedder):
         text = httpx.get(running.url + "/metrics").text
     assert len(seen) == 1 and not any("second" in (t or "") for t in seen[0]), seen
     assert 'lame_rejected_total{reason="client_gone"} 1.0' in text
+
+
+def test_cors_only_for_the_origins_named(embedder):
+    from starlette.testclient import TestClient
+
+    allowed = "https://app.example"
+    config = ServeConfig(model_name=NAME, cors_origins=(allowed,))
+    with TestClient(create_app(embedder, config)) as client:
+        for origin, expected in ((allowed, allowed), ("https://evil.example", None)):
+            answer = client.options("/v1/embeddings", headers={
+                "Origin": origin, "Access-Control-Request-Method": "POST"})
+            assert answer.headers.get("access-control-allow-origin") == expected
