@@ -143,16 +143,18 @@ class Service:
                 self.embedder.artifact.instruction("document")
             chosen = [document] * len(rows)
         formatted = [format_query(text, inst) for text, inst in zip(texts, chosen)]
-        tokens, truncated = 0, []
+        # usage: the positions the model attends to, from the rows the preprocessor builds
+        # (the real tokenizer; [BOS], visual tokens, a prompt template where there is one)
+        _, mask = self.text.encode_rows(formatted, [row.image is not None for row in rows],
+                                        self.image_tokens)
+        tokens = int(mask.sum())
         limit = self.text.max_text_tokens
-        for i, (text, row) in enumerate(zip(formatted, rows)):
-            count = 1 + (self.image_tokens if row.image is not None else 0)  # [BOS] + image
+        truncated = []
+        for i, text in enumerate(formatted):
             if text:
-                ids, total = self.text.encode_limited(text, limit)
-                count += len(ids)
+                total = self.text.encode_limited(text, limit)[1]
                 if total is None or total > limit:
                     truncated.append(i)
-            tokens += count
         if truncated:
             self.metrics.truncated.inc(len(truncated))
         return formatted, tokens, truncated

@@ -21,7 +21,7 @@ openai = pytest.importorskip("openai")
 from runtime_fixtures import runtime_artifact  # noqa: E402,F401  (a fixture)
 from serve_fixtures import KEY, ThreadServer, data_uri, png_bytes  # noqa: E402
 
-from lame_runtime import Embedder, Index  # noqa: E402
+from lame_runtime import Embedder, Index, format_query  # noqa: E402
 from lame_runtime.serve.app import TRUNCATED_HEADER, create_app  # noqa: E402
 from lame_runtime.serve.config import ServeConfig  # noqa: E402
 from lame_runtime.serve.documents import Documents  # noqa: E402
@@ -65,6 +65,10 @@ def test_openai_client_text_matches_embedder(server, embedder):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused-for-reads")
     texts = ["a handwritten three", "seven", "the digit zero, written small"]
     want = embedder.encode_queries(texts)
+    # usage: the positions the model attends to in the rows the preprocessor builds
+    instructions = embedder.query_instructions(texts, [None] * len(texts))
+    usage = int(embedder.preprocessor([format_query(t, i) for t, i in zip(texts, instructions)])
+                ["attention_mask"].sum())
     for encoding in ("float", "base64", None):
         # None: the client asks for base64 itself and decodes it; asked for, it does not
         extra = {"encoding_format": encoding} if encoding else {}
@@ -75,7 +79,7 @@ def test_openai_client_text_matches_embedder(server, embedder):
         assert [item.index for item in got.data] == [0, 1, 2]
         assert cosines(vectors, want).min() >= SAME
         assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
-        assert got.model == NAME and got.usage.prompt_tokens > len(texts)
+        assert got.model == NAME and got.usage.prompt_tokens == usage
     single = client.embeddings.create(model=NAME, input="seven")
     assert cosines([single.data[0].embedding], want[1:2])[0] >= SAME
 
