@@ -124,3 +124,21 @@ def test_public_names_and_old_module_paths():
             "except ModuleNotFoundError:\n"
             "    print('ok')\n")
     _prints_ok(code)
+
+
+def test_runtime_and_lame_serve_help_without_the_serve_extra():
+    # the base install (a Jetson's) has no starlette/uvicorn/prometheus-client: the runtime
+    # imports, lame-serve answers --help, and serving says which extra to install
+    code = ("import sys, contextlib, io\n"
+            "for name in ('starlette', 'uvicorn', 'prometheus_client'):\n"
+            "    sys.modules[name] = None\n"
+            "import lame_runtime\n"
+            "from lame_runtime.serve.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['--help']) == 0\n"
+            "err = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            "    assert main(['--model', '.']) == 1\n"
+            "assert 'lame-embed[serve]' in err.getvalue(), err.getvalue()\n"
+            "print('ok')")
+    _prints_ok(code)

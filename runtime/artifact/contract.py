@@ -63,6 +63,10 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "engines": dict,
     "max_batch": int,      # the exported graph's dynamic-axis bounds (TensorRT profiles)
     "max_sequence": int,
+    # Matryoshka-trained prefixes: the leading N components, renormalised, embed on their own.
+    # Absent (every export so far): only the full embedding_dim is offered (lame-serve's
+    # `dimensions` is refused otherwise).
+    "matryoshka_dims": list,
 }
 
 
@@ -173,8 +177,19 @@ def _check_engines(where: str, manifest: dict) -> None:
 
 
 # Structured checks run after the type table; add one per new structured section.
+def _check_matryoshka(where: str, manifest: dict) -> None:
+    dims = manifest.get("matryoshka_dims")
+    if dims is None:
+        return
+    full = manifest["embedding_dim"]
+    if not all(_is(d, int) and 1 <= d <= full for d in dims) or len(set(dims)) != len(dims):
+        raise ArtifactError(f"{where}: matryoshka_dims must be distinct integers in [1, "
+                            f"embedding_dim={full}], got {dims!r}")
+
+
 _CHECKERS: list[Callable[[str, dict], None]] = [_check_tensors, _check_files, _check_models,
-                                                 _check_special_tokens, _check_engines]
+                                                 _check_special_tokens, _check_engines,
+                                                 _check_matryoshka]
 
 
 def _upgrade_v1(manifest: dict) -> dict:

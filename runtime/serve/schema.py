@@ -1,0 +1,325 @@
+"""Request bodies -> validated rows; every refusal is one ``BadRequest`` naming the field.
+
+Inputs accepted by ``POST /v1/embeddings`` (``input``), one row each:
+
+* a string (text), or, with ``"modality": "image"`` (infinity's form), an image reference;
+* a list of content parts: ``{"type": "text", "text": ...}`` and
+  ``{"type": "image_url", "image_url": {"url": ...}}`` (OpenAI / vLLM; ``image_url`` may also be
+  the string itself), at most one image per row (the model embeds one);
+* an object ``{"text": ..., "image": ...}`` (either or both).
+
+Image references: ``data:image/...;base64,...`` URIs; local paths (or ``file://``) only under
+``--image-root`` and through ``lame_runtime.artifact.paths.contained_path``; remote URLs are
+refused (the service fetches nothing). Images are decoded here, off the event loop, through
+``lame_runtime.inputs.images.load_image`` (its pixel limit guards against decompression bombs)
+and resized to the model's input, so a queued row holds a few KB, not a 24 MP photo.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from lame_runtime.artifact.paths import contained_path
+from lame_runtime.errors import InputError, MissingFileError
+from lame_runtime.inputs.images import PIL_ERRORS, ImageConfig, load_image
+from lame_runtime.inputs.preprocess import check_unicode
+from lame_runtime.serve.config import ServeConfig
+from lame_runtime.serve.errors import BadRequest, NotFound
+
+_DATA_URI = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)"
+                       r"(?P<b64>;base64)?,(?P<data>.*)$", re.S)
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+ENCODINGS = ("float", "base64")
+INPUT_TYPES = ("query", "document")
+
+
+@dataclass
+class Row:
+    """One embedding row: text and/or an image reference (decoded later by ``decode``)."""
+    text: str | None
+    image: Any = None      # bytes (from a data URI) or a Path; a PIL image once decoded
+    where: str = "input"
+
+
+@dataclass
+class EmbedRequest:
+    rows: list[Row]
+    model: str
+    encoding_format: str = "float"
+    dimensions: int | None = None
+    input_type: str = "query"
+    instruction: str | None = None
+    task: str | None = None
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise BadRequest(f"request body is not valid JSON: {err}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"request body must be a JSON object, got {_kind(body)}",
+                         code="invalid_json")
+    return body
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null", int: "a number", float: "a number"}.get(type(value),
+                                                                      type(value).__name__)
+
+
+def _field(body: dict, name: str, kinds: tuple[type, ...], default: Any = None,
+           required: bool = False, what: str | None = None) -> Any:
+    if name not in body or body[name] is None:
+        if required:
+            raise BadRequest(f"missing required field {name!r}", code="missing_field")
+        return default
+    value = body[name]
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise BadRequest(f"field {name!r} must be {what or ' or '.join(_kind_name(k) for k in kinds)}"
+                         f", got {_kind(value)}", code="invalid_type")
+    return value
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", list: "an array", dict: "an object",
+            bool: "a boolean", float: "a number"}[kind]
+
+
+def _choice(body: dict, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = _field(body, name, (str,), default)
+    if value not in choices:
+        raise BadRequest(f"field {name!r} must be one of {list(choices)}, got {value!r}",
+                         code="invalid_value")
+    return value
+
+
+def check_model(body: dict, served: str, required: bool = True) -> str:
+    model = _field(body, "model", (str,), None, required=required)
+    if model is not None and model != served:
+        raise NotFound(f"model {model!r} is not served here; this server serves {served!r} "
+                       "(GET /v1/models)", code="model_not_found")
+    return served
+
+
+def parse_embeddings(body: dict, served: str, dim: int, dims_supported: tuple[int, ...],
+                     config: ServeConfig) -> EmbedRequest:
+    model = check_model(body, served)
+    encoding = _choice(body, "encoding_format", ENCODINGS, "float")
+    input_type = _choice(body, "input_type", INPUT_TYPES,
+                         _choice(body, "role", INPUT_TYPES, "query"))
+    dimensions = _field(body, "dimensions", (int,))
+    if dimensions is not None and dimensions != dim and dimensions not in dims_supported:
+        supported = sorted({*dims_supported, dim})
+        raise BadRequest(f"dimensions={dimensions} is not supported by model {served!r}: it "
+                         f"gives {supported} (the artifact's manifest lists no other "
+                         "Matryoshka dimensions)" if not dims_supported else
+                         f"dimensions={dimensions} is not supported by model {served!r}; "
+                         f"choose one of {supported}", code="unsupported_dimensions")
+    modality = _choice(body, "modality", ("text", "image"), "text")
+    raw = body.get("input")
+    if raw is None:
+        raise BadRequest("missing required field 'input'", code="missing_field")
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list):
+        raise BadRequest(f"field 'input' must be a string or an array, got {_kind(raw)}",
+                         code="invalid_type")
+    if not items:
+        raise BadRequest("field 'input' is empty: give at least one item", code="empty_input")
+    if items and all(isinstance(x, int) and not isinstance(x, bool) for x in items):
+        raise BadRequest("token-id input is not supported: send text (the server tokenises "
+                         "it with the model's own tokenizer)", code="invalid_input")
+    if len(items) > config.max_items:
+        raise BadRequest(f"field 'input' has {len(items)} items; at most {config.max_items} per "
+                         "request (--max-items)", code="too_many_items")
+    rows = [parse_item(item, f"input[{i}]", config, modality) for i, item in enumerate(items)]
+    return EmbedRequest(rows, model, encoding, dimensions, input_type,
+                        _field(body, "instruction", (str,)), _field(body, "task", (str,)))
+
+
+def parse_item(item: Any, where: str, config: ServeConfig, modality: str = "text") -> Row:
+    """One input element (string, content-part list or {text, image} object) -> ``Row``."""
+    if isinstance(item, str):
+        return Row(None, image_source(item, where, config), where) if modality == "image" \
+            else Row(check_text(item, where, config), None, where)
+    if isinstance(item, dict) and "type" in item:
+        item = [item]
+    if isinstance(item, list):
+        texts, images = [], []
+        for j, part in enumerate(item):
+            at = f"{where}[{j}]"
+            if not isinstance(part, dict):
+                raise BadRequest(f"{at} must be a content part object "
+                                 f"({{'type': 'text' | 'image_url', ...}}), got {_kind(part)}",
+                                 code="invalid_type")
+            kind = part.get("type")
+            if kind == "text":
+                texts.append(check_text(part.get("text"), f"{at}.text", config))
+            elif kind in ("image_url", "image"):
+                ref = part.get(kind)
+                ref = ref.get("url") if isinstance(ref, dict) else ref
+                images.append(image_source(ref, f"{at}.{kind}", config))
+            else:
+                raise BadRequest(f"{at}.type must be 'text' or 'image_url', got {kind!r}",
+                                 code="invalid_value")
+        if len(images) > 1:
+            raise BadRequest(f"{where} has {len(images)} images; the model embeds one image per "
+                             "item (send them as separate items)", code="too_many_images")
+        if not texts and not images:
+            raise BadRequest(f"{where} has no content parts", code="empty_input")
+        return Row(" ".join(texts) if texts else None, images[0] if images else None, where)
+    if isinstance(item, dict):
+        unknown = set(item) - {"text", "image"}
+        if unknown or not item:
+            raise BadRequest(f"{where} must have 'text' and/or 'image' (got keys "
+                             f"{sorted(item)})", code="invalid_input")
+        text = check_text(item["text"], f"{where}.text", config) if item.get("text") is not None \
+            else None
+        image = image_source(item["image"], f"{where}.image", config) \
+            if item.get("image") is not None else None
+        if text is None and image is None:
+            raise BadRequest(f"{where} has neither text nor image", code="empty_input")
+        return Row(text, image, where)
+    raise BadRequest(f"{where} must be a string, a list of content parts or an object with "
+                     f"'text'/'image', got {_kind(item)}", code="invalid_type")
+
+
+def check_text(text: Any, where: str, config: ServeConfig) -> str:
+    if not isinstance(text, str):
+        raise BadRequest(f"{where} must be a string, got {_kind(text)}", code="invalid_type")
+    if not text.strip():
+        raise BadRequest(f"{where} is an empty text", code="empty_input")
+    if len(text) > config.max_text_chars:
+        raise BadRequest(f"{where} has {len(text):,} characters; at most "
+                         f"{config.max_text_chars:,} (--max-text-chars)", code="text_too_long")
+    try:
+        check_unicode(text, where)
+    except InputError as err:
+        raise BadRequest(str(err), code="invalid_input") from None
+    return text
+
+
+def image_source(ref: Any, where: str, config: ServeConfig) -> bytes | Path:
+    """A data URI -> its bytes; a local path -> the confined Path; anything else refused."""
+    if not isinstance(ref, str) or not ref:
+        raise BadRequest(f"{where} must be a data URI or an image path string, got "
+                         f"{_kind(ref)}", code="invalid_type")
+    if ref.startswith("data:"):
+        match = _DATA_URI.match(ref)
+        if match is None or not match["b64"]:
+            raise BadRequest(f"{where}: only base64 data URIs are accepted "
+                             "(data:image/png;base64,...)", code="invalid_image")
+        if match["type"] and not match["type"].startswith("image/"):
+            raise BadRequest(f"{where}: data URI media type {match['type']!r} is not an image",
+                             code="invalid_image")
+        try:
+            return base64.b64decode(match["data"], validate=True)
+        except (binascii.Error, ValueError) as err:
+            raise BadRequest(f"{where}: the data URI is not valid base64 ({err})",
+                             code="invalid_base64") from None
+    if ref.startswith("file://"):
+        ref = ref[len("file://"):]
+    elif _SCHEME.match(ref):
+        raise BadRequest(f"{where}: remote image URLs are refused ({ref.split('://')[0]}://): "
+                         "this server fetches nothing; send the image as a data URI",
+                         code="remote_url_refused")
+    root = config.image_root
+    if root is None:
+        raise BadRequest(f"{where}: local image paths are refused: the server was started "
+                         "without --image-root; send the image as a data URI",
+                         code="local_path_refused")
+    path = Path(ref)
+    if path.is_absolute():  # an absolute path inside the root is fine; say it relative
+        try:
+            ref = path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            pass  # contained_path names the problem
+    return contained_path(root, ref, f"{where}: image path", folder="--image-root")
+
+
+def decode(rows: list[Row], cfg: ImageConfig, max_pixels: int | None) -> None:
+    """Decode every row's image in place (PIL RGB at the model's resolution); blocking."""
+    from lame_runtime.inputs.images import _RESAMPLE, default_max_pixels
+
+    limit = max_pixels or default_max_pixels(cfg)
+    for row in rows:
+        if row.image is None:
+            continue
+        try:
+            if isinstance(row.image, bytes):
+                try:
+                    opened = Image.open(io.BytesIO(row.image))  # lazy: the header only
+                except PIL_ERRORS as err:
+                    raise BadRequest(f"{row.where}: the data is not an image Pillow can read "
+                                     f"({type(err).__name__}: {err})", code="invalid_image"
+                                     ) from None
+                img = load_image(opened, limit)
+            else:
+                img = load_image(row.image, limit)
+        except (InputError, MissingFileError) as err:
+            if isinstance(err, BadRequest):
+                raise
+            raise type(err)(f"{row.where}: {err}") from None
+        # The preprocessor resizes the same way (image_to_array); doing it here keeps queued
+        # rows small and the result identical.
+        if img.size != (cfg.width, cfg.height):
+            img = img.resize((cfg.width, cfg.height), _RESAMPLE[cfg.resample])
+        row.image = img
+
+
+def parse_search(body: dict, served: str, config: ServeConfig) -> tuple[Row, int, str | None,
+                                                                      str]:
+    check_model(body, served, required=False)
+    k = _field(body, "k", (int,), 10)
+    if not 1 <= k <= config.max_k:
+        raise BadRequest(f"field 'k' must be in [1, {config.max_k}], got {k}",
+                         code="invalid_value")
+    prefix = _field(body, "prefix", (str,))
+    input_type = _choice(body, "input_type", INPUT_TYPES, "query")
+    if "query" not in body:
+        raise BadRequest("missing required field 'query' (a text, content parts, or "
+                         "{'text', 'image'})", code="missing_field")
+    return parse_item(body["query"], "query", config), k, prefix, input_type
+
+
+def parse_documents(body: dict, config: ServeConfig) -> tuple[list[str], list[Row], list[Any]]:
+    docs = _field(body, "documents", (list,), required=True)
+    if not docs:
+        raise BadRequest("field 'documents' is empty", code="empty_input")
+    if len(docs) > config.max_items:
+        raise BadRequest(f"field 'documents' has {len(docs)} items; at most {config.max_items} "
+                         "per request (--max-items)", code="too_many_items")
+    ids, rows, payloads = [], [], []
+    for i, doc in enumerate(docs):
+        where = f"documents[{i}]"
+        if not isinstance(doc, dict):
+            raise BadRequest(f"{where} must be an object, got {_kind(doc)}", code="invalid_type")
+        item_id = doc.get("id")
+        if not isinstance(item_id, str) or not item_id:
+            raise BadRequest(f"{where}.id must be a non-empty string", code="invalid_type")
+        content = doc.get("content", {k: doc[k] for k in ("text", "image") if k in doc})
+        ids.append(item_id)
+        rows.append(parse_item(content, where, config))
+        payloads.append(doc.get("payload"))
+    if len(set(ids)) != len(ids):
+        raise BadRequest("field 'documents' repeats an id", code="duplicate_id")
+    return ids, rows, payloads
+
+
+def parse_ids(body: dict, config: ServeConfig) -> list[str]:
+    ids = _field(body, "ids", (list,), required=True)
+    if not ids or not all(isinstance(i, str) for i in ids):
+        raise BadRequest("field 'ids' must be a non-empty array of strings", code="invalid_type")
+    if len(ids) > config.max_items * 16:
+        raise BadRequest(f"field 'ids' has {len(ids)} items; at most {config.max_items * 16}",
+                         code="too_many_items")
+    return ids
