@@ -147,12 +147,6 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         scale = rotary.attention_scaling
         return (emb.cos() * scale).to(x.dtype), (emb.sin() * scale).to(x.dtype)
 
-    def language_parameters(self):
-        return self.model.language_model.parameters()
-
-    def vision_parameters(self):
-        return self.model.visual.parameters()
-
 
 def _position_taps(visual: nn.Module, grid_h: int, grid_w: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
