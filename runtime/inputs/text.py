@@ -83,27 +83,45 @@ class TextProcessor:
         """Ids of ``text`` as plain text: never a structural special token."""
         if not isinstance(text, str):
             raise InputTypeError(f"text must be a string, got {type(text).__name__}")
+        return self._plain(self._encoding(text).ids)
+
+    def _encoding(self, text: str):
         try:
-            ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+            return self.tokenizer.encode(text, add_special_tokens=False)
         except Exception as err:  # tokenizers raises TypeError/Exception without naming the text
             raise InputError(f"the tokenizer cannot encode the text {text[:40]!r}...: "
                              f"{err}") from err
+
+    def _plain(self, ids: list[int]) -> list[int]:
         if self._structural.intersection(ids):  # a vocabulary that merges "[IMG]" by itself
             unk = self.special["unk"]
             ids = [unk if i in self._structural else i for i in ids]
         return ids
 
+    def _head_encoding(self, text: str, limit: int):
+        """(the encoding of ``text``, or of a head of it holding more than ``limit`` tokens;
+        whether it is the whole text). A huge text is tokenised only as far as needed."""
+        chars = max(256, limit * 16)
+        while chars < len(text):
+            encoding = self._encoding(text[:chars])
+            if len(encoding.ids) > limit + 2:  # the cut word is past the limit: the head is exact
+                return encoding, False
+            chars *= 4
+        return self._encoding(text), True
+
     def encode_limited(self, text: str, limit: int) -> tuple[list[int], int | None]:
         """(the first ``limit`` ids of ``text``, the full token count or None if it was cut
         before tokenising). A huge text is tokenised only as far as needed."""
-        chars = max(256, limit * 16)
-        while chars < len(text):
-            ids = self.encode_text(text[:chars])
-            if len(ids) > limit + 2:  # the cut word is past the limit: the head is exact
-                return ids[:limit], None
-            chars *= 4
-        ids = self.encode_text(text)
-        return ids[:limit], len(ids)
+        if not isinstance(text, str):
+            raise InputTypeError(f"text must be a string, got {type(text).__name__}")
+        encoding, whole = self._head_encoding(text, limit)
+        ids = self._plain(encoding.ids)
+        return ids[:limit], len(ids) if whole else None
+
+    def _warn_truncated(self, text: str, total: int | None, stacklevel: int) -> None:
+        size = f"{total} tokens" if total else f"{len(text)} characters"
+        warnings.warn(f"text of {size} truncated to {self.max_text_tokens} tokens: "
+                      f"{text[:60]!r}...", stacklevel=stacklevel + 1)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -127,9 +145,7 @@ class TextProcessor:
         if text:
             tokens, total = self.encode_limited(text, self.max_text_tokens)
             if total is None or total > self.max_text_tokens:
-                size = f"{total} tokens" if total else f"{len(text)} characters"
-                warnings.warn(f"text of {size} truncated to {self.max_text_tokens} tokens: "
-                              f"{text[:60]!r}...", stacklevel=4)
+                self._warn_truncated(text, total, stacklevel=4)
         elif text is not None and not has_image:
             warnings.warn("empty text embedded as [BOS] alone (no content)", stacklevel=4)
         image = [self.special["image"]] * num_image_tokens if has_image else []
@@ -154,23 +170,10 @@ class TextProcessor:
 
     def _truncated(self, text: str) -> str:
         """``text`` cut after its ``max_text_tokens``-th token (by character offsets, so the
-        template tokenises the kept head as one run), with the usual warning. A huge text is
-        tokenised only as far as needed (as :meth:`encode_limited`)."""
-        limit, chars = self.max_text_tokens, max(256, self.max_text_tokens * 16)
-        while True:
-            head = text[:chars]
-            try:
-                encoding = self.tokenizer.encode(head, add_special_tokens=False)
-            except Exception as err:  # tokenizers raises bare Exceptions
-                raise InputError(f"the tokenizer cannot encode the text {text[:40]!r}...: "
-                                 f"{err}") from err
-            if len(encoding.ids) > limit + 2 or chars >= len(text):
-                break
-            chars *= 4
+        template tokenises the kept head as one run), with the usual warning."""
+        limit = self.max_text_tokens
+        encoding, whole = self._head_encoding(text, limit)
         if len(encoding.ids) <= limit:
             return text
-        size = f"{len(encoding.ids)} tokens" if chars >= len(text) else \
-            f"{len(text)} characters"
-        warnings.warn(f"text of {size} truncated to {limit} tokens: {text[:60]!r}...",
-                      stacklevel=5)
+        self._warn_truncated(text, len(encoding.ids) if whole else None, stacklevel=6)
         return text[:encoding.offsets[limit - 1][1]]

@@ -140,3 +140,15 @@ def test_lame_warmup_on_an_imported_embedder_trains_only_what_is_new(imported, d
     assert "reason_tokens" in after and any(k.startswith("decoder_head.") for k in after)
     template = json.loads((out / "preprocessor_config.json").read_text())["template"]
     assert template["recipe"] == "qwen3-vl-embedding"  # the embedder's prompt layout stays
+
+
+def test_long_text_is_cut_inside_the_template_with_the_warning(imported):
+    _, ckpt = imported
+    model = load_model(ckpt)
+    limit = model.preprocessor.text.max_text_tokens
+    short = model.preprocessor(["two three"])["input_ids"].shape[1]
+    with pytest.warns(UserWarning, match=f"truncated to {limit} tokens"):
+        long = model.preprocessor(["two three " * (limit * 40)])["input_ids"]
+    im_end = model.preprocessor.text.tokenizer.token_to_id("<|im_end|>")
+    assert int((long == im_end).sum()) == 2  # the template's tail survives the cut
+    assert short < long.shape[1] <= short + limit
