@@ -31,10 +31,17 @@ def command() -> None:
               show_default=True,
               help="Decoder-head target of text->image rows: the query statement (a copy task) "
                    "or the positive image's digits and derived quantity (its rationale).")
+@click.option("--glyphs", type=click.Choice(["handwritten", "rendered"]), default="handwritten",
+              show_default=True,
+              help="Digit source: scikit-learn's 8x8 handwriting, or jittered renders of 7 fonts "
+                   "bundled with matplotlib (the perception-solved variant).")
+@click.option("--val-per-task", type=int, default=0, show_default=True,
+              help="Also write val.jsonl with this many queries per task, over extra images "
+                   "composed from training samples (choose variants on it, not on eval).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset directory.")
 def digits(out_dir, seed, train_images, eval_per_task, candidates, vocab_size, t2i_answer,
-           overwrite) -> int:
-    """Digits reasoning benchmark from scikit-learn's 1,797 real handwritten digits."""
+           glyphs, val_per_task, overwrite) -> int:
+    """Digits reasoning benchmark (scikit-learn's handwritten digits, or rendered fonts)."""
     from lame.data.dataset import iter_texts
     from lame.data.digits import build_digits
     from lame.tokenizer import train_tokenizer
@@ -42,7 +49,7 @@ def digits(out_dir, seed, train_images, eval_per_task, candidates, vocab_size, t
     summary = build_digits(out_dir, seed=seed, n_train_images=train_images,
                            eval_per_task=eval_per_task, n_candidates=candidates,
                            overwrite=overwrite, progress=lambda msg: click.echo(msg, err=True),
-                           t2i_answer=t2i_answer)
+                           t2i_answer=t2i_answer, glyphs=glyphs, val_per_task=val_per_task)
     tokenizer = train_tokenizer(iter_texts(out_dir), vocab_size=vocab_size)
     tokenizer.save(str(Path(out_dir) / "tokenizer.json"))
     click.echo(json.dumps(summary))

@@ -98,14 +98,25 @@ def load_train(data_dir: str | Path, check_images: bool = True) -> list[TrainRow
     return list(_iter_train(Path(data_dir), check_images))
 
 
-def load_eval(data_dir: str | Path, check_images: bool = True) -> list[EvalRow]:
-    """Read and validate ``eval.jsonl``; raises DatasetError on the first problem."""
+EVAL_SPLITS = ("eval", "val")
+
+
+def load_eval(data_dir: str | Path, check_images: bool = True,
+              split: str = "eval") -> list[EvalRow]:
+    """Read and validate ``eval.jsonl`` (``split="val"``: ``val.jsonl``, the validation split
+    some datasets carve from training rows); raises DatasetError on the first problem."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
     root = _dataset_root(Path(data_dir))
+    name = EVAL_FILE if split == "eval" else f"{split}.jsonl"
+    if split != "eval" and not (root / name).is_file():
+        raise DatasetError(f"{root} has no {name}: build the dataset with a validation split "
+                           "(lame-data digits --val-per-task N)")
     checked: set[str] = set()
     task_metric: dict[str, tuple[str, str]] = {}  # task -> (metric, where first seen)
     rows = []
-    for number, raw in _read_objects(root / EVAL_FILE):
-        parser = _RowParser(f"{EVAL_FILE}:{number}", root, check_images, checked)
+    for number, raw in _read_objects(root / name):
+        parser = _RowParser(f"{name}:{number}", root, check_images, checked)
         row = parser.eval_row(raw)
         metric, first = task_metric.setdefault(row.task, (row.metric, parser.where))
         if metric != row.metric:

@@ -1,4 +1,5 @@
-"""Bundled reasoning benchmark built from sklearn's 1,797 real 8x8 handwritten digits.
+"""Bundled reasoning benchmark built from sklearn's 1,797 real 8x8 handwritten digits
+(or, with ``glyphs="rendered"``, from jittered font renders: ``lame.data.glyphs``).
 
 Composite images (16x64 grayscale) show 2-4 digits; texts are statements about
 the digit sequence ("the odd digits add up to 9"), each a predicate object with
@@ -23,12 +24,12 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from lame.data.glyphs import GLYPH_SOURCES, SLOT, font_manifest, load_glyphs
 from lame.data.statements import (  # noqa: F401  (parse_statement is re-exported)
     DIRECTIONS, FAMILY_TIER, INSTRUCTIONS, TASKS, TIER_FAMILIES, Digits, Statement, _is_sorted,
     _order_measure, family_statements, parse_statement, rationale, statement_distance,
     true_statement)
 
-SLOT = 16
 IMAGE_HEIGHT, IMAGE_WIDTH = SLOT, 4 * SLOT
 EVAL_FRACTION = 0.2
 # Images are made in groups of a base sequence plus near-miss variants (permuted,
@@ -45,6 +46,10 @@ T2I_ANSWERS = ("statement", "reasoning")
 DESCRIPTION = ("Statements about composites of 2-4 real handwritten digits (sklearn load_digits). "
                "Tier 1: read, sum, max; tier 2 (multi-step): oddsum, range, countgt, order+sum. "
                "Handwriting samples are split 80/20 before composing; see images.jsonl.")
+RENDERED_DESCRIPTION = (
+    "Perception-solved variant: the same tasks, tiers and negatives, digits drawn from 7 fonts "
+    "bundled with matplotlib with size/rotation/position/contrast jitter (lame.data.glyphs). "
+    "Renders are split 80/20 before composing; see images.jsonl and meta.json's fonts.")
 
 
 def _sample_base(family: str, rng: np.random.Generator) -> Digits:
@@ -107,15 +112,6 @@ def _split_samples(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.nda
         held_out.append(members[:n_eval])
         train.append(members[n_eval:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(held_out))
-
-
-def _glyphs(images: np.ndarray) -> np.ndarray:
-    """All samples as 16x16 uint8 (0-16 scaled to 0-255, bilinear upsampling)."""
-    scaled = np.round(images * (255.0 / 16.0)).astype(np.uint8)
-    return np.stack([
-        np.asarray(Image.fromarray(img).resize((SLOT, SLOT), Image.Resampling.BILINEAR))
-        for img in scaled
-    ])
 
 
 def compose(glyphs: Sequence[np.ndarray]) -> np.ndarray:
@@ -310,14 +306,25 @@ def _t2i_negatives(pool: _Pool, statement: Statement, anchor: int, count: int,
 def build_digits(out_dir: str | Path, *, seed: int = 0, n_train_images: int = 6000,
                  n_eval_images: int = 1500, eval_per_task: int = 60, n_candidates: int = 50,
                  progress: Callable[[str], None] | None = None, overwrite: bool = False,
-                 t2i_answer: str = "statement") -> dict:
+                 t2i_answer: str = "statement", glyphs: str = "handwritten",
+                 val_per_task: int = 0, n_val_images: int = 1000) -> dict:
     """Build the benchmark into ``out_dir`` (deterministic for ``seed``); returns a summary.
+
+    ``glyphs`` picks the digit source (``lame.data.glyphs``: real handwriting or jittered
+    font renders). ``val_per_task`` > 0 also writes ``val.jsonl``: eval-format rows over
+    ``n_val_images`` extra images composed from *training* samples and absent from
+    ``train.jsonl`` -- the split on which variants are chosen, so eval is only ever measured.
+    It is drawn after everything else, so train/eval are the same with or without it.
 
     The dataset is written into a temporary directory beside ``out_dir`` and
     renamed into place, so an interrupted build never leaves a half dataset.
     """
     if t2i_answer not in T2I_ANSWERS:
         raise ValueError(f"t2i_answer must be one of {T2I_ANSWERS}, got {t2i_answer!r}")
+    if glyphs not in GLYPH_SOURCES:
+        raise ValueError(f"glyphs must be one of {GLYPH_SOURCES}, got {glyphs!r}")
+    if val_per_task < 0 or (val_per_task and n_val_images < 1):
+        raise ValueError("val_per_task must be >= 0 and n_val_images >= 1")
     if min(n_train_images, n_eval_images, eval_per_task) < 1 or n_candidates < 2:
         raise ValueError("image counts and eval_per_task must be >= 1, n_candidates >= 2")
     out_dir = Path(out_dir)
@@ -331,7 +338,8 @@ def build_digits(out_dir: str | Path, *, seed: int = 0, n_train_images: int = 60
         staging = holder / "new"
         staging.mkdir()
         summary = _write_dataset(staging, seed, n_train_images, n_eval_images, eval_per_task,
-                                 n_candidates, progress or (lambda message: None), t2i_answer)
+                                 n_candidates, progress or (lambda message: None), t2i_answer,
+                                 glyphs, val_per_task, n_val_images)
         if out_dir.is_dir():
             os.rename(out_dir, holder / "replaced")
         elif out_dir.exists():
@@ -344,14 +352,12 @@ def build_digits(out_dir: str | Path, *, seed: int = 0, n_train_images: int = 60
 
 def _write_dataset(root: Path, seed: int, n_train_images: int, n_eval_images: int,
                    eval_per_task: int, n_candidates: int, progress: Callable[[str], None],
-                   t2i_answer: str = "statement") -> dict:
-    from sklearn.datasets import load_digits  # deferred: sklearn import is slow
-
-    digits = load_digits()
-    labels = digits.target.astype(int)
+                   t2i_answer: str = "statement", glyph_source: str = "handwritten",
+                   val_per_task: int = 0, n_val_images: int = 1000) -> dict:
     rng = np.random.default_rng(seed)
+    # The handwritten source draws nothing from rng, so the default dataset is unchanged.
+    glyphs, labels = load_glyphs(glyph_source, rng)
     train_ids, eval_ids = _split_samples(labels, rng)
-    glyphs = _glyphs(digits.images)
     (root / "images").mkdir()
     train = _build_pool("train", n_train_images, train_ids, labels, glyphs, rng, root, progress)
     held = _build_pool("eval", n_eval_images, eval_ids, labels, glyphs, rng, root, progress)
@@ -359,20 +365,32 @@ def _write_dataset(root: Path, seed: int, n_train_images: int, n_eval_images: in
     progress(f"train: {len(train_rows)} rows")
     eval_rows = _eval_rows(held, eval_per_task, n_candidates, rng)
     progress(f"eval: {len(eval_rows)} rows")
+    pools = [train, held]
     _write_jsonl(root / "train.jsonl", train_rows)
     _write_jsonl(root / "eval.jsonl", eval_rows)
+    if val_per_task:
+        val = _build_pool("val", n_val_images, train_ids, labels, glyphs, rng, root, progress)
+        val_rows = _eval_rows(val, val_per_task, n_candidates, rng)
+        progress(f"val: {len(val_rows)} rows (training samples, images not in train.jsonl)")
+        _write_jsonl(root / "val.jsonl", val_rows)
+        pools.append(val)
     _write_jsonl(root / IMAGE_INDEX_FILE, [
         {"image": pool.paths[i], "split": pool.split, "digits": list(pool.digits[i]),
          "samples": list(pool.samples[i])}
-        for pool in (train, held) for i in range(len(pool.digits))])
+        for pool in pools for i in range(len(pool.digits))])
     meta = {
         "name": "lame-digits", "seed": seed, "n_train_images": n_train_images,
         "n_eval_images": n_eval_images, "eval_per_task": eval_per_task,
         "n_candidates": n_candidates, "tasks": list(TASKS), "t2i_answer": t2i_answer,
         "image_size": {"height": IMAGE_HEIGHT, "width": IMAGE_WIDTH, "mode": "L"},
-        "description": DESCRIPTION, "image_index": IMAGE_INDEX_FILE,
+        "description": DESCRIPTION if glyph_source == "handwritten" else RENDERED_DESCRIPTION,
+        "image_index": IMAGE_INDEX_FILE, "glyphs": glyph_source,
         "split_samples": {"train": train_ids.tolist(), "eval": eval_ids.tolist()},
     }
+    if glyph_source == "rendered":
+        meta["fonts"] = font_manifest()
+    if val_per_task:
+        meta.update(val_per_task=val_per_task, n_val_images=n_val_images)
     (root / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     per_task = {task: sum(row["task"] == task for row in eval_rows) for task in TASKS}
     return {"train_rows": len(train_rows), "eval_rows": len(eval_rows),
