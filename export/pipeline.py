@@ -124,6 +124,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
         precisions = (["fp32"] + ["fp16"] * options.fp16 + ["int8"] * options.int8
                       + ["int4"] * options.int4)
         feeds = parity_feeds(model.preprocessor)
+        dims = model.config.matryoshka_dims or ()  # gated at every served size
         progress("PyTorch reference embeddings")
         references = _references(model, feeds)
         _release_weights(model)
@@ -138,10 +139,10 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
                     _share(stage, precision, external, report)
             progress(f"parity check {precision}")
             report[precision] = _parity(references, feeds, stage / FILES[precision],
-                                        precision, report)
+                                        precision, report, dims)
             if options.text_graph:
                 report.setdefault("text_graph", {})[precision] = check_text_parity(
-                    references, feeds, stage / TEXT_FILES[precision], precision, report)
+                    references, feeds, stage / TEXT_FILES[precision], precision, report, dims)
         # The retrieval gate opens the artifact through the runtime, so it needs a manifest;
         # the final one (with parity.json listed) replaces it below.
         progress("hashing the artifact's files")
@@ -235,7 +236,8 @@ def _references(model, feeds) -> dict[str, np.ndarray]:
                 for label, feed in feeds}
 
 
-def _parity(references: dict, feeds, onnx_path: Path, precision: str, report: dict) -> dict:
+def _parity(references: dict, feeds, onnx_path: Path, precision: str, report: dict,
+            dims=()) -> dict:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -247,7 +249,7 @@ def _parity(references: dict, feeds, onnx_path: Path, precision: str, report: di
     def candidate(feed):
         return session.run(None, feed)[0]
 
-    result = parity_suite(reference, candidate, feeds, THRESHOLDS[precision])
+    result = parity_suite(reference, candidate, feeds, THRESHOLDS[precision], dims)
     del session
     data = onnx_path.parent / data_file(onnx_path)
     result["bytes"] = onnx_path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
@@ -309,6 +311,9 @@ def _write_manifest(stage: Path, model, ckpt: Path, precisions, spec: ExportSpec
         "embedding_dim": model.config.embed_dim,
         "num_reason_tokens": model.config.num_reason_tokens,
         "num_summary_tokens": model.config.num_summary_tokens,
+        # Matryoshka: the sizes the model was trained to serve (Embedder.encode(dimensions=)).
+        **({"matryoshka_dims": list(model.config.matryoshka_dims)}
+           if model.config.matryoshka_dims else {}),
         **spec.io_manifest(pre, model.config.embed_dim),
         "graph": "one graph for text, image and text+image rows: image_mask zeroes the visual "
                  "tokens of text-only rows; reason/summary tokens are constants"

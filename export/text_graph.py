@@ -77,7 +77,7 @@ def text_parity_feeds(feeds) -> list[tuple[str, dict]]:
 
 
 def check_text_parity(references: dict, feeds, onnx_path: Path, precision: str,
-                      report: dict) -> dict:
+                      report: dict, dims=()) -> dict:
     """The text graph's gate: every text parity feed against the PyTorch reference rows."""
     import onnxruntime as ort
 
@@ -88,7 +88,7 @@ def check_text_parity(references: dict, feeds, onnx_path: Path, precision: str,
     labels = {id(feed): label for label, feed in text_feeds}
     result = parity_suite(lambda feed: references[labels[id(feed)]],
                           lambda feed: session.run(None, text_feed(feed))[0],
-                          text_feeds, THRESHOLDS[precision])
+                          text_feeds, THRESHOLDS[precision], dims)
     del session
     if not result["passed"]:
         report["failures"].append(f"{precision} text graph parity: min cosine "

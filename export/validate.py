@@ -44,16 +44,30 @@ def validate(reference: np.ndarray, candidate: np.ndarray, min_cosine: float,
 
 
 def parity_suite(reference: Callable[[Feed], np.ndarray], candidate: Callable[[Feed], np.ndarray],
-                 feeds: Sequence[tuple[str, Feed]], min_cosine: float) -> dict:
-    """Run every (label, feed); -> {"min_cosine", "finite", "passed", "cases": {label: cos}}."""
+                 feeds: Sequence[tuple[str, Feed]], min_cosine: float,
+                 dims: Sequence[int] = ()) -> dict:
+    """Run every (label, feed); -> {"min_cosine", "finite", "passed", "cases": {label: cos}}.
+
+    ``dims`` (a Matryoshka model's served sizes): each case is also scored on the leading d
+    components, renormalised as the runtime serves them, and the gate takes the worst of all
+    (``by_dimension`` has each size's minimum): a short prefix can drift more than the whole."""
     cases, finite = {}, True
+    by_dim: dict[str, float] = {}
     for label, feed in feeds:
         ref, cand = reference(feed), candidate(feed)
         if not np.isfinite(cand).all():
             finite = False
             cases[label] = None
             continue
-        cases[label] = round(float(row_cosines(ref, cand).min()), 7)
+        worst_case = float(row_cosines(ref, cand).min())
+        for d in dims:
+            prefix = float(row_cosines(ref[:, :d], cand[:, :d]).min())
+            by_dim[str(d)] = round(min(by_dim.get(str(d), 1.0), prefix), 7)
+            worst_case = min(worst_case, prefix)
+        cases[label] = round(worst_case, 7)
     worst = min((c for c in cases.values() if c is not None), default=-1.0)
-    return {"min_cosine": worst, "finite": finite, "threshold": min_cosine,
-            "passed": finite and worst >= min_cosine, "cases": cases}
+    result = {"min_cosine": worst, "finite": finite, "threshold": min_cosine,
+              "passed": finite and worst >= min_cosine, "cases": cases}
+    if dims:
+        result["by_dimension"] = by_dim
+    return result

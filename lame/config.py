@@ -69,6 +69,8 @@ class LameConfig:
     w_reconstruction: float = 0.5
     w_diversity: float = 0.05
     temperature: float = 0.05
+    matryoshka_dims: list[int] | None = None  # e.g. [32, 64, 128]: InfoNCE also on each prefix
+                                        # (renormalised); must increase and end at embed_dim
     method: str = "lame"                # see METHODS
     max_rationale_tokens: int = 64      # cot, lm: training rationales are cut to this many tokens
     max_new_tokens: int = 128           # cot: generation budget per query at inference
@@ -98,10 +100,24 @@ class LameConfig:
                              "summary tokens would see nothing; set bottleneck_mask=false")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
+        self._validate_matryoshka()
         from lame.backbones.directory import check_image_for_family
 
         check_image_for_family(self.backbone.family, self.image.to_dict())
         self._validate_method()
+
+    def _validate_matryoshka(self) -> None:
+        dims = self.matryoshka_dims
+        if dims is None:
+            return
+        if (not isinstance(dims, (list, tuple)) or len(dims) < 2
+                or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims)):
+            raise ValueError(f"matryoshka_dims must be a list of at least 2 integers, got {dims!r}")
+        if list(dims) != sorted(set(dims)) or dims[0] < 1 or dims[-1] != self.embed_dim:
+            raise ValueError(f"matryoshka_dims must increase from >= 1 and end at embed_dim="
+                             f"{self.embed_dim} (nested prefixes of the embedding), got "
+                             f"{list(dims)}")
+        self.matryoshka_dims = list(dims)
 
     def _validate_method(self) -> None:
         get_method(self.method).validate(self)  # ValueError naming the methods if unknown

@@ -135,6 +135,28 @@ class Embedder:
     def dim(self) -> int:
         return self.artifact.dim
 
+    @property
+    def dimensions(self) -> tuple[int, ...]:
+        """The embedding sizes this artifact serves: its full ``dim`` and, for a model trained
+        with Matryoshka dimensions, each listed prefix size (manifest ``matryoshka_dims``)."""
+        listed = self.artifact.manifest.get("matryoshka_dims") or ()
+        return tuple(sorted({self.dim, *listed}))
+
+    def check_dimensions(self, dimensions: Any) -> int:
+        """``dimensions`` (None: the full size) -> the size to return; ``InputError`` when the
+        artifact was not trained to serve it (cutting an ordinary embedding loses quality
+        silently, so only trained sizes are offered)."""
+        if dimensions is None:
+            return self.dim
+        if (not isinstance(dimensions, (int, np.integer)) or isinstance(dimensions, bool)):
+            raise InputTypeError(f"dimensions must be an integer, got {type(dimensions).__name__}")
+        if int(dimensions) not in self.dimensions:
+            hint = ("this model serves only its full size (it was not trained with "
+                    "--matryoshka)" if len(self.dimensions) == 1 else
+                    f"choose one of {list(self.dimensions)}")
+            raise InputError(f"dimensions={int(dimensions)} is not supported: {hint}")
+        return int(dimensions)
+
     def __repr__(self) -> str:
         backend = self._backend.name if self._backend else f"{self.backend_name} (not loaded)"
         return (f"Embedder(path='{self.artifact.path}', dim={self.dim}, "
@@ -167,8 +189,12 @@ class Embedder:
             return self._text_backend
 
     def encode(self, texts: Sequence[str | None] | None = None,
-               images: Sequence[Any] | None = None, batch_size: int = 32) -> np.ndarray:
+               images: Sequence[Any] | None = None, batch_size: int = 32,
+               dimensions: int | None = None) -> np.ndarray:
         """-> unit-norm float32 [N, dim]. Safe to call from several threads at once.
+
+        ``dimensions`` (one of :attr:`dimensions`): the leading components of each embedding,
+        renormalised to unit length -- [N, dimensions] (Matryoshka models).
 
         ``texts``/``images`` are lists (a single string or path raises ``InputTypeError``);
         an empty batch gives shape [0, dim]. A bad item raises one ``InputError`` naming it
@@ -179,9 +205,10 @@ class Embedder:
         if (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool)
                 or batch_size < 1):
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+        size = self.check_dimensions(dimensions)
         texts, images = align_inputs(texts, images)
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, size), dtype=np.float32)
         step = int(batch_size)
         if len(texts) > step and any(image is not None for image in images):
             # Several batches with images: decode the next ones in the pool while this one runs.
@@ -189,15 +216,17 @@ class Embedder:
         else:
             chunks = [self.infer(self.preprocessor(texts[i:i + step], images[i:i + step], i))
                       for i in range(0, len(texts), step)]
-        return _unit_rows(np.concatenate(chunks).astype(np.float32, copy=False))
+        return unit_prefix(np.concatenate(chunks), size)
 
     def encode_iter(self, items: Iterable[Any], batch_size: int = 32,
-                    instruction: str | None = None) -> Iterator[tuple[list, np.ndarray]]:
+                    instruction: str | None = None,
+                    dimensions: int | None = None) -> Iterator[tuple[list, np.ndarray]]:
         """Stream ``(ids, unit vectors)`` batches with bounded memory (``lame_runtime.inputs.pipeline``).
 
         ``items``: ``(id, text, image)`` triples, or bare texts / images (ids = positions)."""
+        size = self.check_dimensions(dimensions)
         for ids, raw in encode_iter(self, items, batch_size, instruction):
-            yield ids, _unit_rows(raw.astype(np.float32, copy=False))
+            yield ids, unit_prefix(raw, size)
 
     @property
     def pipeline(self) -> FeedPipeline:
@@ -210,7 +239,8 @@ class Embedder:
 
     def encode_queries(self, texts: Sequence[str | None] | None = None,
                        images: Sequence[Any] | None = None, batch_size: int = 32,
-                       instruction: str | None = None, task: str | None = None) -> np.ndarray:
+                       instruction: str | None = None, task: str | None = None,
+                       dimensions: int | None = None) -> np.ndarray:
         """Queries get the instruction they were trained with.
 
         ``instruction`` sets it for every row (``""`` means none); ``task`` picks that
@@ -221,7 +251,7 @@ class Embedder:
         """
         texts, images = align_inputs(texts, images)
         per_row = self.query_instructions(texts, images, instruction, task)
-        return self._encode_rows(per_row, texts, images, batch_size)
+        return self._encode_rows(per_row, texts, images, batch_size, dimensions)
 
     def query_instructions(self, texts: Sequence[str | None], images: Sequence[Any],
                            instruction: str | None = None,
@@ -244,22 +274,31 @@ class Embedder:
 
     def encode_documents(self, texts: Sequence[str | None] | None = None,
                          images: Sequence[Any] | None = None, batch_size: int = 32,
-                         instruction: str | None = None) -> np.ndarray:
+                         instruction: str | None = None,
+                         dimensions: int | None = None) -> np.ndarray:
         if instruction is None:
             instruction = self.artifact.instruction("document")
         _check_instruction(instruction)
         texts, images = align_inputs(texts, images)
-        return self._encode_rows([instruction] * len(texts), texts, images, batch_size)
+        return self._encode_rows([instruction] * len(texts), texts, images, batch_size,
+                                 dimensions)
 
     def _encode_rows(self, instructions: list[str | None], texts, images,
-                     batch_size: int) -> np.ndarray:
+                     batch_size: int, dimensions: int | None = None) -> np.ndarray:
         return self.encode([format_query(t, i) for t, i in zip(texts, instructions)], images,
-                           batch_size)
+                           batch_size, dimensions)
 
 
 def _check_instruction(instruction: Any) -> None:
     if instruction is not None and not isinstance(instruction, str):
         raise InputTypeError(f"instruction must be a string, got {type(instruction).__name__}")
+
+
+def unit_prefix(vectors: np.ndarray, size: int | None = None) -> np.ndarray:
+    """Raw (or unit) embeddings -> their leading ``size`` components (None: all) as float32
+    unit vectors: how every Matryoshka size is served (Embedder, indexes, lame-serve)."""
+    vectors = vectors.astype(np.float32, copy=False)
+    return _unit_rows(vectors if size is None else vectors[:, :size])
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:

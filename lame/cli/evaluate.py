@@ -29,9 +29,15 @@ from lame.cli import exit_with, invoke
 @click.option("--max-new-tokens", type=int, default=None,
               help="--generate: token budget per query (default: the checkpoint's "
                    "max_rationale_tokens + 8).")
+@click.option("--split", type=click.Choice(["eval", "val"]), default="eval", show_default=True,
+              help="eval.jsonl, or val.jsonl: the validation split carved from training "
+                   "samples (lame-data digits --val-per-task), for choosing variants.")
+@click.option("--dimensions", default=None, metavar="D1,D2,...",
+              help="Also score the leading D components of each embedding, renormalised "
+                   "(Matryoshka sizes, e.g. 32,64): by_dimension in the JSON.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def command(ckpt, data_dir, batch_size, out_file, device, limit, no_progress, generate,
-            max_new_tokens) -> int:
+            max_new_tokens, split, dimensions) -> int:
     """Print hit@1, ndcg@5 and ndcg@10 (percent), overall, per task and per task group.
 
     Each task also reports the metric its rows name (MMEB image: hit@1, visdoc: ndcg@5,
@@ -46,22 +52,38 @@ def command(ckpt, data_dir, batch_size, out_file, device, limit, no_progress, ge
     device = resolve_device(device)  # a missing GPU: one line, before any loading
     if generate is not None and generate < 1:
         raise click.UsageError(f"--generate must be >= 1, got {generate}")
-    rows = limit_rows(load_eval(data_dir), generate or limit)
+    rows = limit_rows(load_eval(data_dir, split=split), generate or limit)
     model = lame.load(ckpt, device=device)
+    sizes = parse_dimensions(dimensions, model.config.embed_dim) if dimensions else []
     if generate is not None:
         return _generate(model, rows, data_dir, batch_size, max_new_tokens, out_file,
                          not no_progress)
     result = evaluate(model.encode, rows, batch_size=batch_size,
                       encode_target=functools.partial(model.encode, role="target"),
-                      progress=not no_progress)
+                      progress=not no_progress, dimensions=sizes)
     text = json.dumps(result, indent=2)
     if out_file:
         with open(out_file, "w") as handle:
             handle.write(text + "\n")
     for task, entry in result["per_task"].items():
         click.echo(f"{task}: {entry['metric']} = {entry['score']:.2f} (n={entry['n']})", err=True)
+    for size, entry in result.get("by_dimension", {}).items():
+        click.echo(f"dimensions {size}: hit@1 = {entry['hit@1']:.2f}", err=True)
     click.echo(text)
     return 0
+
+
+def parse_dimensions(text: str, embed_dim: int) -> list[int]:
+    """'32,64' -> [32, 64]: distinct sizes in [1, embed_dim], increasing (a click error if not)."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}",
+                                 param_hint="--dimensions") from None
+    if sizes != sorted(set(sizes)) or not all(1 <= d <= embed_dim for d in sizes):
+        raise click.BadParameter(f"sizes must increase and lie in [1, {embed_dim}] (the "
+                                 f"model's embed_dim), got {text!r}", param_hint="--dimensions")
+    return sizes
 
 
 def _generate(model, rows, data_dir, batch_size, max_new_tokens, out_file, progress) -> int:

@@ -29,6 +29,8 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
                 "embed_dim", "w_reconstruction", "w_diversity", "temperature", "max_new_tokens"):
         if overrides.get(key) is not None:
             model[key] = overrides[key]
+    if overrides.get("matryoshka"):
+        model["matryoshka_dims"] = _dims(overrides["matryoshka"])
     if model.get("num_reason_tokens", 8) == 0 and overrides.get("bottleneck_mask") is None:
         model["bottleneck_mask"] = False  # K=0 is the discriminative baseline: nothing to route
     if overrides.get("backbone_path"):
@@ -87,6 +89,9 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
 @click.option("--w-reconstruction", type=float, default=None,
               help="Weight of the decoder-head loss (0 turns the decoder off).")
 @click.option("--w-diversity", type=float, default=None, help="Weight of the diversity term.")
+@click.option("--matryoshka", default=None, metavar="D1,D2,...,EMBED_DIM",
+              help="Matryoshka dimensions, e.g. 32,64,128 (increasing, ending at embed_dim): "
+                   "InfoNCE on each prefix too; the artifact then serves each size.")
 @click.option("--hard-negatives", type=int, default=None, help="Hard negatives per row (0-N).")
 @click.option("--eval-every", type=int, default=None, help="Steps between quick evals (0: off).")
 @click.option("--save-every", type=int, default=None, help="Steps between checkpoints.")
@@ -133,6 +138,14 @@ def command(data_dir, out_dir, preset, init_from, resume, no_progress, device,
         summary["per_group"] = {g: v["hit@1"] for g, v in result["per_group"].items()}
     click.echo(json.dumps({"checkpoint": str(out_dir), **summary}))
     return 0
+
+
+def _dims(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}",
+                                 param_hint="--matryoshka") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

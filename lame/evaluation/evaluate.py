@@ -99,28 +99,54 @@ def _bar(total: int, label: str, enabled: bool):
 
 
 def score_rows(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
-               encode_target: Encode | None = None, progress: bool = False) -> list[np.ndarray]:
+               encode_target: Encode | None = None, progress: bool = False,
+               dimensions: Sequence[int | None] = (None,)) -> dict[int | None, list[np.ndarray]]:
+    """Each row's candidate scores, per embedding size in ``dimensions`` (None: the full
+    vectors; d: their first d components renormalised, as a Matryoshka model is served).
+    Everything is embedded once, whatever the number of sizes."""
     queries = [Item(format_query(r.query.text, r.instruction), r.query.image) for r in rows]
     query_vecs = embed_unique(encode, queries, batch_size, progress, "eval queries")
     cand_vecs = embed_unique(encode_target or encode, [c for r in rows for c in r.candidates],
                              batch_size, progress, "eval candidates")
-    out = []
+    out: dict[int | None, list[np.ndarray]] = {d: [] for d in dimensions}
     for query, row in zip(queries, rows):
         cands = np.stack([cand_vecs[c.key()] for c in row.candidates])
-        out.append(cands @ query_vecs[query.key()])
+        for d in dimensions:
+            q, c = query_vecs[query.key()][:d], cands[:, :d]
+            if d is not None:
+                q, c = _unit(q), _unit(c)
+            out[d].append(c @ q)
     return out
 
 
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
 def evaluate(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
-             encode_target: Encode | None = None, progress: bool = True) -> dict:
+             encode_target: Encode | None = None, progress: bool = True,
+             dimensions: Sequence[int] = ()) -> dict:
     """-> {"hit@1", "ndcg@5", "ndcg@10", "n", "per_task": {...}, "per_group": {...}} in percent.
 
     Each ``per_task`` entry also names the ``metric`` its rows chose (MMEB image tasks hit@1,
     visual-document tasks ndcg@5, MRMR ndcg@10) and that metric's value as ``score``.
-    A group is the task name before its first '.', e.g. ``tier2`` for ``tier2.oddsum.i2t``."""
+    A group is the task name before its first '.', e.g. ``tier2`` for ``tier2.oddsum.i2t``.
+    ``dimensions``: also score the vectors' leading d components (Matryoshka sizes) and add
+    ``by_dimension`` {d: {"hit@1", ..., "per_group"}} from the same embeddings."""
     if not rows:
         raise ValueError("no evaluation rows")
-    scores = score_rows(encode, rows, batch_size, encode_target, progress)
+    by_size = score_rows(encode, rows, batch_size, encode_target, progress,
+                         (None, *dimensions))
+    result = _summarise(by_size[None], rows)
+    if dimensions:
+        result["by_dimension"] = {
+            str(d): {k: v for k, v in _summarise(by_size[d], rows).items() if k != "per_task"}
+            for d in dimensions}
+    return result
+
+
+def _summarise(scores: list[np.ndarray], rows: Sequence[EvalRow]) -> dict:
     per_row = [row_metrics(s, r.label, r.relevance) for s, r in zip(scores, rows)]
     by_task, by_group = defaultdict(list), defaultdict(list)
     task_metric: dict[str, str] = {}

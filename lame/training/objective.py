@@ -11,6 +11,7 @@ The terms split into two kinds, which is what lets :mod:`lame.training.gradcache
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from lame.training.distributed import gather_rows, per_rank_share
 from lame.losses import diversity_penalty, info_nce
@@ -45,9 +46,25 @@ def compute_losses(model, batch: dict) -> dict[str, torch.Tensor]:
 
 def contrastive_loss(model, batch: dict, queries: torch.Tensor, targets: torch.Tensor,
                      negatives: torch.Tensor | None) -> torch.Tensor:
+    """InfoNCE of the batch; with ``matryoshka_dims``, the mean of InfoNCE over each prefix of
+    the embeddings, renormalised (Matryoshka representation learning). The mean, not the sum,
+    keeps the term's scale, so the other loss weights mean the same with or without it."""
+    cfg = model.config
     # Negatives span the global batch when several processes train (a no-op otherwise).
-    return info_nce(queries, gather_rows(targets), model.config.temperature, negatives,
-                    batch["same_answer"], batch.get("negative_valid"), batch.get("offset", 0))
+    targets = gather_rows(targets)
+
+    def loss(q: torch.Tensor, t: torch.Tensor, n: torch.Tensor | None) -> torch.Tensor:
+        return info_nce(q, t, cfg.temperature, n, batch["same_answer"],
+                        batch.get("negative_valid"), batch.get("offset", 0))
+
+    if not cfg.matryoshka_dims:
+        return loss(queries, targets, negatives)
+    terms = []
+    for d in cfg.matryoshka_dims:
+        cut = [None if x is None else F.normalize(x[..., :d], dim=-1)
+               for x in (queries, targets, negatives)]
+        terms.append(loss(*cut))
+    return torch.stack(terms).mean()
 
 
 def answer_tokens(model, batch: dict) -> float:

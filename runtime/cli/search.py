@@ -148,10 +148,13 @@ def command() -> None:
               help="With --qdrant: the collection name.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Image decode threads (default: one per core).")
+@click.option("--dimensions", type=click.IntRange(min=1), default=None,
+              help="Store this Matryoshka size (one of the manifest's matryoshka_dims): "
+                   "smaller index, queries are cut to it. Default: the full embedding.")
 @gpu_options
 def index_command(model, images_dir, pattern, data_dir, out, precision, storage, batch_size,
                   force, resume, skip_bad, checkpoint_every, progress, ann, hnsw_m, ef_search,
-                  qdrant, collection, workers, **gpu) -> int:
+                  qdrant, collection, workers, dimensions, **gpu) -> int:
     """Embed documents (images or dataset candidates) and save a searchable index."""
     from lame_runtime.embedder import Embedder
     from lame_runtime.retrieval.indexing import BuildOptions, build_index, build_qdrant
@@ -185,12 +188,13 @@ def index_command(model, images_dir, pattern, data_dir, out, precision, storage,
         ann_config = AnnConfig(kind=ann, storage=storage, hnsw_m=hnsw_m, ef_search=ef_search)
     options = BuildOptions(storage=storage, batch_size=batch_size,
                            checkpoint_every=checkpoint_every, skip_bad=skip_bad,
-                           resume=resume, force=force, ann=ann_config)
+                           resume=resume, force=force, ann=ann_config, dimensions=dimensions)
+    size = embedder.check_dimensions(dimensions)  # an unsupported size: one line, no work
     with _progress(progress, len(items), "embedding") as bar:
         if qdrant is not None:
             from lame_runtime.retrieval.qdrant_store import QdrantStore
 
-            with QdrantStore(qdrant, collection, dim=embedder.dim) as store:
+            with QdrantStore(qdrant, collection, dim=size) as store:
                 summary = build_qdrant(embedder, items, store, options, bar.update)
         else:
             summary = build_index(embedder, items, out, source, options, bar.update)
@@ -250,13 +254,15 @@ def query_command(text, model, index_path, qdrant, collection, ef_search, image,
 
         index = load_any(index_path)
     embedder = Embedder(model, precision=precision, **embedder_options(**gpu))
-    if embedder.dim != index.dim:
-        raise InputError(f"the model embeds in {embedder.dim} dims but the index holds "
-                         f"{index.dim}-dim vectors: it was built with another model")
+    if index.dim not in embedder.dimensions:
+        raise InputError(f"the model embeds in {embedder.dim} dims (serves "
+                         f"{list(embedder.dimensions)}) but the index holds {index.dim}-dim "
+                         "vectors: it was built with another model")
     if image_to_image:  # the same embedding the index holds for an indexed image
         instruction = embedder.artifact.instruction("document") or ""
     vector = embedder.encode_queries(texts=[text or None], images=[image],
-                                     instruction=instruction, task=task)
+                                     instruction=instruction, task=task,
+                                     dimensions=index.dim)  # a Matryoshka index's size
     if ef_search is not None and hasattr(index, "config"):
         scores, ids = index.search(vector, k, ef_search=ef_search)
     else:

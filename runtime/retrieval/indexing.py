@@ -8,7 +8,7 @@ it describes* (``Index.info["build"]``, saved atomically with the vectors), so t
 never disagree::
 
     {"source": ..., "kind": "images"|"data", "pattern": ..., "model": <manifest sha256>,
-     "precision": ..., "storage": ..., "batch_size": B, "total": N,
+     "precision": ..., "storage": ..., "batch_size": B, "total": N, "dimensions": d|None,
      "next": P,            # items[:P] are done (embedded or skipped); P is a multiple of B
      "skipped": S, "complete": bool}
 
@@ -51,6 +51,9 @@ class BuildOptions:
     resume: bool = False
     force: bool = False
     ann: Any = None  # a lame_runtime.retrieval.ann.AnnConfig: build a FAISS AnnIndex instead of an Index
+    # A Matryoshka model's size to store (Embedder.dimensions); None: the full embedding.
+    # Queries against the index are cut to the index's dim (lame-search query does it).
+    dimensions: int | None = None
 
 
 def report_path(out: str | Path) -> Path:
@@ -75,11 +78,15 @@ def _build(embedder, items, out, source, options, progress) -> dict[str, Any]:
              "precision": embedder.precision, "storage": options.storage,
              "batch_size": options.batch_size, "total": len(items), "next": 0, "skipped": 0,
              "complete": False, "ann": _ann_state(options)}
-    index, skipped = _start(embedder, items, out, state, options)
+    size = embedder.check_dimensions(options.dimensions)
+    if options.dimensions is not None:  # absent for full-size builds (older indexes resume)
+        state["dimensions"] = size
+    index, skipped = _start(embedder, items, out, state, options, size)
     progress(state["next"])
     since = 0
     for start, chunk, vectors, ids, bad in embed_batches(embedder, items, state["next"],
-                                                         options.batch_size, options.skip_bad):
+                                                         options.batch_size, options.skip_bad,
+                                                         size):
         if ids:
             payloads = {item[0]: item[1] for item in chunk}
             index.add(vectors, ids, [payloads[i] for i in ids])
@@ -110,14 +117,15 @@ def _ann_state(options: BuildOptions) -> dict[str, Any] | None:
     return None if options.ann is None else asdict(options.ann)
 
 
-def _start(embedder, items, out, state, options) -> tuple[Any, list[dict[str, Any]]]:
+def _start(embedder, items, out, state, options,
+           size: int) -> tuple[Any, list[dict[str, Any]]]:
     existing = index_exists(out)
     if existing is None or options.force:
         if options.ann is not None:
             from lame_runtime.retrieval.ann import AnnIndex
 
-            return AnnIndex(embedder.dim, options.ann), []
-        return Index(embedder.dim, storage=options.storage), []
+            return AnnIndex(size, options.ann), []
+        return Index(size, storage=options.storage), []
     if not options.resume:
         raise FileExistsError(f"{existing} exists; pass --resume to continue building it or "
                               "--force to overwrite it")
@@ -129,7 +137,7 @@ def _start(embedder, items, out, state, options) -> tuple[Any, list[dict[str, An
         raise InputError(f"{existing} was not built by `lame-search index` (no build state); "
                          "pass --force to overwrite it")
     for key in ("kind", "source", "pattern", "model", "precision", "storage", "batch_size",
-                "total", "ann"):
+                "total", "ann", "dimensions"):
         if done.get(key) != state[key]:
             raise InputError(f"cannot resume {existing}: its {key} was {done.get(key)!r}, this "
                              f"run's is {state[key]!r} (pass --force to start over)")
@@ -147,7 +155,7 @@ def _start(embedder, items, out, state, options) -> tuple[Any, list[dict[str, An
 
 
 def embed_batches(embedder, items: Sequence[Item], start: int, batch_size: int,
-                  skip_bad: bool):
+                  skip_bad: bool, size: int | None = None):
     """Yield ``(start, chunk, vectors, ids, skipped)`` per batch of ``items[start:]``.
 
     Images of the next batches decode in ``embedder.pipeline``'s thread pool while the model
@@ -166,15 +174,16 @@ def embed_batches(embedder, items: Sequence[Item], start: int, batch_size: int,
         if prepared is None:
             return
         chunk = items[prepared.start:prepared.start + batch_size]
-        vectors, ids, bad = _embed(embedder, prepared)
+        vectors, ids, bad = _embed(embedder, prepared, size)
         yield prepared.start, chunk, vectors, ids, bad
 
 
-def _embed(embedder, prepared) -> tuple[Any, list, list[dict[str, Any]]]:
-    """One prepared batch -> (unit vectors or None, their ids, skipped-item records)."""
-    from lame_runtime.embedder import _unit_rows
+def _embed(embedder, prepared, size: int | None = None) -> tuple[Any, list, list[dict[str, Any]]]:
+    """One prepared batch -> (unit vectors [of the leading ``size`` components] or None,
+    their ids, skipped-item records)."""
+    from lame_runtime.embedder import unit_prefix
 
-    vectors = (_unit_rows(embedder.infer(prepared.feed).astype("float32", copy=False))
+    vectors = (unit_prefix(embedder.infer(prepared.feed), size)
                if prepared.feed is not None else None)
     bad = [{"position": position, "id": item_id, "image": image, "error": str(err)}
            for position, item_id, image, err in prepared.errors]
@@ -213,8 +222,12 @@ def build_qdrant(embedder, items: Sequence[Item], store, options: BuildOptions,
     for a local folder, written to ``<folder>/<collection>.skipped.jsonl``.
     """
     skipped: list[dict[str, Any]] = []
+    size = embedder.check_dimensions(options.dimensions)
+    if store.dim != size:
+        raise InputError(f"Qdrant collection {store.collection!r} holds {store.dim}-dim vectors, "
+                         f"this build makes {size}-dim ones")
     for _, chunk, vectors, ids, bad in embed_batches(embedder, items, 0, options.batch_size,
-                                                     options.skip_bad):
+                                                     options.skip_bad, size):
         if ids:
             payloads = {item[0]: item[1] for item in chunk}
             store.add(vectors, ids, [payloads[i] for i in ids])

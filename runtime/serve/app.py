@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from lame_runtime.embedder import unit_prefix
 from lame_runtime.errors import InputError
 from lame_runtime.inputs.preprocess import format_query
 from lame_runtime.serve import schema
@@ -188,8 +189,7 @@ class Service:
         if dimensions is None or dimensions == vectors.shape[1]:
             return vectors
         # Matryoshka: the leading `dimensions` components, renormalised to unit length.
-        cut = vectors[:, :dimensions]
-        return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+        return unit_prefix(vectors, dimensions)
 
     # ------------------------------------------------------------------ lifecycle
     async def startup(self) -> None:
@@ -282,6 +282,7 @@ def create_app(embedder: Any, config: ServeConfig | None = None,
         row, k, prefix, input_type = schema.parse_search(body, service.name, cfg)
         documents = service.need_documents()
         vectors, tokens, truncated = await service.embed(request, [row], input_type)
+        vectors = service.output(vectors, documents.dim)  # a Matryoshka index's size
         hits = await run_in_threadpool(documents.search, vectors[0], k, prefix)
         return JSONResponse({"object": "list", "data": hits, "model": service.name,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
@@ -294,6 +295,7 @@ def create_app(embedder: Any, config: ServeConfig | None = None,
         body = await service.body(request)
         ids, rows, payloads = schema.parse_documents(body, cfg)
         vectors, tokens, truncated = await service.embed(request, rows, "document")
+        vectors = service.output(vectors, documents.dim)
         await run_in_threadpool(documents.add, ids, vectors, payloads)
         service.metrics.index_size.set(len(documents))
         return JSONResponse({"object": "list", "added": len(ids), "ids": ids,

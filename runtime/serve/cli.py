@@ -114,7 +114,8 @@ def command(model, model_name, index_path, qdrant, collection, writable, save_in
                         **embedder_options(**gpu))
     documents = None
     if index_path:
-        documents = Documents.open_index(index_path, embedder.dim, writable, save_interval)
+        documents = Documents.open_index(index_path, embedder.dim, writable, save_interval,
+                                         embedder.dimensions)
     elif qdrant:
         documents = Documents.open_qdrant(qdrant, collection, embedder.dim, writable)
     app = create_app(embedder, config, documents)

@@ -38,7 +38,9 @@ class Documents:
 
     @classmethod
     def open_index(cls, path: str | Path, dim: int, writable: bool = False,
-                   save_interval_s: float = 30.0) -> "Documents":
+                   save_interval_s: float = 30.0, sizes: tuple[int, ...] = ()) -> "Documents":
+        """``dim``: the size a new index gets; an existing one may hold any of ``sizes`` (a
+        Matryoshka model's served sizes: ``lame-search index --dimensions``)."""
         path = Path(path)
         lock = writer_lock(path) if writable else None
         if lock is not None:
@@ -51,7 +53,7 @@ class Documents:
             else:
                 raise MissingFileError(f"index not found: {path} (build it with `lame-search "
                                        "index`, or start with --writable to create it)")
-            if index.dim != dim:
+            if index.dim != dim and index.dim not in sizes:
                 raise InputError(f"index {path} holds {index.dim}-dim vectors, the model embeds "
                                  f"in {dim}: it was built with another model")
         except BaseException:
@@ -70,6 +72,11 @@ class Documents:
 
     def __len__(self) -> int:
         return len(self.store)
+
+    @property
+    def dim(self) -> int:
+        """The size of the stored vectors (queries and additions are cut to it)."""
+        return int(self.store.dim)
 
     # ------------------------------------------------------------------ reads
     def search(self, vector: np.ndarray, k: int, prefix: str | None = None) -> list[dict]:

@@ -16,6 +16,11 @@
 #                 gen-k2: the same methods (and LaME ablations) with --init-from the same
 #                 seed's lm checkpoint (its backbone tensors copied into a fresh model); the
 #                 lm run of that seed is made first if missing.
+#   matryoshka:   LaME with --matryoshka $MATRYOSHKA (default 32,64,128), gen-matryoshka
+#                 the same from the lm checkpoint; every row's eval scores each of those
+#                 sizes too (lame-eval --dimensions: by_dimension in eval.json).
+#   variants:     gen-w-rec2 (reconstruction weight 2), gen-k4, gen-warmup40 (40 % warm-up):
+#                 LaME variants from the lm checkpoint, to be chosen on the validation split.
 #   wall-*:       wall-discriminative wall-cot wall-latent: the from-scratch method given
 #                 LaME's training wall time instead of its step count: steps = the method's
 #                 steps x (LaME's training seconds / the method's), both read from the same
@@ -29,7 +34,9 @@
 #   GEN_N           eval queries the lm check generates for (default 200)
 #   PRESET          model/training preset (default small); THREADS torch threads (default 2)
 #   SEEDS           seeds, e.g. "0 1 2" (>= 3 for the table's mean ± sd)
-#   DATA, ROOT      dataset (built if missing) and output root
+#   DATA, ROOT      dataset (built if missing) and output root; a dataset with val.jsonl
+#                   (lame-data digits --val-per-task) also gets val.json per run
+#   MATRYOSHKA      sizes of the matryoshka rows and of every eval's by_dimension
 # Rough cost on 2 cores: a row's wall time scales with STEPS x BATCH; run one row with a small
 # STEPS first and read its train_eval_seconds to size the table.
 set -euo pipefail
@@ -41,6 +48,7 @@ STEPS=${STEPS:-}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-${STEPS:-600}}
 BATCH=${BATCH:-}
 GEN_N=${GEN_N:-200}
+MATRYOSHKA=${MATRYOSHKA:-32,64,128}
 PRESET=${PRESET:-small}
 declare -A ARGS=(
   [lame]=""
@@ -62,12 +70,18 @@ declare -A ARGS=(
   [gen-no-mask]="--method lame --no-bottleneck-mask"
   [gen-no-decoder]="--method lame --w-reconstruction 0"
   [gen-k2]="--method lame --reason-tokens 2"
+  [matryoshka]="--matryoshka $MATRYOSHKA"
+  [gen-matryoshka]="--method lame --matryoshka $MATRYOSHKA"
+  [gen-w-rec2]="--method lame --w-reconstruction 2"
+  [gen-k4]="--method lame --reason-tokens 4"
+  [gen-warmup40]="--method lame --warmup-fraction 0.4"
   [wall-discriminative]="--method discriminative"
   [wall-cot]="--method cot"
   [wall-latent]="--method latent"
 )
 ORDER=(lame discriminative cot latent k2 k4 k16 no-mask no-decoder no-diversity one-stage
        lm gen-lame gen-discriminative gen-cot gen-latent gen-no-mask gen-no-decoder gen-k2
+       matryoshka gen-matryoshka gen-w-rec2 gen-k4 gen-warmup40
        wall-discriminative wall-cot wall-latent)
 [ -f "$DATA/train.jsonl" ] || lame-data digits "$DATA"
 
@@ -143,7 +157,13 @@ for name in "${@:-${ORDER[@]}}"; do
          "${steps:+--max-steps $steps}" >&2
     start=$SECONDS
     train "$name" "$seed" "$steps" "${init[@]}"
-    lame-eval --ckpt "$out" --data "$DATA" --no-progress --out "$out/eval.tmp.json" > /dev/null
+    if [ -f "$DATA/val.jsonl" ]; then  # the split variants are chosen on (never eval)
+      lame-eval --ckpt "$out" --data "$DATA" --split val --no-progress \
+        --out "$out/val.tmp.json" > /dev/null
+      mv "$out/val.tmp.json" "$out/val.json"
+    fi
+    lame-eval --ckpt "$out" --data "$DATA" --no-progress --dimensions "$MATRYOSHKA" \
+      --out "$out/eval.tmp.json" > /dev/null
     finish "$out" $((SECONDS - start)) eval
   done
 done

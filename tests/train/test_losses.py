@@ -77,3 +77,40 @@ def test_info_nce_offset_splits_the_global_batch():
               for s in (slice(0, 4), slice(4, 8))]
     assert torch.isclose(full, sum(halves) / 2, atol=1e-6)
     assert not torch.isclose(full, info_nce(q[4:], t, 0.1, same_answer=same[4:]), atol=1e-3)
+
+
+def test_matryoshka_contrastive_is_the_mean_over_prefixes():
+    """With matryoshka_dims the contrastive term is the mean of InfoNCE on each renormalised
+    prefix (and differs from the full-size term alone)."""
+    from types import SimpleNamespace
+
+    from lame.training.objective import contrastive_loss
+
+    gen = torch.Generator().manual_seed(1)
+    q = F.normalize(torch.randn(5, 16, generator=gen), dim=-1)
+    t = F.normalize(torch.randn(5, 16, generator=gen), dim=-1)
+    neg = F.normalize(torch.randn(5, 2, 16, generator=gen), dim=-1)
+    batch = {"same_answer": torch.eye(5, dtype=torch.bool)}
+
+    def model(dims):
+        return SimpleNamespace(config=SimpleNamespace(temperature=0.1, matryoshka_dims=dims))
+
+    full = contrastive_loss(model(None), batch, q, t, neg)
+    assert torch.allclose(full, info_nce(q, t, 0.1, neg, batch["same_answer"]))
+    nested = contrastive_loss(model([4, 8, 16]), batch, q, t, neg)
+    expected = sum(info_nce(F.normalize(q[:, :d], dim=-1), F.normalize(t[:, :d], dim=-1), 0.1,
+                            F.normalize(neg[..., :d], dim=-1), batch["same_answer"])
+                   for d in (4, 8, 16)) / 3
+    assert torch.allclose(nested, expected, atol=1e-6)
+    assert not torch.allclose(nested, full, atol=1e-3)
+
+
+def test_matryoshka_dims_are_validated():
+    import pytest
+
+    from lame.config import LameConfig
+
+    assert LameConfig(embed_dim=32, matryoshka_dims=[8, 16, 32]).matryoshka_dims == [8, 16, 32]
+    for bad in ([32], [16, 8, 32], [8, 16], [0, 32], [8, 8, 32], "8,32"):
+        with pytest.raises(ValueError, match="matryoshka_dims"):
+            LameConfig(embed_dim=32, matryoshka_dims=bad)
