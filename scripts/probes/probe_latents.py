@@ -29,7 +29,11 @@ from typing import Sequence
 import numpy as np
 
 ALPHAS = tuple(10.0 ** p for p in range(-2, 5))
-TARGETS = {"sum": sum, "max": max}
+# sum and max (tier 1's quantities) and two tier-2 ones: the sum of the odd digits (oddsum)
+# and the largest minus the smallest digit (range): multi-step quantities a reasoning state
+# should make more linearly readable than the input's last token does.
+TARGETS = {"sum": sum, "max": max,
+           "oddsum": lambda d: sum(x for x in d if x % 2), "range": lambda d: max(d) - min(d)}
 
 
 # ------------------------------------------------------------------ pure parts (tested)

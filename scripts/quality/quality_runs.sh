@@ -21,6 +21,8 @@
 #                 sizes too (lame-eval --dimensions: by_dimension in eval.json).
 #   variants:     gen-w-rec2 (reconstruction weight 2), gen-k4, gen-warmup40 (40 % warm-up):
 #                 LaME variants from the lm checkpoint, to be chosen on the validation split.
+#   *-long:       gen-lame-long gen-discriminative-long: LONG_STEPS (default 1500) steps
+#                 from the lm checkpoint, for the retrieval side to learn to read too.
 #   wall-*:       wall-discriminative wall-cot wall-latent: the from-scratch method given
 #                 LaME's training wall time instead of its step count: steps = the method's
 #                 steps x (LaME's training seconds / the method's), both read from the same
@@ -49,6 +51,7 @@ PRETRAIN_STEPS=${PRETRAIN_STEPS:-${STEPS:-600}}
 BATCH=${BATCH:-}
 GEN_N=${GEN_N:-200}
 MATRYOSHKA=${MATRYOSHKA:-32,64,128}
+LONG_STEPS=${LONG_STEPS:-1500}
 PRESET=${PRESET:-small}
 declare -A ARGS=(
   [lame]=""
@@ -75,13 +78,16 @@ declare -A ARGS=(
   [gen-w-rec2]="--method lame --w-reconstruction 2"
   [gen-k4]="--method lame --reason-tokens 4"
   [gen-warmup40]="--method lame --warmup-fraction 0.4"
+  [gen-lame-long]="--method lame --max-steps $LONG_STEPS"
+  [gen-discriminative-long]="--method discriminative --max-steps $LONG_STEPS"
   [wall-discriminative]="--method discriminative"
   [wall-cot]="--method cot"
   [wall-latent]="--method latent"
 )
 ORDER=(lame discriminative cot latent k2 k4 k16 no-mask no-decoder no-diversity one-stage
        lm gen-lame gen-discriminative gen-cot gen-latent gen-no-mask gen-no-decoder gen-k2
-       matryoshka gen-matryoshka gen-w-rec2 gen-k4 gen-warmup40
+       matryoshka gen-matryoshka gen-w-rec2 gen-k4 gen-warmup40 gen-lame-long
+       gen-discriminative-long
        wall-discriminative wall-cot wall-latent)
 [ -f "$DATA/train.jsonl" ] || lame-data digits "$DATA"
 

@@ -36,6 +36,13 @@ LABELS = {
     "gen-no-mask": "LaME without mask, generative init",
     "gen-no-decoder": "LaME without decoder head, generative init",
     "gen-k2": "LaME K=2, generative init",
+    "matryoshka": "LaME with Matryoshka loss (32, 64, 128)",
+    "gen-matryoshka": "LaME with Matryoshka loss, generative init",
+    "gen-w-rec2": "LaME, reconstruction weight 2, generative init",
+    "gen-k4": "LaME K=4, generative init",
+    "gen-warmup40": "LaME, 40 % warm-up, generative init",
+    "gen-lame-long": "LaME, generative init, 1,500 steps",
+    "gen-discriminative-long": "discriminative, generative init, 1,500 steps",
     "wall-discriminative": "discriminative, LaME's wall time", "wall-cot": "explicit CoT, "
     "LaME's wall time", "wall-latent": "latent, LaME's wall time",
 }
@@ -68,6 +75,8 @@ def label(key: str) -> str:
 
 
 def baseline_of(key: str, baseline: str) -> str:
+    if key.endswith("-long"):  # the longer runs compare with the baseline run as long
+        return f"gen-{baseline}-long"
     return f"gen-{baseline}" if key.startswith("gen-") else baseline
 
 
@@ -97,6 +106,37 @@ def tables(runs: dict[str, list[dict]], baseline: str) -> str:
         lines.append(f"| {task} | " + " | ".join(
             f"{summarise([r['per_task'][task]['hit@1'] for r in runs[n]]).mean:.1f}"
             for n in names) + " |")
+    return "\n".join(lines)
+
+
+def validation_table(vals: dict[str, list[dict]]) -> str:
+    """Rows' val.json (the validation split carved from training samples): what variants are
+    chosen on; eval is only measured."""
+    lines = ["Validation split (`val.jsonl`: images composed from training samples, not trained "
+             "on; variants are chosen here, never on eval):", "",
+             "| run | seeds | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for name, results in vals.items():
+        cells = [str(summarise([get(r) for r in results])) for get in COLUMNS.values()]
+        lines.append(f"| {label(name)} | {len(results)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def dimension_table(runs: dict[str, list[dict]]) -> str | None:
+    """hit@1 and tier 2 at each embedding size of eval.json's by_dimension (lame-eval
+    --dimensions: the leading d components, renormalised), mean ± sd over seeds."""
+    sized = {n: rs for n, rs in runs.items() if all("by_dimension" in r for r in rs)}
+    if not sized:
+        return None
+    dims = list(next(iter(sized.values()))[0]["by_dimension"])
+    head = [f"hit@1 @{d}" for d in dims] + [f"tier 2 @{d}" for d in dims]
+    lines = ["Embedding size (eval.json `by_dimension`: the leading d components of the same "
+             "embeddings, renormalised; mean ± sd over seeds):", "",
+             "| run | seeds | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    for name, results in sized.items():
+        cells = [str(summarise([r["by_dimension"][d]["hit@1"] for r in results])) for d in dims]
+        cells += [str(summarise([r["by_dimension"][d]["per_group"]["tier2"]["hit@1"]
+                                 for r in results])) for d in dims]
+        lines.append(f"| {label(name)} | {len(results)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -139,6 +179,13 @@ PROBE_COLUMNS = {
     "sum exact: K states": lambda r: r["probes"]["sum"].get("reason", {}).get("test_acc"),
     "sum exact: [EMBED]": lambda r: r["probes"]["sum"].get("embed", {}).get("test_acc"),
     "sum exact: constant": lambda r: r["probes"]["sum"].get("constant_acc"),
+    # Tier-2 quantities (probes made since issue 23; "-" for older probe.json files).
+    "oddsum R²: K states": lambda r: r["probes"].get("oddsum", {}).get("reason", {}).get("test_r2"),
+    "oddsum R²: [EMBED]": lambda r: r["probes"].get("oddsum", {}).get("embed", {}).get("test_r2"),
+    "oddsum R²: last input":
+        lambda r: r["probes"].get("oddsum", {}).get("input", {}).get("test_r2"),
+    "range R²: K states": lambda r: r["probes"].get("range", {}).get("reason", {}).get("test_r2"),
+    "range R²: [EMBED]": lambda r: r["probes"].get("range", {}).get("embed", {}).get("test_r2"),
 }
 
 
@@ -164,10 +211,12 @@ def main(argv=None) -> None:
     names = args.rows.split(",")
     first = args.roots[0]
     runs, probes = load(first, names), load(first, names, file="probe.json")
+    vals = load(first, names, file="val.json")
     for root in args.roots[1:]:
         suffix = "@" + root.name.removeprefix(first.name).lstrip("-_")
         runs.update(load(root, names, suffix))
         probes.update(load(root, names, suffix, file="probe.json"))
+        vals.update(load(root, names, suffix, file="val.json"))
     generation = generation_table(first)
     if not runs and not generation:
         raise SystemExit(f"error: no eval.json under {first} for rows {args.rows}")
@@ -177,6 +226,11 @@ def main(argv=None) -> None:
         print(("\n" if runs else "") + generation)
     if probes:
         print("\n" + probe_table(probes))
+    if vals:
+        print("\n" + validation_table(vals))
+    sizes = dimension_table(runs)
+    if sizes:
+        print("\n" + sizes)
 
 
 if __name__ == "__main__":

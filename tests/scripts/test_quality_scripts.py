@@ -88,3 +88,30 @@ def test_table_reports_mean_sd_and_compares_each_row_with_its_own_start(tmp_path
     assert "LaME, generative init [reasoning]" in rows
     probe = [line for line in out.splitlines() if "50.00 ± 10.00" in line]
     assert probe and probe[0].startswith("| LaME, generative init | 3 |")
+
+
+def test_validation_sizes_and_long_rows(tmp_path, capsys):
+    """val.json rows get their own table, by_dimension a size table, and a *-long row is
+    compared with the baseline run as long (not with the 500-step one)."""
+    root = tmp_path / "quality"
+    sized = [dict(_eval(h, t), by_dimension={
+        "32": {"hit@1": h - 4, "per_group": {"tier2": {"hit@1": t - 1}}},
+        "128": {"hit@1": h, "per_group": {"tier2": {"hit@1": t}}}})
+        for h, t in ((20, 9), (22, 11), (24, 13))]
+    _write(root, "gen-lame", sized)
+    _write(root, "gen-lame", [_eval(18, 8), _eval(19, 9), _eval(20, 10)], file="val.json")
+    _write(root, "gen-discriminative", [_eval(30, 9), _eval(31, 10), _eval(29, 11)])
+    _write(root, "gen-discriminative-long", [_eval(40, 5), _eval(41, 6), _eval(42, 7)])
+    _write(root, "gen-lame-long", [_eval(40, 15), _eval(41, 16), _eval(42, 17)])
+    quality_table.main([str(root)])
+    out = capsys.readouterr().out.splitlines()
+    val = out[out.index(next(line for line in out if line.startswith("Validation split"))):]
+    assert any(line.startswith("| LaME, generative init | 3 | 19.00 ± 1.00") for line in val)
+    sizes = out[out.index(next(line for line in out if line.startswith("Embedding size"))):]
+    header = next(line for line in sizes if line.startswith("| run |"))
+    assert "hit@1 @32" in header and "tier 2 @128" in header
+    assert any(line.startswith("| LaME, generative init | 3 | 18.00 ± 2.00 | 22.00 ± 2.00 | "
+                               "10.00 ± 2.00 | 11.00 ± 2.00 |") for line in sizes)
+    long = next(line for line in out if line.startswith("| LaME, generative init, 1,500 steps |"
+                                                         " `gen-discriminative-long`"))
+    assert long.split(" | ")[4].startswith("+10.00")
