@@ -59,7 +59,10 @@ class QdrantStore:
     (local mode allows one client per folder at a time)."""
 
     def __init__(self, location: str, collection: str = DEFAULT_COLLECTION,
-                 dim: int | None = None, batch_size: int = 256, api_key: str | None = None):
+                 dim: int | None = None, batch_size: int = 256, api_key: str | None = None,
+                 sizes: tuple[int, ...] = ()):
+        """``dim``: the size a new collection gets (None: open an existing one at its size);
+        an existing collection may also hold any of ``sizes`` (a Matryoshka model's)."""
         if not isinstance(collection, str) or not collection:
             raise InputError(f"collection must be a non-empty string, got {collection!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -77,6 +80,7 @@ class QdrantStore:
             raise BackendError(f"cannot open Qdrant at {self.location}: {err}") from err
         except Exception as err:  # noqa: BLE001  (a bad URL, an unknown option)
             raise StoreError(f"cannot open Qdrant at {self.location}: {_one_line(err)}") from err
+        self._sizes = tuple(sizes)
         with self._store("open the collection"):
             self.dim = self._prepare(dim)
         self._fast_local_commits()
@@ -118,7 +122,7 @@ class QdrantStore:
             if params.distance != models.Distance.COSINE:
                 raise InputError(f"Qdrant collection {self.collection!r} uses "
                                  f"{params.distance} distance, not cosine")
-            if dim is not None and params.size != dim:
+            if dim is not None and params.size != dim and params.size not in self._sizes:
                 raise InputError(f"Qdrant collection {self.collection!r} holds {params.size}-dim "
                                  f"vectors, the model embeds in {dim}: another model built it")
             return int(params.size)

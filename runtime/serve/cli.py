@@ -117,7 +117,12 @@ def command(model, model_name, index_path, qdrant, collection, writable, save_in
         documents = Documents.open_index(index_path, embedder.dim, writable, save_interval,
                                          embedder.dimensions)
     elif qdrant:
-        documents = Documents.open_qdrant(qdrant, collection, embedder.dim, writable)
+        documents = Documents.open_qdrant(qdrant, collection, embedder.dim, writable,
+                                          embedder.dimensions)
+    if documents is not None and documents.dim not in embedder.dimensions:
+        documents.close()
+        raise InputError(f"the documents hold {documents.dim}-dim vectors, the model serves "
+                         f"{list(embedder.dimensions)}: they were built with another model")
     app = create_app(embedder, config, documents)
     # Truncation is reported to the client (X-LaME-Truncated), not logged per text.
     warnings.filterwarnings("ignore", message="text of .* truncated")

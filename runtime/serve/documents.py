@@ -64,11 +64,11 @@ class Documents:
 
     @classmethod
     def open_qdrant(cls, location: str, collection: str, dim: int,
-                    writable: bool = False) -> "Documents":
+                    writable: bool = False, sizes: tuple[int, ...] = ()) -> "Documents":
         from lame_runtime.retrieval.qdrant_store import QdrantStore
 
-        return cls(QdrantStore(location, collection, dim=dim if writable else None), "qdrant",
-                   writable=writable)
+        return cls(QdrantStore(location, collection, dim=dim if writable else None,
+                               sizes=sizes), "qdrant", writable=writable)
 
     def __len__(self) -> int:
         return len(self.store)

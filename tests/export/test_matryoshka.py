@@ -176,3 +176,28 @@ def test_eval_scores_each_size_from_one_embedding(mrl_ckpt, digits_dir, tmp_path
     assert result["by_dimension"]["32"]["per_group"] == result["per_group"]
     assert main(["--ckpt", str(mrl_ckpt), "--data", str(digits_dir), "--dimensions", "64",
                  "--no-progress"]) != 0
+
+
+def test_serve_opens_a_smaller_qdrant_collection_for_writing(mrl_artifact, digits_dir,
+                                                            tmp_path, capsys):
+    pytest.importorskip("qdrant_client")
+    from lame_runtime.errors import InputError as Refused
+    from lame_runtime.serve.documents import Documents
+
+    assert _search(capsys, "index", "--model", mrl_artifact, "--data", digits_dir, "--qdrant",
+                   tmp_path / "q", "--dimensions", 8, "--no-progress")[0] == 0
+    embedder = Embedder(mrl_artifact)
+    documents = Documents.open_qdrant(str(tmp_path / "q"), "lame", embedder.dim, writable=True,
+                                      sizes=embedder.dimensions)
+    try:
+        assert documents.dim == 8
+        before = len(documents)
+        documents.add(["extra"], embedder.encode_documents(["a text no candidate has"],
+                                                           dimensions=8), [{"text": "x"}])
+        assert len(documents) == before + 1
+        document = embedder.encode_documents(["a text no candidate has"], dimensions=8)[0]
+        assert documents.search(document, 1)[0]["id"] == "extra"  # finds itself first
+    finally:
+        documents.close()
+    with pytest.raises(Refused, match="8-dim"):  # without the sizes: another model's collection
+        Documents.open_qdrant(str(tmp_path / "q"), "lame", embedder.dim, writable=True)
