@@ -21,7 +21,7 @@
 #                 sizes too (lame-eval --dimensions: by_dimension in eval.json).
 #   variants:     gen-w-rec2 (reconstruction weight 2), gen-k4, gen-warmup40 (40 % warm-up):
 #                 LaME variants from the lm checkpoint, to be chosen on the validation split.
-#   *-long:       gen-lame-long gen-discriminative-long: LONG_STEPS (default 1500) steps
+#   *-long:       gen-lame-long gen-discriminative-long: LONG_STEPS (default 1000) steps
 #                 from the lm checkpoint, for the retrieval side to learn to read too.
 #   wall-*:       wall-discriminative wall-cot wall-latent: the from-scratch method given
 #                 LaME's training wall time instead of its step count: steps = the method's
@@ -51,7 +51,7 @@ PRETRAIN_STEPS=${PRETRAIN_STEPS:-${STEPS:-600}}
 BATCH=${BATCH:-}
 GEN_N=${GEN_N:-200}
 MATRYOSHKA=${MATRYOSHKA:-32,64,128}
-LONG_STEPS=${LONG_STEPS:-1500}
+LONG_STEPS=${LONG_STEPS:-1000}
 PRESET=${PRESET:-small}
 declare -A ARGS=(
   [lame]=""

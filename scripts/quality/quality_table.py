@@ -41,8 +41,8 @@ LABELS = {
     "gen-w-rec2": "LaME, reconstruction weight 2, generative init",
     "gen-k4": "LaME K=4, generative init",
     "gen-warmup40": "LaME, 40 % warm-up, generative init",
-    "gen-lame-long": "LaME, generative init, 1,500 steps",
-    "gen-discriminative-long": "discriminative, generative init, 1,500 steps",
+    "gen-lame-long": "LaME, generative init, 1,000 steps",
+    "gen-discriminative-long": "discriminative, generative init, 1,000 steps",
     "wall-discriminative": "discriminative, LaME's wall time", "wall-cot": "explicit CoT, "
     "LaME's wall time", "wall-latent": "latent, LaME's wall time",
 }

@@ -112,6 +112,6 @@ def test_validation_sizes_and_long_rows(tmp_path, capsys):
     assert "hit@1 @32" in header and "tier 2 @128" in header
     assert any(line.startswith("| LaME, generative init | 3 | 18.00 ± 2.00 | 22.00 ± 2.00 | "
                                "10.00 ± 2.00 | 11.00 ± 2.00 |") for line in sizes)
-    long = next(line for line in out if line.startswith("| LaME, generative init, 1,500 steps |"
+    long = next(line for line in out if line.startswith("| LaME, generative init, 1,000 steps |"
                                                          " `gen-discriminative-long`"))
     assert long.split(" | ")[4].startswith("+10.00")
