@@ -138,9 +138,10 @@ def _start(embedder, items, out, state, options,
                          "pass --force to overwrite it")
     for key in ("kind", "source", "pattern", "model", "precision", "storage", "batch_size",
                 "total", "ann", "dimensions"):
-        if done.get(key) != state[key]:
+        # .get: "dimensions" is absent from full-size builds (and from older indexes).
+        if done.get(key) != state.get(key):
             raise InputError(f"cannot resume {existing}: its {key} was {done.get(key)!r}, this "
-                             f"run's is {state[key]!r} (pass --force to start over)")
+                             f"run's is {state.get(key)!r} (pass --force to start over)")
     position = done.get("next")
     if not isinstance(position, int) or not 0 <= position <= len(items):
         raise InputError(f"cannot resume {existing}: bad build state 'next'={position!r}")
