@@ -23,3 +23,12 @@ def invoke(command: click.Command, argv: Sequence[str] | None, prog: str) -> int
 
 def exit_with(main) -> None:
     sys.exit(main())
+
+
+def int_list(text: str, option: str) -> list[int]:
+    """'32,64' -> [32, 64] for a comma-separated option; a click error naming it otherwise."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}",
+                                 param_hint=option) from None

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import click
 
-from lame.cli import exit_with, invoke
+from lame.cli import exit_with, int_list, invoke
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,11 +75,7 @@ def command(ckpt, data_dir, batch_size, out_file, device, limit, no_progress, ge
 
 def parse_dimensions(text: str, embed_dim: int) -> list[int]:
     """'32,64' -> [32, 64]: distinct sizes in [1, embed_dim], increasing (a click error if not)."""
-    try:
-        sizes = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}",
-                                 param_hint="--dimensions") from None
+    sizes = int_list(text, "--dimensions")
     if sizes != sorted(set(sizes)) or not all(1 <= d <= embed_dim for d in sizes):
         raise click.BadParameter(f"sizes must increase and lie in [1, {embed_dim}] (the "
                                  f"model's embed_dim), got {text!r}", param_hint="--dimensions")

@@ -11,7 +11,7 @@ from typing import Sequence
 import click
 
 from lame.backbones.directory import resolve_model_spec
-from lame.cli import exit_with, invoke
+from lame.cli import exit_with, int_list, invoke
 from lame.device import PRECISIONS
 from lame.config import METHODS, LameConfig, load_preset, preset_names
 from lame.methods import get_method
@@ -30,7 +30,7 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
         if overrides.get(key) is not None:
             model[key] = overrides[key]
     if overrides.get("matryoshka"):
-        model["matryoshka_dims"] = _dims(overrides["matryoshka"])
+        model["matryoshka_dims"] = int_list(overrides["matryoshka"], "--matryoshka")
     if model.get("num_reason_tokens", 8) == 0 and overrides.get("bottleneck_mask") is None:
         model["bottleneck_mask"] = False  # K=0 is the discriminative baseline: nothing to route
     if overrides.get("backbone_path"):
@@ -138,14 +138,6 @@ def command(data_dir, out_dir, preset, init_from, resume, no_progress, device,
         summary["per_group"] = {g: v["hit@1"] for g, v in result["per_group"].items()}
     click.echo(json.dumps({"checkpoint": str(out_dir), **summary}))
     return 0
-
-
-def _dims(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}",
-                                 param_hint="--matryoshka") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from lame.data.dataset import METRICS, EvalRow, Item
+from lame_runtime.embedder import unit_prefix
 from lame_runtime.inputs.preprocess import format_query
 
 Encode = Callable[..., np.ndarray]
@@ -112,16 +113,11 @@ def score_rows(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
     for query, row in zip(queries, rows):
         cands = np.stack([cand_vecs[c.key()] for c in row.candidates])
         for d in dimensions:
-            q, c = query_vecs[query.key()][:d], cands[:, :d]
-            if d is not None:
-                q, c = _unit(q), _unit(c)
-            out[d].append(c @ q)
+            q, c = query_vecs[query.key()][None], cands
+            if d is not None:  # exactly as the runtime serves a Matryoshka size
+                q, c = unit_prefix(q, d), unit_prefix(c, d)
+            out[d].append(c @ q[0])
     return out
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 def evaluate(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,

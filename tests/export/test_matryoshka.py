@@ -201,3 +201,17 @@ def test_serve_opens_a_smaller_qdrant_collection_for_writing(mrl_artifact, digit
         documents.close()
     with pytest.raises(Refused, match="8-dim"):  # without the sizes: another model's collection
         Documents.open_qdrant(str(tmp_path / "q"), "lame", embedder.dim, writable=True)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("8,x", "expected comma-separated integers"),
+    ("8,16", "end at embed_dim=32"),
+    ("16,8,32", "must increase"),
+])
+def test_bad_matryoshka_flag_is_one_line(digits_dir, tmp_path, capsys, value, message):
+    from lame.cli.train import main
+
+    code = main(["--data", str(digits_dir), "--out", str(tmp_path / "c"), "--preset", "tiny",
+                 "--max-steps", "1", "--no-progress", "--matryoshka", value])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
