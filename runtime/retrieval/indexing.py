@@ -79,7 +79,7 @@ def _build(embedder, items, out, source, options, progress) -> dict[str, Any]:
              "batch_size": options.batch_size, "total": len(items), "next": 0, "skipped": 0,
              "complete": False, "ann": _ann_state(options)}
     size = embedder.check_dimensions(options.dimensions)
-    if options.dimensions is not None:  # absent for full-size builds (older indexes resume)
+    if size != embedder.dim:  # absent for full-size builds, however asked (older ones resume)
         state["dimensions"] = size
     index, skipped = _start(embedder, items, out, state, options, size)
     progress(state["next"])
