@@ -208,7 +208,9 @@ def test_kill_during_indexing_then_resume_equals_uninterrupted(artifact_dir, man
             deadline = time.monotonic() + duration
             while not Path(f"{out}.json").exists() and time.monotonic() < deadline:
                 time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.5))
+            # a share of the uninterrupted run, not fixed seconds, so the kill lands between
+            # checkpoints on a fast machine as on a slow one
+            time.sleep(rng.uniform(0.0, 0.5) * duration)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
         state = Index.load(out).info[BUILD_KEY] if Path(f"{out}.json").exists() else None
