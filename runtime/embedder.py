@@ -137,10 +137,8 @@ class Embedder:
 
     @property
     def dimensions(self) -> tuple[int, ...]:
-        """The embedding sizes this artifact serves: its full ``dim`` and, for a model trained
-        with Matryoshka dimensions, each listed prefix size (manifest ``matryoshka_dims``)."""
-        listed = self.artifact.manifest.get("matryoshka_dims") or ()
-        return tuple(sorted({self.dim, *listed}))
+        """The embedding sizes this artifact serves (``Artifact.dimensions``)."""
+        return self.artifact.dimensions
 
     def check_dimensions(self, dimensions: Any) -> int:
         """``dimensions`` (None: the full size) -> the size to return; ``InputError`` when the

@@ -283,6 +283,13 @@ class Artifact:
         return int(self.manifest["embedding_dim"])
 
     @property
+    def dimensions(self) -> tuple[int, ...]:
+        """The embedding sizes this artifact serves: its full ``dim`` and, for a model trained
+        with Matryoshka dimensions, each listed prefix size (manifest ``matryoshka_dims``)."""
+        listed = self.manifest.get("matryoshka_dims") or ()
+        return tuple(sorted({self.dim, *(int(d) for d in listed)}))
+
+    @property
     def precisions(self) -> list[str]:
         return [p for p in PRECISIONS if p in self.models]
 

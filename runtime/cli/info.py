@@ -1,4 +1,5 @@
-"""``lame-search info ART``: the artifact's memory budget per precision."""
+"""``lame-search info ART``: the embedding sizes the artifact serves and its memory budget per
+precision."""
 from __future__ import annotations
 
 import json
@@ -13,15 +14,23 @@ import click
                    "and report its peak RSS (seconds to minutes at 2B widths).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info_command(model, measure, as_json) -> int:
-    """Per precision: graph file sizes, the weights a routed Embedder maps (weights the text
+    """The embedding sizes served (the full size and any Matryoshka prefixes), then per
+    precision: graph file sizes, the weights a routed Embedder maps (weights the text
     graph shares with the full graph counted once), and with --measure the peak RSS of a first
     text and image query."""
     from lame_runtime.artifact.budget import memory_budget
+    from lame_runtime.artifact.contract import Artifact
 
-    rows = memory_budget(model, measure=measure)
+    artifact = Artifact.open(model, verify=False)
+    rows = memory_budget(artifact.path, measure=measure)
     if as_json:
-        click.echo(json.dumps({"model": model, "precisions": rows}, indent=1))
+        click.echo(json.dumps({"model": model, "embedding_dim": artifact.dim,
+                               "dimensions": list(artifact.dimensions), "precisions": rows},
+                              indent=1))
         return 0
+    sizes = ", ".join(map(str, artifact.dimensions))
+    click.echo(f"embedding sizes: {sizes}" + (" (Matryoshka: pass --dimensions / dimensions=)"
+                                              if len(artifact.dimensions) > 1 else ""))
     mib = lambda n: f"{n / 2**20:,.1f}"  # noqa: E731
     head = f"{'precision':<10} {'full MiB':>10} {'text MiB':>10} {'shared':>7} {'weights MiB':>12}"
     click.echo(head + (f" {'peak RSS MiB':>13} {'first query s':>14}" if measure else ""))

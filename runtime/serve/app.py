@@ -315,7 +315,7 @@ def create_app(embedder: Any, config: ServeConfig | None = None,
         service.authorize(request, write=False)
         return JSONResponse({"object": "list", "data": [{
             "id": service.name, "object": "model", "created": 0, "owned_by": "lame",
-            "dimensions": sorted({embedder.dim, *service.dims}),
+            "dimensions": list(embedder.artifact.dimensions),
             "max_text_tokens": service.text.max_text_tokens}]})
 
     async def health(request: Request) -> Response:

@@ -93,6 +93,20 @@ def _search(capsys, *argv) -> tuple[int, str, str]:
     return code, out, err
 
 
+def test_info_lists_the_sizes_served(mrl_artifact, artifact_dir, capsys):
+    """`lame-search info` tells a user which sizes --dimensions / dimensions= accept."""
+    code, out, _ = _search(capsys, "info", mrl_artifact, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["dimensions"] == DIMS and report["embedding_dim"] == DIMS[-1]
+    code, out, _ = _search(capsys, "info", mrl_artifact)
+    assert code == 0 and out.splitlines()[0].startswith("embedding sizes: 8, 16, 32 (Matryoshka")
+    code, out, _ = _search(capsys, "info", artifact_dir)
+    plain = Embedder(artifact_dir).dim
+    assert code == 0 and out.splitlines()[0] == f"embedding sizes: {plain}"
+    code, _, err = _search(capsys, "info", mrl_artifact.parent / "absent")
+    assert code == 2 and "artifact directory not found" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("kind", ["exact", "ann", "qdrant"])
 def test_indexes_store_the_chosen_size(kind, mrl_artifact, digits_dir, tmp_path, capsys):
     if kind == "ann":
