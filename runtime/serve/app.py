@@ -53,8 +53,6 @@ class Service:
                              "never open to anonymous clients")
         self.embedder, self.config, self.documents = embedder, config, documents
         self.name = config.model_name or embedder.artifact.path.name
-        dims = embedder.artifact.manifest.get("matryoshka_dims") or ()
-        self.dims = tuple(int(d) for d in dims)
         self.text = embedder.preprocessor.text
         self.image_tokens = embedder.preprocessor.image.num_tokens
         self.metrics = Metrics()
@@ -263,7 +261,7 @@ def create_app(embedder: Any, config: ServeConfig | None = None,
     async def embeddings(request: Request) -> Response:
         service.authorize(request, write=False)
         body = await service.body(request)
-        req = schema.parse_embeddings(body, service.name, embedder.dim, service.dims, cfg)
+        req = schema.parse_embeddings(body, service.name, embedder.artifact.dimensions, cfg)
         vectors, tokens, truncated = await service.embed(request, req.rows, req.input_type,
                                                          req.instruction, req.task)
         vectors = service.output(vectors, req.dimensions)

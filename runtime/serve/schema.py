@@ -111,20 +111,21 @@ def check_model(body: dict, served: str, required: bool = True) -> str:
     return served
 
 
-def parse_embeddings(body: dict, served: str, dim: int, dims_supported: tuple[int, ...],
+def parse_embeddings(body: dict, served: str, supported: tuple[int, ...],
                      config: ServeConfig) -> EmbedRequest:
+    """``supported``: the sizes the artifact serves, its full size included
+    (``Artifact.dimensions``)."""
     model = check_model(body, served)
     encoding = _choice(body, "encoding_format", ENCODINGS, "float")
     input_type = _choice(body, "input_type", INPUT_TYPES,
                          _choice(body, "role", INPUT_TYPES, "query"))
     dimensions = _field(body, "dimensions", (int,))
-    if dimensions is not None and dimensions != dim and dimensions not in dims_supported:
-        supported = sorted({*dims_supported, dim})
+    if dimensions is not None and dimensions not in supported:
         raise BadRequest(f"dimensions={dimensions} is not supported by model {served!r}: it "
-                         f"gives {supported} (the artifact's manifest lists no other "
-                         "Matryoshka dimensions)" if not dims_supported else
+                         f"gives {list(supported)} (the artifact's manifest lists no other "
+                         "Matryoshka dimensions)" if len(supported) == 1 else
                          f"dimensions={dimensions} is not supported by model {served!r}; "
-                         f"choose one of {supported}", code="unsupported_dimensions")
+                         f"choose one of {list(supported)}", code="unsupported_dimensions")
     modality = _choice(body, "modality", ("text", "image"), "text")
     raw = body.get("input")
     if raw is None:
