@@ -8,6 +8,7 @@ Q/DQ calibration (``np.load(path)`` gives the feed dict directly).
 
 Depends only on ``lame_runtime`` and NumPy — never on torch.
 """
+
 from lame_calibration.build import build, load, pad_left, sample_items
 from lame_calibration.reader import CalibrationReader
 

@@ -1,4 +1,5 @@
 """Sample, preprocess (with the runtime's own code) and save a calibration set."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from lame_runtime.artifact.persist import atomic_write_file
-from lame_runtime.artifact.persist import parse_json
+from lame_runtime.artifact.persist import atomic_write_file, parse_json
 from lame_runtime.errors import InputError
 from lame_runtime.inputs.preprocess import Preprocessor, format_query
 
@@ -18,6 +18,7 @@ Item = tuple[str | None, str | None]  # (text, absolute image path)
 
 def _items_of(row: dict[str, Any], root: Path, split: str) -> list[tuple[str, Item]]:
     """(stratum, item) pairs of one jsonl row: its query and its targets/candidates."""
+
     def item(spec: dict, instruction: str | None = None) -> Item:
         image = spec.get("image")
         return format_query(spec.get("text"), instruction), str(root / image) if image else None
@@ -29,8 +30,7 @@ def _items_of(row: dict[str, Any], root: Path, split: str) -> list[tuple[str, It
     return out
 
 
-def sample_items(data_dir: str | Path, size: int, seed: int = 0,
-                 split: str = "train") -> list[Item]:
+def sample_items(data_dir: str | Path, size: int, seed: int = 0, split: str = "train") -> list[Item]:
     """Seeded sample stratified over (task, query/document, modality), round-robin."""
     root = Path(data_dir)
     path = root / f"{split}.jsonl"
@@ -70,9 +70,15 @@ def pad_left(feed: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str,
     return out
 
 
-def build(data_dir: str | Path, preprocessor_dir: str | Path, out_path: str | Path,
-          size: int = 128, seed: int = 0, split: str = "train",
-          length: int | None = None) -> Path:
+def build(
+    data_dir: str | Path,
+    preprocessor_dir: str | Path,
+    out_path: str | Path,
+    size: int = 128,
+    seed: int = 0,
+    split: str = "train",
+    length: int | None = None,
+) -> Path:
     """Write ``out_path`` (.npz, atomically): ``size`` samples, all padded to one length."""
     preprocessor = Preprocessor.from_dir(preprocessor_dir)
     items = sample_items(data_dir, size, seed, split)

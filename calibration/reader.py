@@ -1,4 +1,5 @@
 """ONNX Runtime CalibrationDataReader over a calibration ``.npz``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,7 @@ class CalibrationReader(CalibrationDataReader):
     """``text_only``: just the text-only rows (``image_mask == 0``; every row if there are
     none), for the text-only graph, which sees no images."""
 
-    def __init__(self, path: str | Path, batch_size: int = 8, input_names=None,
-                 text_only: bool = False):
+    def __init__(self, path: str | Path, batch_size: int = 8, input_names=None, text_only: bool = False):
         self.data = load(path)
         if text_only and "image_mask" in self.data:
             rows = np.flatnonzero(self.data["image_mask"] == 0)

@@ -1,4 +1,5 @@
 """PyTorch -> ONNX with the dynamo exporter; reason tokens become graph constants."""
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,7 @@ import torch
 from lame_export.patches import EmbeddingGraph, export_patches
 from lame_export.spec import ExportSpec, dummy_feed
 
-TWO_GIB = 2 * 1024 ** 3
+TWO_GIB = 2 * 1024**3
 
 
 def parameter_bytes(model) -> int:
@@ -46,9 +47,15 @@ def export_onnx(model, path: Path, spec: ExportSpec, external_data: bool | None 
     args = tuple(torch.from_numpy(feed[name]) for name in spec.input_names)
     with export_patches(model), torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
-            EmbeddingGraph(model), args, dynamo=True, dynamic_shapes=spec.dynamic_shapes(),
-            input_names=list(spec.input_names), output_names=list(spec.output_names),
-            opset_version=spec.opset, verbose=False)
+            EmbeddingGraph(model),
+            args,
+            dynamo=True,
+            dynamic_shapes=spec.dynamic_shapes(),
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
+            opset_version=spec.opset,
+            verbose=False,
+        )
     if external_data is None:
         external_data = parameter_bytes(model) > TWO_GIB
     program.save(str(path), external_data=external_data)
@@ -85,6 +92,6 @@ def reason_token_initializer(onnx_path: Path, reason_tokens: np.ndarray) -> str 
         values = numpy_helper.to_array(init, base_dir=str(Path(onnx_path).parent))
         rows = values.reshape(-1, width).astype(np.float32)
         for start in range(rows.shape[0] - count + 1):
-            if np.allclose(rows[start:start + count], reason_tokens, atol=1e-3):
+            if np.allclose(rows[start : start + count], reason_tokens, atol=1e-3):
                 return init.name
     return None

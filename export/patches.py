@@ -6,6 +6,7 @@ runs it on every row and zeroes text-only rows with ``image_mask`` — static sh
 for text, image and text+image queries. Vision attention is already batched, M-RoPE positions
 are tensor ops and the image merge is cumsum/gather/where in the model itself.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,6 +35,11 @@ class EmbeddingGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                pixel_values: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_mask: torch.Tensor,
+    ) -> torch.Tensor:
         return self.model(input_ids, attention_mask, pixel_values, image_mask).embedding

@@ -8,6 +8,7 @@ Models whose fp32 weights pass ``external_data_threshold`` bytes are written wit
 data (``model.onnx`` + ``model.onnx.data``, likewise for fp16 and int8): protobuf cannot
 serialise a message over 2 GB.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,20 +25,21 @@ from lame.checkpoint import MODEL_FILE, resolve
 from lame_export.onnx_export import export_onnx, parameter_bytes, reason_token_initializer
 from lame_export.precision import data_file
 from lame_export.spec import ExportSpec, parity_feeds
-from lame_export.text_graph import (TEXT_FILES, build_text_graphs, check_text_parity,
-                                    convert_text_graph)
+from lame_export.text_graph import TEXT_FILES, build_text_graphs, check_text_parity, convert_text_graph
 from lame_export.trt_lint import int4_lint, lint
 from lame_export.validate import THRESHOLDS, parity_suite
 from lame_runtime.artifact.contract import FORMAT_VERSION, HASH_CACHE, MANIFEST, sha256
 from lame_runtime.artifact.files import HashCache
-from lame_runtime.errors import GateError
-from lame_runtime.errors import InputError
-from lame_runtime.artifact.persist import read_json
-from lame_runtime.artifact.persist import atomic_write_dir, atomic_write_json, check_replaceable
+from lame_runtime.artifact.persist import atomic_write_dir, atomic_write_json, check_replaceable, read_json
+from lame_runtime.errors import GateError, InputError
 from lame_runtime.inputs.preprocess import INPUT_NAMES, PREPROCESSOR_FILE, TOKENIZER_FILE
 
-FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx",
-         "int4": "model_int4.onnx"}
+FILES = {
+    "fp32": "model.onnx",
+    "fp16": "model_fp16.onnx",
+    "int8": "model_int8.onnx",
+    "int4": "model_int4.onnx",
+}
 EXPORTABLE_METHODS = ("lame", "discriminative")
 MAX_HIT_DROP = 1.0  # points of hit@1 a reduced precision may lose against fp32
 # int4 weight-only may lose 2: twice int8's budget for 16x its weight step, still under one
@@ -59,11 +61,11 @@ class ExportGateError(GateError):
 class ExportOptions:
     fp16: bool = False
     int8: bool = False
-    calib_data: str | None = None      # dataset dir: calibration samples + eval split for the gate
-    calib_file: str | None = None      # a prepared calib.npz instead
+    calib_data: str | None = None  # dataset dir: calibration samples + eval split for the gate
+    calib_file: str | None = None  # a prepared calib.npz instead
     calib_size: int = 128
-    int8_for_tensorrt: bool = False    # symmetric int8 activations (TensorRT Q/DQ needs them)
-    int4: bool = False                 # weight-only int4 (MatMulNBits), no calibration needed
+    int8_for_tensorrt: bool = False  # symmetric int8 activations (TensorRT Q/DQ needs them)
+    int4: bool = False  # weight-only int4 (MatMulNBits), no calibration needed
     int4_block_size: int = 16  # see Int4Options.block_size
     int4_accuracy_level: int = 4
     int4_embeddings: bool = True
@@ -78,34 +80,40 @@ class ExportOptions:
     def int4_options(self):
         from lame_export.precision import Int4Options
 
-        return Int4Options(block_size=self.int4_block_size,
-                           accuracy_level=self.int4_accuracy_level,
-                           embeddings=self.int4_embeddings)
+        return Int4Options(
+            block_size=self.int4_block_size,
+            accuracy_level=self.int4_accuracy_level,
+            embeddings=self.int4_embeddings,
+        )
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
-                      progress: Callable[[str], None] = lambda message: None) -> dict:
+def export_checkpoint(
+    ckpt: str | Path,
+    out: str | Path,
+    options: ExportOptions,
+    progress: Callable[[str], None] = lambda message: None,
+) -> dict:
     """-> the parity report (also written as ``parity.json``)."""
     import lame
 
     if options.int8 and not (options.calib_data or options.calib_file):
         raise ValueError("--int8 needs a calibration set: --calib-data DIR or --calib FILE.npz")
     if options.external_data_threshold < 0:
-        raise ValueError("external_data_threshold must be >= 0 bytes, got "
-                         f"{options.external_data_threshold}")
+        raise ValueError(f"external_data_threshold must be >= 0 bytes, got {options.external_data_threshold}")
     if options.int4:
         options.int4_options().check()
     check_replaceable(Path(out), MANIFEST)  # before minutes of work, not after
     ckpt = resolve(ckpt)
     model = lame.load(ckpt)
     if model.config.method not in EXPORTABLE_METHODS:
-        raise ValueError(f"{ckpt} was trained with method {model.config.method!r}; ONNX export "
-                         f"covers the one-pass methods {EXPORTABLE_METHODS} (cot and latent "
-                         "decode step by step: benchmark them in PyTorch with lame-bench)")
+        raise ValueError(
+            f"{ckpt} was trained with method {model.config.method!r}; ONNX export "
+            f"covers the one-pass methods {EXPORTABLE_METHODS} (cot and latent "
+            "decode step by step: benchmark them in PyTorch with lame-bench)"
+        )
     weight_bytes = parameter_bytes(model)
     external = weight_bytes > options.external_data_threshold
-    report: dict = {"gates": {}, "failures": [],
-                    "external_data": external, "fp32_weight_bytes": weight_bytes}
+    report: dict = {"gates": {}, "failures": [], "external_data": external, "fp32_weight_bytes": weight_bytes}
 
     source_sha256 = sha256(ckpt / MODEL_FILE)
     hashes: dict[str, str] = {}  # artifact file -> sha256, computed once per file
@@ -121,8 +129,7 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
             progress("exporting the text-only graph (no vision tower)")
             build_text_graphs(model, stage, spec, external, report)
             _share(stage, "fp32", external, report)
-        precisions = (["fp32"] + ["fp16"] * options.fp16 + ["int8"] * options.int8
-                      + ["int4"] * options.int4)
+        precisions = ["fp32"] + ["fp16"] * options.fp16 + ["int8"] * options.int8 + ["int4"] * options.int4
         feeds = parity_feeds(model.preprocessor)
         dims = model.config.matryoshka_dims or ()  # gated at every served size
         progress("PyTorch reference embeddings")
@@ -138,24 +145,21 @@ def export_checkpoint(ckpt: str | Path, out: str | Path, options: ExportOptions,
                     convert_text_graph(precision, stage, options, external, progress)
                     _share(stage, precision, external, report)
             progress(f"parity check {precision}")
-            report[precision] = _parity(references, feeds, stage / FILES[precision],
-                                        precision, report, dims)
+            report[precision] = _parity(references, feeds, stage / FILES[precision], precision, report, dims)
             if options.text_graph:
                 report.setdefault("text_graph", {})[precision] = check_text_parity(
-                    references, feeds, stage / TEXT_FILES[precision], precision, report, dims)
+                    references, feeds, stage / TEXT_FILES[precision], precision, report, dims
+                )
         # The retrieval gate opens the artifact through the runtime, so it needs a manifest;
         # the final one (with parity.json listed) replaces it below.
         progress("hashing the artifact's files")
-        _write_manifest(stage, model, ckpt, precisions, spec, hashes, source_sha256,
-                        options.text_graph)
+        _write_manifest(stage, model, ckpt, precisions, spec, hashes, source_sha256, options.text_graph)
         if options.calib_data and (Path(options.calib_data) / "eval.jsonl").is_file():
-            report["retrieval"] = _retrieval_gate(stage, options.calib_data, precisions,
-                                                  report, progress)
+            report["retrieval"] = _retrieval_gate(stage, options.calib_data, precisions, report, progress)
         if report["failures"] and not options.force:
             raise ExportGateError("; ".join(report["failures"]))
         atomic_write_json(stage / "parity.json", report)
-        _write_manifest(stage, model, ckpt, precisions, spec, hashes, source_sha256,
-                        options.text_graph)
+        _write_manifest(stage, model, ckpt, precisions, spec, hashes, source_sha256, options.text_graph)
 
     atomic_write_dir(Path(out), build, marker=MANIFEST)
     return report
@@ -168,7 +172,8 @@ def _share(stage: Path, precision: str, external: bool, report: dict) -> None:
         from lame_export.shared_weights import share_text_weights
 
         report.setdefault("shared_weights", {})[precision] = share_text_weights(
-            stage / FILES[precision], stage / TEXT_FILES[precision])
+            stage / FILES[precision], stage / TEXT_FILES[precision]
+        )
 
 
 def _check_reason_tokens(model, onnx_path: Path, report: dict) -> None:
@@ -179,14 +184,16 @@ def _check_reason_tokens(model, onnx_path: Path, report: dict) -> None:
     names = [i.name for i in graph.input if i.name not in initializers]
     tokens = model.reason_tokens.detach().float().numpy()
     holder = reason_token_initializer(onnx_path, tokens)
-    report["graph"] = {"inputs": names, "reason_tokens_initializer": holder,
-                       "num_reason_tokens": int(tokens.shape[0])}
+    report["graph"] = {
+        "inputs": names,
+        "reason_tokens_initializer": holder,
+        "num_reason_tokens": int(tokens.shape[0]),
+    }
     if tokens.shape[0] and holder is None:
         report["failures"].append("no initializer holds the checkpoint's reason_tokens")
 
 
-def _convert(precision: str, stage: Path, model, options: ExportOptions, progress,
-             external: bool) -> None:
+def _convert(precision: str, stage: Path, model, options: ExportOptions, progress, external: bool) -> None:
     from lame_export.precision import to_fp16, to_int4, to_int8
 
     src = stage / FILES["fp32"]
@@ -196,20 +203,26 @@ def _convert(precision: str, stage: Path, model, options: ExportOptions, progres
     if precision == "int4":
         to_int4(src, stage / FILES["int4"], options.int4_options(), external_data=external)
         return
-    from lame_calibration import CalibrationReader, build as build_calibration
+    from lame_calibration import CalibrationReader
+    from lame_calibration import build as build_calibration
 
     calib = options.calib_file
     if calib is None:
         if options.calib_data is None:
             raise ValueError("--int8 needs --calib-data DIR or --calib FILE.npz")
         progress(f"building a {options.calib_size}-sample calibration set")
-        calib = build_calibration(options.calib_data, stage, stage / "calib.npz",
-                                  size=options.calib_size)
+        calib = build_calibration(options.calib_data, stage, stage / "calib.npz", size=options.calib_size)
     # MinMax ranges do not depend on how samples are batched; small batches keep the
     # calibration session's activations (and the export's peak memory) small.
     reader = CalibrationReader(calib, batch_size=2, input_names=list(INPUT_NAMES))
-    to_int8(src, stage / FILES["int8"], reader, for_tensorrt=options.int8_for_tensorrt,
-            external_data=external, progress=progress)
+    to_int8(
+        src,
+        stage / FILES["int8"],
+        reader,
+        for_tensorrt=options.int8_for_tensorrt,
+        external_data=external,
+        progress=progress,
+    )
 
 
 def _release_weights(model) -> None:
@@ -232,12 +245,12 @@ def _release_weights(model) -> None:
 def _references(model, feeds) -> dict[str, np.ndarray]:
     """PyTorch fp32 embeddings of every parity feed, by label (computed once per export)."""
     with torch.no_grad():
-        return {label: model(**model.feed_to_tensors(feed)).embedding.float().numpy()
-                for label, feed in feeds}
+        return {
+            label: model(**model.feed_to_tensors(feed)).embedding.float().numpy() for label, feed in feeds
+        }
 
 
-def _parity(references: dict, feeds, onnx_path: Path, precision: str, report: dict,
-            dims=()) -> dict:
+def _parity(references: dict, feeds, onnx_path: Path, precision: str, report: dict, dims=()) -> dict:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -247,15 +260,17 @@ def _parity(references: dict, feeds, onnx_path: Path, precision: str, report: di
         return references[labels[id(feed)]]
 
     def candidate(feed):
-        return session.run(None, feed)[0]
+        return session.run(None, feed)[0]  # noqa: F821 (released below, after the suite)
 
     result = parity_suite(reference, candidate, feeds, THRESHOLDS[precision], dims)
     del session
     data = onnx_path.parent / data_file(onnx_path)
     result["bytes"] = onnx_path.stat().st_size + (data.stat().st_size if data.is_file() else 0)
     if not result["passed"]:
-        report["failures"].append(f"{precision} parity: min cosine {result['min_cosine']:.6f} "
-                                  f"< {THRESHOLDS[precision]} (finite={result['finite']})")
+        report["failures"].append(
+            f"{precision} parity: min cosine {result['min_cosine']:.6f} "
+            f"< {THRESHOLDS[precision]} (finite={result['finite']})"
+        )
     return result
 
 
@@ -300,8 +315,16 @@ def _file_table(stage: Path, hashes: dict[str, str]) -> dict[str, dict]:
     return table
 
 
-def _write_manifest(stage: Path, model, ckpt: Path, precisions, spec: ExportSpec,
-                    hashes: dict[str, str], source_sha256: str, text_graph: bool = False) -> None:
+def _write_manifest(
+    stage: Path,
+    model,
+    ckpt: Path,
+    precisions,
+    spec: ExportSpec,
+    hashes: dict[str, str],
+    source_sha256: str,
+    text_graph: bool = False,
+) -> None:
     import onnx
     import onnxruntime
 
@@ -312,13 +335,16 @@ def _write_manifest(stage: Path, model, ckpt: Path, precisions, spec: ExportSpec
         "num_reason_tokens": model.config.num_reason_tokens,
         "num_summary_tokens": model.config.num_summary_tokens,
         # Matryoshka: the sizes the model was trained to serve (Embedder.encode(dimensions=)).
-        **({"matryoshka_dims": list(model.config.matryoshka_dims)}
-           if model.config.matryoshka_dims else {}),
+        **({"matryoshka_dims": list(model.config.matryoshka_dims)} if model.config.matryoshka_dims else {}),
         **spec.io_manifest(pre, model.config.embed_dim),
         "graph": "one graph for text, image and text+image rows: image_mask zeroes the visual "
-                 "tokens of text-only rows; reason/summary tokens are constants"
-                 + ("; models[p].text: the text-only graph (input_ids + attention_mask, no "
-                    "vision tower) that text-only rows are routed to" if text_graph else ""),
+        "tokens of text-only rows; reason/summary tokens are constants"
+        + (
+            "; models[p].text: the text-only graph (input_ids + attention_mask, no "
+            "vision tower) that text-only rows are routed to"
+            if text_graph
+            else ""
+        ),
         "image": pre.image.to_dict(),
         "num_image_tokens": pre.image.num_tokens,
         "max_text_tokens": pre.text.max_text_tokens,
@@ -326,19 +352,32 @@ def _write_manifest(stage: Path, model, ckpt: Path, precisions, spec: ExportSpec
         "instructions": _instructions(ckpt),
         "opset": spec.opset,
         # The graph's dynamic-axis bounds: TensorRT optimisation profiles are sized from them.
-        "max_batch": spec.max_batch, "max_sequence": spec.max_sequence,
-        "models": {p: {"path": FILES[p], "external_data": _external_data(stage / FILES[p]),
-                       **({"text": {"path": TEXT_FILES[p],
-                                    "external_data": _external_data(stage / TEXT_FILES[p])}}
-                          if text_graph else {})}
-                   for p in precisions},
+        "max_batch": spec.max_batch,
+        "max_sequence": spec.max_sequence,
+        "models": {
+            p: {
+                "path": FILES[p],
+                "external_data": _external_data(stage / FILES[p]),
+                **(
+                    {"text": {"path": TEXT_FILES[p], "external_data": _external_data(stage / TEXT_FILES[p])}}
+                    if text_graph
+                    else {}
+                ),
+            }
+            for p in precisions
+        },
         "files": _file_table(stage, hashes),
-        "source_checkpoint": {"path": str(ckpt), "sha256": source_sha256,
-                              "meta": json.loads((ckpt / "meta.json").read_text())
-                              if (ckpt / "meta.json").is_file() else {}},
-        "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__,
-                          "onnxruntime": onnxruntime.__version__,
-                          "python": platform.python_version()},
+        "source_checkpoint": {
+            "path": str(ckpt),
+            "sha256": source_sha256,
+            "meta": json.loads((ckpt / "meta.json").read_text()) if (ckpt / "meta.json").is_file() else {},
+        },
+        "exported_with": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
     }
     atomic_write_json(stage / MANIFEST, manifest)
     HashCache.write(stage, hashes)  # the first load need not hash 2 GB again
@@ -359,6 +398,5 @@ def _retrieval_gate(stage: Path, data_dir: str, precisions, report: dict, progre
         drop = results["fp32"] - results[precision]
         limit = MAX_HIT_DROPS.get(precision, MAX_HIT_DROP)
         if drop > limit:
-            report["failures"].append(f"{precision} loses {drop:.2f} points of hit@1 vs fp32 "
-                                      f"(limit {limit})")
+            report["failures"].append(f"{precision} loses {drop:.2f} points of hit@1 vs fp32 (limit {limit})")
     return {"hit@1": results, "max_drop": MAX_HIT_DROP, "max_drops": MAX_HIT_DROPS}

@@ -12,6 +12,7 @@
   quantiser handles MatMul only, and the exported linears are MatMul) and, optionally, the
   token-embedding table (``GatherBlockQuantized``). No calibration: activations stay float.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,20 @@ from pathlib import Path
 from lame_runtime.errors import InputError
 
 # RMSNorm decomposes to Pow/ReduceMean/Sqrt/Reciprocal; keep the whole chain in fp32.
-FP16_KEEP_FP32 = ["Pow", "ReduceMean", "Sqrt", "Reciprocal", "LayerNormalization", "Softmax",
-                  "ReduceL2", "CumSum", "Range", "Sin", "Cos", "Erf"]
+FP16_KEEP_FP32 = [
+    "Pow",
+    "ReduceMean",
+    "Sqrt",
+    "Reciprocal",
+    "LayerNormalization",
+    "Softmax",
+    "ReduceL2",
+    "CumSum",
+    "Range",
+    "Sin",
+    "Cos",
+    "Erf",
+]
 INT8_OP_TYPES = ("MatMul", "Gemm")
 
 
@@ -39,8 +52,14 @@ def save_graph(model, dst: Path, external_data: bool) -> Path:
 
     if external_data:
         Path(dst.parent / data_file(dst)).unlink(missing_ok=True)  # onnx appends to it
-        onnx.save(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=data_file(dst), size_threshold=1024)
+        onnx.save(
+            model,
+            str(dst),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_file(dst),
+            size_threshold=1024,
+        )
     else:
         onnx.save(model, str(dst))
     return dst
@@ -53,8 +72,7 @@ def to_fp16(src: Path, dst: Path, external_data: bool = False) -> Path:
 
     # A path (not a ModelProto): the converter then runs shape inference with
     # infer_shapes_path, which works past 2 GB (infer_shapes serialises the proto and fails).
-    converted = convert_float_to_float16(str(src), keep_io_types=True,
-                                         op_block_list=FP16_KEEP_FP32)
+    converted = convert_float_to_float16(str(src), keep_io_types=True, op_block_list=FP16_KEEP_FP32)
     gc.collect()  # the fp32 copy the converter loaded is garbage now: free it before saving
     save_graph(converted, Path(dst), external_data)
     return dst
@@ -66,9 +84,9 @@ class Int4Options:
     # 128) block 32 lost 2.26 points of hit@1 (fails the 2-point gate), block 16 lost 1.43;
     # with fp32 scales and 4-bit zero points that is 6.25 bits a weight instead of 5.125.
     block_size: int = 16
-    accuracy_level: int = 4     # MatMulNBits compute type: 4 = int8 activations (fastest on CPU);
-                                # 0 = fp32 compute (slower, a little closer to fp32)
-    embeddings: bool = True     # 4-bit token-embedding table too (the biggest tensor at 2B)
+    accuracy_level: int = 4  # MatMulNBits compute type: 4 = int8 activations (fastest on CPU);
+    # 0 = fp32 compute (slower, a little closer to fp32)
+    embeddings: bool = True  # 4-bit token-embedding table too (the biggest tensor at 2B)
 
     def check(self) -> None:
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
@@ -77,8 +95,7 @@ class Int4Options:
             raise InputError(f"int4 accuracy level must be 0-4, got {self.accuracy_level}")
 
 
-def to_int4(src: Path, dst: Path, options: Int4Options | None = None,
-            external_data: bool = False) -> Path:
+def to_int4(src: Path, dst: Path, options: Int4Options | None = None, external_data: bool = False) -> Path:
     """Weight-only int4 of an fp32 graph (``MatMulNBits``; TensorRT cannot parse it: see
     ``lame_export.trt_lint.INT4_NOTE``)."""
     import gc
@@ -91,10 +108,15 @@ def to_int4(src: Path, dst: Path, options: Int4Options | None = None,
     options.check()
     model = onnx.load(str(src))  # with its external data: the quantiser reads the weights
     quantizer = MatMulNBitsQuantizer(
-        model, bits=4, block_size=options.block_size, is_symmetric=True,
-        accuracy_level=options.accuracy_level, quant_format=QuantFormat.QOperator,
+        model,
+        bits=4,
+        block_size=options.block_size,
+        is_symmetric=True,
+        accuracy_level=options.accuracy_level,
+        quant_format=QuantFormat.QOperator,
         op_types_to_quantize=("MatMul", "Gather") if options.embeddings else ("MatMul",),
-        quant_axes=(("MatMul", 0), ("Gather", 1)))
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+    )
     quantizer.process()
     quantized = quantizer.model.model
     del model, quantizer
@@ -107,8 +129,11 @@ def weight_nodes(model, op_types=INT8_OP_TYPES) -> list[str]:
     """Names of op_types nodes with a constant (initializer) operand: the weight matmuls."""
     initializers = {i.name for i in model.graph.initializer}
     constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in model.graph.node
-            if n.op_type in op_types and any(i in initializers | constants for i in n.input)]
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in op_types and any(i in initializers | constants for i in n.input)
+    ]
 
 
 def minmax_ranges(prepared: Path, reader, op_types=INT8_OP_TYPES):
@@ -133,24 +158,30 @@ def minmax_ranges(prepared: Path, reader, op_types=INT8_OP_TYPES):
     infos = {vi.name: vi for vi in itertools.chain(graph.value_info, graph.output, graph.input)}
     constants = {init.name for init in graph.initializer}
     floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
-    tensors = sorted({name for node in graph.node if node.op_type in op_types
-                      for name in itertools.chain(node.input, node.output)
-                      if name in infos and name not in constants
-                      and infos[name].type.HasField("tensor_type")
-                      and infos[name].type.tensor_type.elem_type in floats})
+    tensors = sorted(
+        {
+            name
+            for node in graph.node
+            if node.op_type in op_types
+            for name in itertools.chain(node.input, node.output)
+            if name in infos
+            and name not in constants
+            and infos[name].type.HasField("tensor_type")
+            and infos[name].type.tensor_type.elem_type in floats
+        }
+    )
     outputs, reducers = [], {}
     for i, name in enumerate(tensors):
         for op in ("ReduceMin", "ReduceMax"):
             out = f"lame_calib_{i}_{op}"
-            reducers.setdefault(name, []).append(
-                helper.make_node(op, [name], [out], keepdims=1, name=out))
+            reducers.setdefault(name, []).append(helper.make_node(op, [name], [out], keepdims=1, name=out))
             outputs.append(out)
-            graph.output.append(helper.make_tensor_value_info(
-                out, infos[name].type.tensor_type.elem_type, None))
+            graph.output.append(
+                helper.make_tensor_value_info(out, infos[name].type.tensor_type.elem_type, None)
+            )
     # Each reduction right after its tensor's producer: appended at the end instead, ORT would
     # keep every calibrated activation alive until the end of the run (GBs at 2B scale).
-    nodes = [n for name in tensors if name in {i.name for i in graph.input}
-             for n in reducers[name]]
+    nodes = [n for name in tensors if name in {i.name for i in graph.input} for n in reducers[name]]
     for node in graph.node:
         nodes.append(node)
         nodes += [n for name in node.output for n in reducers.get(name, [])]
@@ -173,14 +204,25 @@ def minmax_ranges(prepared: Path, reader, op_types=INT8_OP_TYPES):
         highs = np.fmax(highs, [float(np.max(v)) for v in values[1::2]])
     del session
     augmented.unlink()
-    return TensorsData(CalibrationMethod.MinMax, {
-        name: TensorData(lowest=np.array([lo], np.float32), highest=np.array([hi], np.float32))
-        for name, lo, hi in zip(tensors, lows, highs)})
+    return TensorsData(
+        CalibrationMethod.MinMax,
+        {
+            name: TensorData(lowest=np.array([lo], np.float32), highest=np.array([hi], np.float32))
+            for name, lo, hi in zip(tensors, lows, highs)
+        },
+    )
 
 
-def to_int8(src: Path, dst: Path, reader, per_channel: bool = True,
-            op_types=INT8_OP_TYPES, for_tensorrt: bool = False,
-            external_data: bool = False, progress=lambda message: None) -> Path:
+def to_int8(
+    src: Path,
+    dst: Path,
+    reader,
+    per_channel: bool = True,
+    op_types=INT8_OP_TYPES,
+    for_tensorrt: bool = False,
+    external_data: bool = False,
+    progress=lambda message: None,
+) -> Path:
     """``for_tensorrt``: symmetric int8 activations (zero point 0), which TensorRT's Q/DQ
     parser requires; the default U8S8 runs fastest on ONNX Runtime's CPU kernels."""
     import onnx
@@ -192,9 +234,14 @@ def to_int8(src: Path, dst: Path, reader, per_channel: bool = True,
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         progress(f"int8 {dst.name}: pre-processing (shape inference, ORT basic optimisations)")
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True,
-                          save_as_external_data=external_data, all_tensors_to_one_file=True,
-                          external_data_location=data_file(prepared))
+        quant_pre_process(
+            str(src),
+            str(prepared),
+            skip_symbolic_shape=True,
+            save_as_external_data=external_data,
+            all_tensors_to_one_file=True,
+            external_data_location=data_file(prepared),
+        )
         progress(f"int8 {dst.name}: calibrating activation ranges (MinMax)")
         ranges = Path(tmp) / "ranges.json"
         save_tensors_data(minmax_ranges(prepared, reader, op_types), ranges)
@@ -202,14 +249,20 @@ def to_int8(src: Path, dst: Path, reader, per_channel: bool = True,
         nodes = weight_nodes(onnx.load(str(prepared), load_external_data=False), op_types)
         partial = Path(tmp) / dst.name
         progress(f"int8 {dst.name}: quantising weights (Q/DQ)")
-        quantize_static(str(prepared), str(partial), None, quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=per_channel,
-                        op_types_to_quantize=list(op_types), nodes_to_quantize=nodes,
-                        use_external_data_format=external_data,
-                        extra_options={"ActivationSymmetric": for_tensorrt,
-                                       "WeightSymmetric": True},
-                        calibration_cache_path=str(ranges))
+        quantize_static(
+            str(prepared),
+            str(partial),
+            None,
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            op_types_to_quantize=list(op_types),
+            nodes_to_quantize=nodes,
+            use_external_data_format=external_data,
+            extra_options={"ActivationSymmetric": for_tensorrt, "WeightSymmetric": True},
+            calibration_cache_path=str(ranges),
+        )
         if external_data:
             os.replace(Path(tmp) / data_file(partial), dst.parent / data_file(dst))
         os.replace(partial, dst)

@@ -13,6 +13,7 @@ rewritten compact, or inline when that file would be empty. The manifest then li
 files for the text graph, so the artifact contract hashes the shared file before the text graph
 loads, and the runtime (``lame_runtime.engines.shared_weights``) maps it once for both sessions.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,25 +59,24 @@ def share_text_weights(full: Path, text: Path) -> dict:
     full_data, text_data = folder / data_file(full), folder / data_file(text)
     full_proto = onnx.load(str(full), load_external_data=False)
     text_proto = onnx.load(str(text), load_external_data=False)
-    with open(full_data, "rb") as handle, \
-            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as full_map:
+    with open(full_data, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as full_map:
         index = {}
         for tensor in _external(full_proto.graph):
             entries = _entries(tensor)
             if entries.get("location") != full_data.name:
                 continue
             start, length = int(entries.get("offset", 0)), int(entries["length"])
-            index.setdefault(_key(tensor, full_map[start:start + length]),
-                             {"location": full_data.name, "offset": str(start),
-                              "length": str(length)})
+            index.setdefault(
+                _key(tensor, full_map[start : start + length]),
+                {"location": full_data.name, "offset": str(start), "length": str(length)},
+            )
     report = {"shared_bytes": 0, "own_bytes": 0, "shared_tensors": 0, "own_tensors": 0}
     own: list[tuple] = []
-    with open(text_data, "rb") as handle, \
-            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as text_map:
+    with open(text_data, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as text_map:
         for tensor in _external(text_proto.graph):
             entries = _entries(tensor)
             start, length = int(entries.get("offset", 0)), int(entries["length"])
-            blob = text_map[start:start + length]
+            blob = text_map[start : start + length]
             match = index.get(_key(tensor, blob))
             if match is not None:
                 _set_entries(tensor, match)
@@ -104,7 +104,8 @@ def _rewrite_own(proto, own: list[tuple], text_data: Path) -> None:
             offset = -(-handle.tell() // ALIGN) * ALIGN
             handle.write(b"\0" * (offset - handle.tell()))
             handle.write(blob)
-            _set_entries(tensor, {"location": text_data.name, "offset": str(offset),
-                                  "length": str(len(blob))})
+            _set_entries(
+                tensor, {"location": text_data.name, "offset": str(offset), "length": str(len(blob))}
+            )
             tensor.data_location = TensorProto.EXTERNAL
     staged.replace(text_data)

@@ -1,4 +1,5 @@
 """The declarative export spec: names, dynamic axes and dummy inputs in one place."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,12 @@ class ExportSpec:
 
         batch = torch.export.Dim("batch", min=1, max=self.max_batch)
         sequence = torch.export.Dim("sequence", min=2, max=self.max_sequence)
-        return {"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence},
-                "pixel_values": {0: batch}, "image_mask": {0: batch}}
+        return {
+            "input_ids": {0: batch, 1: sequence},
+            "attention_mask": {0: batch, 1: sequence},
+            "pixel_values": {0: batch},
+            "image_mask": {0: batch},
+        }
 
     def io_manifest(self, preprocessor: Preprocessor, embed_dim: int) -> dict:
         image = preprocessor.image
@@ -33,8 +38,11 @@ class ExportSpec:
             "inputs": [
                 {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
                 {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
-                {"name": "pixel_values", "dtype": "float32",
-                 "shape": ["batch", image.num_patches, image.patch_dim]},
+                {
+                    "name": "pixel_values",
+                    "dtype": "float32",
+                    "shape": ["batch", image.num_patches, image.patch_dim],
+                },
                 {"name": "image_mask", "dtype": "int64", "shape": ["batch"]},
             ],
             "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", embed_dim]}],
@@ -48,12 +56,16 @@ def sample_image(seed: int, height: int, width: int) -> np.ndarray:
 def dummy_feed(preprocessor: Preprocessor) -> dict[str, np.ndarray]:
     """Three rows covering text-only, image-only and text+image, with unequal lengths."""
     image = sample_image(0, preprocessor.image.height, preprocessor.image.width)
-    return preprocessor(["a short text", None, "a somewhat longer text query here"],
-                        [None, image, image])
+    return preprocessor(["a short text", None, "a somewhat longer text query here"], [None, image, image])
 
 
-PARITY_TEXTS = ["a", "the digits add up to 9", "find the image that matches the statement: "
-                "the odd digits add up to 13", "exactly 2 digits are greater than 6", "7 3 1"]
+PARITY_TEXTS = [
+    "a",
+    "the digits add up to 9",
+    "find the image that matches the statement: the odd digits add up to 13",
+    "exactly 2 digits are greater than 6",
+    "7 3 1",
+]
 
 
 def parity_feeds(preprocessor: Preprocessor, batches=(1, 3, 8)) -> list[tuple[str, dict]]:
@@ -65,7 +77,11 @@ def parity_feeds(preprocessor: Preprocessor, batches=(1, 3, 8)) -> list[tuple[st
         images = [sample_image(100 * batch + i, h, w) for i in range(batch)]
         mixed_t = [t if i % 3 != 1 else None for i, t in enumerate(texts)]
         mixed_i = [im if i % 3 != 0 else None for i, im in enumerate(images)]
-        for label, (t, im) in {"text": (texts, None), "image": (None, images),
-                               "text+image": (texts, images), "mixed": (mixed_t, mixed_i)}.items():
+        for label, (t, im) in {
+            "text": (texts, None),
+            "image": (None, images),
+            "text+image": (texts, images),
+            "mixed": (mixed_t, mixed_i),
+        }.items():
             feeds.append((f"b{batch}/{label}", preprocessor(t, im)))
     return feeds

@@ -12,6 +12,7 @@ same thresholds per precision as the full graph, its own TensorRT lint, and fp16
 variants built with the same conversions (int8 calibrated on the calibration set's text-only
 rows). The manifest lists it under each precision's ``models`` entry as ``"text"``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,12 @@ from lame_export.onnx_export import quiet_exporter
 from lame_export.spec import ExportSpec, dummy_feed
 
 TEXT_INPUTS = ("input_ids", "attention_mask")
-TEXT_FILES = {"fp32": "model_text.onnx", "fp16": "model_text_fp16.onnx",
-              "int8": "model_text_int8.onnx", "int4": "model_text_int4.onnx"}
+TEXT_FILES = {
+    "fp32": "model_text.onnx",
+    "fp16": "model_text_fp16.onnx",
+    "int8": "model_text_int8.onnx",
+    "int4": "model_text_int4.onnx",
+}
 
 
 @contextlib.contextmanager
@@ -64,9 +69,15 @@ def export_text_onnx(model, path: Path, spec: ExportSpec, external_data: bool) -
     dynamic = {name: spec.dynamic_shapes()[name] for name in TEXT_INPUTS}
     with text_only(model), torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
-            TextEmbeddingGraph(model), args, dynamo=True, dynamic_shapes=dynamic,
-            input_names=list(TEXT_INPUTS), output_names=list(spec.output_names),
-            opset_version=spec.opset, verbose=False)
+            TextEmbeddingGraph(model),
+            args,
+            dynamo=True,
+            dynamic_shapes=dynamic,
+            input_names=list(TEXT_INPUTS),
+            output_names=list(spec.output_names),
+            opset_version=spec.opset,
+            verbose=False,
+        )
     program.save(str(path), external_data=external_data)
     return path
 
@@ -76,8 +87,9 @@ def text_parity_feeds(feeds) -> list[tuple[str, dict]]:
     return [(label, feed) for label, feed in feeds if label.endswith("/text")]
 
 
-def check_text_parity(references: dict, feeds, onnx_path: Path, precision: str,
-                      report: dict, dims=()) -> dict:
+def check_text_parity(
+    references: dict, feeds, onnx_path: Path, precision: str, report: dict, dims=()
+) -> dict:
     """The text graph's gate: every text parity feed against the PyTorch reference rows."""
     import onnxruntime as ort
 
@@ -86,13 +98,18 @@ def check_text_parity(references: dict, feeds, onnx_path: Path, precision: str,
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     text_feeds = text_parity_feeds(feeds)
     labels = {id(feed): label for label, feed in text_feeds}
-    result = parity_suite(lambda feed: references[labels[id(feed)]],
-                          lambda feed: session.run(None, text_feed(feed))[0],
-                          text_feeds, THRESHOLDS[precision], dims)
+    result = parity_suite(
+        lambda feed: references[labels[id(feed)]],
+        lambda feed: session.run(None, text_feed(feed))[0],  # noqa: F821
+        text_feeds,
+        THRESHOLDS[precision],
+        dims,
+    )
     del session
     if not result["passed"]:
-        report["failures"].append(f"{precision} text graph parity: min cosine "
-                                  f"{result['min_cosine']:.6f} < {THRESHOLDS[precision]}")
+        report["failures"].append(
+            f"{precision} text graph parity: min cosine {result['min_cosine']:.6f} < {THRESHOLDS[precision]}"
+        )
     return result
 
 
@@ -119,12 +136,21 @@ def convert_text_graph(precision: str, stage: Path, options, external: bool, pro
 
     calib = options.calib_file or stage / "calib.npz"
     reader = CalibrationReader(calib, batch_size=2, input_names=list(TEXT_INPUTS), text_only=True)
-    to_int8(src, stage / TEXT_FILES["int8"], reader,
-            for_tensorrt=options.int8_for_tensorrt, external_data=external, progress=progress)
+    to_int8(
+        src,
+        stage / TEXT_FILES["int8"],
+        reader,
+        for_tensorrt=options.int8_for_tensorrt,
+        external_data=external,
+        progress=progress,
+    )
 
 
 def text_io_manifest(embed_dim: int) -> dict:
-    return {"inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
-                       {"name": "attention_mask", "dtype": "int64",
-                        "shape": ["batch", "sequence"]}],
-            "outputs_dim": embed_dim}
+    return {
+        "inputs": [
+            {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]},
+            {"name": "attention_mask", "dtype": "int64", "shape": ["batch", "sequence"]},
+        ],
+        "outputs_dim": embed_dim,
+    }

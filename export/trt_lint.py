@@ -4,6 +4,7 @@ The table (``trt_onnx_ops.json``) is transcribed from onnx/onnx-tensorrt ``docs/
 its ``source``/``versions.*.ref`` fields say which revision. The "10.3" entry is the nearest
 stored 10.x table (10.8) with the ops added after 10.3 removed, per the parser's changelog.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,7 @@ def lint(onnx_path: str | Path) -> dict:
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     ops = Counter(node.op_type for node in model.graph.node if node.domain in ("", "ai.onnx"))
-    custom = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node
-                     if n.domain not in ("", "ai.onnx")})
+    custom = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
     table = support_table()
     report = {"ops": dict(sorted(ops.items())), "custom_domain_ops": custom, "versions": {}}
     for name, version in table["versions"].items():
@@ -43,8 +43,11 @@ def lint(onnx_path: str | Path) -> dict:
             "restricted": {op: restrictions[op] for op in sorted(ops) if op in restrictions},
         }
     report["data_dependent_shape_ops"] = sorted(set(ops) & set(table["data_dependent_shape_ops"]))
-    report["ok"] = not custom and not report["data_dependent_shape_ops"] and all(
-        not v["unsupported"] for v in report["versions"].values())
+    report["ok"] = (
+        not custom
+        and not report["data_dependent_shape_ops"]
+        and all(not v["unsupported"] for v in report["versions"].values())
+    )
     return report
 
 
@@ -54,11 +57,13 @@ def lint(onnx_path: str | Path) -> dict:
 # strongly typed network; ORT's ``MatMulNBits``/``GatherBlockQuantized`` are com.microsoft
 # contrib ops that the TensorRT ONNX parser does not know. Block-quantised Gather (the
 # embedding table) is not supported by TensorRT at all.
-INT4_NOTE = ("the int4 graph uses ONNX Runtime's com.microsoft MatMulNBits / "
-             "GatherBlockQuantized, which TensorRT cannot parse: serve int4 with ONNX Runtime "
-             "(CPU or CUDA EP); TensorRT takes INT4 weight-only only as opset-21 blocked "
-             "DequantizeLinear(INT4) -> MatMul in a strongly typed network, and has no "
-             "block-quantised Gather, so a TensorRT int4 needs the embedding table in fp16")
+INT4_NOTE = (
+    "the int4 graph uses ONNX Runtime's com.microsoft MatMulNBits / "
+    "GatherBlockQuantized, which TensorRT cannot parse: serve int4 with ONNX Runtime "
+    "(CPU or CUDA EP); TensorRT takes INT4 weight-only only as opset-21 blocked "
+    "DequantizeLinear(INT4) -> MatMul in a strongly typed network, and has no "
+    "block-quantised Gather, so a TensorRT int4 needs the embedding table in fp16"
+)
 
 
 def int4_lint(onnx_path: str | Path) -> dict:

@@ -1,4 +1,5 @@
 """Parity checks: compare a candidate's embeddings with a reference's, row by row."""
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -24,16 +25,19 @@ def row_cosines(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     return np.sum(ref * cand, axis=1)
 
 
-def validate(reference: np.ndarray, candidate: np.ndarray, min_cosine: float,
-             atol: float | None = None) -> dict:
+def validate(
+    reference: np.ndarray, candidate: np.ndarray, min_cosine: float, atol: float | None = None
+) -> dict:
     """Raise :class:`ParityError` unless every row matches; return the figures either way."""
     if reference.shape != candidate.shape:
-        raise ParityError(f"shape mismatch: reference {reference.shape} vs candidate "
-                          f"{candidate.shape}")
+        raise ParityError(f"shape mismatch: reference {reference.shape} vs candidate {candidate.shape}")
     finite = bool(np.isfinite(candidate).all())
     cosines = row_cosines(reference, candidate) if finite else np.array([-1.0])
-    figures = {"min_cosine": float(cosines.min()), "finite": finite,
-               "max_abs_diff": float(np.abs(reference - candidate).max()) if finite else None}
+    figures = {
+        "min_cosine": float(cosines.min()),
+        "finite": finite,
+        "max_abs_diff": float(np.abs(reference - candidate).max()) if finite else None,
+    }
     if not finite:
         raise ParityError("candidate produced NaN/Inf")
     if figures["min_cosine"] < min_cosine:
@@ -43,9 +47,13 @@ def validate(reference: np.ndarray, candidate: np.ndarray, min_cosine: float,
     return figures
 
 
-def parity_suite(reference: Callable[[Feed], np.ndarray], candidate: Callable[[Feed], np.ndarray],
-                 feeds: Sequence[tuple[str, Feed]], min_cosine: float,
-                 dims: Sequence[int] = ()) -> dict:
+def parity_suite(
+    reference: Callable[[Feed], np.ndarray],
+    candidate: Callable[[Feed], np.ndarray],
+    feeds: Sequence[tuple[str, Feed]],
+    min_cosine: float,
+    dims: Sequence[int] = (),
+) -> dict:
     """Run every (label, feed); -> {"min_cosine", "finite", "passed", "cases": {label: cos}}.
 
     ``dims`` (a Matryoshka model's served sizes): each case is also scored on the leading d
@@ -66,8 +74,13 @@ def parity_suite(reference: Callable[[Feed], np.ndarray], candidate: Callable[[F
             worst_case = min(worst_case, prefix)
         cases[label] = round(worst_case, 7)
     worst = min((c for c in cases.values() if c is not None), default=-1.0)
-    result = {"min_cosine": worst, "finite": finite, "threshold": min_cosine,
-              "passed": finite and worst >= min_cosine, "cases": cases}
+    result = {
+        "min_cosine": worst,
+        "finite": finite,
+        "threshold": min_cosine,
+        "passed": finite and worst >= min_cosine,
+        "cases": cases,
+    }
     if dims:
         result["by_dimension"] = by_dim
     return result

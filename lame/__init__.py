@@ -3,6 +3,7 @@
 ``lame.load(ckpt).encode(texts=..., images=...)`` embeds; ``lame-train`` trains both stages.
 Heavy imports (torch, transformers) happen on first use, so ``import lame`` stays cheap.
 """
+
 from __future__ import annotations
 
 from lame_runtime._moved import install as _install_moved_modules
@@ -22,10 +23,17 @@ def load(checkpoint, device: str = "cpu"):
 
 # The flat 0.1 layout's module paths (``lame.train``, ``lame.evaluate``, ...) keep importing for
 # one release, aliased with a DeprecationWarning to their homes in training/ and evaluation/.
-_MOVED = {"train": "training.train", "objective": "training.objective",
-          "gradcache": "training.gradcache", "distributed": "training.distributed",
-          "lora": "training.lora", "evaluate": "evaluation.evaluate",
-          "stats": "evaluation.stats", "plots": "evaluation.plots", "bench": "evaluation.bench"}
+_MOVED = {
+    "train": "training.train",
+    "objective": "training.objective",
+    "gradcache": "training.gradcache",
+    "distributed": "training.distributed",
+    "lora": "training.lora",
+    "evaluate": "evaluation.evaluate",
+    "stats": "evaluation.stats",
+    "plots": "evaluation.plots",
+    "bench": "evaluation.bench",
+}
 _install_moved_modules("lame", _MOVED)
 
 __all__ = ["load", "__version__"]

@@ -13,6 +13,7 @@ Layout::
     meta.json                stage, step, latest metrics
     metrics.jsonl            the whole training log up to this step
 """
+
 from __future__ import annotations
 
 import json
@@ -24,10 +25,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lame.config import LameConfig
+from lame_runtime.artifact.persist import atomic_write_dir, check_replaceable, parse_json, recover_dir  # noqa: F401
+from lame_runtime.artifact.persist import read_json as _read_json_file
 from lame_runtime.errors import CheckpointError
-from lame_runtime.artifact.persist import atomic_write_dir, check_replaceable, recover_dir  # noqa: F401
 from lame_runtime.inputs.preprocess import PREPROCESSOR_FILE, TOKENIZER_FILE, Preprocessor
-from lame_runtime.artifact.persist import parse_json, read_json as _read_json_file
 
 
 def _read_json(path: Path) -> Any:
@@ -46,19 +47,30 @@ def resolve(path: str | Path) -> Path:
     return found
 
 
-def save_checkpoint(directory: Path, model, train_config: dict[str, Any], meta: dict[str, Any],
-                    metrics: list[dict[str, Any]], optimizer: torch.optim.Optimizer | None = None,
-                    extra_files: Callable[[Path], None] | None = None,
-                    weights: dict[str, torch.Tensor] | None = None,
-                    resume_tensors: dict[str, torch.Tensor] | None = None) -> None:
+def save_checkpoint(
+    directory: Path,
+    model,
+    train_config: dict[str, Any],
+    meta: dict[str, Any],
+    metrics: list[dict[str, Any]],
+    optimizer: torch.optim.Optimizer | None = None,
+    extra_files: Callable[[Path], None] | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+    resume_tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
     """``weights``: what goes into model.safetensors (default ``model.state_dict()``; LoRA
     runs pass merged weights); ``resume_tensors``: more trainer state for an exact resume."""
+
     def write(tmp: Path) -> None:
         model.config.save(tmp / "config.json")
         (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2))
         source = model.state_dict() if weights is None else weights
-        state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point()
-                 else v.detach().contiguous().cpu() for k, v in source.items()}
+        state = {
+            k: v.detach().float().contiguous().cpu()
+            if v.is_floating_point()
+            else v.detach().contiguous().cpu()
+            for k, v in source.items()
+        }
         save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt", "lame": "1"})
         model.preprocessor.save(tmp)
         _save_trainer_state(tmp, meta, optimizer, resume_tensors or {})
@@ -70,8 +82,9 @@ def save_checkpoint(directory: Path, model, train_config: dict[str, Any], meta: 
     atomic_write_dir(directory, write, marker="meta.json")
 
 
-def _save_trainer_state(directory: Path, meta: dict[str, Any], optimizer,
-                        extra: dict[str, torch.Tensor]) -> None:
+def _save_trainer_state(
+    directory: Path, meta: dict[str, Any], optimizer, extra: dict[str, torch.Tensor]
+) -> None:
     tensors = {"rng.torch": torch.get_rng_state(), **extra}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()  # this process's current GPU
@@ -120,8 +133,11 @@ def read_metrics(directory: str | Path) -> list[dict[str, Any]]:
     path = resolve(directory) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [parse_json(line, f"{path}:{number}", CheckpointError)
-            for number, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    return [
+        parse_json(line, f"{path}:{number}", CheckpointError)
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if line.strip()
+    ]
 
 
 def load_model(directory: str | Path, device: str | torch.device = "cpu"):
@@ -136,7 +152,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu"):
     try:
         config = LameConfig.load(directory / "config.json")
     except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{directory / 'config.json'} is not a valid LaME config: {err}")
+        raise CheckpointError(f"{directory / 'config.json'} is not a valid LaME config: {err}") from err
     from lame.backbones import architecture_only
 
     with architecture_only():  # the checkpoint's weights replace any packaged pretrained ones
@@ -152,9 +168,11 @@ def load_weights(model, path: Path) -> None:
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
-        detail = "; ".join(f"{label}: {names[:5]}{' ...' if len(names) > 5 else ''}"
-                           for label, names in (("missing", missing), ("unexpected", unexpected),
-                                                ("shape mismatch", wrong)) if names)
+        detail = "; ".join(
+            f"{label}: {names[:5]}{' ...' if len(names) > 5 else ''}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong))
+            if names
+        )
         raise CheckpointError(f"{path} does not match its config.json ({detail})")
     model.load_state_dict(state)
 

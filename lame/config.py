@@ -4,6 +4,7 @@ The paper does not publish its exact split of latent tokens; the defaults here a
 K=8 reason tokens feed the decoder head, M=1 summary token ([EMBED]) feeds the embedding head,
 and with ``bottleneck_mask`` the summary token sees the query only through the reason tokens.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from lame.methods import METHODS, get_method  # noqa: F401  (METHODS: re-exported)
-from lame_runtime.inputs.images import ImageConfig
 from lame_runtime.artifact.persist import read_json
 from lame_runtime.errors import InputError
+from lame_runtime.inputs.images import ImageConfig
 
 POOLINGS = ("embed", "attention")
 # METHODS (lame.methods, one module each): lame: the method. discriminative: K=0, [EMBED] only
@@ -26,6 +27,7 @@ POOLINGS = ("embed", "attention")
 @dataclass
 class BackboneConfig:
     """Either a tiny random-init Qwen2-VL built from these sizes, or ``path`` to a local HF model."""
+
     family: str = "qwen2_vl"
     path: str | None = None
     hidden_size: int = 128
@@ -39,14 +41,14 @@ class BackboneConfig:
     rope_theta: float = 10000.0
     attn_implementation: str = "sdpa"
     vision_mlp_ratio: int = 2
-    vocab_size: int | None = None       # None: the tokenizer's; larger pads the embeddings (speed
-                                        # benchmarks of real-size models with a small tokenizer)
+    vocab_size: int | None = None  # None: the tokenizer's; larger pads the embeddings (speed
+    # benchmarks of real-size models with a small tokenizer)
     deepstack_layers: list[int] | None = None  # qwen3_vl: vision blocks feeding DeepStack
-                                        # (None: every block but the last, at most 3)
+    # (None: every block but the last, at most 3)
     vision_position_grid: int | None = None  # qwen3_vl: side of the learned position table
-                                        # (None: the image's patch grid)
+    # (None: the image's patch grid)
     hf_config: dict[str, Any] | None = None  # with ``path``: that directory's config.json,
-                                        # so a checkpoint rebuilds the backbone without it
+    # so a checkpoint rebuilds the backbone without it
 
 
 @dataclass
@@ -54,13 +56,13 @@ class LameConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     max_text_tokens: int = 48
-    num_reason_tokens: int = 8          # K; 0 gives the discriminative (VLM2Vec-style) baseline
-    num_summary_tokens: int = 1         # M >= 1; the last one is [EMBED]. 0: the last *input*
-                                        # token is pooled (imported last-token embedders, K=0)
+    num_reason_tokens: int = 8  # K; 0 gives the discriminative (VLM2Vec-style) baseline
+    num_summary_tokens: int = 1  # M >= 1; the last one is [EMBED]. 0: the last *input*
+    # token is pooled (imported last-token embedders, K=0)
     embed_dim: int = 128
-    embed_projection: bool = True       # false: the pooled state itself (embed_dim = hidden)
-    pooling: str = "embed"              # "embed": [EMBED] state; "attention": learned pool over M
-    bottleneck_mask: bool = True        # summary tokens see the input only via the reason tokens
+    embed_projection: bool = True  # false: the pooled state itself (embed_dim = hidden)
+    pooling: str = "embed"  # "embed": [EMBED] state; "attention": learned pool over M
+    bottleneck_mask: bool = True  # summary tokens see the input only via the reason tokens
     decoder_dim: int = 128
     decoder_layers: int = 1
     decoder_heads: int = 4
@@ -70,11 +72,11 @@ class LameConfig:
     w_diversity: float = 0.05
     temperature: float = 0.05
     matryoshka_dims: list[int] | None = None  # e.g. [32, 64, 128]: InfoNCE also on each prefix
-                                        # (renormalised); must increase and end at embed_dim
-    method: str = "lame"                # see METHODS
-    max_rationale_tokens: int = 64      # cot, lm: training rationales are cut to this many tokens
-    max_new_tokens: int = 128           # cot: generation budget per query at inference
-    w_lm: float = 1.0                   # cot, lm: weight of the next-token loss on the rationale
+    # (renormalised); must increase and end at embed_dim
+    method: str = "lame"  # see METHODS
+    max_rationale_tokens: int = 64  # cot, lm: training rationales are cut to this many tokens
+    max_new_tokens: int = 128  # cot: generation budget per query at inference
+    w_lm: float = 1.0  # cot, lm: weight of the next-token loss on the rationale
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):
@@ -88,16 +90,21 @@ class LameConfig:
             raise ValueError("num_reason_tokens must be >= 0")
         if self.num_summary_tokens < 0:
             raise ValueError("num_summary_tokens must be >= 0")
-        if self.num_summary_tokens == 0 and (self.method != "discriminative"
-                                             or self.num_reason_tokens or self.pooling != "embed"):
-            raise ValueError("num_summary_tokens=0 (pool the last input token, as imported "
-                             "embedders do) needs method 'discriminative', num_reason_tokens=0 "
-                             "and pooling 'embed'")
+        if self.num_summary_tokens == 0 and (
+            self.method != "discriminative" or self.num_reason_tokens or self.pooling != "embed"
+        ):
+            raise ValueError(
+                "num_summary_tokens=0 (pool the last input token, as imported "
+                "embedders do) needs method 'discriminative', num_reason_tokens=0 "
+                "and pooling 'embed'"
+            )
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.bottleneck_mask and self.num_reason_tokens == 0:
-            raise ValueError("bottleneck_mask needs reason tokens: with num_reason_tokens=0 the "
-                             "summary tokens would see nothing; set bottleneck_mask=false")
+            raise ValueError(
+                "bottleneck_mask needs reason tokens: with num_reason_tokens=0 the "
+                "summary tokens would see nothing; set bottleneck_mask=false"
+            )
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
         self._validate_matryoshka()
@@ -110,13 +117,18 @@ class LameConfig:
         dims = self.matryoshka_dims
         if dims is None:
             return
-        if (not isinstance(dims, (list, tuple)) or len(dims) < 2
-                or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims)):
+        if (
+            not isinstance(dims, (list, tuple))
+            or len(dims) < 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims)
+        ):
             raise ValueError(f"matryoshka_dims must be a list of at least 2 integers, got {dims!r}")
         if list(dims) != sorted(set(dims)) or dims[0] < 1 or dims[-1] != self.embed_dim:
-            raise ValueError(f"matryoshka_dims must increase from >= 1 and end at embed_dim="
-                             f"{self.embed_dim} (nested prefixes of the embedding), got "
-                             f"{list(dims)}")
+            raise ValueError(
+                f"matryoshka_dims must increase from >= 1 and end at embed_dim="
+                f"{self.embed_dim} (nested prefixes of the embedding), got "
+                f"{list(dims)}"
+            )
         self.matryoshka_dims = list(dims)
 
     def _validate_method(self) -> None:
@@ -137,7 +149,7 @@ class LameConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LameConfig":
+    def from_dict(cls, data: dict[str, Any]) -> LameConfig:
         names = {f.name for f in fields(cls)}
         unknown = set(data) - names
         if unknown:
@@ -148,7 +160,7 @@ class LameConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> "LameConfig":
+    def load(cls, path: str | Path) -> LameConfig:
         return cls.from_dict(read_json(path, InputError, dict))
 
 
@@ -164,6 +176,7 @@ def load_preset(name: str) -> dict[str, Any]:
         return read_json(path, InputError, dict, "preset")
     resource = resources.files("lame.configs") / f"{name}.json"
     if not resource.is_file():
-        raise ValueError(f"unknown preset {name!r}; available: {', '.join(preset_names())} "
-                         "(or a path to a preset .json)")
+        raise ValueError(
+            f"unknown preset {name!r}; available: {', '.join(preset_names())} (or a path to a preset .json)"
+        )
     return json.loads(resource.read_text())

@@ -8,6 +8,7 @@ sentence, never a traceback from deep inside torch. Under ``torchrun`` the bare 
 ``autocast(device, precision)`` is the forward-pass context: ``bf16`` runs matmuls in bfloat16
 while the parameters (the optimizer's master weights) stay float32; ``fp32`` is a no-op.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,22 +35,25 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if spec == "cpu":
         return torch.device("cpu")
     if spec == "auto":
-        return torch.device("cuda", local_rank()) if torch.cuda.is_available() else (
-            torch.device("cpu"))
+        return torch.device("cuda", local_rank()) if torch.cuda.is_available() else (torch.device("cpu"))
     if spec == "cuda" or spec.startswith("cuda:"):
         index_text = spec.partition(":")[2]
         if index_text and not index_text.isdigit():
             raise InputError(f"device {spec!r}: expected one of {', '.join(DEVICES)}")
         if not torch.cuda.is_available():
             build = torch.version.cuda or "none (a CPU-only build)"
-            raise BackendError(f"device {spec!r} requested but torch sees no CUDA device on "
-                               f"this machine (torch {torch.__version__}, CUDA {build}); use "
-                               "--device cpu or --device auto")
+            raise BackendError(
+                f"device {spec!r} requested but torch sees no CUDA device on "
+                f"this machine (torch {torch.__version__}, CUDA {build}); use "
+                "--device cpu or --device auto"
+            )
         index = int(index_text) if index_text else local_rank()
         count = torch.cuda.device_count()
         if index >= count:
-            raise BackendError(f"device {spec!r}: GPU index {index} does not exist "
-                               f"(this machine has {count} GPU{'s' * (count != 1)})")
+            raise BackendError(
+                f"device {spec!r}: GPU index {index} does not exist "
+                f"(this machine has {count} GPU{'s' * (count != 1)})"
+            )
         return torch.device("cuda", index)
     raise InputError(f"unknown device {spec!r}; expected one of {', '.join(DEVICES)}")
 

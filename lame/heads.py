@@ -1,4 +1,5 @@
 """The two bottleneck heads: embedding head (contrastive) and decoder head (reconstruction)."""
+
 from __future__ import annotations
 
 import torch
@@ -13,10 +14,9 @@ class EmbeddingHead(nn.Module):
         super().__init__()
         self.pooling = pooling
         if pooling == "attention":
-            self.query = nn.Parameter(torch.randn(hidden) * hidden ** -0.5)
+            self.query = nn.Parameter(torch.randn(hidden) * hidden**-0.5)
         if not projection and dim != hidden:
-            raise ValueError(f"embed_projection=false needs embed_dim = hidden size {hidden}, "
-                             f"got {dim}")
+            raise ValueError(f"embed_projection=false needs embed_dim = hidden size {hidden}, got {dim}")
         self.proj = nn.Linear(hidden, dim) if projection else nn.Identity()
 
     def forward(self, summary: torch.Tensor) -> torch.Tensor:
@@ -40,8 +40,9 @@ class DecoderHead(nn.Module):
         self.memory_proj = nn.Linear(hidden, dim)
         self.tokens = nn.Embedding(vocab, dim)
         self.positions = nn.Parameter(torch.zeros(max_len + 1, dim))
-        layer = nn.TransformerDecoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0,
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerDecoderLayer(
+            dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.out = nn.Linear(dim, vocab)
 
@@ -53,13 +54,23 @@ class DecoderHead(nn.Module):
         h = self.decoder(x, self.memory_proj(reason_states), tgt_mask=causal, tgt_is_causal=True)
         return self.out(h)
 
-    def loss(self, reason_states: torch.Tensor, inputs: torch.Tensor, targets: torch.Tensor,
-             ignore_index: int, tokens: float | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        reason_states: torch.Tensor,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        ignore_index: int,
+        tokens: float | None = None,
+    ) -> torch.Tensor:
         """Token-level cross-entropy, summed and divided by ``tokens`` (default: the number of
         target tokens here; with several processes, the global count / world size, so that
         the ranks' average is the global per-token mean whatever each rank's answer lengths)."""
         logits = self(reason_states, inputs)
-        total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                                ignore_index=ignore_index, reduction="sum")
+        total = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            targets.reshape(-1),
+            ignore_index=ignore_index,
+            reduction="sum",
+        )
         count = tokens if tokens is not None else (targets != ignore_index).sum().clamp(min=1)
         return total / count

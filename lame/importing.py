@@ -11,6 +11,7 @@ unchanged, and ``lame-train --init-from CKPT --method lame`` adds reason tokens 
 
 What a recipe cannot reproduce is refused with one line (``refusal``), never approximated.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,8 +21,7 @@ from typing import Any
 from lame_runtime.errors import InputError
 from lame_runtime.inputs.template import PromptTemplate
 
-CHAT_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                 "<|endoftext|>"]
+CHAT_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|endoftext|>"]
 
 
 @dataclass(frozen=True)
@@ -30,32 +30,45 @@ class Recipe:
     family: str
     model_types: tuple[str, ...]
     template: dict[str, Any] = field(default_factory=dict)
-    refusal: str = ""          # non-empty: this recipe cannot be expressed; the reason
-    source: str = ""           # where the recipe is documented
+    refusal: str = ""  # non-empty: this recipe cannot be expressed; the reason
+    source: str = ""  # where the recipe is documented
 
 
 RECIPES = {
     "qwen3-vl-embedding": Recipe(
-        name="qwen3-vl-embedding", family="qwen3_vl", model_types=("qwen3_vl",),
+        name="qwen3-vl-embedding",
+        family="qwen3_vl",
+        model_types=("qwen3_vl",),
         source="Qwen3-VL-Embedding model card / Qwen3VLEmbedder: chat template, image before "
-               "text, last-token pooling of the final hidden state, L2 normalisation",
+        "text, last-token pooling of the final hidden state, L2 normalisation",
         template=dict(
             layout="<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n"
-                   "{image}{text}<|im_end|>\n<|im_start|>assistant\n",
-            special_tokens=CHAT_SPECIALS[:4], image_open="<|vision_start|>",
-            image_close="<|vision_end|>", default_instruction="Represent the user's input.",
-            instruction_period=True, empty_text="NULL")),
+            "{image}{text}<|im_end|>\n<|im_start|>assistant\n",
+            special_tokens=CHAT_SPECIALS[:4],
+            image_open="<|vision_start|>",
+            image_close="<|vision_end|>",
+            default_instruction="Represent the user's input.",
+            instruction_period=True,
+            empty_text="NULL",
+        ),
+    ),
     "gme": Recipe(
-        name="gme", family="qwen2_vl", model_types=("qwen2_vl",),
+        name="gme",
+        family="qwen2_vl",
+        model_types=("qwen2_vl",),
         refusal="recipe 'gme' is refused: GME's reference code (gme_inference.py) runs the "
-                "language model on inputs_embeds without position ids, so its images get 1-D "
-                "positions instead of Qwen2-VL's M-RoPE grid; the qwen2_vl adapter always "
-                "computes M-RoPE, so its vectors would differ from the model card's"),
+        "language model on inputs_embeds without position ids, so its images get 1-D "
+        "positions instead of Qwen2-VL's M-RoPE grid; the qwen2_vl adapter always "
+        "computes M-RoPE, so its vectors would differ from the model card's",
+    ),
     "vlm2vec": Recipe(
-        name="vlm2vec", family="", model_types=(),
+        name="vlm2vec",
+        family="",
+        model_types=(),
         refusal="recipe 'vlm2vec' is refused: the released VLM2Vec checkpoints are built on "
-                "Phi-3.5-V and LLaVA-NeXT (families without a LaME adapter), and the Qwen2-VL "
-                "based v2 prompt format could not be verified against its reference code here"),
+        "Phi-3.5-V and LLaVA-NeXT (families without a LaME adapter), and the Qwen2-VL "
+        "based v2 prompt format could not be verified against its reference code here",
+    ),
 }
 
 
@@ -68,8 +81,13 @@ def recipe(name: str) -> Recipe:
     return found
 
 
-def import_embedder(directory: str | Path, out_dir: str | Path, recipe_name: str,
-                    image_size: Any = "448x448", max_text_tokens: int = 256) -> Path:
+def import_embedder(
+    directory: str | Path,
+    out_dir: str | Path,
+    recipe_name: str,
+    image_size: Any = "448x448",
+    max_text_tokens: int = 256,
+) -> Path:
     """Read a local Hugging Face embedder directory, write a LaME checkpoint to ``out_dir``."""
     from lame.backbones.directory import directory_tokenizer, read_hf_config, resolve_model_spec
     from lame.checkpoint import save_checkpoint
@@ -90,25 +108,40 @@ def import_embedder(directory: str | Path, out_dir: str | Path, recipe_name: str
     hidden = text_config.get("hidden_size")
     if not isinstance(hidden, int):
         raise InputError(f"{directory / 'config.json'}: no integer text hidden_size")
-    spec = resolve_model_spec({
-        "backbone": {"family": chosen.family, "path": str(directory)},
-        "max_text_tokens": max_text_tokens, "method": "discriminative",
-        "num_reason_tokens": 0, "num_summary_tokens": 0, "bottleneck_mask": False,
-        "embed_projection": False, "embed_dim": hidden,
-    }, image_size)
+    spec = resolve_model_spec(
+        {
+            "backbone": {"family": chosen.family, "path": str(directory)},
+            "max_text_tokens": max_text_tokens,
+            "method": "discriminative",
+            "num_reason_tokens": 0,
+            "num_summary_tokens": 0,
+            "bottleneck_mask": False,
+            "embed_projection": False,
+            "embed_dim": hidden,
+        },
+        image_size,
+    )
     config = LameConfig.from_dict(spec)
     template = PromptTemplate(**chosen.template, recipe=chosen.name)
     preprocessor = Preprocessor(
         TextProcessor(directory_tokenizer(directory), max_text_tokens, template),
-        ImageConfig.from_dict(config.image.to_dict()))
+        ImageConfig.from_dict(config.image.to_dict()),
+    )
     model = LameModel(config, preprocessor).eval()
     instruction = template.default_instruction
-    meta = {"step": 0, "stage": "imported", "imported_from": str(directory.resolve()),
-            "recipe": chosen.name, "recipe_source": chosen.source}
+    meta = {
+        "step": 0,
+        "stage": "imported",
+        "imported_from": str(directory.resolve()),
+        "recipe": chosen.name,
+        "recipe_source": chosen.source,
+    }
 
     def extra(tmp: Path) -> None:
-        atomic_write_json(tmp / "instructions.json", {
-            "query": instruction, "document": instruction, "directions": {}, "tasks": {}})
+        atomic_write_json(
+            tmp / "instructions.json",
+            {"query": instruction, "document": instruction, "directions": {}, "tasks": {}},
+        )
 
     save_checkpoint(out_dir, model, {}, meta, [], extra_files=extra)
     return out_dir

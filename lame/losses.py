@@ -1,14 +1,20 @@
 """Losses: InfoNCE with false-negative masking and hard negatives, and the diversity regulariser."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 
-def info_nce(queries: torch.Tensor, targets: torch.Tensor, temperature: float,
-             hard_negatives: torch.Tensor | None = None,
-             same_answer: torch.Tensor | None = None,
-             negative_valid: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+def info_nce(
+    queries: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    hard_negatives: torch.Tensor | None = None,
+    same_answer: torch.Tensor | None = None,
+    negative_valid: torch.Tensor | None = None,
+    offset: int = 0,
+) -> torch.Tensor:
     """Query -> target InfoNCE over in-batch targets plus each row's own hard negatives.
 
     queries, targets: [B, D] unit vectors; hard_negatives: [B, H, D] (row i's negatives are used

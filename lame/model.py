@@ -2,6 +2,7 @@
 
 How a query is embedded and trained is the method's (:mod:`lame.methods`, chosen by
 ``config.method``); this module holds what every method shares."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -19,8 +20,7 @@ from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor, align_inpu
 
 
 class LameModel(nn.Module):
-    def __init__(self, config: LameConfig, preprocessor: Preprocessor,
-                 backbone: nn.Module | None = None):
+    def __init__(self, config: LameConfig, preprocessor: Preprocessor, backbone: nn.Module | None = None):
         """``backbone``: reuse an already built one (benchmarks compare methods on one set of
         weights); by default it is built from ``config.backbone``."""
         super().__init__()
@@ -30,35 +30,46 @@ class LameModel(nn.Module):
         special = preprocessor.text.special
         self.image_token_id = special["image"]
         self.pad_token_id = special["pad"]
-        self.backbone = backbone or build_backbone(config, preprocessor.text.vocab_size,
-                                                   self.image_token_id)
+        self.backbone = backbone or build_backbone(config, preprocessor.text.vocab_size, self.image_token_id)
         hidden = self.backbone.hidden_size
         # One parameter each; the export check looks for the safetensors key "reason_tokens".
-        self.reason_tokens = nn.Parameter(
-            torch.randn(config.appended_reason_tokens, hidden) * 0.02)
+        self.reason_tokens = nn.Parameter(torch.randn(config.appended_reason_tokens, hidden) * 0.02)
         self.summary_tokens = nn.Parameter(torch.randn(config.num_summary_tokens, hidden) * 0.02)
-        self.embed_head = EmbeddingHead(hidden, config.embed_dim, config.pooling,
-                                        config.embed_projection)
+        self.embed_head = EmbeddingHead(hidden, config.embed_dim, config.pooling, config.embed_projection)
         self.decoder_head = None
         if config.uses_decoder:
-            self.decoder_head = DecoderHead(hidden, preprocessor.text.vocab_size,
-                                            config.decoder_dim, config.decoder_layers,
-                                            config.decoder_heads, config.max_answer_tokens)
+            self.decoder_head = DecoderHead(
+                hidden,
+                preprocessor.text.vocab_size,
+                config.decoder_dim,
+                config.decoder_layers,
+                config.decoder_heads,
+                config.max_answer_tokens,
+            )
 
     @property
     def num_latent(self) -> int:
         """Learned tokens appended to every input: K reason (LaME only) + M summary."""
         return self.config.appended_reason_tokens + self.config.num_summary_tokens
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                pixel_values: torch.Tensor, image_mask: torch.Tensor) -> LameOutput:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_mask: torch.Tensor,
+    ) -> LameOutput:
         return self.method.forward(self, input_ids, attention_mask, pixel_values, image_mask)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      pixel_values: torch.Tensor, image_mask: torch.Tensor) -> torch.Tensor:
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Last hidden states of the whole sequence [B, L + K + M, H] (input, reason, summary)."""
-        embeds, is_image, visual = self.input_embeds(input_ids, attention_mask, pixel_values,
-                                                     image_mask)
+        embeds, is_image, visual = self.input_embeds(input_ids, attention_mask, pixel_values, image_mask)
         batch = input_ids.shape[0]  # a symbolic size under export, unlike len()
         latent = torch.cat([self.reason_tokens, self.summary_tokens]).to(embeds.dtype)
         embeds = torch.cat([embeds, latent.unsqueeze(0).expand(batch, -1, -1)], dim=1)
@@ -67,9 +78,13 @@ class LameModel(nn.Module):
         is_image = torch.cat([is_image, torch.zeros_like(ones, dtype=torch.bool)], dim=1)
         return self.run(embeds, valid, is_image, input_ids.shape[1], visual)
 
-    def input_embeds(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     pixel_values: torch.Tensor, image_mask: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def input_embeds(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Token embeddings with visual tokens merged in -> ([B, L, H], is_image [B, L],
         visual). ``visual`` is None, or with a DeepStack backbone the extra visual features
         [B, L, D, H] for the first D language layers (zero outside image positions)."""
@@ -84,12 +99,19 @@ class LameModel(nn.Module):
         batch, count, hidden = features.shape[0], features.shape[1], tokens.shape[-1]
         stacked = features.reshape(batch, count, 1 + levels, hidden)
         embeds = self._merge_images(tokens, is_image, stacked[:, :, 0])
-        deep = self._merge_images(tokens.new_zeros(*tokens.shape[:2], levels * hidden), is_image,
-                                  stacked[:, :, 1:].flatten(2))
+        deep = self._merge_images(
+            tokens.new_zeros(*tokens.shape[:2], levels * hidden), is_image, stacked[:, :, 1:].flatten(2)
+        )
         return embeds, is_image, deep.reshape(*tokens.shape[:2], levels, hidden)
 
-    def run(self, embeds: torch.Tensor, valid: torch.Tensor, is_image: torch.Tensor,
-            input_length: int, visual: torch.Tensor | None = None) -> torch.Tensor:
+    def run(
+        self,
+        embeds: torch.Tensor,
+        valid: torch.Tensor,
+        is_image: torch.Tensor,
+        input_length: int,
+        visual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The causal LM over a full sequence (positions and mask built from ``valid``);
         ``visual`` (DeepStack features of the first ``input_length`` positions) is zero-padded
         over the positions appended after the input."""
@@ -98,8 +120,7 @@ class LameModel(nn.Module):
         if visual is None:
             return self.backbone.transformer(embeds, positions, bias)
         extra = embeds.shape[1] - visual.shape[1]
-        visual = torch.cat([visual, visual.new_zeros(visual.shape[0], extra, *visual.shape[2:])],
-                           dim=1)
+        visual = torch.cat([visual, visual.new_zeros(visual.shape[0], extra, *visual.shape[2:])], dim=1)
         return self.backbone.transformer(embeds, positions, bias, visual=visual)
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -108,15 +129,18 @@ class LameModel(nn.Module):
         weight = self.backbone.lm_head_weight()
         return torch.nn.functional.linear(hidden, weight.to(hidden.dtype))
 
-    def _image_features(self, pixel_values: torch.Tensor, image_mask: torch.Tensor,
-                        is_image: torch.Tensor) -> torch.Tensor | None:
+    def _image_features(
+        self, pixel_values: torch.Tensor, image_mask: torch.Tensor, is_image: torch.Tensor
+    ) -> torch.Tensor | None:
         """Visual tokens [B, N, H] (zeros for text-only rows); vision runs on image rows only."""
         rows = image_mask.bool()
         counts = is_image.sum(1)
         expected = rows.long() * self.config.image.num_tokens
         if not torch.equal(counts, expected):
-            raise ValueError(f"image placeholder tokens per row {counts.tolist()} do not match "
-                             f"image_mask * {self.config.image.num_tokens} = {expected.tolist()}")
+            raise ValueError(
+                f"image placeholder tokens per row {counts.tolist()} do not match "
+                f"image_mask * {self.config.image.num_tokens} = {expected.tolist()}"
+            )
         if not rows.any():
             return None
         features = self.backbone.encode_images(pixel_values[rows])
@@ -125,8 +149,9 @@ class LameModel(nn.Module):
         return out
 
     @staticmethod
-    def _merge_images(embeds: torch.Tensor, is_image: torch.Tensor,
-                      features: torch.Tensor | None) -> torch.Tensor:
+    def _merge_images(
+        embeds: torch.Tensor, is_image: torch.Tensor, features: torch.Tensor | None
+    ) -> torch.Tensor:
         # cumsum/gather/where rather than masked_scatter/nonzero: static shapes, exportable.
         if features is None:
             return embeds
@@ -134,8 +159,7 @@ class LameModel(nn.Module):
         gathered = features.gather(1, order.unsqueeze(-1).expand(-1, -1, features.shape[-1]))
         return torch.where(is_image.unsqueeze(-1), gathered.to(embeds.dtype), embeds)
 
-    def attention_bias(self, valid: torch.Tensor, input_length: int,
-                       dtype: torch.dtype) -> torch.Tensor:
+    def attention_bias(self, valid: torch.Tensor, input_length: int, dtype: torch.dtype) -> torch.Tensor:
         """Additive [B, 1, T, T] bias: causal + key padding (+ the bottleneck)."""
         total = valid.shape[1]
         idx = torch.arange(total, device=valid.device)
@@ -155,9 +179,13 @@ class LameModel(nn.Module):
         return {name: torch.from_numpy(feed[name]).to(device) for name in INPUT_NAMES}
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str | None] | None = None,
-               images: Sequence[Any] | None = None, batch_size: int = 32,
-               role: str = "query") -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str | None] | None = None,
+        images: Sequence[Any] | None = None,
+        batch_size: int = 32,
+        role: str = "query",
+    ) -> np.ndarray:
         """Embed queries -> float32 [N, D], unit-norm rows. Texts and images may be given alone
         or together (equal lengths: one interleaved query per row); images are paths, PIL
         images or HxWx3 uint8 arrays. ``role="target"`` embeds candidates: only the CoT
@@ -179,13 +207,28 @@ class LameModel(nn.Module):
                 chunks.append(out.embedding.float().cpu().numpy())
         finally:
             self.train(was_training)
-        return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(
-            (0, self.config.embed_dim), np.float32)
+        return (
+            np.concatenate(chunks).astype(np.float32)
+            if chunks
+            else np.zeros((0, self.config.embed_dim), np.float32)
+        )
 
-    def generate_and_embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                           pixel_values: torch.Tensor, image_mask: torch.Tensor,
-                           max_new_tokens: int | None = None,
-                           stop_at_eos: bool = True) -> LameOutput:
+    def generate_and_embed(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_mask: torch.Tensor,
+        max_new_tokens: int | None = None,
+        stop_at_eos: bool = True,
+    ) -> LameOutput:
         """CoT baseline inference: greedy rationale (KV cache), then [EMBED]."""
-        return greedy_generate(self, input_ids, attention_mask, pixel_values, image_mask,
-                               max_new_tokens or self.config.max_new_tokens, stop_at_eos).output
+        return greedy_generate(
+            self,
+            input_ids,
+            attention_mask,
+            pixel_values,
+            image_mask,
+            max_new_tokens or self.config.max_new_tokens,
+            stop_at_eos,
+        ).output

@@ -1,4 +1,5 @@
 """Train the small BPE tokenizer used by from-scratch presets (``tokenizers`` only)."""
+
 from __future__ import annotations
 
 from typing import Iterable
@@ -12,12 +13,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> Tokenizer:
     """BPE over lower-cased text; digits are split one per token so arithmetic stays legible."""
     tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk"]))
     tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
     tokenizer.decoder = decoders.BPEDecoder()
     specials = list(SPECIAL_TOKENS.values())
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer
 
@@ -37,6 +38,7 @@ def preprocessor_for(data_dir, config):
     tokenizer = backbone_tokenizer(config)
     if tokenizer is None:
         path = Path(data_dir) / "tokenizer.json"
-        tokenizer = Tokenizer.from_file(str(path)) if path.is_file() else train_tokenizer(
-            iter_texts(data_dir))
+        tokenizer = (
+            Tokenizer.from_file(str(path)) if path.is_file() else train_tokenizer(iter_texts(data_dir))
+        )
     return Preprocessor(TextProcessor(tokenizer, config.max_text_tokens), config.image)

@@ -13,17 +13,26 @@ Layout (each sub-package's ``__init__`` says what lives there and what it may im
 ONNX Runtime and TensorRT; ``retrieval/`` indexes and corpus indexing; ``deploy/`` Triton;
 ``cli/`` the command lines. ``Embedder`` and ``errors`` stay here.
 """
-from lame_runtime.errors import (ArtifactError, BackendError, IndexFileError, InputError,
-                                 InputTypeError, IntegrityError, LameError, MissingFileError)
-from lame_runtime.inputs.images import ImageConfig, load_image, preprocess_images
-from lame_runtime.inputs.text import SPECIAL_TOKENS, TextProcessor
-from lame_runtime.inputs.preprocess import Preprocessor, format_query
+
+from lame_runtime._moved import install as _install_moved_modules
 from lame_runtime.artifact.contract import Artifact
 from lame_runtime.embedder import Embedder
-from lame_runtime.retrieval.index import Index
+from lame_runtime.errors import (
+    ArtifactError,
+    BackendError,
+    IndexFileError,
+    InputError,
+    InputTypeError,
+    IntegrityError,
+    LameError,
+    MissingFileError,
+)
+from lame_runtime.inputs.images import ImageConfig, load_image, preprocess_images
+from lame_runtime.inputs.preprocess import Preprocessor, format_query
+from lame_runtime.inputs.text import SPECIAL_TOKENS, TextProcessor
 from lame_runtime.retrieval.ann import AnnIndex  # faiss is imported only when an AnnIndex is built
+from lame_runtime.retrieval.index import Index
 from lame_runtime.retrieval.qdrant_store import QdrantStore  # likewise qdrant-client
-from lame_runtime._moved import install as _install_moved_modules
 
 _install_moved_modules()
 

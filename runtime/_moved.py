@@ -3,6 +3,7 @@ kept importable for one release: each resolves, with a DeprecationWarning, to th
 object at its new home, so ``isinstance`` checks and module state are shared, not copied.
 No shim files: one finder per package, installed by its ``__init__.py``. Remove in 0.3.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -12,17 +13,29 @@ import sys
 import warnings
 
 MOVED = {  # old module under lame_runtime -> new home
-    "artifact_files": "artifact.files", "paths": "artifact.paths", "persist": "artifact.persist",
-    "preprocess": "inputs.preprocess", "images": "inputs.images", "text": "inputs.text",
-    "instructions": "inputs.instructions", "pipeline": "inputs.pipeline",
+    "artifact_files": "artifact.files",
+    "paths": "artifact.paths",
+    "persist": "artifact.persist",
+    "preprocess": "inputs.preprocess",
+    "images": "inputs.images",
+    "text": "inputs.text",
+    "instructions": "inputs.instructions",
+    "pipeline": "inputs.pipeline",
     "routing": "inputs.routing",
-    "backends": "engines.backends", "providers": "engines.providers",
-    "tensorrt_backend": "engines.tensorrt.backend", "tensorrt_build": "engines.tensorrt.build",
+    "backends": "engines.backends",
+    "providers": "engines.providers",
+    "tensorrt_backend": "engines.tensorrt.backend",
+    "tensorrt_build": "engines.tensorrt.build",
     "tensorrt_meta": "engines.tensorrt.meta",
-    "index": "retrieval.index", "index_io": "retrieval.index_io", "ann": "retrieval.ann",
-    "qdrant_store": "retrieval.qdrant_store", "indexing": "retrieval.indexing",
-    "triton": "deploy.triton", "triton_model": "deploy.triton_model",
-    "tensorrt_cli": "cli.tensorrt", "clitools": "cli.tools",
+    "index": "retrieval.index",
+    "index_io": "retrieval.index_io",
+    "ann": "retrieval.ann",
+    "qdrant_store": "retrieval.qdrant_store",
+    "indexing": "retrieval.indexing",
+    "triton": "deploy.triton",
+    "triton_model": "deploy.triton_model",
+    "tensorrt_cli": "cli.tensorrt",
+    "clitools": "cli.tools",
 }
 # ``lame_runtime.artifact`` and ``lame_runtime.cli`` are packages now: their old public names
 # are re-exported by the package itself (artifact) or were never public (cli's main/run, see
@@ -53,8 +66,11 @@ class _MovedFinder(importlib.abc.MetaPathFinder):
         if package != self.package or name not in self.moved:
             return None
         new = f"{package}.{self.moved[name]}"
-        warnings.warn(f"{fullname} moved to {new}; the old path goes away in lame-embed 0.3",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{fullname} moved to {new}; the old path goes away in lame-embed 0.3",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return importlib.machinery.ModuleSpec(fullname, _Alias(new))
 
 

@@ -1,4 +1,5 @@
 """``Embedder``: texts/images in, unit-norm float32 embeddings out. No torch, no transformers."""
+
 from __future__ import annotations
 
 import threading
@@ -9,12 +10,18 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from lame_runtime.artifact.contract import PRECISIONS, Artifact
-from lame_runtime.engines.backends import (OnnxRuntimeBackend, check_feed, choose_backend,
-                                   load_tensorrt, provider_defaults)
+from lame_runtime.engines.backends import (
+    OnnxRuntimeBackend,
+    check_feed,
+    choose_backend,
+    load_tensorrt,
+    provider_defaults,
+)
 from lame_runtime.engines.tensorrt.backend import running_device
 from lame_runtime.errors import InputError, InputTypeError
 from lame_runtime.inputs.images import check_max_pixels
-from lame_runtime.inputs.instructions import modality, pick as pick_instruction
+from lame_runtime.inputs.instructions import modality
+from lame_runtime.inputs.instructions import pick as pick_instruction
 from lame_runtime.inputs.pipeline import FeedPipeline, PipelineOptions, encode_iter, encode_pipelined
 from lame_runtime.inputs.preprocess import Preprocessor, align_inputs, format_query
 from lame_runtime.inputs.routing import route
@@ -29,13 +36,25 @@ class Embedder:
     preprocessing code runs in both, so embeddings match (parity is checked at export).
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto", precision: str = "auto",
-                 providers: Sequence[Any] | None = None, threads: int | None = None,
-                 lazy: bool = False, spin: bool = True, verify: bool = True,
-                 device_id: int = 0, strict: bool = False, cache_dir: str | Path | None = None,
-                 tensorrt_ep: bool = False, pipeline_options: PipelineOptions | None = None,
-                 route_text: bool = True, max_pixels: int | None = None,
-                 share_weights: bool = True):
+    def __init__(
+        self,
+        path: str | Path,
+        backend: str = "auto",
+        precision: str = "auto",
+        providers: Sequence[Any] | None = None,
+        threads: int | None = None,
+        lazy: bool = False,
+        spin: bool = True,
+        verify: bool = True,
+        device_id: int = 0,
+        strict: bool = False,
+        cache_dir: str | Path | None = None,
+        tensorrt_ep: bool = False,
+        pipeline_options: PipelineOptions | None = None,
+        route_text: bool = True,
+        max_pixels: int | None = None,
+        share_weights: bool = True,
+    ):
         # providers: names or (name, options) pairs, as onnxruntime takes them; the TensorRT/CUDA
         # EPs get defaults from the artifact (lame_runtime.engines.providers). strict: a provider that
         # does not start raises BackendError instead of a warning. device_id: the GPU for the
@@ -56,7 +75,8 @@ class Embedder:
             running_device(device_id)  # TensorRT or a GPU missing: one error, before any hashing
         self.artifact = Artifact.open(path, verify=verify)
         self.backend_name, precision, self._engine = choose_backend(
-            self.artifact, backend, precision, device_id)
+            self.artifact, backend, precision, device_id
+        )
         self.precision = self._pick_precision(precision) if self._engine is None else precision
         self._device_id, self._strict, self._verify = device_id, strict, verify
         self._cache_dir, self._tensorrt_ep = cache_dir, tensorrt_ep
@@ -78,8 +98,7 @@ class Embedder:
         if precision == "auto":
             return "fp32"  # the reference precision; fp16/int8 are opt-in
         if precision not in PRECISIONS:
-            raise InputError(f"precision must be 'auto' or one of {PRECISIONS}, "
-                             f"got {precision!r}")
+            raise InputError(f"precision must be 'auto' or one of {PRECISIONS}, got {precision!r}")
         self.artifact.file_for(precision, verify=False)  # clear error if absent
         return precision
 
@@ -90,9 +109,9 @@ class Embedder:
         with self._lock:  # one session per Embedder even when many threads arrive at once
             if self._backend is None:
                 if self._engine is not None:
-                    self._backend = load_tensorrt(self.artifact, self._engine,
-                                                  self.artifact.output_name, self._device_id,
-                                                  self._verify)
+                    self._backend = load_tensorrt(
+                        self.artifact, self._engine, self.artifact.output_name, self._device_id, self._verify
+                    )
                 else:
                     self._backend = self._onnx_backend(graph="full")
             return self._backend
@@ -101,13 +120,18 @@ class Embedder:
         """An ONNX Runtime session over one of the artifact's graphs (called under the lock).
         A provider fallback is reported once per Embedder, not once per graph."""
         backend = OnnxRuntimeBackend(
-            self.artifact.file_for(self.precision, graph=graph), self.artifact.output_name,
-            self._providers, self._threads, self._spin, strict=self._strict,
-            defaults=provider_defaults(self.artifact, self.precision, self._device_id,
-                                       self._cache_dir),
-            tensorrt_ep=self._tensorrt_ep, reported=self._fallback_reported,
+            self.artifact.file_for(self.precision, graph=graph),
+            self.artifact.output_name,
+            self._providers,
+            self._threads,
+            self._spin,
+            strict=self._strict,
+            defaults=provider_defaults(self.artifact, self.precision, self._device_id, self._cache_dir),
+            tensorrt_ep=self._tensorrt_ep,
+            reported=self._fallback_reported,
             expect=(self.artifact.dim, self.artifact.inputs),
-            shared=self._shared_weights())
+            shared=self._shared_weights(),
+        )
         self._fallback_reported = tuple(set(self._fallback_reported) | set(backend.fallback))
         return backend
 
@@ -146,19 +170,23 @@ class Embedder:
         silently, so only trained sizes are offered)."""
         if dimensions is None:
             return self.dim
-        if (not isinstance(dimensions, (int, np.integer)) or isinstance(dimensions, bool)):
+        if not isinstance(dimensions, (int, np.integer)) or isinstance(dimensions, bool):
             raise InputTypeError(f"dimensions must be an integer, got {type(dimensions).__name__}")
         if int(dimensions) not in self.dimensions:
-            hint = ("this model serves only its full size (it was not trained with "
-                    "--matryoshka)" if len(self.dimensions) == 1 else
-                    f"choose one of {list(self.dimensions)}")
+            hint = (
+                "this model serves only its full size (it was not trained with --matryoshka)"
+                if len(self.dimensions) == 1
+                else f"choose one of {list(self.dimensions)}"
+            )
             raise InputError(f"dimensions={int(dimensions)} is not supported: {hint}")
         return int(dimensions)
 
     def __repr__(self) -> str:
         backend = self._backend.name if self._backend else f"{self.backend_name} (not loaded)"
-        return (f"Embedder(path='{self.artifact.path}', dim={self.dim}, "
-                f"precision={self.precision}, backend={backend})")
+        return (
+            f"Embedder(path='{self.artifact.path}', dim={self.dim}, "
+            f"precision={self.precision}, backend={backend})"
+        )
 
     def infer(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         """Raw outputs of a model feed; text-only rows go to the text graph when there is one
@@ -167,15 +195,17 @@ class Embedder:
         output = self.artifact.output_name
         if not self.routes_text:
             return self._load_backend().infer(feed)[output]
-        return route(feed, lambda rows: self._load_backend().infer(rows)[output],
-                     lambda rows: self._load_text_backend().infer(rows)[output])
+        return route(
+            feed,
+            lambda rows: self._load_backend().infer(rows)[output],
+            lambda rows: self._load_text_backend().infer(rows)[output],
+        )
 
     @property
     def routes_text(self) -> bool:
         """Text-only rows skip the vision tower (the artifact has a text graph for this
         precision, served by ONNX Runtime, and ``route_text`` was not turned off)."""
-        return (self._route_text and self._engine is None
-                and self.artifact.has_text_graph(self.precision))
+        return self._route_text and self._engine is None and self.artifact.has_text_graph(self.precision)
 
     def _load_text_backend(self):
         backend = self._text_backend
@@ -186,9 +216,13 @@ class Embedder:
                 self._text_backend = self._onnx_backend(graph="text")
             return self._text_backend
 
-    def encode(self, texts: Sequence[str | None] | None = None,
-               images: Sequence[Any] | None = None, batch_size: int = 32,
-               dimensions: int | None = None) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str | None] | None = None,
+        images: Sequence[Any] | None = None,
+        batch_size: int = 32,
+        dimensions: int | None = None,
+    ) -> np.ndarray:
         """-> unit-norm float32 [N, dim]. Safe to call from several threads at once.
 
         ``dimensions`` (one of :attr:`dimensions`): the leading components of each embedding,
@@ -200,8 +234,7 @@ class Embedder:
         (e.g. fp16 overflow) is returned as NaN with a ``RuntimeWarning``; the other rows
         are normalised as usual.
         """
-        if (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool)
-                or batch_size < 1):
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         size = self.check_dimensions(dimensions)
         texts, images = align_inputs(texts, images)
@@ -212,13 +245,19 @@ class Embedder:
             # Several batches with images: decode the next ones in the pool while this one runs.
             chunks = encode_pipelined(self, texts, images, step)
         else:
-            chunks = [self.infer(self.preprocessor(texts[i:i + step], images[i:i + step], i))
-                      for i in range(0, len(texts), step)]
+            chunks = [
+                self.infer(self.preprocessor(texts[i : i + step], images[i : i + step], i))
+                for i in range(0, len(texts), step)
+            ]
         return unit_prefix(np.concatenate(chunks), size)
 
-    def encode_iter(self, items: Iterable[Any], batch_size: int = 32,
-                    instruction: str | None = None,
-                    dimensions: int | None = None) -> Iterator[tuple[list, np.ndarray]]:
+    def encode_iter(
+        self,
+        items: Iterable[Any],
+        batch_size: int = 32,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+    ) -> Iterator[tuple[list, np.ndarray]]:
         """Stream ``(ids, unit vectors)`` batches with bounded memory (``lame_runtime.inputs.pipeline``).
 
         ``items``: ``(id, text, image)`` triples, or bare texts / images (ids = positions)."""
@@ -235,10 +274,15 @@ class Embedder:
                     self._pipeline = FeedPipeline(self.preprocessor, self._pipeline_options)
         return self._pipeline
 
-    def encode_queries(self, texts: Sequence[str | None] | None = None,
-                       images: Sequence[Any] | None = None, batch_size: int = 32,
-                       instruction: str | None = None, task: str | None = None,
-                       dimensions: int | None = None) -> np.ndarray:
+    def encode_queries(
+        self,
+        texts: Sequence[str | None] | None = None,
+        images: Sequence[Any] | None = None,
+        batch_size: int = 32,
+        instruction: str | None = None,
+        task: str | None = None,
+        dimensions: int | None = None,
+    ) -> np.ndarray:
         """Queries get the instruction they were trained with.
 
         ``instruction`` sets it for every row (``""`` means none); ``task`` picks that
@@ -251,9 +295,13 @@ class Embedder:
         per_row = self.query_instructions(texts, images, instruction, task)
         return self._encode_rows(per_row, texts, images, batch_size, dimensions)
 
-    def query_instructions(self, texts: Sequence[str | None], images: Sequence[Any],
-                           instruction: str | None = None,
-                           task: str | None = None) -> list[str | None]:
+    def query_instructions(
+        self,
+        texts: Sequence[str | None],
+        images: Sequence[Any],
+        instruction: str | None = None,
+        task: str | None = None,
+    ) -> list[str | None]:
         """The instruction ``encode_queries`` applies to each row."""
         if instruction is not None:
             _check_instruction(instruction)
@@ -270,21 +318,26 @@ class Embedder:
             picked.append(cache[kind])
         return picked
 
-    def encode_documents(self, texts: Sequence[str | None] | None = None,
-                         images: Sequence[Any] | None = None, batch_size: int = 32,
-                         instruction: str | None = None,
-                         dimensions: int | None = None) -> np.ndarray:
+    def encode_documents(
+        self,
+        texts: Sequence[str | None] | None = None,
+        images: Sequence[Any] | None = None,
+        batch_size: int = 32,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+    ) -> np.ndarray:
         if instruction is None:
             instruction = self.artifact.instruction("document")
         _check_instruction(instruction)
         texts, images = align_inputs(texts, images)
-        return self._encode_rows([instruction] * len(texts), texts, images, batch_size,
-                                 dimensions)
+        return self._encode_rows([instruction] * len(texts), texts, images, batch_size, dimensions)
 
-    def _encode_rows(self, instructions: list[str | None], texts, images,
-                     batch_size: int, dimensions: int | None = None) -> np.ndarray:
-        return self.encode([format_query(t, i) for t, i in zip(texts, instructions)], images,
-                           batch_size, dimensions)
+    def _encode_rows(
+        self, instructions: list[str | None], texts, images, batch_size: int, dimensions: int | None = None
+    ) -> np.ndarray:
+        return self.encode(
+            [format_query(t, i) for t, i in zip(texts, instructions)], images, batch_size, dimensions
+        )
 
 
 def _check_instruction(instruction: Any) -> None:
@@ -309,9 +362,12 @@ def _unit_rows(vectors: np.ndarray) -> np.ndarray:
     out = vectors / np.where(norms > 0, norms, 1.0).astype(np.float32)
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        warnings.warn(f"the model produced NaN or infinite embeddings for rows "
-                      f"{bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}; they are returned "
-                      "as NaN (check the precision: fp16 can overflow; and those inputs)",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"the model produced NaN or infinite embeddings for rows "
+            f"{bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}; they are returned "
+            "as NaN (check the precision: fp16 can overflow; and those inputs)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         out[bad] = np.nan
     return out.astype(np.float32, copy=False)

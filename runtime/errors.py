@@ -4,6 +4,7 @@ Each class also derives from the builtin a caller would naturally catch (``Value
 bad argument, ``FileNotFoundError`` for a missing file, ...), so ``except ValueError`` keeps
 working; CLIs catch ``LameError`` and print one ``error: ...`` line.
 """
+
 from __future__ import annotations
 
 

@@ -5,6 +5,7 @@
 * :func:`interleaved_medians` -- every candidate is timed once per round, in a rotating order,
   and the median over rounds is kept: slow drift (thermal, other load) then hits all alike.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,14 +33,16 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_vector_s": t3 -
 """
 
 
-def cold_start(artifact: str | Path, runs: int = 3, threads: int = 0,
-               precision: str = "auto") -> dict:
+def cold_start(artifact: str | Path, runs: int = 3, threads: int = 0, precision: str = "auto") -> dict:
     """Median seconds of import / load / first vector over ``runs`` fresh processes."""
     results = []
     for _ in range(runs):
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", COLD_START, str(artifact), str(threads),
-                              precision], capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", COLD_START, str(artifact), str(threads), precision],
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - start
         if out.returncode != 0:
             raise RuntimeError(f"cold-start subprocess failed:\n{out.stderr}")
@@ -50,9 +53,12 @@ def cold_start(artifact: str | Path, runs: int = 3, threads: int = 0,
     return {"runs": len(results), **{k: statistics.median(r[k] for r in results) for k in keys}}
 
 
-def interleaved_medians(candidates: dict[str, Callable[[], object]], reps: int,
-                        sync: Callable[[], None] = lambda: None,
-                        warmup: int = 1) -> dict[str, dict]:
+def interleaved_medians(
+    candidates: dict[str, Callable[[], object]],
+    reps: int,
+    sync: Callable[[], None] = lambda: None,
+    warmup: int = 1,
+) -> dict[str, dict]:
     """-> {name: {"median_s", "runs_s"}}; ``sync`` waits for queued GPU work, if any."""
     if reps < 1:
         raise ValueError("reps must be >= 1")

@@ -7,6 +7,7 @@ query statement holds for them — so the main job's example queries are checkab
 An image query (``--image-to-image``) prints the query image's digits and marks hits that are
 the query image itself or show the same digits.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,10 @@ from lame.data.statements import parse_statement
 
 def main(argv=None) -> None:
     data_dir = Path((argv or sys.argv[1:])[0])
-    digits = {Path(r["image"]).name: r["digits"]
-              for r in map(json.loads, (data_dir / "images.jsonl").read_text().splitlines())}
+    digits = {
+        Path(r["image"]).name: r["digits"]
+        for r in map(json.loads, (data_dir / "images.jsonl").read_text().splitlines())
+    }
     result = json.load(sys.stdin)
     if not result["query"].get("text"):
         return show_image_query(result, digits)
@@ -28,8 +31,9 @@ def main(argv=None) -> None:
     for hit in result["results"]:
         seen = digits.get(Path(hit["id"]).name)
         verdict = "true " if seen is not None and statement.holds(seen) else "false"
-        print(f"  {hit['rank']}. {hit['id']:<16} score {hit['score']:.4f}  digits {seen}  "
-              f"statement {verdict}")
+        print(
+            f"  {hit['rank']}. {hit['id']:<16} score {hit['score']:.4f}  digits {seen}  statement {verdict}"
+        )
 
 
 def show_image_query(result: dict, digits: dict) -> None:
@@ -40,8 +44,7 @@ def show_image_query(result: dict, digits: dict) -> None:
         name = Path(hit["id"]).name
         seen = digits.get(name)
         verdict = "itself" if name == query else ("same digits" if seen == wanted else "other")
-        print(f"  {hit['rank']}. {hit['id']:<16} score {hit['score']:.4f}  digits {seen}  "
-              f"{verdict}")
+        print(f"  {hit['rank']}. {hit['id']:<16} score {hit['score']:.4f}  digits {seen}  {verdict}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared by the boundary tests (tests/runtime/test_boundaries.py: the bad-input tables;
 test_boundary_rules.py: the rules behind them): one real tiny artifact, a few files made
 from it, and the in-process lame-search runner."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,10 @@ from typing import Callable
 import numpy as np
 import pytest
 from PIL import Image
+from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture ctx needs)
 
 from lame_runtime import Embedder, Index
 from lame_runtime.cli.search import main as search_main
-from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture ctx needs)
 
 DEEP = "[" * 100_000 + "]" * 100_000  # deeper than any recursion limit
 
@@ -70,14 +71,19 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     """(exit code, the error lines of stderr: progress bars are not errors)."""
     code = search_main(args)
     err = capsys.readouterr().err
-    return code, "".join(line + "\n" for line in err.replace("\r", "\n").splitlines()
-                         if line.strip() and not line.startswith("embedding:"))
+    return code, "".join(
+        line + "\n"
+        for line in err.replace("\r", "\n").splitlines()
+        if line.strip() and not line.startswith("embedding:")
+    )
 
 
 def lock_holder(target: Path) -> subprocess.Popen:
     """A real second process holding the writer lock of ``target`` until killed."""
-    code = ("import sys, time; from lame_runtime.artifact.persist import writer_lock\n"
-            f"with writer_lock({str(target)!r}):\n    print('held', flush=True); time.sleep(60)")
+    code = (
+        "import sys, time; from lame_runtime.artifact.persist import writer_lock\n"
+        f"with writer_lock({str(target)!r}):\n    print('held', flush=True); time.sleep(60)"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc

@@ -1,4 +1,5 @@
 """Shared fixtures: a small real digits dataset and tiny random-initialised models."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,7 @@ def digits_dir(tmp_path_factory) -> Path:
     from lame.cli.data import main
 
     out = tmp_path_factory.mktemp("data") / "digits"
-    code = main(["digits", str(out), "--train-images", "160", "--eval-per-task", "3",
-                 "--vocab-size", "300"])
+    code = main(["digits", str(out), "--train-images", "160", "--eval-per-task", "3", "--vocab-size", "300"])
     assert code == 0
     return out
 
@@ -50,8 +50,21 @@ def trained_ckpt(digits_dir, tmp_path_factory) -> Path:
     from lame.cli.train import main
 
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
-    code = main(["--data", str(digits_dir), "--out", str(out), "--preset", "tiny",
-                 "--max-steps", "8", "--batch-size", "8", "--no-progress"])
+    code = main(
+        [
+            "--data",
+            str(digits_dir),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "8",
+            "--batch-size",
+            "8",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     return out
 
@@ -63,7 +76,9 @@ def artifact_dir(trained_ckpt, digits_dir, tmp_path_factory) -> Path:
     from lame_export.pipeline import ExportOptions, export_checkpoint
 
     out = tmp_path_factory.mktemp("artifact") / "tiny"
-    export_checkpoint(trained_ckpt, out, ExportOptions(fp16=True, int8=True,
-                                                       calib_data=str(digits_dir),
-                                                       calib_size=32, force=True))
+    export_checkpoint(
+        trained_ckpt,
+        out,
+        ExportOptions(fp16=True, int8=True, calib_data=str(digits_dir), calib_size=32, force=True),
+    )
     return out

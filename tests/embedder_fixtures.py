@@ -2,6 +2,7 @@
 model.safetensors with the model card's ``model.`` prefix, tokenizer.json +
 tokenizer_config.json + chat_template.json, preprocessor_config.json), and the model card's
 way of computing embeddings with Transformers, as the reference."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
-            "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
 # Qwen3-VL's chat template, condensed to what embedding uses (system + user turns with image
 # and text parts, the generation prompt); it renders those turns as the full template does.
 CHAT_TEMPLATE = (
@@ -23,12 +31,15 @@ CHAT_TEMPLATE = (
     "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
     "{%- elif 'text' in item %}{{- item.text }}{%- endif %}{%- endfor %}{%- endif %}"
     "{{- '<|im_end|>\\n' }}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 DEFAULT_INSTRUCTION = "Represent the user's input."
 PATCH, MERGE, TEMPORAL = 8, 2, 2
 MEAN, STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]
-WORDS = ("find the image whose digits add up to seven two three four five sum count "
-         "represent user input retrieve a an of is there how many NULL query document")
+WORDS = (
+    "find the image whose digits add up to seven two three four five sum count "
+    "represent user input retrieve a an of is there how many NULL query document"
+)
 
 
 def _card_model_class():
@@ -57,36 +68,75 @@ def build_qwen3_embedder_dir(directory: Path, seed: int = 0) -> Path:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator([WORDS, WORDS.upper(), "Represent the user's input.\n"] * 4,
-                                  trainer)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator([WORDS, WORDS.upper(), "Represent the user's input.\n"] * 4, trainer)
     tokenizer.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "Qwen2TokenizerFast", "model_max_length": 8192,
-        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "padding_side": "right",
-        "split_special_tokens": False}))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "Qwen2TokenizerFast",
+                "model_max_length": 8192,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "padding_side": "right",
+                "split_special_tokens": False,
+            }
+        )
+    )
     (directory / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
-    (directory / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "Qwen2VLImageProcessor", "patch_size": PATCH,
-        "merge_size": MERGE, "temporal_patch_size": TEMPORAL, "image_mean": MEAN,
-        "image_std": STD, "size": {"shortest_edge": 256, "longest_edge": 65536}}))
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "Qwen2VLImageProcessor",
+                "patch_size": PATCH,
+                "merge_size": MERGE,
+                "temporal_patch_size": TEMPORAL,
+                "image_mean": MEAN,
+                "image_std": STD,
+                "size": {"shortest_edge": 256, "longest_edge": 65536},
+            }
+        )
+    )
     ids = {tok: tokenizer.token_to_id(tok) for tok in SPECIALS}
     head_dim = 16
     config = Qwen3VLConfig(
-        text_config=dict(vocab_size=tokenizer.get_vocab_size() + 64, hidden_size=32,
-                         intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=head_dim, max_position_embeddings=4096,
-                         rope_parameters={"rope_type": "default", "rope_theta": 5e6,
-                                          "mrope_section": [4, 2, 2], "mrope_interleaved": True},
-                         tie_word_embeddings=True),
-        vision_config=dict(depth=3, hidden_size=32, out_hidden_size=32, intermediate_size=64,
-                           num_heads=2, patch_size=PATCH, spatial_merge_size=MERGE,
-                           temporal_patch_size=TEMPORAL, num_position_embeddings=36,
-                           deepstack_visual_indexes=[0, 1]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True)
+        text_config=dict(
+            vocab_size=tokenizer.get_vocab_size() + 64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=head_dim,
+            max_position_embeddings=4096,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": [4, 2, 2],
+                "mrope_interleaved": True,
+            },
+            tie_word_embeddings=True,
+        ),
+        vision_config=dict(
+            depth=3,
+            hidden_size=32,
+            out_hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            patch_size=PATCH,
+            spatial_merge_size=MERGE,
+            temporal_patch_size=TEMPORAL,
+            num_position_embeddings=36,
+            deepstack_visual_indexes=[0, 1],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True,
+    )
     config.architectures = ["Qwen3VLForEmbedding"]
     torch.manual_seed(seed)
     model = _card_model_class()(config)
@@ -103,14 +153,18 @@ def reference_embeddings(directory: Path, rows: list[dict]) -> torch.Tensor:
     ``text``, ``image`` (HxWx3 uint8) and ``instruction``."""
     from PIL import Image
     from transformers import AutoTokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil)
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     tokenizer = AutoTokenizer.from_pretrained(str(directory), padding_side="right")
     tokenizer.chat_template = CHAT_TEMPLATE
     image_processor = Qwen2VLImageProcessorPil(
-        patch_size=PATCH, merge_size=MERGE, temporal_patch_size=TEMPORAL, image_mean=MEAN,
-        image_std=STD, size={"shortest_edge": 256, "longest_edge": 65536})
+        patch_size=PATCH,
+        merge_size=MERGE,
+        temporal_patch_size=TEMPORAL,
+        image_mean=MEAN,
+        image_std=STD,
+        size={"shortest_edge": 256, "longest_edge": 65536},
+    )
     model = _card_model_class().from_pretrained(str(directory)).eval()
     conversations, images = [], []
     for row in rows:
@@ -125,23 +179,25 @@ def reference_embeddings(directory: Path, rows: list[dict]) -> torch.Tensor:
             content.append({"type": "text", "text": row["text"]})
         if not content:
             content.append({"type": "text", "text": "NULL"})
-        conversations.append([{"role": "system", "content": [{"type": "text",
-                                                              "text": instruction}]},
-                              {"role": "user", "content": content}])
+        conversations.append(
+            [
+                {"role": "system", "content": [{"type": "text", "text": instruction}]},
+                {"role": "user", "content": content},
+            ]
+        )
     # Qwen3VLProcessor's steps (it cannot be built here: its video processor needs
     # torchvision): render the chat template, expand each <|image_pad|> to the image's merged
     # patch count, tokenise with padding, mark image tokens in mm_token_type_ids.
-    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
-             for c in conversations]
+    texts = [
+        tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations
+    ]
     vision = image_processor(images=images, return_tensors="pt") if images else {}
-    counts = iter((vision["image_grid_thw"].prod(-1) // MERGE ** 2).tolist() if images else [])
+    counts = iter((vision["image_grid_thw"].prod(-1) // MERGE**2).tolist() if images else [])
     pad = "<|image_pad|>"
-    texts = [text.replace(pad, "<|placeholder|>" * next(counts)) if pad in text else text
-             for text in texts]
+    texts = [text.replace(pad, "<|placeholder|>" * next(counts)) if pad in text else text for text in texts]
     texts = [text.replace("<|placeholder|>", pad) for text in texts]
     inputs = dict(tokenizer(texts, padding=True, return_tensors="pt"), **vision)
-    inputs["mm_token_type_ids"] = (inputs["input_ids"] ==
-                                   model.config.image_token_id).int()
+    inputs["mm_token_type_ids"] = (inputs["input_ids"] == model.config.image_token_id).int()
     with torch.no_grad():
         hidden = model(**inputs).last_hidden_state
     mask = inputs["attention_mask"]

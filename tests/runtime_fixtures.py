@@ -1,6 +1,7 @@
 """Fixtures shared by the tests that the minimum-versions job runs with ``--noconftest`` (no
 torch there): the artifact comes from ``$LAME_TEST_ARTIFACT`` or, where torch exists, from
 conftest's ``artifact_dir``."""
+
 from __future__ import annotations
 
 import os

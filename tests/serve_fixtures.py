@@ -1,6 +1,7 @@
 """Real lame-serve servers for the serve tests: uvicorn in a thread of the test process (the
 app shares the test's Embedder) or ``python -m lame_runtime.serve.cli`` as a child process
 (for RSS, SIGTERM and SIGKILL). Loopback only, on a free port."""
+
 from __future__ import annotations
 
 import base64
@@ -47,11 +48,12 @@ class ThreadServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "ThreadServer":
+    def __enter__(self) -> ThreadServer:
         self.thread.start()
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not self.server.started:
@@ -76,21 +78,31 @@ class ServerProcess:
     def __init__(self, *args: str, env: dict | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [sys.executable, "-m", "lame_runtime.serve.cli", "--port", str(self.port),
-                     "--log-level", "warning", *args]
+        self.args = [
+            sys.executable,
+            "-m",
+            "lame_runtime.serve.cli",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            *args,
+        ]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         import httpx
 
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=self.env)
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
+        )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
-                raise AssertionError(f"lame-serve exited {self.proc.returncode}: "
-                                     f"{self.proc.stderr.read()[-3000:]}")
+                raise AssertionError(
+                    f"lame-serve exited {self.proc.returncode}: {self.proc.stderr.read()[-3000:]}"
+                )
             try:
                 if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
                     return self

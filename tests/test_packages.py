@@ -1,4 +1,5 @@
 """Layout: the four packages import, the runtime stays torch-free, the CLIs answer --help."""
+
 import subprocess
 import sys
 
@@ -18,10 +19,12 @@ def _prints_ok(code: str) -> None:
 
 
 def test_runtime_imports_neither_torch_nor_transformers():
-    code = ("import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
-            "import lame_runtime, lame_calibration\n"
-            "from lame_runtime import Preprocessor, ImageConfig, TextProcessor\n"
-            "print('ok')")
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        "import lame_runtime, lame_calibration\n"
+        "from lame_runtime import Preprocessor, ImageConfig, TextProcessor\n"
+        "print('ok')"
+    )
     _prints_ok(code)
 
 
@@ -41,11 +44,11 @@ def test_console_scripts_installed():
 
 def test_every_console_script_answers_help():
     # every script pyproject.toml declares, so a moved entry point cannot go unnoticed
-    import tomllib
     from pathlib import Path
 
-    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())[
-        "project"]["scripts"]
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
     assert {"lame-search", "lame-export", "lame-bench"} <= set(scripts)
     for script in scripts:
         out = subprocess.run([script, "--help"], capture_output=True, text=True)
@@ -64,7 +67,7 @@ def _runtime_imports(folder: str, deferred: bool = True) -> set[str]:
     found = set()
     for path in (RUNTIME / folder).rglob("*.py"):
         tree = ast.parse(path.read_text())
-        for node in (ast.walk(tree) if deferred else tree.body):
+        for node in ast.walk(tree) if deferred else tree.body:
             if isinstance(node, ast.ImportFrom) and node.module:
                 found.add(node.module)
             elif isinstance(node, ast.Import):
@@ -76,8 +79,9 @@ def test_lame_layout_rooms():
     lame = RUNTIME.parent / "lame"
     assert len(list(lame.glob("*.py"))) <= 10
     for package in ["training", "evaluation"]:
-        doc = __import__("ast").get_docstring(__import__("ast").parse(
-            (lame / package / "__init__.py").read_text()))
+        doc = __import__("ast").get_docstring(
+            __import__("ast").parse((lame / package / "__init__.py").read_text())
+        )
         assert doc and len(doc.strip().splitlines()) >= 2
 
 
@@ -85,60 +89,71 @@ def test_runtime_layout_rooms():
     top = sorted(p.name for p in RUNTIME.glob("*.py"))
     assert len(top) <= 8, top
     packages = sorted(p.parent for p in RUNTIME.rglob("__init__.py") if p.parent != RUNTIME)
-    assert {p.name for p in packages} >= {"artifact", "inputs", "engines", "retrieval", "deploy",
-                                          "cli", "tensorrt"}
+    assert {p.name for p in packages} >= {
+        "artifact",
+        "inputs",
+        "engines",
+        "retrieval",
+        "deploy",
+        "cli",
+        "tensorrt",
+    }
     for package in packages:
-        doc = __import__("ast").get_docstring(__import__("ast").parse(
-            (package / "__init__.py").read_text()))
+        doc = __import__("ast").get_docstring(__import__("ast").parse((package / "__init__.py").read_text()))
         assert doc and len(doc.strip().splitlines()) >= 2, f"{package}: say what lives here"
     # engines and retrieval never import each other; artifact loads on errors alone (the
     # manifest's engines and instructions sections are checked by their owners, imported late)
     assert not {m for m in _runtime_imports("engines") if m.startswith("lame_runtime.retrieval")}
     assert not {m for m in _runtime_imports("retrieval") if m.startswith("lame_runtime.engines")}
-    assert {m for m in _runtime_imports("artifact", deferred=False)
-            if not m.startswith("lame_runtime.artifact")} <= {"lame_runtime.errors"}
+    assert {
+        m for m in _runtime_imports("artifact", deferred=False) if not m.startswith("lame_runtime.artifact")
+    } <= {"lame_runtime.errors"}
 
 
 def test_public_names_and_old_module_paths():
-    code = ("import warnings, importlib\n"
-            "from lame_runtime import Embedder, Index, AnnIndex, QdrantStore, Artifact\n"
-            "from lame_runtime.artifact import Artifact as A2, PRECISIONS\n"
-            "assert A2 is Artifact\n"
-            "with warnings.catch_warnings(record=True) as caught:\n"
-            "    warnings.simplefilter('always')\n"
-            "    from lame_runtime.ann import AnnIndex as old_ann\n"
-            "    import lame_runtime.index as old_index\n"
-            "import lame_runtime.retrieval.index as new_index\n"
-            "assert old_ann is AnnIndex and old_index is new_index\n"
-            "assert new_index.__spec__.name == 'lame_runtime.retrieval.index'\n"
-            "importlib.reload(old_index)\n"
-            "assert [w.category.__name__ for w in caught] == ['DeprecationWarning'] * 2, caught\n"
-            "assert 'lame_runtime.retrieval.ann' in str(caught[0].message)\n"
-            "with warnings.catch_warnings(record=True) as caught:\n"
-            "    warnings.simplefilter('always')\n"
-            "    from lame.train import TrainConfig as old_config\n"
-            "from lame.training.train import TrainConfig\n"
-            "assert old_config is TrainConfig and 'lame.training.train' in str(caught[0].message)\n"
-            "try:\n"
-            "    import lame_runtime.no_such_module\n"
-            "except ModuleNotFoundError:\n"
-            "    print('ok')\n")
+    code = (
+        "import warnings, importlib\n"
+        "from lame_runtime import Embedder, Index, AnnIndex, QdrantStore, Artifact\n"
+        "from lame_runtime.artifact import Artifact as A2, PRECISIONS\n"
+        "assert A2 is Artifact\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from lame_runtime.ann import AnnIndex as old_ann\n"
+        "    import lame_runtime.index as old_index\n"
+        "import lame_runtime.retrieval.index as new_index\n"
+        "assert old_ann is AnnIndex and old_index is new_index\n"
+        "assert new_index.__spec__.name == 'lame_runtime.retrieval.index'\n"
+        "importlib.reload(old_index)\n"
+        "assert [w.category.__name__ for w in caught] == ['DeprecationWarning'] * 2, caught\n"
+        "assert 'lame_runtime.retrieval.ann' in str(caught[0].message)\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from lame.train import TrainConfig as old_config\n"
+        "from lame.training.train import TrainConfig\n"
+        "assert old_config is TrainConfig and 'lame.training.train' in str(caught[0].message)\n"
+        "try:\n"
+        "    import lame_runtime.no_such_module\n"
+        "except ModuleNotFoundError:\n"
+        "    print('ok')\n"
+    )
     _prints_ok(code)
 
 
 def test_runtime_and_lame_serve_help_without_the_serve_extra():
     # the base install (a Jetson's) has no starlette/uvicorn/prometheus-client: the runtime
     # imports, lame-serve answers --help, and serving says which extra to install
-    code = ("import sys, contextlib, io\n"
-            "for name in ('starlette', 'uvicorn', 'prometheus_client'):\n"
-            "    sys.modules[name] = None\n"
-            "import lame_runtime\n"
-            "from lame_runtime.serve.cli import main\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    assert main(['--help']) == 0\n"
-            "err = io.StringIO()\n"
-            "with contextlib.redirect_stderr(err):\n"
-            "    assert main(['--model', '.']) == 1\n"
-            "assert 'lame-embed[serve]' in err.getvalue(), err.getvalue()\n"
-            "print('ok')")
+    code = (
+        "import sys, contextlib, io\n"
+        "for name in ('starlette', 'uvicorn', 'prometheus_client'):\n"
+        "    sys.modules[name] = None\n"
+        "import lame_runtime\n"
+        "from lame_runtime.serve.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['--help']) == 0\n"
+        "err = io.StringIO()\n"
+        "with contextlib.redirect_stderr(err):\n"
+        "    assert main(['--model', '.']) == 1\n"
+        "assert 'lame-embed[serve]' in err.getvalue(), err.getvalue()\n"
+        "print('ok')"
+    )
     _prints_ok(code)

@@ -1,4 +1,5 @@
 """Helpers shared by the training tests (test_train.py, test_scale_train.py)."""
+
 import pytest
 from safetensors.torch import load_file
 

@@ -3,6 +3,7 @@
 Every adapter implements :class:`lame.backbones.base.Backbone`; the LaME model never touches a
 family's internals, so adding a family means adding one adapter module.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,28 +36,25 @@ def build_backbone(config, vocab_size: int, image_token_id: int) -> Backbone:
     if family == "qwen2_vl":
         from lame.backbones.qwen2_vl import Qwen2VLBackbone
 
-        return Qwen2VLBackbone.build(config, vocab_size, image_token_id,
-                         pretrained=_LOAD_PRETRAINED.get())
+        return Qwen2VLBackbone.build(config, vocab_size, image_token_id, pretrained=_LOAD_PRETRAINED.get())
     if family == "qwen2_5_vl":
         from lame.backbones.qwen2_5_vl import Qwen25VLBackbone
 
-        return Qwen25VLBackbone.build(config, vocab_size, image_token_id,
-                         pretrained=_LOAD_PRETRAINED.get())
+        return Qwen25VLBackbone.build(config, vocab_size, image_token_id, pretrained=_LOAD_PRETRAINED.get())
     if family == "qwen3_vl":
         from lame.backbones.qwen3_vl import Qwen3VLBackbone
 
-        return Qwen3VLBackbone.build(config, vocab_size, image_token_id,
-                                     pretrained=_LOAD_PRETRAINED.get())
+        return Qwen3VLBackbone.build(config, vocab_size, image_token_id, pretrained=_LOAD_PRETRAINED.get())
     if family == "idefics3":
         from lame.backbones.idefics3 import Idefics3Backbone
 
-        return Idefics3Backbone.build(config, vocab_size, image_token_id,
-                         pretrained=_LOAD_PRETRAINED.get())
+        return Idefics3Backbone.build(config, vocab_size, image_token_id, pretrained=_LOAD_PRETRAINED.get())
     if family == "smollm2_efficientnet":
         from lame.backbones.smollm_effnet import SmolLM2EfficientNetBackbone
 
-        return SmolLM2EfficientNetBackbone.build(config, vocab_size, image_token_id,
-                                                 pretrained=_LOAD_PRETRAINED.get())
+        return SmolLM2EfficientNetBackbone.build(
+            config, vocab_size, image_token_id, pretrained=_LOAD_PRETRAINED.get()
+        )
     raise ValueError(f"unknown backbone family {family!r}; available: {', '.join(FAMILIES)}")
 
 

@@ -1,4 +1,5 @@
 """The interface every backbone adapter implements."""
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -80,27 +81,44 @@ class Backbone(nn.Module):
         """Our additive bias as the text model's ``attention_mask`` argument (used as given)."""
         return attention_bias
 
-    def transformer(self, embeds: torch.Tensor, position_ids: torch.Tensor,
-                    attention_bias: torch.Tensor, visual: torch.Tensor | None = None
-                    ) -> torch.Tensor:
+    def transformer(
+        self,
+        embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_bias: torch.Tensor,
+        visual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Run the causal LM on embeddings with an additive [B, 1, L, L] bias -> [B, L, H].
         ``visual`` [B, L, D, H]: DeepStack features (only where ``deepstack_levels`` > 0)."""
         _no_deepstack(self, visual)
-        out = self.text_model(inputs_embeds=embeds, position_ids=position_ids,
-                              attention_mask=self.text_mask(attention_bias), use_cache=False)
+        out = self.text_model(
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            attention_mask=self.text_mask(attention_bias),
+            use_cache=False,
+        )
         return out.last_hidden_state
 
-    def transformer_cached(self, embeds: torch.Tensor, position_ids: torch.Tensor,
-                           attention_bias: torch.Tensor, cache,
-                           visual: torch.Tensor | None = None) -> torch.Tensor:
+    def transformer_cached(
+        self,
+        embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_bias: torch.Tensor,
+        cache,
+        visual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``transformer`` for step-by-step decoding (the CoT and latent baselines): ``embeds``
         are the new positions only, ``attention_bias`` is [B, 1, new, past + new] and ``cache``
         (a ``transformers.DynamicCache``) is extended in place."""
         _no_deepstack(self, visual)
         text_model = self.text_model
-        out = text_model(inputs_embeds=embeds, position_ids=position_ids,
-                         attention_mask=self.text_mask(attention_bias), use_cache=True,
-                         **cache_kwargs(text_model, cache))
+        out = text_model(
+            inputs_embeds=embeds,
+            position_ids=position_ids,
+            attention_mask=self.text_mask(attention_bias),
+            use_cache=True,
+            **cache_kwargs(text_model, cache),
+        )
         return out.last_hidden_state
 
     def vision_parameters(self) -> Iterator[nn.Parameter]:
@@ -117,5 +135,6 @@ class Backbone(nn.Module):
 
 def _no_deepstack(backbone: Backbone, visual) -> None:
     if visual is not None:
-        raise ValueError(f"{type(backbone).__name__} has no DeepStack layers, but visual "
-                         "features for them were given")
+        raise ValueError(
+            f"{type(backbone).__name__} has no DeepStack layers, but visual features for them were given"
+        )

@@ -13,6 +13,7 @@ The resolution is fixed per model (static visual-token count in the exported gra
 from ``--image-size HxW`` or the preset's ``image_size`` key, else the preset's image section,
 and is checked against what the family can take (:func:`check_image_for_family`).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,12 +21,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lame_runtime.errors import InputError, MissingFileError
 from lame_runtime.artifact.persist import read_json
+from lame_runtime.errors import InputError, MissingFileError
 
 # family -> the Transformers model_type its config.json must declare
-MODEL_TYPES = {"qwen2_vl": ("qwen2_vl",), "qwen2_5_vl": ("qwen2_5_vl",),
-               "qwen3_vl": ("qwen3_vl",), "idefics3": ("idefics3",)}
+MODEL_TYPES = {
+    "qwen2_vl": ("qwen2_vl",),
+    "qwen2_5_vl": ("qwen2_5_vl",),
+    "qwen3_vl": ("qwen3_vl",),
+    "idefics3": ("idefics3",),
+}
 
 
 def parse_image_size(value: Any) -> tuple[int, int]:
@@ -49,13 +54,17 @@ def check_image_for_family(family: str, image: dict[str, Any]) -> None:
     patch, merge = int(image["patch_size"]), int(image["merge_size"])
     block = patch * merge
     if family == "idefics3" and h != w:
-        raise InputError(f"image size {h}x{w}: the idefics3 family needs square images (its "
-                         "vision tower and pixel-shuffle connector use a square grid)")
+        raise InputError(
+            f"image size {h}x{w}: the idefics3 family needs square images (its "
+            "vision tower and pixel-shuffle connector use a square grid)"
+        )
     if h % block or w % block:
-        raise InputError(f"image size {h}x{w} is not divisible by patch_size x merge_size = "
-                         f"{patch} x {merge} = {block} (family {family}); pick sides that are "
-                         f"multiples of {block}, e.g. --image-size {_round(h, block)}x"
-                         f"{_round(w, block)}")
+        raise InputError(
+            f"image size {h}x{w} is not divisible by patch_size x merge_size = "
+            f"{patch} x {merge} = {block} (family {family}); pick sides that are "
+            f"multiples of {block}, e.g. --image-size {_round(h, block)}x"
+            f"{_round(w, block)}"
+        )
 
 
 def _round(value: int, block: int) -> int:
@@ -103,8 +112,10 @@ def with_backbone_dir(config):
 
 def _require_dir(directory: Path) -> Path:
     if not directory.is_dir():
-        raise MissingFileError(f"backbone path {directory} is not a directory (a local Hugging "
-                               "Face model directory is expected; nothing is downloaded)")
+        raise MissingFileError(
+            f"backbone path {directory} is not a directory (a local Hugging "
+            "Face model directory is expected; nothing is downloaded)"
+        )
     return directory
 
 
@@ -115,12 +126,16 @@ def read_hf_config(directory: Path, family: str) -> dict[str, Any]:
     config = read_json(path, InputError, dict)
     allowed = MODEL_TYPES.get(family)
     if allowed is None:
-        raise InputError(f"backbone family {family!r} does not load from a directory "
-                         f"(--backbone-path); families that do: {', '.join(MODEL_TYPES)}")
+        raise InputError(
+            f"backbone family {family!r} does not load from a directory "
+            f"(--backbone-path); families that do: {', '.join(MODEL_TYPES)}"
+        )
     if config.get("model_type") not in allowed:
-        raise InputError(f"{path} declares model_type {config.get('model_type')!r}, but the "
-                         f"preset's backbone family is {family!r} (expects {allowed[0]!r}); "
-                         "choose a preset of that family")
+        raise InputError(
+            f"{path} declares model_type {config.get('model_type')!r}, but the "
+            f"preset's backbone family is {family!r} (expects {allowed[0]!r}); "
+            "choose a preset of that family"
+        )
     return config
 
 
@@ -135,17 +150,18 @@ def image_settings(directory: Path, hf_config: dict[str, Any], family: str) -> d
     else:
         patch = vision.get("patch_size", vision.get("spatial_patch_size"))
         merge, temporal = vision.get("spatial_merge_size"), vision.get("temporal_patch_size")
-    for key, from_model in (("patch_size", patch), ("merge_size", merge),
-                            ("temporal_patch_size", temporal)):
+    for key, from_model in (("patch_size", patch), ("merge_size", merge), ("temporal_patch_size", temporal)):
         declared = processor.get(key)
         if declared is not None and from_model is not None and int(declared) != int(from_model):
-            raise InputError(f"{processor_path}: {key}={declared} but the model's config.json "
-                             f"has {from_model}")
+            raise InputError(
+                f"{processor_path}: {key}={declared} but the model's config.json has {from_model}"
+            )
     settings: dict[str, Any] = {}
-    for key, value in (("patch_size", patch if patch is not None else processor.get("patch_size")),
-                       ("merge_size", merge if merge is not None else processor.get("merge_size")),
-                       ("temporal_patch_size", temporal if temporal is not None
-                        else processor.get("temporal_patch_size"))):
+    for key, value in (
+        ("patch_size", patch if patch is not None else processor.get("patch_size")),
+        ("merge_size", merge if merge is not None else processor.get("merge_size")),
+        ("temporal_patch_size", temporal if temporal is not None else processor.get("temporal_patch_size")),
+    ):
         if value is not None:
             settings[key] = int(value)
     for ours, theirs in (("mean", "image_mean"), ("std", "image_std")):
@@ -162,10 +178,11 @@ def directory_tokenizer(directory: str | Path):
 
     path = _require_dir(Path(directory)) / "tokenizer.json"
     if not path.is_file():
-        raise MissingFileError(f"backbone directory {directory} lacks tokenizer.json (the "
-                               "backbone's own tokenizer is used with --backbone-path)")
+        raise MissingFileError(
+            f"backbone directory {directory} lacks tokenizer.json (the "
+            "backbone's own tokenizer is used with --backbone-path)"
+        )
     tokenizer = Tokenizer.from_file(str(path))
     missing = [tok for tok in SPECIAL_TOKENS.values() if tokenizer.token_to_id(tok) is None]
-    tokenizer.add_special_tokens([AddedToken(tok, special=True, normalized=False)
-                                  for tok in missing])
+    tokenizer.add_special_tokens([AddedToken(tok, special=True, normalized=False) for tok in missing])
     return tokenizer

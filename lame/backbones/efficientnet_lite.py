@@ -13,6 +13,7 @@ Batch norm is frozen (always in inference mode, running statistics never updated
 batches are small and far from ImageNet's statistics, and frozen statistics keep training,
 evaluation and the exported graph computing the same function.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,22 +21,31 @@ import torch.nn.functional as F
 from torch import nn
 
 # (repeats, kernel, stride, expand ratio, output channels) per stage; stem 32, head 1280.
-LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+LITE0_STAGES = (
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
-STRIDE = 32           # total downsampling of the feature map
+STRIDE = 32  # total downsampling of the feature map
 BN_EPS = 1e-3
-BN_MOMENTUM = 0.01    # TF's 0.99 decay, in PyTorch's convention (unused while frozen)
+BN_MOMENTUM = 0.01  # TF's 0.99 decay, in PyTorch's convention (unused while frozen)
 
 
 class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow's "SAME" padding: output size ceil(input / stride)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 groups: int = 1):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,
-                         groups=groups, bias=False)
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1
+    ):
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=0, groups=groups, bias=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = self.kernel_size[0], self.stride[0]
@@ -55,8 +65,7 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 class MBConvBlock(nn.Module):
     """Inverted residual: 1x1 expand -> kxk depthwise -> 1x1 project (+ identity skip)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
-                 expand: int):
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int, expand: int):
         super().__init__()
         mid = in_channels * expand
         self.expand = expand != 1
@@ -80,8 +89,7 @@ class EfficientNetLite0(nn.Module):
     """[B, 3, H, W] (normalised) -> [B, 1280, ceil(H/32), ceil(W/32)] features (``features``),
     or ImageNet logits (``forward``, only when built ``with_classifier``)."""
 
-    def __init__(self, with_classifier: bool = False, num_classes: int = 1000,
-                 freeze_batchnorm: bool = True):
+    def __init__(self, with_classifier: bool = False, num_classes: int = 1000, freeze_batchnorm: bool = True):
         super().__init__()
         self.freeze_batchnorm = freeze_batchnorm
         self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, stride=2)
@@ -97,7 +105,7 @@ class EfficientNetLite0(nn.Module):
         self._fc = nn.Linear(HEAD_CHANNELS, num_classes) if with_classifier else None
         self.out_channels = HEAD_CHANNELS
 
-    def train(self, mode: bool = True) -> "EfficientNetLite0":
+    def train(self, mode: bool = True) -> EfficientNetLite0:
         super().train(mode)
         if self.freeze_batchnorm:
             for module in self.modules():

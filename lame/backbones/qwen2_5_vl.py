@@ -7,12 +7,18 @@ attention; for one fixed image size the window order and the block-diagonal wind
 constants, so it too runs as plain batched attention (tested equal to its ``cu_seqlens`` loop)
 and exports without data-dependent shapes.
 """
+
 from __future__ import annotations
 
 import torch
 
-from lame.backbones.qwen2_vl import (Qwen2VLBackbone, _vision_block, build_model,
-                                     mrope_section_for, with_attention)
+from lame.backbones.qwen2_vl import (
+    Qwen2VLBackbone,
+    _vision_block,
+    build_model,
+    mrope_section_for,
+    with_attention,
+)
 
 
 def tiny_qwen2_5_vl_config(config, vocab_size: int, image_token_id: int):
@@ -20,26 +26,45 @@ def tiny_qwen2_5_vl_config(config, vocab_size: int, image_token_id: int):
 
     bb, img = config.backbone, config.image
     text = dict(
-        vocab_size=vocab_size, hidden_size=bb.hidden_size, intermediate_size=bb.intermediate_size,
-        num_hidden_layers=bb.num_layers, num_attention_heads=bb.num_heads,
-        num_key_value_heads=bb.num_kv_heads, max_position_embeddings=1024,
-        rope_parameters={"rope_type": "default", "rope_theta": bb.rope_theta,
-                         "mrope_section": mrope_section_for(bb.hidden_size // bb.num_heads)},
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        vocab_size=vocab_size,
+        hidden_size=bb.hidden_size,
+        intermediate_size=bb.intermediate_size,
+        num_hidden_layers=bb.num_layers,
+        num_attention_heads=bb.num_heads,
+        num_key_value_heads=bb.num_kv_heads,
+        max_position_embeddings=1024,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": bb.rope_theta,
+            "mrope_section": mrope_section_for(bb.hidden_size // bb.num_heads),
+        },
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
     )
     # Windows of 2x2 merged tokens and full attention in the last block, like the real model's
     # alternation at a tiny scale.
     vision = dict(
-        depth=bb.vision_depth, hidden_size=bb.vision_embed_dim, out_hidden_size=bb.hidden_size,
-        intermediate_size=2 * bb.vision_embed_dim, num_heads=bb.vision_heads,
-        patch_size=img.patch_size, spatial_merge_size=img.merge_size,
+        depth=bb.vision_depth,
+        hidden_size=bb.vision_embed_dim,
+        out_hidden_size=bb.hidden_size,
+        intermediate_size=2 * bb.vision_embed_dim,
+        num_heads=bb.vision_heads,
+        patch_size=img.patch_size,
+        spatial_merge_size=img.merge_size,
         temporal_patch_size=img.temporal_patch_size,
         window_size=2 * img.merge_size * img.patch_size,
         fullatt_block_indexes=[bb.vision_depth - 1],
     )
-    return with_attention(Qwen2_5_VLConfig(text_config=text, vision_config=vision,
-                          image_token_id=image_token_id,
-                          video_token_id=image_token_id), bb.attn_implementation)
+    return with_attention(
+        Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config=vision,
+            image_token_id=image_token_id,
+            video_token_id=image_token_id,
+        ),
+        bb.attn_implementation,
+    )
 
 
 class Qwen25VLBackbone(Qwen2VLBackbone):
@@ -47,7 +72,7 @@ class Qwen25VLBackbone(Qwen2VLBackbone):
         super().__init__(model, image_config)
         visual = model.visual
         order, mask = _window_layout(visual, *image_config.grid)
-        unit = visual.spatial_merge_size ** 2
+        unit = visual.spatial_merge_size**2
         # Patch order inside the tower: merge units (of `unit` patches) in window order.
         patch_order = (order[:, None] * unit + torch.arange(unit)).reshape(-1)
         self.register_buffer("window_order", patch_order, persistent=False)
@@ -56,13 +81,15 @@ class Qwen25VLBackbone(Qwen2VLBackbone):
         self.full_blocks = set(visual.fullatt_block_indexes)
 
     @classmethod
-    def build(cls, config, vocab_size: int, image_token_id: int,
-              pretrained: bool = True) -> "Qwen25VLBackbone":
+    def build(cls, config, vocab_size: int, image_token_id: int, pretrained: bool = True) -> Qwen25VLBackbone:
         from transformers import Qwen2_5_VLModel
 
-        return cls(build_model(config, vocab_size, image_token_id, Qwen2_5_VLModel,
-                               tiny_qwen2_5_vl_config, pretrained),
-                   config.image)
+        return cls(
+            build_model(
+                config, vocab_size, image_token_id, Qwen2_5_VLModel, tiny_qwen2_5_vl_config, pretrained
+            ),
+            config.image,
+        )
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         visual = self.model.visual
@@ -83,8 +110,11 @@ def _window_layout(visual, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torc
     from transformers.vision_utils import get_vision_window_index
 
     order, bounds = get_vision_window_index(
-        torch.tensor([[1, grid_h, grid_w]]), spatial_merge_size=visual.spatial_merge_size,
-        window_size=visual.window_size, patch_size=visual.patch_size)
+        torch.tensor([[1, grid_h, grid_w]]),
+        spatial_merge_size=visual.spatial_merge_size,
+        window_size=visual.window_size,
+        patch_size=visual.patch_size,
+    )
     patches = grid_h * grid_w
     window_of = torch.zeros(patches, dtype=torch.long)
     for number, (start, end) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):

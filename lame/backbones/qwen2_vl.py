@@ -7,6 +7,7 @@ Two traps this adapter exists to avoid:
 * Tiny configs must keep ``sum(mrope_section) == head_dim / 2`` and the vision merger's output
   width equal to the text hidden size; :func:`tiny_qwen2_vl_config` derives both.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,22 +33,41 @@ def tiny_qwen2_vl_config(config, vocab_size: int, image_token_id: int):
     bb, img = config.backbone, config.image
     head_dim = bb.hidden_size // bb.num_heads
     text = dict(
-        vocab_size=max(vocab_size, bb.vocab_size or 0), hidden_size=bb.hidden_size,
+        vocab_size=max(vocab_size, bb.vocab_size or 0),
+        hidden_size=bb.hidden_size,
         intermediate_size=bb.intermediate_size,
-        num_hidden_layers=bb.num_layers, num_attention_heads=bb.num_heads,
-        num_key_value_heads=bb.num_kv_heads, max_position_embeddings=1024,
-        rope_parameters={"rope_type": "default", "rope_theta": bb.rope_theta,
-                         "mrope_section": mrope_section_for(head_dim)},
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        num_hidden_layers=bb.num_layers,
+        num_attention_heads=bb.num_heads,
+        num_key_value_heads=bb.num_kv_heads,
+        max_position_embeddings=1024,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": bb.rope_theta,
+            "mrope_section": mrope_section_for(head_dim),
+        },
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
     )
     vision = dict(
-        depth=bb.vision_depth, embed_dim=bb.vision_embed_dim, hidden_size=bb.hidden_size,
-        num_heads=bb.vision_heads, mlp_ratio=int(bb.vision_mlp_ratio), patch_size=img.patch_size,
-        spatial_merge_size=img.merge_size, temporal_patch_size=img.temporal_patch_size,
+        depth=bb.vision_depth,
+        embed_dim=bb.vision_embed_dim,
+        hidden_size=bb.hidden_size,
+        num_heads=bb.vision_heads,
+        mlp_ratio=int(bb.vision_mlp_ratio),
+        patch_size=img.patch_size,
+        spatial_merge_size=img.merge_size,
+        temporal_patch_size=img.temporal_patch_size,
     )
-    return with_attention(Qwen2VLConfig(text_config=text, vision_config=vision,
-                                        image_token_id=image_token_id,
-                                        video_token_id=image_token_id), bb.attn_implementation)
+    return with_attention(
+        Qwen2VLConfig(
+            text_config=text,
+            vision_config=vision,
+            image_token_id=image_token_id,
+            video_token_id=image_token_id,
+        ),
+        bb.attn_implementation,
+    )
 
 
 def with_attention(cfg, implementation: str):
@@ -73,12 +93,13 @@ class Qwen2VLBackbone(Backbone):
         self.register_buffer("vision_sin", sin, persistent=False)
 
     @classmethod
-    def build(cls, config, vocab_size: int, image_token_id: int,
-              pretrained: bool = True) -> "Qwen2VLBackbone":
+    def build(cls, config, vocab_size: int, image_token_id: int, pretrained: bool = True) -> Qwen2VLBackbone:
         from transformers import Qwen2VLModel
 
-        return cls(build_model(config, vocab_size, image_token_id, Qwen2VLModel,
-                               tiny_qwen2_vl_config, pretrained), config.image)
+        return cls(
+            build_model(config, vocab_size, image_token_id, Qwen2VLModel, tiny_qwen2_vl_config, pretrained),
+            config.image,
+        )
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Qwen2-VL's vision tower with *batched* attention.
@@ -107,10 +128,10 @@ class Qwen2VLBackbone(Backbone):
         valid = valid.long()
         is_image = is_image.long() * valid
         grid_h, grid_w = self.llm_grid
-        index = valid.cumsum(-1) - 1                 # position among valid tokens
-        images_seen = is_image.cumsum(-1)            # image tokens up to and including here
+        index = valid.cumsum(-1) - 1  # position among valid tokens
+        images_seen = is_image.cumsum(-1)  # image tokens up to and including here
         text_pos = index - images_seen + (images_seen > 0).long() * max(grid_h, grid_w)
-        j = images_seen - 1                          # order of this token within the image
+        j = images_seen - 1  # order of this token within the image
         start = index - j
         t_pos, h_pos, w_pos = start, start + j // grid_w, start + j % grid_w
         img = is_image.bool()
@@ -143,15 +164,17 @@ def _vision_rotary(visual, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torc
     return cos.float(), sin.float()
 
 
-def _vision_block(block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  mask: torch.Tensor | None) -> torch.Tensor:
+def _vision_block(
+    block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """One Qwen vision block (pre-norm attention + MLP) with batched attention."""
     x = x + _batched_attention(block.attn, block.norm1(x), cos, sin, mask)
     return x + block.mlp(block.norm2(x))
 
 
-def _batched_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                       mask: torch.Tensor | None = None) -> torch.Tensor:
+def _batched_attention(
+    attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Qwen-style vision attention over [B, P, width]; ``mask`` [P, P] bool (True = attend)
     expresses block-diagonal windows, identical for every image of one fixed size."""
     from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
@@ -160,13 +183,14 @@ def _batched_attention(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
     q, k, v = attn.qkv(x).reshape(batch, patches, 3, attn.num_heads, -1).unbind(2)
     q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)  # cos [P, d] broadcasts over batch
     out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-        scale=attn.scaling)
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=attn.scaling
+    )
     return attn.proj(out.transpose(1, 2).reshape(batch, patches, width))
 
 
-def build_model(config, vocab_size: int, image_token_id: int, model_class, tiny_config,
-                pretrained: bool = True):
+def build_model(
+    config, vocab_size: int, image_token_id: int, model_class, tiny_config, pretrained: bool = True
+):
     """A local pretrained directory (``backbone.path``), the same architecture from the config
     copied out of it (``backbone.hf_config``; when a checkpoint's own weights replace the
     pretrained ones, so the directory is not needed), or a tiny random model from the preset."""
@@ -188,12 +212,15 @@ def _config_from_dict(model_class, data: dict, attn_implementation: str):
 
 def _load_pretrained(path: Path, attn_implementation: str, model_class):
     if not path.is_dir():
-        raise FileNotFoundError(f"backbone path {path} is not a directory (a local Hugging Face "
-                                "model directory is expected; nothing is downloaded)")
+        raise FileNotFoundError(
+            f"backbone path {path} is not a directory (a local Hugging Face "
+            "model directory is expected; nothing is downloaded)"
+        )
     missing = [name for name in ("config.json",) if not (path / name).is_file()]
     if not any(path.glob("*.safetensors")):
         missing.append("*.safetensors weights")
     if missing:
         raise FileNotFoundError(f"backbone directory {path} lacks: {', '.join(missing)}")
-    return model_class.from_pretrained(str(path), attn_implementation=attn_implementation,
-                                       local_files_only=True, use_safetensors=True)
+    return model_class.from_pretrained(
+        str(path), attn_implementation=attn_implementation, local_files_only=True, use_safetensors=True
+    )

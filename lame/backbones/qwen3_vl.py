@@ -18,14 +18,14 @@ fixed image size.
 The language layers are run by this module (not ``Qwen3VLTextModel.forward``) because the
 DeepStack sum sits between them; the layers, rotary module and final norm are Transformers'.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 from lame.backbones.base import cache_kwargs
-from lame.backbones.qwen2_vl import (Qwen2VLBackbone, _vision_block, build_model,
-                                     with_attention)
+from lame.backbones.qwen2_vl import Qwen2VLBackbone, _vision_block, build_model, with_attention
 
 # Deepstack levels taken by tiny configs: after every vision block but the last, at most 3
 # (the real models take 3).
@@ -45,14 +45,23 @@ def tiny_qwen3_vl_config(config, vocab_size: int, image_token_id: int):
     bb, img = config.backbone, config.image
     head_dim = bb.hidden_size // bb.num_heads
     text = dict(
-        vocab_size=max(vocab_size, bb.vocab_size or 0), hidden_size=bb.hidden_size,
-        intermediate_size=bb.intermediate_size, num_hidden_layers=bb.num_layers,
-        num_attention_heads=bb.num_heads, num_key_value_heads=bb.num_kv_heads,
-        head_dim=head_dim, max_position_embeddings=1024,
-        rope_parameters={"rope_type": "default", "rope_theta": bb.rope_theta,
-                         "mrope_section": interleaved_mrope_section(head_dim),
-                         "mrope_interleaved": True},
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        vocab_size=max(vocab_size, bb.vocab_size or 0),
+        hidden_size=bb.hidden_size,
+        intermediate_size=bb.intermediate_size,
+        num_hidden_layers=bb.num_layers,
+        num_attention_heads=bb.num_heads,
+        num_key_value_heads=bb.num_kv_heads,
+        head_dim=head_dim,
+        max_position_embeddings=1024,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": bb.rope_theta,
+            "mrope_section": interleaved_mrope_section(head_dim),
+            "mrope_interleaved": True,
+        },
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
     )
     levels = bb.deepstack_layers
     if levels is None:
@@ -60,15 +69,26 @@ def tiny_qwen3_vl_config(config, vocab_size: int, image_token_id: int):
     grid_h, grid_w = img.grid
     side = bb.vision_position_grid or max(grid_h, grid_w)
     vision = dict(
-        depth=bb.vision_depth, hidden_size=bb.vision_embed_dim, out_hidden_size=bb.hidden_size,
+        depth=bb.vision_depth,
+        hidden_size=bb.vision_embed_dim,
+        out_hidden_size=bb.hidden_size,
         intermediate_size=int(bb.vision_mlp_ratio * bb.vision_embed_dim),
-        num_heads=bb.vision_heads, patch_size=img.patch_size,
-        spatial_merge_size=img.merge_size, temporal_patch_size=img.temporal_patch_size,
-        num_position_embeddings=side * side, deepstack_visual_indexes=list(levels),
+        num_heads=bb.vision_heads,
+        patch_size=img.patch_size,
+        spatial_merge_size=img.merge_size,
+        temporal_patch_size=img.temporal_patch_size,
+        num_position_embeddings=side * side,
+        deepstack_visual_indexes=list(levels),
     )
-    return with_attention(Qwen3VLConfig(text_config=text, vision_config=vision,
-                          image_token_id=image_token_id,
-                          video_token_id=image_token_id), bb.attn_implementation)
+    return with_attention(
+        Qwen3VLConfig(
+            text_config=text,
+            vision_config=vision,
+            image_token_id=image_token_id,
+            video_token_id=image_token_id,
+        ),
+        bb.attn_implementation,
+    )
 
 
 class Qwen3VLBackbone(Qwen2VLBackbone):
@@ -78,22 +98,24 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         indices, weights = _position_taps(visual, *image_config.grid)
         self.register_buffer("pos_indices", indices, persistent=False)
         self.register_buffer("pos_weights", weights, persistent=False)
-        self.register_buffer("rope_axes", _rope_axes(model.language_model.rotary_emb),
-                             persistent=False)
+        self.register_buffer("rope_axes", _rope_axes(model.language_model.rotary_emb), persistent=False)
         self.deepstack_blocks = list(visual.deepstack_visual_indexes)
         self.deepstack_levels = len(self.deepstack_blocks)
         layers = model.config.text_config.num_hidden_layers
         if self.deepstack_levels > layers:
-            raise ValueError(f"{self.deepstack_levels} DeepStack levels need at least as many "
-                             f"language layers; the config has {layers}")
+            raise ValueError(
+                f"{self.deepstack_levels} DeepStack levels need at least as many "
+                f"language layers; the config has {layers}"
+            )
 
     @classmethod
-    def build(cls, config, vocab_size: int, image_token_id: int,
-              pretrained: bool = True) -> "Qwen3VLBackbone":
+    def build(cls, config, vocab_size: int, image_token_id: int, pretrained: bool = True) -> Qwen3VLBackbone:
         from transformers import Qwen3VLModel
 
-        return cls(build_model(config, vocab_size, image_token_id, Qwen3VLModel,
-                               tiny_qwen3_vl_config, pretrained), config.image)
+        return cls(
+            build_model(config, vocab_size, image_token_id, Qwen3VLModel, tiny_qwen3_vl_config, pretrained),
+            config.image,
+        )
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """-> [B, N, (1 + D) * H]: the merged visual tokens, then the D DeepStack levels."""
@@ -109,17 +131,25 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
                 merger = visual.deepstack_merger_list[self.deepstack_blocks.index(index)]
                 levels.append(merger(x.reshape(batch * patches, -1)))
         merged = visual.merger(x.reshape(batch * patches, -1))
-        return torch.cat([merged, *levels], dim=-1).reshape(batch, -1, merged.shape[-1] * (
-            1 + len(levels)))
+        return torch.cat([merged, *levels], dim=-1).reshape(batch, -1, merged.shape[-1] * (1 + len(levels)))
 
-    def transformer(self, embeds: torch.Tensor, position_ids: torch.Tensor,
-                    attention_bias: torch.Tensor, visual: torch.Tensor | None = None
-                    ) -> torch.Tensor:
+    def transformer(
+        self,
+        embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_bias: torch.Tensor,
+        visual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self._layers(embeds, position_ids, attention_bias, visual, None)
 
-    def transformer_cached(self, embeds: torch.Tensor, position_ids: torch.Tensor,
-                           attention_bias: torch.Tensor, cache,
-                           visual: torch.Tensor | None = None) -> torch.Tensor:
+    def transformer_cached(
+        self,
+        embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_bias: torch.Tensor,
+        cache,
+        visual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return self._layers(embeds, position_ids, attention_bias, visual, cache)
 
     def _layers(self, embeds, position_ids, attention_bias, visual, cache) -> torch.Tensor:
@@ -129,9 +159,14 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         hidden = embeds
         rotary = self._rotary(hidden, position_ids)
         for index, layer in enumerate(text.layers):
-            hidden = layer(hidden, position_embeddings=rotary, attention_mask=attention_bias,
-                           position_ids=None, use_cache=cache is not None,
-                           **cache_kwargs(layer, cache))
+            hidden = layer(
+                hidden,
+                position_embeddings=rotary,
+                attention_mask=attention_bias,
+                position_ids=None,
+                use_cache=cache is not None,
+                **cache_kwargs(layer, cache),
+            )
             if visual is not None and index < visual.shape[2]:
                 hidden = hidden + visual[:, :, index].to(hidden.dtype)
         return text.norm(hidden)
@@ -148,16 +183,18 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         return (emb.cos() * scale).to(x.dtype), (emb.sin() * scale).to(x.dtype)
 
 
-def _position_taps(visual: nn.Module, grid_h: int, grid_w: int
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def _position_taps(visual: nn.Module, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather indices and weights [P, taps] resampling the learned position table to one grid
     (patches in merge-unit order, as the tower reads them)."""
     from transformers.vision_utils import get_vision_interpolation_indices_and_weights
 
     indices, weights = get_vision_interpolation_indices_and_weights(
-        torch.tensor([[1, grid_h, grid_w]]), num_grid_per_side=visual.num_grid_per_side,
-        mode=visual.interpolation_mode, align_corners=visual.interpolation_align_corners,
-        spatial_merge_size=visual.spatial_merge_size)
+        torch.tensor([[1, grid_h, grid_w]]),
+        num_grid_per_side=visual.num_grid_per_side,
+        mode=visual.interpolation_mode,
+        align_corners=visual.interpolation_align_corners,
+        spatial_merge_size=visual.spatial_merge_size,
+    )
     return indices, weights.float()
 
 
@@ -168,5 +205,5 @@ def _rope_axes(rotary: nn.Module) -> torch.Tensor:
     section = rotary.mrope_section
     axis = torch.zeros(half, dtype=torch.long)
     for dim, offset in ((1, 1), (2, 2)):
-        axis[offset:section[dim] * 3:3] = dim
+        axis[offset : section[dim] * 3 : 3] = dim
     return torch.nn.functional.one_hot(axis, 3).T.float()

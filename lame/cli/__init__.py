@@ -1,5 +1,6 @@
 """Thin click front-ends. Each module has ``main(argv=None) -> int`` (tests call it in-process)
 and ``run()`` for the console script. Library errors become one-line messages here."""
+
 from __future__ import annotations
 
 import sys
@@ -13,8 +14,7 @@ from lame_runtime.errors import LameError
 
 # Shown as one line `prog: error: ...` (exit 2); anything else is an internal error (exit 1),
 # with a traceback only under --debug or LAME_DEBUG=1 (lame_runtime.cli.tools).
-USER_ERRORS = (LameError, ValueError, FileNotFoundError, FileExistsError, CheckpointError,
-               TypeError)
+USER_ERRORS = (LameError, ValueError, FileNotFoundError, FileExistsError, CheckpointError, TypeError)
 
 
 def invoke(command: click.Command, argv: Sequence[str] | None, prog: str) -> int:
@@ -30,5 +30,6 @@ def int_list(text: str, option: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {text!r}",
-                                 param_hint=option) from None
+        raise click.BadParameter(
+            f"expected comma-separated integers, got {text!r}", param_hint=option
+        ) from None

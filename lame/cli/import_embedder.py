@@ -1,4 +1,5 @@
 """lame-import: bring a pretrained embedder in as a LaME checkpoint (see lame.importing)."""
+
 from __future__ import annotations
 
 import json
@@ -17,15 +18,33 @@ def command() -> None:
 
 @command.command("embedder")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="The checkpoint directory to write.")
-@click.option("--recipe", type=click.Choice(sorted(RECIPES)), required=True,
-              help="The embedder's own recipe (prompt template, pooling, normalisation).")
-@click.option("--image-size", default="448x448", show_default=True,
-              help="The fixed image resolution HxW of the exported graph (the model card "
-                   "resizes each image dynamically; here every image is resized to this).")
-@click.option("--max-text-tokens", type=int, default=256, show_default=True,
-              help="Text tokens per input before truncation (with a warning).")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The checkpoint directory to write.",
+)
+@click.option(
+    "--recipe",
+    type=click.Choice(sorted(RECIPES)),
+    required=True,
+    help="The embedder's own recipe (prompt template, pooling, normalisation).",
+)
+@click.option(
+    "--image-size",
+    default="448x448",
+    show_default=True,
+    help="The fixed image resolution HxW of the exported graph (the model card "
+    "resizes each image dynamically; here every image is resized to this).",
+)
+@click.option(
+    "--max-text-tokens",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Text tokens per input before truncation (with a warning).",
+)
 def embedder(directory, out_dir, recipe, image_size, max_text_tokens) -> int:
     """Read a local Hugging Face embedder DIRECTORY (nothing is downloaded) and write an
     ordinary K=0 checkpoint that lame-export and the runtime serve unchanged."""

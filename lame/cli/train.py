@@ -2,6 +2,7 @@
 
 Several processes (one per GPU, or gloo on CPUs): ``torchrun --nproc_per_node N -m lame.cli.train
 --data ... --out ...`` (this module is the entry point; ``lame.training.train`` is the library)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import click
 
 from lame.backbones.directory import resolve_model_spec
 from lame.cli import exit_with, int_list, invoke
-from lame.device import PRECISIONS
 from lame.config import METHODS, LameConfig, load_preset, preset_names
+from lame.device import PRECISIONS
 from lame.methods import get_method
 from lame.training.train import STAGES, TrainConfig, train
 
@@ -25,8 +26,17 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
     method = overrides.get("method") or model.get("method", "lame")
     model["method"] = method
     get_method(method).cli_defaults(model)  # e.g. K=0 and no mask for a method without them
-    for key in ("num_reason_tokens", "num_summary_tokens", "pooling", "bottleneck_mask",
-                "embed_dim", "w_reconstruction", "w_diversity", "temperature", "max_new_tokens"):
+    for key in (
+        "num_reason_tokens",
+        "num_summary_tokens",
+        "pooling",
+        "bottleneck_mask",
+        "embed_dim",
+        "w_reconstruction",
+        "w_diversity",
+        "temperature",
+        "max_new_tokens",
+    ):
         if overrides.get(key) is not None:
             model[key] = overrides[key]
     if overrides.get("matryoshka"):
@@ -42,8 +52,11 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
         targets = [t.strip() for t in overrides["lora_targets"].split(",") if t.strip()]
         overrides = {**overrides, "lora_targets": targets}
     # Flags only switch on; absent, the preset's value (or the default) stands.
-    overrides = {**overrides, "final_eval": False if overrides.get("no_final_eval") else None,
-                 "grad_checkpointing": overrides.get("grad_checkpointing") or None}
+    overrides = {
+        **overrides,
+        "final_eval": False if overrides.get("no_final_eval") else None,
+        "grad_checkpointing": overrides.get("grad_checkpointing") or None,
+    }
     train_spec = dict(spec.get("train", {}))
     names = {f.name for f in fields(TrainConfig)}
     train_spec.update({k: v for k, v in overrides.items() if k in names and v is not None})
@@ -51,88 +64,187 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
-              help="Dataset directory (train.jsonl, eval.jsonl, images/).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Checkpoint directory to write (atomically replaced at each save).")
-@click.option("--preset", default="small", show_default=True,
-              help=f"Named preset ({', '.join(preset_names())}) or a preset .json path.")
-@click.option("--stage", type=click.Choice(STAGES), default=None,
-              help="warmup, joint, or all (warm-up then joint). Default: all.")
-@click.option("--init-from", type=click.Path(file_okay=False), default=None,
-              help="Start from this checkpoint's weights (e.g. a warm-up run before --stage "
-                   "joint). With a --method other than the checkpoint's (e.g. an lm "
-                   "pre-training run), only its backbone is copied into a fresh model.")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Dataset directory (train.jsonl, eval.jsonl, images/).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Checkpoint directory to write (atomically replaced at each save).",
+)
+@click.option(
+    "--preset",
+    default="small",
+    show_default=True,
+    help=f"Named preset ({', '.join(preset_names())}) or a preset .json path.",
+)
+@click.option(
+    "--stage",
+    type=click.Choice(STAGES),
+    default=None,
+    help="warmup, joint, or all (warm-up then joint). Default: all.",
+)
+@click.option(
+    "--init-from",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Start from this checkpoint's weights (e.g. a warm-up run before --stage "
+    "joint). With a --method other than the checkpoint's (e.g. an lm "
+    "pre-training run), only its backbone is copied into a fresh model.",
+)
 @click.option("--max-steps", type=int, default=None, help="Total optimizer steps over the stages.")
-@click.option("--warmup-fraction", type=float, default=None,
-              help="Share of --max-steps given to the warm-up stage when --stage all.")
+@click.option(
+    "--warmup-fraction",
+    type=float,
+    default=None,
+    help="Share of --max-steps given to the warm-up stage when --stage all.",
+)
 @click.option("--batch-size", type=int, default=None, help="Rows per step (in-batch negatives).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate.")
-@click.option("--new-lr-scale", type=float, default=None,
-              help="lr multiplier for parameters initialised here (latent tokens, heads, "
-                   "connector) next to a pretrained backbone.")
+@click.option(
+    "--new-lr-scale",
+    type=float,
+    default=None,
+    help="lr multiplier for parameters initialised here (latent tokens, heads, "
+    "connector) next to a pretrained backbone.",
+)
 @click.option("--seed", type=int, default=None, help="Seed for init and batch order.")
-@click.option("--method", type=click.Choice(METHODS), default=None,
-              help="lame (default), discriminative (K=0, VLM2Vec), cot (rationale then embed, "
-                   "UME-R1), latent (K sequential latent steps, Coconut), lm (generative "
-                   "pre-training: next-token loss on rationale + answer; an --init-from).")
-@click.option("--max-new-tokens", type=int, default=None,
-              help="cot: rationale tokens generated per query at evaluation (default 128).")
-@click.option("--reason-tokens", "num_reason_tokens", type=int, default=None,
-              help="K latent reason tokens; 0 = discriminative baseline.")
-@click.option("--summary-tokens", "num_summary_tokens", type=int, default=None,
-              help="M summary tokens (the last is [EMBED]).")
-@click.option("--pooling", type=click.Choice(["embed", "attention"]), default=None,
-              help="Embedding head pooling over the summary tokens.")
-@click.option("--bottleneck-mask/--no-bottleneck-mask", default=None,
-              help="Summary tokens see the input only through the reason tokens.")
-@click.option("--w-reconstruction", type=float, default=None,
-              help="Weight of the decoder-head loss (0 turns the decoder off).")
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default=None,
+    help="lame (default), discriminative (K=0, VLM2Vec), cot (rationale then embed, "
+    "UME-R1), latent (K sequential latent steps, Coconut), lm (generative "
+    "pre-training: next-token loss on rationale + answer; an --init-from).",
+)
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=None,
+    help="cot: rationale tokens generated per query at evaluation (default 128).",
+)
+@click.option(
+    "--reason-tokens",
+    "num_reason_tokens",
+    type=int,
+    default=None,
+    help="K latent reason tokens; 0 = discriminative baseline.",
+)
+@click.option(
+    "--summary-tokens",
+    "num_summary_tokens",
+    type=int,
+    default=None,
+    help="M summary tokens (the last is [EMBED]).",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(["embed", "attention"]),
+    default=None,
+    help="Embedding head pooling over the summary tokens.",
+)
+@click.option(
+    "--bottleneck-mask/--no-bottleneck-mask",
+    default=None,
+    help="Summary tokens see the input only through the reason tokens.",
+)
+@click.option(
+    "--w-reconstruction",
+    type=float,
+    default=None,
+    help="Weight of the decoder-head loss (0 turns the decoder off).",
+)
 @click.option("--w-diversity", type=float, default=None, help="Weight of the diversity term.")
-@click.option("--matryoshka", default=None, metavar="D1,D2,...,EMBED_DIM",
-              help="Matryoshka dimensions, e.g. 32,64,128 (increasing, ending at embed_dim): "
-                   "InfoNCE on each prefix too; the artifact then serves each size.")
+@click.option(
+    "--matryoshka",
+    default=None,
+    metavar="D1,D2,...,EMBED_DIM",
+    help="Matryoshka dimensions, e.g. 32,64,128 (increasing, ending at embed_dim): "
+    "InfoNCE on each prefix too; the artifact then serves each size.",
+)
 @click.option("--hard-negatives", type=int, default=None, help="Hard negatives per row (0-N).")
 @click.option("--eval-every", type=int, default=None, help="Steps between quick evals (0: off).")
 @click.option("--save-every", type=int, default=None, help="Steps between checkpoints.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads.")
-@click.option("--backbone-path", type=click.Path(file_okay=False), default=None,
-              help="Local Hugging Face directory of the preset's family (Qwen2-VL, Qwen2.5-VL, "
-                   "Idefics3): its weights, its own tokenizer.json (plus LaME's special tokens) "
-                   "and its patch/merge sizes replace the preset's tiny model.")
-@click.option("--image-size", default=None,
-              help="Fixed training/serving resolution HxW (e.g. 448x448); also the preset key "
-                   "image_size. Must suit the family (divisible by patch x merge; Idefics3: "
-                   "square).")
-@click.option("--device", default="auto", show_default=True,
-              help="auto, cpu, cuda or cuda:N (under torchrun, cuda = this process's GPU).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
-              help="fp32 (default) or bf16 (autocast, float32 master weights).")
-@click.option("--grad-checkpointing", is_flag=True, default=None,
-              help="Recompute backbone activations in backward (less memory, ~1/3 more time).")
-@click.option("--chunk-size", type=int, default=None,
-              help="GradCache: embed the contrastive batch this many rows at a time (same loss "
-                   "and gradients, memory of one chunk).")
-@click.option("--lora-rank", type=int, default=None,
-              help="LoRA rank on the language model (peft); 0 = full fine-tuning. Checkpoints "
-                   "hold merged weights.")
-@click.option("--lora-targets", default=None,
-              help="Comma-separated language-model linear layers for LoRA (default q_proj,v_proj).")
-@click.option("--eval-limit", type=int, default=None,
-              help="Evaluate on at most N eval rows (spread over the tasks).")
+@click.option(
+    "--backbone-path",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Local Hugging Face directory of the preset's family (Qwen2-VL, Qwen2.5-VL, "
+    "Idefics3): its weights, its own tokenizer.json (plus LaME's special tokens) "
+    "and its patch/merge sizes replace the preset's tiny model.",
+)
+@click.option(
+    "--image-size",
+    default=None,
+    help="Fixed training/serving resolution HxW (e.g. 448x448); also the preset key "
+    "image_size. Must suit the family (divisible by patch x merge; Idefics3: "
+    "square).",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N (under torchrun, cuda = this process's GPU).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default=None,
+    help="fp32 (default) or bf16 (autocast, float32 master weights).",
+)
+@click.option(
+    "--grad-checkpointing",
+    is_flag=True,
+    default=None,
+    help="Recompute backbone activations in backward (less memory, ~1/3 more time).",
+)
+@click.option(
+    "--chunk-size",
+    type=int,
+    default=None,
+    help="GradCache: embed the contrastive batch this many rows at a time (same loss "
+    "and gradients, memory of one chunk).",
+)
+@click.option(
+    "--lora-rank",
+    type=int,
+    default=None,
+    help="LoRA rank on the language model (peft); 0 = full fine-tuning. Checkpoints hold merged weights.",
+)
+@click.option(
+    "--lora-targets",
+    default=None,
+    help="Comma-separated language-model linear layers for LoRA (default q_proj,v_proj).",
+)
+@click.option(
+    "--eval-limit", type=int, default=None, help="Evaluate on at most N eval rows (spread over the tasks)."
+)
 @click.option("--no-final-eval", is_flag=True, help="Skip the evaluation after training.")
 @click.option("--resume", is_flag=True, help="Continue the checkpoint in --out after a kill.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def command(data_dir, out_dir, preset, init_from, resume, no_progress, device,
-            **overrides) -> int:
+def command(data_dir, out_dir, preset, init_from, resume, no_progress, device, **overrides) -> int:
     """Train a LaME model (warm-up, then joint optimisation) and print the final evaluation."""
     model_config, train_config = build_configs(preset, overrides)
     # --init-from alone continues that checkpoint (its config); with --method, a checkpoint of
     # another method gives only its backbone.
     keep = init_from and not overrides.get("method")
-    result = train(data_dir, out_dir, None if keep else model_config, train_config,
-                   resume=resume, init_from=init_from, show_progress=not no_progress,
-                   device=device)
+    result = train(
+        data_dir,
+        out_dir,
+        None if keep else model_config,
+        train_config,
+        resume=resume,
+        init_from=init_from,
+        show_progress=not no_progress,
+        device=device,
+    )
     summary = {k: result[k] for k in ("hit@1", "ndcg@5", "ndcg@10") if k in result}
     if "per_group" in result:
         summary["per_group"] = {g: v["hit@1"] for g, v in result["per_group"].items()}

@@ -3,6 +3,7 @@
 All tokenisation and image work goes through :class:`lame_runtime.Preprocessor`, the same code
 the runtime serves with.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -20,19 +21,25 @@ def batch_indices(num_rows: int, batch_size: int, seed: int, step: int) -> np.nd
     per_epoch = max(1, num_rows // batch_size)
     epoch, offset = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(num_rows)
-    return order[offset * batch_size:(offset + 1) * batch_size]
+    return order[offset * batch_size : (offset + 1) * batch_size]
 
 
 class Collator:
-    def __init__(self, preprocessor: Preprocessor, max_answer_tokens: int, hard_negatives: int,
-                 rationale_tokens: int = 0):
+    def __init__(
+        self,
+        preprocessor: Preprocessor,
+        max_answer_tokens: int,
+        hard_negatives: int,
+        rationale_tokens: int = 0,
+    ):
         self.pre = preprocessor
         self.max_answer_tokens = max_answer_tokens
         self.hard_negatives = hard_negatives
         self.rationale_tokens = rationale_tokens  # > 0: the CoT baseline's "rationale . answer"
 
-    def __call__(self, rows: Sequence[TrainRow], global_rows: Sequence[TrainRow] | None = None,
-                 offset: int = 0) -> dict:
+    def __call__(
+        self, rows: Sequence[TrainRow], global_rows: Sequence[TrainRow] | None = None, offset: int = 0
+    ) -> dict:
         """``rows`` are this process's; ``global_rows``/``offset`` describe the whole batch
         when several processes train (false negatives are masked against all of it)."""
         queries = [Item(format_query(r.query.text, r.instruction), r.query.image) for r in rows]
@@ -80,7 +87,6 @@ class Collator:
             targets[i, : len(ids) + 1] = [*ids, special["eos"]]
         return torch.from_numpy(inputs), torch.from_numpy(targets)
 
-
     def _rationales(self, rows: Sequence[TrainRow]) -> dict[str, torch.Tensor]:
         """Teacher-forcing ids (right-padded, with a validity mask) and next-token targets:
         ``targets[:, j]`` is what the model should say after j rationale tokens (EOS at the end)."""
@@ -94,8 +100,10 @@ class Collator:
             ids[i, : len(tokens)] = tokens
             valid[i, : len(tokens)] = 1
             targets[i, : len(tokens) + 1] = [*tokens, special["eos"]]
-        return {name: torch.from_numpy(value) for name, value in
-                (("ids", ids), ("valid", valid), ("targets", targets))}
+        return {
+            name: torch.from_numpy(value)
+            for name, value in (("ids", ids), ("valid", valid), ("targets", targets))
+        }
 
 
 def cot_text(row: TrainRow) -> str:
@@ -111,6 +119,7 @@ def _answer(row: TrainRow) -> str:
 
 def _same_answer(rows: Sequence[TrainRow], columns: Sequence[TrainRow]) -> np.ndarray:
     """[B, B_columns] True where two rows share an answer (their targets are interchangeable)."""
+
     def key(row: TrainRow) -> str:
         return row.answer or row.target.key()
 

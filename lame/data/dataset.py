@@ -101,8 +101,7 @@ def load_train(data_dir: str | Path, check_images: bool = True) -> list[TrainRow
 EVAL_SPLITS = ("eval", "val")
 
 
-def load_eval(data_dir: str | Path, check_images: bool = True,
-              split: str = "eval") -> list[EvalRow]:
+def load_eval(data_dir: str | Path, check_images: bool = True, split: str = "eval") -> list[EvalRow]:
     """Read and validate ``eval.jsonl`` (``split="val"``: ``val.jsonl``, the validation split
     some datasets carve from training rows); raises DatasetError on the first problem."""
     if split not in EVAL_SPLITS:
@@ -110,8 +109,10 @@ def load_eval(data_dir: str | Path, check_images: bool = True,
     root = _dataset_root(Path(data_dir))
     name = EVAL_FILE if split == "eval" else f"{split}.jsonl"
     if split != "eval" and not (root / name).is_file():
-        raise DatasetError(f"{root} has no {name}: build the dataset with a validation split "
-                           "(lame-data digits --val-per-task N)")
+        raise DatasetError(
+            f"{root} has no {name}: build the dataset with a validation split "
+            "(lame-data digits --val-per-task N)"
+        )
     checked: set[str] = set()
     task_metric: dict[str, tuple[str, str]] = {}  # task -> (metric, where first seen)
     rows = []
@@ -121,8 +122,7 @@ def load_eval(data_dir: str | Path, check_images: bool = True,
         metric, first = task_metric.setdefault(row.task, (row.metric, parser.where))
         if metric != row.metric:
             # A task reports one headline score; mixing them would average incomparable numbers.
-            raise parser.fail(f"task '{row.task}' uses metric '{row.metric}' but {first} "
-                              f"set '{metric}'")
+            raise parser.fail(f"task '{row.task}' uses metric '{row.metric}' but {first} set '{metric}'")
         rows.append(row)
     return rows
 
@@ -281,8 +281,10 @@ class _RowParser:
         if not 0 <= value < n_candidates:
             raise self.fail(f"label {value} out of range for {n_candidates} candidates")
         if relevance is not None and relevance[value] < max(relevance):
-            raise self.fail(f"label {value} has relevance {relevance[value]:g}, below the "
-                            f"highest {max(relevance):g}; label must name a best positive")
+            raise self.fail(
+                f"label {value} has relevance {relevance[value]:g}, below the "
+                f"highest {max(relevance):g}; label must name a best positive"
+            )
         return value
 
     def relevance(self, value: Any, n_candidates: int) -> list[float] | None:
@@ -294,16 +296,14 @@ class _RowParser:
             raise self.fail(f"'relevance' has {len(value)} entries for {n_candidates} candidates")
         for index, gain in enumerate(value):
             if _json_type(gain) != "number" or not math.isfinite(gain) or gain < 0:
-                raise self.fail(f"relevance[{index}] must be a non-negative number, got "
-                                f"{json.dumps(gain)}")
+                raise self.fail(f"relevance[{index}] must be a non-negative number, got {json.dumps(gain)}")
         if max(value) <= 0:
             raise self.fail("'relevance' has no positive entry (no relevant candidate)")
         return [float(gain) for gain in value]
 
     def metric(self, value: Any) -> str:
         if value not in METRICS:
-            raise self.fail(f"'metric' must be one of {', '.join(METRICS)}, got "
-                            f"{json.dumps(value)}")
+            raise self.fail(f"'metric' must be one of {', '.join(METRICS)}, got {json.dumps(value)}")
         return value
 
     def image_path(self, relative: str, name: str) -> str:

@@ -26,9 +26,21 @@ from PIL import Image
 
 from lame.data.glyphs import GLYPH_SOURCES, SLOT, font_manifest, load_glyphs
 from lame.data.statements import (  # noqa: F401  (parse_statement is re-exported)
-    DIRECTIONS, FAMILY_TIER, INSTRUCTIONS, TASKS, TIER_FAMILIES, Digits, Statement, _is_sorted,
-    _order_measure, family_statements, parse_statement, rationale, statement_distance,
-    true_statement)
+    DIRECTIONS,
+    FAMILY_TIER,
+    INSTRUCTIONS,
+    TASKS,
+    TIER_FAMILIES,
+    Digits,
+    Statement,
+    _is_sorted,
+    _order_measure,
+    family_statements,
+    parse_statement,
+    rationale,
+    statement_distance,
+    true_statement,
+)
 
 IMAGE_HEIGHT, IMAGE_WIDTH = SLOT, 4 * SLOT
 EVAL_FRACTION = 0.2
@@ -43,13 +55,16 @@ IMAGE_INDEX_FILE = "images.jsonl"
 # "reasoning" is the positive image's digits and the derived quantity (its rationale), which
 # the query side can only produce by reasoning about what the matching image must contain.
 T2I_ANSWERS = ("statement", "reasoning")
-DESCRIPTION = ("Statements about composites of 2-4 real handwritten digits (sklearn load_digits). "
-               "Tier 1: read, sum, max; tier 2 (multi-step): oddsum, range, countgt, order+sum. "
-               "Handwriting samples are split 80/20 before composing; see images.jsonl.")
+DESCRIPTION = (
+    "Statements about composites of 2-4 real handwritten digits (sklearn load_digits). "
+    "Tier 1: read, sum, max; tier 2 (multi-step): oddsum, range, countgt, order+sum. "
+    "Handwriting samples are split 80/20 before composing; see images.jsonl."
+)
 RENDERED_DESCRIPTION = (
     "Perception-solved variant: the same tasks, tiers and negatives, digits drawn from 7 fonts "
     "bundled with matplotlib with size/rotation/position/contrast jitter (lame.data.glyphs). "
-    "Renders are split 80/20 before composing; see images.jsonl and meta.json's fonts.")
+    "Renders are split 80/20 before composing; see images.jsonl and meta.json's fonts."
+)
 
 
 def _sample_base(family: str, rng: np.random.Generator) -> Digits:
@@ -73,7 +88,7 @@ def _permuted(digits: Digits, rng: np.random.Generator) -> Digits | None:
 def _one_changed(digits: Digits, rng: np.random.Generator) -> Digits:
     position = int(rng.integers(len(digits)))
     new = (digits[position] + int(rng.integers(1, 10))) % 10
-    return digits[:position] + (new,) + digits[position + 1:]
+    return digits[:position] + (new,) + digits[position + 1 :]
 
 
 def _sorted_changed(digits: Digits, rng: np.random.Generator) -> Digits | None:
@@ -119,7 +134,7 @@ def compose(glyphs: Sequence[np.ndarray]) -> np.ndarray:
     canvas = np.zeros((IMAGE_HEIGHT, IMAGE_WIDTH), dtype=np.uint8)
     left = (4 - len(glyphs)) * SLOT // 2
     for slot, glyph in enumerate(glyphs):
-        canvas[:, left + slot * SLOT: left + (slot + 1) * SLOT] = glyph
+        canvas[:, left + slot * SLOT : left + (slot + 1) * SLOT] = glyph
     return canvas
 
 
@@ -134,16 +149,18 @@ class _Pool:
         self.tiers = np.array([1 if len(d) == 2 else 2 for d in sequences])
         # Similarity features: digit counts, then sum and length; kept per tier
         # (negatives never cross tiers) so each search slices nothing.
-        features = np.array([[*np.bincount(d, minlength=10), sum(d), len(d)] for d in sequences],
-                            dtype=np.int16).reshape(-1, 12)
+        features = np.array(
+            [[*np.bincount(d, minlength=10), sum(d), len(d)] for d in sequences], dtype=np.int16
+        ).reshape(-1, 12)
         self.features = features
         self.by_tier = {t: (self.members(t), features[self.members(t)]) for t in TIER_FAMILIES}
 
     def members(self, tier: int) -> np.ndarray:
         return np.flatnonzero(self.tiers == tier)
 
-    def ranked_false(self, statement: Statement, anchor: int, rng: np.random.Generator,
-                     limit: int) -> list[int]:
+    def ranked_false(
+        self, statement: Statement, anchor: int, rng: np.random.Generator, limit: int
+    ) -> list[int]:
         """Up to ``limit`` same-tier images where ``statement`` is false, most similar first.
 
         Similarity to the anchor: shared digits count double, then same sum and
@@ -165,9 +182,16 @@ class _Pool:
         return found
 
 
-def _build_pool(split: str, n_images: int, sample_ids: np.ndarray, labels: np.ndarray,
-                glyphs: np.ndarray, rng: np.random.Generator, out_dir: Path,
-                progress: Callable[[str], None]) -> _Pool:
+def _build_pool(
+    split: str,
+    n_images: int,
+    sample_ids: np.ndarray,
+    labels: np.ndarray,
+    glyphs: np.ndarray,
+    rng: np.random.Generator,
+    out_dir: Path,
+    progress: Callable[[str], None],
+) -> _Pool:
     families = list(FAMILY_TIER)
     n_groups = math.ceil(n_images / GROUP_SIZE)
     group_families = [families[g % len(families)] for g in range(n_groups)]
@@ -184,15 +208,13 @@ def _build_pool(split: str, n_images: int, sample_ids: np.ndarray, labels: np.nd
     return pool
 
 
-def _train_rows(pool: _Pool, rng: np.random.Generator,
-                t2i_answer: str = "statement") -> list[dict]:
+def _train_rows(pool: _Pool, rng: np.random.Generator, t2i_answer: str = "statement") -> list[dict]:
     rows = []
     for image in range(len(pool.digits)):
         for family in _image_families(pool.digits[image], rng):
             statement = true_statement(family, pool.digits[image], rng)
             for direction in DIRECTIONS:
-                rows.append(_train_row(pool, image, family, statement, direction, rng,
-                                       t2i_answer))
+                rows.append(_train_row(pool, image, family, statement, direction, rng, t2i_answer))
     return rows
 
 
@@ -210,9 +232,15 @@ def _pick(options: Sequence, rng: np.random.Generator):
     return options[int(rng.integers(len(options)))]
 
 
-def _train_row(pool: _Pool, image: int, family: str, statement: Statement,
-               direction: str, rng: np.random.Generator,
-               t2i_answer: str = "statement") -> dict:
+def _train_row(
+    pool: _Pool,
+    image: int,
+    family: str,
+    statement: Statement,
+    direction: str,
+    rng: np.random.Generator,
+    t2i_answer: str = "statement",
+) -> dict:
     image_item, text_item = {"image": pool.paths[image]}, {"text": statement.text}
     if direction == "i2t":
         near = _ranked_false_statements(statement, pool.digits[image], rng)[:3]
@@ -224,14 +252,19 @@ def _train_row(pool: _Pool, image: int, family: str, statement: Statement,
     reasoning = rationale(pool.digits[image], statement)
     answer = reasoning if direction == "t2i" and t2i_answer == "reasoning" else statement.text
     return {
-        "query": query, "target": target, "answer": answer, "rationale": reasoning,
-        "negatives": negatives, "instruction": INSTRUCTIONS[direction],
+        "query": query,
+        "target": target,
+        "answer": answer,
+        "rationale": reasoning,
+        "negatives": negatives,
+        "instruction": INSTRUCTIONS[direction],
         "task": f"tier{FAMILY_TIER[family]}.{family}.{direction}",
     }
 
 
-def _ranked_false_statements(positive: Statement, digits: Digits,
-                             rng: np.random.Generator) -> list[Statement]:
+def _ranked_false_statements(
+    positive: Statement, digits: Digits, rng: np.random.Generator
+) -> list[Statement]:
     """False statements of the same family, nearest values first (random tie-break)."""
     false = [s for s in family_statements(positive.family) if not s.holds(digits)]
     jitter = rng.random(len(false))
@@ -239,10 +272,12 @@ def _ranked_false_statements(positive: Statement, digits: Digits,
     return [false[i] for i in order]
 
 
-def _eval_rows(pool: _Pool, eval_per_task: int, n_candidates: int,
-               rng: np.random.Generator) -> list[dict]:
-    return [_eval_row(pool, task, image, n_candidates, rng) for task in TASKS
-            for image in _eval_anchors(pool, task.split(".")[1], eval_per_task, rng)]
+def _eval_rows(pool: _Pool, eval_per_task: int, n_candidates: int, rng: np.random.Generator) -> list[dict]:
+    return [
+        _eval_row(pool, task, image, n_candidates, rng)
+        for task in TASKS
+        for image in _eval_anchors(pool, task.split(".")[1], eval_per_task, rng)
+    ]
 
 
 def _eval_row(pool: _Pool, task: str, image: int, n_candidates: int, rng: np.random.Generator) -> dict:
@@ -259,36 +294,51 @@ def _eval_row(pool: _Pool, task: str, image: int, n_candidates: int, rng: np.ran
         negatives = [{"image": pool.paths[j]} for j in false]
     label = int(rng.integers(n_candidates))
     candidates = negatives[:label] + [positive] + negatives[label:]
-    return {"query": query, "candidates": candidates, "label": label,
-            "task": task, "instruction": INSTRUCTIONS[direction]}
+    return {
+        "query": query,
+        "candidates": candidates,
+        "label": label,
+        "task": task,
+        "instruction": INSTRUCTIONS[direction],
+    }
 
 
 def _eval_anchors(pool: _Pool, family: str, count: int, rng: np.random.Generator) -> list[int]:
     """Distinct images for which ``family`` has a true statement (reused only if too few)."""
-    eligible = [int(i) for i in pool.members(FAMILY_TIER[family])
-                if family != "order" or _order_measure(pool.digits[i], 0)]
+    eligible = [
+        int(i)
+        for i in pool.members(FAMILY_TIER[family])
+        if family != "order" or _order_measure(pool.digits[i], 0)
+    ]
     if not eligible:
         raise ValueError(f"eval split has no image for family {family!r}; raise n_eval_images")
     order = [eligible[i] for i in rng.permutation(len(eligible))]
     return [order[i % len(order)] for i in range(count)]
 
 
-def _i2t_negatives(positive: Statement, digits: Digits, count: int,
-                   rng: np.random.Generator) -> list[Statement]:
+def _i2t_negatives(
+    positive: Statement, digits: Digits, count: int, rng: np.random.Generator
+) -> list[Statement]:
     # Same-template statements first so only the digits decide; then false
     # statements of the tier's other families to reach the candidate count.
     family = positive.family
     chosen = _ranked_false_statements(positive, digits, rng)[:count]
-    others = [s for f in TIER_FAMILIES[FAMILY_TIER[family]] if f != family
-              for s in family_statements(f) if not s.holds(digits)]
-    chosen += [others[i] for i in rng.permutation(len(others))[:count - len(chosen)]]
+    others = [
+        s
+        for f in TIER_FAMILIES[FAMILY_TIER[family]]
+        if f != family
+        for s in family_statements(f)
+        if not s.holds(digits)
+    ]
+    chosen += [others[i] for i in rng.permutation(len(others))[: count - len(chosen)]]
     if len(chosen) < count:
         raise ValueError(f"only {len(chosen)} false statements for {family!r}; lower n_candidates")
     return [chosen[i] for i in rng.permutation(len(chosen))]
 
 
-def _t2i_negatives(pool: _Pool, statement: Statement, anchor: int, count: int,
-                   rng: np.random.Generator) -> list[int]:
+def _t2i_negatives(
+    pool: _Pool, statement: Statement, anchor: int, count: int, rng: np.random.Generator
+) -> list[int]:
     n_hard = max(1, int(count * HARD_FRACTION))
     chosen = pool.ranked_false(statement, anchor, rng, limit=n_hard)
     taken = set(chosen) | {anchor}
@@ -298,16 +348,28 @@ def _t2i_negatives(pool: _Pool, statement: Statement, anchor: int, count: int,
         if int(j) not in taken and not statement.holds(pool.digits[j]):
             chosen.append(int(j))
     if len(chosen) < count:
-        raise ValueError(f"eval pool has only {len(chosen)} negatives for {statement.text!r}; "
-                         "raise n_eval_images or lower n_candidates")
+        raise ValueError(
+            f"eval pool has only {len(chosen)} negatives for {statement.text!r}; "
+            "raise n_eval_images or lower n_candidates"
+        )
     return [chosen[i] for i in rng.permutation(len(chosen))]
 
 
-def build_digits(out_dir: str | Path, *, seed: int = 0, n_train_images: int = 6000,
-                 n_eval_images: int = 1500, eval_per_task: int = 60, n_candidates: int = 50,
-                 progress: Callable[[str], None] | None = None, overwrite: bool = False,
-                 t2i_answer: str = "statement", glyphs: str = "handwritten",
-                 val_per_task: int = 0, n_val_images: int = 1000) -> dict:
+def build_digits(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    n_train_images: int = 6000,
+    n_eval_images: int = 1500,
+    eval_per_task: int = 60,
+    n_candidates: int = 50,
+    progress: Callable[[str], None] | None = None,
+    overwrite: bool = False,
+    t2i_answer: str = "statement",
+    glyphs: str = "handwritten",
+    val_per_task: int = 0,
+    n_val_images: int = 1000,
+) -> dict:
     """Build the benchmark into ``out_dir`` (deterministic for ``seed``); returns a summary.
 
     ``glyphs`` picks the digit source (``lame.data.glyphs``: real handwriting or jittered
@@ -337,9 +399,19 @@ def build_digits(out_dir: str | Path, *, seed: int = 0, n_train_images: int = 60
     try:
         staging = holder / "new"
         staging.mkdir()
-        summary = _write_dataset(staging, seed, n_train_images, n_eval_images, eval_per_task,
-                                 n_candidates, progress or (lambda message: None), t2i_answer,
-                                 glyphs, val_per_task, n_val_images)
+        summary = _write_dataset(
+            staging,
+            seed,
+            n_train_images,
+            n_eval_images,
+            eval_per_task,
+            n_candidates,
+            progress or (lambda message: None),
+            t2i_answer,
+            glyphs,
+            val_per_task,
+            n_val_images,
+        )
         if out_dir.is_dir():
             os.rename(out_dir, holder / "replaced")
         elif out_dir.exists():
@@ -350,10 +422,19 @@ def build_digits(out_dir: str | Path, *, seed: int = 0, n_train_images: int = 60
     return {**summary, "out_dir": str(out_dir)}
 
 
-def _write_dataset(root: Path, seed: int, n_train_images: int, n_eval_images: int,
-                   eval_per_task: int, n_candidates: int, progress: Callable[[str], None],
-                   t2i_answer: str = "statement", glyph_source: str = "handwritten",
-                   val_per_task: int = 0, n_val_images: int = 1000) -> dict:
+def _write_dataset(
+    root: Path,
+    seed: int,
+    n_train_images: int,
+    n_eval_images: int,
+    eval_per_task: int,
+    n_candidates: int,
+    progress: Callable[[str], None],
+    t2i_answer: str = "statement",
+    glyph_source: str = "handwritten",
+    val_per_task: int = 0,
+    n_val_images: int = 1000,
+) -> dict:
     rng = np.random.default_rng(seed)
     # The handwritten source draws nothing from rng, so the default dataset is unchanged.
     glyphs, labels = load_glyphs(glyph_source, rng)
@@ -374,17 +455,32 @@ def _write_dataset(root: Path, seed: int, n_train_images: int, n_eval_images: in
         progress(f"val: {len(val_rows)} rows (training samples, images not in train.jsonl)")
         _write_jsonl(root / "val.jsonl", val_rows)
         pools.append(val)
-    _write_jsonl(root / IMAGE_INDEX_FILE, [
-        {"image": pool.paths[i], "split": pool.split, "digits": list(pool.digits[i]),
-         "samples": list(pool.samples[i])}
-        for pool in pools for i in range(len(pool.digits))])
+    _write_jsonl(
+        root / IMAGE_INDEX_FILE,
+        [
+            {
+                "image": pool.paths[i],
+                "split": pool.split,
+                "digits": list(pool.digits[i]),
+                "samples": list(pool.samples[i]),
+            }
+            for pool in pools
+            for i in range(len(pool.digits))
+        ],
+    )
     meta = {
-        "name": "lame-digits", "seed": seed, "n_train_images": n_train_images,
-        "n_eval_images": n_eval_images, "eval_per_task": eval_per_task,
-        "n_candidates": n_candidates, "tasks": list(TASKS), "t2i_answer": t2i_answer,
+        "name": "lame-digits",
+        "seed": seed,
+        "n_train_images": n_train_images,
+        "n_eval_images": n_eval_images,
+        "eval_per_task": eval_per_task,
+        "n_candidates": n_candidates,
+        "tasks": list(TASKS),
+        "t2i_answer": t2i_answer,
         "image_size": {"height": IMAGE_HEIGHT, "width": IMAGE_WIDTH, "mode": "L"},
         "description": DESCRIPTION if glyph_source == "handwritten" else RENDERED_DESCRIPTION,
-        "image_index": IMAGE_INDEX_FILE, "glyphs": glyph_source,
+        "image_index": IMAGE_INDEX_FILE,
+        "glyphs": glyph_source,
         "split_samples": {"train": train_ids.tolist(), "eval": eval_ids.tolist()},
     }
     if glyph_source == "rendered":
@@ -393,9 +489,14 @@ def _write_dataset(root: Path, seed: int, n_train_images: int, n_eval_images: in
         meta.update(val_per_task=val_per_task, n_val_images=n_val_images)
     (root / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     per_task = {task: sum(row["task"] == task for row in eval_rows) for task in TASKS}
-    return {"train_rows": len(train_rows), "eval_rows": len(eval_rows),
-            "images": n_train_images + n_eval_images, "train_images": n_train_images,
-            "eval_images": n_eval_images, "eval_per_task": per_task}
+    return {
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+        "images": n_train_images + n_eval_images,
+        "train_images": n_train_images,
+        "eval_images": n_eval_images,
+        "eval_per_task": per_task,
+    }
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -22,6 +22,7 @@ from texts.  Family ``image`` tasks report hit@1, ``visdoc`` tasks linear NDCG@5
 report NDCG@10.  An Item holds one image, so only the first image of an interleaved query or
 document is kept, with a warning; queries without a relevant candidate are skipped, as BEIR does.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,14 +53,12 @@ class _Images:
         norm = os.path.normpath(relative)
         # Copies keep their path below the root; a path escaping it would escape OUT too.
         if os.path.isabs(norm) or norm.split(os.sep)[0] == "..":
-            raise DatasetError(f"{where}: {field} must be relative to the image root, "
-                               f"got {relative!r}")
+            raise DatasetError(f"{where}: {field} must be relative to the image root, got {relative!r}")
         source = self.root / norm
         dest = Path("images", norm).as_posix()
         if dest not in self.pending:
             if not source.is_file():
-                raise DatasetError(f"{where}: {field} image not found: {relative} "
-                                   f"(looked for {source})")
+                raise DatasetError(f"{where}: {field} image not found: {relative} (looked for {source})")
             self.pending[dest] = source
         return dest
 
@@ -139,15 +138,15 @@ def _item(text: str | None, image: str | None, images: _Images, where: str, fiel
 # ------------------------------------------------------------------ writing
 
 
-def _write(out_dir: Path, rows: list[dict], images: _Images, task: str,
-           append: bool, overwrite: bool) -> dict[str, Any]:
+def _write(
+    out_dir: Path, rows: list[dict], images: _Images, task: str, append: bool, overwrite: bool
+) -> dict[str, Any]:
     """Copy images, then replace OUT/eval.jsonl atomically (old rows kept with ``append``)."""
     path = out_dir / EVAL_FILE
     old = ""
     if path.exists():
         if not (append or overwrite):
-            raise FileExistsError(f"{path} exists; pass --append to add a task or "
-                                  "--overwrite to replace it")
+            raise FileExistsError(f"{path} exists; pass --append to add a task or --overwrite to replace it")
         if append:
             old = path.read_text(encoding="utf-8")
             if any(json.loads(line).get("task") == task for line in old.splitlines() if line):
@@ -164,39 +163,50 @@ def _write(out_dir: Path, rows: list[dict], images: _Images, task: str,
 # ------------------------------------------------------------------ MMEB-v2
 
 
-def convert_mmeb(path: str | Path, image_root: str | Path, out_dir: str | Path,
-                 task: str | None = None, family: str = "image",
-                 append: bool = False, overwrite: bool = False) -> dict[str, Any]:
+def convert_mmeb(
+    path: str | Path,
+    image_root: str | Path,
+    out_dir: str | Path,
+    task: str | None = None,
+    family: str = "image",
+    append: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Convert one MMEB-v2 task file; returns a summary (out, task, rows, images, warnings)."""
     if family not in FAMILY_METRIC:
         raise ValueError(f"family must be one of {', '.join(FAMILY_METRIC)}, got {family!r}")
     path = Path(path)
     task = task or path.stem
     images = _Images(Path(image_root))
-    rows = [_mmeb_row(raw, where, images, task, FAMILY_METRIC[family])
-            for where, raw in _records(path)]
+    rows = [_mmeb_row(raw, where, images, task, FAMILY_METRIC[family]) for where, raw in _records(path)]
     return {**_write(Path(out_dir), rows, images, task, append, overwrite), "warnings": []}
 
 
 def _mmeb_row(raw: dict, where: str, images: _Images, task: str, metric: str) -> dict:
     if "qry_text" not in raw and "qry_img_path" not in raw:
         raise DatasetError(f"{where}: missing 'qry_text' and 'qry_img_path' (need one)")
-    query = _item(_text(raw, "qry_text", where), _string(raw, "qry_img_path", where),
-                  images, where, "qry_text/qry_img_path")
+    query = _item(
+        _text(raw, "qry_text", where),
+        _string(raw, "qry_img_path", where),
+        images,
+        where,
+        "qry_text/qry_img_path",
+    )
     texts, paths = _str_list(raw, "tgt_text", where), _str_list(raw, "tgt_img_path", where)
     if texts is None and paths is None:
         raise DatasetError(f"{where}: missing 'tgt_text' and 'tgt_img_path' (need one)")
     texts = texts if texts is not None else [None] * len(paths)
     paths = paths if paths is not None else [None] * len(texts)
     if len(texts) != len(paths):
-        raise DatasetError(f"{where}: 'tgt_text' has {len(texts)} entries but 'tgt_img_path' "
-                           f"has {len(paths)}")
+        raise DatasetError(
+            f"{where}: 'tgt_text' has {len(texts)} entries but 'tgt_img_path' has {len(paths)}"
+        )
     if len(texts) < 2:
-        raise DatasetError(f"{where}: needs at least 2 targets (the positive first), "
-                           f"got {len(texts)}")
-    candidates = [_item(_clean(t), p, images, where,
-                        f"tgt_text[{i}]/tgt_img_path[{i}]")
-                  for i, (t, p) in enumerate(zip(texts, paths))]
+        raise DatasetError(f"{where}: needs at least 2 targets (the positive first), got {len(texts)}")
+    candidates = [
+        _item(_clean(t), p, images, where, f"tgt_text[{i}]/tgt_img_path[{i}]")
+        for i, (t, p) in enumerate(zip(texts, paths))
+    ]
     row = {"query": query, "candidates": candidates, "label": 0, "task": task, "metric": metric}
     instruction = _text(raw, "qry_inst", where)
     return {**row, "instruction": instruction} if instruction else row
@@ -205,9 +215,14 @@ def _mmeb_row(raw: dict, where: str, images: _Images, task: str, metric: str) ->
 # ------------------------------------------------------------------ MRMR / BEIR
 
 
-def convert_mrmr(src_dir: str | Path, out_dir: str | Path, task: str | None = None,
-                 image_root: str | Path | None = None, append: bool = False,
-                 overwrite: bool = False) -> dict[str, Any]:
+def convert_mrmr(
+    src_dir: str | Path,
+    out_dir: str | Path,
+    task: str | None = None,
+    image_root: str | Path | None = None,
+    append: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Convert an MRMR/BEIR-style directory; returns a summary with any warnings."""
     src = Path(src_dir)
     if not src.is_dir():
@@ -229,9 +244,15 @@ def convert_mrmr(src_dir: str | Path, out_dir: str | Path, task: str | None = No
             continue
         if sum(gain > 0 for gain in gains) < sum(gain > 0 for gain in relevant.values()):
             partial.append(qid)  # ideal DCG then counts only the candidates listed
-        row = {"id": qid, "query": query, "candidates": [corpus[d][1] for d in doc_ids],
-               "relevance": gains, "label": gains.index(max(gains)), "task": task,
-               "metric": MRMR_METRIC}
+        row = {
+            "id": qid,
+            "query": query,
+            "candidates": [corpus[d][1] for d in doc_ids],
+            "relevance": gains,
+            "label": gains.index(max(gains)),
+            "task": task,
+            "metric": MRMR_METRIC,
+        }
         instruction = _text(raw, "instruction", where)
         rows.append({**row, "instruction": instruction} if instruction else row)
     if not rows:
@@ -242,8 +263,7 @@ def convert_mrmr(src_dir: str | Path, out_dir: str | Path, task: str | None = No
     return {**_write(Path(out_dir), rows, images, task, append, overwrite), "warnings": warnings}
 
 
-def _mrmr_items(path: Path, images: _Images,
-                warnings: list[str]) -> dict[str, tuple[str, dict, dict]]:
+def _mrmr_items(path: Path, images: _Images, warnings: list[str]) -> dict[str, tuple[str, dict, dict]]:
     """id -> (location, item, raw row) for queries.jsonl / corpus.jsonl."""
     items: dict[str, tuple[str, dict, dict]] = {}
     several = []
@@ -260,8 +280,9 @@ def _mrmr_items(path: Path, images: _Images,
         image = _string({"image": image}, "image", where)
         item = _item("\n".join(t for t in texts if t) or None, image, images, where, "text/image")
         items[key] = (where, item, raw)
-    warnings += _notes(several, f"{path.name} rows with several images; only the first is "
-                                "kept (an item holds one image)")
+    warnings += _notes(
+        several, f"{path.name} rows with several images; only the first is kept (an item holds one image)"
+    )
     return items
 
 
@@ -313,8 +334,10 @@ def _qrel_lines(path: Path) -> Iterator[tuple[str, str, str, Any]]:
         if not line.strip() or (number == 1 and fields[-1].strip() == "score"):
             continue  # BEIR's header row
         if len(fields) != 3:
-            raise DatasetError(f"{path.name}:{number}: expected query-id, corpus-id, score "
-                               f"separated by tabs, got {len(fields)} fields")
+            raise DatasetError(
+                f"{path.name}:{number}: expected query-id, corpus-id, score "
+                f"separated by tabs, got {len(fields)} fields"
+            )
         where = f"{path.name}:{number}"
         try:
             score = float(fields[2])

@@ -13,6 +13,7 @@ benchmark's multi-step tiers measure composing, not reading 8x8 handwriting.
 Either way the result is ``(glyphs [N, 16, 16] uint8, labels [N])``; samples are split 80/20
 per digit before composing, so eval images never reuse a training render.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,8 +25,15 @@ from PIL import Image, ImageDraw, ImageFont
 SLOT = 16
 GLYPH_SOURCES = ("handwritten", "rendered")
 # matplotlib/mpl-data/fonts/ttf file names: seven visibly different faces for digits.
-RENDER_FONTS = ("DejaVuSans-Bold.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSerif-Bold.ttf",
-                "DejaVuSans.ttf", "STIXGeneralBol.ttf", "cmss10.ttf", "cmr10.ttf")
+RENDER_FONTS = (
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSans.ttf",
+    "STIXGeneralBol.ttf",
+    "cmss10.ttf",
+    "cmr10.ttf",
+)
 RENDERS_PER_DIGIT = 180  # 1,800 renders, about sklearn's 1,797 samples
 _SUPERSAMPLE = 4  # draw at 64x64, then downsample: anti-aliased strokes at 16x16
 
@@ -36,8 +44,10 @@ def font_dir() -> Path:
 
     spec = importlib.util.find_spec("matplotlib")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("--glyphs rendered needs matplotlib's bundled fonts: "
-                           "pip install 'lame-embed[train]' (matplotlib>=3.7)")
+        raise RuntimeError(
+            "--glyphs rendered needs matplotlib's bundled fonts: "
+            "pip install 'lame-embed[train]' (matplotlib>=3.7)"
+        )
     folder = Path(next(iter(spec.submodule_search_locations))) / "mpl-data" / "fonts" / "ttf"
     missing = [name for name in RENDER_FONTS if not (folder / name).is_file()]
     if missing:
@@ -48,8 +58,10 @@ def font_dir() -> Path:
 def font_manifest() -> list[dict]:
     """Each render font's file name and sha256 (recorded in meta.json: what drew the data)."""
     folder = font_dir()
-    return [{"file": name, "sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest()}
-            for name in RENDER_FONTS]
+    return [
+        {"file": name, "sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest()}
+        for name in RENDER_FONTS
+    ]
 
 
 def load_glyphs(source: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -67,14 +79,14 @@ def load_glyphs(source: str, rng: np.random.Generator) -> tuple[np.ndarray, np.n
 def _upsampled(images: np.ndarray) -> np.ndarray:
     """sklearn's 0-16 8x8 samples as 16x16 uint8 (scaled to 0-255, bilinear upsampling)."""
     scaled = np.round(images * (255.0 / 16.0)).astype(np.uint8)
-    return np.stack([
-        np.asarray(Image.fromarray(img).resize((SLOT, SLOT), Image.Resampling.BILINEAR))
-        for img in scaled
-    ])
+    return np.stack(
+        [np.asarray(Image.fromarray(img).resize((SLOT, SLOT), Image.Resampling.BILINEAR)) for img in scaled]
+    )
 
 
-def rendered_glyphs(rng: np.random.Generator,
-                    per_digit: int = RENDERS_PER_DIGIT) -> tuple[np.ndarray, np.ndarray]:
+def rendered_glyphs(
+    rng: np.random.Generator, per_digit: int = RENDERS_PER_DIGIT
+) -> tuple[np.ndarray, np.ndarray]:
     """``per_digit`` jittered renders of each digit, fonts taken in turn."""
     folder = font_dir()
     big = SLOT * _SUPERSAMPLE
@@ -85,16 +97,24 @@ def rendered_glyphs(rng: np.random.Generator,
             # degrees, centre moved up to 0.75 px, brightness 220-255: variation a reader must
             # generalise over, at a weight a small vision tower reads (linear pixel probe 0.98).
             size = float(rng.uniform(13.5, 16.0)) * _SUPERSAMPLE
-            font = ImageFont.truetype(str(folder / RENDER_FONTS[i % len(RENDER_FONTS)]),
-                                      size=max(8, round(size)))
+            font = ImageFont.truetype(
+                str(folder / RENDER_FONTS[i % len(RENDER_FONTS)]), size=max(8, round(size))
+            )
             canvas = Image.new("L", (big, big), 0)
             draw = ImageDraw.Draw(canvas)
             shift = rng.uniform(-0.75, 0.75, 2) * _SUPERSAMPLE
             centre = (big / 2 + shift[0], big / 2 + shift[1])
-            draw.text(centre, str(digit), fill=int(rng.integers(220, 256)), font=font,
-                      anchor="mm", stroke_width=int(rng.integers(3, 7)))
-            canvas = canvas.rotate(float(rng.uniform(-5.0, 5.0)),
-                                   resample=Image.Resampling.BILINEAR, center=centre)
+            draw.text(
+                centre,
+                str(digit),
+                fill=int(rng.integers(220, 256)),
+                font=font,
+                anchor="mm",
+                stroke_width=int(rng.integers(3, 7)),
+            )
+            canvas = canvas.rotate(
+                float(rng.uniform(-5.0, 5.0)), resample=Image.Resampling.BILINEAR, center=centre
+            )
             glyphs.append(np.asarray(canvas.resize((SLOT, SLOT), Image.Resampling.BOX)))
             labels.append(digit)
     return np.stack(glyphs).astype(np.uint8), np.asarray(labels, dtype=int)

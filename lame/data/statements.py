@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ INSTRUCTIONS = {
     "t2i": "Find the image that matches the statement.",
     "i2t": "Find the statement that is true for the image.",
 }
+
 
 @dataclass(frozen=True)
 class Statement:
@@ -70,27 +71,56 @@ def _odd_sum(digits: Sequence[int]) -> int:
 
 
 _FAMILIES = {
-    "read": _Family(r"the digits are (\d) and (\d)", lambda a, b: f"the digits are {a} and {b}",
-                    lambda d, a, b: d == (a, b), lambda d, _: d, (range(10), range(10))),
-    "sum": _Family(r"the digits add up to (\d+)", lambda t: f"the digits add up to {t}",
-                   lambda d, t: sum(d) == t, lambda d, _: (sum(d),), (range(19),)),
-    "max": _Family(r"the largest digit is (\d)", lambda v: f"the largest digit is {v}",
-                   lambda d, v: max(d) == v, lambda d, _: (max(d),), (range(10),)),
-    "oddsum": _Family(r"the odd digits add up to (\d+)", lambda t: f"the odd digits add up to {t}",
-                      lambda d, t: _odd_sum(d) == t, lambda d, _: (_odd_sum(d),), (range(37),)),
-    "range": _Family(r"the largest minus the smallest is (\d)",
-                     lambda r: f"the largest minus the smallest is {r}",
-                     lambda d, r: max(d) - min(d) == r, lambda d, _: (max(d) - min(d),), (range(10),)),
+    "read": _Family(
+        r"the digits are (\d) and (\d)",
+        lambda a, b: f"the digits are {a} and {b}",
+        lambda d, a, b: d == (a, b),
+        lambda d, _: d,
+        (range(10), range(10)),
+    ),
+    "sum": _Family(
+        r"the digits add up to (\d+)",
+        lambda t: f"the digits add up to {t}",
+        lambda d, t: sum(d) == t,
+        lambda d, _: (sum(d),),
+        (range(19),),
+    ),
+    "max": _Family(
+        r"the largest digit is (\d)",
+        lambda v: f"the largest digit is {v}",
+        lambda d, v: max(d) == v,
+        lambda d, _: (max(d),),
+        (range(10),),
+    ),
+    "oddsum": _Family(
+        r"the odd digits add up to (\d+)",
+        lambda t: f"the odd digits add up to {t}",
+        lambda d, t: _odd_sum(d) == t,
+        lambda d, _: (_odd_sum(d),),
+        (range(37),),
+    ),
+    "range": _Family(
+        r"the largest minus the smallest is (\d)",
+        lambda r: f"the largest minus the smallest is {r}",
+        lambda d, r: max(d) - min(d) == r,
+        lambda d, _: (max(d) - min(d),),
+        (range(10),),
+    ),
     "countgt": _Family(
         r"exactly (\d) (?:digit is|digits are) greater than (\d)",
         lambda k, t: f"exactly {k} {'digit is' if k == 1 else 'digits are'} greater than {t}",
         lambda d, k, t: sum(x > t for x in d) == k,
-        lambda d, t: (sum(x > t for x in d), t), (range(5), range(2, 8))),
+        lambda d, t: (sum(x > t for x in d), t),
+        (range(5), range(2, 8)),
+    ),
     # 3..30 spans every sum of 3-4 strictly sorted distinct digits.
     "order": _Family(
         r"the digits are in (in|de)creasing order and add up to (\d+)",
         lambda up, t: f"the digits are in {'in' if up else 'de'}creasing order and add up to {t}",
-        lambda d, up, t: _is_sorted(d, up) and sum(d) == t, _order_measure, ((1, 0), range(3, 31))),
+        lambda d, up, t: _is_sorted(d, up) and sum(d) == t,
+        _order_measure,
+        ((1, 0), range(3, 31)),
+    ),
 }
 
 
@@ -100,11 +130,13 @@ def parse_statement(text: str) -> Statement:
         match = re.fullmatch(spec.pattern, text)
         if match:
             direction = {"in": 1, "de": 0}  # order's (in|de)creasing group
-            return Statement(family, tuple(direction[g] if g in direction else int(g) for g in match.groups()))
+            return Statement(
+                family, tuple(direction[g] if g in direction else int(g) for g in match.groups())
+            )
     raise ValueError(f"not a digits statement: {text!r}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def family_statements(family: str) -> tuple[Statement, ...]:
     """Every statement of a family over the value range its images can reach."""
     return tuple(Statement(family, values) for values in itertools.product(*_FAMILIES[family].ranges))

@@ -15,6 +15,7 @@ Deployment rows (CPU only): PyTorch eager vs ONNX Runtime fp32/fp16/int8 on the 
 an ``--artifact`` the user gives, or the benchmark's own model exported on the spot -- and the
 runtime's cold start in a fresh process.
 """
+
 from __future__ import annotations
 
 import platform
@@ -32,9 +33,15 @@ from lame_runtime.timing import cold_start, interleaved_medians
 
 BENCH_PRESETS = ("tiny", "small", "2b")
 METHOD_ORDER = embedding_methods()  # lame first: the ratios are LaME's speed over the others
-STATEMENTS = ["the digits add up to 12", "the largest digit is 7", "the odd digits add up to 9",
-              "exactly 2 digits are greater than 6", "the digits are in increasing order",
-              "the largest minus the smallest is 5", "the digits read 3 8 1 4"]
+STATEMENTS = [
+    "the digits add up to 12",
+    "the largest digit is 7",
+    "the odd digits add up to 9",
+    "exactly 2 digits are greater than 6",
+    "the digits are in increasing order",
+    "the largest minus the smallest is 5",
+    "the digits read 3 8 1 4",
+]
 INSTRUCTION = "Find the statement that is true for the image."
 
 
@@ -46,8 +53,8 @@ class BenchOptions:
     max_new_tokens: int = 128
     device: str = "cpu"
     dtype: str = "float32"
-    artifact: str | None = None     # an export artifact for the deployment rows
-    deploy: bool = True             # deployment rows (ONNX Runtime, CPU only)
+    artifact: str | None = None  # an export artifact for the deployment rows
+    deploy: bool = True  # deployment rows (ONNX Runtime, CPU only)
     threads: int | None = None
     seed: int = 0
 
@@ -72,11 +79,10 @@ def method_config(base: LameConfig, method: str, max_new_tokens: int) -> LameCon
 
 def build_models(options: BenchOptions) -> dict[str, Any]:
     """One LameModel per method, all sharing the first model's backbone (same weights)."""
+    from lame.backbones.directory import resolve_model_spec
     from lame.model import LameModel
     from lame_runtime.inputs.preprocess import Preprocessor
     from lame_runtime.inputs.text import TextProcessor
-
-    from lame.backbones.directory import resolve_model_spec
 
     base = LameConfig.from_dict(resolve_model_spec(load_preset(options.preset)["model"]))
     preprocessor = Preprocessor(TextProcessor(bench_tokenizer(), base.max_text_tokens), base.image)
@@ -86,8 +92,9 @@ def build_models(options: BenchOptions) -> dict[str, Any]:
     for method in METHOD_ORDER:
         torch.manual_seed(options.seed)
         with torch.device(options.device):  # initialise in place: 2B parameters on a GPU
-            model = LameModel(method_config(base, method, options.max_new_tokens), preprocessor,
-                              backbone=shared)
+            model = LameModel(
+                method_config(base, method, options.max_new_tokens), preprocessor, backbone=shared
+            )
         shared = model.backbone
         models[method] = model.to(options.device, dtype).eval()
     return models
@@ -97,8 +104,7 @@ def query_feed(preprocessor, batch: int) -> dict[str, np.ndarray]:
     """``batch`` text+image queries (the instruction, a statement, a random image)."""
     h, w = preprocessor.image.height, preprocessor.image.width
     texts = [f"{INSTRUCTION} {STATEMENTS[i % len(STATEMENTS)]}" for i in range(batch)]
-    images = [np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8)
-              for i in range(batch)]
+    images = [np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8) for i in range(batch)]
     return preprocessor(texts, images)
 
 
@@ -125,20 +131,23 @@ def time_methods(models: dict[str, Any], options: BenchOptions) -> dict[str, Any
 
 
 def _rate(timed: dict, batch: int) -> dict[str, Any]:
-    return {"emb_per_s": batch / timed["median_s"], "median_ms": 1000 * timed["median_s"],
-            "runs_ms": [1000 * s for s in timed["runs_s"]]}
+    return {
+        "emb_per_s": batch / timed["median_s"],
+        "median_ms": 1000 * timed["median_s"],
+        "runs_ms": [1000 * s for s in timed["runs_s"]],
+    }
 
 
-def ratios(methods: dict[str, Any], deploy: dict[str, Any] | None, config: LameConfig
-           ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+def ratios(
+    methods: dict[str, Any], deploy: dict[str, Any] | None, config: LameConfig
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Headline ratios (the *least* favourable over the batch sizes) and the per-batch ones."""
     per_batch: dict[str, dict[str, float]] = {}
     for key, rows in methods.items():
         if not key.startswith("batch"):
             continue
         lame = rows["lame"]["emb_per_s"]
-        entry = {f"lame_vs_{m}": lame / rows[m]["emb_per_s"]
-                 for m in METHOD_ORDER if m != "lame"}
+        entry = {f"lame_vs_{m}": lame / rows[m]["emb_per_s"] for m in METHOD_ORDER if m != "lame"}
         if deploy and key in deploy.get("ms_per_batch", {}):
             ms = deploy["ms_per_batch"][key]
             for precision in ("fp32", "fp16", "int8"):
@@ -157,8 +166,7 @@ def deployment(models: dict[str, Any], options: BenchOptions, workdir: Path) -> 
     """PyTorch eager vs ONNX Runtime on the LaME model, plus the runtime's cold start."""
     from lame_runtime import Embedder
 
-    artifact = Path(options.artifact) if options.artifact else export_for_bench(
-        models["lame"], workdir)
+    artifact = Path(options.artifact) if options.artifact else export_for_bench(models["lame"], workdir)
     precisions = Embedder(artifact, lazy=True).artifact.precisions
     model = models["lame"] if not options.artifact else _artifact_model(artifact)
     ms: dict[str, dict[str, float]] = {}
@@ -167,14 +175,16 @@ def deployment(models: dict[str, Any], options: BenchOptions, workdir: Path) -> 
         tensors = model.feed_to_tensors(feed)
         fns = {"torch eager": lambda t=tensors: _torch_embed(model, t)}
         for precision in precisions:
-            embedder = Embedder(artifact, precision=precision, threads=options.threads,
-                                spin=False)
+            embedder = Embedder(artifact, precision=precision, threads=options.threads, spin=False)
             fns[f"ort {precision}"] = lambda e=embedder, f=feed: e.infer(f)
         timed = interleaved_medians(fns, options.reps)
         ms[f"batch{batch}"] = {name: 1000 * t["median_s"] for name, t in timed.items()}
-    return {"artifact": str(artifact) if options.artifact else "exported by lame-bench",
-            "precisions": list(precisions), "ms_per_batch": ms,
-            "cold_start": cold_start(artifact, runs=3, threads=options.threads or 0)}
+    return {
+        "artifact": str(artifact) if options.artifact else "exported by lame-bench",
+        "precisions": list(precisions),
+        "ms_per_batch": ms,
+        "cold_start": cold_start(artifact, runs=3, threads=options.threads or 0),
+    }
 
 
 def _torch_embed(model, tensors):
@@ -191,8 +201,10 @@ def _artifact_model(artifact: Path):
     manifest = json.loads((artifact / "lame_artifact.json").read_text())
     ckpt = manifest.get("source_checkpoint", {}).get("path")
     if not ckpt or not Path(ckpt).is_dir():
-        raise FileNotFoundError(f"{artifact}: the source checkpoint {ckpt!r} named in "
-                                "lame_artifact.json is not here; PyTorch eager needs it")
+        raise FileNotFoundError(
+            f"{artifact}: the source checkpoint {ckpt!r} named in "
+            "lame_artifact.json is not here; PyTorch eager needs it"
+        )
     return lame.load(ckpt)
 
 
@@ -210,13 +222,11 @@ def export_for_bench(model, workdir: Path) -> Path:
     feed = pad_left(feed, feed["input_ids"].shape[1], model.preprocessor.text.special["pad"])
     np.savez(calib, **feed)
     out = workdir / "artifact"
-    export_checkpoint(ckpt, out, ExportOptions(fp16=True, int8=True, calib_file=str(calib),
-                                               force=True))
+    export_checkpoint(ckpt, out, ExportOptions(fp16=True, int8=True, calib_file=str(calib), force=True))
     return out
 
 
-def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda m: None
-              ) -> dict[str, Any]:
+def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
     if options.threads:
         torch.set_num_threads(options.threads)
     from lame.device import resolve_device
@@ -233,20 +243,36 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda m:
         with tempfile.TemporaryDirectory(prefix="lame-bench-") as tmp:
             deploy = deployment(models, options, Path(tmp))
     headline, per_batch = ratios(methods, deploy, config)
-    return {"preset": options.preset, "ratios": headline, "ratios_by_batch": per_batch,
-            "methods": methods, "deployment": deploy, "environment": _environment(options),
-            "settings": {"K": config.num_reason_tokens, "M": config.num_summary_tokens,
-                         "cot_new_tokens": options.max_new_tokens, "cot_stops_at_eos": False,
-                         "batches": list(options.batches), "reps": options.reps,
-                         "parameters": sum(p.numel() for p in models["lame"].parameters())}}
+    return {
+        "preset": options.preset,
+        "ratios": headline,
+        "ratios_by_batch": per_batch,
+        "methods": methods,
+        "deployment": deploy,
+        "environment": _environment(options),
+        "settings": {
+            "K": config.num_reason_tokens,
+            "M": config.num_summary_tokens,
+            "cot_new_tokens": options.max_new_tokens,
+            "cot_stops_at_eos": False,
+            "batches": list(options.batches),
+            "reps": options.reps,
+            "parameters": sum(p.numel() for p in models["lame"].parameters()),
+        },
+    }
 
 
 def _environment(options: BenchOptions) -> dict[str, Any]:
     import os
 
-    env = {"device": options.device, "dtype": options.dtype, "torch": torch.__version__,
-           "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-           "machine": platform.machine()}
+    env = {
+        "device": options.device,
+        "dtype": options.dtype,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+    }
     if options.device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()
     return env

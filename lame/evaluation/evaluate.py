@@ -16,6 +16,7 @@ zero-gain candidate ranks it above everything, and a non-finite score of a relev
 ranks it below everything.  With one positive this is exactly :func:`rank_of_positive`:
 every candidate scoring >= the positive ranks above it.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,7 @@ def dcg(gains: Sequence[float]) -> float:
     return sum(float(g) / math.log2(i + 2) for i, g in enumerate(gains) if g)
 
 
-def row_metrics(scores: np.ndarray, label: int,
-                relevance: Sequence[float] | None = None) -> dict[str, float]:
+def row_metrics(scores: np.ndarray, label: int, relevance: Sequence[float] | None = None) -> dict[str, float]:
     gains = np.zeros(len(scores))
     if relevance is None:
         gains[label] = 1.0
@@ -73,8 +73,9 @@ def row_metrics(scores: np.ndarray, label: int,
     return metrics
 
 
-def embed_unique(encode: Encode, items: Sequence[Item], batch_size: int,
-                 progress: bool = False, label: str = "eval") -> dict[str, np.ndarray]:
+def embed_unique(
+    encode: Encode, items: Sequence[Item], batch_size: int, progress: bool = False, label: str = "eval"
+) -> dict[str, np.ndarray]:
     """Embed each distinct item once (eval rows share many candidates), ``batch_size`` at a
     time, with a progress bar when ``progress``."""
     unique = list({item.key(): item for item in items}.values())
@@ -82,9 +83,10 @@ def embed_unique(encode: Encode, items: Sequence[Item], batch_size: int,
     vectors = []
     try:
         for start in range(0, len(unique), batch_size):
-            part = unique[start:start + batch_size]
-            vectors.append(encode(texts=[i.text for i in part], images=[i.image for i in part],
-                                  batch_size=batch_size))
+            part = unique[start : start + batch_size]
+            vectors.append(
+                encode(texts=[i.text for i in part], images=[i.image for i in part], batch_size=batch_size)
+            )
             bar.update(len(part))
     finally:
         bar.close()
@@ -95,20 +97,29 @@ def embed_unique(encode: Encode, items: Sequence[Item], batch_size: int,
 def _bar(total: int, label: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=label, unit="item", disable=not enabled, dynamic_ncols=True,
-                leave=False)
+    return tqdm(total=total, desc=label, unit="item", disable=not enabled, dynamic_ncols=True, leave=False)
 
 
-def score_rows(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
-               encode_target: Encode | None = None, progress: bool = False,
-               dimensions: Sequence[int | None] = (None,)) -> dict[int | None, list[np.ndarray]]:
+def score_rows(
+    encode: Encode,
+    rows: Sequence[EvalRow],
+    batch_size: int = 64,
+    encode_target: Encode | None = None,
+    progress: bool = False,
+    dimensions: Sequence[int | None] = (None,),
+) -> dict[int | None, list[np.ndarray]]:
     """Each row's candidate scores, per embedding size in ``dimensions`` (None: the full
     vectors; d: their first d components renormalised, as a Matryoshka model is served).
     Everything is embedded once, whatever the number of sizes."""
     queries = [Item(format_query(r.query.text, r.instruction), r.query.image) for r in rows]
     query_vecs = embed_unique(encode, queries, batch_size, progress, "eval queries")
-    cand_vecs = embed_unique(encode_target or encode, [c for r in rows for c in r.candidates],
-                             batch_size, progress, "eval candidates")
+    cand_vecs = embed_unique(
+        encode_target or encode,
+        [c for r in rows for c in r.candidates],
+        batch_size,
+        progress,
+        "eval candidates",
+    )
     out: dict[int | None, list[np.ndarray]] = {d: [] for d in dimensions}
     for query, row in zip(queries, rows):
         cands = np.stack([cand_vecs[c.key()] for c in row.candidates])
@@ -120,9 +131,14 @@ def score_rows(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
     return out
 
 
-def evaluate(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
-             encode_target: Encode | None = None, progress: bool = True,
-             dimensions: Sequence[int] = ()) -> dict:
+def evaluate(
+    encode: Encode,
+    rows: Sequence[EvalRow],
+    batch_size: int = 64,
+    encode_target: Encode | None = None,
+    progress: bool = True,
+    dimensions: Sequence[int] = (),
+) -> dict:
     """-> {"hit@1", "ndcg@5", "ndcg@10", "n", "per_task": {...}, "per_group": {...}} in percent.
 
     Each ``per_task`` entry also names the ``metric`` its rows chose (MMEB image tasks hit@1,
@@ -132,13 +148,13 @@ def evaluate(encode: Encode, rows: Sequence[EvalRow], batch_size: int = 64,
     ``by_dimension`` {d: {"hit@1", ..., "per_group"}} from the same embeddings."""
     if not rows:
         raise ValueError("no evaluation rows")
-    by_size = score_rows(encode, rows, batch_size, encode_target, progress,
-                         (None, *dimensions))
+    by_size = score_rows(encode, rows, batch_size, encode_target, progress, (None, *dimensions))
     result = _summarise(by_size[None], rows)
     if dimensions:
         result["by_dimension"] = {
             str(d): {k: v for k, v in _summarise(by_size[d], rows).items() if k != "per_task"}
-            for d in dimensions}
+            for d in dimensions
+        }
     return result
 
 
@@ -151,11 +167,11 @@ def _summarise(scores: list[np.ndarray], rows: Sequence[EvalRow]) -> dict:
         by_group[row.task.split(".")[0]].append(metrics)
         # load_eval already rejects mixed metrics; rows built in code might not.
         if task_metric.setdefault(row.task, row.metric) != row.metric:
-            raise ValueError(f"task '{row.task}' mixes metrics "
-                             f"'{task_metric[row.task]}' and '{row.metric}'")
+            raise ValueError(f"task '{row.task}' mixes metrics '{task_metric[row.task]}' and '{row.metric}'")
     result = _mean(per_row)
-    result["per_task"] = {task: _with_score(_mean(m), task_metric[task])
-                          for task, m in sorted(by_task.items())}
+    result["per_task"] = {
+        task: _with_score(_mean(m), task_metric[task]) for task, m in sorted(by_task.items())
+    }
     result["per_group"] = {group: _mean(m) for group, m in sorted(by_group.items())}
     return result
 

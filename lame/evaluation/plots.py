@@ -1,4 +1,5 @@
 """Training curves and benchmark bars as PNGs (people read plots faster than logs)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,9 @@ def plot_training(metrics: list[dict[str, Any]], path: Path) -> None:
         steps = [m["step"] for m in evals]
         ax_eval.plot(steps, [m["eval"]["hit@1"] for m in evals], "o-", label="overall")
         for group in groups:
-            ax_eval.plot(steps, [m["eval"]["per_group"].get(group, {}).get("hit@1")
-                                 for m in evals], "o--", label=group)
+            ax_eval.plot(
+                steps, [m["eval"]["per_group"].get(group, {}).get("hit@1") for m in evals], "o--", label=group
+            )
         ax_eval.legend()
     ax_eval.set(title="eval hit@1 (%)", xlabel="step")
     fig.tight_layout()
@@ -54,8 +56,7 @@ def plot_bench(report: dict[str, Any], path: Path) -> None:
     batches = [k for k in methods if k.startswith("batch")]
     names = list(methods[batches[0]])
     deploy = report.get("deployment")
-    fig, axes = plt.subplots(1, 2 if deploy else 1, figsize=(12 if deploy else 7, 4.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, 2 if deploy else 1, figsize=(12 if deploy else 7, 4.2), squeeze=False)
     ax = axes[0][0]
     width = 0.8 / len(batches)
     for i, batch in enumerate(batches):
@@ -64,17 +65,23 @@ def plot_bench(report: dict[str, Any], path: Path) -> None:
         ax.bar_label(bars, fmt="%.3g", fontsize=7)
     ax.set_xticks([j + width * (len(batches) - 1) / 2 for j in range(len(names))], names)
     env = report["environment"]
-    ax.set(yscale="log", ylabel="embeddings / s",
-           title=f"{report['preset']} on {env.get('gpu', str(env['cpus']) + ' CPUs')} "
-                 f"({env['dtype']})")
+    ax.set(
+        yscale="log",
+        ylabel="embeddings / s",
+        title=f"{report['preset']} on {env.get('gpu', str(env['cpus']) + ' CPUs')} ({env['dtype']})",
+    )
     ax.legend()
     if deploy:
         ax = axes[0][1]
         ms = deploy["ms_per_batch"]
         backends = list(next(iter(ms.values())))
         for i, batch in enumerate(ms):
-            bars = ax.bar([j + i * width for j in range(len(backends))],
-                          [ms[batch][b] for b in backends], width, label=batch)
+            bars = ax.bar(
+                [j + i * width for j in range(len(backends))],
+                [ms[batch][b] for b in backends],
+                width,
+                label=batch,
+            )
             ax.bar_label(bars, fmt="%.3g", fontsize=7)
         ax.set_xticks([j + width * (len(ms) - 1) / 2 for j in range(len(backends))], backends)
         ax.set(ylabel="ms per batch (lower is better)", title="LaME: PyTorch eager vs ONNX Runtime")

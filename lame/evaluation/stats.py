@@ -4,6 +4,7 @@ One training run ranks nothing (the digits benchmark moves 1-3 points with the t
 alone), so tables report the mean and sample standard deviation over seeds, and call a
 difference "not significant" when it is smaller than twice its standard error.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,9 +40,9 @@ def summarise(values: Sequence[float]) -> SeedSummary:
 
 @dataclass(frozen=True)
 class Difference:
-    delta: float            # a.mean - b.mean
-    standard_error: float   # sqrt(se_a^2 + se_b^2) (Welch)
-    significant: bool       # |delta| >= 2 standard errors, and both sides have >= 2 seeds
+    delta: float  # a.mean - b.mean
+    standard_error: float  # sqrt(se_a^2 + se_b^2) (Welch)
+    significant: bool  # |delta| >= 2 standard errors, and both sides have >= 2 seeds
 
     def __str__(self) -> str:
         verdict = "" if self.significant else " (not significant)"
@@ -54,6 +55,6 @@ def compare(a: SeedSummary, b: SeedSummary) -> Difference:
     delta = a.mean - b.mean
     if a.n < 2 or b.n < 2:
         return Difference(delta, math.nan, False)
-    error = math.sqrt(a.standard_error ** 2 + b.standard_error ** 2)
+    error = math.sqrt(a.standard_error**2 + b.standard_error**2)
     significant = abs(delta) >= 2 * error if error > 0 else delta != 0
     return Difference(delta, error, significant)

@@ -3,6 +3,7 @@
 A new method is one module defining a :class:`lame.methods.base.Method` subclass instance
 ``METHOD``, plus one line in ``_MODULES`` below.
 """
+
 from __future__ import annotations
 
 from importlib import import_module
@@ -28,8 +29,7 @@ def get_method(name: str) -> Method:
     if name not in _LOADED:
         method = import_module(f"lame.methods.{_MODULES[name]}").METHOD
         if method.name != name:
-            raise RuntimeError(f"lame.methods.{_MODULES[name]} registers {method.name!r}, "
-                               f"not {name!r}")
+            raise RuntimeError(f"lame.methods.{_MODULES[name]} registers {method.name!r}, not {name!r}")
         _LOADED[name] = method
     return _LOADED[name]
 

@@ -4,6 +4,7 @@ Positions and masks are built from the whole sequence's ``valid`` mask at each s
 a single full pass would, so a row that stops early (EOS) simply has masked slots (a test checks
 cached == uncached).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,14 +18,20 @@ from lame.methods.base import LameOutput
 @dataclass
 class Decoding:
     """What step-by-step decoding carries: the sequence's masks so far and the KV cache."""
-    valid: torch.Tensor      # [B, T] 1 where a position holds a real token
-    is_image: torch.Tensor   # [B, T]
-    cache: object            # transformers.DynamicCache
+
+    valid: torch.Tensor  # [B, T] 1 where a position holds a real token
+    is_image: torch.Tensor  # [B, T]
+    cache: object  # transformers.DynamicCache
 
 
-def extend(model, state: Decoding, embeds: torch.Tensor, valid_new: torch.Tensor,
-           is_image_new: torch.Tensor | None = None,
-           visual: torch.Tensor | None = None) -> torch.Tensor:
+def extend(
+    model,
+    state: Decoding,
+    embeds: torch.Tensor,
+    valid_new: torch.Tensor,
+    is_image_new: torch.Tensor | None = None,
+    visual: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Run ``embeds`` [B, q, H] as the next q positions -> their hidden states [B, q, H].
     ``visual``: DeepStack features of these positions (the prefill's only)."""
     if is_image_new is None:
@@ -39,12 +46,10 @@ def extend(model, state: Decoding, embeds: torch.Tensor, valid_new: torch.Tensor
     return model.backbone.transformer_cached(embeds, positions, bias, state.cache, visual=visual)
 
 
-def prefill(model, input_ids, attention_mask, pixel_values, image_mask
-            ) -> tuple[torch.Tensor, Decoding]:
+def prefill(model, input_ids, attention_mask, pixel_values, image_mask) -> tuple[torch.Tensor, Decoding]:
     from transformers import DynamicCache
 
-    embeds, is_image, visual = model.input_embeds(input_ids, attention_mask, pixel_values,
-                                                  image_mask)
+    embeds, is_image, visual = model.input_embeds(input_ids, attention_mask, pixel_values, image_mask)
     empty = attention_mask[:, :0]
     state = Decoding(empty, empty.bool(), DynamicCache())
     hidden = extend(model, state, embeds, attention_mask, is_image, visual)
@@ -60,12 +65,19 @@ def summary_states(model, state: Decoding, batch: int, dtype: torch.dtype) -> to
 @dataclass
 class Generation:
     output: LameOutput
-    tokens: torch.Tensor   # [B, n] generated ids, pad after a row's EOS
+    tokens: torch.Tensor  # [B, n] generated ids, pad after a row's EOS
 
 
-def greedy_generate(model, input_ids, attention_mask, pixel_values, image_mask,
-                    max_new_tokens: int, stop_at_eos: bool = True,
-                    embed: bool = True) -> Generation:
+def greedy_generate(
+    model,
+    input_ids,
+    attention_mask,
+    pixel_values,
+    image_mask,
+    max_new_tokens: int,
+    stop_at_eos: bool = True,
+    embed: bool = True,
+) -> Generation:
     """Greedy text with a KV cache, then (``embed``) [EMBED] after the generated text.
 
     EOS is not fed back: a finished row's later slots are padding (masked), which is the
@@ -95,8 +107,9 @@ def greedy_generate(model, input_ids, attention_mask, pixel_values, image_mask,
     return Generation(LameOutput(model.embed_head(summary), reason, summary), generated)
 
 
-def teacher_forced(model, feed: dict, rationale: dict, with_summary: bool = True
-                   ) -> tuple[LameOutput | None, torch.Tensor]:
+def teacher_forced(
+    model, feed: dict, rationale: dict, with_summary: bool = True
+) -> tuple[LameOutput | None, torch.Tensor]:
     """Training pass: input, then the reference "rationale . answer" tokens (right-padded,
     masked), then (``with_summary``) [EMBED]; -> (embedding output or None, next-token loss
     over rationale + EOS)."""
@@ -110,15 +123,15 @@ def teacher_forced(model, feed: dict, rationale: dict, with_summary: bool = True
         parts.append(model.summary_tokens.to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1))
         valids.append(valid.new_ones(batch, len(model.summary_tokens)))
     all_valid = torch.cat(valids, dim=1)
-    all_image = torch.cat([is_image, torch.zeros_like(all_valid[:, length:], dtype=torch.bool)],
-                          dim=1)
+    all_image = torch.cat([is_image, torch.zeros_like(all_valid[:, length:], dtype=torch.bool)], dim=1)
     hidden = model.run(torch.cat(parts, dim=1), all_valid, all_image, length, visual)
     # Position length-1 (last input token) predicts the first rationale token, and so on.
-    logits = model.lm_logits(hidden[:, length - 1:length + span])
-    lm_loss = F.cross_entropy(logits.flatten(0, 1).float(), rationale["targets"].flatten(),
-                              ignore_index=model.pad_token_id)
+    logits = model.lm_logits(hidden[:, length - 1 : length + span])
+    lm_loss = F.cross_entropy(
+        logits.flatten(0, 1).float(), rationale["targets"].flatten(), ignore_index=model.pad_token_id
+    )
     if not with_summary:
         return None, lm_loss
-    summary = hidden[:, length + span:]
+    summary = hidden[:, length + span :]
     reason = hidden.new_zeros(batch, 0, hidden.shape[-1])
     return LameOutput(model.embed_head(summary), reason, summary), lm_loss

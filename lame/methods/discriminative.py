@@ -1,4 +1,5 @@
 """The discriminative baseline (VLM2Vec style): input + [EMBED], K=0, one pass."""
+
 from __future__ import annotations
 
 from lame.methods.base import Method

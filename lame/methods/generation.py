@@ -19,6 +19,7 @@ rationale's last "."). Where the dataset has an image index with the
 digits of each image (the digits benchmark), image queries also report ``digits_read``: the
 generated text's "digits d d d d" step equals the image's digits (what the model reads).
 """
+
 from __future__ import annotations
 
 import json
@@ -40,7 +41,7 @@ _DIGITS = re.compile(r"digits((?:\s*\d)+)")
 class GenerationCase:
     row: EvalRow
     reference: str
-    direction: str           # "i2t" (text positive) or "t2i" (image positive)
+    direction: str  # "i2t" (text positive) or "t2i" (image positive)
 
 
 def case_for(row: EvalRow) -> GenerationCase:
@@ -85,8 +86,13 @@ def image_digits(data_dir: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 @torch.no_grad()
-def generate_texts(model, rows: Sequence[EvalRow], max_new_tokens: int, batch_size: int = 16,
-                   progress: Callable[[int], None] = lambda n: None) -> list[str]:
+def generate_texts(
+    model,
+    rows: Sequence[EvalRow],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: Callable[[int], None] = lambda n: None,
+) -> list[str]:
     """Greedy text (KV cache, stops at EOS) for each row's query, formatted as in training."""
     was_training = model.training
     model.eval()
@@ -95,12 +101,12 @@ def generate_texts(model, rows: Sequence[EvalRow], max_new_tokens: int, batch_si
     pad = model.preprocessor.text.special["pad"]
     try:
         for start in range(0, len(rows), batch_size):
-            part = rows[start:start + batch_size]
-            feed = model.preprocessor([format_query(r.query.text, r.instruction) for r in part],
-                                      [r.query.image for r in part])
+            part = rows[start : start + batch_size]
+            feed = model.preprocessor(
+                [format_query(r.query.text, r.instruction) for r in part], [r.query.image for r in part]
+            )
             tensors = model.feed_to_tensors(feed)
-            tokens = greedy_generate(model, **tensors, max_new_tokens=max_new_tokens,
-                                     embed=False).tokens
+            tokens = greedy_generate(model, **tensors, max_new_tokens=max_new_tokens, embed=False).tokens
             texts += [decode([t for t in row.tolist() if t != pad]) for row in tokens.cpu()]
             progress(len(part))
     finally:
@@ -108,9 +114,12 @@ def generate_texts(model, rows: Sequence[EvalRow], max_new_tokens: int, batch_si
     return texts
 
 
-def score_generations(rows: Sequence[EvalRow], texts: Sequence[str],
-                      digits: dict[str, tuple[int, ...]] | None = None,
-                      samples: int = 5) -> dict[str, Any]:
+def score_generations(
+    rows: Sequence[EvalRow],
+    texts: Sequence[str],
+    digits: dict[str, tuple[int, ...]] | None = None,
+    samples: int = 5,
+) -> dict[str, Any]:
     """Exact match (percent) overall, per direction and per task; digits_read where known."""
     digits = digits or {}
     groups: dict[str, dict[str, list[float]]] = {}
@@ -142,9 +151,10 @@ def score_generations(rows: Sequence[EvalRow], texts: Sequence[str],
     if "overall" in groups:
         result.update(summary(groups["overall"]))
     result["per_direction"] = {k: summary(v) for k, v in groups.items() if k in ("i2t", "t2i")}
-    result["per_task"] = {k[5:]: summary(v) for k, v in sorted(groups.items())
-                          if k.startswith("task:")}
+    result["per_task"] = {k[5:]: summary(v) for k, v in sorted(groups.items()) if k.startswith("task:")}
     result["samples"] = shown
-    result["reference"] = ("generation == reference or ends with '.' + reference (case and "
-                           "whitespace ignored); i2t: the positive's text, t2i: the query's text")
+    result["reference"] = (
+        "generation == reference or ends with '.' + reference (case and "
+        "whitespace ignored); i2t: the positive's text, t2i: the query's text"
+    )
     return result

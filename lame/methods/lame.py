@@ -1,6 +1,7 @@
 """LaME: K learned reason tokens + M summary tokens appended to the input, one forward pass;
 the decoder head reconstructs the answer from the reason states, and with the bottleneck mask
 [EMBED] sees the input only through them."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -19,8 +20,9 @@ class LameMethod(Method):
         pass  # the preset's K and mask stand
 
     def bench_config(self, base, max_new_tokens: int):
-        return replace(base, method=self.name, num_reason_tokens=base.num_reason_tokens or 8,
-                       bottleneck_mask=True)
+        return replace(
+            base, method=self.name, num_reason_tokens=base.num_reason_tokens or 8, bottleneck_mask=True
+        )
 
 
 METHOD = LameMethod()

@@ -1,5 +1,6 @@
 """The latent baseline (Coconut / PLUME style): K sequential latent steps, each step's last
 hidden state fed back as the next input embedding (KV cache), then [EMBED]."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -38,8 +39,9 @@ class LatentMethod(Method):
         return latent_forward(model, input_ids, attention_mask, pixel_values, image_mask)
 
     def bench_config(self, base, max_new_tokens: int):
-        return replace(base, method=self.name, num_reason_tokens=base.num_reason_tokens or 8,
-                       bottleneck_mask=False)
+        return replace(
+            base, method=self.name, num_reason_tokens=base.num_reason_tokens or 8, bottleneck_mask=False
+        )
 
 
 METHOD = LatentMethod()

@@ -7,6 +7,7 @@ a fresh model of the requested method. Its embedding ([EMBED] after the input, o
 untrained, so the trainer does not score it by retrieval; ``lame-eval --generate N`` scores
 what it writes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,15 +22,17 @@ class LmMethod(Method):
     writes_text = True
     contrastive = False
     retrieval = False
-    chunkable = False            # GradCache splits a contrastive batch; lm has none
+    chunkable = False  # GradCache splits a contrastive batch; lm has none
 
     def stage_plan(self, train_config) -> list[tuple[str, int, int]]:
         # The warm-up freezes the backbone, which is all a generative pre-training trains: the
         # whole run is one joint stage, however it was asked for (a continued lm checkpoint
         # keeps its method without --method, so the preset's "all" must not apply).
         if train_config.stage == "warmup":
-            raise ValueError("method 'lm' has no warm-up stage (it trains only the backbone, "
-                             "which the warm-up freezes); use --stage joint")
+            raise ValueError(
+                "method 'lm' has no warm-up stage (it trains only the backbone, "
+                "which the warm-up freezes); use --stage joint"
+            )
         return [("joint", 0, train_config.max_steps)]
 
     def generative_losses(self, model, batch: dict) -> dict[str, torch.Tensor]:

@@ -9,13 +9,13 @@ gradients after ``backward`` is exactly what DDP computes.
 InfoNCE negatives span the global batch: target embeddings are gathered from every rank with a
 differentiable all-gather (as VLM2Vec does), so gradients reach the rank that computed them.
 """
+
 from __future__ import annotations
 
 import os
 
 import torch
 import torch.distributed as dist
-
 
 _DEVICE = torch.device("cpu")  # where collective buffers live (NCCL needs them on the GPU)
 
@@ -101,7 +101,6 @@ def local_slice(batch_size: int) -> slice:
     """This rank's contiguous share of a global batch."""
     world = world_size()
     if batch_size % world:
-        raise ValueError(f"batch_size {batch_size} must be divisible by the number of "
-                         f"processes ({world})")
+        raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes ({world})")
     share = batch_size // world
     return slice(rank() * share, (rank() + 1) * share)

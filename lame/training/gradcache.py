@@ -20,6 +20,7 @@ The loss is the full-batch loss and the gradients equal the unchunked ones up to
 summation order (a test checks both). The price is one extra forward pass per side. The CoT
 baseline's teacher-forced query pass is not chunked (``chunk_size`` is refused for it).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,19 +65,23 @@ class _RngState:
             torch.cuda.set_rng_state(self.cuda_state, self.device)
 
 
-def chunked_backward(model, batch: dict, chunk_size: int,
-                     forward_context: Callable[[], ContextManager] = contextlib.nullcontext
-                     ) -> dict[str, torch.Tensor]:
+def chunked_backward(
+    model,
+    batch: dict,
+    chunk_size: int,
+    forward_context: Callable[[], ContextManager] = contextlib.nullcontext,
+) -> dict[str, torch.Tensor]:
     """Accumulate the full-batch gradients of the LaME loss into ``.grad`` chunk by chunk;
     -> the loss terms (detached), the same dictionary :func:`compute_losses` returns."""
     cfg = model.config
     if not get_method(cfg.method).chunkable:
-        raise InputError(f"chunk_size (GradCache) does not cover the {cfg.method} method's "
-                         f"training pass; train {cfg.method} without --chunk-size")
+        raise InputError(
+            f"chunk_size (GradCache) does not cover the {cfg.method} method's "
+            f"training pass; train {cfg.method} without --chunk-size"
+        )
     batch_rows = len(batch["same_answer"])
     parts = chunk_slices(batch_rows, chunk_size)
-    per_negative = (len(batch["negatives"]["input_ids"]) // batch_rows
-                    if "negatives" in batch else 0)
+    per_negative = len(batch["negatives"]["input_ids"]) // batch_rows if "negatives" in batch else 0
     sides = {"query": 1, "target": 1}
     if per_negative:
         sides["negatives"] = per_negative
@@ -115,10 +120,11 @@ def chunked_backward(model, batch: dict, chunk_size: int,
                 out = model(**_rows(batch[side], span))
                 surrogate = (out.embedding * grads[side][span]).sum()
                 if side == "query":
-                    chunk_batch = {"decoder_input": batch["decoder_input"][part],
-                                   "decoder_target": batch["decoder_target"][part]}
-                    terms, weighted = row_terms(model, chunk_batch, out.reason_states, tokens,
-                                                share)
+                    chunk_batch = {
+                        "decoder_input": batch["decoder_input"][part],
+                        "decoder_target": batch["decoder_target"][part],
+                    }
+                    terms, weighted = row_terms(model, chunk_batch, out.reason_states, tokens, share)
                     if weighted is not None:
                         surrogate = surrogate + weighted
                     for name, value in terms.items():

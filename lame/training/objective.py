@@ -8,14 +8,15 @@ The terms split into two kinds, which is what lets :mod:`lame.training.gradcache
   states, the CoT next-token loss) are sums over rows, so a chunk's share can be computed and
   backpropagated on its own (:func:`row_terms` with ``share`` = the chunk's fraction of rows).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from lame.training.distributed import gather_rows, per_rank_share
 from lame.losses import diversity_penalty, info_nce
 from lame.methods import get_method
+from lame.training.distributed import gather_rows, per_rank_share
 
 
 def compute_losses(model, batch: dict) -> dict[str, torch.Tensor]:
@@ -29,8 +30,7 @@ def compute_losses(model, batch: dict) -> dict[str, torch.Tensor]:
     if "negatives" in batch:
         flat = model(**batch["negatives"]).embedding
         negatives = flat.reshape(len(query.embedding), -1, flat.shape[-1])
-    losses = {"contrastive": contrastive_loss(model, batch, query.embedding, target.embedding,
-                                              negatives)}
+    losses = {"contrastive": contrastive_loss(model, batch, query.embedding, target.embedding, negatives)}
     total = cfg.w_contrastive * losses["contrastive"]
     rows, rows_total = row_terms(model, batch, query.reason_states, answer_tokens(model, batch))
     losses.update(rows)
@@ -44,8 +44,9 @@ def compute_losses(model, batch: dict) -> dict[str, torch.Tensor]:
     return losses
 
 
-def contrastive_loss(model, batch: dict, queries: torch.Tensor, targets: torch.Tensor,
-                     negatives: torch.Tensor | None) -> torch.Tensor:
+def contrastive_loss(
+    model, batch: dict, queries: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None
+) -> torch.Tensor:
     """InfoNCE of the batch; with ``matryoshka_dims``, the mean of InfoNCE over each prefix of
     the embeddings, renormalised (Matryoshka representation learning). The mean, not the sum,
     keeps the term's scale, so the other loss weights mean the same with or without it."""
@@ -54,15 +55,21 @@ def contrastive_loss(model, batch: dict, queries: torch.Tensor, targets: torch.T
     targets = gather_rows(targets)
 
     def loss(q: torch.Tensor, t: torch.Tensor, n: torch.Tensor | None) -> torch.Tensor:
-        return info_nce(q, t, cfg.temperature, n, batch["same_answer"],
-                        batch.get("negative_valid"), batch.get("offset", 0))
+        return info_nce(
+            q,
+            t,
+            cfg.temperature,
+            n,
+            batch["same_answer"],
+            batch.get("negative_valid"),
+            batch.get("offset", 0),
+        )
 
     if not cfg.matryoshka_dims:
         return loss(queries, targets, negatives)
     terms = []
     for d in cfg.matryoshka_dims:
-        cut = [None if x is None else F.normalize(x[..., :d], dim=-1)
-               for x in (queries, targets, negatives)]
+        cut = [None if x is None else F.normalize(x[..., :d], dim=-1) for x in (queries, targets, negatives)]
         terms.append(loss(*cut))
     return torch.stack(terms).mean()
 
@@ -75,8 +82,9 @@ def answer_tokens(model, batch: dict) -> float:
     return max(per_rank_share(count), 1.0)
 
 
-def row_terms(model, batch: dict, reason_states: torch.Tensor, tokens: float,
-              share: float = 1.0) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+def row_terms(
+    model, batch: dict, reason_states: torch.Tensor, tokens: float, share: float = 1.0
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Per-row terms of ``batch``'s rows -> (unweighted terms, their weighted sum or None).
 
     ``tokens`` is the whole batch's answer-token count and ``share`` the fraction of the batch's
@@ -86,8 +94,12 @@ def row_terms(model, batch: dict, reason_states: torch.Tensor, tokens: float,
     total = None
     if model.decoder_head is not None:
         terms["reconstruction"] = model.decoder_head.loss(
-            reason_states, batch["decoder_input"], batch["decoder_target"],
-            ignore_index=model.pad_token_id, tokens=tokens)
+            reason_states,
+            batch["decoder_input"],
+            batch["decoder_target"],
+            ignore_index=model.pad_token_id,
+            tokens=tokens,
+        )
         total = cfg.w_reconstruction * terms["reconstruction"]
     if get_method(cfg.method).diversity and cfg.num_reason_tokens > 1 and cfg.w_diversity > 0:
         terms["diversity"] = diversity_penalty(reason_states) * share

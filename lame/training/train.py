@@ -13,6 +13,7 @@ Scale (see the README): ``device`` (batches are built on the CPU and moved once 
 (GradCache, :mod:`lame.training.gradcache`) and ``lora_rank`` (:mod:`lame.training.lora`; checkpoints hold merged
 weights). Launch several processes with ``torchrun -m lame.cli.train``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,18 +26,26 @@ from typing import Any
 
 import torch
 
-from lame.training import distributed as ddp
-from lame.training import lora
-from lame.checkpoint import (CheckpointError, check_replaceable, load_model, load_trainer_state,
-                             read_json, read_metrics, read_trainer_tensors, resolve,
-                             save_checkpoint)
+from lame.checkpoint import (
+    CheckpointError,
+    check_replaceable,
+    load_model,
+    load_trainer_state,
+    read_json,
+    read_metrics,
+    read_trainer_tensors,
+    resolve,
+    save_checkpoint,
+)
 from lame.config import LameConfig
 from lame.data.batching import Collator, batch_indices
 from lame.data.dataset import load_eval, load_train
 from lame.device import autocast, check_precision, resolve_device, to_device
 from lame.evaluation.evaluate import evaluate, limit_rows, subsample
-from lame.training.gradcache import chunked_backward
 from lame.methods import get_method
+from lame.training import distributed as ddp
+from lame.training import lora
+from lame.training.gradcache import chunked_backward
 from lame.training.objective import compute_losses
 
 STAGES = ("warmup", "joint", "all")
@@ -47,30 +56,30 @@ RUNTIME_OPTIONS = ("grad_checkpointing", "chunk_size", "eval_limit", "final_eval
 
 @dataclass
 class TrainConfig:
-    stage: str = "all"              # warmup | joint | all (= warmup then joint)
-    max_steps: int = 1500           # total optimizer steps over the stages run
-    warmup_fraction: float = 0.2    # share of max_steps given to the warm-up stage with "all"
+    stage: str = "all"  # warmup | joint | all (= warmup then joint)
+    max_steps: int = 1500  # total optimizer steps over the stages run
+    warmup_fraction: float = 0.2  # share of max_steps given to the warm-up stage with "all"
     batch_size: int = 64
     lr: float = 3e-4
-    new_lr_scale: float = 1.0       # lr multiplier for parameters not in the pretrained backbone
-    lr_warmup: float = 0.05         # share of each stage spent ramping the learning rate up
+    new_lr_scale: float = 1.0  # lr multiplier for parameters not in the pretrained backbone
+    lr_warmup: float = 0.05  # share of each stage spent ramping the learning rate up
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     hard_negatives: int = 1
     seed: int = 0
     log_every: int = 10
-    eval_every: int = 500           # 0 disables periodic evaluation
-    eval_per_task: int = 20         # rows per task in periodic evaluation (final one uses all)
+    eval_every: int = 500  # 0 disables periodic evaluation
+    eval_per_task: int = 20  # rows per task in periodic evaluation (final one uses all)
     save_every: int = 250
     threads: int | None = None
-    precision: str = "fp32"         # fp32 | bf16 (autocast; float32 master weights)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; float32 master weights)
     grad_checkpointing: bool = False  # recompute backbone activations in backward
-    chunk_size: int | None = None   # GradCache: embed the batch this many rows at a time
-    lora_rank: int = 0              # > 0: LoRA on the language model (peft), merged at save
+    chunk_size: int | None = None  # GradCache: embed the batch this many rows at a time
+    lora_rank: int = 0  # > 0: LoRA on the language model (peft), merged at save
     lora_targets: list[str] = field(default_factory=lambda: list(lora.DEFAULT_TARGETS))
-    eval_limit: int | None = None   # evaluate on at most this many rows (spread over tasks)
-    final_eval: bool = True         # evaluate on the eval split after training
+    eval_limit: int | None = None  # evaluate on at most this many rows (spread over tasks)
+    final_eval: bool = True  # evaluate on the eval split after training
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -88,7 +97,7 @@ class TrainConfig:
             raise ValueError("warmup_fraction must be within [0, 1]")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -135,27 +144,38 @@ def _optimizer(model, params: list[torch.nn.Parameter], cfg: TrainConfig) -> tor
     # latter may learn faster (new_lr_scale) -- with few steps on a pretrained backbone they
     # otherwise barely leave their random init.
     pretrained = {id(p) for p in model.backbone.parameters()} - {
-        id(p) for p in model.backbone.connector_parameters()}
+        id(p) for p in model.backbone.connector_parameters()
+    }
     groups = []
     for is_new, scale in ((False, 1.0), (True, cfg.new_lr_scale)):
         part = [p for p in params if (id(p) not in pretrained) == is_new]
         decay = [p for p in part if p.ndim >= 2 and id(p) not in latent]
         decay_ids = {id(p) for p in decay}
         rest = [p for p in part if id(p) not in decay_ids]
-        groups += [{"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": scale},
-                   {"params": rest, "weight_decay": 0.0, "lr_scale": scale}]
+        groups += [
+            {"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": scale},
+            {"params": rest, "weight_decay": 0.0, "lr_scale": scale},
+        ]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
 class Trainer:
-    def __init__(self, model, cfg: TrainConfig, data_dir: Path, out_dir: Path,
-                 show_progress: bool = True, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model,
+        cfg: TrainConfig,
+        data_dir: Path,
+        out_dir: Path,
+        show_progress: bool = True,
+        device: str | torch.device = "cpu",
+    ):
         self.model, self.cfg, self.out_dir = model, cfg, Path(out_dir)
         self.device = resolve_device(device)
         method = get_method(model.config.method)
         if cfg.chunk_size and not method.chunkable:
-            raise ValueError(f"chunk_size (GradCache) does not cover method "
-                             f"{method.name!r}; train it without --chunk-size")
+            raise ValueError(
+                f"chunk_size (GradCache) does not cover method {method.name!r}; train it without --chunk-size"
+            )
         self.plan = method.stage_plan(cfg)  # the method's stages (lm: joint only)
         if cfg.lora_rank:
             lora.apply_lora(model, cfg.lora_rank, cfg.lora_targets)
@@ -165,17 +185,23 @@ class Trainer:
         self.autocast = functools.partial(autocast, self.device, cfg.precision)
         self.rows = load_train(data_dir)
         if len(self.rows) < cfg.batch_size:
-            raise ValueError(f"{data_dir} has {len(self.rows)} training rows, fewer than "
-                             f"batch_size={cfg.batch_size}")
+            raise ValueError(
+                f"{data_dir} has {len(self.rows)} training rows, fewer than batch_size={cfg.batch_size}"
+            )
         eval_path = Path(data_dir) / "eval.jsonl"
         self.eval_rows = load_eval(data_dir) if eval_path.is_file() else []
         model.preprocessor.image_cache = {}
         if method.needs_rationale and not any(row.rationale for row in self.rows):
-            raise ValueError(f"method {method.name!r} trains on rationales, and {data_dir}/"
-                             "train.jsonl has none (add a \"rationale\" field to the rows)")
-        self.collate = Collator(model.preprocessor, model.config.max_answer_tokens,
-                                cfg.hard_negatives,
-                                model.config.max_rationale_tokens if method.writes_text else 0)
+            raise ValueError(
+                f"method {method.name!r} trains on rationales, and {data_dir}/"
+                'train.jsonl has none (add a "rationale" field to the rows)'
+            )
+        self.collate = Collator(
+            model.preprocessor,
+            model.config.max_answer_tokens,
+            cfg.hard_negatives,
+            model.config.max_rationale_tokens if method.writes_text else 0,
+        )
         # A method without a retrieval embedding (lm pre-training) is not scored by retrieval:
         # lame-eval --generate scores what it writes.
         self.retrieval = method.retrieval
@@ -214,8 +240,13 @@ class Trainer:
                 tick = now
                 if hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{losses['total']:.3f}", lr=f"{lr:.1e}")
-            if (self.cfg.eval_every and (step + 1) % self.cfg.eval_every == 0 and self.eval_rows
-                    and self.retrieval and ddp.is_main()):
+            if (
+                self.cfg.eval_every
+                and (step + 1) % self.cfg.eval_every == 0
+                and self.eval_rows
+                and self.retrieval
+                and ddp.is_main()
+            ):
                 self.metrics.append({"step": step + 1, "stage": stage, "eval": self.evaluate()})
                 self.model.train()
             if (self.cfg.save_every and (step + 1) % self.cfg.save_every == 0) or step + 1 == end:
@@ -225,8 +256,9 @@ class Trainer:
         idx = batch_indices(len(self.rows), self.cfg.batch_size, self.cfg.seed, step)
         rows = [self.rows[i] for i in idx]
         share = ddp.local_slice(len(rows))  # the whole batch in a single process
-        batch = to_device(self.collate(rows[share], global_rows=rows, offset=share.start),
-                          self.device)  # built on the CPU, moved once
+        batch = to_device(
+            self.collate(rows[share], global_rows=rows, offset=share.start), self.device
+        )  # built on the CPU, moved once
         optimizer.zero_grad(set_to_none=True)
         if self.cfg.chunk_size and self.cfg.chunk_size < len(batch["same_answer"]):
             losses = chunked_backward(self.model, batch, self.cfg.chunk_size, self.autocast)
@@ -241,19 +273,28 @@ class Trainer:
         optimizer.step()
         return ddp.average_scalars({k: float(v.detach()) for k, v in losses.items()})
 
-    def _log(self, step: int, stage: str, lr: float, losses: dict[str, float],
-             seconds: float) -> None:
+    def _log(self, step: int, stage: str, lr: float, losses: dict[str, float], seconds: float) -> None:
         steps = min(self.cfg.log_every, step) or 1
-        self.metrics.append({"step": step, "stage": stage, "lr": lr, **losses,
-                             "steps_per_s": round(steps / max(seconds, 1e-9), 3)})
+        self.metrics.append(
+            {
+                "step": step,
+                "stage": stage,
+                "lr": lr,
+                **losses,
+                "steps_per_s": round(steps / max(seconds, 1e-9), 3),
+            }
+        )
 
     def evaluate(self, full: bool = False) -> dict[str, Any]:
         rows = self.eval_rows if full else subsample(self.eval_rows, self.cfg.eval_per_task)
         rows = limit_rows(rows, self.cfg.eval_limit)
         with self.autocast():
-            return evaluate(self.model.encode, rows,
-                            encode_target=functools.partial(self.model.encode, role="target"),
-                            progress=self.show_progress)
+            return evaluate(
+                self.model.encode,
+                rows,
+                encode_target=functools.partial(self.model.encode, role="target"),
+                progress=self.show_progress,
+            )
 
     def save(self, stage: str, step: int, done: bool, optimizer) -> None:
         """Rank 0 writes; the others wait so nobody runs ahead of a checkpoint."""
@@ -262,16 +303,28 @@ class Trainer:
         ddp.barrier()
 
     def _save(self, stage: str, step: int, done: bool, optimizer) -> None:
-        meta = {"stage": stage, "step": step, "done": done,
-                "max_steps": self.cfg.max_steps, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        meta = {
+            "stage": stage,
+            "step": step,
+            "done": done,
+            "max_steps": self.cfg.max_steps,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         last_eval = next((m["eval"] for m in reversed(self.metrics) if "eval" in m), None)
         if last_eval:
             meta["eval"] = {k: last_eval[k] for k in ("hit@1", "ndcg@5", "ndcg@10")}
         adapted = lora.has_lora(self.model)  # merged weights + what an exact resume needs
-        save_checkpoint(self.out_dir, self.model, asdict(self.cfg), meta, self.metrics, optimizer,
-                        extra_files=lambda d: self._extra_files(d, done),
-                        weights=lora.merged_state_dict(self.model) if adapted else None,
-                        resume_tensors=lora.resume_tensors(self.model) if adapted else None)
+        save_checkpoint(
+            self.out_dir,
+            self.model,
+            asdict(self.cfg),
+            meta,
+            self.metrics,
+            optimizer,
+            extra_files=lambda d: self._extra_files(d, done),
+            weights=lora.merged_state_dict(self.model) if adapted else None,
+            resume_tensors=lora.resume_tensors(self.model) if adapted else None,
+        )
 
     def _extra_files(self, directory: Path, done: bool) -> None:
         from lame_runtime.artifact.persist import atomic_write_json
@@ -288,9 +341,15 @@ class Trainer:
         (never a majority vote). The runtime picks from these (lame_runtime.inputs.instructions)."""
         from lame_runtime.inputs.instructions import modality, summarise
 
-        return summarise((modality(row.query.text, row.query.image),
-                          modality(row.target.text, row.target.image), row.task,
-                          row.instruction) for row in self.rows)
+        return summarise(
+            (
+                modality(row.query.text, row.query.image),
+                modality(row.target.text, row.target.image),
+                row.task,
+                row.instruction,
+            )
+            for row in self.rows
+        )
 
 
 def _progress(steps, stage: str, enabled: bool):
@@ -301,9 +360,16 @@ def _progress(steps, stage: str, enabled: bool):
     return tqdm(steps, desc=f"{stage}", unit="step", dynamic_ncols=True)
 
 
-def train(data_dir: str | Path, out_dir: str | Path, model_config: LameConfig | None,
-          train_config: TrainConfig, resume: bool = False, init_from: str | Path | None = None,
-          show_progress: bool = True, device: str | torch.device = "cpu") -> dict[str, Any]:
+def train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    model_config: LameConfig | None,
+    train_config: TrainConfig,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    show_progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
     """Train (or resume) into ``out_dir`` on ``device`` (auto/cpu/cuda/cuda:N); returns the
     final evaluation (percent metrics)."""
     if train_config.threads:
@@ -314,8 +380,10 @@ def train(data_dir: str | Path, out_dir: str | Path, model_config: LameConfig | 
     if resume and _has_checkpoint(out_dir):
         return _resume(data_dir, out_dir, train_config, show_progress, device)
     if _has_checkpoint(out_dir) and not resume:
-        raise FileExistsError(f"{out_dir} already holds a checkpoint; pass resume=True "
-                              "(--resume) to continue it, or choose another output directory")
+        raise FileExistsError(
+            f"{out_dir} already holds a checkpoint; pass resume=True "
+            "(--resume) to continue it, or choose another output directory"
+        )
     check_replaceable(out_dir, "meta.json")  # fail now, not at the first save
     torch.manual_seed(train_config.seed)
     if init_from is not None:
@@ -324,7 +392,7 @@ def train(data_dir: str | Path, out_dir: str | Path, model_config: LameConfig | 
             # Another method's checkpoint (e.g. lm pre-training): its backbone, a fresh rest.
             model = model_from_backbone(model, model_config)
         elif model_config is not None and model_config.to_dict() != model.config.to_dict():
-            warnings.warn(f"init_from={init_from}: using that checkpoint's model config")
+            warnings.warn(f"init_from={init_from}: using that checkpoint's model config", stacklevel=2)
     else:
         if model_config is None:
             raise ValueError("model_config is required unless init_from is given")
@@ -349,8 +417,12 @@ def model_from_backbone(source, config: LameConfig):
     from lame.backbones import architecture_only
     from lame.model import LameModel
 
-    config = replace(config, backbone=source.config.backbone, image=source.config.image,
-                     max_text_tokens=source.config.max_text_tokens)
+    config = replace(
+        config,
+        backbone=source.config.backbone,
+        image=source.config.image,
+        max_text_tokens=source.config.max_text_tokens,
+    )
     config.validate()
     with architecture_only():  # the source's weights replace any packaged pretrained ones
         model = LameModel(config, source.preprocessor)
@@ -364,14 +436,18 @@ def copy_backbone(source, target) -> None:
     have, want = source.backbone.state_dict(), target.backbone.state_dict()
     missing = sorted(set(want) - set(have))
     extra = sorted(set(have) - set(want))
-    wrong = [f"{k} {tuple(have[k].shape)} vs {tuple(want[k].shape)}"
-             for k in sorted(set(have) & set(want)) if have[k].shape != want[k].shape]
+    wrong = [
+        f"{k} {tuple(have[k].shape)} vs {tuple(want[k].shape)}"
+        for k in sorted(set(have) & set(want))
+        if have[k].shape != want[k].shape
+    ]
     if missing or extra or wrong:
-        detail = "; ".join(f"{label}: {names[:4]}{' ...' if len(names) > 4 else ''}"
-                           for label, names in (("missing", missing), ("unexpected", extra),
-                                                ("shape mismatch", wrong)) if names)
-        raise CheckpointError(f"the init checkpoint's backbone does not fit the requested "
-                              f"model ({detail})")
+        detail = "; ".join(
+            f"{label}: {names[:4]}{' ...' if len(names) > 4 else ''}"
+            for label, names in (("missing", missing), ("unexpected", extra), ("shape mismatch", wrong))
+            if names
+        )
+        raise CheckpointError(f"the init checkpoint's backbone does not fit the requested model ({detail})")
     with torch.no_grad():
         for name, tensor in want.items():
             tensor.copy_(have[name])
@@ -384,16 +460,18 @@ def _has_checkpoint(out_dir: Path) -> bool:
         return False
 
 
-def _resume(data_dir, out_dir: Path, requested: TrainConfig, show_progress: bool,
-            device: torch.device):
+def _resume(data_dir, out_dir: Path, requested: TrainConfig, show_progress: bool, device: torch.device):
     meta = read_json(out_dir, "meta.json")
     saved = TrainConfig.from_dict(read_json(out_dir, "train_config.json"))
     runtime = {k: getattr(requested, k) for k in RUNTIME_OPTIONS}
-    changed = sorted(k for k, v in asdict(requested).items()
-                     if k not in RUNTIME_OPTIONS and asdict(saved)[k] != v)
+    changed = sorted(
+        k for k, v in asdict(requested).items() if k not in RUNTIME_OPTIONS and asdict(saved)[k] != v
+    )
     if changed:
-        warnings.warn(f"resuming with the checkpoint's own training config; ignoring changed "
-                      f"options {changed}")
+        warnings.warn(
+            f"resuming with the checkpoint's own training config; ignoring changed options {changed}",
+            stacklevel=2,
+        )
     saved = TrainConfig.from_dict({**asdict(saved), **runtime})
     if meta.get("done"):
         return meta.get("eval", {})
@@ -405,4 +483,3 @@ def _resume(data_dir, out_dir: Path, requested: TrainConfig, show_progress: bool
     if meta["step"] > 0:
         load_trainer_state(out_dir, None)  # restores the RNG even at a stage boundary
     return trainer.run(start_step=meta["step"])
-

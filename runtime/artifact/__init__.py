@@ -5,5 +5,12 @@ engines and instructions sections are checked by their owners (engines, inputs),
 ``lame_runtime.artifact`` was a module before this package; its public names stay importable
 from here (``from lame_runtime.artifact import Artifact, PRECISIONS``).
 """
-from lame_runtime.artifact.contract import (FORMAT_VERSION, MANIFEST, PRECISIONS, Artifact,  # noqa: F401
-                                            ArtifactError, TensorSpec)
+
+from lame_runtime.artifact.contract import (  # noqa: F401
+    FORMAT_VERSION,
+    MANIFEST,
+    PRECISIONS,
+    Artifact,
+    ArtifactError,
+    TensorSpec,
+)

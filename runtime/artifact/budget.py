@@ -7,6 +7,7 @@ text and image query in a fresh process (``lame-search info --measure``,
 the pages a query touches become resident (a 150k-row token table is mostly never read); the
 measured peak is what a device sees.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,8 +48,11 @@ def measure_peak_rss(artifact: str | Path, precision: str, **options: Any) -> di
     """Open ``Embedder(artifact, precision, **options)`` in a fresh process, embed 8 texts and
     2 images, and return its peak and final RSS (MiB) and the seconds to open and to embed.
     Linux only (reads ``/proc``)."""
-    run = subprocess.run([sys.executable, "-c", _CHILD, str(artifact), precision,
-                          json.dumps(options)], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(artifact), precision, json.dumps(options)],
+        capture_output=True,
+        text=True,
+    )
     if run.returncode != 0:
         last = (run.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise BackendError(f"measuring {precision} of {artifact} failed: {last}")
@@ -65,13 +69,19 @@ def memory_budget(path: str | Path, measure: bool = False) -> list[dict]:
     for precision in artifact.precisions:
         entry = artifact.models[precision]
         full = [entry["path"], *entry["external_data"]]
-        text = [entry["text"]["path"], *entry["text"]["external_data"]] \
-            if artifact.has_text_graph(precision) else []
+        text = (
+            [entry["text"]["path"], *entry["text"]["external_data"]]
+            if artifact.has_text_graph(precision)
+            else []
+        )
         size = lambda names: sum(files[name]["bytes"] for name in names)  # noqa: E731
-        row = {"precision": precision, "full_graph_bytes": size(full),
-               "text_graph_bytes": size(text),
-               "text_weights_shared": bool(text[1:]) and set(text[1:]) <= set(full[1:]),
-               "resident_weights_bytes": size(sorted(set(full) | set(text)))}
+        row = {
+            "precision": precision,
+            "full_graph_bytes": size(full),
+            "text_graph_bytes": size(text),
+            "text_weights_shared": bool(text[1:]) and set(text[1:]) <= set(full[1:]),
+            "resident_weights_bytes": size(sorted(set(full) | set(text))),
+        }
         if measure:
             row["measured"] = measure_peak_rss(artifact.path, precision)
         rows.append(row)

@@ -20,6 +20,7 @@ on every load; ``verify=False`` skips hashing for devices that check at install 
 sizes are still checked). To extend the manifest, add a field to ``REQUIRED_FIELDS`` or
 ``OPTIONAL_FIELDS`` and, if it has structure, a checker to ``_CHECKERS``.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,17 +29,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lame_runtime.artifact.files import HASH_CACHE, HashCache, external_data_locations, member_path
+from lame_runtime.artifact.persist import (
+    read_json,
+    recover_dir,
+    sha256,  # noqa: F401  (re-exported)
+)
 from lame_runtime.errors import ArtifactError  # noqa: F401  (re-exported)
-from lame_runtime.artifact.persist import recover_dir
-from lame_runtime.artifact.persist import read_json
-from lame_runtime.artifact.persist import sha256  # noqa: F401  (re-exported)
 
 MANIFEST = "lame_artifact.json"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 PRECISIONS = ("fp32", "fp16", "int8", "int4")  # int4: weight-only (MatMulNBits), ORT CPU/CUDA
 DTYPES = {"int64": "int64", "float32": "float32"}
-TOKENIZER_FILE = "tokenizer.json"          # same names as lame_runtime.inputs.preprocess (no import
+TOKENIZER_FILE = "tokenizer.json"  # same names as lame_runtime.inputs.preprocess (no import
 PREPROCESSOR_FILE = "preprocessor_config.json"  # cycle: preprocess does not need us)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -61,7 +64,7 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "instructions": dict,
     "opset": int,
     "engines": dict,
-    "max_batch": int,      # the exported graph's dynamic-axis bounds (TensorRT profiles)
+    "max_batch": int,  # the exported graph's dynamic-axis bounds (TensorRT profiles)
     "max_sequence": int,
     # Matryoshka-trained prefixes: the leading N components, renormalised, embed on their own.
     # Absent (every export so far): only the full embedding_dim is offered (lame-serve's
@@ -79,8 +82,12 @@ class TensorSpec:
 
 def _type_name(kind) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({int: "integer", str: "string", list: "list", dict: "object",
-                        float: "number", bool: "boolean"}.get(k, k.__name__) for k in kinds)
+    return " or ".join(
+        {int: "integer", str: "string", list: "list", dict: "object", float: "number", bool: "boolean"}.get(
+            k, k.__name__
+        )
+        for k in kinds
+    )
 
 
 def _is(value, kind) -> bool:
@@ -96,8 +103,10 @@ def _require(where: str, mapping: dict, key: str, kind) -> Any:
     if not _is(mapping[key], kind):
         name = _type_name(kind)
         article = "an" if name[0] in "aeiou" else "a"
-        raise ArtifactError(f"{where}: field {key!r} must be {article} {name}, got "
-                            f"{type(mapping[key]).__name__} {mapping[key]!r:.60}")
+        raise ArtifactError(
+            f"{where}: field {key!r} must be {article} {name}, got "
+            f"{type(mapping[key]).__name__} {mapping[key]!r:.60}"
+        )
     return mapping[key]
 
 
@@ -183,13 +192,19 @@ def _check_matryoshka(where: str, manifest: dict) -> None:
         return
     full = manifest["embedding_dim"]
     if not all(_is(d, int) and 1 <= d <= full for d in dims) or len(set(dims)) != len(dims):
-        raise ArtifactError(f"{where}: matryoshka_dims must be distinct integers in [1, "
-                            f"embedding_dim={full}], got {dims!r}")
+        raise ArtifactError(
+            f"{where}: matryoshka_dims must be distinct integers in [1, embedding_dim={full}], got {dims!r}"
+        )
 
 
-_CHECKERS: list[Callable[[str, dict], None]] = [_check_tensors, _check_files, _check_models,
-                                                 _check_special_tokens, _check_engines,
-                                                 _check_matryoshka]
+_CHECKERS: list[Callable[[str, dict], None]] = [
+    _check_tensors,
+    _check_files,
+    _check_models,
+    _check_special_tokens,
+    _check_engines,
+    _check_matryoshka,
+]
 
 
 def _upgrade_v1(manifest: dict) -> dict:
@@ -214,12 +229,16 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict:
         raise ArtifactError(f"{where} must hold a JSON object, got {type(manifest).__name__}")
     version = _require(where, manifest, "format_version", int)
     if version > FORMAT_VERSION:
-        raise ArtifactError(f"{where}: format_version {version} was written by a newer "
-                            f"lame-export; this runtime reads formats {READABLE_VERSIONS}: "
-                            "upgrade lame-embed")
+        raise ArtifactError(
+            f"{where}: format_version {version} was written by a newer "
+            f"lame-export; this runtime reads formats {READABLE_VERSIONS}: "
+            "upgrade lame-embed"
+        )
     if version not in READABLE_VERSIONS:
-        raise ArtifactError(f"{where}: format_version {version} is not supported (this "
-                            f"runtime reads {READABLE_VERSIONS}); re-export the checkpoint")
+        raise ArtifactError(
+            f"{where}: format_version {version} is not supported (this "
+            f"runtime reads {READABLE_VERSIONS}); re-export the checkpoint"
+        )
     if version == 1:
         manifest = _upgrade_v1(manifest)
     for key, kind in REQUIRED_FIELDS.items():
@@ -241,7 +260,7 @@ class Artifact:
     _absent: set = field(default_factory=set, repr=False)  # optional files a bundle dropped
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True) -> "Artifact":
+    def open(cls, path: str | Path, verify: bool = True) -> Artifact:
         """Read, validate and check an artifact folder.
 
         Recovers the previous artifact after a kill between the two renames of a swap. Every
@@ -259,8 +278,12 @@ class Artifact:
         raw = read_json(manifest_path, ArtifactError, what="manifest")
         artifact = cls(found, validate_manifest(raw, str(manifest_path)), verify)
         artifact._check_present()
-        model_files = {n for m in artifact.models.values() for g in [m, m.get("text") or m]
-                       for n in [g["path"], *g["external_data"]]}
+        model_files = {
+            n
+            for m in artifact.models.values()
+            for g in [m, m.get("text") or m]
+            for n in [g["path"], *g["external_data"]]
+        }
         artifact._verify_files([n for n in artifact.manifest["files"] if n not in model_files])
         artifact._cross_check()
         return artifact
@@ -312,13 +335,16 @@ class Artifact:
         listed in the manifest) and, if ``verify`` (default: as opened), hash-verified.
         ``graph="text"``: its text-only graph (no vision tower, no ``pixel_values``)."""
         if precision not in self.models:
-            raise ArtifactError(f"{self.path} has no {precision} model; it has "
-                                f"{', '.join(self.precisions) or 'none'}")
+            raise ArtifactError(
+                f"{self.path} has no {precision} model; it has {', '.join(self.precisions) or 'none'}"
+            )
         entry = self.models[precision]
         if graph == "text":
             if not self.has_text_graph(precision):
-                raise ArtifactError(f"{self.path} has no text-only {precision} graph (exported "
-                                    "before text graphs existed): the full graph serves text")
+                raise ArtifactError(
+                    f"{self.path} has no text-only {precision} graph (exported "
+                    "before text graphs existed): the full graph serves text"
+                )
             entry = entry["text"]
         graph = self._member(entry["path"])
         for name in [entry["path"], *entry["external_data"]]:
@@ -331,8 +357,10 @@ class Artifact:
         for location in external_data_locations(graph):
             self._member(location, f"{entry['path']} external data")
             if location not in listed:
-                raise ArtifactError(f"{graph} refers to external data {location!r} that "
-                                    f"{MANIFEST} does not list for {precision}: refusing it")
+                raise ArtifactError(
+                    f"{graph} refers to external data {location!r} that "
+                    f"{MANIFEST} does not list for {precision}: refusing it"
+                )
         return graph
 
     def verify_all(self) -> None:
@@ -355,9 +383,11 @@ class Artifact:
                 raise ArtifactError(f"{path}, listed in {MANIFEST}, is missing")
             size = path.stat().st_size
             if size != entry["bytes"]:
-                raise ArtifactError(f"{path} has {size} bytes, {MANIFEST} records "
-                                    f"{entry['bytes']}: the file is truncated or was replaced; "
-                                    "re-export or re-copy the artifact")
+                raise ArtifactError(
+                    f"{path} has {size} bytes, {MANIFEST} records "
+                    f"{entry['bytes']}: the file is truncated or was replaced; "
+                    "re-export or re-copy the artifact"
+                )
 
     def _verify_files(self, names: list[str], force: bool = False) -> None:
         if not (self.verify or force):
@@ -369,9 +399,11 @@ class Artifact:
         try:
             for name in todo:
                 if cache.digest(name) != self.manifest["files"][name]["sha256"]:
-                    raise ArtifactError(f"{self.path / name} does not match the sha256 in "
-                                        f"{MANIFEST}: the file is corrupt or was replaced; "
-                                        "re-export or re-copy the artifact")
+                    raise ArtifactError(
+                        f"{self.path / name} does not match the sha256 in "
+                        f"{MANIFEST}: the file is corrupt or was replaced; "
+                        "re-export or re-copy the artifact"
+                    )
                 self._verified.add(name)
         finally:
             cache.save()
@@ -386,21 +418,27 @@ class Artifact:
                 raise ArtifactError(f"{path} is missing from the artifact")
         config = _read_json(config_path)
         if config.get("image") != self.manifest["image"]:
-            raise ArtifactError(f"{config_path}: image config {config.get('image')} differs "
-                                f"from the manifest's {self.manifest['image']}: the file "
-                                "belongs to another model")
+            raise ArtifactError(
+                f"{config_path}: image config {config.get('image')} differs "
+                f"from the manifest's {self.manifest['image']}: the file "
+                "belongs to another model"
+            )
         if config.get("max_text_tokens", 48) != self.manifest["max_text_tokens"]:
-            raise ArtifactError(f"{config_path}: max_text_tokens differs from the manifest's "
-                                f"{self.manifest['max_text_tokens']}")
+            raise ArtifactError(
+                f"{config_path}: max_text_tokens differs from the manifest's "
+                f"{self.manifest['max_text_tokens']}"
+            )
         vocabulary = _token_ids(_read_json(token_path))
         from lame_runtime.inputs.text import SPECIAL_TOKENS
 
         for role, token_id in self.manifest["special_tokens"].items():
             token = SPECIAL_TOKENS.get(role)
             if token is not None and vocabulary.get(token) != token_id:
-                raise ArtifactError(f"{token_path}: special token {token} has id "
-                                    f"{vocabulary.get(token)}, the graphs were exported with "
-                                    f"{token_id}: the tokenizer belongs to another model")
+                raise ArtifactError(
+                    f"{token_path}: special token {token} has id "
+                    f"{vocabulary.get(token)}, the graphs were exported with "
+                    f"{token_id}: the tokenizer belongs to another model"
+                )
 
 
 def _read_json(path: Path) -> dict:
@@ -422,5 +460,14 @@ def _token_ids(tokenizer: dict) -> dict[str, int]:
     return ids
 
 
-__all__ = ["Artifact", "ArtifactError", "TensorSpec", "MANIFEST", "FORMAT_VERSION", "PRECISIONS",
-           "HASH_CACHE", "validate_manifest", "sha256"]
+__all__ = [
+    "Artifact",
+    "ArtifactError",
+    "TensorSpec",
+    "MANIFEST",
+    "FORMAT_VERSION",
+    "PRECISIONS",
+    "HASH_CACHE",
+    "validate_manifest",
+    "sha256",
+]

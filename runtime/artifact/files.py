@@ -4,6 +4,7 @@ No ``onnx`` package here (the runtime does not depend on it): the external-data 
 a graph are read with a small protobuf wire-format walker that skips tensor payloads by length,
 so a 2 GB graph is never parsed or copied; only its structure is visited.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from lame_runtime.errors import ArtifactError
 from lame_runtime.artifact.paths import contained_path
 from lame_runtime.artifact.persist import atomic_write_json, sha256
+from lame_runtime.errors import ArtifactError
 
 HASH_CACHE = ".lame_hashes.json"
 
@@ -24,8 +25,7 @@ HASH_CACHE = ".lame_hashes.json"
 def member_path(root: Path, relative: object, what: str) -> Path:
     """``root / relative`` if ``relative`` plainly names a file inside ``root`` (no ``..``);
     ArtifactError if not."""
-    return contained_path(root, relative, what, folder="artifact", error=ArtifactError,
-                          allow_dotdot=False)
+    return contained_path(root, relative, what, folder="artifact", error=ArtifactError, allow_dotdot=False)
 
 
 # ------------------------------------------------------------- ONNX external-data references
@@ -133,9 +133,12 @@ def external_data_locations(path: str | Path) -> list[str]:
                 if number == _MODEL_GRAPH:
                     locations = _graph_locations(wire, s, e)
                 elif number == _MODEL_FUNCTIONS:
-                    locations = (loc for field, a, b in wire.fields(s, e)
-                                 if field == _FUNCTION_NODE
-                                 for loc in _node_locations(wire, a, b))
+                    locations = (
+                        loc
+                        for field, a, b in wire.fields(s, e)
+                        if field == _FUNCTION_NODE
+                        for loc in _node_locations(wire, a, b)
+                    )
                 else:
                     continue
                 for location in locations:
@@ -180,15 +183,22 @@ class HashCache:
     @staticmethod
     def _stamp(path: Path) -> dict:
         stat = path.stat()
-        return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
+        return {
+            "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "ctime_ns": stat.st_ctime_ns,
+            "inode": stat.st_ino,
+        }
 
     def digest(self, relative: str) -> str:
         path = self.root / relative
         stamp = self._stamp(path)
         for entry in (self.entries.get(relative), HashCache._memory.get(str(path.resolve()))):
-            if isinstance(entry, dict) and all(entry.get(k) == v for k, v in stamp.items()) \
-                    and isinstance(entry.get("sha256"), str):
+            if (
+                isinstance(entry, dict)
+                and all(entry.get(k) == v for k, v in stamp.items())
+                and isinstance(entry.get("sha256"), str)
+            ):
                 return entry["sha256"]
         digest = sha256(path)
         with HashCache._lock:
@@ -212,6 +222,5 @@ class HashCache:
     @staticmethod
     def write(root: Path, hashes: dict[str, str]) -> None:
         """Seed the cache with hashes the exporter computed (so the first load is free too)."""
-        entries = {rel: {**HashCache._stamp(root / rel), "sha256": digest}
-                   for rel, digest in hashes.items()}
+        entries = {rel: {**HashCache._stamp(root / rel), "sha256": digest} for rel, digest in hashes.items()}
         atomic_write_json(root / HASH_CACHE, {"version": 1, "files": entries}, indent=None)

@@ -10,6 +10,7 @@ Rules every writer follows, so that a kill at any instant loses nothing:
   tear, and files no longer pointed at are deleted only after the pointer is in place;
 * staging is removed on every error path.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -88,8 +89,9 @@ def atomic_write_file(path: str | Path, write: Writer, mode: int | None = None) 
     ``mode``: default ``default_file_mode()`` (what a plain ``open`` would give)."""
     path = Path(path)
     mode = default_file_mode() if mode is None else mode
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False)
+    handle = tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
     try:
         with handle:
             write(handle)
@@ -140,8 +142,10 @@ def check_replaceable(path: str | Path, marker: str) -> None:
         return
     if path.is_dir() and (not any(path.iterdir()) or (path / marker).is_file()):
         return
-    raise FileExistsError(f"{path} exists and is not a LaME output (no {marker}); refusing to "
-                          "replace it: choose another directory")
+    raise FileExistsError(
+        f"{path} exists and is not a LaME output (no {marker}); refusing to "
+        "replace it: choose another directory"
+    )
 
 
 def atomic_write_dir(final: str | Path, write: Callable[[Path], None], marker: str) -> Path:
@@ -190,12 +194,18 @@ def recover_dir(final: str | Path) -> Path | None:
         try:
             old.rename(final)
             fsync_dir(final.parent)
-            warnings.warn(f"{final} was missing after an interrupted save; restored the "
-                          "previous complete version", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{final} was missing after an interrupted save; restored the previous complete version",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return final
         except OSError:
-            warnings.warn(f"{final} is missing but {old} is complete (interrupted save); "
-                          "using it", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{final} is missing but {old} is complete (interrupted save); using it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return old
     return None
 
@@ -207,8 +217,7 @@ def remove_staging(final: str | Path) -> None:
 
 
 # ------------------------------------------------------------- pointer + versioned files
-def save_versioned(meta_path: str | Path, blobs: dict[str, Writer],
-                   meta: dict[str, Any]) -> dict[str, Any]:
+def save_versioned(meta_path: str | Path, blobs: dict[str, Writer], meta: dict[str, Any]) -> dict[str, Any]:
     """Write each blob as ``<stem>.<token>.<key>``, then ``meta_path`` (JSON) pointing at them.
 
     ``meta["files"][key] = {"path", "sha256", "bytes"}`` is filled in. Blobs of earlier saves
@@ -225,8 +234,7 @@ def save_versioned(meta_path: str | Path, blobs: dict[str, Writer],
             path = folder / f"{stem}.{token}.{key}"
             atomic_write_file(path, write)
             written.append(path)
-            files[key] = {"path": path.name, "sha256": sha256(path),
-                          "bytes": path.stat().st_size}
+            files[key] = {"path": path.name, "sha256": sha256(path), "bytes": path.stat().st_size}
         meta = {**meta, "files": files}
         atomic_write_json(meta_path, meta, indent=None)
     except BaseException:
@@ -242,12 +250,11 @@ def save_versioned(meta_path: str | Path, blobs: dict[str, Writer],
 
 
 def _is_token_name(name: str, stem: str, key: str) -> bool:
-    middle = name[len(stem) + 1:-(len(key) + 1)]
+    middle = name[len(stem) + 1 : -(len(key) + 1)]
     return len(middle) == 12 and all(c in "0123456789abcdef" for c in middle)
 
 
-def versioned_file(meta_path: str | Path, meta: dict[str, Any], key: str,
-                   verify: bool = True) -> Path:
+def versioned_file(meta_path: str | Path, meta: dict[str, Any], key: str, verify: bool = True) -> Path:
     """The blob ``key`` that ``meta`` (read from ``meta_path``) points at, hash-checked.
 
     The name must be a plain file name in the same folder: a metadata file cannot point a
@@ -264,8 +271,7 @@ def versioned_file(meta_path: str | Path, meta: dict[str, Any], key: str,
     if not path.is_file():
         raise MissingFileError(f"{path}, named by {meta_path}, is missing")
     if verify and sha256(path) != entry.get("sha256"):
-        raise IntegrityError(f"{path} does not match the sha256 in {meta_path}: corrupt or "
-                               "replaced")
+        raise IntegrityError(f"{path} does not match the sha256 in {meta_path}: corrupt or replaced")
     return path
 
 
@@ -301,8 +307,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     return result
 
 
-def read_json(path: str | Path, error: type[LameError] = InputError, kind: type | None = None,
-              what: str = "") -> Any:
+def read_json(
+    path: str | Path, error: type[LameError] = InputError, kind: type | None = None, what: str = ""
+) -> Any:
     """One JSON file, read at the boundary: a missing file raises ``MissingFileError``;
     unreadable, not UTF-8, not JSON, too deep, or (with ``kind``) not a ``kind`` raises
     ``error`` naming the path. ``what`` names the file's role in the messages."""
@@ -318,8 +325,7 @@ def read_json(path: str | Path, error: type[LameError] = InputError, kind: type 
         raise error(f"cannot read {label}: {err.strerror or err}") from err
     value = parse_json(text, label, error)
     if kind is not None and not isinstance(value, kind):
-        raise error(f"{label} must hold a JSON {_json_kind(kind)}, got "
-                    f"{_json_kind(type(value))}")
+        raise error(f"{label} must hold a JSON {_json_kind(kind)}, got {_json_kind(type(value))}")
     return value
 
 
@@ -350,8 +356,11 @@ def check_npz(path: str | Path, error: type[LameError] = InputError) -> dict[str
                 name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
                 with archive.open(info) as member:
                     version = np.lib.format.read_magic(member)
-                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                              else np.lib.format.read_array_header_2_0)
+                    header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shape, _, dtype = header(member, max_header_size=10_000)
                     offset = member.tell()
                 if dtype.hasobject:
@@ -360,8 +369,10 @@ def check_npz(path: str | Path, error: type[LameError] = InputError) -> dict[str
                 stored = info.file_size - offset
                 bound = info.compress_size * MAX_DEFLATE_RATIO + 1024
                 if claimed != stored or claimed > bound:
-                    raise error(f"{path}: array {name!r} claims shape {tuple(shape)} "
-                                f"({claimed:,} bytes) but holds {max(stored, 0):,}: corrupt file")
+                    raise error(
+                        f"{path}: array {name!r} claims shape {tuple(shape)} "
+                        f"({claimed:,} bytes) but holds {max(stored, 0):,}: corrupt file"
+                    )
                 out[name] = (tuple(shape), dtype)
     except LameError:
         raise
@@ -384,7 +395,7 @@ class writer_lock:
         self.path = target.parent / f".{target.name}.lock"
         self._fd: int | None = None
 
-    def __enter__(self) -> "writer_lock":
+    def __enter__(self) -> writer_lock:
         import fcntl
         import sys
 
@@ -395,8 +406,10 @@ class writer_lock:
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise BusyError(f"{self.path.parent / self.path.name[1:-5]} is being written by "
-                            f"another process ({holder}); wait for it to finish") from None
+            raise BusyError(
+                f"{self.path.parent / self.path.name[1:-5]} is being written by "
+                f"another process ({holder}); wait for it to finish"
+            ) from None
         except BaseException:
             os.close(fd)
             raise

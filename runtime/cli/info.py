@@ -1,5 +1,6 @@
 """``lame-search info ART``: the embedding sizes the artifact serves and its memory budget per
 precision."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,12 @@ import click
 
 @click.command("info")
 @click.argument("model", type=click.Path())
-@click.option("--measure", is_flag=True,
-              help="Also open each precision in a fresh process, embed 8 texts and 2 images, "
-                   "and report its peak RSS (seconds to minutes at 2B widths).")
+@click.option(
+    "--measure",
+    is_flag=True,
+    help="Also open each precision in a fresh process, embed 8 texts and 2 images, "
+    "and report its peak RSS (seconds to minutes at 2B widths).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info_command(model, measure, as_json) -> int:
     """The embedding sizes served (the full size and any Matryoshka prefixes), then per
@@ -24,22 +28,33 @@ def info_command(model, measure, as_json) -> int:
     artifact = Artifact.open(model, verify=False)
     rows = memory_budget(artifact.path, measure=measure)
     if as_json:
-        click.echo(json.dumps({"model": model, "embedding_dim": artifact.dim,
-                               "dimensions": list(artifact.dimensions), "precisions": rows},
-                              indent=1))
+        click.echo(
+            json.dumps(
+                {
+                    "model": model,
+                    "embedding_dim": artifact.dim,
+                    "dimensions": list(artifact.dimensions),
+                    "precisions": rows,
+                },
+                indent=1,
+            )
+        )
         return 0
     sizes = ", ".join(map(str, artifact.dimensions))
-    click.echo(f"embedding sizes: {sizes}" + (" (Matryoshka: pass --dimensions / dimensions=)"
-                                              if len(artifact.dimensions) > 1 else ""))
+    click.echo(
+        f"embedding sizes: {sizes}"
+        + (" (Matryoshka: pass --dimensions / dimensions=)" if len(artifact.dimensions) > 1 else "")
+    )
     mib = lambda n: f"{n / 2**20:,.1f}"  # noqa: E731
     head = f"{'precision':<10} {'full MiB':>10} {'text MiB':>10} {'shared':>7} {'weights MiB':>12}"
     click.echo(head + (f" {'peak RSS MiB':>13} {'first query s':>14}" if measure else ""))
     for row in rows:
-        line = (f"{row['precision']:<10} {mib(row['full_graph_bytes']):>10} "
-                f"{mib(row['text_graph_bytes']):>10} {'yes' if row['text_weights_shared'] else 'no':>7} "
-                f"{mib(row['resident_weights_bytes']):>12}")
+        line = (
+            f"{row['precision']:<10} {mib(row['full_graph_bytes']):>10} "
+            f"{mib(row['text_graph_bytes']):>10} {'yes' if row['text_weights_shared'] else 'no':>7} "
+            f"{mib(row['resident_weights_bytes']):>12}"
+        )
         if measure:
-            line += (f" {row['measured']['peak_rss_mb']:>13,.1f} "
-                     f"{row['measured']['encode_s']:>14}")
+            line += f" {row['measured']['peak_rss_mb']:>13,.1f} {row['measured']['encode_s']:>14}"
         click.echo(line)
     return 0

@@ -4,6 +4,7 @@ Torch-free like the rest of ``lame_runtime`` (and it must not import ``lame`` ei
 small ``invoke`` helper below mirrors ``lame.cli.invoke``: library errors become one line on
 stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,44 +14,52 @@ from typing import Any, Iterator, Sequence
 
 import click
 
-from lame_runtime.cli.tools import invoke
 from lame_runtime.artifact.contract import PRECISIONS, ArtifactError
-from lame_runtime.retrieval.index import STORAGES, index_exists
-from lame_runtime.errors import BackendError, InputError, IntegrityError, MissingFileError
 from lame_runtime.artifact.paths import contained_path
 from lame_runtime.artifact.persist import parse_json
 from lame_runtime.cli.info import info_command
-from lame_runtime.cli.tensorrt import (build_engine_command, embedder_options, gpu_options,
-                                       triton_command)
+from lame_runtime.cli.tensorrt import build_engine_command, embedder_options, gpu_options, triton_command
+from lame_runtime.cli.tools import invoke
+from lame_runtime.errors import BackendError, InputError, IntegrityError, MissingFileError
+from lame_runtime.retrieval.index import STORAGES, index_exists
 
 PROG = "lame-search"
 ANN_KINDS = ("flat", "hnsw")  # lame_runtime.retrieval.ann.KINDS (not imported: faiss stays optional)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 EVAL_FILE = "eval.jsonl"
-USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, ArtifactError,
-               BackendError)
+USER_ERRORS = (
+    ValueError,
+    TypeError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    ArtifactError,
+    BackendError,
+)
 
 
 # --------------------------------------------------------------------------- items to index
-def image_items(root: Path, pattern: str = "*"
-                ) -> list[tuple[str, dict[str, Any], str | None, str | None]]:
+def image_items(root: Path, pattern: str = "*") -> list[tuple[str, dict[str, Any], str | None, str | None]]:
     """Every image under ``root`` matching ``pattern`` (recursive, sorted):
     (id, payload, text, image)."""
     if not root.is_dir():
         raise MissingFileError(f"image directory not found: {root}")
     base = root.resolve()
-    files = sorted((p for p in root.rglob(pattern)
-                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                   key=lambda p: p.relative_to(root).as_posix())
+    files = sorted(
+        (p for p in root.rglob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
     outside = [p for p in files if base not in p.resolve().parents]
     if outside:  # a symlink inside the folder must not pull in files from elsewhere
-        raise IntegrityError(f"{outside[0]} links outside the image directory {root} (to "
-                             f"{outside[0].resolve()}); remove the link or index its target")
+        raise IntegrityError(
+            f"{outside[0]} links outside the image directory {root} (to "
+            f"{outside[0].resolve()}); remove the link or index its target"
+        )
     if not files:
-        raise InputError(f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images matching "
-                         f"{pattern!r} in {root}")
-    return [(p.relative_to(root).as_posix(), {"path": str(p.resolve())}, None, str(p))
-            for p in files]
+        raise InputError(
+            f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images matching {pattern!r} in {root}"
+        )
+    return [(p.relative_to(root).as_posix(), {"path": str(p.resolve())}, None, str(p)) for p in files]
 
 
 def dataset_items(root: Path) -> list[tuple[str, dict[str, Any], str | None, str | None]]:
@@ -61,8 +70,11 @@ def dataset_items(root: Path) -> list[tuple[str, dict[str, Any], str | None, str
     items: dict[str, tuple[str, dict[str, Any], str | None, str | None]] = {}
     for where, candidate in _eval_candidates(root):
         text, image = candidate.get("text"), candidate.get("image")
-        if (text is not None and not isinstance(text, str)) or \
-                (image is not None and not isinstance(image, str)) or not (text or image):
+        if (
+            (text is not None and not isinstance(text, str))
+            or (image is not None and not isinstance(image, str))
+            or not (text or image)
+        ):
             raise InputError(f"{where}: a candidate needs a string 'text' and/or 'image'")
         payload: dict[str, Any] = {}
         if image:
@@ -73,8 +85,7 @@ def dataset_items(root: Path) -> list[tuple[str, dict[str, Any], str | None, str
         if text:
             payload["text"] = text
         item_id = " :: ".join(part for part in (image, text) if part)
-        items.setdefault(item_id, (item_id, payload, text or None, str(root / image)
-                                   if image else None))
+        items.setdefault(item_id, (item_id, payload, text or None, str(root / image) if image else None))
     if not items:
         raise InputError(f"{root / EVAL_FILE} has no candidates")
     return list(items.values())
@@ -112,83 +123,166 @@ def command() -> None:
 
 @command.command("index")
 @click.option("--model", "model", required=True, help="Export artifact directory (lame-export).")
-@click.option("--images", "images_dir", default=None,
-              help="Index every png/jpg/jpeg/bmp image under this directory.")
-@click.option("--pattern", default="*", show_default=True,
-              help="With --images: only files whose name matches this glob (e.g. 'eval_*').")
-@click.option("--data", "data_dir", default=None,
-              help="Index every distinct candidate in this dataset's eval.jsonl.")
-@click.option("--out", "out", default=None,
-              help="Index path: a directory, or a prefix for <prefix>.npz + <prefix>.json.")
+@click.option(
+    "--images", "images_dir", default=None, help="Index every png/jpg/jpeg/bmp image under this directory."
+)
+@click.option(
+    "--pattern",
+    default="*",
+    show_default=True,
+    help="With --images: only files whose name matches this glob (e.g. 'eval_*').",
+)
+@click.option(
+    "--data", "data_dir", default=None, help="Index every distinct candidate in this dataset's eval.jsonl."
+)
+@click.option(
+    "--out",
+    "out",
+    default=None,
+    help="Index path: a directory, or a prefix for <prefix>.npz + <prefix>.json.",
+)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
-@click.option("--storage", type=click.Choice(STORAGES), default="float32", show_default=True,
-              help="How the index stores vectors.")
+@click.option(
+    "--storage",
+    type=click.Choice(STORAGES),
+    default="float32",
+    show_default=True,
+    help="How the index stores vectors.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing index at --out.")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted build of --out from its last checkpoint.")
-@click.option("--skip-bad", is_flag=True,
-              help="Skip unreadable/invalid items and list them in <index>.skipped.jsonl.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Save the partial index every N items (for --resume); the interval also "
-                   "grows to 10 percent of the items done, since each save rewrites the index.")
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted build of --out from its last checkpoint."
+)
+@click.option(
+    "--skip-bad", is_flag=True, help="Skip unreadable/invalid items and list them in <index>.skipped.jsonl."
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="Save the partial index every N items (for --resume); the interval also "
+    "grows to 10 percent of the items done, since each save rewrites the index.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@click.option("--ann", type=click.Choice(ANN_KINDS), default=None,
-              help="Build a FAISS index (lame_runtime.retrieval.ann) instead of the exact one: 'flat' "
-                   "(exhaustive; --storage float16/int8 = scalar quantizer) or 'hnsw' "
-                   "(approximate graph).")
-@click.option("--hnsw-m", type=click.IntRange(min=2), default=32, show_default=True,
-              help="With --ann hnsw: graph degree.")
-@click.option("--ef-search", type=click.IntRange(min=1), default=64, show_default=True,
-              help="With --ann hnsw: default query beam (recall vs speed).")
-@click.option("--qdrant", "qdrant", default=None,
-              help="Write to a Qdrant collection instead: a folder (embedded local mode, no "
-                   "server) or an http(s):// URL. Needs `pip install lame-embed[qdrant]`.")
-@click.option("--collection", default="lame", show_default=True,
-              help="With --qdrant: the collection name.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Image decode threads (default: one per core).")
-@click.option("--dimensions", type=click.IntRange(min=1), default=None,
-              help="Store this Matryoshka size (one of the manifest's matryoshka_dims): "
-                   "smaller index, queries are cut to it. Default: the full embedding.")
+@click.option(
+    "--ann",
+    type=click.Choice(ANN_KINDS),
+    default=None,
+    help="Build a FAISS index (lame_runtime.retrieval.ann) instead of the exact one: 'flat' "
+    "(exhaustive; --storage float16/int8 = scalar quantizer) or 'hnsw' "
+    "(approximate graph).",
+)
+@click.option(
+    "--hnsw-m",
+    type=click.IntRange(min=2),
+    default=32,
+    show_default=True,
+    help="With --ann hnsw: graph degree.",
+)
+@click.option(
+    "--ef-search",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="With --ann hnsw: default query beam (recall vs speed).",
+)
+@click.option(
+    "--qdrant",
+    "qdrant",
+    default=None,
+    help="Write to a Qdrant collection instead: a folder (embedded local mode, no "
+    "server) or an http(s):// URL. Needs `pip install lame-embed[qdrant]`.",
+)
+@click.option("--collection", default="lame", show_default=True, help="With --qdrant: the collection name.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Image decode threads (default: one per core).",
+)
+@click.option(
+    "--dimensions",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Store this Matryoshka size (one of the manifest's matryoshka_dims): "
+    "smaller index, queries are cut to it. Default: the full embedding.",
+)
 @gpu_options
-def index_command(model, images_dir, pattern, data_dir, out, precision, storage, batch_size,
-                  force, resume, skip_bad, checkpoint_every, progress, ann, hnsw_m, ef_search,
-                  qdrant, collection, workers, dimensions, **gpu) -> int:
+def index_command(
+    model,
+    images_dir,
+    pattern,
+    data_dir,
+    out,
+    precision,
+    storage,
+    batch_size,
+    force,
+    resume,
+    skip_bad,
+    checkpoint_every,
+    progress,
+    ann,
+    hnsw_m,
+    ef_search,
+    qdrant,
+    collection,
+    workers,
+    dimensions,
+    **gpu,
+) -> int:
     """Embed documents (images or dataset candidates) and save a searchable index."""
     from lame_runtime.embedder import Embedder
-    from lame_runtime.retrieval.indexing import BuildOptions, build_index, build_qdrant
     from lame_runtime.inputs.pipeline import PipelineOptions
+    from lame_runtime.retrieval.indexing import BuildOptions, build_index, build_qdrant
 
     if (images_dir is None) == (data_dir is None):
         raise InputError("give exactly one of --images DIR or --data DIR")
     if force and resume:
         raise InputError("give at most one of --force and --resume")
     if (out is None) == (qdrant is None):
-        raise InputError("give exactly one of --out PATH (a local index) or --qdrant "
-                         "PATH_OR_URL (a Qdrant collection)")
+        raise InputError(
+            "give exactly one of --out PATH (a local index) or --qdrant PATH_OR_URL (a Qdrant collection)"
+        )
     if qdrant is not None and (resume or ann):
-        raise InputError("--qdrant cannot be combined with --resume or --ann (Qdrant upserts "
-                         "are idempotent: run the same command again to finish a build)")
+        raise InputError(
+            "--qdrant cannot be combined with --resume or --ann (Qdrant upserts "
+            "are idempotent: run the same command again to finish a build)"
+        )
     existing = index_exists(out) if out is not None else None
     if existing and not (force or resume):
-        raise FileExistsError(f"{existing} exists; pass --force to overwrite it or --resume "
-                              "to continue building it")
-    embedder = Embedder(model, precision=precision, **embedder_options(**gpu),
-                        pipeline_options=PipelineOptions(workers=workers))
-    items = (image_items(Path(images_dir), pattern) if images_dir
-             else dataset_items(Path(data_dir)))
-    source = ({"kind": "images", "source": str(Path(images_dir).resolve()), "pattern": pattern}
-              if images_dir else
-              {"kind": "data", "source": str(Path(data_dir).resolve()), "pattern": None})
+        raise FileExistsError(
+            f"{existing} exists; pass --force to overwrite it or --resume to continue building it"
+        )
+    embedder = Embedder(
+        model,
+        precision=precision,
+        **embedder_options(**gpu),
+        pipeline_options=PipelineOptions(workers=workers),
+    )
+    items = image_items(Path(images_dir), pattern) if images_dir else dataset_items(Path(data_dir))
+    source = (
+        {"kind": "images", "source": str(Path(images_dir).resolve()), "pattern": pattern}
+        if images_dir
+        else {"kind": "data", "source": str(Path(data_dir).resolve()), "pattern": None}
+    )
     ann_config = None
     if ann is not None:
         from lame_runtime.retrieval.ann import AnnConfig
 
         ann_config = AnnConfig(kind=ann, storage=storage, hnsw_m=hnsw_m, ef_search=ef_search)
-    options = BuildOptions(storage=storage, batch_size=batch_size,
-                           checkpoint_every=checkpoint_every, skip_bad=skip_bad,
-                           resume=resume, force=force, ann=ann_config, dimensions=dimensions)
+    options = BuildOptions(
+        storage=storage,
+        batch_size=batch_size,
+        checkpoint_every=checkpoint_every,
+        skip_bad=skip_bad,
+        resume=resume,
+        force=force,
+        ann=ann_config,
+        dimensions=dimensions,
+    )
     size = embedder.check_dimensions(dimensions)  # an unsupported size: one line, no work
     with _progress(progress, len(items), "embedding") as bar:
         if qdrant is not None:
@@ -205,29 +299,59 @@ def index_command(model, images_dir, pattern, data_dir, out, precision, storage,
 @command.command("query")
 @click.argument("text", required=False)
 @click.option("--model", "model", required=True, help="Export artifact directory (lame-export).")
-@click.option("--index", "index_path", default=None,
-              help="Index written by `lame-search index --out` (exact or --ann).")
-@click.option("--qdrant", "qdrant", default=None,
-              help="Query a Qdrant collection instead: folder (local mode) or http(s):// URL.")
-@click.option("--collection", default="lame", show_default=True,
-              help="With --qdrant: the collection name.")
-@click.option("--ef-search", type=click.IntRange(min=1), default=None,
-              help="For an HNSW index: query beam (default: the one it was built with).")
+@click.option(
+    "--index", "index_path", default=None, help="Index written by `lame-search index --out` (exact or --ann)."
+)
+@click.option(
+    "--qdrant",
+    "qdrant",
+    default=None,
+    help="Query a Qdrant collection instead: folder (local mode) or http(s):// URL.",
+)
+@click.option("--collection", default="lame", show_default=True, help="With --qdrant: the collection name.")
+@click.option(
+    "--ef-search",
+    type=click.IntRange(min=1),
+    default=None,
+    help="For an HNSW index: query beam (default: the one it was built with).",
+)
 @click.option("--image", "image", default=None, help="Query image (alone or with TEXT).")
 @click.option("-k", "--k", "k", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option("--instruction", default=None,
-              help="Query instruction; default: the one trained for the query's modality "
-                   "(text->image, image->text, ...). Pass '' for none.")
-@click.option("--task", default=None,
-              help="Use the instruction of this training task (see the artifact's manifest).")
-@click.option("--image-to-image", "image_to_image", is_flag=True,
-              help="Find images like --image: embed it exactly as the indexed images were "
-                   "(the document instruction), so an indexed image finds itself first.")
+@click.option(
+    "--instruction",
+    default=None,
+    help="Query instruction; default: the one trained for the query's modality "
+    "(text->image, image->text, ...). Pass '' for none.",
+)
+@click.option(
+    "--task", default=None, help="Use the instruction of this training task (see the artifact's manifest)."
+)
+@click.option(
+    "--image-to-image",
+    "image_to_image",
+    is_flag=True,
+    help="Find images like --image: embed it exactly as the indexed images were "
+    "(the document instruction), so an indexed image finds itself first.",
+)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @gpu_options
-def query_command(text, model, index_path, qdrant, collection, ef_search, image, k, instruction,
-                  task, image_to_image, precision, as_json, **gpu) -> int:
+def query_command(
+    text,
+    model,
+    index_path,
+    qdrant,
+    collection,
+    ef_search,
+    image,
+    k,
+    instruction,
+    task,
+    image_to_image,
+    precision,
+    as_json,
+    **gpu,
+) -> int:
     """Embed TEXT and/or --image as a query and print the top-k documents."""
     from lame_runtime.embedder import Embedder
 
@@ -240,14 +364,17 @@ def query_command(text, model, index_path, qdrant, collection, ef_search, image,
     if (index_path is None) == (qdrant is None):
         raise InputError("give exactly one of --index PATH or --qdrant PATH_OR_URL")
     if image_to_image and (image is None or text or instruction is not None or task):
-        raise InputError("--image-to-image takes --image alone (no TEXT, --instruction or "
-                         "--task): the image is embedded as the indexed documents were")
+        raise InputError(
+            "--image-to-image takes --image alone (no TEXT, --instruction or "
+            "--task): the image is embedded as the indexed documents were"
+        )
     if qdrant is not None:
         from lame_runtime.retrieval.qdrant_store import QdrantStore, is_url
 
         if not is_url(qdrant) and not Path(qdrant).is_dir():
-            raise MissingFileError(f"Qdrant folder not found: {qdrant} (build it with "
-                                   "`lame-search index --qdrant`)")
+            raise MissingFileError(
+                f"Qdrant folder not found: {qdrant} (build it with `lame-search index --qdrant`)"
+            )
         index = QdrantStore(qdrant, collection)
     else:
         from lame_runtime.retrieval.ann import load_any
@@ -255,27 +382,34 @@ def query_command(text, model, index_path, qdrant, collection, ef_search, image,
         index = load_any(index_path)
     embedder = Embedder(model, precision=precision, **embedder_options(**gpu))
     if index.dim not in embedder.dimensions:
-        raise InputError(f"the model embeds in {embedder.dim} dims (serves "
-                         f"{list(embedder.dimensions)}) but the index holds {index.dim}-dim "
-                         "vectors: it was built with another model")
+        raise InputError(
+            f"the model embeds in {embedder.dim} dims (serves "
+            f"{list(embedder.dimensions)}) but the index holds {index.dim}-dim "
+            "vectors: it was built with another model"
+        )
     if image_to_image:  # the same embedding the index holds for an indexed image
         instruction = embedder.artifact.instruction("document") or ""
-    vector = embedder.encode_queries(texts=[text or None], images=[image],
-                                     instruction=instruction, task=task,
-                                     dimensions=index.dim)  # a Matryoshka index's size
+    vector = embedder.encode_queries(
+        texts=[text or None], images=[image], instruction=instruction, task=task, dimensions=index.dim
+    )  # a Matryoshka index's size
     if ef_search is not None and hasattr(index, "config"):
         scores, ids = index.search(vector, k, ef_search=ef_search)
     else:
         scores, ids = index.search(vector, k)
-    results = [{"rank": rank, "score": float(score), "id": item_id,
-                "payload": index.payload(item_id)}
-               for rank, (score, item_id) in enumerate(zip(scores[0], ids[0]), 1)]
+    results = [
+        {"rank": rank, "score": float(score), "id": item_id, "payload": index.payload(item_id)}
+        for rank, (score, item_id) in enumerate(zip(scores[0], ids[0]), 1)
+    ]
     if hasattr(index, "close"):
         index.close()
     if as_json:
         used = embedder.query_instructions([text or None], [image], instruction, task)[0]
-        click.echo(json.dumps({"query": {"text": text, "image": image, "instruction": used},
-                               "results": results}, ensure_ascii=False))
+        click.echo(
+            json.dumps(
+                {"query": {"text": text, "image": image, "instruction": used}, "results": results},
+                ensure_ascii=False,
+            )
+        )
     else:
         click.echo(format_table(results))
     return 0
@@ -290,12 +424,13 @@ def format_table(results: list[dict[str, Any]]) -> str:
         extra = "" if redundant else _short(json.dumps(payload, ensure_ascii=False))
         rows.append((str(r["rank"]), f"{r['score']:.4f}", r["id"], extra))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(f"{a:>{widths[0]}}  {b:>{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip()
-                     for a, b, c, d in rows)
+    return "\n".join(
+        f"{a:>{widths[0]}}  {b:>{widths[1]}}  {c:<{widths[2]}}  {d}".rstrip() for a, b, c, d in rows
+    )
 
 
 def _short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _progress(enabled: bool, length: int, label: str):
@@ -310,7 +445,7 @@ def _progress(enabled: bool, length: int, label: str):
 class _NoBar:
     """Stand-in for click.progressbar(hidden=True), which needs click >= 8.2."""
 
-    def __enter__(self) -> "_NoBar":
+    def __enter__(self) -> _NoBar:
         return self
 
     def __exit__(self, *exc: object) -> None:

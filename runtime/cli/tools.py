@@ -18,6 +18,7 @@ become one line on stderr, never a traceback:
 ``--debug`` (anywhere on the command line, removed before click parses it) or the environment
 variable ``LAME_DEBUG=1`` also prints the traceback.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,12 @@ def debug_enabled(argv: list[str]) -> tuple[bool, list[str]]:
     return wanted or env, [a for a in argv if a != DEBUG_FLAG]
 
 
-def invoke(command: click.Command, argv: Sequence[str] | None, prog: str,
-           user_errors: tuple[type[BaseException], ...] = ()) -> int:
+def invoke(
+    command: click.Command,
+    argv: Sequence[str] | None,
+    prog: str,
+    user_errors: tuple[type[BaseException], ...] = (),
+) -> int:
     import sys
 
     args = list(argv) if argv is not None else sys.argv[1:]
@@ -57,8 +62,7 @@ def invoke(command: click.Command, argv: Sequence[str] | None, prog: str,
         return 2
     except click.UsageError as err:
         hint = err.ctx.command_path if err.ctx is not None else prog
-        click.echo(f"{prog}: error: {_one_line(err.format_message())} (see {hint} --help)",
-                   err=True)
+        click.echo(f"{prog}: error: {_one_line(err.format_message())} (see {hint} --help)", err=True)
         return 2
     except click.ClickException as err:
         click.echo(f"{prog}: error: {_one_line(err.format_message())}", err=True)
@@ -69,8 +73,7 @@ def invoke(command: click.Command, argv: Sequence[str] | None, prog: str,
         # KeyError's str() adds quotes around the message; show the message itself.
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         if isinstance(err, GateError):
-            click.echo(f"{prog}: error: gate failed, nothing written: {_one_line(message)}",
-                       err=True)
+            click.echo(f"{prog}: error: gate failed, nothing written: {_one_line(message)}", err=True)
             return 3
         click.echo(f"{prog}: error: {_one_line(message)}", err=True)
         return 2
@@ -82,15 +85,13 @@ def invoke(command: click.Command, argv: Sequence[str] | None, prog: str,
     except MemoryError:
         if debug:
             traceback.print_exc()
-        click.echo(f"{prog}: error: out of memory (try a smaller --batch-size or input)",
-                   err=True)
+        click.echo(f"{prog}: error: out of memory (try a smaller --batch-size or input)", err=True)
         return 2
     except Exception as err:  # noqa: BLE001  (the last line of defence: no traceback by default)
         if debug:
             traceback.print_exc()
         hint = "" if debug else f" (run with {DEBUG_FLAG} for the traceback)"
-        click.echo(f"{prog}: error: internal error: {type(err).__name__}: {_one_line(err)}{hint}",
-                   err=True)
+        click.echo(f"{prog}: error: internal error: {type(err).__name__}: {_one_line(err)}{hint}", err=True)
         return 1
     return result if isinstance(result, int) else 0
 

@@ -4,12 +4,13 @@ Runs inside Triton's Python backend, whose environment needs ``pip install lame-
 torch-free base install). The logic is ``lame_runtime.deploy.triton.preprocess_request``, tested
 directly in the project; this file only moves tensors in and out of Triton.
 """
+
 import os
 
 import triton_python_backend_utils as pb_utils
 
-from lame_runtime.inputs.preprocess import Preprocessor
 from lame_runtime.deploy.triton import IMAGE_INPUT, TEXT_INPUT, preprocess_request
+from lame_runtime.inputs.preprocess import Preprocessor
 
 
 class TritonPythonModel:
@@ -23,12 +24,18 @@ class TritonPythonModel:
             try:
                 texts = pb_utils.get_input_tensor_by_name(request, TEXT_INPUT)
                 images = pb_utils.get_input_tensor_by_name(request, IMAGE_INPUT)
-                feed = preprocess_request(self.preprocessor,
-                                          texts.as_numpy() if texts is not None else None,
-                                          images.as_numpy() if images is not None else None)
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(name, value) for name, value in feed.items()]))
+                feed = preprocess_request(
+                    self.preprocessor,
+                    texts.as_numpy() if texts is not None else None,
+                    images.as_numpy() if images is not None else None,
+                )
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[pb_utils.Tensor(name, value) for name, value in feed.items()]
+                    )
+                )
             except Exception as err:  # one bad request must not fail the others in the batch
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(str(err))))
+                responses.append(
+                    pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(err)))
+                )
         return responses

@@ -5,6 +5,7 @@ ONNX Runtime (providers from :mod:`lame_runtime.engines.providers`) or a native 
 The feed is checked against the artifact's input specs *before* it reaches a backend, so a
 wrong dtype or rank is reported by name instead of failing deep inside ONNX Runtime.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,14 +14,26 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from lame_runtime.artifact.contract import Artifact, TensorSpec
-from lame_runtime.errors import ArtifactError, BackendError
 from lame_runtime.artifact.persist import sha256
-from lame_runtime.engines.providers import (CACHE_DIR_NAME, ProviderDefaults, check_fallback,
-                                    normalize_providers, prepare_cache_dir, profile_shape_options,
-                                    resolve_providers)
+from lame_runtime.engines.providers import (
+    CACHE_DIR_NAME,
+    ProviderDefaults,
+    check_fallback,
+    normalize_providers,
+    prepare_cache_dir,
+    profile_shape_options,
+    resolve_providers,
+)
 from lame_runtime.engines.tensorrt.backend import probe_device, running_device
-from lame_runtime.engines.tensorrt.meta import (check_engine_compatible, engine_profiles, profile_shapes,
-                                        rebuild_hint, select_backend, validate_engines_section)
+from lame_runtime.engines.tensorrt.meta import (
+    check_engine_compatible,
+    engine_profiles,
+    profile_shapes,
+    rebuild_hint,
+    select_backend,
+    validate_engines_section,
+)
+from lame_runtime.errors import ArtifactError, BackendError
 
 
 class Backend(Protocol):
@@ -37,8 +50,7 @@ def check_feed(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> None
         raise ValueError(f"feed lacks inputs {missing}")
     unexpected = sorted(set(feed) - {s.name for s in specs})
     if unexpected:
-        raise ValueError(f"feed has unknown inputs {unexpected}; the model takes "
-                         f"{[s.name for s in specs]}")
+        raise ValueError(f"feed has unknown inputs {unexpected}; the model takes {[s.name for s in specs]}")
     batch = None
     for spec in specs:
         value = feed[spec.name]
@@ -47,12 +59,14 @@ def check_feed(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> None
         if value.dtype != np.dtype(spec.dtype):
             raise TypeError(f"input {spec.name!r} must be {spec.dtype}, got {value.dtype}")
         if value.ndim != len(spec.shape):
-            raise ValueError(f"input {spec.name!r} must have {len(spec.shape)} dims "
-                             f"{spec.shape}, got shape {value.shape}")
+            raise ValueError(
+                f"input {spec.name!r} must have {len(spec.shape)} dims {spec.shape}, got shape {value.shape}"
+            )
         for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
             if isinstance(want, int) and want != got:
-                raise ValueError(f"input {spec.name!r} dim {axis} must be {want}, got {got} "
-                                 f"(shape {value.shape})")
+                raise ValueError(
+                    f"input {spec.name!r} dim {axis} must be {want}, got {got} (shape {value.shape})"
+                )
         if batch is not None and value.shape[0] != batch:
             raise ValueError(f"input {spec.name!r} has batch {value.shape[0]}, expected {batch}")
         batch = value.shape[0]
@@ -64,19 +78,30 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: Path, output_name: str, providers: Sequence[Any] | None = None,
-                 threads: int | None = None, spin: bool = True, strict: bool = False,
-                 defaults: ProviderDefaults | None = None, tensorrt_ep: bool = False,
-                 log_severity: int = 3, reported: Sequence[str] = (),
-                 expect: tuple[int, Sequence[Any]] | None = None, shared=None):
+    def __init__(
+        self,
+        model_path: Path,
+        output_name: str,
+        providers: Sequence[Any] | None = None,
+        threads: int | None = None,
+        spin: bool = True,
+        strict: bool = False,
+        defaults: ProviderDefaults | None = None,
+        tensorrt_ep: bool = False,
+        log_severity: int = 3,
+        reported: Sequence[str] = (),
+        expect: tuple[int, Sequence[Any]] | None = None,
+        shared=None,
+    ):
         # expect: (embedding_dim, input specs) from the manifest, checked against the graph.
         # shared: a lame_runtime.engines.shared_weights.SharedWeights whose mapped initializers
         # this session uses in place (one copy for the full and the text graph).
         import onnxruntime as ort
 
         available = ort.get_available_providers()
-        resolved, unavailable = resolve_providers(providers, available, Path(model_path).parent,
-                                                  defaults, tensorrt_ep)
+        resolved, unavailable = resolve_providers(
+            providers, available, Path(model_path).parent, defaults, tensorrt_ep
+        )
         prepare_cache_dir(resolved)
         options = ort.SessionOptions()
         # 3 = errors only: ORT's provider warnings must not reach stdout (`--json` output);
@@ -92,14 +117,19 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(model_path), options, providers=resolved)
         except Exception as err:  # ORT raises its own exception types; name the file
-            raise BackendError(f"ONNX Runtime could not load {model_path} with providers "
-                               f"{[name for name, _ in resolved]}: {err}") from err
+            raise BackendError(
+                f"ONNX Runtime could not load {model_path} with providers "
+                f"{[name for name, _ in resolved]}: {err}"
+            ) from err
         self.output_name = output_name
         self.providers = self.session.get_providers()
         if expect is not None:
             check_graph(self.session, Path(model_path), output_name, *expect)
-        requested = [name for name, _ in normalize_providers(providers)] if providers is not None \
+        requested = (
+            [name for name, _ in normalize_providers(providers)]
+            if providers is not None
             else [name for name, _ in resolved]
+        )
         self.fallback = check_fallback(requested, self.providers, strict, unavailable, reported)
 
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -112,48 +142,64 @@ class OnnxRuntimeBackend:
         return {self.output_name: out}
 
 
-_ORT_TYPES = {"tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(float)": "float32",
-              "tensor(float16)": "float16", "tensor(bool)": "bool"}
+_ORT_TYPES = {
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(bool)": "bool",
+}
 
 
-def check_graph(session: Any, path: Path, output_name: str, dim: int,
-                inputs: Sequence[Any]) -> None:
+def check_graph(session: Any, path: Path, output_name: str, dim: int, inputs: Sequence[Any]) -> None:
     """The manifest must describe the graph it ships: its output name and embedding width, and
     its inputs (names and dtypes). A mismatch would otherwise open fine and fail, or return
     vectors of another width than ``Embedder.dim``, at the first query."""
     outputs = {out.name: out for out in session.get_outputs()}
     if output_name not in outputs:
-        raise ArtifactError(f"{path}: the manifest names output {output_name!r}, the graph's "
-                            f"outputs are {sorted(outputs)}: manifest and graph disagree")
+        raise ArtifactError(
+            f"{path}: the manifest names output {output_name!r}, the graph's "
+            f"outputs are {sorted(outputs)}: manifest and graph disagree"
+        )
     width = (outputs[output_name].shape or [None])[-1]
     if isinstance(width, int) and width != dim:
-        raise ArtifactError(f"{path}: the graph's {output_name!r} is {width}-dimensional, the "
-                            f"manifest's embedding_dim is {dim}: manifest and graph disagree")
+        raise ArtifactError(
+            f"{path}: the graph's {output_name!r} is {width}-dimensional, the "
+            f"manifest's embedding_dim is {dim}: manifest and graph disagree"
+        )
     specs = {spec.name: spec for spec in inputs}
     for graph_input in session.get_inputs():
         spec = specs.get(graph_input.name)
         if spec is None:
-            raise ArtifactError(f"{path}: the graph takes input {graph_input.name!r}, which the "
-                                f"manifest does not list ({sorted(specs)})")
+            raise ArtifactError(
+                f"{path}: the graph takes input {graph_input.name!r}, which the "
+                f"manifest does not list ({sorted(specs)})"
+            )
         dtype = _ORT_TYPES.get(graph_input.type, graph_input.type)
         if dtype != spec.dtype:
-            raise ArtifactError(f"{path}: input {graph_input.name!r} is {dtype} in the graph "
-                                f"and {spec.dtype} in the manifest")
+            raise ArtifactError(
+                f"{path}: input {graph_input.name!r} is {dtype} in the graph and {spec.dtype} in the manifest"
+            )
 
 
 # --------------------------------------------------------------------------- choosing a backend
-def provider_defaults(artifact: Artifact, precision: str, device_id: int = 0,
-                      cache_dir: str | Path | None = None) -> ProviderDefaults:
+def provider_defaults(
+    artifact: Artifact, precision: str, device_id: int = 0, cache_dir: str | Path | None = None
+) -> ProviderDefaults:
     """Defaults for the TensorRT/CUDA execution providers from the artifact: fp16 flag, cache
     folder (``<artifact>/trt_cache`` unless given) and the profile shapes of its inputs."""
     shapes = profile_shapes(artifact.manifest["inputs"], engine_profiles(artifact.manifest))
-    return ProviderDefaults(device_id=device_id, precision=precision,
-                            cache_dir=Path(cache_dir) if cache_dir else artifact.path / CACHE_DIR_NAME,
-                            profile_shapes=profile_shape_options(shapes))
+    return ProviderDefaults(
+        device_id=device_id,
+        precision=precision,
+        cache_dir=Path(cache_dir) if cache_dir else artifact.path / CACHE_DIR_NAME,
+        profile_shapes=profile_shape_options(shapes),
+    )
 
 
-def choose_backend(artifact: Artifact, backend: str, precision: str, device_id: int = 0
-                   ) -> tuple[str, str, dict | None]:
+def choose_backend(
+    artifact: Artifact, backend: str, precision: str, device_id: int = 0
+) -> tuple[str, str, dict | None]:
     """-> (backend, precision, engine record or None).
 
     ``tensorrt``: the recorded engine must exist and match this process's TensorRT release and
@@ -172,22 +218,29 @@ def choose_backend(artifact: Artifact, backend: str, precision: str, device_id: 
     record = engines.get(chosen)
     if record is None:
         have = ", ".join(engines) or "none"
-        raise BackendError(f"{artifact.path} has no {chosen} TensorRT engine (it has {have}); "
-                           f"{rebuild_hint(str(artifact.path), chosen)}")
+        raise BackendError(
+            f"{artifact.path} has no {chosen} TensorRT engine (it has {have}); "
+            f"{rebuild_hint(str(artifact.path), chosen)}"
+        )
     check_engine_compatible(record, running, str(artifact.path), chosen)
     return name, chosen, record
 
 
-def load_tensorrt(artifact: Artifact, record: dict, output_name: str, device_id: int = 0,
-                  verify: bool = True):
+def load_tensorrt(
+    artifact: Artifact, record: dict, output_name: str, device_id: int = 0, verify: bool = True
+):
     """The plan file, sha256-checked against its record, deserialised on ``device_id``."""
     from lame_runtime.engines.tensorrt.backend import TensorRTBackend
 
     plan = artifact.path / record["path"]
     if not plan.is_file():
-        raise ArtifactError(f"{plan}, recorded in the manifest's engines, is missing; "
-                            f"{rebuild_hint(str(artifact.path), record['precision'])}")
+        raise ArtifactError(
+            f"{plan}, recorded in the manifest's engines, is missing; "
+            f"{rebuild_hint(str(artifact.path), record['precision'])}"
+        )
     if verify and sha256(plan) != record["sha256"]:
-        raise ArtifactError(f"{plan} does not match the sha256 recorded for it: the engine is "
-                            f"corrupt or was replaced; {rebuild_hint(str(artifact.path), record['precision'])}")
+        raise ArtifactError(
+            f"{plan} does not match the sha256 recorded for it: the engine is "
+            f"corrupt or was replaced; {rebuild_hint(str(artifact.path), record['precision'])}"
+        )
     return TensorRTBackend(plan, output_name, device_id)

@@ -17,6 +17,7 @@ After the session exists, :func:`check_fallback` compares ``session.get_provider
 request: ONNX Runtime silently falls back to the CPU when a provider is missing or fails to
 start; here that is a warning naming the provider (or a ``BackendError`` with ``strict=True``).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -37,9 +38,10 @@ Provider = tuple[str, dict[str, str]]
 @dataclass
 class ProviderDefaults:
     """What the defaults are computed from (all optional)."""
+
     device_id: int = 0
-    precision: str = "fp32"                 # the ONNX graph served: fp16 turns trt_fp16_enable on
-    cache_dir: Path | None = None           # TensorRT EP caches; None: <artifact>/trt_cache
+    precision: str = "fp32"  # the ONNX graph served: fp16 turns trt_fp16_enable on
+    cache_dir: Path | None = None  # TensorRT EP caches; None: <artifact>/trt_cache
     profile_shapes: dict[str, str] | None = None  # trt_profile_{min,opt,max}_shapes strings
 
 
@@ -50,8 +52,10 @@ def normalize_providers(providers: Sequence[Any]) -> list[Provider]:
     a tuple or a two-item list); anything else is rejected with the offending entry named.
     """
     if isinstance(providers, (str, bytes)) or not isinstance(providers, Sequence):
-        raise InputTypeError("providers must be a list of provider names or (name, options) "
-                             f"pairs, got {type(providers).__name__}")
+        raise InputTypeError(
+            "providers must be a list of provider names or (name, options) "
+            f"pairs, got {type(providers).__name__}"
+        )
     result: list[Provider] = []
     for i, entry in enumerate(providers):
         if isinstance(entry, str):
@@ -59,18 +63,21 @@ def normalize_providers(providers: Sequence[Any]) -> list[Provider]:
         elif isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str):
             name, options = entry
             if not isinstance(options, Mapping):
-                raise InputTypeError(f"providers[{i}]: the options of {name} must be a dict, "
-                                     f"got {type(options).__name__}")
+                raise InputTypeError(
+                    f"providers[{i}]: the options of {name} must be a dict, got {type(options).__name__}"
+                )
         else:
-            raise InputTypeError(f"providers[{i}] must be a provider name or a (name, options) "
-                                 f"pair, got {entry!r}")
+            raise InputTypeError(
+                f"providers[{i}] must be a provider name or a (name, options) pair, got {entry!r}"
+            )
         if not name.endswith("ExecutionProvider"):
-            raise InputError(f"providers[{i}]: {name!r} is not an ONNX Runtime provider name "
-                             "(they end in 'ExecutionProvider', e.g. CUDAExecutionProvider)")
+            raise InputError(
+                f"providers[{i}]: {name!r} is not an ONNX Runtime provider name "
+                "(they end in 'ExecutionProvider', e.g. CUDAExecutionProvider)"
+            )
         bad = [k for k in options if not isinstance(k, str)]
         if bad:
-            raise InputTypeError(f"providers[{i}]: option names of {name} must be strings, "
-                                 f"got {bad!r}")
+            raise InputTypeError(f"providers[{i}]: option names of {name} must be strings, got {bad!r}")
         if any(n == name for n, _ in result):
             raise InputError(f"providers[{i}]: {name} is listed twice")
         result.append((name, {k: _option_value(v) for k, v in options.items()}))
@@ -113,10 +120,12 @@ def profile_shape_options(shapes: Mapping[str, Sequence[Sequence[int]]]) -> dict
     """``{input: (min, opt, max)}`` -> the TensorRT EP's ``trt_profile_*_shapes`` strings
     (``name:1x2,name2:1x2``: ORT's documented format)."""
     out = {}
-    for index, key in enumerate(("trt_profile_min_shapes", "trt_profile_opt_shapes",
-                                 "trt_profile_max_shapes")):
-        out[key] = ",".join(f"{name}:{'x'.join(str(d) for d in triple[index])}"
-                            for name, triple in shapes.items())
+    for index, key in enumerate(
+        ("trt_profile_min_shapes", "trt_profile_opt_shapes", "trt_profile_max_shapes")
+    ):
+        out[key] = ",".join(
+            f"{name}:{'x'.join(str(d) for d in triple[index])}" for name, triple in shapes.items()
+        )
     return out
 
 
@@ -144,9 +153,13 @@ def default_providers(available: Sequence[str], tensorrt_ep: bool = False) -> li
     return [name for name in order if name in available or name == CPU_EP]
 
 
-def resolve_providers(requested: Sequence[Any] | None, available: Sequence[str],
-                      artifact_dir: Path, defaults: ProviderDefaults | None = None,
-                      tensorrt_ep: bool = False) -> tuple[list[Provider], list[str]]:
+def resolve_providers(
+    requested: Sequence[Any] | None,
+    available: Sequence[str],
+    artifact_dir: Path,
+    defaults: ProviderDefaults | None = None,
+    tensorrt_ep: bool = False,
+) -> tuple[list[Provider], list[str]]:
     """-> (providers to pass to ONNX Runtime, requested names this build does not have).
 
     Unavailable providers are left out here (ONNX Runtime would otherwise print its own warning
@@ -154,16 +167,19 @@ def resolve_providers(requested: Sequence[Any] | None, available: Sequence[str],
     exists, together with any that were passed but did not start.
     """
     defaults = defaults or ProviderDefaults()
-    wanted = normalize_providers(requested if requested is not None
-                                 else default_providers(available, tensorrt_ep))
+    wanted = normalize_providers(
+        requested if requested is not None else default_providers(available, tensorrt_ep)
+    )
     resolved: list[Provider] = []
     missing: list[str] = []
     for name, options in wanted:
         if name not in available:
             missing.append(name)
             continue
-        base = {TENSORRT_EP: lambda: tensorrt_ep_defaults(defaults, artifact_dir),
-                CUDA_EP: lambda: cuda_ep_defaults(defaults)}.get(name, dict)()
+        base = {
+            TENSORRT_EP: lambda: tensorrt_ep_defaults(defaults, artifact_dir),
+            CUDA_EP: lambda: cuda_ep_defaults(defaults),
+        }.get(name, dict)()
         resolved.append((name, {**base, **options}))
     if not any(name == CPU_EP for name, _ in resolved):
         resolved.append((CPU_EP, {}))  # last resort, as ONNX Runtime itself does
@@ -179,13 +195,20 @@ def prepare_cache_dir(providers: Sequence[Provider]) -> None:
                     try:
                         Path(options[key]).mkdir(parents=True, exist_ok=True)
                     except OSError as err:
-                        raise BackendError(f"cannot create the TensorRT EP cache folder "
-                                           f"{options[key]}: {err}; pass cache_dir= (or "
-                                           f"{key}) pointing at a writable folder") from err
+                        raise BackendError(
+                            f"cannot create the TensorRT EP cache folder "
+                            f"{options[key]}: {err}; pass cache_dir= (or "
+                            f"{key}) pointing at a writable folder"
+                        ) from err
 
 
-def check_fallback(requested: Sequence[str], active: Sequence[str], strict: bool = False,
-                   unavailable: Sequence[str] = (), reported: Sequence[str] = ()) -> list[str]:
+def check_fallback(
+    requested: Sequence[str],
+    active: Sequence[str],
+    strict: bool = False,
+    unavailable: Sequence[str] = (),
+    reported: Sequence[str] = (),
+) -> list[str]:
     """Requested providers missing from the session's ``get_providers()`` -> warning or error.
 
     Returns the missing names (empty when every requested provider is active). ``reported``:
@@ -195,11 +218,15 @@ def check_fallback(requested: Sequence[str], active: Sequence[str], strict: bool
     missing = [name for name in requested if name not in active]
     if not missing or (not strict and set(missing) <= set(reported)):
         return missing
-    reasons = [f"{name} ({'not in this ONNX Runtime build' if name in unavailable else 'failed to start'})"
-               for name in missing]
-    message = (f"ONNX Runtime is not using {', '.join(reasons)}; the session runs on "
-               f"{', '.join(active)}. Install onnxruntime-gpu with a matching CUDA/TensorRT, or "
-               "pass providers=['CPUExecutionProvider'] to silence this")
+    reasons = [
+        f"{name} ({'not in this ONNX Runtime build' if name in unavailable else 'failed to start'})"
+        for name in missing
+    ]
+    message = (
+        f"ONNX Runtime is not using {', '.join(reasons)}; the session runs on "
+        f"{', '.join(active)}. Install onnxruntime-gpu with a matching CUDA/TensorRT, or "
+        "pass providers=['CPUExecutionProvider'] to silence this"
+    )
     if strict:
         raise BackendError(message)
     warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -18,6 +18,7 @@ and the kernel may drop and re-read them under memory pressure, as it does for a
 Only tensors of the top-level graph's initializers are shared (where the weights are); a
 tensor of a dtype NumPy lacks, or at an offset not aligned for its dtype, is left to ORT.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -30,9 +31,21 @@ import numpy as np
 from lame_runtime.errors import ArtifactError
 
 # onnx TensorProto.DataType -> NumPy (the types ORT's weights come in; others are left to ORT)
-NUMPY_TYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32,
-               7: np.int64, 9: np.bool_, 10: np.float16, 11: np.float64, 12: np.uint32,
-               13: np.uint64, 16: np.uint16}  # 16 = bfloat16, same-size view
+NUMPY_TYPES = {
+    1: np.float32,
+    2: np.uint8,
+    3: np.int8,
+    4: np.uint16,
+    5: np.int16,
+    6: np.int32,
+    7: np.int64,
+    9: np.bool_,
+    10: np.float16,
+    11: np.float64,
+    12: np.uint32,
+    13: np.uint64,
+    16: np.uint16,
+}  # 16 = bfloat16, same-size view
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 # Field numbers from onnx.proto: ModelProto.graph, GraphProto.initializer, TensorProto fields.
 _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
@@ -97,14 +110,19 @@ def _tensor(buf, start: int, end: int) -> ExternalTensor | None:
         elif number == _T_LOCATION and wire == 0:
             location = a
         elif number == _T_EXTERNAL and wire == 2:
-            entry = {n: bytes(buf[x:y]).decode("utf-8") for n, w, x, y in _fields(buf, a, b)
-                     if w == 2}
+            entry = {n: bytes(buf[x:y]).decode("utf-8") for n, w, x, y in _fields(buf, a, b) if w == 2}
             if 1 in entry and 2 in entry:
                 entries[entry[1]] = entry[2]
     if location != _EXTERNAL or "location" not in entries or "length" not in entries:
         return None
-    return ExternalTensor(name, data_type, tuple(dims), entries["location"],
-                          int(entries.get("offset", 0)), int(entries["length"]))
+    return ExternalTensor(
+        name,
+        data_type,
+        tuple(dims),
+        entries["location"],
+        int(entries.get("offset", 0)),
+        int(entries["length"]),
+    )
 
 
 def external_tensors(graph: str | Path) -> list[ExternalTensor]:
@@ -112,8 +130,7 @@ def external_tensors(graph: str | Path) -> list[ExternalTensor]:
     graph = Path(graph)
     found = []
     try:
-        with open(graph, "rb") as handle, \
-                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        with open(graph, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             for number, wire, a, b in _fields(buf, 0, len(buf)):
                 if number == _MODEL_GRAPH and wire == 2:
                     for field, w, x, y in _fields(buf, a, b):
@@ -147,7 +164,7 @@ class SharedWeights:
         key = (tensor.location, tensor.offset, tensor.length, tensor.data_type, tensor.dims)
         if key not in self._values:
             dtype = np.dtype(NUMPY_TYPES[tensor.data_type])
-            raw = self._map(tensor.location)[tensor.offset:tensor.offset + tensor.length]
+            raw = self._map(tensor.location)[tensor.offset : tensor.offset + tensor.length]
             array = raw.view(dtype).reshape(tensor.dims)
             if tensor.data_type == 16:
                 value = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array, 16)

@@ -7,6 +7,7 @@ resize to a fixed resolution, rescale to [0, 1], normalise per channel, cut into
 A fixed resolution gives every image the same number of visual tokens, which keeps the exported
 graph static in that dimension.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,11 @@ from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-             "nearest": Image.Resampling.NEAREST}
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 @dataclass
@@ -42,8 +46,9 @@ class ImageConfig:
     def __post_init__(self) -> None:
         block = self.patch_size * self.merge_size
         if self.height % block or self.width % block:
-            raise InputError(f"image size {self.height}x{self.width} must be divisible by "
-                             f"patch_size*merge_size = {block}")
+            raise InputError(
+                f"image size {self.height}x{self.width} must be divisible by patch_size*merge_size = {block}"
+            )
         if self.resample not in _RESAMPLE:
             raise InputError(f"resample must be one of {sorted(_RESAMPLE)}, got {self.resample!r}")
 
@@ -60,17 +65,17 @@ class ImageConfig:
     @property
     def num_tokens(self) -> int:
         """Visual tokens the language model sees per image (after the 2x2 merger)."""
-        return self.num_patches // (self.merge_size ** 2)
+        return self.num_patches // (self.merge_size**2)
 
     @property
     def patch_dim(self) -> int:
-        return 3 * self.temporal_patch_size * self.patch_size ** 2
+        return 3 * self.temporal_patch_size * self.patch_size**2
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ImageConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ImageConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -78,7 +83,7 @@ class ImageConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> "ImageConfig":
+    def load(cls, path: str | Path) -> ImageConfig:
         return cls.from_dict(read_json(path, InputError, dict))
 
 
@@ -95,12 +100,20 @@ DEFAULT_PIXEL_FACTOR = 100
 
 # What Pillow raises for a bad file or a PIL image in a bad state (closed, lazily opened from
 # a truncated file, an unconvertible mode): every one becomes InputError naming the item.
-PIL_ERRORS = (OSError, ValueError, SyntaxError, TypeError, KeyError, EOFError, MemoryError,
-              Image.DecompressionBombError)
+PIL_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    TypeError,
+    KeyError,
+    EOFError,
+    MemoryError,
+    Image.DecompressionBombError,
+)
 OUR_ERRORS = (InputError, InputTypeError, MissingFileError)
 
 
-def default_max_pixels(cfg: "ImageConfig | None" = None) -> int:
+def default_max_pixels(cfg: ImageConfig | None = None) -> int:
     """The pixel limit used when none is given: see ``MIN_DEFAULT_PIXELS``."""
     model = cfg.height * cfg.width if cfg is not None else 0
     limit = max(MIN_DEFAULT_PIXELS, DEFAULT_PIXEL_FACTOR * model)
@@ -112,8 +125,7 @@ def check_max_pixels(max_pixels: Any) -> int | None:
     """Validate a ``max_pixels`` option (None: the default; 0 is not allowed)."""
     if max_pixels is None:
         return None
-    if not isinstance(max_pixels, (int, np.integer)) or isinstance(max_pixels, bool) \
-            or max_pixels < 1:
+    if not isinstance(max_pixels, (int, np.integer)) or isinstance(max_pixels, bool) or max_pixels < 1:
         raise InputError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     return int(max_pixels)
 
@@ -149,8 +161,10 @@ def load_image(image: Any, max_pixels: int | None = None) -> Image.Image:
         except OUR_ERRORS:
             raise
         except Image.DecompressionBombError as err:  # Pillow refused the header itself
-            raise InputError(f"image {path} exceeds the limit of {limit:,} pixels (max_pixels; "
-                             f"--max-pixels on the CLIs): {err}") from None
+            raise InputError(
+                f"image {path} exceeds the limit of {limit:,} pixels (max_pixels; "
+                f"--max-pixels on the CLIs): {err}"
+            ) from None
         except PIL_ERRORS as err:
             raise InputError(f"cannot read image {path}: {_describe(err)}") from err
         return _check_size(rgb)
@@ -167,8 +181,9 @@ def load_image(image: Any, max_pixels: int | None = None) -> Image.Image:
         if image.ndim in (2, 3):
             _check_pixels((image.shape[1], image.shape[0]), limit)
         return _check_size(_to_rgb(_array_to_pil(image)))
-    raise InputTypeError(f"unsupported image type {type(image).__name__}: "
-                         "expected a path, a PIL image or a NumPy array")
+    raise InputTypeError(
+        f"unsupported image type {type(image).__name__}: expected a path, a PIL image or a NumPy array"
+    )
 
 
 def _describe(err: BaseException) -> str:
@@ -180,8 +195,10 @@ def _describe(err: BaseException) -> str:
 def _check_pixels(size: tuple[int, int], limit: int) -> None:
     width, height = size
     if width * height > limit:
-        raise InputError(f"image of {width}x{height} = {width * height:,} pixels exceeds the "
-                         f"limit of {limit:,} (max_pixels; --max-pixels on the CLIs)")
+        raise InputError(
+            f"image of {width}x{height} = {width * height:,} pixels exceeds the "
+            f"limit of {limit:,} (max_pixels; --max-pixels on the CLIs)"
+        )
 
 
 def _check_size(img: Image.Image) -> Image.Image:
@@ -195,8 +212,7 @@ def _check_size(img: Image.Image) -> Image.Image:
 
 def _array_to_pil(array: np.ndarray) -> Image.Image:
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
-        raise InputError(f"image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape "
-                         f"{array.shape}")
+        raise InputError(f"image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {array.shape}")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.size == 0:
@@ -206,8 +222,7 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
     if array.dtype == np.uint16:
         array = _sixteen_to_eight(array)
     if array.dtype != np.uint8:
-        raise InputTypeError(f"image arrays must be uint8, uint16 or float in [0, 1], got "
-                             f"{array.dtype}")
+        raise InputTypeError(f"image arrays must be uint8, uint16 or float in [0, 1], got {array.dtype}")
     return Image.fromarray(np.ascontiguousarray(array))
 
 
@@ -234,15 +249,16 @@ def _pil_to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
         values = np.asarray(img)
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise InputError(f"integer image (mode {img.mode}) must hold values in [0, 65535], "
-                             f"got [{int(values.min())}, {int(values.max())}]")
+            raise InputError(
+                f"integer image (mode {img.mode}) must hold values in [0, 65535], "
+                f"got [{int(values.min())}, {int(values.max())}]"
+            )
         return _to_rgb(Image.fromarray(_sixteen_to_eight(values.astype(np.uint16))))
     return _to_rgb(img)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P"
-                                                       and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         # Composite on white, as the Qwen processors' convert_rgb does: transparent means background.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -271,9 +287,13 @@ def patchify(chw: np.ndarray, cfg: ImageConfig) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(gh * gw, c * t * p * p), dtype=np.float32)
 
 
-def preprocess_images(images: Sequence[Any], cfg: ImageConfig,
-                      cache: dict[str, np.ndarray] | None = None,
-                      first_index: int = 0, max_pixels: int | None = None) -> np.ndarray:
+def preprocess_images(
+    images: Sequence[Any],
+    cfg: ImageConfig,
+    cache: dict[str, np.ndarray] | None = None,
+    first_index: int = 0,
+    max_pixels: int | None = None,
+) -> np.ndarray:
     """Images (None allowed for text-only rows) -> pixel_values [B, num_patches, patch_dim].
 
     ``cache`` (path -> patches) lets a training loop decode each image file once. A bad image

@@ -17,6 +17,7 @@ When those disagree (or there is none) it raises ``InputError`` asking for ``ins
 ``task=``: never a silent majority vote. Artifacts without ``"directions"`` (exported before
 this format) keep using their ``"query"`` instruction.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterable
@@ -50,40 +51,44 @@ def summarise(rows: Iterable[tuple[str, str, str | None, str | None]]) -> dict[s
         return next(iter(values)) if len(values) == 1 else None
 
     query = single(every)
-    return {"query": query or None, "document": None,
-            "directions": {k: single(v) for k, v in sorted(per_direction.items())},
-            "tasks": {k: single(v) for k, v in sorted(per_task.items())}}
+    return {
+        "query": query or None,
+        "document": None,
+        "directions": {k: single(v) for k, v in sorted(per_direction.items())},
+        "tasks": {k: single(v) for k, v in sorted(per_task.items())},
+    }
 
 
-def pick(instructions: dict[str, Any] | None, query_modality: str,
-         task: str | None = None) -> str | None:
+def pick(instructions: dict[str, Any] | None, query_modality: str, task: str | None = None) -> str | None:
     """The instruction for one query row (see the module docstring); raises when ambiguous."""
     instructions = instructions or {}
     if task is not None:
         tasks = instructions.get("tasks") or {}
         if task not in tasks:
-            raise InputError(f"unknown task {task!r}: the model was trained on tasks "
-                             f"{sorted(tasks) or 'none'}")
+            raise InputError(
+                f"unknown task {task!r}: the model was trained on tasks {sorted(tasks) or 'none'}"
+            )
         if tasks[task] is None:
-            raise InputError(f"task {task!r} was trained with several instructions; pass "
-                             "instruction= explicitly")
+            raise InputError(
+                f"task {task!r} was trained with several instructions; pass instruction= explicitly"
+            )
         return tasks[task] or None
     directions = instructions.get("directions")
     if directions is None:  # an artifact from before per-direction instructions
         return instructions.get("query")
-    matching = {name: value for name, value in directions.items()
-                if name.split("->")[0] == query_modality}
+    matching = {name: value for name, value in directions.items() if name.split("->")[0] == query_modality}
     values = set(matching.values())
     if len(values) == 1 and None not in values:
         return next(iter(values)) or None
     if not matching and instructions.get("query") is not None:
         return instructions["query"]
     trained = ", ".join(f"{name}: {value!r}" for name, value in sorted(directions.items()))
-    reason = ("no training direction starts from" if not matching
-              else "several instructions were trained for")
-    raise InputError(f"cannot choose a query instruction: {reason} {query_modality} queries "
-                     f"(trained: {trained or 'none'}); pass instruction=... (\"\" for none) or "
-                     f"task=... (one of {sorted(instructions.get('tasks') or {}) or 'none'})")
+    reason = "no training direction starts from" if not matching else "several instructions were trained for"
+    raise InputError(
+        f"cannot choose a query instruction: {reason} {query_modality} queries "
+        f'(trained: {trained or "none"}); pass instruction=... ("" for none) or '
+        f"task=... (one of {sorted(instructions.get('tasks') or {}) or 'none'})"
+    )
 
 
 def check(instructions: Any, where: str) -> dict[str, Any]:
@@ -91,8 +96,7 @@ def check(instructions: Any, where: str) -> dict[str, Any]:
     if instructions is None:
         return {}
     if not isinstance(instructions, dict):
-        raise InputError(f"{where}: 'instructions' must be an object, got "
-                         f"{type(instructions).__name__}")
+        raise InputError(f"{where}: 'instructions' must be an object, got {type(instructions).__name__}")
     for key in ("query", "document"):
         if instructions.get(key) is not None and not isinstance(instructions[key], str):
             raise InputError(f"{where}: instructions.{key} must be a string or null")
@@ -100,7 +104,6 @@ def check(instructions: Any, where: str) -> dict[str, Any]:
         table = instructions.get(key)
         if table is None:
             continue
-        if not isinstance(table, dict) or not all(
-                isinstance(v, str) or v is None for v in table.values()):
+        if not isinstance(table, dict) or not all(isinstance(v, str) or v is None for v in table.values()):
             raise InputError(f"{where}: instructions.{key} must map names to strings or null")
     return instructions

@@ -19,6 +19,7 @@ turns draft mode off (bit-exact with the serial path).
 ``encode_iter`` streams ``(ids, vectors)`` batches from any iterable of items with at most
 ``prefetch + 1`` batches of inputs in memory.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,14 @@ import numpy as np
 from PIL import Image
 
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
-from lame_runtime.inputs.images import (_RESAMPLE, ImageConfig, _check_pixels, default_max_pixels,
-                                        describe_image, load_image)
+from lame_runtime.inputs.images import (
+    _RESAMPLE,
+    ImageConfig,
+    _check_pixels,
+    default_max_pixels,
+    describe_image,
+    load_image,
+)
 from lame_runtime.inputs.preprocess import Preprocessor, align_inputs, format_query
 
 ITEM_ERRORS = (InputError, InputTypeError, MissingFileError)
@@ -53,9 +60,9 @@ def default_workers() -> int:
 
 @dataclass
 class PipelineOptions:
-    workers: int | None = None   # decode threads (None: one per available core)
-    prefetch: int = 2            # batches decoded ahead of the one being inferred
-    draft_factor: int = 2        # JPEG draft: keep >= this x the model resolution (0: off)
+    workers: int | None = None  # decode threads (None: one per available core)
+    prefetch: int = 2  # batches decoded ahead of the one being inferred
+    draft_factor: int = 2  # JPEG draft: keep >= this x the model resolution (0: off)
 
     def __post_init__(self) -> None:
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
@@ -66,8 +73,7 @@ class PipelineOptions:
             raise InputError(f"draft_factor must be an integer >= 0, got {self.draft_factor!r}")
 
 
-def open_image(image: Any, cfg: ImageConfig, draft_factor: int,
-               max_pixels: int | None = None) -> Image.Image:
+def open_image(image: Any, cfg: ImageConfig, draft_factor: int, max_pixels: int | None = None) -> Image.Image:
     """``load_image`` (validated RGB), with JPEG files decoded in draft mode when large.
 
     Any problem in the draft path falls back to ``load_image(image)``, which raises the one
@@ -75,14 +81,12 @@ def open_image(image: Any, cfg: ImageConfig, draft_factor: int,
     size (its header), before the draft scale-down.
     """
     limit = max_pixels or default_max_pixels(cfg)
-    if draft_factor and isinstance(image, (str, Path)) \
-            and str(image).lower().endswith(JPEG_SUFFIXES):
+    if draft_factor and isinstance(image, (str, Path)) and str(image).lower().endswith(JPEG_SUFFIXES):
         want = (cfg.width * draft_factor, cfg.height * draft_factor)
         try:
             with Image.open(image) as img:
                 _check_pixels(img.size, limit)
-                if img.format == "JPEG" and img.width >= 2 * want[0] \
-                        and img.height >= 2 * want[1]:
+                if img.format == "JPEG" and img.width >= 2 * want[0] and img.height >= 2 * want[1]:
                     img.draft("RGB", want)
                     img.load()
                     return load_image(img, limit)
@@ -93,8 +97,9 @@ def open_image(image: Any, cfg: ImageConfig, draft_factor: int,
     return load_image(image, limit)
 
 
-def decoded_pixels(image: Any, cfg: ImageConfig, index: int, draft_factor: int,
-                   max_pixels: int | None = None) -> np.ndarray:
+def decoded_pixels(
+    image: Any, cfg: ImageConfig, index: int, draft_factor: int, max_pixels: int | None = None
+) -> np.ndarray:
     """One image -> uint8 [height, width, 3] at the model resolution (the pool's task: Pillow
     releases the GIL while it decodes and resizes). Errors name ``images[index] (path)``."""
     try:
@@ -122,27 +127,29 @@ def batch_patches(pixels: np.ndarray, cfg: ImageConfig) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(b, gh * gw, c * t * p * p), dtype=np.float32)
 
 
-def image_patches(image: Any, cfg: ImageConfig, index: int, draft_factor: int,
-                  max_pixels: int | None = None) -> np.ndarray:
+def image_patches(
+    image: Any, cfg: ImageConfig, index: int, draft_factor: int, max_pixels: int | None = None
+) -> np.ndarray:
     """One image -> [num_patches, patch_dim] (``decoded_pixels`` + ``batch_patches``)."""
-    return batch_patches(decoded_pixels(image, cfg, index, draft_factor, max_pixels)[None],
-                         cfg)[0]
+    return batch_patches(decoded_pixels(image, cfg, index, draft_factor, max_pixels)[None], cfg)[0]
 
 
 @dataclass
 class Batch:
     """One batch of rows, its images decoding (or decoded) in the pool."""
-    start: int                      # position of row 0 in the caller's stream
+
+    start: int  # position of row 0 in the caller's stream
     ids: list
     texts: list
     images: list
-    patches: list                   # per row: None (text-only) or a Future of the patches
+    patches: list  # per row: None (text-only) or a Future of the patches
 
 
 @dataclass
 class Prepared:
     """A batch ready for the model. ``feed`` covers ``ids`` (the good rows, in order); with
     ``skip_bad`` the rows whose image failed are in ``errors`` as (position, id, image, err)."""
+
     start: int
     ids: list
     feed: dict[str, np.ndarray] | None
@@ -181,9 +188,9 @@ class FeedPipeline:
         cfg, draft, pool = self.preprocessor.image, self.options.draft_factor, self._executor()
         limit = self.preprocessor.max_pixels
         patches: list[Future | None] = [
-            None if image is None else pool.submit(decoded_pixels, image, cfg, start + row, draft,
-                                                   limit)
-            for row, image in enumerate(images)]
+            None if image is None else pool.submit(decoded_pixels, image, cfg, start + row, draft, limit)
+            for row, image in enumerate(images)
+        ]
         return Batch(start, ids, texts, images, patches)
 
     def _finish(self, batch: Batch, skip_bad: bool) -> Prepared:
@@ -211,8 +218,12 @@ class FeedPipeline:
         with_image = [i for i, r in enumerate(rows) if r is not None]
         if with_image:
             pixels[with_image] = batch_patches(np.stack([rows[i] for i in with_image]), cfg)
-        feed = {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels,
-                "image_mask": np.asarray(has_image, dtype=np.int64)}
+        feed = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "pixel_values": pixels,
+            "image_mask": np.asarray(has_image, dtype=np.int64),
+        }
         return Prepared(batch.start, [batch.ids[r] for r in keep], feed, errors)
 
     @staticmethod
@@ -221,8 +232,13 @@ class FeedPipeline:
             if future is not None:
                 future.cancel()
 
-    def prepared(self, rows: Iterable[tuple[Any, str | None, Any]], batch_size: int,
-                 skip_bad: bool = False, start: int = 0) -> Iterator[Prepared]:
+    def prepared(
+        self,
+        rows: Iterable[tuple[Any, str | None, Any]],
+        batch_size: int,
+        skip_bad: bool = False,
+        start: int = 0,
+    ) -> Iterator[Prepared]:
         """(id, text, image) rows -> ``Prepared`` batches of ``batch_size`` in order.
 
         At most ``prefetch + 1`` batches are held: while the caller runs the model on one,
@@ -242,8 +258,7 @@ class FeedPipeline:
                 if not chunk:
                     return
                 ids = [row[0] for row in chunk]
-                texts, images = align_inputs([row[1] for row in chunk], [row[2] for row in chunk],
-                                             position)
+                texts, images = align_inputs([row[1] for row in chunk], [row[2] for row in chunk], position)
                 queue.append(self._submit(position, ids, texts, images))
                 position += len(chunk)
 
@@ -258,8 +273,9 @@ class FeedPipeline:
                 self._drain(batch)
 
 
-def encode_iter(embedder: Any, items: Iterable[Any], batch_size: int = 32,
-                instruction: str | None = None) -> Iterator[tuple[list, np.ndarray]]:
+def encode_iter(
+    embedder: Any, items: Iterable[Any], batch_size: int = 32, instruction: str | None = None
+) -> Iterator[tuple[list, np.ndarray]]:
     """Stream ``(ids, raw model outputs [n, dim])`` batches, in input order, with bounded
     memory (``Embedder.encode_iter`` normalises them).
 
@@ -283,15 +299,15 @@ def _as_row(position: int, item: Any, instruction: str | None) -> tuple[Any, Any
     else:
         item_id, text, image = position, None, item
     if text is not None and not isinstance(text, str):
-        raise InputTypeError(f"items[{position}]: text must be a string or None, got "
-                             f"{type(text).__name__}")
+        raise InputTypeError(f"items[{position}]: text must be a string or None, got {type(text).__name__}")
     if text is None and image is None:
         raise InputError(f"items[{position}] has neither text nor image")
     return item_id, format_query(text, instruction), image
 
 
-def encode_pipelined(embedder: Any, texts: Sequence[str | None], images: Sequence[Any],
-                     batch_size: int) -> list[np.ndarray]:
+def encode_pipelined(
+    embedder: Any, texts: Sequence[str | None], images: Sequence[Any], batch_size: int
+) -> list[np.ndarray]:
     """Raw model outputs per batch for aligned ``texts``/``images`` (``Embedder.encode``)."""
     rows = zip(range(len(texts)), texts, images)
     return [embedder.infer(p.feed) for p in embedder.pipeline.prepared(rows, batch_size)]

@@ -1,4 +1,5 @@
 """One preprocessing entry point for training and serving: texts/images -> model feed dict."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.artifact.persist import read_json
+from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.inputs.images import ImageConfig, preprocess_images
 from lame_runtime.inputs.template import Instructed, PromptTemplate
 from lame_runtime.inputs.text import TextProcessor
@@ -38,7 +39,7 @@ class Preprocessor:
         self.max_pixels: int | None = None
 
     @classmethod
-    def from_dir(cls, directory: str | Path) -> "Preprocessor":
+    def from_dir(cls, directory: str | Path) -> Preprocessor:
         """Load ``tokenizer.json`` + ``preprocessor_config.json`` from a checkpoint or artifact."""
         directory = Path(directory)
         config_path = directory / PREPROCESSOR_FILE
@@ -49,8 +50,7 @@ class Preprocessor:
             raise InputError(f"{config_path} must be an object with an 'image' object")
         template = config.get("template")
         template = PromptTemplate.from_dict(template) if template is not None else None
-        text = TextProcessor(directory / TOKENIZER_FILE, config.get("max_text_tokens", 48),
-                             template)
+        text = TextProcessor(directory / TOKENIZER_FILE, config.get("max_text_tokens", 48), template)
         try:
             image = ImageConfig.from_dict(config["image"])
         except (TypeError, ZeroDivisionError) as err:
@@ -65,9 +65,12 @@ class Preprocessor:
             config["template"] = self.text.template.to_dict()
         (directory / PREPROCESSOR_FILE).write_text(json.dumps(config, indent=2))
 
-    def __call__(self, texts: Sequence[str | None] | None = None,
-                 images: Sequence[Any] | None = None,
-                 first_index: int = 0) -> dict[str, np.ndarray]:
+    def __call__(
+        self,
+        texts: Sequence[str | None] | None = None,
+        images: Sequence[Any] | None = None,
+        first_index: int = 0,
+    ) -> dict[str, np.ndarray]:
         """-> the model feed. ``first_index``: the position of row 0 in the caller's input,
         so an error names the caller's item (``images[130]``), not a batch-local one."""
         texts, images = align_inputs(texts, images, first_index)
@@ -78,14 +81,16 @@ class Preprocessor:
         return {
             "input_ids": ids,
             "attention_mask": mask,
-            "pixel_values": preprocess_images(images, self.image, self.image_cache, first_index,
-                                              self.max_pixels),
+            "pixel_values": preprocess_images(
+                images, self.image, self.image_cache, first_index, self.max_pixels
+            ),
             "image_mask": np.asarray(has_image, dtype=np.int64),
         }
 
 
-def align_inputs(texts: Sequence[str | None] | None, images: Sequence[Any] | None,
-                 first_index: int = 0) -> tuple[list[str | None], list[Any]]:
+def align_inputs(
+    texts: Sequence[str | None] | None, images: Sequence[Any] | None, first_index: int = 0
+) -> tuple[list[str | None], list[Any]]:
     """Validate and pair texts with images: one (possibly interleaved) query per row.
 
     Each argument is a list (any ordered iterable) or None. A single string, path, array or
@@ -98,18 +103,18 @@ def align_inputs(texts: Sequence[str | None] | None, images: Sequence[Any] | Non
     if texts is None and images is None:
         raise InputError("give texts, images, or both")
     texts = _as_rows(texts, "texts", "strings") if texts is not None else None
-    images = _as_rows(images, "images", "paths, PIL images or arrays") \
-        if images is not None else None
+    images = _as_rows(images, "images", "paths, PIL images or arrays") if images is not None else None
     texts = texts if texts is not None else [None] * len(images)
     images = images if images is not None else [None] * len(texts)
     if len(texts) != len(images):
-        raise InputError(f"texts and images must have equal lengths (one query per row), "
-                         f"got {len(texts)} texts and {len(images)} images")
+        raise InputError(
+            f"texts and images must have equal lengths (one query per row), "
+            f"got {len(texts)} texts and {len(images)} images"
+        )
     for row, (text, image) in enumerate(zip(texts, images)):
         i = first_index + row
         if text is not None and not isinstance(text, str):
-            raise InputTypeError(f"texts[{i}] must be a string or None, got "
-                                 f"{type(text).__name__}")
+            raise InputTypeError(f"texts[{i}] must be a string or None, got {type(text).__name__}")
         if text is None and image is None:
             raise InputError(f"row {i} has neither text nor image")
         if text:
@@ -123,9 +128,10 @@ def check_unicode(text: str, what: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
         bad = text[err.start]
-        raise InputError(f"{what} is not valid Unicode: lone surrogate U+{ord(bad):04X} at "
-                         f"character {err.start} (decode the source with errors='replace')"
-                         ) from None
+        raise InputError(
+            f"{what} is not valid Unicode: lone surrogate U+{ord(bad):04X} at "
+            f"character {err.start} (decode the source with errors='replace')"
+        ) from None
 
 
 def _as_rows(value: Any, name: str, kind: str) -> list[Any]:
@@ -134,11 +140,12 @@ def _as_rows(value: Any, name: str, kind: str) -> list[Any]:
     single = (str, bytes, Path, np.ndarray, dict, set, frozenset)
     if isinstance(value, single) or type(value).__module__.startswith("PIL."):
         what = {str: "string", bytes: "bytes object", np.ndarray: "array"}.get(
-            type(value), "path" if isinstance(value, Path) else type(value).__name__)
-        raise InputTypeError(f"{name} must be a list of {kind}, got a single {what}: pass a "
-                             f"list, e.g. {name}=[value]")
+            type(value), "path" if isinstance(value, Path) else type(value).__name__
+        )
+        raise InputTypeError(
+            f"{name} must be a list of {kind}, got a single {what}: pass a list, e.g. {name}=[value]"
+        )
     try:
         return list(value)
     except TypeError as err:
-        raise InputTypeError(f"{name} must be a list of {kind}, got "
-                             f"{type(value).__name__}") from err
+        raise InputTypeError(f"{name} must be a list of {kind}, got {type(value).__name__}") from err

@@ -7,6 +7,7 @@ those rows to it instead; the outputs come back in the caller's row order. Left 
 only the image rows needed (their visual placeholder tokens) is trimmed from the text rows
 first: padded positions are masked out, so the result is the same and shorter.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -23,12 +24,15 @@ def text_rows_feed(feed: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, n
     used = np.flatnonzero(mask.any(axis=0))
     first = int(used[0]) if len(used) else 0
     first = min(first, max(mask.shape[1] - MIN_SEQUENCE, 0))
-    return {"input_ids": np.ascontiguousarray(feed["input_ids"][rows, first:]),
-            "attention_mask": np.ascontiguousarray(mask[:, first:])}
+    return {
+        "input_ids": np.ascontiguousarray(feed["input_ids"][rows, first:]),
+        "attention_mask": np.ascontiguousarray(mask[:, first:]),
+    }
 
 
-def route(feed: dict[str, np.ndarray], full: Callable[[dict], np.ndarray],
-          text: Callable[[dict], np.ndarray]) -> np.ndarray:
+def route(
+    feed: dict[str, np.ndarray], full: Callable[[dict], np.ndarray], text: Callable[[dict], np.ndarray]
+) -> np.ndarray:
     """Outputs for every row of ``feed``: text-only rows through ``text``, the rest ``full``."""
     is_text = np.asarray(feed["image_mask"]) == 0
     if is_text.all():

@@ -21,6 +21,7 @@ same one) reproduces that layout token for token:
   punctuation (Qwen3-VL-Embedding's rule);
 * a row with neither image nor text gets ``empty_text`` (Qwen3-VL-Embedding embeds "NULL").
 """
+
 from __future__ import annotations
 
 import unicodedata
@@ -41,7 +42,7 @@ class Instructed(str):
     instruction: str
     body: str | None
 
-    def __new__(cls, text: str | None, instruction: str) -> "Instructed":
+    def __new__(cls, text: str | None, instruction: str) -> Instructed:
         value = super().__new__(cls, f"{instruction} {text}" if text else instruction)
         value.instruction, value.body = instruction, text
         return value
@@ -51,26 +52,28 @@ class Instructed(str):
 class PromptTemplate:
     """A layout string with the placeholders ``{instruction}``, ``{image}`` and ``{text}``
     (each once), its special tokens, and what the image placeholder expands to."""
+
     layout: str
-    special_tokens: list[str]            # token strings placed by id (must be in the tokenizer)
-    image_open: str = ""                 # special token before the image pads ("" = none)
+    special_tokens: list[str]  # token strings placed by id (must be in the tokenizer)
+    image_open: str = ""  # special token before the image pads ("" = none)
     image_close: str = ""
     default_instruction: str = ""
     instruction_period: bool = False
     empty_text: str = ""
-    recipe: str = ""                     # where it comes from, for messages and the manifest
+    recipe: str = ""  # where it comes from, for messages and the manifest
 
     def __post_init__(self) -> None:
         for placeholder in (INSTRUCTION, IMAGE, TEXT):
             if self.layout.count(placeholder) != 1:
-                raise InputError(f"prompt template {self.recipe or ''}: the layout must hold "
-                                 f"{placeholder} exactly once")
+                raise InputError(
+                    f"prompt template {self.recipe or ''}: the layout must hold {placeholder} exactly once"
+                )
         for token in (self.image_open, self.image_close):
             if token and token not in self.special_tokens:
                 raise InputError(f"prompt template: {token!r} is not among its special tokens")
 
     @classmethod
-    def from_dict(cls, data: Any) -> "PromptTemplate":
+    def from_dict(cls, data: Any) -> PromptTemplate:
         if not isinstance(data, dict):
             raise InputError(f"prompt template must be an object, got {type(data).__name__}")
         names = {f.name for f in fields(cls)}
@@ -87,27 +90,24 @@ class PromptTemplate:
 
     def instruction_for(self, instruction: str | None) -> str:
         text = (instruction if instruction is not None else self.default_instruction).strip()
-        if self.instruction_period and text and not unicodedata.category(
-                text[-1]).startswith("P"):
+        if self.instruction_period and text and not unicodedata.category(text[-1]).startswith("P"):
             text += "."
         return text
 
-    def parts(self, text: str, instruction: str | None, image_tokens: int
-              ) -> list[tuple[str, Any]]:
+    def parts(self, text: str, instruction: str | None, image_tokens: int) -> list[tuple[str, Any]]:
         """-> [("text", str) | ("special", token) | ("image", count)], adjacent texts merged."""
         pieces: list[tuple[str, Any]] = []
         rest = self.layout
         specials = sorted(self.special_tokens, key=len, reverse=True)
         values = {INSTRUCTION: self.instruction_for(instruction), TEXT: text}
         while rest:
-            hits = [(rest.find(s), s) for s in (*specials, INSTRUCTION, TEXT, IMAGE)
-                    if s in rest]
+            hits = [(rest.find(s), s) for s in (*specials, INSTRUCTION, TEXT, IMAGE) if s in rest]
             if not hits:
                 _append_text(pieces, rest)
                 break
             at, found = min(hits)
             _append_text(pieces, rest[:at])
-            rest = rest[at + len(found):]
+            rest = rest[at + len(found) :]
             if found in values:
                 _append_text(pieces, values[found])
             elif found == IMAGE:

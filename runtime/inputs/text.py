@@ -11,6 +11,7 @@ Text longer than ``max_text_tokens`` is truncated with a warning; a very long te
 (in characters) before tokenisation so its cost stays bounded. An empty text embeds as
 ``[BOS]`` alone (with a warning) unless the row has an image.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -41,8 +42,7 @@ class TextProcessor:
     :class:`~lame_runtime.inputs.template.PromptTemplate` (an imported embedder's recipe) that
     template's layout."""
 
-    def __init__(self, tokenizer: Tokenizer | str | Path, max_text_tokens: int = 48,
-                 template=None):
+    def __init__(self, tokenizer: Tokenizer | str | Path, max_text_tokens: int = 48, template=None):
         if not isinstance(tokenizer, Tokenizer):
             path = Path(tokenizer)
             if not path.is_file():
@@ -51,8 +51,11 @@ class TextProcessor:
                 tokenizer = Tokenizer.from_file(str(path))
             except Exception as err:  # tokenizers raises a bare Exception on bad JSON
                 raise InputError(f"{path} is not a valid tokenizer.json: {err}") from err
-        if (not isinstance(max_text_tokens, (int, np.integer)) or isinstance(max_text_tokens, bool)
-                or max_text_tokens < 1):
+        if (
+            not isinstance(max_text_tokens, (int, np.integer))
+            or isinstance(max_text_tokens, bool)
+            or max_text_tokens < 1
+        ):
             raise InputError(f"max_text_tokens must be a positive integer, got {max_text_tokens!r}")
         # Special-token strings inside user text are encoded as ordinary text (not serialised
         # into tokenizer.json, so the file on disk is unchanged).
@@ -62,8 +65,9 @@ class TextProcessor:
         self.special = {role: self._require(tok) for role, tok in SPECIAL_TOKENS.items()}
         self._structural = {i for role, i in self.special.items() if role != "unk"}
         self.template = template
-        self._template_ids = {tok: self._require(tok) for tok in template.special_tokens} \
-            if template is not None else {}
+        self._template_ids = (
+            {tok: self._require(tok) for tok in template.special_tokens} if template is not None else {}
+        )
 
     def _require(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -71,8 +75,7 @@ class TextProcessor:
             needed = sorted(SPECIAL_TOKENS.values())
             if getattr(self, "template", None) is not None:
                 needed += self.template.special_tokens
-            raise InputError(f"tokenizer lacks the special token {token!r}; "
-                             f"this model needs all of {needed}")
+            raise InputError(f"tokenizer lacks the special token {token!r}; this model needs all of {needed}")
         return token_id
 
     @property
@@ -89,8 +92,7 @@ class TextProcessor:
         try:
             return self.tokenizer.encode(text, add_special_tokens=False)
         except Exception as err:  # tokenizers raises TypeError/Exception without naming the text
-            raise InputError(f"the tokenizer cannot encode the text {text[:40]!r}...: "
-                             f"{err}") from err
+            raise InputError(f"the tokenizer cannot encode the text {text[:40]!r}...: {err}") from err
 
     def _plain(self, ids: list[int]) -> list[int]:
         if self._structural.intersection(ids):  # a vocabulary that merges "[IMG]" by itself
@@ -120,22 +122,25 @@ class TextProcessor:
 
     def _warn_truncated(self, text: str, total: int | None, stacklevel: int) -> None:
         size = f"{total} tokens" if total else f"{len(text)} characters"
-        warnings.warn(f"text of {size} truncated to {self.max_text_tokens} tokens: "
-                      f"{text[:60]!r}...", stacklevel=stacklevel + 1)
+        warnings.warn(
+            f"text of {size} truncated to {self.max_text_tokens} tokens: {text[:60]!r}...",
+            stacklevel=stacklevel + 1,
+        )
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def encode_rows(self, texts: Sequence[str | None], has_image: Sequence[bool],
-                    num_image_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    def encode_rows(
+        self, texts: Sequence[str | None], has_image: Sequence[bool], num_image_tokens: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """-> (input_ids, attention_mask), both int64 [B, L], padded on the left."""
         rows = [self._row(text, image, num_image_tokens) for text, image in zip(texts, has_image)]
         length = max(len(r) for r in rows)
         ids = np.full((len(rows), length), self.special["pad"], dtype=np.int64)
         mask = np.zeros((len(rows), length), dtype=np.int64)
         for i, row in enumerate(rows):
-            ids[i, length - len(row):] = row
-            mask[i, length - len(row):] = 1
+            ids[i, length - len(row) :] = row
+            mask[i, length - len(row) :] = 1
         return ids, mask
 
     def _row(self, text: str | None, has_image: bool, num_image_tokens: int) -> list[int]:
@@ -151,15 +156,13 @@ class TextProcessor:
         image = [self.special["image"]] * num_image_tokens if has_image else []
         return [self.special["bos"], *image, *tokens]
 
-    def _template_row(self, text: str | None, has_image: bool, num_image_tokens: int
-                      ) -> list[int]:
+    def _template_row(self, text: str | None, has_image: bool, num_image_tokens: int) -> list[int]:
         instruction, body = getattr(text, "instruction", None), getattr(text, "body", text)
         if not body and not has_image:
             body = self.template.empty_text
         body = self._truncated(body or "")
         ids: list[int] = []
-        for kind, value in self.template.parts(body, instruction,
-                                               num_image_tokens if has_image else 0):
+        for kind, value in self.template.parts(body, instruction, num_image_tokens if has_image else 0):
             if kind == "text":
                 ids += self.encode_text(value)
             elif kind == "special":
@@ -176,4 +179,4 @@ class TextProcessor:
         if len(encoding.ids) <= limit:
             return text
         self._warn_truncated(text, len(encoding.ids) if whole else None, stacklevel=6)
-        return text[:encoding.offsets[limit - 1][1]]
+        return text[: encoding.offsets[limit - 1][1]]

@@ -22,6 +22,7 @@ format, never pickle) through ``lame_runtime.artifact.persist.save_versioned``: 
 the previous save loadable. One lock serialises ``add``/``save`` with ``search`` (FAISS's
 index is not safe to read while it is being appended to).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,10 +34,16 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from lame_runtime.errors import BackendError, IndexFileError, InputError, MissingFileError
-from lame_runtime.retrieval.index import (_as_list, _check_matrix, _check_payload, _materialise,
-                                _normalise, index_files)
 from lame_runtime.artifact.persist import read_json, save_versioned, versioned_file
+from lame_runtime.errors import BackendError, IndexFileError, InputError, MissingFileError
+from lame_runtime.retrieval.index import (
+    _as_list,
+    _check_matrix,
+    _check_payload,
+    _materialise,
+    _normalise,
+    index_files,
+)
 
 KINDS = ("flat", "hnsw")
 STORAGES = ("float32", "float16", "int8")
@@ -48,10 +55,10 @@ VERSION = 1
 class AnnConfig:
     kind: str = "flat"
     storage: str = "float32"
-    hnsw_m: int = 32            # graph degree: memory per vector grows with it
-    ef_construction: int = 80   # build-time beam: better graph, slower adds
-    ef_search: int = 64         # query-time beam: recall vs speed
-    train_size: int = 4096      # int8: vectors its value range is learned from
+    hnsw_m: int = 32  # graph degree: memory per vector grows with it
+    ef_construction: int = 80  # build-time beam: better graph, slower adds
+    ef_search: int = 64  # query-time beam: recall vs speed
+    train_size: int = 4096  # int8: vectors its value range is learned from
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -75,8 +82,7 @@ def _faiss():
     try:
         import faiss
     except ImportError as err:
-        raise BackendError("AnnIndex needs the faiss-cpu package (pip install faiss-cpu)") \
-            from err
+        raise BackendError("AnnIndex needs the faiss-cpu package (pip install faiss-cpu)") from err
     return faiss
 
 
@@ -89,8 +95,7 @@ class AnnIndex:
         self.dim = int(dim)
         self.config = config or AnnConfig()
         faiss = _faiss()
-        self._index = faiss.index_factory(self.dim, self.config.factory(),
-                                          faiss.METRIC_INNER_PRODUCT)
+        self._index = faiss.index_factory(self.dim, self.config.factory(), faiss.METRIC_INNER_PRODUCT)
         if self.config.kind == "hnsw":
             self._hnsw().efConstruction = self.config.ef_construction
         self._ids: list[str] = []
@@ -163,13 +168,14 @@ class AnnIndex:
             return
         rows = np.concatenate(self._untrained)
         if not self._index.is_trained:
-            self._index.train(rows[:self.config.train_size])
+            self._index.train(rows[: self.config.train_size])
         self._index.add(rows)
         self._untrained = []
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: Any, k: int = 10,
-               ef_search: int | None = None) -> tuple[np.ndarray, list[list[str]]]:
+    def search(
+        self, queries: Any, k: int = 10, ef_search: int | None = None
+    ) -> tuple[np.ndarray, list[list[str]]]:
         """-> (scores float32 [Q, min(k, len)], ids), best first. ``ef_search`` overrides the
         configured HNSW beam for this call (it must be >= k to find k neighbours)."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
@@ -197,32 +203,45 @@ class AnnIndex:
         with self._lock:
             self._flush()
             blob = _faiss().serialize_index(self._index).tobytes()
-            content = {"format": FORMAT, "version": VERSION, "dim": self.dim,
-                       "config": asdict(self.config), "ids": list(self._ids),
-                       "payloads": list(self._payloads), "info": self.info}
+            content = {
+                "format": FORMAT,
+                "version": VERSION,
+                "dim": self.dim,
+                "config": asdict(self.config),
+                "ids": list(self._ids),
+                "payloads": list(self._payloads),
+                "info": self.info,
+            }
         meta = {**content, "content_sha256": _digest(content)}
         written = save_versioned(json_path, {"faiss": lambda handle: handle.write(blob)}, meta)
         return json_path.parent / written["files"]["faiss"]["path"], json_path
 
     @classmethod
-    def load(cls, path: str | Path) -> "AnnIndex":
+    def load(cls, path: str | Path) -> AnnIndex:
         _, json_path = index_files(path)
         if not json_path.is_file():
             raise MissingFileError(f"index file not found: {json_path}")
         meta = read_json(json_path, IndexFileError, what="index metadata")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise IndexFileError(f"{json_path} is not a LaME ANN index (\"format\": {FORMAT!r})")
+            raise IndexFileError(f'{json_path} is not a LaME ANN index ("format": {FORMAT!r})')
         if meta.get("version") != VERSION:
-            raise IndexFileError(f"{json_path}: ANN index version {meta.get('version')!r} is not "
-                                 f"supported (this runtime reads {VERSION})")
-        content = {key: meta.get(key) for key in ("format", "version", "dim", "config", "ids",
-                                                  "payloads", "info")}
+            raise IndexFileError(
+                f"{json_path}: ANN index version {meta.get('version')!r} is not "
+                f"supported (this runtime reads {VERSION})"
+            )
+        content = {
+            key: meta.get(key) for key in ("format", "version", "dim", "config", "ids", "payloads", "info")
+        }
         if meta.get("content_sha256") != _digest(content):
             raise IndexFileError(f"{json_path}: content does not match its content_sha256")
         ids, payloads = meta["ids"], meta["payloads"]
-        if not (isinstance(ids, list) and isinstance(payloads, list)
-                and len(ids) == len(payloads) and all(isinstance(i, str) for i in ids)
-                and len(set(ids)) == len(ids)):
+        if not (
+            isinstance(ids, list)
+            and isinstance(payloads, list)
+            and len(ids) == len(payloads)
+            and all(isinstance(i, str) for i in ids)
+            and len(set(ids)) == len(ids)
+        ):
             raise IndexFileError(f"{json_path}: ids must be distinct strings, one payload each")
         try:
             config = AnnConfig(**meta["config"])
@@ -233,11 +252,14 @@ class AnnIndex:
         try:
             loaded = _faiss().deserialize_index(blob)
         except (RuntimeError, MemoryError, ValueError) as err:  # faiss: "Error in ... read"
-            raise IndexFileError(f"{json_path}: its FAISS file cannot be read ({_first_line(err)})"
-                                 "; rebuild the index") from err
+            raise IndexFileError(
+                f"{json_path}: its FAISS file cannot be read ({_first_line(err)}); rebuild the index"
+            ) from err
         if loaded.d != index.dim or loaded.ntotal != len(ids):
-            raise IndexFileError(f"{json_path}: the FAISS file holds {loaded.ntotal} vectors of "
-                                 f"dim {loaded.d}, the json {len(ids)} of dim {index.dim}")
+            raise IndexFileError(
+                f"{json_path}: the FAISS file holds {loaded.ntotal} vectors of "
+                f"dim {loaded.d}, the json {len(ids)} of dim {index.dim}"
+            )
         index._index = loaded
         index._ids, index._payloads = ids, payloads
         index._rows = {item_id: row for row, item_id in enumerate(ids)}

@@ -16,6 +16,7 @@ new name and replaces the json last (``lame_runtime.artifact.persist.save_versio
 instant leaves the previous or the new index loadable, never neither. Version 1 indexes
 (``<stem>.npz`` + ``<stem>.json``) still load.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,12 +27,27 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from lame_runtime.errors import (BackendError, IndexFileError, InputError, InputTypeError,
-                                 IntegrityError, MissingFileError)
-from lame_runtime.retrieval.index_io import (FORMAT, INDEX_STEM, STORAGES, VERSION,  # noqa: F401
-                                   code_dtype, content_sha256, index_exists, index_files,
-                                   read_arrays, read_meta)
 from lame_runtime.artifact.persist import save_versioned, sha256, versioned_file
+from lame_runtime.errors import (
+    BackendError,
+    IndexFileError,
+    InputError,
+    InputTypeError,
+    IntegrityError,
+    MissingFileError,
+)
+from lame_runtime.retrieval.index_io import (  # noqa: F401
+    FORMAT,
+    INDEX_STEM,
+    STORAGES,
+    VERSION,
+    code_dtype,
+    content_sha256,
+    index_exists,
+    index_files,
+    read_arrays,
+    read_meta,
+)
 
 BACKENDS = ("auto", "numpy", "faiss")
 BLOCK_ELEMENTS = 1 << 23  # scores computed per block: at most ~32 MB of float32 at a time
@@ -84,8 +100,9 @@ class Index:
         self._lock = threading.RLock()  # writers, and readers' lazy merges / FAISS builds
         self._save_lock = threading.Lock()  # two saves of one index must not interleave
         self._faiss_base: tuple | None = None  # (buffer, FAISS index, rows covered)
-        self._state = _State([], {}, [], 0, np.zeros((0, self.dim), code_dtype(storage)),
-                             np.zeros(0, np.float32), [], 0, {})
+        self._state = _State(
+            [], {}, [], 0, np.zeros((0, self.dim), code_dtype(storage)), np.zeros(0, np.float32), [], 0, {}
+        )
 
     # ----------------------------------------------------------------- contents
     def __len__(self) -> int:
@@ -95,13 +112,12 @@ class Index:
         return isinstance(item_id, str) and self._state.row(item_id) is not None
 
     def __repr__(self) -> str:
-        return (f"Index(dim={self.dim}, size={len(self)}, storage={self.storage}, "
-                f"backend={self.backend})")
+        return f"Index(dim={self.dim}, size={len(self)}, storage={self.storage}, backend={self.backend})"
 
     @property
     def ids(self) -> list[str]:
         state = self._state
-        return state.ids[:state.count]
+        return state.ids[: state.count]
 
     def payload(self, item_id: str) -> Any:
         """The payload stored with ``item_id`` (None when it was added without one)."""
@@ -138,8 +154,7 @@ class Index:
             state.ids.extend(ids)
             state.payloads.extend(payloads)
             state.rows.update({item_id: start + i for i, item_id in enumerate(ids)})
-            self._state = replace(state, count=start + len(ids), n_pending=len(state.pending),
-                                  cache={})
+            self._state = replace(state, count=start + len(ids), n_pending=len(state.pending), cache={})
 
     def remove(self, ids: Iterable[str]) -> None:
         """Remove rows by id; unknown ids raise KeyError and nothing is removed."""
@@ -148,27 +163,44 @@ class Index:
             state = self._merged()
             unknown = [i for i in ids if not isinstance(i, str) or state.row(i) is None]
             if unknown:
-                raise KeyError(f"ids not in the index: {unknown[:5]}"
-                               + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""))
+                raise KeyError(
+                    f"ids not in the index: {unknown[:5]}"
+                    + (f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else "")
+                )
             keep = np.ones(state.count, dtype=bool)
             keep[[state.rows[i] for i in ids]] = False
             # Compacting keeps the survivors in insertion order, which is the tie-break order.
-            kept_ids = [i for i, k in zip(state.ids[:state.count], keep) if k]
+            kept_ids = [i for i, k in zip(state.ids[: state.count], keep) if k]
             self._state = _State(
-                kept_ids, {item_id: row for row, item_id in enumerate(kept_ids)},
-                [p for p, k in zip(state.payloads[:state.count], keep) if k], len(kept_ids),
-                state.codes[keep], state.scales[keep], [], 0, {})
+                kept_ids,
+                {item_id: row for row, item_id in enumerate(kept_ids)},
+                [p for p, k in zip(state.payloads[: state.count], keep) if k],
+                len(kept_ids),
+                state.codes[keep],
+                state.scales[keep],
+                [],
+                0,
+                {},
+            )
 
     def _owned_state(self) -> _State:
         """The current state, its shared containers trimmed to it (after a failed add)."""
         state = self._state
-        if (len(state.ids) == state.count and len(state.payloads) == state.count
-                and len(state.pending) == state.n_pending and len(state.rows) == state.count):
+        if (
+            len(state.ids) == state.count
+            and len(state.payloads) == state.count
+            and len(state.pending) == state.n_pending
+            and len(state.rows) == state.count
+        ):
             return state
-        ids = state.ids[:state.count]
-        return replace(state, ids=ids, payloads=state.payloads[:state.count],
-                       rows={item_id: row for row, item_id in enumerate(ids)},
-                       pending=state.pending[:state.n_pending])
+        ids = state.ids[: state.count]
+        return replace(
+            state,
+            ids=ids,
+            payloads=state.payloads[: state.count],
+            rows={item_id: row for row, item_id in enumerate(ids)},
+            pending=state.pending[: state.n_pending],
+        )
 
     def _merged(self) -> _State:
         """The current state with pending rows merged into one array (lazily, under the lock)."""
@@ -203,8 +235,14 @@ class Index:
         scores, rows = flat.search(np.ascontiguousarray(unit), min(k, covered))
         scores, rows = scores.astype(np.float32), rows.astype(np.int64)
         if covered < state.count:  # rows added since the FAISS index was built: exact NumPy
-            tail = _search_numpy(state.codes[covered:], state.scales[covered:], self.storage,
-                                 unit, min(k, state.count - covered), offset=covered)
+            tail = _search_numpy(
+                state.codes[covered:],
+                state.scales[covered:],
+                self.storage,
+                unit,
+                min(k, state.count - covered),
+                offset=covered,
+            )
             scores = np.concatenate([scores, tail[0]], axis=1)
             rows = np.concatenate([rows, tail[1]], axis=1)
         # FAISS does not promise an order among equal scores; impose the exact backend's one.
@@ -226,15 +264,18 @@ class Index:
             if cached is None:
                 buffer = state.buffers[0] if state.buffers else state.codes
                 base = self._faiss_base
-                if (base is not None and base[0] is buffer and base[2] <= state.count
-                        and state.count - base[2] <= max(base[2] // 4, 256)):
+                if (
+                    base is not None
+                    and base[0] is buffer
+                    and base[2] <= state.count
+                    and state.count - base[2] <= max(base[2] // 4, 256)
+                ):
                     cached = (base[1], base[2])
                 else:
                     import faiss
 
                     flat = faiss.IndexFlatIP(self.dim)
-                    flat.add(np.ascontiguousarray(_decode(state.codes, state.scales,
-                                                          self.storage)))
+                    flat.add(np.ascontiguousarray(_decode(state.codes, state.scales, self.storage)))
                     cached = (flat, state.count)
                     self._faiss_base = (buffer, flat, state.count)
                 state.cache["faiss"] = cached
@@ -257,18 +298,23 @@ class Index:
         arrays = {"vectors": state.codes}
         if self.storage == "int8":
             arrays["scales"] = state.scales
-        content = {"format": FORMAT, "version": VERSION, "dim": self.dim,
-                   "storage": self.storage, "count": state.count,
-                   "ids": state.ids[:state.count], "payloads": state.payloads[:state.count],
-                   "info": self.info}
+        content = {
+            "format": FORMAT,
+            "version": VERSION,
+            "dim": self.dim,
+            "storage": self.storage,
+            "count": state.count,
+            "ids": state.ids[: state.count],
+            "payloads": state.payloads[: state.count],
+            "info": self.info,
+        }
         meta = {**content, "content_sha256": content_sha256(content)}
         with self._save_lock:
-            written = save_versioned(json_path, {"npz": lambda handle: np.savez(handle, **arrays)},
-                                     meta)
+            written = save_versioned(json_path, {"npz": lambda handle: np.savez(handle, **arrays)}, meta)
         return json_path.parent / written["files"]["npz"]["path"], json_path
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "auto") -> "Index":
+    def load(cls, path: str | Path, backend: str = "auto") -> Index:
         """Read a saved index, validating every field; errors name the file and the problem."""
         legacy_npz, json_path = index_files(path)
         if not json_path.is_file():
@@ -279,9 +325,11 @@ class Index:
             if not legacy_npz.is_file():
                 raise MissingFileError(f"index file not found: {legacy_npz}")
             if meta.get("npz_sha256") != sha256(legacy_npz):
-                raise IndexFileError(f"{legacy_npz} does not match {json_path} (sha256 "
-                                     "differs): the files come from different saves or are "
-                                     "corrupt; rebuild the index")
+                raise IndexFileError(
+                    f"{legacy_npz} does not match {json_path} (sha256 "
+                    "differs): the files come from different saves or are "
+                    "corrupt; rebuild the index"
+                )
             npz_path = legacy_npz
         else:
             try:
@@ -291,8 +339,17 @@ class Index:
         codes, scales = read_arrays(npz_path, index.storage, index.dim, meta["count"])
         ids, payloads = meta["ids"], meta["payloads"]
         index.info = meta.get("info") or {}
-        index._state = _State(ids, {item_id: row for row, item_id in enumerate(ids)}, payloads,
-                              len(ids), codes, scales, [], 0, {})
+        index._state = _State(
+            ids,
+            {item_id: row for row, item_id in enumerate(ids)},
+            payloads,
+            len(ids),
+            codes,
+            scales,
+            [],
+            0,
+            {},
+        )
         return index
 
 
@@ -302,7 +359,7 @@ def _merge(state: _State) -> _State:
     Rows are written only past ``len(state.codes)``: no published state can see them, so
     readers of older states are unaffected.
     """
-    chunks = state.pending[:state.n_pending]
+    chunks = state.pending[: state.n_pending]
     start = len(state.codes)
     stop = start + sum(len(c) for c, _ in chunks)
     codes_buf, scales_buf = state.buffers or (None, None)
@@ -313,10 +370,17 @@ def _merge(state: _State) -> _State:
         codes_buf[:start], scales_buf[:start] = state.codes, state.scales
     row = start
     for codes, scales in chunks:
-        codes_buf[row:row + len(codes)], scales_buf[row:row + len(codes)] = codes, scales
+        codes_buf[row : row + len(codes)], scales_buf[row : row + len(codes)] = codes, scales
         row += len(codes)
-    return replace(state, codes=codes_buf[:stop], scales=scales_buf[:stop], pending=[],
-                   n_pending=0, cache={}, buffers=(codes_buf, scales_buf))
+    return replace(
+        state,
+        codes=codes_buf[:stop],
+        scales=scales_buf[:stop],
+        pending=[],
+        n_pending=0,
+        cache={},
+        buffers=(codes_buf, scales_buf),
+    )
 
 
 # --------------------------------------------------------------------- checks
@@ -329,8 +393,7 @@ def _resolve_backend(backend: str) -> str:
         import faiss  # noqa: F401  (optional: faiss-cpu)
     except ImportError as err:
         if backend == "faiss":
-            raise BackendError("backend='faiss' needs the faiss-cpu package "
-                               "(pip install faiss-cpu)") from err
+            raise BackendError("backend='faiss' needs the faiss-cpu package (pip install faiss-cpu)") from err
         return "numpy"
     return "faiss"
 
@@ -341,8 +404,7 @@ def _as_list(values: Any, name: str) -> list:
     try:
         return list(values)
     except TypeError as err:
-        raise InputTypeError(f"{name} must be a list (any iterable), got "
-                             f"{type(values).__name__}") from err
+        raise InputTypeError(f"{name} must be a list (any iterable), got {type(values).__name__}") from err
 
 
 def _materialise(values: Any) -> Any:
@@ -376,8 +438,9 @@ def _normalise(array: np.ndarray, name: str) -> np.ndarray:
     wide = array.astype(np.float64)
     norms = np.linalg.norm(wide, axis=1)
     if (norms == 0).any():
-        raise InputError(f"{name} row {int(np.flatnonzero(norms == 0)[0])} is all zeros "
-                         "(a zero vector has no direction)")
+        raise InputError(
+            f"{name} row {int(np.flatnonzero(norms == 0)[0])} is all zeros (a zero vector has no direction)"
+        )
     return (wide / norms[:, None]).astype(np.float32)
 
 
@@ -386,8 +449,7 @@ def _check_ids(ids: list, count: int, state: _State) -> None:
         raise InputError(f"got {len(ids)} ids for {count} vectors")
     for item_id in ids:
         if not isinstance(item_id, str):
-            raise InputTypeError(f"ids must be strings, got {type(item_id).__name__} "
-                                 f"{item_id!r}")
+            raise InputTypeError(f"ids must be strings, got {type(item_id).__name__} {item_id!r}")
     seen: set[str] = set()
     for item_id in ids:
         if state.row(item_id) is not None or item_id in seen:
@@ -414,8 +476,7 @@ def _encode(unit: np.ndarray, storage: str) -> tuple[np.ndarray, np.ndarray]:
     return codes, scales.astype(np.float32)
 
 
-def _decode(codes: np.ndarray, scales: np.ndarray, storage: str,
-            copy: bool = True) -> np.ndarray:
+def _decode(codes: np.ndarray, scales: np.ndarray, storage: str, copy: bool = True) -> np.ndarray:
     """float32 vectors; ``copy=False`` may return a view of float32 codes (never written to)."""
     vectors = codes.astype(np.float32, copy=copy or storage == "int8")
     if storage == "int8":
@@ -423,8 +484,9 @@ def _decode(codes: np.ndarray, scales: np.ndarray, storage: str,
     return vectors
 
 
-def _search_numpy(codes: np.ndarray, scales: np.ndarray, storage: str, unit: np.ndarray,
-                  k: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _search_numpy(
+    codes: np.ndarray, scales: np.ndarray, storage: str, unit: np.ndarray, k: int, offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``unit`` against ``codes`` (row numbers start at ``offset``)."""
     block = max(k, BLOCK_ELEMENTS // max(len(unit), 1))
     best_scores, best_rows = None, None

@@ -5,6 +5,7 @@ content) and points at ``<stem>.<token>.npz`` by name and sha256 (version 2). Ve
 ``<stem>.npz`` beside the json with ``npz_sha256``. Every field is checked on load and every
 problem raises an ``IndexFileError`` (or ``MissingFileError``) naming the file.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from lame_runtime.errors import IndexFileError, InputTypeError, MissingFileError
 from lame_runtime.artifact.persist import check_npz, read_json
+from lame_runtime.errors import IndexFileError, InputTypeError, MissingFileError
 
 STORAGES = ("float32", "float16", "int8")
 FORMAT = "lame-index"
@@ -37,8 +38,7 @@ def index_files(path: str | Path, for_writing: bool = False) -> tuple[Path, Path
     where a version 1 save kept it.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise InputTypeError(f"an index path must be a str or os.PathLike, got "
-                             f"{type(path).__name__}")
+        raise InputTypeError(f"an index path must be a str or os.PathLike, got {type(path).__name__}")
     text = str(path)
     path = Path(path)
     if path.is_dir() or text.endswith(("/", os.sep)):
@@ -68,10 +68,12 @@ def read_meta(json_path: Path) -> dict[str, Any]:
 
     meta = read_json(json_path, IndexFileError, what="index metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise IndexFileError(f"{json_path} is not a LaME index (no \"format\": \"{FORMAT}\")")
+        raise IndexFileError(f'{json_path} is not a LaME index (no "format": "{FORMAT}")')
     if meta.get("version") not in READABLE_VERSIONS:
-        raise IndexFileError(f"{json_path}: index version {meta.get('version')!r} is not "
-                             f"supported (this runtime reads {list(READABLE_VERSIONS)})")
+        raise IndexFileError(
+            f"{json_path}: index version {meta.get('version')!r} is not "
+            f"supported (this runtime reads {list(READABLE_VERSIONS)})"
+        )
     missing = [key for key in ("dim", "storage", "ids", "payloads") if key not in meta]
     if missing:
         raise bad(f"lacks the field(s) {missing}")
@@ -98,41 +100,51 @@ def read_meta(json_path: Path) -> dict[str, Any]:
     if meta["version"] >= 2:
         if not isinstance(meta.get("info", {}), dict):
             raise bad("'info' must be an object")
-        content = {key: meta.get(key) for key in ("format", "version", "dim", "storage",
-                                                  "count", "ids", "payloads", "info")}
+        content = {
+            key: meta.get(key)
+            for key in ("format", "version", "dim", "storage", "count", "ids", "payloads", "info")
+        }
         if meta.get("content_sha256") != content_sha256(content):
             raise bad("its content does not match its content_sha256 (edited or corrupt)")
     return meta
 
 
-def read_arrays(npz_path: Path, storage: str, dim: int,
-                 count: int) -> tuple[np.ndarray, np.ndarray]:
+def read_arrays(npz_path: Path, storage: str, dim: int, count: int) -> tuple[np.ndarray, np.ndarray]:
     expected = {"vectors", "scales"} if storage == "int8" else {"vectors"}
     headers = check_npz(npz_path, IndexFileError)  # shapes from the headers, nothing allocated
     if set(headers) == expected and headers["vectors"][0] != (count, dim):
         shape, dtype = headers["vectors"]
-        raise IndexFileError(f"{npz_path} holds {dtype} {shape}, expected {code_dtype(storage)} "
-                             f"({count}, {dim}) (files from different saves?)")
+        raise IndexFileError(
+            f"{npz_path} holds {dtype} {shape}, expected {code_dtype(storage)} "
+            f"({count}, {dim}) (files from different saves?)"
+        )
     try:
         with np.load(npz_path, allow_pickle=False) as arrays:
             if set(arrays.files) != expected:
-                raise IndexFileError(f"{npz_path} holds arrays {sorted(arrays.files)}, expected "
-                                     f"{sorted(expected)} for {storage} storage")
+                raise IndexFileError(
+                    f"{npz_path} holds arrays {sorted(arrays.files)}, expected "
+                    f"{sorted(expected)} for {storage} storage"
+                )
             codes = arrays["vectors"]
             scales = arrays["scales"] if storage == "int8" else np.zeros(len(codes), np.float32)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         if isinstance(err, IndexFileError):
             raise
-        raise IndexFileError(f"{npz_path} is not a readable npz file ({err}); rebuild the "
-                             "index") from err
+        raise IndexFileError(f"{npz_path} is not a readable npz file ({err}); rebuild the index") from err
     want = code_dtype(storage)
     if codes.dtype != want or codes.shape != (count, dim):
-        raise IndexFileError(f"{npz_path} holds {codes.dtype} {codes.shape}, expected {want} "
-                             f"({count}, {dim})")
+        raise IndexFileError(
+            f"{npz_path} holds {codes.dtype} {codes.shape}, expected {want} ({count}, {dim})"
+        )
     if storage != "int8" and not np.isfinite(codes).all():
         raise IndexFileError(f"{npz_path} holds NaN or infinite vectors")
-    if storage == "int8" and (scales.dtype != np.float32 or scales.shape != (count,)
-                              or not (np.isfinite(scales) & (scales > 0)).all()):
-        raise IndexFileError(f"{npz_path}: int8 scales must be {count} positive float32 "
-                             f"values, got {scales.dtype} {scales.shape}")
+    if storage == "int8" and (
+        scales.dtype != np.float32
+        or scales.shape != (count,)
+        or not (np.isfinite(scales) & (scales > 0)).all()
+    ):
+        raise IndexFileError(
+            f"{npz_path}: int8 scales must be {count} positive float32 "
+            f"values, got {scales.dtype} {scales.shape}"
+        )
     return codes, scales

@@ -18,6 +18,7 @@ its index is identical. Bad items (``--skip-bad``) go to ``<index>.skipped.jsonl
 index json, one JSON object per line: ``{"position", "id", "image", "error"}``; the report is
 written before each checkpoint of the index, so it always covers ``items[:next]``.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from lame_runtime.artifact.persist import atomic_write_text, parse_json, sha256, writer_lock
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
-from lame_runtime.retrieval.index import Index, index_exists, index_files
-from lame_runtime.artifact.persist import atomic_write_text, sha256
-from lame_runtime.artifact.persist import parse_json, writer_lock
 from lame_runtime.inputs.preprocess import format_query
+from lame_runtime.retrieval.index import Index, index_exists, index_files
 
 BUILD_KEY = "build"
 REPORT_SUFFIX = ".skipped.jsonl"
@@ -61,9 +61,14 @@ def report_path(out: str | Path) -> Path:
     return json_path.with_name(json_path.stem + REPORT_SUFFIX)
 
 
-def build_index(embedder: Any, items: Sequence[Item], out: str | Path, source: dict[str, Any],
-                options: BuildOptions,
-                progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+def build_index(
+    embedder: Any,
+    items: Sequence[Item],
+    out: str | Path,
+    source: dict[str, Any],
+    options: BuildOptions,
+    progress: Callable[[int], None] = lambda n: None,
+) -> dict[str, Any]:
     """Embed ``items`` into the index at ``out``; returns a summary. ``source`` names where
     the items came from (kind, path, pattern): a resume must match it.
 
@@ -74,19 +79,27 @@ def build_index(embedder: Any, items: Sequence[Item], out: str | Path, source: d
 
 
 def _build(embedder, items, out, source, options, progress) -> dict[str, Any]:
-    state = {**source, "model": sha256(Path(embedder.artifact.path) / "lame_artifact.json"),
-             "precision": embedder.precision, "storage": options.storage,
-             "batch_size": options.batch_size, "total": len(items), "next": 0, "skipped": 0,
-             "complete": False, "ann": _ann_state(options)}
+    state = {
+        **source,
+        "model": sha256(Path(embedder.artifact.path) / "lame_artifact.json"),
+        "precision": embedder.precision,
+        "storage": options.storage,
+        "batch_size": options.batch_size,
+        "total": len(items),
+        "next": 0,
+        "skipped": 0,
+        "complete": False,
+        "ann": _ann_state(options),
+    }
     size = embedder.check_dimensions(options.dimensions)
     if size != embedder.dim:  # absent for full-size builds, however asked (older ones resume)
         state["dimensions"] = size
     index, skipped = _start(embedder, items, out, state, options, size)
     progress(state["next"])
     since = 0
-    for start, chunk, vectors, ids, bad in embed_batches(embedder, items, state["next"],
-                                                         options.batch_size, options.skip_bad,
-                                                         size):
+    for start, chunk, vectors, ids, bad in embed_batches(
+        embedder, items, state["next"], options.batch_size, options.skip_bad, size
+    ):
         if ids:
             payloads = {item[0]: item[1] for item in chunk}
             index.add(vectors, ids, [payloads[i] for i in ids])
@@ -99,10 +112,16 @@ def _build(embedder, items, out, source, options, progress) -> dict[str, Any]:
             since = 0
     state["complete"] = True
     npz_path, json_path = _checkpoint(index, out, state, skipped)
-    return {"index": str(json_path.with_suffix("")), "count": len(index), "dim": index.dim,
-            "storage": options.storage, "precision": embedder.precision,
-            "skipped": len(skipped), "report": str(report_path(out)) if skipped else None,
-            "files": [str(npz_path), str(json_path)]}
+    return {
+        "index": str(json_path.with_suffix("")),
+        "count": len(index),
+        "dim": index.dim,
+        "storage": options.storage,
+        "precision": embedder.precision,
+        "skipped": len(skipped),
+        "report": str(report_path(out)) if skipped else None,
+        "files": [str(npz_path), str(json_path)],
+    }
 
 
 def checkpoint_due(since: int, done: int, options: BuildOptions) -> bool:
@@ -117,8 +136,7 @@ def _ann_state(options: BuildOptions) -> dict[str, Any] | None:
     return None if options.ann is None else asdict(options.ann)
 
 
-def _start(embedder, items, out, state, options,
-           size: int) -> tuple[Any, list[dict[str, Any]]]:
+def _start(embedder, items, out, state, options, size: int) -> tuple[Any, list[dict[str, Any]]]:
     existing = index_exists(out)
     if existing is None or options.force:
         if options.ann is not None:
@@ -127,21 +145,35 @@ def _start(embedder, items, out, state, options,
             return AnnIndex(size, options.ann), []
         return Index(size, storage=options.storage), []
     if not options.resume:
-        raise FileExistsError(f"{existing} exists; pass --resume to continue building it or "
-                              "--force to overwrite it")
+        raise FileExistsError(
+            f"{existing} exists; pass --resume to continue building it or --force to overwrite it"
+        )
     from lame_runtime.retrieval.ann import load_any
 
     index = load_any(out)
     done = index.info.get(BUILD_KEY)
     if not isinstance(done, dict):
-        raise InputError(f"{existing} was not built by `lame-search index` (no build state); "
-                         "pass --force to overwrite it")
-    for key in ("kind", "source", "pattern", "model", "precision", "storage", "batch_size",
-                "total", "ann", "dimensions"):
+        raise InputError(
+            f"{existing} was not built by `lame-search index` (no build state); pass --force to overwrite it"
+        )
+    for key in (
+        "kind",
+        "source",
+        "pattern",
+        "model",
+        "precision",
+        "storage",
+        "batch_size",
+        "total",
+        "ann",
+        "dimensions",
+    ):
         # .get: "dimensions" is absent from full-size builds (and from older indexes).
         if done.get(key) != state.get(key):
-            raise InputError(f"cannot resume {existing}: its {key} was {done.get(key)!r}, this "
-                             f"run's is {state.get(key)!r} (pass --force to start over)")
+            raise InputError(
+                f"cannot resume {existing}: its {key} was {done.get(key)!r}, this "
+                f"run's is {state.get(key)!r} (pass --force to start over)"
+            )
     position = done.get("next")
     if not isinstance(position, int) or not 0 <= position <= len(items):
         raise InputError(f"cannot resume {existing}: bad build state 'next'={position!r}")
@@ -149,14 +181,17 @@ def _start(embedder, items, out, state, options,
     bad_ids = {entry["id"] for entry in skipped}
     expected = [item[0] for item in items[:position] if item[0] not in bad_ids]
     if index.ids != expected:
-        raise InputError(f"cannot resume {existing}: the items it holds are not the first "
-                         f"{position} of {state['source']} (the source changed?); pass --force")
+        raise InputError(
+            f"cannot resume {existing}: the items it holds are not the first "
+            f"{position} of {state['source']} (the source changed?); pass --force"
+        )
     state["next"] = position
     return index, skipped
 
 
-def embed_batches(embedder, items: Sequence[Item], start: int, batch_size: int,
-                  skip_bad: bool, size: int | None = None):
+def embed_batches(
+    embedder, items: Sequence[Item], start: int, batch_size: int, skip_bad: bool, size: int | None = None
+):
     """Yield ``(start, chunk, vectors, ids, skipped)`` per batch of ``items[start:]``.
 
     Images of the next batches decode in ``embedder.pipeline``'s thread pool while the model
@@ -174,7 +209,7 @@ def embed_batches(embedder, items: Sequence[Item], start: int, batch_size: int,
             raise type(err)(f"{err} (pass --skip-bad to skip bad items)") from err
         if prepared is None:
             return
-        chunk = items[prepared.start:prepared.start + batch_size]
+        chunk = items[prepared.start : prepared.start + batch_size]
         vectors, ids, bad = _embed(embedder, prepared, size)
         yield prepared.start, chunk, vectors, ids, bad
 
@@ -184,10 +219,11 @@ def _embed(embedder, prepared, size: int | None = None) -> tuple[Any, list, list
     their ids, skipped-item records)."""
     from lame_runtime.embedder import unit_prefix
 
-    vectors = (unit_prefix(embedder.infer(prepared.feed), size)
-               if prepared.feed is not None else None)
-    bad = [{"position": position, "id": item_id, "image": image, "error": str(err)}
-           for position, item_id, image, err in prepared.errors]
+    vectors = unit_prefix(embedder.infer(prepared.feed), size) if prepared.feed is not None else None
+    bad = [
+        {"position": position, "id": item_id, "image": image, "error": str(err)}
+        for position, item_id, image, err in prepared.errors
+    ]
     return vectors, prepared.ids, bad
 
 
@@ -197,8 +233,7 @@ def _checkpoint(index: Index, out, state: dict[str, Any], skipped: list[dict[str
     report = report_path(out)
     if skipped or report.exists():
         report.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(report, "".join(json.dumps(entry, ensure_ascii=False) + "\n"
-                                          for entry in skipped))
+        atomic_write_text(report, "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in skipped))
     return index.save(out, info={**index.info, BUILD_KEY: dict(state)})
 
 
@@ -214,8 +249,13 @@ def _read_report(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def build_qdrant(embedder, items: Sequence[Item], store, options: BuildOptions,
-                 progress: Callable[[int], None] = lambda n: None) -> dict[str, Any]:
+def build_qdrant(
+    embedder,
+    items: Sequence[Item],
+    store,
+    options: BuildOptions,
+    progress: Callable[[int], None] = lambda n: None,
+) -> dict[str, Any]:
     """Embed ``items`` into a ``lame_runtime.retrieval.qdrant_store.QdrantStore`` (batched upserts).
 
     Point ids are derived from the item ids, so running again re-upserts the same points
@@ -225,10 +265,13 @@ def build_qdrant(embedder, items: Sequence[Item], store, options: BuildOptions,
     skipped: list[dict[str, Any]] = []
     size = embedder.check_dimensions(options.dimensions)
     if store.dim != size:
-        raise InputError(f"Qdrant collection {store.collection!r} holds {store.dim}-dim vectors, "
-                         f"this build makes {size}-dim ones")
-    for _, chunk, vectors, ids, bad in embed_batches(embedder, items, 0, options.batch_size,
-                                                     options.skip_bad, size):
+        raise InputError(
+            f"Qdrant collection {store.collection!r} holds {store.dim}-dim vectors, "
+            f"this build makes {size}-dim ones"
+        )
+    for _, chunk, vectors, ids, bad in embed_batches(
+        embedder, items, 0, options.batch_size, options.skip_bad, size
+    ):
         if ids:
             payloads = {item[0]: item[1] for item in chunk}
             store.add(vectors, ids, [payloads[i] for i in ids])
@@ -237,8 +280,13 @@ def build_qdrant(embedder, items: Sequence[Item], store, options: BuildOptions,
     report = None
     if skipped and Path(store.location).is_dir():
         report = Path(store.location) / f"{store.collection}{REPORT_SUFFIX}"
-        atomic_write_text(report, "".join(json.dumps(entry, ensure_ascii=False) + "\n"
-                                          for entry in skipped))
-    return {"qdrant": store.location, "collection": store.collection, "count": len(store),
-            "dim": store.dim, "precision": embedder.precision, "skipped": len(skipped),
-            "report": str(report) if report else None}
+        atomic_write_text(report, "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in skipped))
+    return {
+        "qdrant": store.location,
+        "collection": store.collection,
+        "count": len(store),
+        "dim": store.dim,
+        "precision": embedder.precision,
+        "skipped": len(skipped),
+        "report": str(report) if report else None,
+    }

@@ -17,6 +17,7 @@ points with pickle, so open only folders you created); use a server for large co
 
 Results are ``(scores [Q, k], ids [Q][k])`` like ``Index.search``: cosine scores, best first.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -45,8 +46,9 @@ def _client_module():
         import qdrant_client
         from qdrant_client import models
     except ImportError as err:
-        raise BackendError("--qdrant needs the qdrant-client package "
-                           "(pip install 'lame-embed[qdrant]')") from err
+        raise BackendError(
+            "--qdrant needs the qdrant-client package (pip install 'lame-embed[qdrant]')"
+        ) from err
     return qdrant_client, models
 
 
@@ -58,9 +60,15 @@ class QdrantStore:
     """One collection. ``add`` upserts, ``search`` queries, ``close`` releases the folder lock
     (local mode allows one client per folder at a time)."""
 
-    def __init__(self, location: str, collection: str = DEFAULT_COLLECTION,
-                 dim: int | None = None, batch_size: int = 256, api_key: str | None = None,
-                 sizes: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        location: str,
+        collection: str = DEFAULT_COLLECTION,
+        dim: int | None = None,
+        batch_size: int = 256,
+        api_key: str | None = None,
+        sizes: tuple[int, ...] = (),
+    ):
         """``dim``: the size a new collection gets (None: open an existing one at its size);
         an existing collection may also hold any of ``sizes`` (a Matryoshka model's)."""
         if not isinstance(collection, str) or not collection:
@@ -96,8 +104,7 @@ class QdrantStore:
         except LameError:
             raise
         except Exception as err:  # noqa: BLE001  (the client's exception types vary by transport)
-            raise StoreError(f"Qdrant at {self.location} failed to {doing}: "
-                             f"{_one_line(err)}") from err
+            raise StoreError(f"Qdrant at {self.location} failed to {doing}: {_one_line(err)}") from err
 
     def _fast_local_commits(self) -> None:
         """Local mode commits one sqlite transaction per point, each an fsync: ~19 ms a point
@@ -106,8 +113,7 @@ class QdrantStore:
         ``--resume`` needs); only an OS crash or power loss can drop the last commits. Reaches
         into qdrant-client's local storage; if that changes, nothing breaks, it is just slow."""
         collections = getattr(getattr(self._client, "_client", None), "collections", None)
-        storage = getattr(getattr((collections or {}).get(self.collection), "storage", None),
-                          "storage", None)
+        storage = getattr(getattr((collections or {}).get(self.collection), "storage", None), "storage", None)
         if isinstance(storage, sqlite3.Connection):
             storage.execute("PRAGMA journal_mode=WAL")
             storage.execute("PRAGMA synchronous=NORMAL")
@@ -117,28 +123,36 @@ class QdrantStore:
         if self._client.collection_exists(self.collection):
             params = self._client.get_collection(self.collection).config.params.vectors
             if not isinstance(params, models.VectorParams):
-                raise InputError(f"Qdrant collection {self.collection!r} uses named vectors; "
-                                 "LaME writes one unnamed cosine vector per point")
+                raise InputError(
+                    f"Qdrant collection {self.collection!r} uses named vectors; "
+                    "LaME writes one unnamed cosine vector per point"
+                )
             if params.distance != models.Distance.COSINE:
-                raise InputError(f"Qdrant collection {self.collection!r} uses "
-                                 f"{params.distance} distance, not cosine")
+                raise InputError(
+                    f"Qdrant collection {self.collection!r} uses {params.distance} distance, not cosine"
+                )
             if dim is not None and params.size != dim and params.size not in self._sizes:
-                raise InputError(f"Qdrant collection {self.collection!r} holds {params.size}-dim "
-                                 f"vectors, the model embeds in {dim}: another model built it")
+                raise InputError(
+                    f"Qdrant collection {self.collection!r} holds {params.size}-dim "
+                    f"vectors, the model embeds in {dim}: another model built it"
+                )
             return int(params.size)
         if dim is None:
-            raise InputError(f"Qdrant collection {self.collection!r} does not exist at "
-                             f"{self.location}; build it with `lame-search index --qdrant`")
+            raise InputError(
+                f"Qdrant collection {self.collection!r} does not exist at "
+                f"{self.location}; build it with `lame-search index --qdrant`"
+            )
         self._client.create_collection(
             self.collection,
-            vectors_config=models.VectorParams(size=int(dim), distance=models.Distance.COSINE))
+            vectors_config=models.VectorParams(size=int(dim), distance=models.Distance.COSINE),
+        )
         return int(dim)
 
     def __len__(self) -> int:
         with self._store("count points"):
             return int(self._client.count(self.collection, exact=True).count)
 
-    def __enter__(self) -> "QdrantStore":
+    def __enter__(self) -> QdrantStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -164,13 +178,12 @@ class QdrantStore:
             batch = self._models.Batch(
                 ids=[point_id(i) for i in ids[start:stop]],
                 vectors=unit[start:stop].tolist(),
-                payloads=[{ID_KEY: i, PAYLOAD_KEY: p}
-                          for i, p in zip(ids[start:stop], payloads[start:stop])])
+                payloads=[{ID_KEY: i, PAYLOAD_KEY: p} for i, p in zip(ids[start:stop], payloads[start:stop])],
+            )
             with self._store(f"upsert points {start}-{start + len(batch.ids) - 1}"):
                 self._client.upsert(self.collection, points=batch, wait=True)
 
-    def search(self, queries: Any, k: int = 10,
-               exact: bool = False) -> tuple[np.ndarray, list[list[str]]]:
+    def search(self, queries: Any, k: int = 10, exact: bool = False) -> tuple[np.ndarray, list[list[str]]]:
         """Top-k per query. ``exact`` asks Qdrant for a full scan (no HNSW)."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
@@ -179,20 +192,22 @@ class QdrantStore:
         all_scores, all_ids = [], []
         for query in unit:
             with self._store("search"):
-                points = self._client.query_points(self.collection, query=query.tolist(),
-                                                   limit=int(k), with_payload=[ID_KEY],
-                                                   search_params=params).points
+                points = self._client.query_points(
+                    self.collection,
+                    query=query.tolist(),
+                    limit=int(k),
+                    with_payload=[ID_KEY],
+                    search_params=params,
+                ).points
             all_scores.append([p.score for p in points])
             all_ids.append([p.payload[ID_KEY] for p in points])
         width = min(len(row) for row in all_scores) if all_scores else 0
-        scores = np.array([row[:width] for row in all_scores], dtype=np.float32).reshape(
-            len(unit), width)
+        scores = np.array([row[:width] for row in all_scores], dtype=np.float32).reshape(len(unit), width)
         return scores, all_ids
 
     def payload(self, item_id: str) -> Any:
         with self._store("read a payload"):
-            records = self._client.retrieve(self.collection, [point_id(item_id)],
-                                            with_payload=True)
+            records = self._client.retrieve(self.collection, [point_id(item_id)], with_payload=True)
         if not records:
             raise KeyError(f"id {item_id!r} is not in Qdrant collection {self.collection!r}")
         return records[0].payload.get(PAYLOAD_KEY)

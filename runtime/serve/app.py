@@ -6,6 +6,7 @@ run in the thread pool, the model on the batcher's one worker thread, index sear
 writes in the thread pool. Every error leaves through ``errors.describe``: one status and one
 JSON body, never a traceback.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,8 +31,15 @@ from lame_runtime.serve import schema
 from lame_runtime.serve.batching import Batcher, Job
 from lame_runtime.serve.config import ServeConfig
 from lame_runtime.serve.documents import Documents
-from lame_runtime.serve.errors import (HTTPError, NotFound, PayloadTooLarge, Timeout,
-                                       Unauthorized, describe, error_body)
+from lame_runtime.serve.errors import (
+    HTTPError,
+    NotFound,
+    PayloadTooLarge,
+    Timeout,
+    Unauthorized,
+    describe,
+    error_body,
+)
 from lame_runtime.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 
 log = logging.getLogger("lame_runtime.serve")
@@ -49,8 +57,9 @@ class Service:
 
     def __init__(self, embedder: Any, config: ServeConfig, documents: Documents | None):
         if documents is not None and documents.writable and not config.api_keys:
-            raise InputError("a writable index needs API keys (--api-key-file): writes are "
-                             "never open to anonymous clients")
+            raise InputError(
+                "a writable index needs API keys (--api-key-file): writes are never open to anonymous clients"
+            )
         self.embedder, self.config, self.documents = embedder, config, documents
         self.name = config.model_name or embedder.artifact.path.name
         self.text = embedder.preprocessor.text
@@ -58,9 +67,16 @@ class Service:
         self.metrics = Metrics()
         self.ready = False
         self.shutdown_error: BaseException | None = None
-        self.batcher = Batcher(self._encode, config.max_batch, config.max_wait_ms / 1000.0,
-                               config.max_queue, config.batching, config.retry_after_s,
-                               observe=self._observe, on_depth=self.metrics.queue_depth.set)
+        self.batcher = Batcher(
+            self._encode,
+            config.max_batch,
+            config.max_wait_ms / 1000.0,
+            config.max_queue,
+            config.batching,
+            config.retry_after_s,
+            observe=self._observe,
+            on_depth=self.metrics.queue_depth.set,
+        )
 
     # ------------------------------------------------------------------ model thread
     def _encode(self, texts: list, images: list) -> np.ndarray:
@@ -88,9 +104,11 @@ class Service:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not self.config.key_ok(token.strip()):
             self.metrics.rejected.labels("unauthorized").inc()
-            raise Unauthorized("missing or wrong API key (send 'Authorization: Bearer <key>' "
-                               "with a key from the server's --api-key-file)",
-                               headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized(
+                "missing or wrong API key (send 'Authorization: Bearer <key>' "
+                "with a key from the server's --api-key-file)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     async def body(self, request: Request) -> dict:
         limit = self.config.max_body_bytes
@@ -110,15 +128,21 @@ class Service:
             raise too_big
         return schema.parse_json(b"".join(chunks))
 
-    async def embed(self, request: Request, rows: list[schema.Row], input_type: str,
-                    instruction: str | None = None, task: str | None = None
-                    ) -> tuple[np.ndarray, int, list[int]]:
+    async def embed(
+        self,
+        request: Request,
+        rows: list[schema.Row],
+        input_type: str,
+        instruction: str | None = None,
+        task: str | None = None,
+    ) -> tuple[np.ndarray, int, list[int]]:
         """-> (unit vectors, tokens the model ran on, indices of truncated texts)."""
         self.batcher.arrive()
         try:
             if any(row.image is not None for row in rows) or len(rows) > INLINE_ROWS:
                 texts, tokens, truncated = await run_in_threadpool(
-                    self._prepare, rows, input_type, instruction, task)
+                    self._prepare, rows, input_type, instruction, task
+                )
             else:  # a few texts tokenise in microseconds: a thread hop would cost more
                 texts, tokens, truncated = self._prepare(rows, input_type, instruction, task)
             job = self.batcher.submit(texts, [row.image for row in rows])
@@ -129,8 +153,9 @@ class Service:
             self.batcher.leave()
         return await self._wait(request, job), tokens, truncated
 
-    def _prepare(self, rows: list[schema.Row], input_type: str, instruction: str | None,
-                 task: str | None) -> tuple[list, int, list[int]]:
+    def _prepare(
+        self, rows: list[schema.Row], input_type: str, instruction: str | None, task: str | None
+    ) -> tuple[list, int, list[int]]:
         """Blocking: decode images, apply the trained instruction, count tokens."""
         schema.decode(rows, self.embedder.preprocessor.image, self.config.max_pixels)
         texts = [row.text for row in rows]
@@ -138,14 +163,14 @@ class Service:
         if input_type == "query":
             chosen = self.embedder.query_instructions(texts, marks, instruction, task)
         else:
-            document = instruction if instruction is not None else \
-                self.embedder.artifact.instruction("document")
+            document = (
+                instruction if instruction is not None else self.embedder.artifact.instruction("document")
+            )
             chosen = [document] * len(rows)
         formatted = [format_query(text, inst) for text, inst in zip(texts, chosen)]
         # usage: the positions the model attends to, from the rows the preprocessor builds
         # (the real tokenizer; [BOS], visual tokens, a prompt template where there is one)
-        _, mask = self.text.encode_rows(formatted, [row.image is not None for row in rows],
-                                        self.image_tokens)
+        _, mask = self.text.encode_rows(formatted, [row.image is not None for row in rows], self.image_tokens)
         tokens = int(mask.sum())
         limit = self.text.max_text_tokens
         truncated = []
@@ -162,8 +187,9 @@ class Service:
         gone = asyncio.ensure_future(_disconnected(request))
         timeout = self.config.request_timeout_s or None
         try:
-            done, _ = await asyncio.wait({job.future, gone}, timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {job.future, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             gone.cancel()
         if job.future.done():
@@ -174,13 +200,16 @@ class Service:
             self.metrics.rejected.labels("client_gone").inc()
             raise ClientGone()
         self.metrics.rejected.labels("timeout").inc()
-        raise Timeout(f"the request was not served within {self.config.request_timeout_s:g} s "
-                      "(--request-timeout); the server is overloaded or the batch is too large")
+        raise Timeout(
+            f"the request was not served within {self.config.request_timeout_s:g} s "
+            "(--request-timeout); the server is overloaded or the batch is too large"
+        )
 
     def need_documents(self) -> Documents:
         if self.documents is None:
-            raise NotFound("this server serves no index: start lame-serve with --index or "
-                           "--qdrant", code="no_index")
+            raise NotFound(
+                "this server serves no index: start lame-serve with --index or --qdrant", code="no_index"
+            )
         return self.documents
 
     def output(self, vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
@@ -231,8 +260,7 @@ def _error_response(err: BaseException) -> Response:
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def endpoint(service: Service, name: str,
-             handler: Callable[[Request], Awaitable[Response]]) -> Callable:
+def endpoint(service: Service, name: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable:
     async def run(request: Request) -> Response:
         started = time.perf_counter()
         try:
@@ -248,8 +276,9 @@ def endpoint(service: Service, name: str,
     return run
 
 
-def create_app(embedder: Any, config: ServeConfig | None = None,
-               documents: Documents | None = None) -> Starlette:
+def create_app(
+    embedder: Any, config: ServeConfig | None = None, documents: Documents | None = None
+) -> Starlette:
     """The service over a loaded ``Embedder`` (and optionally its ``Documents``).
 
     Startup (the ASGI lifespan) starts the model worker and computes a first vector;
@@ -262,17 +291,33 @@ def create_app(embedder: Any, config: ServeConfig | None = None,
         service.authorize(request, write=False)
         body = await service.body(request)
         req = schema.parse_embeddings(body, service.name, embedder.artifact.dimensions, cfg)
-        vectors, tokens, truncated = await service.embed(request, req.rows, req.input_type,
-                                                         req.instruction, req.task)
+        vectors, tokens, truncated = await service.embed(
+            request, req.rows, req.input_type, req.instruction, req.task
+        )
         vectors = service.output(vectors, req.dimensions)
-        data = [{"object": "embedding", "index": i,
-                 "embedding": (base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
-                               if req.encoding_format == "base64" else v.tolist())}
-                for i, v in enumerate(vectors)]
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": (
+                    base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
+                    if req.encoding_format == "base64"
+                    else v.tolist()
+                ),
+            }
+            for i, v in enumerate(vectors)
+        ]
         headers = {TRUNCATED_HEADER: ",".join(map(str, truncated))} if truncated else {}
-        return JSONResponse({"object": "list", "data": data, "model": service.name,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                             "truncated": truncated}, headers=headers)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": service.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "truncated": truncated,
+            },
+            headers=headers,
+        )
 
     async def search(request: Request) -> Response:
         service.authorize(request, write=False)
@@ -282,9 +327,15 @@ def create_app(embedder: Any, config: ServeConfig | None = None,
         vectors, tokens, truncated = await service.embed(request, [row], input_type)
         vectors = service.output(vectors, documents.dim)  # a Matryoshka index's size
         hits = await run_in_threadpool(documents.search, vectors[0], k, prefix)
-        return JSONResponse({"object": "list", "data": hits, "model": service.name,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                             "truncated": truncated})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": hits,
+                "model": service.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "truncated": truncated,
+            }
+        )
 
     async def add_documents(request: Request) -> Response:
         service.authorize(request, write=True)
@@ -296,9 +347,15 @@ def create_app(embedder: Any, config: ServeConfig | None = None,
         vectors = service.output(vectors, documents.dim)
         await run_in_threadpool(documents.add, ids, vectors, payloads)
         service.metrics.index_size.set(len(documents))
-        return JSONResponse({"object": "list", "added": len(ids), "ids": ids,
-                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                             "truncated": truncated})
+        return JSONResponse(
+            {
+                "object": "list",
+                "added": len(ids),
+                "ids": ids,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+                "truncated": truncated,
+            }
+        )
 
     async def delete_documents(request: Request) -> Response:
         service.authorize(request, write=True)
@@ -311,18 +368,30 @@ def create_app(embedder: Any, config: ServeConfig | None = None,
 
     async def models(request: Request) -> Response:
         service.authorize(request, write=False)
-        return JSONResponse({"object": "list", "data": [{
-            "id": service.name, "object": "model", "created": 0, "owned_by": "lame",
-            "dimensions": list(embedder.artifact.dimensions),
-            "max_text_tokens": service.text.max_text_tokens}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": service.name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "lame",
+                        "dimensions": list(embedder.artifact.dimensions),
+                        "max_text_tokens": service.text.max_text_tokens,
+                    }
+                ],
+            }
+        )
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def ready(request: Request) -> Response:
         if not service.ready:
-            return JSONResponse(error_body("the model is loading", "overloaded_error",
-                                           "not_ready"), status_code=503)
+            return JSONResponse(
+                error_body("the model is loading", "overloaded_error", "not_ready"), status_code=503
+            )
         return JSONResponse({"status": "ready", "model": service.name})
 
     async def metrics(request: Request) -> Response:
@@ -332,10 +401,8 @@ def create_app(embedder: Any, config: ServeConfig | None = None,
     routes = [
         Route("/v1/embeddings", endpoint(service, "embeddings", embeddings), methods=["POST"]),
         Route("/v1/search", endpoint(service, "search", search), methods=["POST"]),
-        Route("/v1/documents", endpoint(service, "documents_add", add_documents),
-              methods=["POST"]),
-        Route("/v1/documents", endpoint(service, "documents_delete", delete_documents),
-              methods=["DELETE"]),
+        Route("/v1/documents", endpoint(service, "documents_add", add_documents), methods=["POST"]),
+        Route("/v1/documents", endpoint(service, "documents_delete", delete_documents), methods=["DELETE"]),
         Route("/v1/models", endpoint(service, "models", models), methods=["GET"]),
         Route("/health", endpoint(service, "health", health), methods=["GET"]),
         Route("/ready", endpoint(service, "ready", ready), methods=["GET"]),
@@ -343,14 +410,19 @@ def create_app(embedder: Any, config: ServeConfig | None = None,
     ]
 
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code,
-                                                                         "invalid_request_error")
-        message = {404: f"no such endpoint: {request.method} {request.url.path}",
-                   405: f"method {request.method} is not allowed on {request.url.path}"}.get(
-            exc.status_code, str(exc.detail))
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(
+            exc.status_code, "invalid_request_error"
+        )
+        message = {
+            404: f"no such endpoint: {request.method} {request.url.path}",
+            405: f"method {request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
         service.metrics.requests.labels("other", str(exc.status_code)).inc()
-        return JSONResponse(error_body(message, kind, str(exc.status_code)),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_body(message, kind, str(exc.status_code)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     async def crash(request: Request, exc: Exception) -> Response:
         return _error_response(exc)
@@ -368,10 +440,19 @@ def create_app(embedder: Any, config: ServeConfig | None = None,
         from starlette.middleware import Middleware
         from starlette.middleware.cors import CORSMiddleware
 
-        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins),
-                                     allow_methods=["GET", "POST", "DELETE"],
-                                     allow_headers=["Authorization", "Content-Type"]))
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
-                    exception_handlers={StarletteHTTPException: http_error, Exception: crash})
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cfg.cors_origins),
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type"],
+            )
+        )
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=middleware,
+        exception_handlers={StarletteHTTPException: http_error, Exception: crash},
+    )
     app.state.service = service
     return app

@@ -14,6 +14,7 @@ with Retry-After) rather than queued without limit. A job whose client went away
 is dropped from the queue (``cancel``) and its rows are never computed. If a batch fails, each
 of its jobs is retried alone, so one bad row fails only its own request.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,10 +47,17 @@ class Job:
 class Batcher:
     """``await submit(texts, images)`` -> unit vectors [n, dim], computed with other requests'."""
 
-    def __init__(self, encode: Callable[[list, list], np.ndarray], max_batch: int = 32,
-                 max_wait_s: float = 0.005, max_queue: int = 1024, batching: bool = True,
-                 retry_after_s: int = 1, observe: Callable[[list[Job], float], None] | None = None,
-                 on_depth: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        encode: Callable[[list, list], np.ndarray],
+        max_batch: int = 32,
+        max_wait_s: float = 0.005,
+        max_queue: int = 1024,
+        batching: bool = True,
+        retry_after_s: int = 1,
+        observe: Callable[[list[Job], float], None] | None = None,
+        on_depth: Callable[[int], None] | None = None,
+    ):
         self._encode = encode
         self.max_batch, self.max_wait_s, self.max_queue = max_batch, max_wait_s, max_queue
         self.batching, self.retry_after_s = batching, retry_after_s
@@ -87,12 +95,16 @@ class Batcher:
         job = Job(list(texts), list(images), asyncio.get_running_loop())
         with self._cond:
             if self._stopping:
-                raise ShuttingDown("the server is shutting down; retry on another instance",
-                                   headers={"Retry-After": str(self.retry_after_s)})
+                raise ShuttingDown(
+                    "the server is shutting down; retry on another instance",
+                    headers={"Retry-After": str(self.retry_after_s)},
+                )
             if self._rows + len(job) > self.max_queue:
-                raise Overloaded(f"the request queue is full ({self._rows} of {self.max_queue} "
-                                 "rows queued); retry shortly",
-                                 headers={"Retry-After": str(self.retry_after_s)})
+                raise Overloaded(
+                    f"the request queue is full ({self._rows} of {self.max_queue} "
+                    "rows queued); retry shortly",
+                    headers={"Retry-After": str(self.retry_after_s)},
+                )
             self._queue.append(job)
             self._rows += len(job)
             self._on_depth(self._rows)
@@ -168,7 +180,7 @@ class Batcher:
         self._observe(jobs, time.perf_counter() - started)
         start = 0
         for job in jobs:
-            self._deliver(job, vectors[start:start + len(job)], None)
+            self._deliver(job, vectors[start : start + len(job)], None)
             start += len(job)
 
     @staticmethod

@@ -1,4 +1,5 @@
 """``ServeConfig``: every option of the service in one place (the CLI fills it; tests build it)."""
+
 from __future__ import annotations
 
 import hmac
@@ -10,32 +11,31 @@ from lame_runtime.errors import InputError, MissingFileError
 
 @dataclass
 class ServeConfig:
-    model_name: str | None = None        # the name clients pass as `model` (default: folder name)
+    model_name: str | None = None  # the name clients pass as `model` (default: folder name)
     # Request limits: each refusal is one 4xx naming the limit.
     max_body_bytes: int = 8 * 1024 * 1024
-    max_items: int = 64                  # rows per embeddings request / documents per add
-    max_text_chars: int = 100_000        # longer texts are refused; past max_text_tokens: cut
-    max_pixels: int | None = None        # None: the runtime's default (from the model's input)
-    image_root: Path | None = None       # local image paths only under this folder
+    max_items: int = 64  # rows per embeddings request / documents per add
+    max_text_chars: int = 100_000  # longer texts are refused; past max_text_tokens: cut
+    max_pixels: int | None = None  # None: the runtime's default (from the model's input)
+    image_root: Path | None = None  # local image paths only under this folder
     max_k: int = 100
     # Dynamic batching (lame_runtime.serve.batching).
     batching: bool = True
-    max_batch: int = 32                  # rows per model call
-    max_wait_ms: float = 5.0             # how long the first row of a batch waits for company
-    max_queue: int = 1024                # queued rows; beyond it: 503 + Retry-After
+    max_batch: int = 32  # rows per model call
+    max_wait_ms: float = 5.0  # how long the first row of a batch waits for company
+    max_queue: int = 1024  # queued rows; beyond it: 503 + Retry-After
     request_timeout_s: float = 30.0
     retry_after_s: int = 1
     # Security.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
-    auth_reads: bool = False             # also require a key for embeddings/search/models/metrics
-    cors_origins: tuple[str, ...] = ()   # empty: no CORS headers at all
+    auth_reads: bool = False  # also require a key for embeddings/search/models/metrics
+    cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
     # The served index.
     writable: bool = False
-    save_interval_s: float = 30.0        # a writable index is saved this often when changed
+    save_interval_s: float = 30.0  # a writable index is saved this often when changed
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_items", "max_text_chars", "max_k", "max_batch",
-                     "max_queue"):
+        for name in ("max_body_bytes", "max_items", "max_text_chars", "max_k", "max_batch", "max_queue"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
@@ -44,8 +44,10 @@ class ServeConfig:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.max_queue < max(self.max_batch, self.max_items):
             # else a full-size request could never be queued: a 503 forever, not a limit
-            raise InputError(f"max_queue ({self.max_queue}) must be at least max_batch "
-                             f"({self.max_batch}) and max_items ({self.max_items})")
+            raise InputError(
+                f"max_queue ({self.max_queue}) must be at least max_batch "
+                f"({self.max_batch}) and max_items ({self.max_items})"
+            )
         if self.image_root is not None:
             self.image_root = Path(self.image_root)
             if not self.image_root.is_dir():
@@ -68,12 +70,17 @@ def read_api_keys(path: str | Path) -> tuple[str, ...]:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"API key file not found: {path}")
-    keys = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines()
-                 if line.strip() and not line.strip().startswith("#"))
+    keys = tuple(
+        line.strip()
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    )
     if not keys:
         raise InputError(f"API key file {path} holds no keys (one per line)")
     short = [i for i, key in enumerate(keys) if len(key) < 16]
     if short:
-        raise InputError(f"API key file {path}: key {short[0] + 1} is shorter than 16 "
-                         "characters; use long random keys (e.g. `openssl rand -hex 32`)")
+        raise InputError(
+            f"API key file {path}: key {short[0] + 1} is shorter than 16 "
+            "characters; use long random keys (e.g. `openssl rand -hex 32`)"
+        )
     return keys

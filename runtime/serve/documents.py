@@ -8,6 +8,7 @@ once more on shutdown; a SIGKILL at any instant leaves the last complete save lo
 Qdrant persists each upsert itself; deleting from Qdrant is not offered (``QdrantStore`` has
 no remove).
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,15 @@ log = logging.getLogger("lame_runtime.serve")
 
 
 class Documents:
-    def __init__(self, store: Any, kind: str, path: Path | None = None, writable: bool = False,
-                 save_interval_s: float = 30.0, lock: writer_lock | None = None):
+    def __init__(
+        self,
+        store: Any,
+        kind: str,
+        path: Path | None = None,
+        writable: bool = False,
+        save_interval_s: float = 30.0,
+        lock: writer_lock | None = None,
+    ):
         self.store, self.kind, self.path = store, kind, path
         self.writable, self.save_interval_s = writable, save_interval_s
         self._lock = lock
@@ -37,8 +45,14 @@ class Documents:
         self._saver: threading.Thread | None = None
 
     @classmethod
-    def open_index(cls, path: str | Path, dim: int, writable: bool = False,
-                   save_interval_s: float = 30.0, sizes: tuple[int, ...] = ()) -> "Documents":
+    def open_index(
+        cls,
+        path: str | Path,
+        dim: int,
+        writable: bool = False,
+        save_interval_s: float = 30.0,
+        sizes: tuple[int, ...] = (),
+    ) -> Documents:
         """``dim``: the size a new index gets; an existing one may hold any of ``sizes`` (a
         Matryoshka model's served sizes: ``lame-search index --dimensions``)."""
         path = Path(path)
@@ -51,11 +65,15 @@ class Documents:
             elif writable:
                 index = Index(dim)  # a new index, first saved on the first change
             else:
-                raise MissingFileError(f"index not found: {path} (build it with `lame-search "
-                                       "index`, or start with --writable to create it)")
+                raise MissingFileError(
+                    f"index not found: {path} (build it with `lame-search "
+                    "index`, or start with --writable to create it)"
+                )
             if index.dim != dim and index.dim not in sizes:
-                raise InputError(f"index {path} holds {index.dim}-dim vectors, the model embeds "
-                                 f"in {dim}: it was built with another model")
+                raise InputError(
+                    f"index {path} holds {index.dim}-dim vectors, the model embeds "
+                    f"in {dim}: it was built with another model"
+                )
         except BaseException:
             if lock is not None:
                 lock.__exit__(None, None, None)
@@ -63,12 +81,16 @@ class Documents:
         return cls(index, "index", path, writable, save_interval_s, lock)
 
     @classmethod
-    def open_qdrant(cls, location: str, collection: str, dim: int,
-                    writable: bool = False, sizes: tuple[int, ...] = ()) -> "Documents":
+    def open_qdrant(
+        cls, location: str, collection: str, dim: int, writable: bool = False, sizes: tuple[int, ...] = ()
+    ) -> Documents:
         from lame_runtime.retrieval.qdrant_store import QdrantStore
 
-        return cls(QdrantStore(location, collection, dim=dim if writable else None,
-                               sizes=sizes), "qdrant", writable=writable)
+        return cls(
+            QdrantStore(location, collection, dim=dim if writable else None, sizes=sizes),
+            "qdrant",
+            writable=writable,
+        )
 
     def __len__(self) -> int:
         return len(self.store)
@@ -85,8 +107,9 @@ class Documents:
         want = k if prefix is None else min(size, max(4 * k, 64))
         while True:
             scores, ids = self.store.search(vector[None, :], k=max(want, 1))
-            hits = [(i, float(s)) for i, s in zip(ids[0], scores[0])
-                    if prefix is None or i.startswith(prefix)]
+            hits = [
+                (i, float(s)) for i, s in zip(ids[0], scores[0]) if prefix is None or i.startswith(prefix)
+            ]
             if prefix is None or len(hits) >= k or want >= size:
                 break
             want = min(size, want * 4)  # too few matched the prefix: look deeper
@@ -101,8 +124,11 @@ class Documents:
     # ------------------------------------------------------------------ writes
     def _check_writable(self) -> None:
         if not self.writable:
-            raise Forbidden("this server's index is read-only: start lame-serve with --writable "
-                            "(and --api-key-file) to add or delete documents", code="read_only")
+            raise Forbidden(
+                "this server's index is read-only: start lame-serve with --writable "
+                "(and --api-key-file) to add or delete documents",
+                code="read_only",
+            )
 
     def add(self, ids: list[str], vectors: np.ndarray, payloads: list[Any]) -> None:
         self._check_writable()
@@ -113,8 +139,10 @@ class Documents:
     def remove(self, ids: list[str]) -> None:
         self._check_writable()
         if self.kind != "index":
-            raise Forbidden("deleting is not supported for a Qdrant collection here; delete "
-                            "with the Qdrant client", code="unsupported")
+            raise Forbidden(
+                "deleting is not supported for a Qdrant collection here; delete with the Qdrant client",
+                code="unsupported",
+            )
         with self._write:
             self.store.remove(ids)  # KeyError (404) for unknown ids; nothing removed then
             self._version += 1
@@ -133,8 +161,7 @@ class Documents:
 
     def start(self) -> None:
         if self.kind == "index" and self.writable and self.save_interval_s > 0:
-            self._saver = threading.Thread(target=self._save_loop, name="lame-serve-saver",
-                                           daemon=True)
+            self._saver = threading.Thread(target=self._save_loop, name="lame-serve-saver", daemon=True)
             self._saver.start()
 
     def _save_loop(self) -> None:
@@ -142,8 +169,9 @@ class Documents:
             try:
                 self.save()
             except Exception:  # noqa: BLE001  (a full disk must not end the server; it retries)
-                log.exception("saving the index to %s failed; retrying in %.0f s", self.path,
-                              self.save_interval_s)
+                log.exception(
+                    "saving the index to %s failed; retrying in %.0f s", self.path, self.save_interval_s
+                )
 
     def close(self) -> None:
         """Stop the schedule, save what changed, release the writer lock."""

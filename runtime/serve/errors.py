@@ -10,11 +10,21 @@ service's own conditions (401, 413, 503, ...) are ``HTTPError`` subclasses carry
 status. Anything else is a bug: 500 with its type name only, never a traceback (the
 traceback goes to the server log).
 """
+
 from __future__ import annotations
 
-from lame_runtime.errors import (ArtifactError, BackendError, BusyError, IndexFileError,
-                                 InputError, InputTypeError, IntegrityError, LameError,
-                                 MissingFileError, StoreError)
+from lame_runtime.errors import (
+    ArtifactError,
+    BackendError,
+    BusyError,
+    IndexFileError,
+    InputError,
+    InputTypeError,
+    IntegrityError,
+    LameError,
+    MissingFileError,
+    StoreError,
+)
 
 
 class HTTPError(LameError):
@@ -24,8 +34,7 @@ class HTTPError(LameError):
     type = "invalid_request_error"
     code = "invalid_request"
 
-    def __init__(self, message: str, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(self, message: str, code: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         if code is not None:
             self.code = code
@@ -89,18 +98,26 @@ def describe(err: BaseException) -> tuple[int, dict, dict[str, str]]:
         status, kind, code, headers = err.status, err.type, err.code, err.headers
         message = str(err)
     else:
-        for cls, status, kind, code in STATUS:
+        for cls, status, kind, code in STATUS:  # noqa: B007 (the match is read after the loop)
             if isinstance(err, cls):
                 break
         else:
             status, kind, code = 500, "api_error", "internal_error"
         headers = {}
-        message = (err.args[0] if isinstance(err, KeyError) and err.args else err) \
-            if status != 500 or isinstance(err, LameError) else \
-            f"internal error ({type(err).__name__}); the server log has the details"
+        message = (
+            (err.args[0] if isinstance(err, KeyError) and err.args else err)
+            if status != 500 or isinstance(err, LameError)
+            else f"internal error ({type(err).__name__}); the server log has the details"
+        )
     return status, error_body(str(message), kind, code), headers
 
 
 def error_body(message: str, kind: str, code: str) -> dict:
-    return {"error": {"message": " ".join(message.split()) or "(no message)", "type": kind,
-                      "code": code, "param": None}}
+    return {
+        "error": {
+            "message": " ".join(message.split()) or "(no message)",
+            "type": kind,
+            "code": code,
+            "param": None,
+        }
+    }

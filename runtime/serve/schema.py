@@ -14,6 +14,7 @@ refused (the service fetches nothing). Images are decoded here, off the event lo
 ``lame_runtime.inputs.images.load_image`` (its pixel limit guards against decompression bombs)
 and resized to the model's input, so a queued row holds a few KB, not a 24 MP photo.
 """
+
 from __future__ import annotations
 
 import base64
@@ -34,8 +35,11 @@ from lame_runtime.inputs.preprocess import check_unicode
 from lame_runtime.serve.config import ServeConfig
 from lame_runtime.serve.errors import BadRequest, NotFound
 
-_DATA_URI = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)"
-                       r"(?P<b64>;base64)?,(?P<data>.*)$", re.S)
+_DATA_URI = re.compile(
+    r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)"
+    r"(?P<b64>;base64)?,(?P<data>.*)$",
+    re.S,
+)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 ENCODINGS = ("float", "base64")
 INPUT_TYPES = ("query", "document")
@@ -44,8 +48,9 @@ INPUT_TYPES = ("query", "document")
 @dataclass
 class Row:
     """One embedding row: text and/or an image reference (decoded later by ``decode``)."""
+
     text: str | None
-    image: Any = None      # bytes (from a data URI) or a Path; a PIL image once decoded
+    image: Any = None  # bytes (from a data URI) or a Path; a PIL image once decoded
     where: str = "input"
 
 
@@ -66,92 +71,132 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     except (UnicodeDecodeError, ValueError) as err:
         raise BadRequest(f"request body is not valid JSON: {err}", code="invalid_json") from None
     if not isinstance(body, dict):
-        raise BadRequest(f"request body must be a JSON object, got {_kind(body)}",
-                         code="invalid_json")
+        raise BadRequest(f"request body must be a JSON object, got {_kind(body)}", code="invalid_json")
     return body
 
 
 def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            type(None): "null", int: "a number", float: "a number"}.get(type(value),
-                                                                      type(value).__name__)
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        type(None): "null",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
 
 
-def _field(body: dict, name: str, kinds: tuple[type, ...], default: Any = None,
-           required: bool = False, what: str | None = None) -> Any:
+def _field(
+    body: dict,
+    name: str,
+    kinds: tuple[type, ...],
+    default: Any = None,
+    required: bool = False,
+    what: str | None = None,
+) -> Any:
     if name not in body or body[name] is None:
         if required:
             raise BadRequest(f"missing required field {name!r}", code="missing_field")
         return default
     value = body[name]
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise BadRequest(f"field {name!r} must be {what or ' or '.join(_kind_name(k) for k in kinds)}"
-                         f", got {_kind(value)}", code="invalid_type")
+        raise BadRequest(
+            f"field {name!r} must be {what or ' or '.join(_kind_name(k) for k in kinds)}, got {_kind(value)}",
+            code="invalid_type",
+        )
     return value
 
 
 def _kind_name(kind: type) -> str:
-    return {str: "a string", int: "an integer", list: "an array", dict: "an object",
-            bool: "a boolean", float: "a number"}[kind]
+    return {
+        str: "a string",
+        int: "an integer",
+        list: "an array",
+        dict: "an object",
+        bool: "a boolean",
+        float: "a number",
+    }[kind]
 
 
 def _choice(body: dict, name: str, choices: tuple[str, ...], default: str) -> str:
     value = _field(body, name, (str,), default)
     if value not in choices:
-        raise BadRequest(f"field {name!r} must be one of {list(choices)}, got {value!r}",
-                         code="invalid_value")
+        raise BadRequest(
+            f"field {name!r} must be one of {list(choices)}, got {value!r}", code="invalid_value"
+        )
     return value
 
 
 def check_model(body: dict, served: str, required: bool = True) -> str:
     model = _field(body, "model", (str,), None, required=required)
     if model is not None and model != served:
-        raise NotFound(f"model {model!r} is not served here; this server serves {served!r} "
-                       "(GET /v1/models)", code="model_not_found")
+        raise NotFound(
+            f"model {model!r} is not served here; this server serves {served!r} (GET /v1/models)",
+            code="model_not_found",
+        )
     return served
 
 
-def parse_embeddings(body: dict, served: str, supported: tuple[int, ...],
-                     config: ServeConfig) -> EmbedRequest:
+def parse_embeddings(
+    body: dict, served: str, supported: tuple[int, ...], config: ServeConfig
+) -> EmbedRequest:
     """``supported``: the sizes the artifact serves, its full size included
     (``Artifact.dimensions``)."""
     model = check_model(body, served)
     encoding = _choice(body, "encoding_format", ENCODINGS, "float")
-    input_type = _choice(body, "input_type", INPUT_TYPES,
-                         _choice(body, "role", INPUT_TYPES, "query"))
+    input_type = _choice(body, "input_type", INPUT_TYPES, _choice(body, "role", INPUT_TYPES, "query"))
     dimensions = _field(body, "dimensions", (int,))
     if dimensions is not None and dimensions not in supported:
-        raise BadRequest(f"dimensions={dimensions} is not supported by model {served!r}: it "
-                         f"gives {list(supported)} (the artifact's manifest lists no other "
-                         "Matryoshka dimensions)" if len(supported) == 1 else
-                         f"dimensions={dimensions} is not supported by model {served!r}; "
-                         f"choose one of {list(supported)}", code="unsupported_dimensions")
+        raise BadRequest(
+            f"dimensions={dimensions} is not supported by model {served!r}: it "
+            f"gives {list(supported)} (the artifact's manifest lists no other "
+            "Matryoshka dimensions)"
+            if len(supported) == 1
+            else f"dimensions={dimensions} is not supported by model {served!r}; "
+            f"choose one of {list(supported)}",
+            code="unsupported_dimensions",
+        )
     modality = _choice(body, "modality", ("text", "image"), "text")
     raw = body.get("input")
     if raw is None:
         raise BadRequest("missing required field 'input'", code="missing_field")
     items = [raw] if isinstance(raw, str) else raw
     if not isinstance(items, list):
-        raise BadRequest(f"field 'input' must be a string or an array, got {_kind(raw)}",
-                         code="invalid_type")
+        raise BadRequest(f"field 'input' must be a string or an array, got {_kind(raw)}", code="invalid_type")
     if not items:
         raise BadRequest("field 'input' is empty: give at least one item", code="empty_input")
     if items and all(isinstance(x, int) and not isinstance(x, bool) for x in items):
-        raise BadRequest("token-id input is not supported: send text (the server tokenises "
-                         "it with the model's own tokenizer)", code="invalid_input")
+        raise BadRequest(
+            "token-id input is not supported: send text (the server tokenises "
+            "it with the model's own tokenizer)",
+            code="invalid_input",
+        )
     if len(items) > config.max_items:
-        raise BadRequest(f"field 'input' has {len(items)} items; at most {config.max_items} per "
-                         "request (--max-items)", code="too_many_items")
+        raise BadRequest(
+            f"field 'input' has {len(items)} items; at most {config.max_items} per request (--max-items)",
+            code="too_many_items",
+        )
     rows = [parse_item(item, f"input[{i}]", config, modality) for i, item in enumerate(items)]
-    return EmbedRequest(rows, model, encoding, dimensions, input_type,
-                        _field(body, "instruction", (str,)), _field(body, "task", (str,)))
+    return EmbedRequest(
+        rows,
+        model,
+        encoding,
+        dimensions,
+        input_type,
+        _field(body, "instruction", (str,)),
+        _field(body, "task", (str,)),
+    )
 
 
 def parse_item(item: Any, where: str, config: ServeConfig, modality: str = "text") -> Row:
     """One input element (string, content-part list or {text, image} object) -> ``Row``."""
     if isinstance(item, str):
-        return Row(None, image_source(item, where, config), where) if modality == "image" \
+        return (
+            Row(None, image_source(item, where, config), where)
+            if modality == "image"
             else Row(check_text(item, where, config), None, where)
+        )
     if isinstance(item, dict) and "type" in item:
         item = [item]
     if isinstance(item, list):
@@ -159,9 +204,11 @@ def parse_item(item: Any, where: str, config: ServeConfig, modality: str = "text
         for j, part in enumerate(item):
             at = f"{where}[{j}]"
             if not isinstance(part, dict):
-                raise BadRequest(f"{at} must be a content part object "
-                                 f"({{'type': 'text' | 'image_url', ...}}), got {_kind(part)}",
-                                 code="invalid_type")
+                raise BadRequest(
+                    f"{at} must be a content part object "
+                    f"({{'type': 'text' | 'image_url', ...}}), got {_kind(part)}",
+                    code="invalid_type",
+                )
             kind = part.get("type")
             if kind == "text":
                 texts.append(check_text(part.get("text"), f"{at}.text", config))
@@ -170,28 +217,36 @@ def parse_item(item: Any, where: str, config: ServeConfig, modality: str = "text
                 ref = ref.get("url") if isinstance(ref, dict) else ref
                 images.append(image_source(ref, f"{at}.{kind}", config))
             else:
-                raise BadRequest(f"{at}.type must be 'text' or 'image_url', got {kind!r}",
-                                 code="invalid_value")
+                raise BadRequest(
+                    f"{at}.type must be 'text' or 'image_url', got {kind!r}", code="invalid_value"
+                )
         if len(images) > 1:
-            raise BadRequest(f"{where} has {len(images)} images; the model embeds one image per "
-                             "item (send them as separate items)", code="too_many_images")
+            raise BadRequest(
+                f"{where} has {len(images)} images; the model embeds one image per "
+                "item (send them as separate items)",
+                code="too_many_images",
+            )
         if not texts and not images:
             raise BadRequest(f"{where} has no content parts", code="empty_input")
         return Row(" ".join(texts) if texts else None, images[0] if images else None, where)
     if isinstance(item, dict):
         unknown = set(item) - {"text", "image"}
         if unknown or not item:
-            raise BadRequest(f"{where} must have 'text' and/or 'image' (got keys "
-                             f"{sorted(item)})", code="invalid_input")
-        text = check_text(item["text"], f"{where}.text", config) if item.get("text") is not None \
-            else None
-        image = image_source(item["image"], f"{where}.image", config) \
-            if item.get("image") is not None else None
+            raise BadRequest(
+                f"{where} must have 'text' and/or 'image' (got keys {sorted(item)})", code="invalid_input"
+            )
+        text = check_text(item["text"], f"{where}.text", config) if item.get("text") is not None else None
+        image = (
+            image_source(item["image"], f"{where}.image", config) if item.get("image") is not None else None
+        )
         if text is None and image is None:
             raise BadRequest(f"{where} has neither text nor image", code="empty_input")
         return Row(text, image, where)
-    raise BadRequest(f"{where} must be a string, a list of content parts or an object with "
-                     f"'text'/'image', got {_kind(item)}", code="invalid_type")
+    raise BadRequest(
+        f"{where} must be a string, a list of content parts or an object with "
+        f"'text'/'image', got {_kind(item)}",
+        code="invalid_type",
+    )
 
 
 def check_text(text: Any, where: str, config: ServeConfig) -> str:
@@ -200,8 +255,10 @@ def check_text(text: Any, where: str, config: ServeConfig) -> str:
     if not text.strip():
         raise BadRequest(f"{where} is an empty text", code="empty_input")
     if len(text) > config.max_text_chars:
-        raise BadRequest(f"{where} has {len(text):,} characters; at most "
-                         f"{config.max_text_chars:,} (--max-text-chars)", code="text_too_long")
+        raise BadRequest(
+            f"{where} has {len(text):,} characters; at most {config.max_text_chars:,} (--max-text-chars)",
+            code="text_too_long",
+        )
     try:
         check_unicode(text, where)
     except InputError as err:
@@ -212,32 +269,41 @@ def check_text(text: Any, where: str, config: ServeConfig) -> str:
 def image_source(ref: Any, where: str, config: ServeConfig) -> bytes | Path:
     """A data URI -> its bytes; a local path -> the confined Path; anything else refused."""
     if not isinstance(ref, str) or not ref:
-        raise BadRequest(f"{where} must be a data URI or an image path string, got "
-                         f"{_kind(ref)}", code="invalid_type")
+        raise BadRequest(
+            f"{where} must be a data URI or an image path string, got {_kind(ref)}", code="invalid_type"
+        )
     if ref.startswith("data:"):
         match = _DATA_URI.match(ref)
         if match is None or not match["b64"]:
-            raise BadRequest(f"{where}: only base64 data URIs are accepted "
-                             "(data:image/png;base64,...)", code="invalid_image")
+            raise BadRequest(
+                f"{where}: only base64 data URIs are accepted (data:image/png;base64,...)",
+                code="invalid_image",
+            )
         if match["type"] and not match["type"].startswith("image/"):
-            raise BadRequest(f"{where}: data URI media type {match['type']!r} is not an image",
-                             code="invalid_image")
+            raise BadRequest(
+                f"{where}: data URI media type {match['type']!r} is not an image", code="invalid_image"
+            )
         try:
             return base64.b64decode(match["data"], validate=True)
         except (binascii.Error, ValueError) as err:
-            raise BadRequest(f"{where}: the data URI is not valid base64 ({err})",
-                             code="invalid_base64") from None
+            raise BadRequest(
+                f"{where}: the data URI is not valid base64 ({err})", code="invalid_base64"
+            ) from None
     if ref.startswith("file://"):
-        ref = ref[len("file://"):]
+        ref = ref[len("file://") :]
     elif _SCHEME.match(ref):
-        raise BadRequest(f"{where}: remote image URLs are refused ({ref.split('://')[0]}://): "
-                         "this server fetches nothing; send the image as a data URI",
-                         code="remote_url_refused")
+        raise BadRequest(
+            f"{where}: remote image URLs are refused ({ref.split('://')[0]}://): "
+            "this server fetches nothing; send the image as a data URI",
+            code="remote_url_refused",
+        )
     root = config.image_root
     if root is None:
-        raise BadRequest(f"{where}: local image paths are refused: the server was started "
-                         "without --image-root; send the image as a data URI",
-                         code="local_path_refused")
+        raise BadRequest(
+            f"{where}: local image paths are refused: the server was started "
+            "without --image-root; send the image as a data URI",
+            code="local_path_refused",
+        )
     path = Path(ref)
     if path.is_absolute():  # an absolute path inside the root is fine; say it relative
         try:
@@ -260,9 +326,11 @@ def decode(rows: list[Row], cfg: ImageConfig, max_pixels: int | None) -> None:
                 try:
                     opened = Image.open(io.BytesIO(row.image))  # lazy: the header only
                 except PIL_ERRORS as err:
-                    raise BadRequest(f"{row.where}: the data is not an image Pillow can read "
-                                     f"({type(err).__name__}: {err})", code="invalid_image"
-                                     ) from None
+                    raise BadRequest(
+                        f"{row.where}: the data is not an image Pillow can read "
+                        f"({type(err).__name__}: {err})",
+                        code="invalid_image",
+                    ) from None
                 img = load_image(opened, limit)
             else:
                 img = load_image(row.image, limit)
@@ -277,18 +345,18 @@ def decode(rows: list[Row], cfg: ImageConfig, max_pixels: int | None) -> None:
         row.image = img
 
 
-def parse_search(body: dict, served: str, config: ServeConfig) -> tuple[Row, int, str | None,
-                                                                      str]:
+def parse_search(body: dict, served: str, config: ServeConfig) -> tuple[Row, int, str | None, str]:
     check_model(body, served, required=False)
     k = _field(body, "k", (int,), 10)
     if not 1 <= k <= config.max_k:
-        raise BadRequest(f"field 'k' must be in [1, {config.max_k}], got {k}",
-                         code="invalid_value")
+        raise BadRequest(f"field 'k' must be in [1, {config.max_k}], got {k}", code="invalid_value")
     prefix = _field(body, "prefix", (str,))
     input_type = _choice(body, "input_type", INPUT_TYPES, "query")
     if "query" not in body:
-        raise BadRequest("missing required field 'query' (a text, content parts, or "
-                         "{'text', 'image'})", code="missing_field")
+        raise BadRequest(
+            "missing required field 'query' (a text, content parts, or {'text', 'image'})",
+            code="missing_field",
+        )
     return parse_item(body["query"], "query", config), k, prefix, input_type
 
 
@@ -297,8 +365,10 @@ def parse_documents(body: dict, config: ServeConfig) -> tuple[list[str], list[Ro
     if not docs:
         raise BadRequest("field 'documents' is empty", code="empty_input")
     if len(docs) > config.max_items:
-        raise BadRequest(f"field 'documents' has {len(docs)} items; at most {config.max_items} "
-                         "per request (--max-items)", code="too_many_items")
+        raise BadRequest(
+            f"field 'documents' has {len(docs)} items; at most {config.max_items} per request (--max-items)",
+            code="too_many_items",
+        )
     ids, rows, payloads = [], [], []
     for i, doc in enumerate(docs):
         where = f"documents[{i}]"
@@ -321,6 +391,7 @@ def parse_ids(body: dict, config: ServeConfig) -> list[str]:
     if not ids or not all(isinstance(i, str) for i in ids):
         raise BadRequest("field 'ids' must be a non-empty array of strings", code="invalid_type")
     if len(ids) > config.max_items * 16:
-        raise BadRequest(f"field 'ids' has {len(ids)} items; at most {config.max_items * 16}",
-                         code="too_many_items")
+        raise BadRequest(
+            f"field 'ids' has {len(ids)} items; at most {config.max_items * 16}", code="too_many_items"
+        )
     return ids

@@ -6,6 +6,7 @@ Interleaved repetitions (each round times every backend once), median of --reps 
 batch 1 and 8 of text+image queries. Prints a table of milliseconds per batch and the ratio
 to PyTorch eager. Numbers depend on the machine: quote them with its core count.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def main(argv=None) -> dict:
     for batch in (1, 8):
         feed = feeds(model.preprocessor, batch)
         times = {name: [] for name in backends}
-        for name, fn in backends.items():
+        for fn in backends.values():
             fn(feed)  # warm-up
         for _ in range(args.reps):
             for name, fn in backends.items():
@@ -56,8 +57,7 @@ def main(argv=None) -> dict:
     _print(results)
     if args.json_out:
         with open(args.json_out, "w") as handle:
-            json.dump({"ms_per_batch": results, "threads": torch.get_num_threads()}, handle,
-                      indent=2)
+            json.dump({"ms_per_batch": results, "threads": torch.get_num_threads()}, handle, indent=2)
     return results
 
 

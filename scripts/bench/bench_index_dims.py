@@ -8,6 +8,7 @@ Prints one markdown table: bytes in memory (the stored codes and scales), bytes 
 saved .npz + .json), and the median time of a 64-query top-10 search, each also as a ratio to
 the full size in the same run. Random vectors: memory and search cost do not depend on values.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,7 @@ def median_search_s(index, queries: np.ndarray, rounds: int = 5) -> float:
     return statistics.median(times)
 
 
-def measure(kind: str, storage: str, d: int, vectors: np.ndarray, queries: np.ndarray,
-            folder: Path) -> dict:
+def measure(kind: str, storage: str, d: int, vectors: np.ndarray, queries: np.ndarray, folder: Path) -> dict:
     ids = [str(i) for i in range(len(vectors))]
     if kind == "exact":
         index = Index(d, storage=storage)
@@ -54,8 +54,14 @@ def measure(kind: str, storage: str, d: int, vectors: np.ndarray, queries: np.nd
         memory = state.codes.nbytes + (state.scales.nbytes if state.scales is not None else 0)
     else:
         memory = index.memory_bytes
-    return {"kind": kind, "storage": storage, "dim": d, "memory_bytes": int(memory),
-            "disk_bytes": int(disk), "search_s": median_search_s(index, queries)}
+    return {
+        "kind": kind,
+        "storage": storage,
+        "dim": d,
+        "memory_bytes": int(memory),
+        "disk_bytes": int(disk),
+        "search_s": median_search_s(index, queries),
+    }
 
 
 def main(argv=None) -> None:
@@ -84,14 +90,15 @@ def main(argv=None) -> None:
                     q = queries[:, :d] / np.linalg.norm(queries[:, :d], axis=1, keepdims=True)
                     rows.append(measure(kind, storage, d, cut, q, Path(tmp)))
     ref = {(r["kind"], r["storage"]): r for r in rows if r["dim"] == full}
-    print(f"| index | storage | dim | memory (MiB) | vs {full} | disk (MiB) | "
-          f"search 64 q (ms) | vs {full} |")
+    print(f"| index | storage | dim | memory (MiB) | vs {full} | disk (MiB) | search 64 q (ms) | vs {full} |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         top = ref[(r["kind"], r["storage"])]
-        print(f"| {r['kind']} | {r['storage']} | {r['dim']} | {r['memory_bytes'] / 2**20:.2f} | "
-              f"{r['memory_bytes'] / top['memory_bytes']:.2f} | {r['disk_bytes'] / 2**20:.2f} | "
-              f"{1000 * r['search_s']:.1f} | {r['search_s'] / top['search_s']:.2f} |")
+        print(
+            f"| {r['kind']} | {r['storage']} | {r['dim']} | {r['memory_bytes'] / 2**20:.2f} | "
+            f"{r['memory_bytes'] / top['memory_bytes']:.2f} | {r['disk_bytes'] / 2**20:.2f} | "
+            f"{1000 * r['search_s']:.1f} | {r['search_s'] / top['search_s']:.2f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"count": args.count, "rows": rows}, indent=1) + "\n")
 

@@ -14,6 +14,7 @@ one copy of the weights):
 
 Torch-free: runs where the runtime is installed (a Jetson included).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ CONFIGS = {
     "routed, share_weights=False": {"route_text": True, "share_weights": False},
     "routed, share_weights=True": {"route_text": True, "share_weights": True},
 }
+
 
 def measure(model: str, precision: str, options: dict) -> dict:
     from lame_runtime.artifact.budget import measure_peak_rss  # the one measurement
@@ -45,14 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench_memory] {name}: {rows[name]}", file=sys.stderr)
     base = rows["route_text=False"]["peak_rss_mb"]
     print(f"{args.model} ({args.precision}): peak RSS, one process per row")
-    print(f"{'configuration':<30} {'peak MiB':>9} {'ratio':>6} {'end MiB':>8} {'open s':>7} "
-          f"{'encode s':>9}")
+    print(f"{'configuration':<30} {'peak MiB':>9} {'ratio':>6} {'end MiB':>8} {'open s':>7} {'encode s':>9}")
     for name, row in rows.items():
-        print(f"{name:<30} {row['peak_rss_mb']:>9} {row['peak_rss_mb'] / base:>6.3f} "
-              f"{row['end_rss_mb']:>8} {row['open_s']:>7} {row['encode_s']:>9}")
+        print(
+            f"{name:<30} {row['peak_rss_mb']:>9} {row['peak_rss_mb'] / base:>6.3f} "
+            f"{row['end_rss_mb']:>8} {row['open_s']:>7} {row['encode_s']:>9}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "precision": args.precision,
-                                         "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps({"model": args.model, "precision": args.precision, "rows": rows}, indent=1)
+        )
     return 0
 
 

@@ -9,6 +9,7 @@ Throughput runs every (precision, modality, batch) configuration once per repeti
 rotating order, and reports the median: slow drift (thermal, other load) then hits every
 configuration alike instead of whichever happened to run last.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,16 @@ import numpy as np
 
 from lame_runtime.timing import cold_start
 
-TEXTS = ["the digits are 1 and 2", "the largest digit is 8", "the odd digits add up to 18",
-         "the digits are in increasing order", "there are three digits above 4",
-         "the digits span a range of 6", "the sum of the digits is 23", "the digits are 0 and 9"]
+TEXTS = [
+    "the digits are 1 and 2",
+    "the largest digit is 8",
+    "the odd digits add up to 18",
+    "the digits are in increasing order",
+    "there are three digits above 4",
+    "the digits span a range of 6",
+    "the sum of the digits is 23",
+    "the digits are 0 and 9",
+]
 
 
 def make_inputs(embedder, batch: int, modality: str) -> dict:
@@ -34,8 +42,9 @@ def make_inputs(embedder, batch: int, modality: str) -> dict:
         return {"texts": [TEXTS[i % len(TEXTS)] for i in range(batch)]}
     cfg = embedder.preprocessor.image
     rng = np.random.default_rng(0)
-    return {"images": [rng.integers(0, 256, (cfg.height, cfg.width, 3), dtype=np.uint8)
-                       for _ in range(batch)]}
+    return {
+        "images": [rng.integers(0, 256, (cfg.height, cfg.width, 3), dtype=np.uint8) for _ in range(batch)]
+    }
 
 
 def calls_for(embedder, inputs: dict, min_seconds: float) -> int:
@@ -54,8 +63,9 @@ def measure(embedder, inputs: dict, calls: int, batch: int) -> float:
     return calls * batch / (time.perf_counter() - start)
 
 
-def throughput(artifact: Path, precisions: list[str], batches: list[int], reps: int,
-               min_seconds: float, threads: int) -> list[dict]:
+def throughput(
+    artifact: Path, precisions: list[str], batches: list[int], reps: int, min_seconds: float, threads: int
+) -> list[dict]:
     from lame_runtime import Embedder
 
     configs = []
@@ -66,38 +76,58 @@ def throughput(artifact: Path, precisions: list[str], batches: list[int], reps: 
         for modality in ("text", "image"):
             for batch in batches:
                 inputs = make_inputs(embedder, batch, modality)
-                configs.append({"precision": precision, "modality": modality, "batch": batch,
-                                "embedder": embedder, "inputs": inputs,
-                                "calls": calls_for(embedder, inputs, min_seconds), "runs": []})
+                configs.append(
+                    {
+                        "precision": precision,
+                        "modality": modality,
+                        "batch": batch,
+                        "embedder": embedder,
+                        "inputs": inputs,
+                        "calls": calls_for(embedder, inputs, min_seconds),
+                        "runs": [],
+                    }
+                )
     for rep in range(reps):
         shift = rep % len(configs)  # rotate the order each repetition
         for config in configs[shift:] + configs[:shift]:
-            config["runs"].append(measure(config["embedder"], config["inputs"],
-                                          config["calls"], config["batch"]))
-    return [{"precision": c["precision"], "modality": c["modality"], "batch": c["batch"],
-             "emb_per_s": statistics.median(c["runs"]), "runs": c["runs"]} for c in configs]
+            config["runs"].append(
+                measure(config["embedder"], config["inputs"], config["calls"], config["batch"])
+            )
+    return [
+        {
+            "precision": c["precision"],
+            "modality": c["modality"],
+            "batch": c["batch"],
+            "emb_per_s": statistics.median(c["runs"]),
+            "runs": c["runs"],
+        }
+        for c in configs
+    ]
 
 
 def render(report: dict) -> str:
     cold = report["cold_start"]
-    lines = [f"artifact: {report['artifact']}",
-             f"machine: {report['env']['cpus']} CPUs, onnxruntime {report['env']['onnxruntime']}, "
-             f"threads={report['env']['threads'] or 'ORT default'}",
-             "",
-             f"cold start (fresh process, median of {cold['runs']}):",
-             f"  import lame_runtime   {cold['import_s'] * 1000:8.1f} ms",
-             f"  Embedder(...)        {cold['load_s'] * 1000:8.1f} ms",
-             f"  first vector         {cold['first_vector_s'] * 1000:8.1f} ms",
-             f"  total (in process)   {cold['total_s'] * 1000:8.1f} ms",
-             f"  process wall time    {cold['process_wall_s'] * 1000:8.1f} ms "
-             "(with interpreter start)",
-             "",
-             f"throughput (embeddings/s, median of {report['reps']} interleaved repetitions):",
-             f"  {'precision':<10}{'modality':<10}{'batch':>6}{'emb/s':>12}{'min':>10}{'max':>10}"]
+    lines = [
+        f"artifact: {report['artifact']}",
+        f"machine: {report['env']['cpus']} CPUs, onnxruntime {report['env']['onnxruntime']}, "
+        f"threads={report['env']['threads'] or 'ORT default'}",
+        "",
+        f"cold start (fresh process, median of {cold['runs']}):",
+        f"  import lame_runtime   {cold['import_s'] * 1000:8.1f} ms",
+        f"  Embedder(...)        {cold['load_s'] * 1000:8.1f} ms",
+        f"  first vector         {cold['first_vector_s'] * 1000:8.1f} ms",
+        f"  total (in process)   {cold['total_s'] * 1000:8.1f} ms",
+        f"  process wall time    {cold['process_wall_s'] * 1000:8.1f} ms (with interpreter start)",
+        "",
+        f"throughput (embeddings/s, median of {report['reps']} interleaved repetitions):",
+        f"  {'precision':<10}{'modality':<10}{'batch':>6}{'emb/s':>12}{'min':>10}{'max':>10}",
+    ]
     for row in report["throughput"]:
-        lines.append(f"  {row['precision']:<10}{row['modality']:<10}{row['batch']:>6}"
-                     f"{row['emb_per_s']:>12.1f}{min(row['runs']):>10.1f}"
-                     f"{max(row['runs']):>10.1f}")
+        lines.append(
+            f"  {row['precision']:<10}{row['modality']:<10}{row['batch']:>6}"
+            f"{row['emb_per_s']:>12.1f}{min(row['runs']):>10.1f}"
+            f"{max(row['runs']):>10.1f}"
+        )
     return "\n".join(lines)
 
 
@@ -108,29 +138,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="throughput repetitions (>= 5)")
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--precisions", nargs="+", default=None,
-                        help="default: every precision in the artifact")
-    parser.add_argument("--min-seconds", type=float, default=0.2,
-                        help="minimum duration of one throughput measurement")
+    parser.add_argument(
+        "--precisions", nargs="+", default=None, help="default: every precision in the artifact"
+    )
+    parser.add_argument(
+        "--min-seconds", type=float, default=0.2, help="minimum duration of one throughput measurement"
+    )
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: default)")
     args = parser.parse_args(argv)
     if args.reps < 5:
         parser.error("--reps must be at least 5")
 
     sys.modules.setdefault("torch", None)  # this script must never pull torch in
-    from lame_runtime import Artifact
     import onnxruntime
+
+    from lame_runtime import Artifact
 
     artifact = Artifact.open(args.artifact)
     precisions = args.precisions or artifact.precisions
     report = {
         "artifact": str(args.artifact),
-        "env": {"cpus": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
-                "python": platform.python_version(), "threads": args.threads},
+        "env": {
+            "cpus": os.cpu_count(),
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+            "threads": args.threads,
+        },
         "reps": args.reps,
         "cold_start": cold_start(args.artifact, args.cold_runs, args.threads),
-        "throughput": throughput(args.artifact, precisions, args.batches, args.reps,
-                                 args.min_seconds, args.threads),
+        "throughput": throughput(
+            args.artifact, precisions, args.batches, args.reps, args.min_seconds, args.threads
+        ),
     }
     print(render(report))
     if args.json_out:

@@ -13,6 +13,7 @@ sqlite writes at build time, not at query time). Build seconds and stored bytes 
 HNSW and Qdrant builds are slow on a small CPU: ``--max-hnsw``/``--max-qdrant`` cap the sizes
 they run at (the skipped cells say so in the output).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ def unit_rows(rng: np.random.Generator, count: int, dim: int, chunk: int = 100_0
     out = np.empty((count, dim), dtype=np.float32)
     for start in range(0, count, chunk):
         block = rng.standard_normal((min(chunk, count - start), dim), dtype=np.float32)
-        out[start:start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+        out[start : start + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return out
 
 
@@ -50,14 +51,20 @@ def build(method: str, vectors: np.ndarray, ids: list[str], args) -> tuple[objec
         index = QdrantStore(":memory:", "bench", dim=dim, batch_size=1024)
     else:
         kind = "hnsw" if method.startswith("hnsw") else "flat"
-        storage = {"faiss-fp16": "float16", "faiss-int8": "int8",
-                   "hnsw-int8": "int8"}.get(method, "float32")
-        index = AnnIndex(dim, AnnConfig(kind, storage, hnsw_m=args.hnsw_m,
-                                        ef_construction=args.ef_construction,
-                                        ef_search=args.ef_search[0]))
+        storage = {"faiss-fp16": "float16", "faiss-int8": "int8", "hnsw-int8": "int8"}.get(method, "float32")
+        index = AnnIndex(
+            dim,
+            AnnConfig(
+                kind,
+                storage,
+                hnsw_m=args.hnsw_m,
+                ef_construction=args.ef_construction,
+                ef_search=args.ef_search[0],
+            ),
+        )
     chunk = 50_000
     for lo in range(0, len(vectors), chunk):
-        index.add(vectors[lo:lo + chunk], ids[lo:lo + chunk])
+        index.add(vectors[lo : lo + chunk], ids[lo : lo + chunk])
     if method == "faiss-flat":
         index.search(vectors[:1], 1)  # Index builds its FAISS index lazily, on first search
     return index, time.perf_counter() - start
@@ -107,18 +114,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--max-hnsw", type=int, default=1_000_000,
-                        help="Largest N x dim (in millions of floats) HNSW builds at.")
-    parser.add_argument("--max-qdrant", type=int, default=100_000,
-                        help="Largest collection Qdrant local mode is run at.")
-    parser.add_argument("--max-faiss-flat", type=int, default=1_000,
-                        help="Largest N x dim (millions of floats) for Index(backend='faiss').")
-    parser.add_argument("--qdrant-queries", type=int, default=20,
-                        help="Queries timed for Qdrant local mode (pure Python: slow).")
+    parser.add_argument(
+        "--max-hnsw",
+        type=int,
+        default=1_000_000,
+        help="Largest N x dim (in millions of floats) HNSW builds at.",
+    )
+    parser.add_argument(
+        "--max-qdrant", type=int, default=100_000, help="Largest collection Qdrant local mode is run at."
+    )
+    parser.add_argument(
+        "--max-faiss-flat",
+        type=int,
+        default=1_000,
+        help="Largest N x dim (millions of floats) for Index(backend='faiss').",
+    )
+    parser.add_argument(
+        "--qdrant-queries",
+        type=int,
+        default=20,
+        help="Queries timed for Qdrant local mode (pure Python: slow).",
+    )
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=80)
-    parser.add_argument("--ef-search", type=int, nargs="+", default=[64, 256, 1024],
-                        help="HNSW query beams to measure (one build, a row each).")
+    parser.add_argument(
+        "--ef-search",
+        type=int,
+        nargs="+",
+        default=[64, 256, 1024],
+        help="HNSW query beams to measure (one build, a row each).",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="Also write the results here.")
     args = parser.parse_args(argv)
@@ -138,25 +163,30 @@ def main(argv: list[str] | None = None) -> int:
                 elif method == "qdrant" and size > args.max_qdrant:
                     cell["skipped"] = f"N > --max-qdrant {args.max_qdrant}"
                 elif method == "faiss-flat" and size * dim > args.max_faiss_flat * 1_000_000:
-                    cell["skipped"] = (f"N x dim > --max-faiss-flat {args.max_faiss_flat}M "
-                                       "floats (a third float32 copy does not fit in memory)")
+                    cell["skipped"] = (
+                        f"N x dim > --max-faiss-flat {args.max_faiss_flat}M "
+                        "floats (a third float32 copy does not fit in memory)"
+                    )
                 else:
                     index, seconds = build(method, vectors, ids, args)
                     beams = args.ef_search if method.startswith("hnsw") else [None]
                     for beam in beams:  # one build, a row per query beam
                         if beam is not None:
                             index.config.ef_search = beam
-                        subset = queries[:args.qdrant_queries] if method == "qdrant" \
-                            else queries
+                        subset = queries[: args.qdrant_queries] if method == "qdrant" else queries
                         found, qps = timed_search(index, subset, args.k)
                         if truth is None:  # the first method run is the exact reference
                             if method != "numpy":
                                 raise SystemExit("error: the first method must be numpy")
                             truth = found
-                        row = dict(cell, build_s=round(seconds, 2), qps=round(qps, 1),
-                                   recall=round(recall(found, truth[:len(found)]), 4),
-                                   queries=len(subset),
-                                   bytes=stored_bytes(index))
+                        row = dict(
+                            cell,
+                            build_s=round(seconds, 2),
+                            qps=round(qps, 1),
+                            recall=round(recall(found, truth[: len(found)]), 4),
+                            queries=len(subset),
+                            bytes=stored_bytes(index),
+                        )
                         if beam is not None:
                             row["ef_search"] = beam
                         rows.append(row)
@@ -173,8 +203,17 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(rows, args.k))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"k": args.k, "queries": args.queries, "ef_search": args.ef_search,
-                       "hnsw_m": args.hnsw_m, "results": rows}, handle, indent=1)
+            json.dump(
+                {
+                    "k": args.k,
+                    "queries": args.queries,
+                    "ef_search": args.ef_search,
+                    "hnsw_m": args.hnsw_m,
+                    "results": rows,
+                },
+                handle,
+                indent=1,
+            )
     return 0
 
 
@@ -183,13 +222,16 @@ def _line(cell: dict) -> str:
         return f"{cell['n']:>9} {cell['dim']:>5} {cell['method']:<14} skipped: {cell['skipped']}"
     size = f"{cell['bytes'] / 2**20:9.1f}" if cell.get("bytes") else "        -"
     method = cell["method"] + (f"@{cell['ef_search']}" if "ef_search" in cell else "")
-    return (f"{cell['n']:>9} {cell['dim']:>5} {method:<14} {cell['qps']:>10.1f} "
-            f"{cell['recall']:>7.4f} {cell['build_s']:>8.2f} {size}")
+    return (
+        f"{cell['n']:>9} {cell['dim']:>5} {method:<14} {cell['qps']:>10.1f} "
+        f"{cell['recall']:>7.4f} {cell['build_s']:>8.2f} {size}"
+    )
 
 
 def _table(rows: list[dict], k: int) -> str:
-    head = (f"{'N':>9} {'dim':>5} {'method':<14} {'queries/s':>10} {'R@' + str(k):>7} "
-            f"{'build s':>8} {'MiB':>9}")
+    head = (
+        f"{'N':>9} {'dim':>5} {'method':<14} {'queries/s':>10} {'R@' + str(k):>7} {'build s':>8} {'MiB':>9}"
+    )
     return "\n".join([head] + [_line(r) for r in rows])
 
 

@@ -14,6 +14,7 @@ process at batch 1 and batch 32 (the rows/s that batching can at best recover), 
 before each served cell (the server idles meanwhile: its ORT threads do not spin). Prints a
 markdown table; ``--json`` also writes the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -33,9 +33,16 @@ from pathlib import Path
 
 import numpy as np
 
-TEXTS = ["the digits are 1 and 2", "the largest digit is 8", "the odd digits add up to 18",
-         "the digits are in increasing order", "there are three digits above 4",
-         "the digits span a range of 6", "the sum of the digits is 23", "the digits are 0 and 9"]
+TEXTS = [
+    "the digits are 1 and 2",
+    "the largest digit is 8",
+    "the odd digits add up to 18",
+    "the digits are in increasing order",
+    "there are three digits above 4",
+    "the digits span a range of 6",
+    "the sum of the digits is 23",
+    "the digits are 0 and 9",
+]
 READY_TIMEOUT_S = 120
 
 
@@ -56,10 +63,17 @@ def items(embedder, modality: str, count: int) -> list:
     out = []
     for _ in range(min(count, 64)):
         buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (cfg.height, cfg.width, 3), np.uint8)).save(
-            buffer, format="PNG")
-        out.append([{"type": "image_url", "image_url": {
-            "url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}])
+        Image.fromarray(rng.integers(0, 256, (cfg.height, cfg.width, 3), np.uint8)).save(buffer, format="PNG")
+        out.append(
+            [
+                {
+                    "type": "image_url",
+                    "image_url": {
+                        "url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+                    },
+                }
+            ]
+        )
     return [out[i % len(out)] for i in range(count)]
 
 
@@ -75,8 +89,7 @@ class InProcess:
         if modality == "image":  # what the server decodes per request, done once here
             from lame_runtime.serve.schema import Row, decode
 
-            decoded = [Row(None, base64.b64decode(d[0]["image_url"]["url"].split(",", 1)[1]))
-                       for d in data]
+            decoded = [Row(None, base64.b64decode(d[0]["image_url"]["url"].split(",", 1)[1])) for d in data]
             decode(decoded, embedder.preprocessor.image, None)
             self.texts, self.images = [None] * rows, [r.image for r in decoded]
         else:
@@ -97,15 +110,26 @@ class Server:
     def __init__(self, model: str, batching: bool, threads: int | None, max_batch: int):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "lame_runtime.serve.cli", "--model", model, "--port",
-                str(self.port), "--log-level", "warning", "--max-queue", "4096",
-                "--max-batch", str(max_batch)]
+        args = [
+            sys.executable,
+            "-m",
+            "lame_runtime.serve.cli",
+            "--model",
+            model,
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            "--max-queue",
+            "4096",
+            "--max-batch",
+            str(max_batch),
+        ]
         if threads:
             args += ["--threads", str(threads)]
         if not batching:
             args.append("--no-batching")
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def wait_ready(self) -> None:
         import httpx
@@ -146,13 +170,17 @@ async def drive(url: str, name: str, inputs: list, concurrency: int) -> tuple[fl
                 except asyncio.QueueEmpty:
                     return
                 start = time.perf_counter()
-                writer.write(b"POST /v1/embeddings HTTP/1.1\r\nHost: %s\r\nContent-Type: "
-                             b"application/json\r\nContent-Length: %d\r\n\r\n%s"
-                             % (host.encode(), len(body), body))
+                writer.write(
+                    b"POST /v1/embeddings HTTP/1.1\r\nHost: %s\r\nContent-Type: "
+                    b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body)
+                )
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head.split(b" ", 2)[1])
-                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                              if line.lower().startswith(b"content-length:"))
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
                 answer = await reader.readexactly(length)
                 latencies.append(time.perf_counter() - start)
                 if status != 200:
@@ -177,23 +205,36 @@ def run(args) -> dict:
         server = Server(args.model, batching, args.threads, args.max_batch)
         try:
             server.wait_ready()
-            asyncio.run(drive(server.url, name, inputs[:max(32, args.requests // 8)],
-                              max(args.concurrency)))  # warm-up
+            asyncio.run(
+                drive(server.url, name, inputs[: max(32, args.requests // 8)], max(args.concurrency))
+            )  # warm-up
             for concurrency in args.concurrency:
                 local = reference.measure(ref_rows)
                 rate, latencies = asyncio.run(drive(server.url, name, inputs, concurrency))
-                results.append({"batching": batching, "concurrency": concurrency,
-                                "requests_per_s": rate,
-                                "p50_ms": 1000 * float(np.percentile(latencies, 50)),
-                                "p99_ms": 1000 * float(np.percentile(latencies, 99)),
-                                "in_process_rows_per_s": local})
-                print(f"[bench_serve] batching {'on' if batching else 'off'} c={concurrency}: "
-                      f"{rate:.0f} req/s; in-process batch 32 {local[32]:.0f} rows/s",
-                      file=sys.stderr)
+                results.append(
+                    {
+                        "batching": batching,
+                        "concurrency": concurrency,
+                        "requests_per_s": rate,
+                        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+                        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+                        "in_process_rows_per_s": local,
+                    }
+                )
+                print(
+                    f"[bench_serve] batching {'on' if batching else 'off'} c={concurrency}: "
+                    f"{rate:.0f} req/s; in-process batch 32 {local[32]:.0f} rows/s",
+                    file=sys.stderr,
+                )
         finally:
             server.stop()
-    return {"model": str(args.model), "modality": args.modality, "requests": args.requests,
-            "served": results, "environment": environment()}
+    return {
+        "model": str(args.model),
+        "modality": args.modality,
+        "requests": args.requests,
+        "served": results,
+        "environment": environment(),
+    }
 
 
 def environment() -> dict:
@@ -203,14 +244,21 @@ def environment() -> dict:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    return {"python": platform.python_version(), "cpus": os.cpu_count(),
-            "machine": platform.machine(), **versions}
+    return {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        **versions,
+    }
 
 
 def table(report: dict) -> str:
-    lines = [f"| {report['modality']}, single-item requests | concurrency | requests/s | p50 ms "
-             "| p99 ms | in-process rows/s, batch 1 / 32 (just before) | served / in-process "
-             "batch 32 | batching on / off |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| {report['modality']}, single-item requests | concurrency | requests/s | p50 ms "
+        "| p99 ms | in-process rows/s, batch 1 / 32 (just before) | served / in-process "
+        "batch 32 | batching on / off |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     off = {r["concurrency"]: r for r in report["served"] if not r["batching"]}
     for row in report["served"]:
         ref = {int(k): v for k, v in row["in_process_rows_per_s"].items()}  # JSON: str keys
@@ -222,16 +270,20 @@ def table(report: dict) -> str:
             on_off = f"{ratio / (other['requests_per_s'] / other_ref[32]):.2f}x"
         else:
             on_off = ""
-        lines.append(f"| lame-serve, batching {'on' if row['batching'] else 'off'} | "
-                     f"{row['concurrency']} | {row['requests_per_s']:.1f} | {row['p50_ms']:.1f} "
-                     f"| {row['p99_ms']:.1f} | {ref[1]:.1f} / {ref[32]:.1f} | {ratio:.2f} "
-                     f"| {on_off} |")
+        lines.append(
+            f"| lame-serve, batching {'on' if row['batching'] else 'off'} | "
+            f"{row['concurrency']} | {row['requests_per_s']:.1f} | {row['p50_ms']:.1f} "
+            f"| {row['p99_ms']:.1f} | {ref[1]:.1f} / {ref[32]:.1f} | {ratio:.2f} "
+            f"| {on_off} |"
+        )
     env = report["environment"]
     lines.append("")
-    lines.append(f"Python {env['python']}, {env['cpus']} CPUs ({env['machine']}); onnxruntime "
-                 f"{env['onnxruntime']}, starlette {env['starlette']}, uvicorn {env['uvicorn']}, "
-                 f"httptools {env['httptools']}, uvloop {env['uvloop']}; {report['requests']} "
-                 "requests per cell.")
+    lines.append(
+        f"Python {env['python']}, {env['cpus']} CPUs ({env['machine']}); onnxruntime "
+        f"{env['onnxruntime']}, starlette {env['starlette']}, uvicorn {env['uvicorn']}, "
+        f"httptools {env['httptools']}, uvloop {env['uvloop']}; {report['requests']} "
+        "requests per cell."
+    )
     return "\n".join(lines)
 
 
@@ -239,8 +291,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="export artifact directory")
     parser.add_argument("--requests", type=int, default=400, help="requests per cell")
-    parser.add_argument("--concurrency", default="1,8,32",
-                        type=lambda s: [int(x) for x in s.split(",")])
+    parser.add_argument("--concurrency", default="1,8,32", type=lambda s: [int(x) for x in s.split(",")])
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--modality", choices=["text", "image"], default="text")

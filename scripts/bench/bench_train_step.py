@@ -6,6 +6,7 @@ Both models train on the same batches; each round runs one step of every variant
 so background load hits them alike); the median round time gives steps/s. Used to size the
 "same wall time" comparison in the README.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ from lame.cli.train import build_configs
 from lame.data.batching import Collator, batch_indices
 from lame.data.dataset import load_train
 from lame.model import LameModel
-from lame.training.objective import compute_losses
 from lame.tokenizer import preprocessor_for
+from lame.training.objective import compute_losses
 from lame.training.train import set_trainable
 
 VARIANTS = {"lame": {}, "discriminative": {"num_reason_tokens": 0}}
@@ -41,9 +42,12 @@ def main(argv=None) -> dict:
         model = LameModel(config, preprocessor_for(args.data, config)).train()
         model.preprocessor.image_cache = {}
         params = set_trainable(model, args.stage)
-        runners[name] = (model, torch.optim.AdamW(params, lr=1e-4),
-                         Collator(model.preprocessor, config.max_answer_tokens,
-                                  train_cfg.hard_negatives), train_cfg.batch_size)
+        runners[name] = (
+            model,
+            torch.optim.AdamW(params, lr=1e-4),
+            Collator(model.preprocessor, config.max_answer_tokens, train_cfg.hard_negatives),
+            train_cfg.batch_size,
+        )
     times = {name: [] for name in runners}
     for step in range(args.steps + 2):
         for name, (model, optimizer, collate, batch_size) in runners.items():

@@ -15,6 +15,7 @@ artifact first (needs the training extras: torch).
 
     python scripts/bench/soak_runtime.py [--model ARTIFACT --images DIR] [--threads 8] [--calls 1000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,30 @@ def build_tiny_artifact(root: Path) -> tuple[Path, Path]:
     from lame_export.pipeline import ExportOptions, export_checkpoint
 
     data, ckpt, artifact = root / "digits", root / "ckpt", root / "artifact"
-    assert data_main(["digits", str(data), "--train-images", "160", "--eval-per-task", "3",
-                      "--vocab-size", "300"]) == 0
-    assert train_main(["--data", str(data), "--out", str(ckpt), "--preset", "tiny",
-                       "--max-steps", "8", "--batch-size", "8", "--no-progress"]) == 0
+    assert (
+        data_main(
+            ["digits", str(data), "--train-images", "160", "--eval-per-task", "3", "--vocab-size", "300"]
+        )
+        == 0
+    )
+    assert (
+        train_main(
+            [
+                "--data",
+                str(data),
+                "--out",
+                str(ckpt),
+                "--preset",
+                "tiny",
+                "--max-steps",
+                "8",
+                "--batch-size",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     export_checkpoint(ckpt, artifact, ExportOptions(force=True))
     return artifact, data / "images"
 
@@ -56,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", help="folder of images for the documents and queries")
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--calls", type=int, default=1000, help="calls per thread")
-    parser.add_argument("--warmup", type=int, default=100, help="calls per thread before the "
-                        "first memory reading")
+    parser.add_argument(
+        "--warmup", type=int, default=100, help="calls per thread before the first memory reading"
+    )
     parser.add_argument("--ort-threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--weights", default="4,4,2",
-                        help="relative frequency of encode,search,add calls")
+    parser.add_argument("--weights", default="4,4,2", help="relative frequency of encode,search,add calls")
     parser.add_argument("--backend", default="auto", help="Index backend (auto, numpy, faiss)")
     args = parser.parse_args(argv)
 
@@ -88,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         elif b % 3 == 1:
             batches.append({"images": [images[200 + i] for i in picks]})
         else:
-            batches.append({"texts": [texts[i] for i in picks],
-                            "images": [images[200 + i] for i in picks]})
+            batches.append({"texts": [texts[i] for i in picks], "images": [images[200 + i] for i in picks]})
     expected_encode = [embedder.encode(**batch) for batch in batches]
     docs = embedder.encode(images=images[:200], batch_size=32)
     index = Index(embedder.dim, backend=args.backend)
@@ -112,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     mismatches: list[str] = []
     added: list[str] = []
     readings: dict[str, float] = {}
-    barrier = threading.Barrier(args.threads, action=lambda: readings.setdefault("before",
-                                                                                 rss_mb()))
+    barrier = threading.Barrier(args.threads, action=lambda: readings.setdefault("before", rss_mb()))
 
     def worker(thread: int) -> None:
         local = random.Random(args.seed * 1000 + thread)
@@ -142,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                         added.extend(ids)
             except Exception as err:  # noqa: BLE001  (a soak reports every failure)
                 with lock:
-                    errors.append(f"{op} in thread {thread} call {call}: "
-                                  f"{type(err).__name__}: {err}")
+                    errors.append(f"{op} in thread {thread} call {call}: {type(err).__name__}: {err}")
             with lock:
                 counts[op] += 1
 
@@ -161,19 +179,30 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic() - began
     after = rss_mb()
     before = readings.get("before", start_rss)
-    consistent = (len(index) == 200 + len(added) == len(set(index.ids))
-                  and index.vectors().shape == (len(index), embedder.dim)
-                  and all(i in index for i in added))
+    consistent = (
+        len(index) == 200 + len(added) == len(set(index.ids))
+        and index.vectors().shape == (len(index), embedder.dim)
+        and all(i in index for i in added)
+    )
     final_ok = index.search(queries, k=5)[1] == want_ids
     growth = (after - before) / before * 100
-    summary = {"threads": args.threads, "calls_per_thread": args.calls,
-               "total_calls": sum(counts.values()), "calls": counts, "errors": len(errors),
-               "mismatches": len(mismatches), "index_rows": len(index),
-               "index_consistent": consistent, "final_search_equal": final_ok,
-               "rss_mb_start": round(start_rss, 1), "rss_mb_after_warmup": round(before, 1),
-               "rss_mb_end": round(after, 1), "rss_growth_percent": round(growth, 2),
-               "rss_mb_every_0.5s": series,
-               "wall_s": round(wall, 1)}
+    summary = {
+        "threads": args.threads,
+        "calls_per_thread": args.calls,
+        "total_calls": sum(counts.values()),
+        "calls": counts,
+        "errors": len(errors),
+        "mismatches": len(mismatches),
+        "index_rows": len(index),
+        "index_consistent": consistent,
+        "final_search_equal": final_ok,
+        "rss_mb_start": round(start_rss, 1),
+        "rss_mb_after_warmup": round(before, 1),
+        "rss_mb_end": round(after, 1),
+        "rss_growth_percent": round(growth, 2),
+        "rss_mb_every_0.5s": series,
+        "wall_s": round(wall, 1),
+    }
     print(json.dumps(summary, indent=2))
     for line in (errors + mismatches)[:10]:
         print("  " + line, file=sys.stderr)

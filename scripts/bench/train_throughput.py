@@ -15,6 +15,7 @@ Writes ``train_throughput.json`` (+ ``.png``) under ``--out``: steps/s, samples/
 memory (torch's allocator peak, reset per mode) and the process's peak RSS (monotonic over a
 process: compare RSS across separate runs, one mode each).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,16 @@ def synthetic_dataset(directory: Path, image_size: tuple[int, int], rows: int = 
         pixels = rng.integers(0, 256, (*image_size, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(directory / name)
         caption = f"pattern {i % 7} with {i % 5} marks and shade {i % 3}"
-        lines.append({"query": {"image": name}, "target": {"text": caption}, "answer": caption,
-                      "negatives": [{"text": f"pattern {(i + 1) % 7} with {i % 5} marks"}],
-                      "instruction": "Find the caption of the image.", "task": "synthetic"})
+        lines.append(
+            {
+                "query": {"image": name},
+                "target": {"text": caption},
+                "answer": caption,
+                "negatives": [{"text": f"pattern {(i + 1) % 7} with {i % 5} marks"}],
+                "instruction": "Find the caption of the image.",
+                "task": "synthetic",
+            }
+        )
     (directory / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in lines))
     return directory
 
@@ -68,12 +76,19 @@ def run_mode(mode: str, args, data_dir: Path, device: torch.device) -> dict:
     torch.manual_seed(0)
     with torch.device(device):  # initialise in place: 2B parameters straight on the GPU
         model = LameModel(config, preprocessor)
-    cfg = TrainConfig(stage="joint", max_steps=args.warmup_steps + args.steps,
-                      batch_size=args.batch_size, precision=args.precision,
-                      grad_checkpointing="gc" in switches,
-                      chunk_size=args.chunk_size if "chunk" in switches else None,
-                      lora_rank=args.lora_rank if "lora" in switches else 0,
-                      hard_negatives=1, eval_every=0, save_every=0, final_eval=False)
+    cfg = TrainConfig(
+        stage="joint",
+        max_steps=args.warmup_steps + args.steps,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        grad_checkpointing="gc" in switches,
+        chunk_size=args.chunk_size if "chunk" in switches else None,
+        lora_rank=args.lora_rank if "lora" in switches else 0,
+        hard_negatives=1,
+        eval_every=0,
+        save_every=0,
+        final_eval=False,
+    )
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(model, cfg, data_dir, Path(out), show_progress=False, device=device)
         params = set_trainable(model, "joint")
@@ -91,23 +106,31 @@ def run_mode(mode: str, args, data_dir: Path, device: torch.device) -> dict:
             if step >= args.warmup_steps:
                 times.append(time.perf_counter() - start)
                 losses.append(loss["total"])
-            print(f"[{mode}] step {step + 1}/{cfg.max_steps}: {time.perf_counter() - start:.2f} s"
-                  f" loss {loss['total']:.4f}", file=sys.stderr, flush=True)
+            print(
+                f"[{mode}] step {step + 1}/{cfg.max_steps}: {time.perf_counter() - start:.2f} s"
+                f" loss {loss['total']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
     seconds = float(np.sum(times))
     result = {
-        "mode": mode, "steps": len(times), "batch_size": args.batch_size,
-        "chunk_size": cfg.chunk_size, "lora_rank": cfg.lora_rank,
-        "grad_checkpointing": cfg.grad_checkpointing, "precision": args.precision,
+        "mode": mode,
+        "steps": len(times),
+        "batch_size": args.batch_size,
+        "chunk_size": cfg.chunk_size,
+        "lora_rank": cfg.lora_rank,
+        "grad_checkpointing": cfg.grad_checkpointing,
+        "precision": args.precision,
         "steps_per_s": round(len(times) / seconds, 4),
         "samples_per_s": round(len(times) * args.batch_size / seconds, 3),
         "median_step_s": round(float(np.median(times)), 4),
         "trainable_params": sum(p.numel() for p in params),
         "total_params": sum(p.numel() for p in model.parameters()),
         "final_loss": round(float(losses[-1]), 5),
-        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
     }
     if device.type == "cuda":
-        result["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 30, 3)
+        result["peak_gpu_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     del trainer, optimizer, params, model
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -127,10 +150,16 @@ def plot(report: dict, path: Path) -> None:
     left.bar(names, [r["samples_per_s"] for r in rows], color="tab:blue")
     left.set(title="training samples/s", ylabel="samples/s")
     right.bar(names, [r[memory_key] for r in rows], color="tab:orange")
-    right.set(title="peak GPU memory (per mode)" if memory_key == "peak_gpu_mem_gb"
-              else "peak RSS of the process so far (run one mode per process)", ylabel="GB")
-    fig.suptitle(f"lame training, preset {report['preset']}, {report['device_name']}, "
-                 f"{report['precision']}, batch {rows[0]['batch_size']}")
+    right.set(
+        title="peak GPU memory (per mode)"
+        if memory_key == "peak_gpu_mem_gb"
+        else "peak RSS of the process so far (run one mode per process)",
+        ylabel="GB",
+    )
+    fig.suptitle(
+        f"lame training, preset {report['preset']}, {report['device_name']}, "
+        f"{report['precision']}, batch {rows[0]['batch_size']}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -141,8 +170,9 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--modes", default="full,gc",
-                        help=f"comma-separated modes, each a +-joined set of {SWITCHES}")
+    parser.add_argument(
+        "--modes", default="full,gc", help=f"comma-separated modes, each a +-joined set of {SWITCHES}"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--chunk-size", type=int, default=4)
     parser.add_argument("--lora-rank", type=int, default=8)
@@ -161,10 +191,16 @@ def main(argv=None) -> int:
     image = LameConfig.from_dict(load_preset(args.preset)["model"]).image
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"preset": args.preset, "device": str(device), "precision": args.precision,
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-              else f"{platform.processor() or 'CPU'} x{torch.get_num_threads()} threads",
-              "torch": torch.__version__, "modes": []}
+    report = {
+        "preset": args.preset,
+        "device": str(device),
+        "precision": args.precision,
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or 'CPU'} x{torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "modes": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = synthetic_dataset(Path(tmp) / "data", (image.height, image.width))
         for mode in args.modes.split(","):
@@ -184,10 +220,12 @@ def main(argv=None) -> int:
         print(f"no PNG: {err}", file=sys.stderr)
     for row in report["modes"]:
         memory = row.get("peak_gpu_mem_gb", row["peak_rss_gb"])
-        print(f"{row['mode']:<12} {row['steps_per_s']:>8.3f} steps/s {row['samples_per_s']:>9.2f} "
-              f"samples/s  peak {'GPU' if 'peak_gpu_mem_gb' in row else 'RSS'} {memory:.2f} GB  "
-              f"trainable {row['trainable_params'] / 1e6:.1f} M / "
-              f"{row['total_params'] / 1e6:.1f} M")
+        print(
+            f"{row['mode']:<12} {row['steps_per_s']:>8.3f} steps/s {row['samples_per_s']:>9.2f} "
+            f"samples/s  peak {'GPU' if 'peak_gpu_mem_gb' in row else 'RSS'} {memory:.2f} GB  "
+            f"trainable {row['trainable_params'] / 1e6:.1f} M / "
+            f"{row['total_params'] / 1e6:.1f} M"
+        )
     return 1 if report.get("failed") else 0
 
 

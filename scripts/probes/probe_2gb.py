@@ -12,6 +12,7 @@ run by scripts/probes/probe_2gb.sh, so each one's peak RSS is its own):
 
 Each step prints one JSON line; the shell script collects them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,11 @@ def reset_peak() -> bool:
 
 
 def sizes_mb(folder: Path) -> dict[str, float]:
-    return {p.name: round(p.stat().st_size / 2 ** 20, 1) for p in sorted(folder.iterdir())
-            if p.is_file() and not p.name.startswith(".")}
+    return {
+        p.name: round(p.stat().st_size / 2**20, 1)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    }
 
 
 def build(work: Path, preset: str = "2b") -> dict:
@@ -67,8 +71,21 @@ def build(work: Path, preset: str = "2b") -> dict:
     data = work / "digits"
     if not (data / "train.jsonl").is_file():
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries this step's JSON only
-            assert data_main(["digits", str(data), "--train-images", "160",
-                              "--eval-per-task", "3", "--vocab-size", "300"]) == 0
+            assert (
+                data_main(
+                    [
+                        "digits",
+                        str(data),
+                        "--train-images",
+                        "160",
+                        "--eval-per-task",
+                        "3",
+                        "--vocab-size",
+                        "300",
+                    ]
+                )
+                == 0
+            )
     raw = load_preset(preset)["model"]
     layers, depth = BLOCKS[preset]
     raw["backbone"].update(num_layers=layers, vision_depth=depth)
@@ -76,15 +93,17 @@ def build(work: Path, preset: str = "2b") -> dict:
     torch.manual_seed(0)
     model = LameModel(config, preprocessor_for(data, config)).eval()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    save_checkpoint(work / "ckpt", model, {"probe": "random weights"},
-                    {"step": 0, "stage": "probe"}, [])
-    return {"step": "build", "seconds": round(time.perf_counter() - start, 1),
-            "fp32_weight_gb": round(weight_bytes / 1e9, 3), "peak_rss_mb": round(peak_rss_mb()),
-            "checkpoint_mb": sizes_mb(work / "ckpt").get("model.safetensors")}
+    save_checkpoint(work / "ckpt", model, {"probe": "random weights"}, {"step": 0, "stage": "probe"}, [])
+    return {
+        "step": "build",
+        "seconds": round(time.perf_counter() - start, 1),
+        "fp32_weight_gb": round(weight_bytes / 1e9, 3),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "checkpoint_mb": sizes_mb(work / "ckpt").get("model.safetensors"),
+    }
 
 
-def export(work: Path, calib_size: int, precisions: tuple[str, ...] = ("fp16", "int8", "int4")
-           ) -> dict:
+def export(work: Path, calib_size: int, precisions: tuple[str, ...] = ("fp16", "int8", "int4")) -> dict:
     from lame_calibration import build as build_calibration
     from lame_export.pipeline import ExportOptions, export_checkpoint
 
@@ -95,9 +114,13 @@ def export(work: Path, calib_size: int, precisions: tuple[str, ...] = ("fp16", "
     reset_peak()
 
     def close_stage() -> None:
-        stages.append({"stage": clock["name"],
-                       "seconds": round(time.perf_counter() - clock["start"], 1),
-                       "peak_rss_mb": round(peak_rss_mb())})
+        stages.append(
+            {
+                "stage": clock["name"],
+                "seconds": round(time.perf_counter() - clock["start"], 1),
+                "peak_rss_mb": round(peak_rss_mb()),
+            }
+        )
 
     def progress(message: str) -> None:
         close_stage()
@@ -107,20 +130,31 @@ def export(work: Path, calib_size: int, precisions: tuple[str, ...] = ("fp16", "
 
     start = time.perf_counter()
     # Retrieval gate off (random weights rank at chance); the parity gates are enforced.
-    report = export_checkpoint(work / "ckpt", work / "artifact",
-                               ExportOptions(fp16="fp16" in precisions,
-                                             int8="int8" in precisions,
-                                             int4="int4" in precisions, calib_file=str(calib)),
-                               progress=progress)
+    report = export_checkpoint(
+        work / "ckpt",
+        work / "artifact",
+        ExportOptions(
+            fp16="fp16" in precisions,
+            int8="int8" in precisions,
+            int4="int4" in precisions,
+            calib_file=str(calib),
+        ),
+        progress=progress,
+    )
     close_stage()
-    return {"step": "export", "seconds": round(time.perf_counter() - start, 1),
-            "peak_rss_mb": max(s["peak_rss_mb"] for s in stages),
-            "fp32_weight_gb": round(report["fp32_weight_bytes"] / 1e9, 3),
-            "external_data": report["external_data"], "calib_size": calib_size,
-            "min_cosine": {p: report[p]["min_cosine"] for p in ("fp32", *precisions)},
-            "shared_weights": report.get("shared_weights"),
-            "failures": report["failures"], "stages": stages,
-            "files_mb": sizes_mb(work / "artifact")}
+    return {
+        "step": "export",
+        "seconds": round(time.perf_counter() - start, 1),
+        "peak_rss_mb": max(s["peak_rss_mb"] for s in stages),
+        "fp32_weight_gb": round(report["fp32_weight_bytes"] / 1e9, 3),
+        "external_data": report["external_data"],
+        "calib_size": calib_size,
+        "min_cosine": {p: report[p]["min_cosine"] for p in ("fp32", *precisions)},
+        "shared_weights": report.get("shared_weights"),
+        "failures": report["failures"],
+        "stages": stages,
+        "files_mb": sizes_mb(work / "artifact"),
+    }
 
 
 def load(work: Path) -> dict:
@@ -139,39 +173,53 @@ def load(work: Path) -> dict:
 
     (folder / HASH_CACHE).unlink(missing_ok=True)
     no_cache = timed_open(True)  # hashes tokenizer, config, model.onnx and 2.4 GB of data
-    cached = timed_open(True)    # the cache written by the first open
+    cached = timed_open(True)  # the cache written by the first open
     unverified = timed_open(False)
     encode = {}
     for precision in ("fp32", "fp16", "int8", "int4"):
         start = time.perf_counter()
         embedder = Embedder(folder, precision=precision, threads=2)
-        vectors = embedder.encode(texts=["a probe query"], images=[
-            np.zeros((224, 224, 3), dtype=np.uint8)])
-        encode[precision] = {"load_and_encode_s": round(time.perf_counter() - start, 1),
-                             "finite": bool(np.isfinite(vectors).all())}
+        vectors = embedder.encode(texts=["a probe query"], images=[np.zeros((224, 224, 3), dtype=np.uint8)])
+        encode[precision] = {
+            "load_and_encode_s": round(time.perf_counter() - start, 1),
+            "finite": bool(np.isfinite(vectors).all()),
+        }
         del embedder
-    return {"step": "load", "open_s_without_hash_cache": no_cache,
-            "open_s_with_hash_cache": cached, "open_s_verify_false": unverified,
-            "encode": encode, "peak_rss_mb": round(peak_rss_mb())}
+    return {
+        "step": "load",
+        "open_s_without_hash_cache": no_cache,
+        "open_s_with_hash_cache": cached,
+        "open_s_verify_false": unverified,
+        "encode": encode,
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("build", "export", "load"))
     parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--preset", choices=sorted(BLOCKS), default="2b",
-                        help="the widths to probe (build step)")
-    parser.add_argument("--precisions", default="fp16,int8,int4",
-                        help="comma-separated precisions beside fp32 (export step)")
-    parser.add_argument("--calib-size", type=int, default=16,
-                        help="int8 calibration samples (16: 2 ORT batches keep the probe short "
-                             "on a CPU; the default export uses 128)")
+    parser.add_argument(
+        "--preset", choices=sorted(BLOCKS), default="2b", help="the widths to probe (build step)"
+    )
+    parser.add_argument(
+        "--precisions", default="fp16,int8,int4", help="comma-separated precisions beside fp32 (export step)"
+    )
+    parser.add_argument(
+        "--calib-size",
+        type=int,
+        default=16,
+        help="int8 calibration samples (16: 2 ORT batches keep the probe short "
+        "on a CPU; the default export uses 128)",
+    )
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     precisions = tuple(p for p in args.precisions.split(",") if p)
-    result = {"build": lambda: build(args.work, args.preset),
-              "export": lambda: export(args.work, args.calib_size, precisions),
-              "load": lambda: load(args.work)}[args.step]()
+    result = {
+        "build": lambda: build(args.work, args.preset),
+        "export": lambda: export(args.work, args.calib_size, precisions),
+        "load": lambda: load(args.work),
+    }[args.step]()
     print(json.dumps(result), flush=True)
     return 0 if not result.get("failures") else 1
 

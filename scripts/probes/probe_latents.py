@@ -18,6 +18,7 @@
 
 Runs in about a minute on a tiny/small checkpoint with --rows 600 on 2 cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,12 +29,16 @@ from typing import Sequence
 
 import numpy as np
 
-ALPHAS = tuple(10.0 ** p for p in range(-2, 5))
+ALPHAS = tuple(10.0**p for p in range(-2, 5))
 # sum and max (tier 1's quantities) and two tier-2 ones: the sum of the odd digits (oddsum)
 # and the largest minus the smallest digit (range): multi-step quantities a reasoning state
 # should make more linearly readable than the input's last token does.
-TARGETS = {"sum": sum, "max": max,
-           "oddsum": lambda d: sum(x for x in d if x % 2), "range": lambda d: max(d) - min(d)}
+TARGETS = {
+    "sum": sum,
+    "max": max,
+    "oddsum": lambda d: sum(x for x in d if x % 2),
+    "range": lambda d: max(d) - min(d),
+}
 
 
 # ------------------------------------------------------------------ pure parts (tested)
@@ -66,18 +71,21 @@ def r2(y: np.ndarray, pred: np.ndarray) -> float:
     return 1.0 - float(((y - pred) ** 2).sum()) / total if total > 0 else float("nan")
 
 
-def probe(x_fit, y_fit, x_val, y_val, x_test=None, y_test=None,
-          alphas: Sequence[float] = ALPHAS) -> dict[str, float]:
+def probe(
+    x_fit, y_fit, x_val, y_val, x_test=None, y_test=None, alphas: Sequence[float] = ALPHAS
+) -> dict[str, float]:
     """Pick alpha by validation R^2 (training rows only), refit on fit, score val (and test)."""
     scores = {a: r2(y_val, ridge_predict(ridge_fit(x_fit, y_fit, a), x_val)) for a in alphas}
     alpha = max(scores, key=lambda a: -np.inf if np.isnan(scores[a]) else scores[a])
     model = ridge_fit(x_fit, y_fit, alpha)
-    out = {"alpha": alpha, "val_r2": scores[alpha],
-           "val_acc": 100.0 * float(np.mean(np.round(ridge_predict(model, x_val)) == y_val))}
+    out = {
+        "alpha": alpha,
+        "val_r2": scores[alpha],
+        "val_acc": 100.0 * float(np.mean(np.round(ridge_predict(model, x_val)) == y_val)),
+    }
     if x_test is not None and len(x_test):
         pred = ridge_predict(model, x_test)
-        out.update(test_r2=r2(y_test, pred),
-                   test_acc=100.0 * float(np.mean(np.round(pred) == y_test)))
+        out.update(test_r2=r2(y_test, pred), test_acc=100.0 * float(np.mean(np.round(pred) == y_test)))
     return out
 
 
@@ -86,8 +94,11 @@ def token_accuracy(predicted: np.ndarray, targets: np.ndarray, pad: int) -> dict
     real = targets != pad
     right = (predicted == targets) & real
     rows = (right | ~real).all(1)
-    return {"token_acc": 100.0 * right.sum() / max(real.sum(), 1),
-            "answer_exact": 100.0 * rows.mean(), "rows": int(len(targets))}
+    return {
+        "token_acc": 100.0 * right.sum() / max(real.sum(), 1),
+        "answer_exact": 100.0 * rows.mean(),
+        "rows": int(len(targets)),
+    }
 
 
 # ------------------------------------------------------------------ model side
@@ -101,9 +112,8 @@ def _features(model, items, batch_size: int):
     model.eval()
     with torch.no_grad():
         for start in range(0, len(items), batch_size):
-            part = items[start:start + batch_size]
-            feed = model.feed_to_tensors(model.preprocessor([i.text for i in part],
-                                                            [i.image for i in part]))
+            part = items[start : start + batch_size]
+            feed = model.feed_to_tensors(model.preprocessor([i.text for i in part], [i.image for i in part]))
             result = model(**feed)
             hidden = model.hidden_states(**feed)
             length = feed["input_ids"].shape[1]
@@ -124,8 +134,9 @@ def _reconstruction(model, reason_chunks, answers: list[str]) -> dict[str, float
     predicted, targets, start = [], [], 0
     with torch.no_grad():
         for states in reason_chunks:
-            rows = [TrainRow(Item(text="-"), Item(text=a), answer=a)
-                    for a in answers[start:start + len(states)]]
+            rows = [
+                TrainRow(Item(text="-"), Item(text=a), answer=a) for a in answers[start : start + len(states)]
+            ]
             start += len(states)
             inputs, target = collate._answers(rows)
             logits = model.decoder_head(states, inputs)
@@ -135,13 +146,14 @@ def _reconstruction(model, reason_chunks, answers: list[str]) -> dict[str, float
     pad = model.pad_token_id
 
     def padded(chunks):
-        return np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=pad)
-                               for c in chunks])
+        return np.concatenate(
+            [np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=pad) for c in chunks]
+        )
+
     return token_accuracy(padded(predicted), padded(targets), pad)
 
 
-def run(ckpt: str, data: str, rows: int, val_fraction: float, seed: int,
-        batch_size: int) -> dict:
+def run(ckpt: str, data: str, rows: int, val_fraction: float, seed: int, batch_size: int) -> dict:
     import lame
     from lame.data.dataset import Item, load_eval, load_train
     from lame.methods.generation import case_for, image_digits
@@ -153,8 +165,12 @@ def run(ckpt: str, data: str, rows: int, val_fraction: float, seed: int,
     picked = np.random.default_rng(seed).permutation(len(train))[:rows]
     train = [train[i] for i in picked]
     evals = load_eval(data)
-    report: dict = {"checkpoint": ckpt, "method": model.config.method,
-                    "K": model.config.num_reason_tokens, "train_rows": len(train)}
+    report: dict = {
+        "checkpoint": ckpt,
+        "method": model.config.method,
+        "K": model.config.num_reason_tokens,
+        "train_rows": len(train),
+    }
 
     def query(row):
         return Item(format_query(row.query.text, row.instruction), row.query.image)
@@ -164,10 +180,11 @@ def run(ckpt: str, data: str, rows: int, val_fraction: float, seed: int,
     if model.decoder_head is not None:
         cases = [case_for(r) for r in evals]
         report["reconstruction"] = {
-            "train_rows_seen": _reconstruction(model, train_states,
-                                               [r.answer or r.target.text or "" for r in train]),
-            "eval_queries_held_out": _reconstruction(model, eval_states,
-                                                     [c.reference for c in cases])}
+            "train_rows_seen": _reconstruction(
+                model, train_states, [r.answer or r.target.text or "" for r in train]
+            ),
+            "eval_queries_held_out": _reconstruction(model, eval_states, [c.reference for c in cases]),
+        }
         # By direction: an i2t answer (the true statement about the query image) needs the
         # image read and reasoned about; a t2i reference is the query text itself (a copy).
         import torch
@@ -178,11 +195,10 @@ def run(ckpt: str, data: str, rows: int, val_fraction: float, seed: int,
             if picked:
                 chunks = list(torch.split(states[picked], batch_size))
                 report["reconstruction"][f"eval_{direction}"] = _reconstruction(
-                    model, chunks, [cases[i].reference for i in picked])
-    image_train = [i for i, r in enumerate(train) if r.query.image and
-                   _key(r.query.image) in digits]
-    image_eval = [i for i, r in enumerate(evals) if r.query.image and
-                  _key(r.query.image) in digits]
+                    model, chunks, [cases[i].reference for i in picked]
+                )
+    image_train = [i for i, r in enumerate(train) if r.query.image and _key(r.query.image) in digits]
+    image_eval = [i for i, r in enumerate(evals) if r.query.image and _key(r.query.image) in digits]
     if len(image_train) < 10:
         report["probes"] = "skipped: fewer than 10 image queries with known digits"
         return report
@@ -191,20 +207,30 @@ def run(ckpt: str, data: str, rows: int, val_fraction: float, seed: int,
     test = np.asarray(image_eval, dtype=int)
     probes = {}
     for target, reduce in TARGETS.items():
-        y_train = np.array([reduce(digits.get(_key(r.query.image), (0,))) if r.query.image
-                            else 0 for r in train], float)
-        y_eval = np.array([reduce(digits.get(_key(r.query.image), (0,))) if r.query.image
-                           else 0 for r in evals], float)
+        y_train = np.array(
+            [reduce(digits.get(_key(r.query.image), (0,))) if r.query.image else 0 for r in train], float
+        )
+        y_eval = np.array(
+            [reduce(digits.get(_key(r.query.image), (0,))) if r.query.image else 0 for r in evals], float
+        )
         # Accuracy of always answering the fit rows' mean: what a probe must beat.
-        probes[target] = {"constant_acc": 100.0 * float(np.mean(y_eval[test] == np.round(
-            y_train[fit].mean()))) if len(test) else None}
+        probes[target] = {
+            "constant_acc": 100.0 * float(np.mean(y_eval[test] == np.round(y_train[fit].mean())))
+            if len(test)
+            else None
+        }
         for name in ("reason", "embed", "input"):
             if train_x[name].shape[1] == 0:
                 continue
-            probes[target][name] = probe(train_x[name][fit], y_train[fit], train_x[name][val],
-                                         y_train[val], eval_x[name][test], y_eval[test])
-    report["probes"] = {"rows": {"fit": len(fit), "validation": len(val), "eval": len(test)},
-                        **probes}
+            probes[target][name] = probe(
+                train_x[name][fit],
+                y_train[fit],
+                train_x[name][val],
+                y_train[val],
+                eval_x[name][test],
+                y_eval[test],
+            )
+    report["probes"] = {"rows": {"fit": len(fit), "validation": len(val), "eval": len(test)}, **probes}
     return report
 
 
@@ -223,8 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     try:
-        report = run(args.ckpt, args.data, args.rows, args.val_fraction, args.seed,
-                     args.batch_size)
+        report = run(args.ckpt, args.data, args.rows, args.val_fraction, args.seed, args.batch_size)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ workers never make the same run. ``--variant NAME=DATA ROW...`` runs rows on ano
 into ROOT-NAME/, sharing ROOT/lm (one pre-trained backbone, hence one tokenizer, for both).
 Budget variables (STEPS, PRETRAIN_STEPS, ...) pass through the environment.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,7 +59,7 @@ def parse_jobs(argv: list[str]) -> tuple[argparse.Namespace, list[Job]]:
     if "--" not in argv:
         parser.error("give the rows after '--': ROW ... [--variant NAME=DATA ROW ...]")
     split = argv.index("--")
-    args, tokens = parser.parse_args(argv[:split]), argv[split + 1:]
+    args, tokens = parser.parse_args(argv[:split]), argv[split + 1 :]
     root, data = Path(args.root), args.data
     jobs: list[Job] = []
     rows: list[str] = []
@@ -105,25 +106,33 @@ def main(argv: list[str] | None = None) -> int:
                         job.taken = True
                         return job
                 blocked_on_failure = all(
-                    any(str(p) in failures for p in job.needs(main_root)) for job in pending)
+                    any(str(p) in failures for p in job.needs(main_root)) for job in pending
+                )
                 if blocked_on_failure:
                     return None
             time.sleep(10)
 
     def worker() -> None:
         while (job := next_job()) is not None:
-            env = {**os.environ, "SEEDS": str(job.seed), "ROOT": str(job.root),
-                   "DATA": job.data, "THREADS": os.environ.get("THREADS", "1")}
+            env = {
+                **os.environ,
+                "SEEDS": str(job.seed),
+                "ROOT": str(job.root),
+                "DATA": job.data,
+                "THREADS": os.environ.get("THREADS", "1"),
+            }
             log = open(args.log, "a") if args.log else None
-            code = subprocess.call(["bash", str(SCRIPT), job.row], env=env,
-                                   stderr=log, stdout=subprocess.DEVNULL)
+            code = subprocess.call(
+                ["bash", str(SCRIPT), job.row], env=env, stderr=log, stdout=subprocess.DEVNULL
+            )
             if log:
                 log.close()
             if code != 0:
                 with lock:
                     failures.append(str(job.done_file()))
-                print(f"FAILED {job.root}/{job.row} seed {job.seed} (exit {code})",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"FAILED {job.root}/{job.row} seed {job.seed} (exit {code})", file=sys.stderr, flush=True
+                )
 
     threads = [threading.Thread(target=worker) for _ in range(args.workers)]
     for thread in threads:

@@ -15,6 +15,7 @@ releases, ``ROOT/NAME/eval.json``. Differences smaller than twice their standard
 flagged "not significant". The lm pre-training runs (``ROOT/lm/seed*/generate.json``) get
 their own table: exact match of the generated answers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,17 @@ LABELS = {
     "discriminative": "discriminative (K=0, VLM2Vec style)",
     "cot": "explicit CoT (UME-R1 style, generates then embeds)",
     "latent": "latent multi-step (K=8 steps, Coconut style)",
-    "k2": "LaME K=2", "k4": "LaME K=4", "k16": "LaME K=16",
-    "no-mask": "LaME without bottleneck mask", "no-decoder": "LaME without decoder head",
-    "no-diversity": "LaME without diversity term", "one-stage": "LaME, joint stage only",
-    "gen-lame": "LaME, generative init", "gen-discriminative": "discriminative, generative init",
-    "gen-cot": "explicit CoT, generative init", "gen-latent": "latent, generative init",
+    "k2": "LaME K=2",
+    "k4": "LaME K=4",
+    "k16": "LaME K=16",
+    "no-mask": "LaME without bottleneck mask",
+    "no-decoder": "LaME without decoder head",
+    "no-diversity": "LaME without diversity term",
+    "one-stage": "LaME, joint stage only",
+    "gen-lame": "LaME, generative init",
+    "gen-discriminative": "discriminative, generative init",
+    "gen-cot": "explicit CoT, generative init",
+    "gen-latent": "latent, generative init",
     "gen-no-mask": "LaME without mask, generative init",
     "gen-no-decoder": "LaME without decoder head, generative init",
     "gen-k2": "LaME K=2, generative init",
@@ -43,8 +50,9 @@ LABELS = {
     "gen-warmup40": "LaME, 40 % warm-up, generative init",
     "gen-lame-long": "LaME, generative init, 1,000 steps",
     "gen-discriminative-long": "discriminative, generative init, 1,000 steps",
-    "wall-discriminative": "discriminative, LaME's wall time", "wall-cot": "explicit CoT, "
-    "LaME's wall time", "wall-latent": "latent, LaME's wall time",
+    "wall-discriminative": "discriminative, LaME's wall time",
+    "wall-cot": "explicit CoT, LaME's wall time",
+    "wall-latent": "latent, LaME's wall time",
 }
 # The lm pre-training runs (ROOT/lm/seed*/generate.json): exact match of generated answers.
 GENERATION_COLUMNS = {
@@ -53,17 +61,21 @@ GENERATION_COLUMNS = {
     "t2i exact": lambda r: r["per_direction"].get("t2i", {}).get("exact_match"),
     "digits read": lambda r: r.get("digits_read"),
 }
-COLUMNS = {"hit@1": lambda r: r["hit@1"], "tier 1": lambda r: r["per_group"]["tier1"]["hit@1"],
-           "tier 2": lambda r: r["per_group"]["tier2"]["hit@1"], "ndcg@10": lambda r: r["ndcg@10"]}
+COLUMNS = {
+    "hit@1": lambda r: r["hit@1"],
+    "tier 1": lambda r: r["per_group"]["tier1"]["hit@1"],
+    "tier 2": lambda r: r["per_group"]["tier2"]["hit@1"],
+    "ndcg@10": lambda r: r["ndcg@10"],
+}
 
 
-def load(root: Path, names: list[str], suffix: str = "",
-         file: str = "eval.json") -> dict[str, list[dict]]:
+def load(root: Path, names: list[str], suffix: str = "", file: str = "eval.json") -> dict[str, list[dict]]:
     """Row name (+ suffix) -> the ``file`` of each seed found."""
     runs = {}
     for name in names:
-        files = sorted((root / name).glob(f"seed*/{file}")) or \
-            [p for p in [root / name / file] if p.is_file()]
+        files = sorted((root / name).glob(f"seed*/{file}")) or [
+            p for p in [root / name / file] if p.is_file()
+        ]
         if files:
             runs[name + suffix] = [json.loads(p.read_text()) for p in files]
     return runs
@@ -85,36 +97,51 @@ def tables(runs: dict[str, list[dict]], baseline: str) -> str:
     for name, results in runs.items():
         cells = [str(summarise([get(r) for r in results])) for get in COLUMNS.values()]
         lines.append(f"| {label(name)} | {len(results)} | " + " | ".join(cells) + " |")
-    compared = [n for n in runs if baseline_of(n, baseline) in runs
-                and n != baseline_of(n, baseline)]
+    compared = [n for n in runs if baseline_of(n, baseline) in runs and n != baseline_of(n, baseline)]
     if compared:
-        lines += ["", f"Difference to `{baseline}` started the same way (`gen-{baseline}` for "
-                      "generative-init rows; mean ± standard error; not significant when "
-                      "smaller than 2 standard errors):", "",
-                  "| run | vs | " + " | ".join(COLUMNS) + " |",
-                  "|---|---|" + "---|" * len(COLUMNS)]
+        lines += [
+            "",
+            f"Difference to `{baseline}` started the same way (`gen-{baseline}` for "
+            "generative-init rows; mean ± standard error; not significant when "
+            "smaller than 2 standard errors):",
+            "",
+            "| run | vs | " + " | ".join(COLUMNS) + " |",
+            "|---|---|" + "---|" * len(COLUMNS),
+        ]
         for name in compared:
             base = baseline_of(name, baseline)
-            cells = [str(compare(summarise([get(r) for r in runs[name]]),
-                                 summarise([get(r) for r in runs[base]])))
-                     for get in COLUMNS.values()]
+            cells = [
+                str(compare(summarise([get(r) for r in runs[name]]), summarise([get(r) for r in runs[base]])))
+                for get in COLUMNS.values()
+            ]
             lines.append(f"| {label(name)} | `{base}` | " + " | ".join(cells) + " |")
     names = list(runs)
-    lines += ["", "| task (hit@1, mean over seeds) | " + " | ".join(names) + " |",
-              "|---|" + "---|" * len(names)]
+    lines += [
+        "",
+        "| task (hit@1, mean over seeds) | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
     for task in next(iter(runs.values()))[0]["per_task"]:
-        lines.append(f"| {task} | " + " | ".join(
-            f"{summarise([r['per_task'][task]['hit@1'] for r in runs[n]]).mean:.1f}"
-            for n in names) + " |")
+        lines.append(
+            f"| {task} | "
+            + " | ".join(
+                f"{summarise([r['per_task'][task]['hit@1'] for r in runs[n]]).mean:.1f}" for n in names
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
 def validation_table(vals: dict[str, list[dict]]) -> str:
     """Rows' val.json (the validation split carved from training samples): what variants are
     chosen on; eval is only measured."""
-    lines = ["Validation split (`val.jsonl`: images composed from training samples, not trained "
-             "on; variants are chosen here, never on eval):", "",
-             "| run | seeds | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "Validation split (`val.jsonl`: images composed from training samples, not trained "
+        "on; variants are chosen here, never on eval):",
+        "",
+        "| run | seeds | " + " | ".join(COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
     for name, results in vals.items():
         cells = [str(summarise([get(r) for r in results])) for get in COLUMNS.values()]
         lines.append(f"| {label(name)} | {len(results)} | " + " | ".join(cells) + " |")
@@ -129,13 +156,19 @@ def dimension_table(runs: dict[str, list[dict]]) -> str | None:
         return None
     dims = list(next(iter(sized.values()))[0]["by_dimension"])
     head = [f"hit@1 @{d}" for d in dims] + [f"tier 2 @{d}" for d in dims]
-    lines = ["Embedding size (eval.json `by_dimension`: the leading d components of the same "
-             "embeddings, renormalised; mean ± sd over seeds):", "",
-             "| run | seeds | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    lines = [
+        "Embedding size (eval.json `by_dimension`: the leading d components of the same "
+        "embeddings, renormalised; mean ± sd over seeds):",
+        "",
+        "| run | seeds | " + " | ".join(head) + " |",
+        "|---|---|" + "---|" * len(head),
+    ]
     for name, results in sized.items():
         cells = [str(summarise([r["by_dimension"][d]["hit@1"] for r in results])) for d in dims]
-        cells += [str(summarise([r["by_dimension"][d]["per_group"]["tier2"]["hit@1"]
-                                 for r in results])) for d in dims]
+        cells += [
+            str(summarise([r["by_dimension"][d]["per_group"]["tier2"]["hit@1"] for r in results]))
+            for d in dims
+        ]
         lines.append(f"| {label(name)} | {len(results)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -156,23 +189,26 @@ def generation_table(root: Path) -> str | None:
         return None
     results = [json.loads(p.read_text()) for p in files]
     cells = optional_cells(results, GENERATION_COLUMNS)
-    return "\n".join([
-        "Generative pre-training (`--method lm`), greedy generation on "
-        f"{results[0]['n']} eval queries (percent):", "",
-        "| run | seeds | " + " | ".join(GENERATION_COLUMNS) + " |",
-        "|---|---|" + "---|" * len(GENERATION_COLUMNS),
-        f"| lm pre-training | {len(results)} | " + " | ".join(cells) + " |"])
+    return "\n".join(
+        [
+            "Generative pre-training (`--method lm`), greedy generation on "
+            f"{results[0]['n']} eval queries (percent):",
+            "",
+            "| run | seeds | " + " | ".join(GENERATION_COLUMNS) + " |",
+            "|---|---|" + "---|" * len(GENERATION_COLUMNS),
+            f"| lm pre-training | {len(results)} | " + " | ".join(cells) + " |",
+        ]
+    )
 
 
 # probe.json (scripts/probes/probe_latents.py): decoder reconstruction from the K states, and
 # held-out accuracy of ridge probes for the digits' sum from three places in the network.
 PROBE_COLUMNS = {
-    "recon. token acc (eval)":
-        lambda r: r.get("reconstruction", {}).get("eval_queries_held_out", {}).get("token_acc"),
-    "recon. exact (eval i2t)":
-        lambda r: r.get("reconstruction", {}).get("eval_i2t", {}).get("answer_exact"),
-    "recon. exact (eval t2i)":
-        lambda r: r.get("reconstruction", {}).get("eval_t2i", {}).get("answer_exact"),
+    "recon. token acc (eval)": lambda r: (
+        r.get("reconstruction", {}).get("eval_queries_held_out", {}).get("token_acc")
+    ),
+    "recon. exact (eval i2t)": lambda r: r.get("reconstruction", {}).get("eval_i2t", {}).get("answer_exact"),
+    "recon. exact (eval t2i)": lambda r: r.get("reconstruction", {}).get("eval_t2i", {}).get("answer_exact"),
     "sum R²: K states": lambda r: r["probes"]["sum"].get("reason", {}).get("test_r2"),
     "sum R²: [EMBED]": lambda r: r["probes"]["sum"].get("embed", {}).get("test_r2"),
     "sum R²: last input": lambda r: r["probes"]["sum"].get("input", {}).get("test_r2"),
@@ -182,20 +218,22 @@ PROBE_COLUMNS = {
     # Tier-2 quantities (probes made since issue 23; "-" for older probe.json files).
     "oddsum R²: K states": lambda r: r["probes"].get("oddsum", {}).get("reason", {}).get("test_r2"),
     "oddsum R²: [EMBED]": lambda r: r["probes"].get("oddsum", {}).get("embed", {}).get("test_r2"),
-    "oddsum R²: last input":
-        lambda r: r["probes"].get("oddsum", {}).get("input", {}).get("test_r2"),
+    "oddsum R²: last input": lambda r: r["probes"].get("oddsum", {}).get("input", {}).get("test_r2"),
     "range R²: K states": lambda r: r["probes"].get("range", {}).get("reason", {}).get("test_r2"),
     "range R²: [EMBED]": lambda r: r["probes"].get("range", {}).get("embed", {}).get("test_r2"),
 }
 
 
 def probe_table(probes: dict[str, list[dict]]) -> str:
-    lines = ["Probes (`scripts/probes/probe_latents.py`; mean ± sd over seeds; reconstruction and "
-             "exact-sum accuracies in percent, R² as a fraction; sum probes scored on held-out "
-             "eval image queries, ridge strength chosen on a validation split of training "
-             "rows):", "",
-             "| run | seeds | " + " | ".join(PROBE_COLUMNS) + " |",
-             "|---|---|" + "---|" * len(PROBE_COLUMNS)]
+    lines = [
+        "Probes (`scripts/probes/probe_latents.py`; mean ± sd over seeds; reconstruction and "
+        "exact-sum accuracies in percent, R² as a fraction; sum probes scored on held-out "
+        "eval image queries, ridge strength chosen on a validation split of training "
+        "rows):",
+        "",
+        "| run | seeds | " + " | ".join(PROBE_COLUMNS) + " |",
+        "|---|---|" + "---|" * len(PROBE_COLUMNS),
+    ]
     for name, results in probes.items():
         cells = optional_cells(results, PROBE_COLUMNS)
         lines.append(f"| {label(name)} | {len(results)} | " + " | ".join(cells) + " |")

@@ -1,4 +1,5 @@
 """Modality-routed graphs: the text-only graph, its gates, routing, and older artifacts."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,9 @@ def test_artifact_has_text_graphs_with_gates(artifact_dir):
         gate = report["text_graph"][precision]
         assert gate["passed"] and gate["min_cosine"] >= THRESHOLDS[precision]
         assert gate["cases"] and all(label.endswith("/text") for label in gate["cases"])
-    assert "tensorrt_lint_text" in report and report["tensorrt_lint_text"]["ok"] == \
-        report["tensorrt_lint"]["ok"]
+    assert (
+        "tensorrt_lint_text" in report and report["tensorrt_lint_text"]["ok"] == report["tensorrt_lint"]["ok"]
+    )
     # the text graph really lacks the vision tower: far fewer nodes than the full graph
     import onnx
 
@@ -46,8 +48,17 @@ def test_routing_equals_full_graph(artifact_dir, digits_dir, precision):
 
     images = sorted(str(p) for p in digits_dir.rglob("*.png"))[:6]
     # mixed order: text-only, image-only and text+image rows interleaved
-    texts = ["the digits add up to 9", None, "7 3 1", "exactly 2 digits are greater than 6",
-             None, "a", "find the image", None, "the odd digits add up to 13"]
+    texts = [
+        "the digits add up to 9",
+        None,
+        "7 3 1",
+        "exactly 2 digits are greater than 6",
+        None,
+        "a",
+        "find the image",
+        None,
+        "the odd digits add up to 13",
+    ]
     rows = [None, images[0], images[1], None, images[2], None, images[3], images[4], None]
     routed = Embedder(artifact_dir, precision=precision)
     full = Embedder(artifact_dir, precision=precision, route_text=False)
@@ -78,8 +89,9 @@ def test_artifact_without_text_graph_still_loads(artifact_dir, tmp_path):
     assert not embedder.routes_text and not embedder.artifact.has_text_graph("fp32")
     with pytest.raises(ArtifactError, match="no text-only fp32 graph"):
         embedder.artifact.file_for("fp32", graph="text")
-    np.testing.assert_allclose(embedder.encode(["a", "b c"]),
-                               Embedder(artifact_dir).encode(["a", "b c"]), atol=1e-5)
+    np.testing.assert_allclose(
+        embedder.encode(["a", "b c"]), Embedder(artifact_dir).encode(["a", "b c"]), atol=1e-5
+    )
 
 
 def test_text_entry_must_be_listed(artifact_dir, tmp_path):

@@ -1,4 +1,5 @@
 """Export: constants baked in, parity per precision, manifest, calibration, gates, lint."""
+
 import json
 
 import numpy as np
@@ -16,8 +17,15 @@ from lame_runtime.artifact.contract import sha256
 
 def test_artifact_files_and_manifest(artifact_dir, trained_ckpt):
     manifest = json.loads((artifact_dir / "lame_artifact.json").read_text())
-    for name in ("model.onnx", "model_fp16.onnx", "model_int8.onnx", "tokenizer.json",
-                 "preprocessor_config.json", "parity.json", "calib.npz"):
+    for name in (
+        "model.onnx",
+        "model_fp16.onnx",
+        "model_int8.onnx",
+        "tokenizer.json",
+        "preprocessor_config.json",
+        "parity.json",
+        "calib.npz",
+    ):
         assert (artifact_dir / name).is_file(), name
     assert set(manifest["models"]) == {"fp32", "fp16", "int8"}
     for name, entry in manifest["files"].items():
@@ -25,8 +33,12 @@ def test_artifact_files_and_manifest(artifact_dir, trained_ckpt):
     config = json.loads((trained_ckpt / "config.json").read_text())
     assert manifest["embedding_dim"] == config["embed_dim"]
     assert manifest["num_reason_tokens"] == config["num_reason_tokens"]
-    assert [i["name"] for i in manifest["inputs"]] == ["input_ids", "attention_mask",
-                                                       "pixel_values", "image_mask"]
+    assert [i["name"] for i in manifest["inputs"]] == [
+        "input_ids",
+        "attention_mask",
+        "pixel_values",
+        "image_mask",
+    ]
     assert manifest["outputs"][0]["name"] == "lame_embedding"
     assert manifest["special_tokens"]["embed"] >= 0
     # One instruction per query direction (issue 11), copied from the checkpoint.
@@ -35,8 +47,7 @@ def test_artifact_files_and_manifest(artifact_dir, trained_ckpt):
 
 
 def test_reason_tokens_are_constants_not_inputs(artifact_dir, trained_ckpt):
-    session = ort.InferenceSession(str(artifact_dir / "model.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(artifact_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     assert names == {"input_ids", "attention_mask", "pixel_values", "image_mask"}
     tokens = load_file(str(trained_ckpt / "model.safetensors"))["reason_tokens"].numpy()
@@ -48,8 +59,9 @@ def test_reason_tokens_are_constants_not_inputs(artifact_dir, trained_ckpt):
 
 def test_dynamic_batch_and_sequence(artifact_dir):
     graph = onnx.load(str(artifact_dir / "model.onnx"))
-    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
-            for i in graph.graph.input}
+    dims = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input
+    }
     assert dims["input_ids"] == ["batch", "sequence"]
     assert dims["pixel_values"][0] == "batch" and isinstance(dims["pixel_values"][1], int)
 
@@ -93,11 +105,13 @@ def test_calibration_never_imports_torch(tmp_path, digits_dir, artifact_dir):
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "import lame_calibration\n"
-            f"p = lame_calibration.build({str(digits_dir)!r}, {str(artifact_dir)!r}, "
-            f"{str(tmp_path / 'c.npz')!r}, size=20, seed=3)\n"
-            "print(lame_calibration.load(p)['input_ids'].shape[0])")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import lame_calibration\n"
+        f"p = lame_calibration.build({str(digits_dir)!r}, {str(artifact_dir)!r}, "
+        f"{str(tmp_path / 'c.npz')!r}, size=20, seed=3)\n"
+        "print(lame_calibration.load(p)['input_ids'].shape[0])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "20"
@@ -112,7 +126,7 @@ def test_validate_detects_drift():
         validate(ref, bad, 0.9999)
     with pytest.raises(ParityError, match="NaN"):
         validate(ref, ref * np.nan, 0.9)
-    assert row_cosines(ref, bad)[0] == pytest.approx(2 ** -0.5)
+    assert row_cosines(ref, bad)[0] == pytest.approx(2**-0.5)
 
 
 def test_tensorrt_lint(artifact_dir):
@@ -140,8 +154,7 @@ def test_lint_flags_unsupported_and_data_dependent_ops(tmp_path):
 def test_export_cli_errors_and_gate(trained_ckpt, digits_dir, tmp_path, capsys):
     assert export_main(["--ckpt", str(tmp_path / "nope"), "--out", str(tmp_path / "a")]) == 2
     assert "not found" in capsys.readouterr().err
-    assert export_main(["--ckpt", str(trained_ckpt), "--out", str(tmp_path / "a"),
-                        "--int8"]) == 2
+    assert export_main(["--ckpt", str(trained_ckpt), "--out", str(tmp_path / "a"), "--int8"]) == 2
     assert "--calib-data" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
 
@@ -177,15 +190,36 @@ def test_export_output_is_quiet_and_names_each_int8_graph(trained_ckpt, digits_d
 
     out = tmp_path / "quiet"
     code = "import sys; from lame_export.cli import main; sys.exit(main(sys.argv[1:]))"
-    run = subprocess.run([sys.executable, "-c", code, "--ckpt", str(trained_ckpt), "--out",
-                          str(out), "--int8", "--calib-data", str(digits_dir),
-                          "--calib-size", "16"], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "--ckpt",
+            str(trained_ckpt),
+            "--out",
+            str(out),
+            "--int8",
+            "--calib-data",
+            str(digits_dir),
+            "--calib-size",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     text = run.stdout + run.stderr
     assert run.returncode in (0, 3), text  # 3: an 8-step model may fail the retrieval gate
     assert "exporting fp32 ONNX" in run.stderr, text  # the export itself ran
     assert "torchvision" not in text, text
-    int8_lines = [line for line in run.stderr.splitlines() if "int8" in line
-                  and ("pre-processing" in line or "calibrating" in line or "quantising" in line)]
+    int8_lines = [
+        line
+        for line in run.stderr.splitlines()
+        if "int8" in line and ("pre-processing" in line or "calibrating" in line or "quantising" in line)
+    ]
     assert len(int8_lines) == 6, run.stderr  # 3 steps x (full graph, text graph)
     assert {line.split("int8 ")[1].split(":")[0] for line in int8_lines} == {
-        "model_int8.onnx", "model_text_int8.onnx"}, int8_lines
+        "model_int8.onnx",
+        "model_text_int8.onnx",
+    }, int8_lines

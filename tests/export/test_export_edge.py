@@ -3,6 +3,7 @@
 One real export of the trained tiny checkpoint (fp32 + fp16 + int8 + int4, external data forced,
 parity and retrieval gates enforced), opened by the real runtime.
 """
+
 import json
 import os
 import shutil
@@ -32,9 +33,19 @@ IMAGES = [None, None, np.full((16, 64, 3), 200, dtype=np.uint8)]
 @pytest.fixture(scope="module")
 def edge_artifact(trained_ckpt, digits_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("edge") / "art"
-    report = export_checkpoint(trained_ckpt, out, ExportOptions(
-        fp16=True, int8=True, int4=True, calib_data=str(digits_dir), calib_size=16,
-        external_data_threshold=0, force=True))
+    report = export_checkpoint(
+        trained_ckpt,
+        out,
+        ExportOptions(
+            fp16=True,
+            int8=True,
+            int4=True,
+            calib_data=str(digits_dir),
+            calib_size=16,
+            external_data_threshold=0,
+            force=True,
+        ),
+    )
     # Parity gates must pass; the retrieval gate is recorded, not enforced: the 8-step model
     # scores 2.38 hit@1 on 42 queries, so one query (2.38 points) is past every limit.
     assert [f for f in report["failures"] if "hit@1" not in f] == []
@@ -44,8 +55,7 @@ def edge_artifact(trained_ckpt, digits_dir, tmp_path_factory) -> Path:
 def test_every_artifact_file_has_the_default_mode(edge_artifact):
     want = default_file_mode()
     assert want == 0o666 & ~_umask()
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in edge_artifact.iterdir()
-             if p.is_file()}
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in edge_artifact.iterdir() if p.is_file()}
     assert any(name.endswith("_fp16.onnx.data") for name in modes)  # onnx wrote these 0600
     assert {name: mode for name, mode in modes.items() if mode != want} == {}
 
@@ -61,14 +71,22 @@ def test_modes_follow_the_umask(tmp_path):
     from onnx import helper, numpy_helper
 
     weight = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])],
-                              [weight])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])],
+        [weight],
+    )
 
     def write(stage: Path) -> None:
-        onnx.save(helper.make_model(graph), str(stage / "m.onnx"), save_as_external_data=True,
-                  location="m.onnx.data", size_threshold=0)
+        onnx.save(
+            helper.make_model(graph),
+            str(stage / "m.onnx"),
+            save_as_external_data=True,
+            location="m.onnx.data",
+            size_threshold=0,
+        )
         (stage / MANIFEST).write_text("{}")
 
     old = os.umask(0o027)
@@ -100,9 +118,11 @@ def test_text_graph_weights_live_in_the_full_graph_data(edge_artifact):
 def test_runtime_reader_agrees_with_onnx(edge_artifact):
     for name in (FILES["int8"], TEXT_FILES["int8"], TEXT_FILES["int4"]):
         proto = onnx.load(str(edge_artifact / name), load_external_data=False)
-        want = {t.name: (t.data_type, tuple(t.dims),
-                         {e.key: e.value for e in t.external_data}["location"])
-                for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+        want = {
+            t.name: (t.data_type, tuple(t.dims), {e.key: e.value for e in t.external_data}["location"])
+            for t in proto.graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL
+        }
         got = {t.name: (t.data_type, t.dims, t.location) for t in external_tensors(edge_artifact / name)}
         assert got == want and got
 
@@ -122,8 +142,11 @@ def test_tampered_shared_data_is_refused_for_the_text_graph(edge_artifact, tmp_p
 def test_both_sessions_use_one_mapped_copy(edge_artifact, precision):
     shared = Embedder(edge_artifact, precision=precision)
     assert shared.routes_text and shared.shares_weights
-    text_tensors = [t for t in external_tensors(edge_artifact / TEXT_FILES[precision])
-                    if t.location == f"{FILES[precision]}.data"]
+    text_tensors = [
+        t
+        for t in external_tensors(edge_artifact / TEXT_FILES[precision])
+        if t.location == f"{FILES[precision]}.data"
+    ]
     # Sub-byte tensors (int4's packed UINT4 embedding table) have no NumPy dtype to map them
     # as: ORT loads those itself (a known gap, in the README); every other one is shared.
     mappable = [t for t in text_tensors if t.data_type in NUMPY_TYPES]
@@ -162,12 +185,18 @@ def test_routed_rss_is_printed_against_the_full_graph(edge_artifact):
     probe figures are in the README)."""
     peaks = {}
     for mode in ("full", "shared", "separate"):
-        out = subprocess.run([sys.executable, "-c", RSS_PROBE, str(edge_artifact), "fp32", mode],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", RSS_PROBE, str(edge_artifact), "fp32", mode],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peaks[mode] = json.loads(out.stdout.splitlines()[-1])["hwm_kb"]
-    print(f"\ntiny fp32 peak RSS: full {peaks['full']} kB; routed shared "
-          f"{peaks['shared'] / peaks['full']:.3f}x, routed separate "
-          f"{peaks['separate'] / peaks['full']:.3f}x")
+    print(
+        f"\ntiny fp32 peak RSS: full {peaks['full']} kB; routed shared "
+        f"{peaks['shared'] / peaks['full']:.3f}x, routed separate "
+        f"{peaks['separate'] / peaks['full']:.3f}x"
+    )
     assert all(v > 0 for v in peaks.values())
 
 
@@ -176,8 +205,9 @@ def test_int4_graph_is_weight_only_and_served(edge_artifact):
     assert report["int4"]["passed"] and report["int4"]["threshold"] == 0.98
     assert report["int4"]["min_cosine"] >= 0.98
     assert "int4" in report["retrieval"]["hit@1"]
-    ops = {n.op_type for n in onnx.load(str(edge_artifact / FILES["int4"]),
-                                        load_external_data=False).graph.node}
+    ops = {
+        n.op_type for n in onnx.load(str(edge_artifact / FILES["int4"]), load_external_data=False).graph.node
+    }
     assert "MatMulNBits" in ops and "QuantizeLinear" not in ops  # weights only, no activation Q
     assert "GatherBlockQuantized" in ops  # the embedding table too (the default)
     lint = report["tensorrt_lint_int4"]
@@ -192,8 +222,7 @@ def test_int4_graph_is_weight_only_and_served(edge_artifact):
 
 def test_int4_options_are_checked(trained_ckpt, tmp_path):
     with pytest.raises(ValueError, match="power of two"):
-        export_checkpoint(trained_ckpt, tmp_path / "x", ExportOptions(int4=True,
-                                                                      int4_block_size=24))
+        export_checkpoint(trained_ckpt, tmp_path / "x", ExportOptions(int4=True, int4_block_size=24))
     with pytest.raises(ValueError, match="accuracy level"):
         Int4Options(accuracy_level=7).check()
     assert not (tmp_path / "x").exists()
@@ -203,11 +232,25 @@ def test_int4_block_size_and_embeddings_options(trained_ckpt, tmp_path):
     from lame_export.cli import main
 
     out = tmp_path / "art"
-    assert main(["--ckpt", str(trained_ckpt), "--out", str(out), "--int4",
-                 "--int4-block-size", "64", "--no-int4-embeddings"]) == 0
+    assert (
+        main(
+            [
+                "--ckpt",
+                str(trained_ckpt),
+                "--out",
+                str(out),
+                "--int4",
+                "--int4-block-size",
+                "64",
+                "--no-int4-embeddings",
+            ]
+        )
+        == 0
+    )
     graph = onnx.load(str(out / FILES["int4"]), load_external_data=False).graph
-    blocks = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute
-              if a.name == "block_size"}
+    blocks = {
+        a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"
+    }
     assert blocks == {64}
     assert "GatherBlockQuantized" not in {n.op_type for n in graph.node}
     assert Artifact.open(out).precisions == ["fp32", "int4"]
@@ -224,7 +267,10 @@ def test_info_reports_the_memory_budget(edge_artifact, capsys):
     for row in rows.values():
         assert row["text_weights_shared"], row
         # shared: what is mapped is the full graph plus the text graph's structure only
-        assert row["full_graph_bytes"] <= row["resident_weights_bytes"] \
-            < row["full_graph_bytes"] + row["text_graph_bytes"], row
+        assert (
+            row["full_graph_bytes"]
+            <= row["resident_weights_bytes"]
+            < row["full_graph_bytes"] + row["text_graph_bytes"]
+        ), row
         assert row["measured"]["routes_text"] and row["measured"]["peak_rss_mb"] > 10
     assert rows["int4"]["full_graph_bytes"] < rows["fp32"]["full_graph_bytes"]

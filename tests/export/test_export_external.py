@@ -1,4 +1,5 @@
 """Export with external data (forced on the tiny model), the file table, and its runtime checks."""
+
 import json
 import shutil
 from pathlib import Path
@@ -13,8 +14,8 @@ from lame_export.pipeline import ExportGateError, ExportOptions, export_checkpoi
 from lame_runtime import Embedder
 from lame_runtime.artifact.contract import HASH_CACHE, MANIFEST, Artifact
 from lame_runtime.artifact.files import external_data_locations
-from lame_runtime.errors import ArtifactError, GateError
 from lame_runtime.artifact.persist import sha256
+from lame_runtime.errors import ArtifactError, GateError
 
 GRAPHS = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 
@@ -27,8 +28,11 @@ def external_artifact(trained_ckpt, digits_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("external")
     calib = build(digits_dir, trained_ckpt, root / "calib.npz", size=16)
     out = root / "art"
-    report = export_checkpoint(trained_ckpt, out, ExportOptions(
-        fp16=True, int8=True, calib_file=str(calib), external_data_threshold=0))
+    report = export_checkpoint(
+        trained_ckpt,
+        out,
+        ExportOptions(fp16=True, int8=True, calib_file=str(calib), external_data_threshold=0),
+    )
     assert report["external_data"] and not report["failures"]
     return out
 
@@ -48,8 +52,7 @@ def rewrite_manifest(folder: Path, edit) -> None:
 
 def relist(folder: Path, manifest: dict, name: str) -> None:
     """What an attacker who can also edit the manifest does: record a file's new hash."""
-    manifest["files"][name] = {"bytes": (folder / name).stat().st_size,
-                               "sha256": sha256(folder / name)}
+    manifest["files"][name] = {"bytes": (folder / name).stat().st_size, "sha256": sha256(folder / name)}
 
 
 def test_every_precision_has_a_data_file_and_passes_parity(external_artifact):
@@ -63,8 +66,7 @@ def test_every_precision_has_a_data_file_and_passes_parity(external_artifact):
         assert report[precision]["passed"], precision
         # the runtime's protobuf walker agrees with onnx itself
         proto = onnx.load(str(external_artifact / graph), load_external_data=False)
-        locations = {e.value for t in proto.graph.initializer for e in t.external_data
-                     if e.key == "location"}
+        locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
         assert locations == {data} == set(external_data_locations(external_artifact / graph))
     assert report["int8"]["min_cosine"] >= 0.99 and report["fp16"]["min_cosine"] >= 0.999
     ops = {n.op_type for n in onnx.load(str(external_artifact / GRAPHS["int8"])).graph.node}
@@ -90,8 +92,7 @@ def test_manifest_lists_and_hashes_every_file(external_artifact, artifact_dir):
             assert entry["sha256"] == sha256(folder / name), name
             assert entry["bytes"] == (folder / name).stat().st_size, name
     inline = json.loads((artifact_dir / MANIFEST).read_text())
-    assert {"tokenizer.json", "preprocessor_config.json", "calib.npz", "parity.json"} \
-        <= set(inline["files"])
+    assert {"tokenizer.json", "preprocessor_config.json", "calib.npz", "parity.json"} <= set(inline["files"])
     assert inline["files"]["calib.npz"]["required"] is False
     assert inline["models"]["fp32"]["external_data"] == []
 
@@ -102,8 +103,7 @@ def test_reason_tokens_found_by_name_in_external_data(external_artifact, trained
     report = json.loads((external_artifact / "parity.json").read_text())
     name = report["graph"]["reason_tokens_initializer"]
     assert name is not None
-    assert report["graph"]["inputs"] == ["input_ids", "attention_mask", "pixel_values",
-                                         "image_mask"]
+    assert report["graph"]["inputs"] == ["input_ids", "attention_mask", "pixel_values", "image_mask"]
     tokens = load_file(str(trained_ckpt / "model.safetensors"))["reason_tokens"].numpy()
     graph = external_artifact / "model.onnx"
     assert reason_token_initializer(graph, tokens) == name
@@ -151,6 +151,7 @@ def _point_graph_at(folder: Path, location: str, listed: bool = True) -> None:
         relist(folder, manifest, "model.onnx")
         if listed:
             manifest["models"]["fp32"]["external_data"] = [location]
+
     rewrite_manifest(folder, edit)
 
 
@@ -186,6 +187,7 @@ def test_manifest_paths_cannot_escape_the_artifact(external_artifact, tmp_path, 
 
     def edit(manifest):
         manifest["files"][name] = {"bytes": 1, "sha256": "0" * 64}
+
     rewrite_manifest(copy, edit)
     with pytest.raises(ArtifactError, match="escapes|absolute|outside the artifact"):
         Artifact.open(copy, verify=False)
@@ -193,12 +195,17 @@ def test_manifest_paths_cannot_escape_the_artifact(external_artifact, tmp_path, 
 
 def test_cli_threshold_forces_external_data(trained_ckpt, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert export_main(["--ckpt", str(trained_ckpt), "--out", str(out),
-                        "--external-data-threshold", "0"]) == 0
+    assert (
+        export_main(["--ckpt", str(trained_ckpt), "--out", str(out), "--external-data-threshold", "0"]) == 0
+    )
     assert (out / "model.onnx.data").is_file()
     assert json.loads(capsys.readouterr().out)["min_cosine"]["fp32"] >= 0.9999
-    assert export_main(["--ckpt", str(trained_ckpt), "--out", str(tmp_path / "x"),
-                        "--external-data-threshold", "-1"]) == 2
+    assert (
+        export_main(
+            ["--ckpt", str(trained_ckpt), "--out", str(tmp_path / "x"), "--external-data-threshold", "-1"]
+        )
+        == 2
+    )
 
 
 def test_failed_gate_or_error_leaves_no_staging_folder(trained_ckpt, tmp_path, monkeypatch):
@@ -216,6 +223,7 @@ def test_failed_gate_or_error_leaves_no_staging_folder(trained_ckpt, tmp_path, m
 
     def broken(*args, **kwargs):  # an error in the middle of a conversion
         raise RuntimeError("converter crashed")
+
     monkeypatch.setattr(precision, "to_fp16", broken)
     with pytest.raises(RuntimeError, match="converter crashed"):
         export_checkpoint(trained_ckpt, out, ExportOptions(fp16=True))

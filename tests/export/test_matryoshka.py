@@ -1,6 +1,7 @@
 """Matryoshka dimensions end to end: ``lame-train --matryoshka`` -> ``lame-export`` (manifest
 lists the sizes, parity gated at each) -> ``Embedder.encode(dimensions=)``, indexes that store
 the chosen size (exact, FAISS, Qdrant), ``lame-search``, ``lame-serve`` and ``lame-eval``."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,24 @@ def mrl_ckpt(digits_dir, tmp_path_factory):
     from lame.cli.train import main
 
     out = tmp_path_factory.mktemp("mrl") / "ckpt"
-    code = main(["--data", str(digits_dir), "--out", str(out), "--preset", "tiny",
-                 "--max-steps", "6", "--batch-size", "8", "--no-progress", "--no-final-eval",
-                 "--matryoshka", ",".join(map(str, DIMS))])
+    code = main(
+        [
+            "--data",
+            str(digits_dir),
+            "--out",
+            str(out),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "8",
+            "--no-progress",
+            "--no-final-eval",
+            "--matryoshka",
+            ",".join(map(str, DIMS)),
+        ]
+    )
     assert code == 0
     return out
 
@@ -61,18 +77,21 @@ def test_encode_dimensions_gives_unit_prefixes(mrl_artifact):
         np.testing.assert_allclose(cut, expected, atol=1e-5)
         assert embedder.encode_queries(texts[:1], dimensions=d).shape == (1, d)
         assert embedder.encode_documents(texts[:1], dimensions=d).shape == (1, d)
-        (ids, batch), = list(embedder.encode_iter(texts, dimensions=d))
+        ((ids, batch),) = list(embedder.encode_iter(texts, dimensions=d))
         np.testing.assert_allclose(batch, cut, atol=1e-6)
     assert embedder.encode([], dimensions=16).shape == (0, 16)
     assert embedder.encode(texts, dimensions=32).shape == (3, 32)
 
 
-@pytest.mark.parametrize("bad, error, message", [
-    (12, InputError, "choose one of [8, 16, 32]"),
-    (0, InputError, "not supported"),
-    ("16", InputTypeError, "dimensions must be an integer"),
-    (True, InputTypeError, "dimensions must be an integer"),
-])
+@pytest.mark.parametrize(
+    "bad, error, message",
+    [
+        (12, InputError, "choose one of [8, 16, 32]"),
+        (0, InputError, "not supported"),
+        ("16", InputTypeError, "dimensions must be an integer"),
+        (True, InputTypeError, "dimensions must be an integer"),
+    ],
+)
 def test_unsupported_dimensions_are_refused(mrl_artifact, bad, error, message):
     with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
         Embedder(mrl_artifact).encode(["x"], dimensions=bad)
@@ -113,17 +132,35 @@ def test_indexes_store_the_chosen_size(kind, mrl_artifact, digits_dir, tmp_path,
         pytest.importorskip("faiss")
     if kind == "qdrant":
         pytest.importorskip("qdrant_client")
-    target = (["--qdrant", tmp_path / "q"] if kind == "qdrant"
-              else ["--out", tmp_path / "index"])
+    target = ["--qdrant", tmp_path / "q"] if kind == "qdrant" else ["--out", tmp_path / "index"]
     extra = ["--ann", "flat"] if kind == "ann" else []
-    code, out, err = _search(capsys, "index", "--model", mrl_artifact, "--data", digits_dir,
-                             *target, *extra, "--dimensions", 16, "--no-progress")
+    code, out, err = _search(
+        capsys,
+        "index",
+        "--model",
+        mrl_artifact,
+        "--data",
+        digits_dir,
+        *target,
+        *extra,
+        "--dimensions",
+        16,
+        "--no-progress",
+    )
     assert code == 0, err
     assert json.loads(out)["dim"] == 16
     query = "the digits are 1 and 2"
-    code, out, err = _search(capsys, "query", query, "--model", mrl_artifact, *(
-        ["--qdrant", tmp_path / "q"] if kind == "qdrant" else ["--index", tmp_path / "index"]),
-        "--json", "-k", 3)
+    code, out, err = _search(
+        capsys,
+        "query",
+        query,
+        "--model",
+        mrl_artifact,
+        *(["--qdrant", tmp_path / "q"] if kind == "qdrant" else ["--index", tmp_path / "index"]),
+        "--json",
+        "-k",
+        3,
+    )
     assert code == 0, err
     results = json.loads(out)["results"]
     assert len(results) == 3
@@ -136,19 +173,54 @@ def test_indexes_store_the_chosen_size(kind, mrl_artifact, digits_dir, tmp_path,
 
 
 def test_index_size_errors(mrl_artifact, artifact_dir, digits_dir, tmp_path, capsys):
-    code, _, err = _search(capsys, "index", "--model", mrl_artifact, "--data", digits_dir,
-                           "--out", tmp_path / "i", "--dimensions", 12, "--no-progress")
+    code, _, err = _search(
+        capsys,
+        "index",
+        "--model",
+        mrl_artifact,
+        "--data",
+        digits_dir,
+        "--out",
+        tmp_path / "i",
+        "--dimensions",
+        12,
+        "--no-progress",
+    )
     assert code != 0 and "dimensions=12 is not supported" in err and "Traceback" not in err
-    assert _search(capsys, "index", "--model", mrl_artifact, "--data", digits_dir, "--out",
-                   tmp_path / "i", "--dimensions", 8, "--no-progress")[0] == 0
+    assert (
+        _search(
+            capsys,
+            "index",
+            "--model",
+            mrl_artifact,
+            "--data",
+            digits_dir,
+            "--out",
+            tmp_path / "i",
+            "--dimensions",
+            8,
+            "--no-progress",
+        )[0]
+        == 0
+    )
     # Resuming with another size would mix two embeddings in one index.
-    code, _, err = _search(capsys, "index", "--model", mrl_artifact, "--data", digits_dir,
-                           "--out", tmp_path / "i", "--dimensions", 16, "--resume",
-                           "--no-progress")
+    code, _, err = _search(
+        capsys,
+        "index",
+        "--model",
+        mrl_artifact,
+        "--data",
+        digits_dir,
+        "--out",
+        tmp_path / "i",
+        "--dimensions",
+        16,
+        "--resume",
+        "--no-progress",
+    )
     assert code != 0 and "dimensions was 8" in err
     # A plain model cannot query an 8-dim index.
-    code, _, err = _search(capsys, "query", "x", "--model", artifact_dir, "--index",
-                           tmp_path / "i")
+    code, _, err = _search(capsys, "query", "x", "--model", artifact_dir, "--index", tmp_path / "i")
     assert code != 0 and "8-dim" in err
 
 
@@ -160,18 +232,30 @@ def test_serve_searches_a_smaller_index(mrl_artifact, digits_dir, tmp_path, caps
     from lame_runtime.serve.config import ServeConfig
     from lame_runtime.serve.documents import Documents
 
-    assert _search(capsys, "index", "--model", mrl_artifact, "--data", digits_dir, "--out",
-                   tmp_path / "i", "--dimensions", 16, "--no-progress")[0] == 0
+    assert (
+        _search(
+            capsys,
+            "index",
+            "--model",
+            mrl_artifact,
+            "--data",
+            digits_dir,
+            "--out",
+            tmp_path / "i",
+            "--dimensions",
+            16,
+            "--no-progress",
+        )[0]
+        == 0
+    )
     embedder = Embedder(mrl_artifact)
     documents = Documents.open_index(tmp_path / "i", embedder.dim, sizes=embedder.dimensions)
     assert documents.dim == 16
     with TestClient(create_app(embedder, ServeConfig(model_name="m"), documents)) as client:
-        hits = client.post("/v1/search", json={"model": "m", "query": "the digits are 1 and 2",
-                                               "k": 3})
+        hits = client.post("/v1/search", json={"model": "m", "query": "the digits are 1 and 2", "k": 3})
         assert hits.status_code == 200, hits.text
         index = Index.load(tmp_path / "i")
-        _, ids = index.search(embedder.encode_queries(["the digits are 1 and 2"],
-                                                      dimensions=16), 3)
+        _, ids = index.search(embedder.encode_queries(["the digits are 1 and 2"], dimensions=16), 3)
         assert [h["id"] for h in hits.json()["data"]] == ids[0]
         got = client.post("/v1/embeddings", json={"model": "m", "input": "x", "dimensions": 8})
         assert len(got.json()["data"][0]["embedding"]) == 8
@@ -181,33 +265,63 @@ def test_eval_scores_each_size_from_one_embedding(mrl_ckpt, digits_dir, tmp_path
     from lame.cli.evaluate import main
 
     out = tmp_path / "eval.json"
-    assert main(["--ckpt", str(mrl_ckpt), "--data", str(digits_dir), "--dimensions", "8,32",
-                 "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--ckpt",
+                str(mrl_ckpt),
+                "--data",
+                str(digits_dir),
+                "--dimensions",
+                "8,32",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert set(result["by_dimension"]) == {"8", "32"}
     # The full size through the prefix path is the ordinary result.
     assert result["by_dimension"]["32"]["hit@1"] == result["hit@1"]
     assert result["by_dimension"]["32"]["per_group"] == result["per_group"]
-    assert main(["--ckpt", str(mrl_ckpt), "--data", str(digits_dir), "--dimensions", "64",
-                 "--no-progress"]) != 0
+    assert (
+        main(["--ckpt", str(mrl_ckpt), "--data", str(digits_dir), "--dimensions", "64", "--no-progress"]) != 0
+    )
 
 
-def test_serve_opens_a_smaller_qdrant_collection_for_writing(mrl_artifact, digits_dir,
-                                                            tmp_path, capsys):
+def test_serve_opens_a_smaller_qdrant_collection_for_writing(mrl_artifact, digits_dir, tmp_path, capsys):
     pytest.importorskip("qdrant_client")
     from lame_runtime.errors import InputError as Refused
     from lame_runtime.serve.documents import Documents
 
-    assert _search(capsys, "index", "--model", mrl_artifact, "--data", digits_dir, "--qdrant",
-                   tmp_path / "q", "--dimensions", 8, "--no-progress")[0] == 0
+    assert (
+        _search(
+            capsys,
+            "index",
+            "--model",
+            mrl_artifact,
+            "--data",
+            digits_dir,
+            "--qdrant",
+            tmp_path / "q",
+            "--dimensions",
+            8,
+            "--no-progress",
+        )[0]
+        == 0
+    )
     embedder = Embedder(mrl_artifact)
-    documents = Documents.open_qdrant(str(tmp_path / "q"), "lame", embedder.dim, writable=True,
-                                      sizes=embedder.dimensions)
+    documents = Documents.open_qdrant(
+        str(tmp_path / "q"), "lame", embedder.dim, writable=True, sizes=embedder.dimensions
+    )
     try:
         assert documents.dim == 8
         before = len(documents)
-        documents.add(["extra"], embedder.encode_documents(["a text no candidate has"],
-                                                           dimensions=8), [{"text": "x"}])
+        documents.add(
+            ["extra"], embedder.encode_documents(["a text no candidate has"], dimensions=8), [{"text": "x"}]
+        )
         assert len(documents) == before + 1
         document = embedder.encode_documents(["a text no candidate has"], dimensions=8)[0]
         assert documents.search(document, 1)[0]["id"] == "extra"  # finds itself first
@@ -217,15 +331,31 @@ def test_serve_opens_a_smaller_qdrant_collection_for_writing(mrl_artifact, digit
         Documents.open_qdrant(str(tmp_path / "q"), "lame", embedder.dim, writable=True)
 
 
-@pytest.mark.parametrize("value, message", [
-    ("8,x", "expected comma-separated integers"),
-    ("8,16", "end at embed_dim=32"),
-    ("16,8,32", "must increase"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("8,x", "expected comma-separated integers"),
+        ("8,16", "end at embed_dim=32"),
+        ("16,8,32", "must increase"),
+    ],
+)
 def test_bad_matryoshka_flag_is_one_line(digits_dir, tmp_path, capsys, value, message):
     from lame.cli.train import main
 
-    code = main(["--data", str(digits_dir), "--out", str(tmp_path / "c"), "--preset", "tiny",
-                 "--max-steps", "1", "--no-progress", "--matryoshka", value])
+    code = main(
+        [
+            "--data",
+            str(digits_dir),
+            "--out",
+            str(tmp_path / "c"),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "1",
+            "--no-progress",
+            "--matryoshka",
+            value,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err

@@ -1,4 +1,5 @@
 """The artifact contract as the runtime reads it: validation, integrity, hash cache, recovery."""
+
 import json
 import os
 import shutil
@@ -12,11 +13,17 @@ import numpy as np
 import pytest
 
 from lame_runtime import Embedder
-from lame_runtime.artifact.contract import (FORMAT_VERSION, HASH_CACHE, MANIFEST, REQUIRED_FIELDS,
-                                   Artifact, validate_manifest)
+from lame_runtime.artifact.contract import (
+    FORMAT_VERSION,
+    HASH_CACHE,
+    MANIFEST,
+    REQUIRED_FIELDS,
+    Artifact,
+    validate_manifest,
+)
 from lame_runtime.artifact.files import HashCache
-from lame_runtime.errors import ArtifactError
 from lame_runtime.artifact.persist import sha256, staging_paths
+from lame_runtime.errors import ArtifactError
 
 
 @pytest.fixture
@@ -36,8 +43,7 @@ def write_manifest(folder: Path, manifest: dict) -> None:
 
 def relist(folder: Path, name: str) -> None:
     manifest = manifest_of(folder)
-    manifest["files"][name] = {"bytes": (folder / name).stat().st_size,
-                               "sha256": sha256(folder / name)}
+    manifest["files"][name] = {"bytes": (folder / name).stat().st_size, "sha256": sha256(folder / name)}
     write_manifest(folder, manifest)
 
 
@@ -50,23 +56,26 @@ def test_missing_field_is_named(copy, field):
         Artifact.open(copy)
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(embedding_dim="32"), "'embedding_dim' must be an integer, got str"),
-    (lambda m: m.update(inputs={}), "'inputs' must be a list"),
-    (lambda m: m.update(embedding_dim=True), "'embedding_dim' must be an integer, got bool"),
-    (lambda m: m["inputs"][0].pop("dtype"), r"inputs\[0\]: missing field 'dtype'"),
-    (lambda m: m["inputs"][1].update(dtype="int7"), "dtype 'int7' is not one of"),
-    (lambda m: m["files"]["tokenizer.json"].pop("sha256"),
-     r"files\['tokenizer.json'\]: missing field 'sha256'"),
-    (lambda m: m["files"]["tokenizer.json"].update(sha256="abc"), "64 hex digits"),
-    (lambda m: m["models"]["fp16"].update(external_data="x.data"),
-     "'external_data' must be a list"),
-    (lambda m: m["models"].update(bf16={"path": "m.onnx", "external_data": []}),
-     "unknown precision"),
-    (lambda m: m["files"].pop("model_int8.onnx"), "'model_int8.onnx' is not listed"),
-    (lambda m: m["special_tokens"].update(embed=-1), r"special_tokens\['embed'\]"),
-    (lambda m: m.update(instructions=["q"]), "'instructions' must be an object"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda m: m.update(embedding_dim="32"), "'embedding_dim' must be an integer, got str"),
+        (lambda m: m.update(inputs={}), "'inputs' must be a list"),
+        (lambda m: m.update(embedding_dim=True), "'embedding_dim' must be an integer, got bool"),
+        (lambda m: m["inputs"][0].pop("dtype"), r"inputs\[0\]: missing field 'dtype'"),
+        (lambda m: m["inputs"][1].update(dtype="int7"), "dtype 'int7' is not one of"),
+        (
+            lambda m: m["files"]["tokenizer.json"].pop("sha256"),
+            r"files\['tokenizer.json'\]: missing field 'sha256'",
+        ),
+        (lambda m: m["files"]["tokenizer.json"].update(sha256="abc"), "64 hex digits"),
+        (lambda m: m["models"]["fp16"].update(external_data="x.data"), "'external_data' must be a list"),
+        (lambda m: m["models"].update(bf16={"path": "m.onnx", "external_data": []}), "unknown precision"),
+        (lambda m: m["files"].pop("model_int8.onnx"), "'model_int8.onnx' is not listed"),
+        (lambda m: m["special_tokens"].update(embed=-1), r"special_tokens\['embed'\]"),
+        (lambda m: m.update(instructions=["q"]), "'instructions' must be an object"),
+    ],
+)
 def test_wrong_field_is_named(copy, edit, message):
     manifest = manifest_of(copy)
     edit(manifest)
@@ -102,9 +111,15 @@ def test_version_1_artifacts_still_load(copy, artifact_dir):
     manifest = manifest_of(copy)
     old = {k: v for k, v in manifest.items() if k not in ("models", "files")}
     old["format_version"] = 1
-    old["files"] = {p: {"path": e["path"], "precision": p, "bytes": manifest["files"][e["path"]]
-                        ["bytes"], "sha256": manifest["files"][e["path"]]["sha256"]}
-                    for p, e in manifest["models"].items()}
+    old["files"] = {
+        p: {
+            "path": e["path"],
+            "precision": p,
+            "bytes": manifest["files"][e["path"]]["bytes"],
+            "sha256": manifest["files"][e["path"]]["sha256"],
+        }
+        for p, e in manifest["models"].items()
+    }
     write_manifest(copy, old)
     texts = ["the digits add up to 9"]
     assert np.array_equal(Embedder(copy).encode(texts), Embedder(artifact_dir).encode(texts))
@@ -112,8 +127,10 @@ def test_version_1_artifacts_still_load(copy, artifact_dir):
 
 
 def test_tampered_tokenizer_or_config_is_refused(copy):
-    edits = {"tokenizer.json": (b"[UNK]", b"[UNX]"),  # same size: only the hash can tell
-             "preprocessor_config.json": (b"max_text_tokens", b"max_text_tokenz")}
+    edits = {
+        "tokenizer.json": (b"[UNK]", b"[UNX]"),  # same size: only the hash can tell
+        "preprocessor_config.json": (b"max_text_tokens", b"max_text_tokenz"),
+    }
     for name, (old, new) in edits.items():
         original = (copy / name).read_bytes()
         assert old in original
@@ -224,8 +241,9 @@ def test_artifact_swap_survives_sigkill(copy, tmp_path):
     shutil.copytree(copy, final)
     rng = np.random.default_rng(0)
     for _ in range(6):
-        writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(copy), str(final)],
-                                  stdout=subprocess.PIPE, text=True)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", KILLED_WRITER, str(copy), str(final)], stdout=subprocess.PIPE, text=True
+        )
         assert writer.stdout.readline().strip() == "ready"
         time.sleep(float(rng.uniform(0.0, 0.4)))
         writer.kill()

@@ -2,6 +2,7 @@
 ``lame_runtime.errors`` class (APIs) or one ``prog: error:`` line with exit 2 (CLIs), and one
 image rule holds for every kind of input. Each case below is a bad input that was *not* in the
 earlier tables (tests/runtime/test_reliab_*.py); the README's bad-input table lists them."""
+
 from __future__ import annotations
 
 import io
@@ -13,15 +14,21 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+from boundary_fixtures import DEEP, Ctx, ctx, run_cli, runtime_artifact  # noqa: F401  (ctx and runtime_artifact are fixtures)
 from PIL import Image
 
 from lame_runtime import Embedder, Index
 from lame_runtime.artifact.persist import check_npz, writer_lock
-from lame_runtime.errors import (ArtifactError, BusyError, IndexFileError, InputError,
-                                 InputTypeError, LameError, StoreError)
+from lame_runtime.errors import (
+    ArtifactError,
+    BusyError,
+    IndexFileError,
+    InputError,
+    InputTypeError,
+    LameError,
+    StoreError,
+)
 from lame_runtime.inputs.images import ImageConfig, load_image
-
-from boundary_fixtures import DEEP, Ctx, ctx, run_cli, runtime_artifact  # noqa: F401  (ctx and runtime_artifact are fixtures)
 
 
 def _closed_image(c: Ctx) -> Image.Image:
@@ -66,8 +73,7 @@ def _index_json(c: Ctx, name: str, text: bytes) -> Path:
     return stem
 
 
-def _npz_claiming(c: Ctx, name: str, shape: tuple, dtype: str = "<f4",
-                  payload: bytes = b"\0" * 64) -> Path:
+def _npz_claiming(c: Ctx, name: str, shape: tuple, dtype: str = "<f4", payload: bytes = b"\0" * 64) -> Path:
     """A stored .npz whose header claims ``shape`` but holds ``payload`` bytes."""
     path = c.root / name
     header = {"descr": dtype, "fortran_order": False, "shape": shape}
@@ -120,75 +126,162 @@ def _corrupt_faiss(c: Ctx):
 
 # (name, call, error class, substring of the message)
 API_CASES: list[tuple[str, Callable[[Ctx], Any], type, str]] = [
-    ("closed PIL image", lambda c: c.embedder.encode(images=[c.png, _closed_image(c)]),
-     InputError, "images[1]"),
-    ("lazily opened truncated PIL image", lambda c: c.embedder.encode(images=[_lazy_truncated(c)]),
-     InputError, "images[0]"),
-    ("mode-F image with NaN", lambda c: c.embedder.encode(images=[_mode_f([[0.5, np.nan]] * 4)]),
-     InputError, "NaN"),
-    ("mode-F image above 1", lambda c: c.embedder.encode(images=[_mode_f([[0.5, 2.0]] * 4)]),
-     InputError, "[0, 1]"),
-    ("mode-I image above 65535",
-     lambda c: c.embedder.encode(images=[Image.fromarray(np.full((4, 8), 70000, np.int32))]),
-     InputError, "65535"),
-    ("float TIFF file with NaN", lambda c: c.embedder.encode(images=[c.nan_tiff]),
-     InputError, "NaN"),
-    ("image over max_pixels (path, header only)",
-     lambda c: Embedder(c.artifact, max_pixels=1_000_000).encode(images=[c.big]),
-     InputError, "exceeds the limit"),
-    ("image over max_pixels (array)",
-     lambda c: Embedder(c.artifact, max_pixels=100).encode(images=[c.pixels]),
-     InputError, "exceeds the limit"),
-    ("image over max_pixels (PIL)",
-     lambda c: Embedder(c.artifact, max_pixels=100).encode(images=[Image.fromarray(c.pixels)]),
-     InputError, "exceeds the limit"),
+    (
+        "closed PIL image",
+        lambda c: c.embedder.encode(images=[c.png, _closed_image(c)]),
+        InputError,
+        "images[1]",
+    ),
+    (
+        "lazily opened truncated PIL image",
+        lambda c: c.embedder.encode(images=[_lazy_truncated(c)]),
+        InputError,
+        "images[0]",
+    ),
+    (
+        "mode-F image with NaN",
+        lambda c: c.embedder.encode(images=[_mode_f([[0.5, np.nan]] * 4)]),
+        InputError,
+        "NaN",
+    ),
+    (
+        "mode-F image above 1",
+        lambda c: c.embedder.encode(images=[_mode_f([[0.5, 2.0]] * 4)]),
+        InputError,
+        "[0, 1]",
+    ),
+    (
+        "mode-I image above 65535",
+        lambda c: c.embedder.encode(images=[Image.fromarray(np.full((4, 8), 70000, np.int32))]),
+        InputError,
+        "65535",
+    ),
+    ("float TIFF file with NaN", lambda c: c.embedder.encode(images=[c.nan_tiff]), InputError, "NaN"),
+    (
+        "image over max_pixels (path, header only)",
+        lambda c: Embedder(c.artifact, max_pixels=1_000_000).encode(images=[c.big]),
+        InputError,
+        "exceeds the limit",
+    ),
+    (
+        "image over max_pixels (array)",
+        lambda c: Embedder(c.artifact, max_pixels=100).encode(images=[c.pixels]),
+        InputError,
+        "exceeds the limit",
+    ),
+    (
+        "image over max_pixels (PIL)",
+        lambda c: Embedder(c.artifact, max_pixels=100).encode(images=[Image.fromarray(c.pixels)]),
+        InputError,
+        "exceeds the limit",
+    ),
     ("max_pixels zero", lambda c: Embedder(c.artifact, max_pixels=0), InputError, "max_pixels"),
-    ("max_pixels a string", lambda c: Embedder(c.artifact, max_pixels="8M"), InputError,
-     "max_pixels"),
-    ("lone surrogate in a text", lambda c: c.embedder.encode(texts=["ok", "bad \udc80 text"]),
-     InputError, "texts[1] is not valid Unicode"),
-    ("lone surrogate in a query", lambda c: c.embedder.encode_queries(texts=["\ud800"]),
-     InputError, "U+D800"),
-    ("lone surrogate in encode_iter",
-     lambda c: list(c.embedder.encode_iter(["fine", "x\udfff"], batch_size=1)),
-     InputError, "texts[1]"),
-    ("manifest nested 100,000 deep", lambda c: Embedder(_nested_manifest(c)), ArtifactError,
-     "nested too deeply"),
-    ("manifest with a 5,000-digit integer", lambda c: Embedder(_huge_int_manifest(c)),
-     ArtifactError, "not valid JSON"),
-    ("image config file nested deep",
-     lambda c: ImageConfig.load(_nested_preprocessor(c) / "preprocessor_config.json"),
-     InputError, "nested too deeply"),
-    ("index metadata nested deep", lambda c: Index.load(_index_json(c, "i_deep", DEEP.encode())),
-     IndexFileError, "nested too deeply"),
-    ("index metadata not UTF-8",
-     lambda c: Index.load(_index_json(c, "i_latin1", b'{"format": "\xe9"}')),
-     IndexFileError, "not UTF-8"),
-    ("index metadata a JSON array", lambda c: Index.load(_index_json(c, "i_array", b"[1, 2]")),
-     IndexFileError, "lame"),
-    ("npz header claims 10^12 rows",
-     lambda c: check_npz(_npz_claiming(c, "absurd.npz", (10**12, 8)), IndexFileError),
-     IndexFileError, "claims shape"),
-    ("npz header claims a negative-free mismatch",
-     lambda c: check_npz(_npz_claiming(c, "short.npz", (4, 8)), IndexFileError),
-     IndexFileError, "holds 64"),
-    ("npz with a pickled object array", lambda c: check_npz(_object_npz(c), IndexFileError),
-     IndexFileError, "pickle"),
-    ("npz that is not a zip",
-     lambda c: check_npz(c.png, IndexFileError), IndexFileError, "not a readable npz"),
-    ("corrupt FAISS blob with consistent hashes", _corrupt_faiss, IndexFileError,
-     "FAISS file cannot be read"),
+    ("max_pixels a string", lambda c: Embedder(c.artifact, max_pixels="8M"), InputError, "max_pixels"),
+    (
+        "lone surrogate in a text",
+        lambda c: c.embedder.encode(texts=["ok", "bad \udc80 text"]),
+        InputError,
+        "texts[1] is not valid Unicode",
+    ),
+    (
+        "lone surrogate in a query",
+        lambda c: c.embedder.encode_queries(texts=["\ud800"]),
+        InputError,
+        "U+D800",
+    ),
+    (
+        "lone surrogate in encode_iter",
+        lambda c: list(c.embedder.encode_iter(["fine", "x\udfff"], batch_size=1)),
+        InputError,
+        "texts[1]",
+    ),
+    (
+        "manifest nested 100,000 deep",
+        lambda c: Embedder(_nested_manifest(c)),
+        ArtifactError,
+        "nested too deeply",
+    ),
+    (
+        "manifest with a 5,000-digit integer",
+        lambda c: Embedder(_huge_int_manifest(c)),
+        ArtifactError,
+        "not valid JSON",
+    ),
+    (
+        "image config file nested deep",
+        lambda c: ImageConfig.load(_nested_preprocessor(c) / "preprocessor_config.json"),
+        InputError,
+        "nested too deeply",
+    ),
+    (
+        "index metadata nested deep",
+        lambda c: Index.load(_index_json(c, "i_deep", DEEP.encode())),
+        IndexFileError,
+        "nested too deeply",
+    ),
+    (
+        "index metadata not UTF-8",
+        lambda c: Index.load(_index_json(c, "i_latin1", b'{"format": "\xe9"}')),
+        IndexFileError,
+        "not UTF-8",
+    ),
+    (
+        "index metadata a JSON array",
+        lambda c: Index.load(_index_json(c, "i_array", b"[1, 2]")),
+        IndexFileError,
+        "lame",
+    ),
+    (
+        "npz header claims 10^12 rows",
+        lambda c: check_npz(_npz_claiming(c, "absurd.npz", (10**12, 8)), IndexFileError),
+        IndexFileError,
+        "claims shape",
+    ),
+    (
+        "npz header claims a negative-free mismatch",
+        lambda c: check_npz(_npz_claiming(c, "short.npz", (4, 8)), IndexFileError),
+        IndexFileError,
+        "holds 64",
+    ),
+    (
+        "npz with a pickled object array",
+        lambda c: check_npz(_object_npz(c), IndexFileError),
+        IndexFileError,
+        "pickle",
+    ),
+    (
+        "npz that is not a zip",
+        lambda c: check_npz(c.png, IndexFileError),
+        IndexFileError,
+        "not a readable npz",
+    ),
+    (
+        "corrupt FAISS blob with consistent hashes",
+        _corrupt_faiss,
+        IndexFileError,
+        "FAISS file cannot be read",
+    ),
     ("Qdrant URL with nothing listening", _qdrant_unreachable, StoreError, "http://127.0.0.1:"),
-    ("manifest embedding_dim disagrees with the graph",
-     lambda c: Embedder(c.copy_artifact("dim_lie", lambda m: m.update(
-         embedding_dim=m["embedding_dim"] * 2))),
-     ArtifactError, "manifest and graph disagree"),
-    ("manifest output name disagrees with the graph",
-     lambda c: Embedder(c.copy_artifact("name_lie", lambda m: m["outputs"][0].update(
-         name="vectors"))),
-     ArtifactError, "manifest names output 'vectors'"),
-    ("second writer of one index (same process)",
-     lambda c: _two_locks(c.root / "locked_idx.json"), BusyError, "being written"),
+    (
+        "manifest embedding_dim disagrees with the graph",
+        lambda c: Embedder(
+            c.copy_artifact("dim_lie", lambda m: m.update(embedding_dim=m["embedding_dim"] * 2))
+        ),
+        ArtifactError,
+        "manifest and graph disagree",
+    ),
+    (
+        "manifest output name disagrees with the graph",
+        lambda c: Embedder(c.copy_artifact("name_lie", lambda m: m["outputs"][0].update(name="vectors"))),
+        ArtifactError,
+        "manifest names output 'vectors'",
+    ),
+    (
+        "second writer of one index (same process)",
+        lambda c: _two_locks(c.root / "locked_idx.json"),
+        BusyError,
+        "being written",
+    ),
 ]
 
 
@@ -198,12 +291,19 @@ def _png_claiming(c: Ctx, width: int, height: int) -> Path:
     import zlib
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     path = c.root / f"claims_{width}x{height}.png"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
-        ">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -248,75 +348,141 @@ def _vectors(c: Ctx, rows: int = 1, value: float = 1.0) -> np.ndarray:
 
 # More bad inputs of our own, in the same classes (images, texts, artifact files, indexes).
 API_CASES += [
-    ("a folder given as an image", lambda c: c.embedder.encode(images=[c.root]), InputError,
-     "is a directory"),
-    ("image path given as bytes", lambda c: c.embedder.encode(images=[str(c.png).encode()]),
-     InputTypeError, "images[0] (bytes)"),
-    ("encoded PNG bytes instead of a path",
-     lambda c: c.embedder.encode(images=[c.png.read_bytes()]), InputTypeError,
-     "unsupported image"),
-    ("a text file named .png", lambda c: c.embedder.encode(images=[_fake_png(c)]), InputError,
-     "cannot read image"),
-    ("PNG header declaring 10^10 pixels (Pillow's own bomb limit)",
-     lambda c: c.embedder.encode(images=[_png_claiming(c, 100_000, 100_000)]), InputError,
-     "exceeds the limit"),
-    ("PNG header declaring 5000x5000 (our limit, header only)",
-     lambda c: Embedder(c.artifact, max_pixels=20_000_000).encode(
-         images=[_png_claiming(c, 5000, 5000)]), InputError, "exceeds the limit"),
-    ("int64 image array", lambda c: load_image(np.full((8, 8, 3), 1000, np.int64)), LameError,
-     "uint8, uint16 or float"),
+    (
+        "a folder given as an image",
+        lambda c: c.embedder.encode(images=[c.root]),
+        InputError,
+        "is a directory",
+    ),
+    (
+        "image path given as bytes",
+        lambda c: c.embedder.encode(images=[str(c.png).encode()]),
+        InputTypeError,
+        "images[0] (bytes)",
+    ),
+    (
+        "encoded PNG bytes instead of a path",
+        lambda c: c.embedder.encode(images=[c.png.read_bytes()]),
+        InputTypeError,
+        "unsupported image",
+    ),
+    (
+        "a text file named .png",
+        lambda c: c.embedder.encode(images=[_fake_png(c)]),
+        InputError,
+        "cannot read image",
+    ),
+    (
+        "PNG header declaring 10^10 pixels (Pillow's own bomb limit)",
+        lambda c: c.embedder.encode(images=[_png_claiming(c, 100_000, 100_000)]),
+        InputError,
+        "exceeds the limit",
+    ),
+    (
+        "PNG header declaring 5000x5000 (our limit, header only)",
+        lambda c: Embedder(c.artifact, max_pixels=20_000_000).encode(images=[_png_claiming(c, 5000, 5000)]),
+        InputError,
+        "exceeds the limit",
+    ),
+    (
+        "int64 image array",
+        lambda c: load_image(np.full((8, 8, 3), 1000, np.int64)),
+        LameError,
+        "uint8, uint16 or float",
+    ),
     ("bool image array", lambda c: load_image(np.ones((8, 8), bool)), LameError, "got bool"),
-    ("complex image array", lambda c: load_image(np.ones((8, 8), np.complex64)), LameError,
-     "complex64"),
-    ("object image array", lambda c: load_image(np.array([[None]], dtype=object)), LameError,
-     "got object"),
-    ("negative float image", lambda c: load_image(np.full((8, 8), -0.5, np.float32)),
-     InputError, "[0, 1]"),
-    ("image array with 2 channels", lambda c: load_image(np.zeros((8, 8, 2), np.uint8)),
-     InputError, "HxWx3"),
-    ("image array with 5 channels", lambda c: load_image(np.zeros((8, 8, 5), np.uint8)),
-     InputError, "(8, 8, 5)"),
-    ("text given as bytes", lambda c: c.embedder.encode(texts=["ok", b"abc"]), LameError,
-     "texts[1]"),
-    ("instruction with a lone surrogate",
-     lambda c: c.embedder.encode_queries(texts=["a"], instruction="find \ud800"), InputError,
-     "U+D800"),
-    ("batch_size given as a string", lambda c: c.embedder.encode(texts=["a"], batch_size="2"),
-     InputError, "batch_size"),
+    ("complex image array", lambda c: load_image(np.ones((8, 8), np.complex64)), LameError, "complex64"),
+    ("object image array", lambda c: load_image(np.array([[None]], dtype=object)), LameError, "got object"),
+    ("negative float image", lambda c: load_image(np.full((8, 8), -0.5, np.float32)), InputError, "[0, 1]"),
+    ("image array with 2 channels", lambda c: load_image(np.zeros((8, 8, 2), np.uint8)), InputError, "HxWx3"),
+    (
+        "image array with 5 channels",
+        lambda c: load_image(np.zeros((8, 8, 5), np.uint8)),
+        InputError,
+        "(8, 8, 5)",
+    ),
+    ("text given as bytes", lambda c: c.embedder.encode(texts=["ok", b"abc"]), LameError, "texts[1]"),
+    (
+        "instruction with a lone surrogate",
+        lambda c: c.embedder.encode_queries(texts=["a"], instruction="find \ud800"),
+        InputError,
+        "U+D800",
+    ),
+    (
+        "batch_size given as a string",
+        lambda c: c.embedder.encode(texts=["a"], batch_size="2"),
+        InputError,
+        "batch_size",
+    ),
     ("unknown precision", lambda c: Embedder(c.artifact, precision="fp8"), InputError, "fp8"),
-    ("empty manifest", lambda c: Embedder(_manifest_text(c, "m_empty", lambda t: b"")),
-     ArtifactError, "not valid JSON"),
-    ("manifest saved as UTF-16",
-     lambda c: Embedder(_manifest_text(c, "m_utf16", lambda t: t.encode("utf-16"))),
-     ArtifactError, "not UTF-8"),
-    ("manifest with embedding_dim given twice",
-     lambda c: Embedder(_manifest_text(c, "m_dup", lambda t: t.replace(
-         "{", '{"embedding_dim": 3, ', 1).encode())), ArtifactError, "appears twice"),
-    ("manifest with NaN for embedding_dim",
-     lambda c: Embedder(_manifest_text(c, "m_nan", lambda t: t.replace(
-         '"embedding_dim": ', '"embedding_dim": NaN, "was": ', 1).encode())), ArtifactError,
-     "embedding_dim"),
-    ("tokenizer.json rewritten", lambda c: Embedder(_tokenizer_rewritten(c)), ArtifactError,
-     "tokenizer.json"),
-    ("graph replaced by a folder", lambda c: Embedder(_listed_file_replaced_by_folder(c)),
-     ArtifactError, "not a regular file"),
-    ("Index.load of a folder without an index", lambda c: Index.load(c.root), LameError,
-     "index file not found"),
+    (
+        "empty manifest",
+        lambda c: Embedder(_manifest_text(c, "m_empty", lambda t: b"")),
+        ArtifactError,
+        "not valid JSON",
+    ),
+    (
+        "manifest saved as UTF-16",
+        lambda c: Embedder(_manifest_text(c, "m_utf16", lambda t: t.encode("utf-16"))),
+        ArtifactError,
+        "not UTF-8",
+    ),
+    (
+        "manifest with embedding_dim given twice",
+        lambda c: Embedder(
+            _manifest_text(c, "m_dup", lambda t: t.replace("{", '{"embedding_dim": 3, ', 1).encode())
+        ),
+        ArtifactError,
+        "appears twice",
+    ),
+    (
+        "manifest with NaN for embedding_dim",
+        lambda c: Embedder(
+            _manifest_text(
+                c,
+                "m_nan",
+                lambda t: t.replace('"embedding_dim": ', '"embedding_dim": NaN, "was": ', 1).encode(),
+            )
+        ),
+        ArtifactError,
+        "embedding_dim",
+    ),
+    (
+        "tokenizer.json rewritten",
+        lambda c: Embedder(_tokenizer_rewritten(c)),
+        ArtifactError,
+        "tokenizer.json",
+    ),
+    (
+        "graph replaced by a folder",
+        lambda c: Embedder(_listed_file_replaced_by_folder(c)),
+        ArtifactError,
+        "not a regular file",
+    ),
+    (
+        "Index.load of a folder without an index",
+        lambda c: Index.load(c.root),
+        LameError,
+        "index file not found",
+    ),
     ("Index.load of an integer", lambda c: Index.load(5), LameError, "got int"),
-    ("search with a NaN query", lambda c: _index(c).search(_vectors(c, value=np.nan)),
-     InputError, "NaN"),
-    ("search with a 3-D query", lambda c: _index(c).search(_vectors(c)[None]), InputError,
-     "2-D"),
-    ("search with k as a string", lambda c: _index(c).search(_vectors(c), k="3"), InputError,
-     "k must be"),
-    ("add with fewer ids than vectors", lambda c: _index(c).add(_vectors(c, 2), ["x"]),
-     InputError, "1 ids for 2 vectors"),
-    ("add with an integer id", lambda c: _index(c).add(_vectors(c), [5]), LameError,
-     "ids must be strings"),
-    ("add with more payloads than ids", lambda c: _index(c).add(_vectors(c), ["q"], [{}, {}]),
-     InputError, "2 payloads for 1 ids"),
-    ("save under a regular file", lambda c: _index(c).save(c.png / "idx"), LameError,
-     "ok.png"),
+    ("search with a NaN query", lambda c: _index(c).search(_vectors(c, value=np.nan)), InputError, "NaN"),
+    ("search with a 3-D query", lambda c: _index(c).search(_vectors(c)[None]), InputError, "2-D"),
+    ("search with k as a string", lambda c: _index(c).search(_vectors(c), k="3"), InputError, "k must be"),
+    (
+        "add with fewer ids than vectors",
+        lambda c: _index(c).add(_vectors(c, 2), ["x"]),
+        InputError,
+        "1 ids for 2 vectors",
+    ),
+    ("add with an integer id", lambda c: _index(c).add(_vectors(c), [5]), LameError, "ids must be strings"),
+    (
+        "add with more payloads than ids",
+        lambda c: _index(c).add(_vectors(c), ["q"], [{}, {}]),
+        InputError,
+        "2 payloads for 1 ids",
+    ),
+    ("save under a regular file", lambda c: _index(c).save(c.png / "idx"), LameError, "ok.png"),
 ]
 
 
@@ -337,23 +503,89 @@ def test_api_boundary(ctx, name, call, error, message):
 CLI_CASES: list[tuple[str, Callable[[Ctx, Path], list[str]], str]] = [
     ("unknown option is one line", lambda c, t: ["query", "--bogus"], "No such option"),
     ("missing --model", lambda c, t: ["query", "hi"], "Missing option"),
-    ("--max-pixels 0", lambda c, t: ["query", "hi", "--model", str(c.artifact), "--index",
-                                     str(c.index_path), "--max-pixels", "0"], "max-pixels"),
-    ("query image over --max-pixels", lambda c, t: [
-        "query", "--model", str(c.artifact), "--index", str(c.index_path), "--image",
-        str(c.big), "--max-pixels", "1000"], "exceeds the limit"),
-    ("--image-to-image with a text", lambda c, t: [
-        "query", "hi", "--model", str(c.artifact), "--index", str(c.index_path), "--image",
-        str(c.png), "--image-to-image"], "--image-to-image takes --image alone"),
-    ("index --out under a regular file", lambda c, t: [
-        "index", "--model", str(c.artifact), "--images", str(c.root), "--pattern", "ok.png",
-        "--out", str(c.png / "idx")], "ok.png"),
-    ("query against a deeply nested index json", lambda c, t: [
-        "query", "hi", "--model", str(c.artifact), "--index",
-        str(_index_json(c, f"cli_deep_{t.name}", DEEP.encode()))], "nested too deeply"),
-    ("query with an unreachable Qdrant URL", lambda c, t: [
-        "query", "hi", "--model", str(c.artifact), "--qdrant",
-        f"http://127.0.0.1:{_free_port()}"], "Qdrant at http://127.0.0.1:"),
+    (
+        "--max-pixels 0",
+        lambda c, t: [
+            "query",
+            "hi",
+            "--model",
+            str(c.artifact),
+            "--index",
+            str(c.index_path),
+            "--max-pixels",
+            "0",
+        ],
+        "max-pixels",
+    ),
+    (
+        "query image over --max-pixels",
+        lambda c, t: [
+            "query",
+            "--model",
+            str(c.artifact),
+            "--index",
+            str(c.index_path),
+            "--image",
+            str(c.big),
+            "--max-pixels",
+            "1000",
+        ],
+        "exceeds the limit",
+    ),
+    (
+        "--image-to-image with a text",
+        lambda c, t: [
+            "query",
+            "hi",
+            "--model",
+            str(c.artifact),
+            "--index",
+            str(c.index_path),
+            "--image",
+            str(c.png),
+            "--image-to-image",
+        ],
+        "--image-to-image takes --image alone",
+    ),
+    (
+        "index --out under a regular file",
+        lambda c, t: [
+            "index",
+            "--model",
+            str(c.artifact),
+            "--images",
+            str(c.root),
+            "--pattern",
+            "ok.png",
+            "--out",
+            str(c.png / "idx"),
+        ],
+        "ok.png",
+    ),
+    (
+        "query against a deeply nested index json",
+        lambda c, t: [
+            "query",
+            "hi",
+            "--model",
+            str(c.artifact),
+            "--index",
+            str(_index_json(c, f"cli_deep_{t.name}", DEEP.encode())),
+        ],
+        "nested too deeply",
+    ),
+    (
+        "query with an unreachable Qdrant URL",
+        lambda c, t: [
+            "query",
+            "hi",
+            "--model",
+            str(c.artifact),
+            "--qdrant",
+            f"http://127.0.0.1:{_free_port()}",
+        ],
+        "Qdrant at http://127.0.0.1:",
+    ),
 ]
 
 
@@ -365,25 +597,77 @@ def _bomb_folder(c: Ctx) -> Path:
 
 
 CLI_CASES += [
-    ("query -k 0", lambda c, t: ["query", "hi", "--model", str(c.artifact), "--index",
-                                 str(c.index_path), "-k", "0"], "k"),
-    ("query --image that does not exist", lambda c, t: [
-        "query", "--model", str(c.artifact), "--index", str(c.index_path), "--image",
-        str(c.root / "nope.png")], "nope.png"),
-    ("query --image that is a folder", lambda c, t: [
-        "query", "--model", str(c.artifact), "--index", str(c.index_path), "--image",
-        str(c.root)], "is a directory"),
-    ("query --index that does not exist", lambda c, t: [
-        "query", "hi", "--model", str(c.artifact), "--index", str(c.root / "no_index")],
-     "no_index"),
-    ("index --checkpoint-every 0", lambda c, t: [
-        "index", "--model", str(c.artifact), "--images", str(c.root), "--pattern", "ok.png",
-        "--out", str(t / "idx"), "--checkpoint-every", "0"], "checkpoint-every"),
-    ("index a folder holding a PNG bomb", lambda c, t: [
-        "index", "--model", str(c.artifact), "--images", str(_bomb_folder(c)),
-        "--out", str(t / "idx")], "bomb.png"),
-    ("query --model pointing at an image file", lambda c, t: [
-        "query", "hi", "--model", str(c.png), "--index", str(c.index_path)], "ok.png"),
+    (
+        "query -k 0",
+        lambda c, t: ["query", "hi", "--model", str(c.artifact), "--index", str(c.index_path), "-k", "0"],
+        "k",
+    ),
+    (
+        "query --image that does not exist",
+        lambda c, t: [
+            "query",
+            "--model",
+            str(c.artifact),
+            "--index",
+            str(c.index_path),
+            "--image",
+            str(c.root / "nope.png"),
+        ],
+        "nope.png",
+    ),
+    (
+        "query --image that is a folder",
+        lambda c, t: [
+            "query",
+            "--model",
+            str(c.artifact),
+            "--index",
+            str(c.index_path),
+            "--image",
+            str(c.root),
+        ],
+        "is a directory",
+    ),
+    (
+        "query --index that does not exist",
+        lambda c, t: ["query", "hi", "--model", str(c.artifact), "--index", str(c.root / "no_index")],
+        "no_index",
+    ),
+    (
+        "index --checkpoint-every 0",
+        lambda c, t: [
+            "index",
+            "--model",
+            str(c.artifact),
+            "--images",
+            str(c.root),
+            "--pattern",
+            "ok.png",
+            "--out",
+            str(t / "idx"),
+            "--checkpoint-every",
+            "0",
+        ],
+        "checkpoint-every",
+    ),
+    (
+        "index a folder holding a PNG bomb",
+        lambda c, t: [
+            "index",
+            "--model",
+            str(c.artifact),
+            "--images",
+            str(_bomb_folder(c)),
+            "--out",
+            str(t / "idx"),
+        ],
+        "bomb.png",
+    ),
+    (
+        "query --model pointing at an image file",
+        lambda c, t: ["query", "hi", "--model", str(c.png), "--index", str(c.index_path)],
+        "ok.png",
+    ),
 ]
 
 

@@ -2,6 +2,7 @@
 image->image search, one image rule for every input kind, the pixel limit read from the
 header, the hash cache against restored mtimes, every error class through the CLI wrapper,
 and the README's runtime snippet run verbatim."""
+
 from __future__ import annotations
 
 import json
@@ -12,14 +13,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from boundary_fixtures import ctx, lock_holder, run_cli, runtime_artifact  # noqa: F401  (ctx and runtime_artifact are fixtures)
 from PIL import Image
 
 from lame_runtime import Index
 from lame_runtime.cli.search import main as search_main
 from lame_runtime.errors import InputError, LameError
 from lame_runtime.inputs.images import load_image
-
-from boundary_fixtures import ctx, lock_holder, run_cli, runtime_artifact  # noqa: F401  (ctx and runtime_artifact are fixtures)
 
 
 def test_second_writer_process_is_refused_and_lock_dies_with_holder(ctx, capsys, tmp_path):
@@ -30,8 +30,9 @@ def test_second_writer_process_is_refused_and_lock_dies_with_holder(ctx, capsys,
     out = tmp_path / "index"
     holder = lock_holder(tmp_path / "index.json")
     try:
-        code, err = run_cli(["index", "--model", str(ctx.artifact), "--images", str(images),
-                          "--out", str(out)], capsys)
+        code, err = run_cli(
+            ["index", "--model", str(ctx.artifact), "--images", str(images), "--out", str(out)], capsys
+        )
         assert code == 2 and err.count("\n") == 1, err
         assert "being written by another process" in err and f"pid {holder.pid}" in err
         assert not (tmp_path / "index.json").exists()  # the refused writer wrote nothing
@@ -39,8 +40,9 @@ def test_second_writer_process_is_refused_and_lock_dies_with_holder(ctx, capsys,
         holder.kill()
         holder.wait()
     # The kernel drops the lock with its holder: no stale lock after a kill.
-    code, err = run_cli(["index", "--model", str(ctx.artifact), "--images", str(images),
-                      "--out", str(out)], capsys)
+    code, err = run_cli(
+        ["index", "--model", str(ctx.artifact), "--images", str(images), "--out", str(out)], capsys
+    )
     assert code == 0, err
     assert len(Index.load(out)) == 3
 
@@ -51,12 +53,28 @@ def test_image_to_image_finds_the_image_itself(ctx, capsys, tmp_path):
     for i in range(4):
         Image.fromarray(np.roll(ctx.pixels, 7 * i, axis=0)).save(images / f"{i}.png")
     out = tmp_path / "index"
-    assert run_cli(["index", "--model", str(ctx.artifact), "--images", str(images),
-                 "--out", str(out)], capsys)[0] == 0
+    assert (
+        run_cli(["index", "--model", str(ctx.artifact), "--images", str(images), "--out", str(out)], capsys)[
+            0
+        ]
+        == 0
+    )
     for i in range(4):
-        code = search_main(["query", "--model", str(ctx.artifact), "--index", str(out),
-                            "--image", str(images / f"{i}.png"), "--image-to-image", "-k", "1",
-                            "--json"])
+        code = search_main(
+            [
+                "query",
+                "--model",
+                str(ctx.artifact),
+                "--index",
+                str(out),
+                "--image",
+                str(images / f"{i}.png"),
+                "--image-to-image",
+                "-k",
+                "1",
+                "--json",
+            ]
+        )
         result = json.loads(capsys.readouterr().out)["results"][0]
         assert code == 0 and result["id"].endswith(f"{i}.png")
         assert result["score"] == pytest.approx(1.0, abs=1e-4)
@@ -69,14 +87,16 @@ def test_one_image_rule_across_kinds(ctx, tmp_path):
     values = np.linspace(0, 1, 16 * 64, dtype=np.float32).reshape(16, 64)
     tiff = tmp_path / "float.tif"
     Image.fromarray(values, mode="F").save(tiff)
-    as_path, as_pil, as_array = (np.asarray(load_image(x)) for x in
-                                 (tiff, Image.fromarray(values, mode="F"), values))
+    as_path, as_pil, as_array = (
+        np.asarray(load_image(x)) for x in (tiff, Image.fromarray(values, mode="F"), values)
+    )
     np.testing.assert_array_equal(as_path, as_array)
     np.testing.assert_array_equal(as_pil, as_array)
     assert as_array.max() == 255 and as_array.min() == 0  # scaled, not read as black
     sixteen = (values * 65535).astype(np.uint16)
-    np.testing.assert_array_equal(np.asarray(load_image(Image.fromarray(sixteen))),
-                                  np.asarray(load_image(sixteen)))
+    np.testing.assert_array_equal(
+        np.asarray(load_image(Image.fromarray(sixteen))), np.asarray(load_image(sixteen))
+    )
     rotated = tmp_path / "exif.jpg"  # stored 64x16, displayed 16x64 (orientation 6: 90° CW)
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -168,10 +188,10 @@ def test_every_console_script_goes_through_the_one_wrapper(capsys):
     """Each console script in pyproject.toml turns a usage error into the wrapper's one line:
     so the mapping above holds for every CLI, not only lame-search."""
     import importlib
+
     import tomllib
 
-    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())[
-        "project"]["scripts"]
+    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts
     for name, target in scripts.items():
         module = target.split(":")[0]  # run() is sys.exit(main(argv)): call main
@@ -184,8 +204,7 @@ def test_every_console_script_goes_through_the_one_wrapper(capsys):
         code = entry(["--no-such-option-anywhere"])
         err = capsys.readouterr().err
         assert code == 2, (name, err)
-        assert err.count("\n") == 1 and "error:" in err and "internal error" not in err, (
-            name, err)
+        assert err.count("\n") == 1 and "error:" in err and "internal error" not in err, (name, err)
 
 
 def test_odd_exif_is_ignored_not_fatal(ctx, tmp_path):
@@ -198,7 +217,7 @@ def test_odd_exif_is_ignored_not_fatal(ctx, tmp_path):
     assert load_image(odd).size == (64, 16)
     raw = bytearray(odd.read_bytes())
     start = raw.find(b"Exif")
-    raw[start + 10:start + 30] = b"\xff" * 20
+    raw[start + 10 : start + 30] = b"\xff" * 20
     garbage = tmp_path / "garbage_exif.jpg"
     garbage.write_bytes(bytes(raw))
     assert load_image(garbage).size == (64, 16)
@@ -212,7 +231,7 @@ def test_readme_runtime_snippet_runs_as_written(ctx, tmp_path, monkeypatch):
     import re
 
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Runtime (`lame_runtime`)"):]
+    section = readme[readme.index("## Runtime (`lame_runtime`)") :]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     (tmp_path / "runs").mkdir()
     os.symlink(ctx.artifact, tmp_path / "runs" / "lame-onnx")

@@ -1,4 +1,5 @@
 """FAISS layer (lame_runtime.retrieval.ann): storages and HNSW against the exact NumPy Index."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from lame_runtime.retrieval.ann import AnnConfig, AnnIndex  # noqa: E402
 from lame_runtime.errors import IndexFileError, InputError  # noqa: E402
+from lame_runtime.retrieval.ann import AnnConfig, AnnIndex  # noqa: E402
 from lame_runtime.retrieval.index import Index  # noqa: E402
 
 DIM, N, Q, K = 48, 3000, 40, 10
@@ -31,8 +32,11 @@ def _recall(found, truth):
 def _build(config, vectors, ids, chunk=450):
     index = AnnIndex(DIM, config)
     for start in range(0, len(ids), chunk):  # many appends, as streaming indexing does
-        index.add(vectors[start:start + chunk], ids[start:start + chunk],
-                  [{"n": i} for i in range(start, min(start + chunk, len(ids)))])
+        index.add(
+            vectors[start : start + chunk],
+            ids[start : start + chunk],
+            [{"n": i} for i in range(start, min(start + chunk, len(ids)))],
+        )
     return index
 
 
@@ -44,8 +48,9 @@ def test_flat_float32_equals_exact(data):
     np.testing.assert_allclose(got_scores, scores, atol=1e-5)
 
 
-@pytest.mark.parametrize("storage,min_recall,max_score_error,ratio",
-                         [("float16", 0.99, 2e-3, 2), ("int8", 0.9, 0.02, 4)])
+@pytest.mark.parametrize(
+    "storage,min_recall,max_score_error,ratio", [("float16", 0.99, 2e-3, 2), ("int8", 0.9, 0.02, 4)]
+)
 def test_scalar_quantizer_storage(data, storage, min_recall, max_score_error, ratio):
     vectors, queries, ids, (scores, truth) = data
     index = _build(AnnConfig("flat", storage, train_size=1000), vectors, ids)
@@ -59,8 +64,7 @@ def test_scalar_quantizer_storage(data, storage, min_recall, max_score_error, ra
 @pytest.mark.parametrize("storage", ["float32", "int8"])
 def test_hnsw_recall_and_ef_search(data, storage):
     vectors, queries, ids, (_, truth) = data
-    index = _build(AnnConfig("hnsw", storage, hnsw_m=16, ef_search=16, train_size=1000),
-                   vectors, ids)
+    index = _build(AnnConfig("hnsw", storage, hnsw_m=16, ef_search=16, train_size=1000), vectors, ids)
     low = _recall(index.search(queries, K, ef_search=K)[1], truth)
     high = _recall(index.search(queries, K, ef_search=256)[1], truth)
     assert high >= 0.9 and high >= low  # a wider beam never finds less here

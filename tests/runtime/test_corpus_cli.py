@@ -1,4 +1,5 @@
 """lame-search index/query with --qdrant and --ann: same top-k as the exact index."""
+
 from __future__ import annotations
 
 import json
@@ -39,28 +40,83 @@ def _same_top_k(got, want):
 
 
 def test_qdrant_index_and_query_equal_exact(artifact_dir, digits_dir, tmp_path, capsys):
-    _run(capsys, "index", "--model", artifact_dir, "--data", digits_dir, "--out",
-         f"{tmp_path}/exact/", "--no-progress")
-    summary = json.loads(_run(capsys, "index", "--model", artifact_dir, "--data", digits_dir,
-                              "--qdrant", tmp_path / "qdrant", "--collection", "digits",
-                              "--no-progress"))
+    _run(
+        capsys,
+        "index",
+        "--model",
+        artifact_dir,
+        "--data",
+        digits_dir,
+        "--out",
+        f"{tmp_path}/exact/",
+        "--no-progress",
+    )
+    summary = json.loads(
+        _run(
+            capsys,
+            "index",
+            "--model",
+            artifact_dir,
+            "--data",
+            digits_dir,
+            "--qdrant",
+            tmp_path / "qdrant",
+            "--collection",
+            "digits",
+            "--no-progress",
+        )
+    )
     exact = _top(capsys, artifact_dir, "--index", f"{tmp_path}/exact/")
-    assert summary["count"] == len(json.loads((tmp_path / "exact" / "index.json").read_text())
-                                   ["ids"])
+    assert summary["count"] == len(json.loads((tmp_path / "exact" / "index.json").read_text())["ids"])
     qdrant = _top(capsys, artifact_dir, "--qdrant", tmp_path / "qdrant", "--collection", "digits")
     _same_top_k(qdrant, exact)
-    hits = json.loads(_run(capsys, "query", QUERIES[0], "--model", artifact_dir, "--qdrant",
-                           tmp_path / "qdrant", "--collection", "digits", "--json"))["results"]
+    hits = json.loads(
+        _run(
+            capsys,
+            "query",
+            QUERIES[0],
+            "--model",
+            artifact_dir,
+            "--qdrant",
+            tmp_path / "qdrant",
+            "--collection",
+            "digits",
+            "--json",
+        )
+    )["results"]
     assert all(isinstance(h["payload"], dict) and h["payload"] for h in hits)  # paths/texts kept
 
 
 @pytest.mark.parametrize("ann,storage", [("flat", "float16"), ("hnsw", "float32")])
 def test_ann_index_and_query(artifact_dir, digits_dir, tmp_path, capsys, ann, storage):
-    _run(capsys, "index", "--model", artifact_dir, "--data", digits_dir, "--out",
-         f"{tmp_path}/exact/", "--no-progress")
-    _run(capsys, "index", "--model", artifact_dir, "--data", digits_dir, "--out",
-         f"{tmp_path}/ann/", "--ann", ann, "--storage", storage, "--ef-search", "256",
-         "--no-progress")
+    _run(
+        capsys,
+        "index",
+        "--model",
+        artifact_dir,
+        "--data",
+        digits_dir,
+        "--out",
+        f"{tmp_path}/exact/",
+        "--no-progress",
+    )
+    _run(
+        capsys,
+        "index",
+        "--model",
+        artifact_dir,
+        "--data",
+        digits_dir,
+        "--out",
+        f"{tmp_path}/ann/",
+        "--ann",
+        ann,
+        "--storage",
+        storage,
+        "--ef-search",
+        "256",
+        "--no-progress",
+    )
     got = _top(capsys, artifact_dir, "--index", f"{tmp_path}/ann/")
     want = _top(capsys, artifact_dir, "--index", f"{tmp_path}/exact/")
     # Approximate: the tiny test model's embeddings are near-ties (cosines ~0.999), so ids may
@@ -72,14 +128,34 @@ def test_ann_index_and_query(artifact_dir, digits_dir, tmp_path, capsys, ann, st
 
 
 def test_qdrant_option_errors(artifact_dir, digits_dir, tmp_path, capsys):
-    code = main(["index", "--model", str(artifact_dir), "--data", str(digits_dir),
-                 "--qdrant", str(tmp_path / "q"), "--resume"])
+    code = main(
+        [
+            "index",
+            "--model",
+            str(artifact_dir),
+            "--data",
+            str(digits_dir),
+            "--qdrant",
+            str(tmp_path / "q"),
+            "--resume",
+        ]
+    )
     assert code != 0 and "--qdrant cannot be combined" in capsys.readouterr().err
     code = main(["index", "--model", str(artifact_dir), "--data", str(digits_dir)])
     assert code != 0 and "exactly one of --out" in capsys.readouterr().err
     code = main(["query", "x", "--model", str(artifact_dir), "--qdrant", str(tmp_path / "none")])
     assert code != 0 and "Qdrant folder not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    code = main(["query", "x", "--model", str(artifact_dir), "--qdrant", str(tmp_path / "empty"),
-                 "--collection", "missing"])
+    code = main(
+        [
+            "query",
+            "x",
+            "--model",
+            str(artifact_dir),
+            "--qdrant",
+            str(tmp_path / "empty"),
+            "--collection",
+            "missing",
+        ]
+    )
     assert code != 0 and "does not exist" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """Pipelined preprocessing, JPEG draft mode and streaming encode (lame_runtime.inputs.pipeline)."""
+
 from __future__ import annotations
 
 import itertools
@@ -26,9 +27,14 @@ def image_files(tmp_path_factory, digits_dir) -> list[str]:
     return sorted(str(p) for p in Path(digits_dir).rglob("*.png"))[:40]
 
 
-@pytest.mark.parametrize("size,config", [((1536, 2048), dict(height=224, width=224, patch_size=14)),
-                                         ((3000, 4000), dict(height=448, width=448, patch_size=14)),
-                                         ((1200, 1600), dict())])
+@pytest.mark.parametrize(
+    "size,config",
+    [
+        ((1536, 2048), dict(height=224, width=224, patch_size=14)),
+        ((3000, 4000), dict(height=448, width=448, patch_size=14)),
+        ((1200, 1600), dict()),
+    ],
+)
 def test_jpeg_draft_within_tolerance(tmp_path, size, config):
     """Stated tolerance of draft mode (factor 2): mean |diff| <= 0.5 and max <= 4 grey levels."""
     cfg = ImageConfig(**config)
@@ -50,8 +56,7 @@ def test_draft_skips_small_and_bad_files(tmp_path):
     cfg = ImageConfig()
     small = tmp_path / "small.jpg"
     Image.fromarray(_photo(40, 100)).save(small)
-    np.testing.assert_array_equal(np.asarray(open_image(str(small), cfg, 2)),
-                                  np.asarray(load_image(small)))
+    np.testing.assert_array_equal(np.asarray(open_image(str(small), cfg, 2)), np.asarray(load_image(small)))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(small.read_bytes()[:50])
     with pytest.raises(InputError, match="cannot read image"):
@@ -64,17 +69,17 @@ def test_draft_skips_small_and_bad_files(tmp_path):
 def embedder(artifact_dir):
     from lame_runtime import Embedder
 
-    return Embedder(artifact_dir, threads=1,
-                    pipeline_options=PipelineOptions(workers=3, prefetch=2))
+    return Embedder(artifact_dir, threads=1, pipeline_options=PipelineOptions(workers=3, prefetch=2))
 
 
 def _serial(embedder, texts, images, batch_size):
     """The pre-pipeline path: preprocess and infer one batch after the other, one thread."""
     from lame_runtime.embedder import _unit_rows
 
-    chunks = [embedder.infer(embedder.preprocessor(texts[i:i + batch_size],
-                                                   images[i:i + batch_size], i))
-              for i in range(0, len(texts), batch_size)]
+    chunks = [
+        embedder.infer(embedder.preprocessor(texts[i : i + batch_size], images[i : i + batch_size], i))
+        for i in range(0, len(texts), batch_size)
+    ]
     return _unit_rows(np.concatenate(chunks))
 
 
@@ -115,15 +120,15 @@ def test_encode_iter_order_and_bounded_batches(embedder, image_files):
     assert got_ids == [f"id{i}" for i in range(20)]
     texts = [None if i % 2 else "a caption" for i in range(20)]
     paths = [image_files[i % len(image_files)] for i in range(20)]
-    np.testing.assert_allclose(np.concatenate(got), embedder.encode(texts, paths, batch_size=5),
-                               atol=1e-6)
+    np.testing.assert_allclose(np.concatenate(got), embedder.encode(texts, paths, batch_size=5), atol=1e-6)
 
 
 def test_encode_iter_bare_items_and_instruction(embedder, image_files):
     ids, vectors = next(embedder.encode_iter(["a", "b", Path(image_files[0])], batch_size=8))
     assert ids == [0, 1, 2]
-    np.testing.assert_allclose(vectors, embedder.encode(["a", "b", None],
-                                                        [None, None, image_files[0]]), atol=1e-6)
+    np.testing.assert_allclose(
+        vectors, embedder.encode(["a", "b", None], [None, None, image_files[0]]), atol=1e-6
+    )
     _, with_instruction = next(embedder.encode_iter(["a"], instruction="Find:"))
     np.testing.assert_allclose(with_instruction, embedder.encode(["Find: a"]), atol=1e-6)
     with pytest.raises(InputError, match=r"items\[1\] has neither"):

@@ -1,4 +1,5 @@
 """Qdrant store (embedded local mode): same top-k as the exact Index on the digits eval."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,14 @@ def digits_embeddings(artifact_dir, digits_dir):
     embedder = Embedder(artifact_dir)
     items = dataset_items(Path(digits_dir))
     vectors = embedder.encode_documents([i[2] for i in items], [i[3] for i in items])
-    queries = embedder.encode(["the digits add up to 9", "exactly 2 digits are greater than 6",
-                               "7 3 1", "the odd digits add up to 13"])
+    queries = embedder.encode(
+        [
+            "the digits add up to 9",
+            "exactly 2 digits are greater than 6",
+            "7 3 1",
+            "the odd digits add up to 13",
+        ]
+    )
     return items, vectors, queries
 
 

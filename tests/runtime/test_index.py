@@ -1,4 +1,5 @@
 """lame_runtime.Index: exact cosine top-k checked against brute force, storage, persistence."""
+
 from __future__ import annotations
 
 import json
@@ -58,11 +59,10 @@ def test_search_across_blocks_matches_single_block(data, monkeypatch):
 
 def test_many_small_adds_equal_one_add(data):
     docs, queries, ids = data
-    whole, pieces = Index(24, storage="int8", backend="numpy"), Index(24, storage="int8",
-                                                                      backend="numpy")
+    whole, pieces = Index(24, storage="int8", backend="numpy"), Index(24, storage="int8", backend="numpy")
     whole.add(docs, ids)
     for start in range(0, len(ids), 7):
-        pieces.add(docs[start:start + 7], ids[start:start + 7])
+        pieces.add(docs[start : start + 7], ids[start : start + 7])
         if start == 70:  # a search between adds must see everything added so far
             assert pieces.search(queries[:1], k=500)[0].shape == (1, 77)
     assert pieces.ids == whole.ids
@@ -262,6 +262,7 @@ def test_faiss_backend_matches_exact(data):
 def test_auto_backend_falls_back_to_numpy():
     try:
         import faiss  # noqa: F401
+
         expected = "faiss"
     except ImportError:
         expected = "numpy"

@@ -1,4 +1,5 @@
 """The one preprocessing implementation (lame_runtime), checked against Qwen2-VL's processor."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -13,8 +14,7 @@ def preprocessor(digits_dir):
 
 
 def test_patch_order_matches_qwen2_vl_image_processor():
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil)
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     cfg = ImageConfig(height=32, width=64, patch_size=8, merge_size=2)
     rng = np.random.default_rng(0)

@@ -1,4 +1,5 @@
 """lame-search index --skip-bad / --resume / checkpoints, and one-line errors with --debug."""
+
 from __future__ import annotations
 
 import json
@@ -37,19 +38,42 @@ def small_images(digits_dir, tmp_path_factory) -> Path:
     return folder
 
 
-def test_corrupt_image_is_one_line_without_skip_bad(artifact_dir, small_images, tmp_path,
-                                                    capsys):
-    code, out, err = run_cli(capsys, "index", "--model", artifact_dir, "--images", small_images,
-                             "--out", tmp_path / "idx", "--no-progress", "--batch-size", "4")
+def test_corrupt_image_is_one_line_without_skip_bad(artifact_dir, small_images, tmp_path, capsys):
+    code, out, err = run_cli(
+        capsys,
+        "index",
+        "--model",
+        artifact_dir,
+        "--images",
+        small_images,
+        "--out",
+        tmp_path / "idx",
+        "--no-progress",
+        "--batch-size",
+        "4",
+    )
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("lame-search: error: images[")
     assert "img05b.png" in err and "--skip-bad" in err and "Traceback" not in err
 
 
 def test_skip_bad_reports_and_matches_a_clean_run(artifact_dir, small_images, tmp_path, capsys):
-    code, out, err = run_cli(capsys, "index", "--model", artifact_dir, "--images", small_images,
-                             "--out", tmp_path / "idx", "--no-progress", "--batch-size", "4",
-                             "--skip-bad", "--checkpoint-every", "4")
+    code, out, err = run_cli(
+        capsys,
+        "index",
+        "--model",
+        artifact_dir,
+        "--images",
+        small_images,
+        "--out",
+        tmp_path / "idx",
+        "--no-progress",
+        "--batch-size",
+        "4",
+        "--skip-bad",
+        "--checkpoint-every",
+        "4",
+    )
     assert code == 0, err
     summary = json.loads(out)
     report = [json.loads(line) for line in report_path(tmp_path / "idx").read_text().splitlines()]
@@ -65,17 +89,38 @@ def test_skip_bad_reports_and_matches_a_clean_run(artifact_dir, small_images, tm
     clean.mkdir()
     for name in index.ids:
         shutil.copy(small_images / name, clean / name)
-    code, _, err = run_cli(capsys, "index", "--model", artifact_dir, "--images", clean,
-                           "--out", tmp_path / "clean", "--no-progress", "--batch-size", "4")
+    code, _, err = run_cli(
+        capsys,
+        "index",
+        "--model",
+        artifact_dir,
+        "--images",
+        clean,
+        "--out",
+        tmp_path / "clean",
+        "--no-progress",
+        "--batch-size",
+        "4",
+    )
     assert code == 0, err
-    np.testing.assert_allclose(Index.load(tmp_path / "clean").vectors(), index.vectors(),
-                               atol=1e-5)
+    np.testing.assert_allclose(Index.load(tmp_path / "clean").vectors(), index.vectors(), atol=1e-5)
 
 
-def test_resume_after_a_crash_equals_an_uninterrupted_run(artifact_dir, small_images, tmp_path,
-                                                          capsys, monkeypatch):
-    common = ["--model", artifact_dir, "--images", small_images, "--no-progress",
-              "--batch-size", "4", "--skip-bad", "--checkpoint-every", "4"]
+def test_resume_after_a_crash_equals_an_uninterrupted_run(
+    artifact_dir, small_images, tmp_path, capsys, monkeypatch
+):
+    common = [
+        "--model",
+        artifact_dir,
+        "--images",
+        small_images,
+        "--no-progress",
+        "--batch-size",
+        "4",
+        "--skip-bad",
+        "--checkpoint-every",
+        "4",
+    ]
     code, _, err = run_cli(capsys, "index", "--out", tmp_path / "full", *common)
     assert code == 0, err
     full = Index.load(tmp_path / "full")
@@ -108,8 +153,17 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(artifact_dir, small_im
     assert np.array_equal(resumed.vectors(), full.vectors())
     assert report_path(tmp_path / "part").read_text() == report_path(tmp_path / "full").read_text()
     # Resuming with other settings is refused, naming the setting.
-    code, _, err = run_cli(capsys, "index", "--out", tmp_path / "part", "--resume",
-                           *common[:5], "--batch-size", "8", "--skip-bad")
+    code, _, err = run_cli(
+        capsys,
+        "index",
+        "--out",
+        tmp_path / "part",
+        "--resume",
+        *common[:5],
+        "--batch-size",
+        "8",
+        "--skip-bad",
+    )
     assert code == 2 and "batch_size was 4" in err
 
 
@@ -154,4 +208,4 @@ def test_checkpoint_interval_grows_with_the_index():
     assert checkpoint_due(1024, 0, options) and not checkpoint_due(1023, 0, options)
     assert not checkpoint_due(50_000, 1_000_000, options) and checkpoint_due(100_000, 10**6, options)
     assert written <= (1 + 1 / 0.1) * done * 1.05  # linear in the final size
-    assert 20 < saves < 200                          # a fixed 1,024 would be 976 saves
+    assert 20 < saves < 200  # a fixed 1,024 would be 976 saves

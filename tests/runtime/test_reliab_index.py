@@ -1,5 +1,6 @@
 """Index reliability: concurrent readers and a writer, iterables read once, load validation,
 the version-1 format, and an interrupted save that keeps the previous index."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 
 from lame_runtime import Index
+from lame_runtime.artifact.persist import sha256
 from lame_runtime.errors import IndexFileError, InputError, InputTypeError, MissingFileError
 from lame_runtime.retrieval.index import index_files
 from lame_runtime.retrieval.index_io import content_sha256 as _content_sha256
-from lame_runtime.artifact.persist import sha256
 
 BACKENDS = ["numpy"] + (["faiss"] if Index(2).backend == "faiss" else [])
 
@@ -32,7 +33,7 @@ def test_concurrent_readers_after_adds_never_corrupt(backend):
     for trial in range(200):
         index = Index(16, backend=backend)
         for start in range(0, 160, 20):  # several adds: pending rows to merge lazily
-            index.add(docs[start:start + 20], ids[start:start + 20])
+            index.add(docs[start : start + 20], ids[start : start + 20])
         barrier, results, errors = threading.Barrier(4), [], []
 
         def reader():
@@ -82,8 +83,7 @@ def test_readers_during_writes_see_consistent_snapshots(backend, tmp_path):
         thread.start()
     try:
         for step in range(150):
-            index.add(vectors(3, seed=100 + step), [f"w{step}.{j}" for j in range(3)],
-                      [{"step": step}] * 3)
+            index.add(vectors(3, seed=100 + step), [f"w{step}.{j}" for j in range(3)], [{"step": step}] * 3)
             if step % 3 == 2:
                 index.remove([f"w{step - 1}.0"])
             if step % 50 == 49:
@@ -101,11 +101,9 @@ def test_readers_during_writes_see_consistent_snapshots(backend, tmp_path):
 def test_add_and_remove_accept_generators_once():
     index = Index(16, backend="numpy")
     docs = vectors(6)
-    index.add((row for row in docs), (f"g{i}" for i in range(6)),
-              ({"n": i} for i in range(6)))
+    index.add((row for row in docs), (f"g{i}" for i in range(6)), ({"n": i} for i in range(6)))
     assert index.ids == [f"g{i}" for i in range(6)] and index.payload("g3") == {"n": 3}
-    np.testing.assert_allclose(index.vectors(), docs / np.linalg.norm(docs, axis=1)[:, None],
-                               atol=1e-6)
+    np.testing.assert_allclose(index.vectors(), docs / np.linalg.norm(docs, axis=1)[:, None], atol=1e-6)
     index.remove(i for i in ("g1", "g4"))
     assert index.ids == ["g0", "g2", "g3", "g5"]
     with pytest.raises(KeyError, match="nope"):
@@ -118,9 +116,11 @@ def test_add_and_remove_accept_generators_once():
 def test_failed_add_leaves_index_usable():
     index = Index(16, backend="numpy")
     index.add(vectors(3), ["a", "b", "c"])
-    for bad in (lambda: index.add(vectors(2), ["d", "a"]),
-                lambda: index.add(vectors(2), ["d", 5]),
-                lambda: index.add(vectors(2), ["d", "e"], [{"x": float("nan")}, None])):
+    for bad in (
+        lambda: index.add(vectors(2), ["d", "a"]),
+        lambda: index.add(vectors(2), ["d", 5]),
+        lambda: index.add(vectors(2), ["d", "e"], [{"x": float("nan")}, None]),
+    ):
         with pytest.raises((InputError, InputTypeError)):
             bad()
     assert index.ids == ["a", "b", "c"] and index.vectors().shape == (3, 16)
@@ -144,9 +144,20 @@ def test_version_1_index_still_loads(tmp_path):
     docs = vectors(5)
     npz_path, json_path = index_files(tmp_path / "old", for_writing=True)
     np.savez(npz_path, vectors=(docs / np.linalg.norm(docs, axis=1)[:, None]))
-    json_path.write_text(json.dumps({"format": "lame-index", "version": 1, "dim": 16,
-                                     "storage": "float32", "count": 5, "ids": list("vwxyz"),
-                                     "payloads": [None] * 5, "npz_sha256": sha256(npz_path)}))
+    json_path.write_text(
+        json.dumps(
+            {
+                "format": "lame-index",
+                "version": 1,
+                "dim": 16,
+                "storage": "float32",
+                "count": 5,
+                "ids": list("vwxyz"),
+                "payloads": [None] * 5,
+                "npz_sha256": sha256(npz_path),
+            }
+        )
+    )
     loaded = Index.load(tmp_path / "old")
     assert loaded.ids == list("vwxyz")
     assert loaded.search(docs[2:3], k=1)[1] == [["x"]]
@@ -161,25 +172,30 @@ def _saved(tmp_path, storage="float32"):
 
 def _rewrite(json_path, meta, rehash=True):
     if rehash:
-        content = {k: meta.get(k) for k in ("format", "version", "dim", "storage", "count",
-                                             "ids", "payloads", "info")}
+        content = {
+            k: meta.get(k)
+            for k in ("format", "version", "dim", "storage", "count", "ids", "payloads", "info")
+        }
         meta["content_sha256"] = _content_sha256(content)
     json_path.write_text(json.dumps(meta))
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda m: m.update(ids=["a", "b", "c", 4]), "ids[3] is 4, not a string"),
-    (lambda m: m.update(ids=["a", "b", "a", "d"]), "duplicate ids (e.g. 'a')"),
-    (lambda m: m.update(payloads=[None]), "1 payloads for 4 ids"),
-    (lambda m: m.update(count=7), "'count' is 7"),
-    (lambda m: m.update(dim="16"), "'dim' must be a positive integer"),
-    (lambda m: m.update(storage="bf16"), "'storage' must be one of"),
-    (lambda m: m.pop("ids"), "lacks the field(s) ['ids']"),
-    (lambda m: m.update(ids={"a": 1}), "'ids' and 'payloads' must be lists"),
-    (lambda m: m.update(version=9), "index version 9 is not supported"),
-    (lambda m: m.update(format="other"), "is not a LaME index"),
-    (lambda m: m.update(dim=8), "expected float32 (4, 8)"),
-])
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda m: m.update(ids=["a", "b", "c", 4]), "ids[3] is 4, not a string"),
+        (lambda m: m.update(ids=["a", "b", "a", "d"]), "duplicate ids (e.g. 'a')"),
+        (lambda m: m.update(payloads=[None]), "1 payloads for 4 ids"),
+        (lambda m: m.update(count=7), "'count' is 7"),
+        (lambda m: m.update(dim="16"), "'dim' must be a positive integer"),
+        (lambda m: m.update(storage="bf16"), "'storage' must be one of"),
+        (lambda m: m.pop("ids"), "lacks the field(s) ['ids']"),
+        (lambda m: m.update(ids={"a": 1}), "'ids' and 'payloads' must be lists"),
+        (lambda m: m.update(version=9), "index version 9 is not supported"),
+        (lambda m: m.update(format="other"), "is not a LaME index"),
+        (lambda m: m.update(dim=8), "expected float32 (4, 8)"),
+    ],
+)
 def test_load_names_what_is_wrong(tmp_path, edit, message):
     _, json_path, meta = _saved(tmp_path)
     edit(meta)

@@ -1,5 +1,6 @@
 """Reliability of the runtime's inputs: special-token strings in user text, bad images named by
 item, single-string arguments, empty batches, NaN rows, no network, dataset path escapes."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,7 @@ from PIL import Image
 
 from lame_runtime import SPECIAL_TOKENS, Embedder
 from lame_runtime.embedder import _unit_rows
-from lame_runtime.errors import (InputError, InputTypeError, IntegrityError, LameError,
-                                 MissingFileError)
+from lame_runtime.errors import InputError, InputTypeError, IntegrityError, LameError, MissingFileError
 from lame_runtime.inputs.preprocess import Preprocessor
 
 
@@ -57,7 +57,7 @@ def test_special_token_strings_are_plain_text(embedder, image_path, role, token,
 
 
 def test_special_token_text_embeds_like_its_characters(embedder):
-    """"[IMG]" in a document is the characters [, I, M, G, ]: same ids as after the fix,
+    """ "[IMG]" in a document is the characters [, I, M, G, ]: same ids as after the fix,
     different from the image token, and the row's embedding does not depend on batch-mates."""
     alone = embedder.encode(texts=["a [IMG] b"])
     with_others = embedder.encode(texts=["a [IMG] b", "the digits are 1 and 2"])
@@ -65,14 +65,17 @@ def test_special_token_text_embeds_like_its_characters(embedder):
 
 
 # ----------------------------------------------------------------------- argument types
-@pytest.mark.parametrize("kwargs,message", [
-    (dict(images="a.png"), "images must be a list"),
-    (dict(images=Path("a.png")), "got a single path"),
-    (dict(texts="hello"), "got a single string"),
-    (dict(images=np.zeros((16, 64, 3), np.uint8)), "got a single array"),
-    (dict(images=Image.new("RGB", (64, 16))), "got a single Image"),
-    (dict(texts={"a", "b"}), "got a single set"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(images="a.png"), "images must be a list"),
+        (dict(images=Path("a.png")), "got a single path"),
+        (dict(texts="hello"), "got a single string"),
+        (dict(images=np.zeros((16, 64, 3), np.uint8)), "got a single array"),
+        (dict(images=Image.new("RGB", (64, 16))), "got a single Image"),
+        (dict(texts={"a", "b"}), "got a single set"),
+    ],
+)
 def test_single_item_instead_of_list(embedder, kwargs, message):
     with pytest.raises(InputTypeError, match=message) as caught:
         embedder.encode(**kwargs)
@@ -80,8 +83,7 @@ def test_single_item_instead_of_list(embedder, kwargs, message):
 
 
 def test_empty_batch_has_shape_0_by_dim(embedder):
-    for kwargs in (dict(texts=[]), dict(images=[]), dict(texts=[], images=[]),
-                   dict(texts=(t for t in []))):
+    for kwargs in (dict(texts=[]), dict(images=[]), dict(texts=[], images=[]), dict(texts=(t for t in []))):
         out = embedder.encode(**kwargs)
         assert out.shape == (0, embedder.dim) and out.dtype == np.float32
     assert embedder.encode_queries(texts=[]).shape == (0, embedder.dim)
@@ -140,23 +142,25 @@ def test_bad_image_files_are_named_by_index_and_path(embedder, image_path, tmp_p
         embedder.encode(images=[image_path, "nope.png"])
     # The index is the caller's, not the position inside an internal batch.
     with pytest.raises(InputError, match=r"images\[5\]"):
-        embedder.encode(images=[image_path] * 5 + [str(tmp_path / "truncated.png")],
-                        batch_size=2)
+        embedder.encode(images=[image_path] * 5 + [str(tmp_path / "truncated.png")], batch_size=2)
 
 
-@pytest.mark.parametrize("array,error,message", [
-    (np.zeros((0, 0, 3), np.uint8), InputError, "empty"),
-    (np.zeros((0, 5), np.uint8), InputError, "empty"),
-    (np.zeros((2, 3, 4, 5), np.uint8), InputError, "must be HxW"),
-    (np.zeros((8,), np.uint8), InputError, "must be HxW"),
-    (np.zeros((8, 8, 2), np.uint8), InputError, "must be HxW"),
-    (np.zeros((8, 8, 3), np.int32), InputTypeError, "uint8, uint16 or float"),
-    (np.zeros((8, 8, 3), np.complex64), InputTypeError, "uint8, uint16 or float"),
-    (np.full((8, 8, 3), np.nan, np.float32), InputError, "NaN or infinite"),
-    (np.full((8, 8, 3), np.inf, np.float64), InputError, "NaN or infinite"),
-    (np.full((8, 8, 3), 3.0, np.float32), InputError, r"\[0, 1\]"),
-    (np.zeros((1, 500, 3), np.uint8), InputError, "aspect ratio"),
-])
+@pytest.mark.parametrize(
+    "array,error,message",
+    [
+        (np.zeros((0, 0, 3), np.uint8), InputError, "empty"),
+        (np.zeros((0, 5), np.uint8), InputError, "empty"),
+        (np.zeros((2, 3, 4, 5), np.uint8), InputError, "must be HxW"),
+        (np.zeros((8,), np.uint8), InputError, "must be HxW"),
+        (np.zeros((8, 8, 2), np.uint8), InputError, "must be HxW"),
+        (np.zeros((8, 8, 3), np.int32), InputTypeError, "uint8, uint16 or float"),
+        (np.zeros((8, 8, 3), np.complex64), InputTypeError, "uint8, uint16 or float"),
+        (np.full((8, 8, 3), np.nan, np.float32), InputError, "NaN or infinite"),
+        (np.full((8, 8, 3), np.inf, np.float64), InputError, "NaN or infinite"),
+        (np.full((8, 8, 3), 3.0, np.float32), InputError, r"\[0, 1\]"),
+        (np.zeros((1, 500, 3), np.uint8), InputError, "aspect ratio"),
+    ],
+)
 def test_bad_image_arrays(embedder, array, error, message):
     with pytest.raises(error, match=message) as caught:
         embedder.encode(images=[None, array], texts=["x", None])
@@ -166,8 +170,9 @@ def test_bad_image_arrays(embedder, array, error, message):
 def test_float_images_in_unit_range_match_uint8(embedder):
     pixels = np.random.default_rng(0).integers(0, 256, size=(16, 64, 3)).astype(np.uint8)
     as_float = pixels.astype(np.float32) / 255.0
-    np.testing.assert_allclose(embedder.encode(images=[pixels]),
-                               embedder.encode(images=[as_float]), atol=1e-6)
+    np.testing.assert_allclose(
+        embedder.encode(images=[pixels]), embedder.encode(images=[as_float]), atol=1e-6
+    )
 
 
 def test_zero_sized_pil_image(embedder):
@@ -203,8 +208,9 @@ def test_runtime_opens_no_network_connection(artifact_dir, tmp_path):
         print("ok")
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")
 
@@ -214,8 +220,7 @@ def _dataset_with_candidate(root: Path, image: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     row = {"query": {"text": "q"}, "candidates": [{"image": image}, {"text": "other"}]}
     (root / "eval.jsonl").write_text(json.dumps(row) + "\n")
-    (root / "train.jsonl").write_text(json.dumps({"query": {"text": "q"},
-                                                  "target": {"image": image}}) + "\n")
+    (root / "train.jsonl").write_text(json.dumps({"query": {"text": "q"}, "target": {"image": image}}) + "\n")
     return root
 
 
@@ -223,8 +228,12 @@ def _escapes(tmp_path: Path, image_path: str) -> list[tuple[str, Path]]:
     outside = tmp_path / "outside.png"
     outside.write_bytes(Path(image_path).read_bytes())
     cases = []
-    for name, image in (("dotdot", "../outside.png"), ("absolute", str(outside)),
-                        ("symlink", "images/link.png"), ("nested", "images/../../outside.png")):
+    for name, image in (
+        ("dotdot", "../outside.png"),
+        ("absolute", str(outside)),
+        ("symlink", "images/link.png"),
+        ("nested", "images/../../outside.png"),
+    ):
         root = _dataset_with_candidate(tmp_path / name, image)
         (root / "images").mkdir(exist_ok=True)
         if name == "symlink":
@@ -269,11 +278,13 @@ def test_every_runtime_error_is_a_lame_error(embedder):
     """Spot check that the runtime's user errors are LameErrors (and builtin subclasses)."""
     from lame_runtime import Index
 
-    failures = [lambda: embedder.encode(texts=["x"], batch_size=0),
-                lambda: embedder.encode(texts=[3]),
-                lambda: Index(0),
-                lambda: Index(4).search(np.ones((1, 3), np.float32)),
-                lambda: Preprocessor.from_dir("/nonexistent")]
+    failures = [
+        lambda: embedder.encode(texts=["x"], batch_size=0),
+        lambda: embedder.encode(texts=[3]),
+        lambda: Index(0),
+        lambda: Index(4).search(np.ones((1, 3), np.float32)),
+        lambda: Preprocessor.from_dir("/nonexistent"),
+    ]
     for fail in failures:
         with pytest.raises(LameError), warnings.catch_warnings():
             fail()

@@ -1,5 +1,6 @@
 """Instructions per query direction / task (lame_runtime.inputs.instructions): written at training,
 picked at serving, never a majority vote; old artifacts with one "query" instruction still work."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,7 @@ T2I, I2T = "Find the image that matches.", "Find the true statement."
 def rows(t2i: int, i2t: int):
     """Training rows as (query modality, target modality, task, instruction); more i2t rows
     than t2i, as in the bundled digits data, so a majority vote would pick the wrong one."""
-    return ([("text", "image", "read.t2i", T2I)] * t2i
-            + [("image", "text", "read.i2t", I2T)] * i2t)
+    return [("text", "image", "read.t2i", T2I)] * t2i + [("image", "text", "read.i2t", I2T)] * i2t
 
 
 def test_modality():

@@ -4,6 +4,7 @@ Artifact.open recovery) and ``lame-search index`` with ``--resume``.
 
 Trial counts: LAME_KILL_TRIALS scales them (default 1.0; e.g. 0.25 for a quick local run).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,13 @@ def trials(n: int) -> int:
 
 def start_writer(script: str, *args: str) -> subprocess.Popen:
     """Start ``script``; returns once it printed "ready" (imports done)."""
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     line = proc.stdout.readline()
     assert line.strip() == "ready", (line, proc.stderr.read()[-2000:])
     return proc
@@ -171,8 +177,10 @@ def test_kill_during_artifact_swap_recovers_last_complete(tmp_path, artifact_dir
         assert v >= (reported[-1] if reported else last), (trial, v, reported)
         seen.append(v)
         last = v
-    print(f"artifact swap ({'real' if real else 'synthetic'}): {len(seen)} kills, "
-          f"{swaps_hit} between the renames, versions {seen}")
+    print(
+        f"artifact swap ({'real' if real else 'synthetic'}): {len(seen)} kills, "
+        f"{swaps_hit} between the renames, versions {seen}"
+    )
 
 
 # ------------------------------------------------------------------------- lame-search --resume
@@ -186,25 +194,40 @@ def many_images(digits_dir, tmp_path_factory) -> Path:
     return folder
 
 
-def test_kill_during_indexing_then_resume_equals_uninterrupted(artifact_dir, many_images,
-                                                                tmp_path):
+def test_kill_during_indexing_then_resume_equals_uninterrupted(artifact_dir, many_images, tmp_path):
     from lame_runtime.cli.search import main
     from lame_runtime.retrieval.indexing import BUILD_KEY, report_path
 
-    args = ["--model", str(artifact_dir), "--images", str(many_images), "--batch-size", "2",
-            "--checkpoint-every", "2", "--skip-bad", "--no-progress"]
+    args = [
+        "--model",
+        str(artifact_dir),
+        "--images",
+        str(many_images),
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--skip-bad",
+        "--no-progress",
+    ]
     command = [sys.executable, "-m", "lame_runtime.cli.search", "index"]
     began = time.monotonic()
-    done = subprocess.run([*command, "--out", str(tmp_path / "full"), *args],
-                          capture_output=True, text=True, env=ENV, timeout=600)
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path / "full"), *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=600,
+    )
     duration = time.monotonic() - began
     assert done.returncode == 0, done.stderr[-2000:]
     full = Index.load(tmp_path / "full")
     rng, partial_kills, states = random.Random(2), 0, []
     for trial in range(trials(15)):
         out = tmp_path / f"t{trial}"
-        proc = subprocess.Popen([*command, "--out", str(out), *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=ENV)
+        proc = subprocess.Popen(
+            [*command, "--out", str(out), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV
+        )
         if trial % 5 == 4:  # sometimes before the first checkpoint (startup, first batches)
             time.sleep(rng.uniform(0.0, 0.6) * duration)
         else:  # mostly while checkpoints are being written: from the first one on
@@ -225,6 +248,8 @@ def test_kill_during_indexing_then_resume_equals_uninterrupted(artifact_dir, man
         assert resumed.ids == full.ids, trial
         assert np.array_equal(resumed.vectors(), full.vectors()), trial
         assert report_path(out).read_text() == report_path(tmp_path / "full").read_text()
-    print(f"indexing --resume: {len(states)} kills, {partial_kills} mid-run (checkpoint "
-          f"positions {states}); uninterrupted run {duration:.1f}s")
+    print(
+        f"indexing --resume: {len(states)} kills, {partial_kills} mid-run (checkpoint "
+        f"positions {states}); uninterrupted run {duration:.1f}s"
+    )
     assert partial_kills >= 1  # at least one kill landed between checkpoints

@@ -1,5 +1,6 @@
 """Property-based tests (hypothesis) of the runtime's preprocessing and Embedder.encode: any
 input either gives a well-formed result or raises a documented LameError, never anything else."""
+
 from __future__ import annotations
 
 import warnings
@@ -8,32 +9,42 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 from lame_runtime import SPECIAL_TOKENS, Embedder  # noqa: E402
 from lame_runtime.errors import LameError  # noqa: E402
 
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 texts = st.one_of(
     st.none(),
     st.text(max_size=80),
-    st.lists(st.one_of(st.sampled_from(sorted(SPECIAL_TOKENS.values())),
-                       st.sampled_from(["the digits are", "3", "and", " ", "\n", "é", "\x00"])),
-             max_size=12).map("".join),
+    st.lists(
+        st.one_of(
+            st.sampled_from(sorted(SPECIAL_TOKENS.values())),
+            st.sampled_from(["the digits are", "3", "and", " ", "\n", "é", "\x00"]),
+        ),
+        max_size=12,
+    ).map("".join),
 )
 
 
 @st.composite
 def image_arrays(draw):
-    dtype = draw(st.sampled_from([np.uint8, np.uint16, np.float32, np.float64, np.int16,
-                                  np.bool_]))
-    shape = draw(st.one_of(
-        st.tuples(st.integers(0, 40), st.integers(0, 90)),
-        st.tuples(st.integers(0, 40), st.integers(0, 90), st.integers(1, 5)),
-        st.lists(st.integers(0, 6), min_size=0, max_size=5).map(tuple)))
+    dtype = draw(st.sampled_from([np.uint8, np.uint16, np.float32, np.float64, np.int16, np.bool_]))
+    shape = draw(
+        st.one_of(
+            st.tuples(st.integers(0, 40), st.integers(0, 90)),
+            st.tuples(st.integers(0, 40), st.integers(0, 90), st.integers(1, 5)),
+            st.lists(st.integers(0, 6), min_size=0, max_size=5).map(tuple),
+        )
+    )
     size = int(np.prod(shape)) if shape else 1
     if size > 20000:
         shape = (16, 64, 3)
@@ -67,8 +78,7 @@ def embedder(artifact_dir) -> Embedder:
 @given(rows=st.lists(st.tuples(texts, images), min_size=1, max_size=4))
 def test_preprocessing_is_well_formed_or_raises_documented(embedder, rows):
     pre = embedder.preprocessor
-    structural = {i for role, i in pre.text.special.items() if role not in ("unk", "image",
-                                                                           "bos", "pad")}
+    structural = {i for role, i in pre.text.special.items() if role not in ("unk", "image", "bos", "pad")}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -86,16 +96,20 @@ def test_preprocessing_is_well_formed_or_raises_documented(embedder, rows):
     assert images_per_row.tolist() == [pre.image.num_tokens * (i is not None) for _, i in rows]
 
 
-@settings(max_examples=15, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(rows=st.lists(st.tuples(texts, images), min_size=0, max_size=3),
-       batch_size=st.integers(1, 3))
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(rows=st.lists(st.tuples(texts, images), min_size=0, max_size=3), batch_size=st.integers(1, 3))
 def test_encode_outputs_unit_rows_or_raises_documented(embedder, rows, batch_size):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = embedder.encode(texts=[t for t, _ in rows], images=[i for _, i in rows],
-                                  batch_size=batch_size)
+            out = embedder.encode(
+                texts=[t for t, _ in rows], images=[i for _, i in rows], batch_size=batch_size
+            )
     except LameError:
         return
     assert out.shape == (len(rows), embedder.dim) and out.dtype == np.float32

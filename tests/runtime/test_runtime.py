@@ -1,4 +1,5 @@
 """lame_runtime.Embedder on a real export: torch-free, parity with PyTorch, threads, errors."""
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,10 @@ def eval_rows(digits_dir):
 @pytest.fixture(scope="module")
 def eval_queries(eval_rows):
     """The eval queries as the evaluator embeds them: instruction prefixed, image if any."""
-    return ([format_query(r.query.text, r.instruction) for r in eval_rows],
-            [r.query.image for r in eval_rows])
+    return (
+        [format_query(r.query.text, r.instruction) for r in eval_rows],
+        [r.query.image for r in eval_rows],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +67,7 @@ def torch_model(trained_ckpt):
 @pytest.fixture
 def artifact_copy(artifact_dir, tmp_path):
     """A private copy of the artifact that a test may corrupt."""
+
     def make(edit_manifest=None) -> Path:
         copy = tmp_path / "artifact"
         shutil.copytree(artifact_dir, copy, ignore=shutil.ignore_patterns("calib.npz"))
@@ -79,8 +83,12 @@ def artifact_copy(artifact_dir, tmp_path):
 
 def test_embeds_without_torch_transformers_or_lame(artifact_dir, digits_dir):
     image = sorted((digits_dir / "images").glob("*.png"))[0]
-    out = subprocess.run([sys.executable, "-c", TORCH_FREE, str(artifact_dir), str(image)],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", TORCH_FREE, str(artifact_dir), str(image)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     for name, rows in (("text", 2), ("image", 1), ("both", 1), ("query", 1)):
@@ -90,13 +98,11 @@ def test_embeds_without_torch_transformers_or_lame(artifact_dir, digits_dir):
     assert report["text_vs_both"] < 0.99999  # the image really changed the text+image row
 
 
-@pytest.mark.parametrize("precision,min_cos", [("fp32", 0.9999), ("fp16", 0.999),
-                                               ("int8", 0.99)])
+@pytest.mark.parametrize("precision,min_cos", [("fp32", 0.9999), ("fp16", 0.999), ("int8", 0.99)])
 def test_parity_with_pytorch(artifact_dir, torch_model, eval_queries, precision, min_cos):
     texts, images = eval_queries
     reference = torch_model.encode(texts=texts, images=images)
-    got = Embedder(artifact_dir, precision=precision).encode(texts=texts, images=images,
-                                                             batch_size=16)
+    got = Embedder(artifact_dir, precision=precision).encode(texts=texts, images=images, batch_size=16)
     assert got.dtype == np.float32 and got.shape == reference.shape
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     cosines = np.sum(got * reference, axis=1) / np.linalg.norm(reference, axis=1)
@@ -124,11 +130,15 @@ def test_encode_queries_uses_artifact_instruction_or_override(artifact_dir, digi
     assert embedder.artifact.instruction("query") is None  # two were trained: none is "the" one
     instruction = INSTRUCTIONS["t2i"]
     image = str(sorted((digits_dir / "images").glob("*.png"))[0])
-    assert embedder.query_instructions(["a", None], [None, image]) == [INSTRUCTIONS["t2i"],
-                                                                       INSTRUCTIONS["i2t"]]
-    np.testing.assert_allclose(embedder.encode_queries(images=[image]),
-                               embedder.encode(texts=[INSTRUCTIONS["i2t"]], images=[image]),
-                               atol=1e-6)
+    assert embedder.query_instructions(["a", None], [None, image]) == [
+        INSTRUCTIONS["t2i"],
+        INSTRUCTIONS["i2t"],
+    ]
+    np.testing.assert_allclose(
+        embedder.encode_queries(images=[image]),
+        embedder.encode(texts=[INSTRUCTIONS["i2t"]], images=[image]),
+        atol=1e-6,
+    )
     with pytest.raises(InputError, match="pass instruction="):  # no text+image direction
         embedder.encode_queries(texts=["the digits are 1 and 2"], images=[image])
     task = next(t for t in embedder.artifact.instructions["tasks"] if t.endswith(".i2t"))
@@ -182,8 +192,9 @@ def test_concurrent_encode_matches_sequential(artifact_dir, digits_dir, monkeypa
     assert not errors, errors
     assert len(results) == 4 * 3 * len(jobs)
     # One session per graph: the full graph, and the text-only graph text rows are routed to.
-    assert len(created) == 1 + shared.routes_text, \
+    assert len(created) == 1 + shared.routes_text, (
         "lazy loading created more than one ONNX Runtime session per graph"
+    )
     for (_, _, j), vectors in results.items():
         np.testing.assert_allclose(vectors, expected[j], atol=1e-6, rtol=0)
 
@@ -263,6 +274,7 @@ def test_encode_input_errors(artifact_dir):
 def test_tensorrt_backend_without_tensorrt(artifact_dir):
     try:
         import tensorrt  # noqa: F401
+
         pytest.skip("TensorRT is installed here")
     except ImportError:
         pass
@@ -276,8 +288,13 @@ def test_base_install_in_fresh_venv_embeds(artifact_dir, tmp_path):
     source = tmp_path / "src"
     # Build from a copy of the work tree (tracked + new, not ignored files) so pip's in-tree
     # build leaves nothing behind in the checkout.
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for name in filter(None, listed.split("\0")):
         if (REPO / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
@@ -285,22 +302,27 @@ def test_base_install_in_fresh_venv_embeds(artifact_dir, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "-q", str(source)],
-                             capture_output=True, text=True, timeout=900)
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(source)], capture_output=True, text=True, timeout=900
+    )
     assert install.returncode == 0, install.stdout + install.stderr
     no_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
-    code = ("import sys, numpy as np, lame_runtime\n"
-            "v = lame_runtime.Embedder(sys.argv[1]).encode(texts=['the digits are 1 and 2'])\n"
-            "assert v.shape[0] == 1 and abs(float(np.linalg.norm(v)) - 1) < 1e-5\n"
-            "assert 'torch' not in sys.modules and 'lame' not in sys.modules\n"
-            "print(v.shape[1])")
-    out = subprocess.run([str(python), "-c", code, str(artifact_dir)], capture_output=True,
-                         text=True, timeout=120)
+    code = (
+        "import sys, numpy as np, lame_runtime\n"
+        "v = lame_runtime.Embedder(sys.argv[1]).encode(texts=['the digits are 1 and 2'])\n"
+        "assert v.shape[0] == 1 and abs(float(np.linalg.norm(v)) - 1) < 1e-5\n"
+        "assert 'torch' not in sys.modules and 'lame' not in sys.modules\n"
+        "print(v.shape[1])"
+    )
+    out = subprocess.run(
+        [str(python), "-c", code, str(artifact_dir)], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) == Embedder(artifact_dir, lazy=True).dim
-    cli = subprocess.run([str(venv / "bin" / "lame-search"), "--help"], capture_output=True,
-                         text=True, timeout=60)
+    cli = subprocess.run(
+        [str(venv / "bin" / "lame-search"), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert cli.returncode == 0 and "index" in cli.stdout, cli.stderr
 
 

@@ -1,4 +1,5 @@
 """lame-search, in-process through main(argv): index images or a dataset, query by text/image."""
+
 from __future__ import annotations
 
 import json
@@ -22,15 +23,25 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def image_index(artifact_dir, digits_dir, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("search") / "digits_images"
-    code = main(["index", "--model", str(artifact_dir), "--images", str(digits_dir / "images"),
-                 "--out", str(out), "--batch-size", "64"])
+    code = main(
+        [
+            "index",
+            "--model",
+            str(artifact_dir),
+            "--images",
+            str(digits_dir / "images"),
+            "--out",
+            str(out),
+            "--batch-size",
+            "64",
+        ]
+    )
     assert code == 0
     return out, Index.load(out)
 
 
 def query_json(capsys, artifact_dir, index_path, *argv) -> dict:
-    code, out, err = run_cli(capsys, "query", "--model", artifact_dir, "--index", index_path,
-                             "--json", *argv)
+    code, out, err = run_cli(capsys, "query", "--model", artifact_dir, "--index", index_path, "--json", *argv)
     assert code == 0, err
     return json.loads(out)
 
@@ -49,9 +60,19 @@ def test_index_images_dir(image_index, digits_dir, artifact_dir):
 
 def test_index_pattern_selects_files(artifact_dir, digits_dir, tmp_path, capsys):
     out = tmp_path / "eval_only"
-    code, _, err = run_cli(capsys, "index", "--model", artifact_dir, "--images",
-                           digits_dir / "images", "--pattern", "eval_*", "--out", out,
-                           "--no-progress")
+    code, _, err = run_cli(
+        capsys,
+        "index",
+        "--model",
+        artifact_dir,
+        "--images",
+        digits_dir / "images",
+        "--pattern",
+        "eval_*",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert code == 0, err
     ids = Index.load(out).ids
     assert ids and all(i.startswith("eval_") for i in ids)
@@ -68,15 +89,15 @@ def test_query_text_matches_library_search(image_index, artifact_dir, capsys):
     np.testing.assert_allclose([r["score"] for r in result["results"]], scores[0], atol=1e-6)
     assert [r["rank"] for r in result["results"]] == [1, 2, 3, 4]
     # Text queries get the instruction trained for text->image (not a majority vote).
-    assert result["query"]["instruction"] == \
-        embedder.artifact.instructions["directions"]["text->image"]
+    assert result["query"]["instruction"] == embedder.artifact.instructions["directions"]["text->image"]
     assert result["results"][0]["payload"]["path"].endswith(ids[0][0])
 
 
 def test_query_table_output(image_index, artifact_dir, capsys):
     path, _ = image_index
-    code, out, _ = run_cli(capsys, "query", "--model", artifact_dir, "--index", path,
-                           "the largest digit is 9", "-k", "3")
+    code, out, _ = run_cli(
+        capsys, "query", "--model", artifact_dir, "--index", path, "the largest digit is 9", "-k", "3"
+    )
     assert code == 0
     lines = out.strip().splitlines()
     assert lines[0].split() == ["rank", "score", "id", "payload"]
@@ -84,8 +105,7 @@ def test_query_table_output(image_index, artifact_dir, capsys):
     assert all(line.split()[2].endswith(".png") for line in lines[1:])
 
 
-def test_query_image_finds_itself_without_instruction(image_index, digits_dir, artifact_dir,
-                                                      capsys):
+def test_query_image_finds_itself_without_instruction(image_index, digits_dir, artifact_dir, capsys):
     path, index = image_index
     name = index.ids[17]
     image = digits_dir / "images" / name
@@ -96,11 +116,13 @@ def test_query_image_finds_itself_without_instruction(image_index, digits_dir, a
     assert name in [r["id"] for r in result["results"] if r["score"] == top]
     # Text + image together is a different query from the image alone.
     # No text+image direction was trained: the CLI asks for an instruction instead of guessing.
-    code, _, err = run_cli(capsys, "query", "--model", artifact_dir, "--index", path,
-                           "the digits are 1 and 2", "--image", image)
+    code, _, err = run_cli(
+        capsys, "query", "--model", artifact_dir, "--index", path, "the digits are 1 and 2", "--image", image
+    )
     assert code == 2 and "pass instruction=" in err and err.count("\n") == 1, err
-    both = query_json(capsys, artifact_dir, path, "the digits are 1 and 2", "--image", image,
-                      "--instruction", "")
+    both = query_json(
+        capsys, artifact_dir, path, "the digits are 1 and 2", "--image", image, "--instruction", ""
+    )
     assert both["query"]["image"] == str(image)
     assert both["results"][0]["score"] != top
 
@@ -109,15 +131,25 @@ def test_index_dataset_and_query(artifact_dir, digits_dir, tmp_path, capsys):
     from lame.data.dataset import load_eval
 
     out = tmp_path / "by_data" / ""
-    code, stdout, err = run_cli(capsys, "index", "--model", artifact_dir, "--data", digits_dir,
-                                "--out", str(out), "--no-progress", "--storage", "float16")
+    code, stdout, err = run_cli(
+        capsys,
+        "index",
+        "--model",
+        artifact_dir,
+        "--data",
+        digits_dir,
+        "--out",
+        str(out),
+        "--no-progress",
+        "--storage",
+        "float16",
+    )
     assert code == 0, err
     summary = json.loads(stdout)
     expected = []
     for row in load_eval(digits_dir):
         for item in row.candidates:
-            image = Path(item.image).relative_to(digits_dir.resolve()).as_posix() \
-                if item.image else None
+            image = Path(item.image).relative_to(digits_dir.resolve()).as_posix() if item.image else None
             item_id = " :: ".join(p for p in (image, item.text) if p)
             if item_id not in expected:
                 expected.append(item_id)
@@ -126,8 +158,9 @@ def test_index_dataset_and_query(artifact_dir, digits_dir, tmp_path, capsys):
     assert index.ids == expected and index.storage == "float16"
     text_ids = [i for i in expected if not i.endswith(".png")]
     assert text_ids and index.payload(text_ids[0]) == {"text": text_ids[0]}
-    result = query_json(capsys, artifact_dir, out, "--image",
-                        digits_dir / "images" / "eval_00003.png", "-k", "2")
+    result = query_json(
+        capsys, artifact_dir, out, "--image", digits_dir / "images" / "eval_00003.png", "-k", "2"
+    )
     assert len(result["results"]) == 2
     assert result["results"][0]["score"] >= result["results"][1]["score"]
 
@@ -143,8 +176,16 @@ def test_saved_index_round_trip(image_index, tmp_path):
 
 
 def test_bad_model_path_is_one_line_error(digits_dir, tmp_path, capsys):
-    code, out, err = run_cli(capsys, "index", "--model", tmp_path / "no_such_artifact",
-                             "--images", digits_dir / "images", "--out", tmp_path / "idx")
+    code, out, err = run_cli(
+        capsys,
+        "index",
+        "--model",
+        tmp_path / "no_such_artifact",
+        "--images",
+        digits_dir / "images",
+        "--out",
+        tmp_path / "idx",
+    )
     assert code == 2
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("lame-search: error: ")
@@ -152,15 +193,18 @@ def test_bad_model_path_is_one_line_error(digits_dir, tmp_path, capsys):
     assert not (tmp_path / "idx.npz").exists()
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["index", "--out", "{tmp}/x"], "exactly one of --images DIR or --data DIR"),
-    (["index", "--images", "{tmp}/none", "--out", "{tmp}/x"], "image directory not found"),
-    (["index", "--data", "{tmp}", "--out", "{tmp}/x"], "has no eval.jsonl"),
-    (["query", "--index", "{index}"], "give a query TEXT, --image PATH, or both"),
-    (["query", "--index", "{index}", "--image", "{tmp}/none.png"], "image file not found"),
-    (["query", "--index", "{tmp}/none", "hello"], "index file not found"),
-    (["index", "--images", "{tmp}", "--out", "{index}"], "exists; pass --force"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["index", "--out", "{tmp}/x"], "exactly one of --images DIR or --data DIR"),
+        (["index", "--images", "{tmp}/none", "--out", "{tmp}/x"], "image directory not found"),
+        (["index", "--data", "{tmp}", "--out", "{tmp}/x"], "has no eval.jsonl"),
+        (["query", "--index", "{index}"], "give a query TEXT, --image PATH, or both"),
+        (["query", "--index", "{index}", "--image", "{tmp}/none.png"], "image file not found"),
+        (["query", "--index", "{tmp}/none", "hello"], "index file not found"),
+        (["index", "--images", "{tmp}", "--out", "{index}"], "exists; pass --force"),
+    ],
+)
 def test_user_errors(argv, message, image_index, artifact_dir, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path, index=image_index[0]) for a in argv]
     code, _, err = run_cli(capsys, argv[0], "--model", artifact_dir, *argv[1:])
@@ -169,7 +213,11 @@ def test_user_errors(argv, message, image_index, artifact_dir, tmp_path, capsys)
 
 
 def test_module_entry_point_help():
-    out = subprocess.run([sys.executable, "-m", "lame_runtime.cli.search", "--help"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "lame_runtime.cli.search", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "index" in out.stdout and "query" in out.stdout

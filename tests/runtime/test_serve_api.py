@@ -1,6 +1,7 @@
 """lame-serve's endpoints through real clients: the official ``openai`` package and ``httpx``
 against uvicorn on 127.0.0.1 (a thread of this process, sharing the reference Embedder), and the
 app mounted without a socket (Starlette's TestClient) for artifact variants."""
+
 from __future__ import annotations
 
 import base64
@@ -49,10 +50,16 @@ def images(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(embedder, images, tmp_path_factory):
     index_path = tmp_path_factory.mktemp("served") / "index"
-    documents = Documents.open_index(index_path, embedder.dim, writable=True,
-                                     save_interval_s=0)
-    config = ServeConfig(model_name=NAME, image_root=images, api_keys=(KEY,), writable=True,
-                         max_items=8, max_body_bytes=256 * 1024, request_timeout_s=20)
+    documents = Documents.open_index(index_path, embedder.dim, writable=True, save_interval_s=0)
+    config = ServeConfig(
+        model_name=NAME,
+        image_root=images,
+        api_keys=(KEY,),
+        writable=True,
+        max_items=8,
+        max_body_bytes=256 * 1024,
+        request_timeout_s=20,
+    )
     with ThreadServer(create_app(embedder, config, documents)) as running:
         running.index_path = index_path
         yield running
@@ -69,15 +76,24 @@ def test_openai_client_text_matches_embedder(server, embedder):
     want = embedder.encode_queries(texts)
     # usage: the positions the model attends to in the rows the preprocessor builds
     instructions = embedder.query_instructions(texts, [None] * len(texts))
-    usage = int(embedder.preprocessor([format_query(t, i) for t, i in zip(texts, instructions)])
-                ["attention_mask"].sum())
+    usage = int(
+        embedder.preprocessor([format_query(t, i) for t, i in zip(texts, instructions)])[
+            "attention_mask"
+        ].sum()
+    )
     for encoding in ("float", "base64", None):
         # None: the client asks for base64 itself and decodes it; asked for, it does not
         extra = {"encoding_format": encoding} if encoding else {}
         got = client.embeddings.create(model=NAME, input=texts, **extra)
-        vectors = np.array([np.frombuffer(base64.b64decode(item.embedding), "<f4")
-                            if encoding == "base64" else item.embedding for item in got.data],
-                           np.float32)
+        vectors = np.array(
+            [
+                np.frombuffer(base64.b64decode(item.embedding), "<f4")
+                if encoding == "base64"
+                else item.embedding
+                for item in got.data
+            ],
+            np.float32,
+        )
         assert [item.index for item in got.data] == [0, 1, 2]
         assert cosines(vectors, want).min() >= SAME
         assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
@@ -90,39 +106,42 @@ def test_openai_client_data_uri_image_matches_embedder(server, embedder, images)
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused-for-reads")
     uri = data_uri((images / "img1.png").read_bytes())
     want = embedder.encode_queries(images=[images / "img1.png"])
-    parts = client.embeddings.create(
-        model=NAME, input=[[{"type": "image_url", "image_url": {"url": uri}}]])
-    infinity = client.embeddings.create(model=NAME, input=[uri],
-                                        extra_body={"modality": "image"})
+    parts = client.embeddings.create(model=NAME, input=[[{"type": "image_url", "image_url": {"url": uri}}]])
+    infinity = client.embeddings.create(model=NAME, input=[uri], extra_body={"modality": "image"})
     for got in (parts, infinity):
         assert cosines([got.data[0].embedding], want)[0] >= SAME
-    mixed = client.embeddings.create(model=NAME, input=[
-        [{"type": "text", "text": "a digit"}, {"type": "image_url", "image_url": uri}],
-        {"text": "a digit", "image": "img1.png"}],  # the second: a path under --image-root
-        extra_body={"task": "tier1.read.i2t"})  # text+image queries: the trained task's
-    want = embedder.encode_queries(["a digit"] * 2, [images / "img1.png"] * 2,
-                                   task="tier1.read.i2t")
+    mixed = client.embeddings.create(
+        model=NAME,
+        input=[
+            [{"type": "text", "text": "a digit"}, {"type": "image_url", "image_url": uri}],
+            {"text": "a digit", "image": "img1.png"},
+        ],  # the second: a path under --image-root
+        extra_body={"task": "tier1.read.i2t"},
+    )  # text+image queries: the trained task's
+    want = embedder.encode_queries(["a digit"] * 2, [images / "img1.png"] * 2, task="tier1.read.i2t")
     assert cosines([d.embedding for d in mixed.data], want).min() >= SAME
 
 
 @pytest.mark.filterwarnings("ignore:text of .* truncated")  # the runtime's, on the server thread
 def test_documents_input_type_and_truncation(server, embedder):
     texts = ["one", "two"]
-    got = httpx.post(server.url + "/v1/embeddings",
-                     json={"model": NAME, "input": texts, "input_type": "document"}).json()
+    got = httpx.post(
+        server.url + "/v1/embeddings", json={"model": NAME, "input": texts, "input_type": "document"}
+    ).json()
     want = embedder.encode_documents(texts)
     assert cosines([d["embedding"] for d in got["data"]], want).min() >= SAME
     long = " ".join(["digit"] * (4 * embedder.preprocessor.text.max_text_tokens))
-    answer = httpx.post(server.url + "/v1/embeddings",
-                        json={"model": NAME, "input": ["short", long]})
+    answer = httpx.post(server.url + "/v1/embeddings", json={"model": NAME, "input": ["short", long]})
     assert answer.status_code == 200
     assert answer.headers[TRUNCATED_HEADER] == "1" and answer.json()["truncated"] == [1]
 
 
 def test_search_add_delete(server, embedder, images):
     url, auth = server.url, {"Authorization": f"Bearer {KEY}"}
-    docs = [{"id": f"text/{i}", "text": t, "payload": {"n": i}}
-            for i, t in enumerate(["zero", "one", "two", "three"])]
+    docs = [
+        {"id": f"text/{i}", "text": t, "payload": {"n": i}}
+        for i, t in enumerate(["zero", "one", "two", "three"])
+    ]
     docs.append({"id": "image/1", "image": data_uri((images / "img1.png").read_bytes())})
     assert httpx.post(url + "/v1/documents", json={"documents": docs}).status_code == 401
     added = httpx.post(url + "/v1/documents", json={"documents": docs}, headers=auth)
@@ -130,18 +149,19 @@ def test_search_add_delete(server, embedder, images):
     hits = httpx.post(url + "/v1/search", json={"query": "two", "k": 3}).json()["data"]
     # the same ranking as searching the served vectors in-process
     reference = Index(embedder.dim)
-    reference.add(embedder.encode_documents([d["text"] for d in docs[:4]]
-                                            + [None], [None] * 4 + [images / "img1.png"]),
-                  [d["id"] for d in docs])
+    reference.add(
+        embedder.encode_documents([d["text"] for d in docs[:4]] + [None], [None] * 4 + [images / "img1.png"]),
+        [d["id"] for d in docs],
+    )
     scores, ids = reference.search(embedder.encode_queries(["two"]), k=3)
     assert [h["id"] for h in hits] == ids[0]
     assert np.allclose([h["score"] for h in hits], scores[0], atol=1e-5)
     assert {h["id"]: h["payload"] for h in hits}.get("text/2") == {"n": 2}
-    only = httpx.post(url + "/v1/search", json={"query": {"image": "img1.png"}, "k": 2,
-                                                "prefix": "image/"}).json()["data"]
+    only = httpx.post(
+        url + "/v1/search", json={"query": {"image": "img1.png"}, "k": 2, "prefix": "image/"}
+    ).json()["data"]
     assert [h["id"] for h in only] == ["image/1"]
-    gone = httpx.request("DELETE", url + "/v1/documents", json={"ids": ["text/2"]},
-                         headers=auth)
+    gone = httpx.request("DELETE", url + "/v1/documents", json={"ids": ["text/2"]}, headers=auth)
     assert gone.status_code == 200
     hits = httpx.post(url + "/v1/search", json={"query": "two", "k": 5}).json()["data"]
     assert "text/2" not in [h["id"] for h in hits] and len(hits) == len(docs) - 1
@@ -154,18 +174,26 @@ def test_health_ready_models_metrics(server, embedder):
     assert [m.id for m in models.data] == [NAME]
     httpx.post(server.url + "/v1/embeddings", json={"model": NAME, "input": ["a", "b"]})
     text = httpx.get(server.url + "/metrics").text
-    for name in ("lame_requests_total", "lame_request_seconds_bucket", "lame_batch_rows_bucket",
-                 "lame_queue_rows", 'lame_rows_total{graph="text"}', "lame_provider_info",
-                 "lame_provider_fallbacks", "process_resident_memory_bytes"):
+    for name in (
+        "lame_requests_total",
+        "lame_request_seconds_bucket",
+        "lame_batch_rows_bucket",
+        "lame_queue_rows",
+        'lame_rows_total{graph="text"}',
+        "lame_provider_info",
+        "lame_provider_fallbacks",
+        "process_resident_memory_bytes",
+    ):
         assert name in text, name
     provider = [line for line in text.splitlines() if line.startswith("lame_provider_info")]
     assert any('provider="CPUExecutionProvider"' in line for line in provider), provider
 
 
 def test_cors_is_off_by_default(server):
-    answer = httpx.options(server.url + "/v1/embeddings",
-                           headers={"Origin": "https://example.com",
-                                    "Access-Control-Request-Method": "POST"})
+    answer = httpx.options(
+        server.url + "/v1/embeddings",
+        headers={"Origin": "https://example.com", "Access-Control-Request-Method": "POST"},
+    )
     assert "access-control-allow-origin" not in answer.headers
 
 
@@ -176,8 +204,12 @@ def test_concurrent_requests_get_their_own_vectors(server, embedder):
     want = embedder.encode_queries(texts)
     before = _metric(server, "lame_batch_requests_sum")
     with httpx.Client() as client, concurrent.futures.ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(lambda t: client.post(
-            server.url + "/v1/embeddings", json={"model": NAME, "input": t}).json(), texts))
+        answers = list(
+            pool.map(
+                lambda t: client.post(server.url + "/v1/embeddings", json={"model": NAME, "input": t}).json(),
+                texts,
+            )
+        )
     got = np.array([a["data"][0]["embedding"] for a in answers])
     assert cosines(got, want).min() >= SAME
     assert _metric(server, "lame_batch_requests_sum") - before == len(texts)
@@ -197,8 +229,11 @@ def test_queued_jobs_coalesce_up_to_max_batch_and_are_never_split(embedder):
         calls.append(len(texts))
         return embedder.encode(texts, images)
 
-    image = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
-        __import__("io").BytesIO(png_bytes(0))).convert("RGB"))
+    image = np.asarray(
+        __import__("PIL.Image", fromlist=["Image"])
+        .open(__import__("io").BytesIO(png_bytes(0)))
+        .convert("RGB")
+    )
     jobs_rows = [(["a", None, "b"], [None, image, None]) for _ in range(5)]
 
     async def scenario():
@@ -226,17 +261,21 @@ def _metric(server, name: str) -> float:
 def test_full_queue_answers_503_with_retry_after(embedder):
     """A queue of max_queue rows: a burst beyond it is refused at once, then served again.
     The model thread is held behind a gate, so the burst overflows whatever the machine's speed."""
-    config = ServeConfig(model_name=NAME, max_batch=1, max_items=8, max_queue=8,
-                         max_wait_ms=0)
+    config = ServeConfig(model_name=NAME, max_batch=1, max_items=8, max_queue=8, max_wait_ms=0)
     rows = [{"image": data_uri(png_bytes(i))} for i in range(8)]
     app = create_app(embedder, config)
     batcher, gate = app.state.service.batcher, threading.Event()
-    with ThreadServer(app) as running, httpx.Client() as client, \
-            concurrent.futures.ThreadPoolExecutor(16) as pool:
+    with (
+        ThreadServer(app) as running,
+        httpx.Client() as client,
+        concurrent.futures.ThreadPoolExecutor(16) as pool,
+    ):
         real = batcher._encode  # the warm-up ran through it
         batcher._encode = lambda texts, images: (gate.wait(30), real(texts, images))[1]
-        futures = [pool.submit(client.post, running.url + "/v1/embeddings",
-                               json={"model": NAME, "input": rows}) for _ in range(16)]
+        futures = [
+            pool.submit(client.post, running.url + "/v1/embeddings", json={"model": NAME, "input": rows})
+            for _ in range(16)
+        ]
         # one request held by the worker, at most one queued (8 rows): the rest refused at once
         deadline = time.monotonic() + 30
         while sum(f.done() for f in futures) < 14 and time.monotonic() < deadline:
@@ -265,18 +304,17 @@ def test_dimensions_where_the_manifest_lists_them(runtime_artifact, tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     embedder = Embedder(copy)
     with TestClient(create_app(embedder, ServeConfig(model_name=NAME))) as client:
-        got = client.post("/v1/embeddings", json={"model": NAME, "input": ["three"],
-                                                  "dimensions": half,
-                                                  "encoding_format": "base64"}).json()
+        got = client.post(
+            "/v1/embeddings",
+            json={"model": NAME, "input": ["three"], "dimensions": half, "encoding_format": "base64"},
+        ).json()
         vector = np.frombuffer(base64.b64decode(got["data"][0]["embedding"]), "<f4")
         full = embedder.encode_queries(["three"])[0]
         assert vector.shape == (half,)
         assert cosines([vector], [full[:half]])[0] >= SAME
         assert abs(np.linalg.norm(vector) - 1) < 1e-5
-        assert client.get("/v1/models").json()["data"][0]["dimensions"] == \
-            [half, manifest["embedding_dim"]]
-        refused = client.post("/v1/embeddings", json={"model": NAME, "input": "x",
-                                                      "dimensions": half + 1})
+        assert client.get("/v1/models").json()["data"][0]["dimensions"] == [half, manifest["embedding_dim"]]
+        refused = client.post("/v1/embeddings", json={"model": NAME, "input": "x", "dimensions": half + 1})
         assert refused.status_code == 400 and "dimensions" in refused.json()["error"]["message"]
 
 
@@ -328,18 +366,19 @@ def test_request_timeout_answers_504_and_the_server_recovers(embedder):
         gate.set()
         again = client.post("/v1/embeddings", json={"model": NAME, "input": "three"})
         assert again.status_code == 200
-        assert cosines([again.json()["data"][0]["embedding"]],
-                       embedder.encode_queries(["three"]))[0] >= SAME
+        assert cosines([again.json()["data"][0]["embedding"]], embedder.encode_queries(["three"]))[0] >= SAME
 
 
 def test_cli_refuses_unsafe_or_inconsistent_options(runtime_artifact, tmp_path, capsys):
     from lame_runtime.serve.cli import main
 
-    cases = [(["--writable", "--index", str(tmp_path / "i")], "--api-key-file"),
-             (["--writable"], "--index or --qdrant"),
-             (["--index", str(tmp_path / "i"), "--qdrant", str(tmp_path / "q")], "not both"),
-             (["--auth-reads"], "--api-key-file"),
-             (["--api-key-file", str(tmp_path / "missing.txt")], "not found")]
+    cases = [
+        (["--writable", "--index", str(tmp_path / "i")], "--api-key-file"),
+        (["--writable"], "--index or --qdrant"),
+        (["--index", str(tmp_path / "i"), "--qdrant", str(tmp_path / "q")], "not both"),
+        (["--auth-reads"], "--api-key-file"),
+        (["--api-key-file", str(tmp_path / "missing.txt")], "not found"),
+    ]
     (tmp_path / "short.txt").write_text("abc\n")
     cases.append((["--api-key-file", str(tmp_path / "short.txt")], "shorter than 16"))
     for args, words in cases:
@@ -353,18 +392,20 @@ def test_qdrant_collection_search_and_add(embedder, tmp_path):
     pytest.importorskip("qdrant_client")
     from starlette.testclient import TestClient
 
-    documents = Documents.open_qdrant(str(tmp_path / "qdrant"), "lame", embedder.dim,
-                                      writable=True)
+    documents = Documents.open_qdrant(str(tmp_path / "qdrant"), "lame", embedder.dim, writable=True)
     config = ServeConfig(model_name=NAME, api_keys=(KEY,), writable=True)
     texts = ["zero", "one", "two"]
     with TestClient(create_app(embedder, config, documents)) as client:
-        added = client.post("/v1/documents", headers={"Authorization": f"Bearer {KEY}"},
-                            json={"documents": [{"id": f"t/{i}", "text": t, "payload": i}
-                                                for i, t in enumerate(texts)]})
+        added = client.post(
+            "/v1/documents",
+            headers={"Authorization": f"Bearer {KEY}"},
+            json={"documents": [{"id": f"t/{i}", "text": t, "payload": i} for i, t in enumerate(texts)]},
+        )
         assert added.status_code == 200, added.text
         hits = client.post("/v1/search", json={"query": "two", "k": 3}).json()["data"]
-        deleted = client.request("DELETE", "/v1/documents", json={"ids": ["t/0"]},
-                                 headers={"Authorization": f"Bearer {KEY}"})
+        deleted = client.request(
+            "DELETE", "/v1/documents", json={"ids": ["t/0"]}, headers={"Authorization": f"Bearer {KEY}"}
+        )
         assert deleted.status_code == 403 and deleted.json()["error"]["code"] == "unsupported"
     reference = Index(embedder.dim)
     reference.add(embedder.encode_documents(texts), [f"t/{i}" for i in range(3)])
@@ -394,8 +435,10 @@ def test_client_disconnect_drops_its_queued_rows(embedder):
     def send(text: str) -> socket.socket:
         body = json.dumps({"model": NAME, "input": text}).encode()
         sock = socket.create_connection(("127.0.0.1", running.port))
-        sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                     b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        sock.sendall(
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
         return sock
 
     with ThreadServer(app) as running:
@@ -427,6 +470,7 @@ def test_cors_only_for_the_origins_named(embedder):
     config = ServeConfig(model_name=NAME, cors_origins=(allowed,))
     with TestClient(create_app(embedder, config)) as client:
         for origin, expected in ((allowed, allowed), ("https://evil.example", None)):
-            answer = client.options("/v1/embeddings", headers={
-                "Origin": origin, "Access-Control-Request-Method": "POST"})
+            answer = client.options(
+                "/v1/embeddings", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+            )
             assert answer.headers.get("access-control-allow-origin") == expected

@@ -1,6 +1,7 @@
 """lame-serve under load and when stopped: a real server process, concurrent clients mixing
 embeddings, search and adds (bounded by count and time), RSS over the run; SIGTERM drains
 and saves; SIGKILL at any instant leaves the last saved index loadable."""
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -18,8 +19,7 @@ pytest.importorskip("prometheus_client", reason="the serve extra is not installe
 httpx = pytest.importorskip("httpx")
 
 from runtime_fixtures import runtime_artifact  # noqa: E402,F401  (a fixture)
-from serve_fixtures import (KEY, ServerProcess, data_uri, png_bytes,  # noqa: E402
-                            write_key_file)
+from serve_fixtures import KEY, ServerProcess, data_uri, png_bytes, write_key_file  # noqa: E402
 
 from lame_runtime import Embedder, Index  # noqa: E402
 from lame_runtime.retrieval.index_io import index_exists  # noqa: E402
@@ -28,10 +28,10 @@ pytestmark = pytest.mark.runtime
 SAME = 0.99999
 AUTH = {"Authorization": f"Bearer {KEY}"}
 CLIENTS = 8
-OPS_PER_CLIENT = 90        # count bound
-TIME_LIMIT_S = 60          # time bound (the run takes a few seconds on 2 cores)
-WARMUP_FRACTION = 0.3      # RSS is compared from here on
-RSS_EVERY = 20             # one RSS sample per this many completed requests after warm-up
+OPS_PER_CLIENT = 90  # count bound
+TIME_LIMIT_S = 60  # time bound (the run takes a few seconds on 2 cores)
+WARMUP_FRACTION = 0.3  # RSS is compared from here on
+RSS_EVERY = 20  # one RSS sample per this many completed requests after warm-up
 RSS_TOLERANCE = 0.05
 ENV = {"OMP_NUM_THREADS": "1"}  # the server shares 2 cores with its clients
 
@@ -55,8 +55,9 @@ class Tally:
             self.errors.append(what)
 
 
-def call(client: httpx.Client, tally: Tally, method: str, path: str, body: dict,
-         headers: dict | None = None) -> dict | None:
+def call(
+    client: httpx.Client, tally: Tally, method: str, path: str, body: dict, headers: dict | None = None
+) -> dict | None:
     """One request; a 503 (the bounded queue, deliberate) is retried after a short pause."""
     for _ in range(50):
         answer = client.request(method, path, json=body, headers=headers)
@@ -88,10 +89,22 @@ def test_load_mixed_clients_rss_flat_then_sigterm_saves(runtime_artifact, tmp_pa
     reference.save(index_path)
     expected_hits = {t: reference.search(embedder.encode_queries([t]), k=3)[1][0] for t in texts}
 
-    server = ServerProcess("--model", str(runtime_artifact), "--model-name", "m",
-                           "--index", str(index_path), "--writable", "--api-key-file",
-                           str(write_key_file(tmp_path)), "--save-interval", "0.5",
-                           "--max-queue", "64", env=ENV)
+    server = ServerProcess(
+        "--model",
+        str(runtime_artifact),
+        "--model-name",
+        "m",
+        "--index",
+        str(index_path),
+        "--writable",
+        "--api-key-file",
+        str(write_key_file(tmp_path)),
+        "--save-interval",
+        "0.5",
+        "--max-queue",
+        "64",
+        env=ENV,
+    )
     tally, rss = Tally(), []
     total = CLIENTS * OPS_PER_CLIENT
     done = [0]
@@ -106,25 +119,36 @@ def test_load_mixed_clients_rss_flat_then_sigterm_saves(runtime_artifact, tmp_pa
                 kind = rng.choice(["text", "text", "image", "search", "add"])
                 i = rng.randrange(len(texts))
                 if kind == "text":
-                    got = call(client, tally, "POST", "/v1/embeddings",
-                               {"model": "m", "input": texts[i]})
+                    got = call(client, tally, "POST", "/v1/embeddings", {"model": "m", "input": texts[i]})
                     if got and cosine(got["data"][0]["embedding"], want_text[i]) < SAME:
                         tally.error(f"text {i}: vector differs from the single-threaded one")
                 elif kind == "image":
                     j = i % len(pngs)
-                    got = call(client, tally, "POST", "/v1/embeddings",
-                               {"model": "m", "input": [{"image": data_uri(pngs[j])}]})
+                    got = call(
+                        client,
+                        tally,
+                        "POST",
+                        "/v1/embeddings",
+                        {"model": "m", "input": [{"image": data_uri(pngs[j])}]},
+                    )
                     if got and cosine(got["data"][0]["embedding"], want_image[j]) < SAME:
                         tally.error(f"image {j}: vector differs from the single-threaded one")
                 elif kind == "search":
-                    got = call(client, tally, "POST", "/v1/search",
-                               {"query": texts[i], "k": 3, "prefix": "base/"})
+                    got = call(
+                        client, tally, "POST", "/v1/search", {"query": texts[i], "k": 3, "prefix": "base/"}
+                    )
                     if got and [h["id"] for h in got["data"]] != expected_hits[texts[i]]:
                         tally.error(f"search {i}: {got['data']} != {expected_hits[texts[i]]}")
                 else:
                     item_id, text = f"new/{seed}/{op}", f"added {seed} {op}"
-                    got = call(client, tally, "POST", "/v1/documents",
-                               {"documents": [{"id": item_id, "text": text}]}, AUTH)
+                    got = call(
+                        client,
+                        tally,
+                        "POST",
+                        "/v1/documents",
+                        {"documents": [{"id": item_id, "text": text}]},
+                        AUTH,
+                    )
                     if got:
                         with tally.lock:
                             tally.acked.append((item_id, text))
@@ -143,14 +167,17 @@ def test_load_mixed_clients_rss_flat_then_sigterm_saves(runtime_artifact, tmp_pa
         server.signal(signal.SIGTERM)
         code, stderr = server.wait()
 
-    print(f"\n[load] {done[0]} requests, {tally.overloaded} x 503, {len(tally.acked)} adds, RSS {rss[0] / 2**20:.1f}-{max(rss) / 2**20:.1f} MiB over {len(rss)} samples")
+    print(
+        f"\n[load] {done[0]} requests, {tally.overloaded} x 503, {len(tally.acked)} adds, RSS {rss[0] / 2**20:.1f}-{max(rss) / 2**20:.1f} MiB over {len(rss)} samples"
+    )
     assert not tally.errors, tally.errors[:5]
     assert done[0] == total, f"only {done[0]} of {total} requests within {TIME_LIMIT_S} s"
     assert code == 0, stderr[-2000:]
     assert "Traceback" not in stderr, stderr[-2000:]
     assert len(rss) >= 10, f"only {len(rss)} RSS samples"
-    assert max(rss) <= rss[0] * (1 + RSS_TOLERANCE), \
+    assert max(rss) <= rss[0] * (1 + RSS_TOLERANCE), (
         f"RSS grew from {rss[0] / 2**20:.1f} MiB to {max(rss) / 2**20:.1f} MiB under load"
+    )
     # SIGTERM saved every acknowledged add, with the vectors the Embedder gives
     saved = Index.load(index_path)
     ids = set(saved.ids)
@@ -158,8 +185,7 @@ def test_load_mixed_clients_rss_flat_then_sigterm_saves(runtime_artifact, tmp_pa
     assert len(saved) == len(base) + len(tally.acked)
     sample = tally.acked[:20]
     rows = [saved.ids.index(item_id) for item_id, _ in sample]
-    assert cosine(saved.vectors()[rows],
-                  embedder.encode_documents([t for _, t in sample])).min() >= SAME
+    assert cosine(saved.vectors()[rows], embedder.encode_documents([t for _, t in sample])).min() >= SAME
 
 
 def _adder(url: str, stop: threading.Event, sent: list, acked: list, seed: int) -> None:
@@ -177,20 +203,30 @@ def _adder(url: str, stop: threading.Event, sent: list, acked: list, seed: int) 
             n += 1
 
 
-@pytest.mark.parametrize("sig,delay", [(signal.SIGKILL, 0.1), (signal.SIGKILL, 0.6),
-                                       (signal.SIGTERM, 0.3)],
-                         ids=["SIGKILL-0.1s", "SIGKILL-0.6s", "SIGTERM-0.3s"])
+@pytest.mark.parametrize(
+    "sig,delay",
+    [(signal.SIGKILL, 0.1), (signal.SIGKILL, 0.6), (signal.SIGTERM, 0.3)],
+    ids=["SIGKILL-0.1s", "SIGKILL-0.6s", "SIGTERM-0.3s"],
+)
 def test_signal_with_adds_in_flight(runtime_artifact, tmp_path, sig, delay):
     """SIGKILL at some instant: the last complete save loads. SIGTERM: the requests in flight
     finish, every acknowledged add is saved, exit code 0."""
     index_path = tmp_path / "index"
-    server = ServerProcess("--model", str(runtime_artifact), "--index", str(index_path),
-                           "--writable", "--api-key-file", str(write_key_file(tmp_path)),
-                           "--save-interval", "0.1", env=ENV)
+    server = ServerProcess(
+        "--model",
+        str(runtime_artifact),
+        "--index",
+        str(index_path),
+        "--writable",
+        "--api-key-file",
+        str(write_key_file(tmp_path)),
+        "--save-interval",
+        "0.1",
+        env=ENV,
+    )
     stop, sent, acked = threading.Event(), [], []
     with server:
-        threads = [threading.Thread(target=_adder, args=(server.url, stop, sent, acked, s))
-                   for s in range(3)]
+        threads = [threading.Thread(target=_adder, args=(server.url, stop, sent, acked, s)) for s in range(3)]
         for thread in threads:
             thread.start()
         # the delay counts from the first acknowledged add and the first save, so a slow
@@ -226,12 +262,22 @@ def test_a_failed_final_save_is_not_a_clean_exit(runtime_artifact, tmp_path):
     import shutil
 
     folder = tmp_path / "served"
-    server = ServerProcess("--model", str(runtime_artifact), "--index", str(folder / "index"),
-                           "--writable", "--api-key-file", str(write_key_file(tmp_path)),
-                           "--save-interval", "0", env=ENV)
+    server = ServerProcess(
+        "--model",
+        str(runtime_artifact),
+        "--index",
+        str(folder / "index"),
+        "--writable",
+        "--api-key-file",
+        str(write_key_file(tmp_path)),
+        "--save-interval",
+        "0",
+        env=ENV,
+    )
     with server:
-        added = httpx.post(server.url + "/v1/documents", headers=AUTH,
-                           json={"documents": [{"id": "a", "text": "x"}]})
+        added = httpx.post(
+            server.url + "/v1/documents", headers=AUTH, json={"documents": [{"id": "a", "text": "x"}]}
+        )
         assert added.status_code == 200
         shutil.rmtree(folder)
         folder.write_text("not a folder any more")

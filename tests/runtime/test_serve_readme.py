@@ -1,5 +1,6 @@
 """The Python block of the README's "Serving" section, run as written against a real server
 (the only change: its address, 127.0.0.1:8080, becomes the test server's free port)."""
+
 from __future__ import annotations
 
 import re
@@ -26,7 +27,7 @@ README_ADDRESS = "http://127.0.0.1:8080"
 
 def test_readme_serving_snippet_runs_as_written(runtime_artifact, tmp_path, monkeypatch):
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Serving (`lame-serve`)"):]
+    section = readme[readme.index("## Serving (`lame-serve`)") :]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert README_ADDRESS in snippet
     image = tmp_path / "data" / "digits" / "images" / "eval_00000.png"  # the main job's layout
@@ -36,10 +37,13 @@ def test_readme_serving_snippet_runs_as_written(runtime_artifact, tmp_path, monk
     with ThreadServer(create_app(embedder, ServeConfig(model_name="lame-onnx"))) as server:
         monkeypatch.chdir(tmp_path)
         scope: dict = {}
-        exec(compile(snippet.replace(README_ADDRESS, server.url), "README.md (serving)",
-                     "exec"), scope)
+        exec(compile(snippet.replace(README_ADDRESS, server.url), "README.md (serving)", "exec"), scope)
     vectors = np.array(scope["vectors"])
-    want = np.concatenate([embedder.encode_queries(["the digits add up to 12", "a seven"]),
-                           embedder.encode_queries(images=[image])])
+    want = np.concatenate(
+        [
+            embedder.encode_queries(["the digits add up to 12", "a seven"]),
+            embedder.encode_queries(images=[image]),
+        ]
+    )
     assert vectors.shape == want.shape
     assert ((vectors * want).sum(1) >= 0.99999).all()

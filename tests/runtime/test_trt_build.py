@@ -1,4 +1,5 @@
 """TensorRT engines: the failure paths here (no TensorRT), the real build where TensorRT is."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,15 +15,14 @@ from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture)
 from lame_runtime import Embedder
 from lame_runtime.artifact.contract import MANIFEST
 from lame_runtime.artifact.files import HashCache
-from lame_runtime.errors import BackendError
 from lame_runtime.engines.tensorrt.backend import probe_device
 from lame_runtime.engines.tensorrt.meta import engine_profiles, profile_shapes
+from lame_runtime.errors import BackendError
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
-no_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed: the "
-                                                      "missing-TensorRT path cannot be shown")
-
-
+no_tensorrt = pytest.mark.skipif(
+    HAS_TENSORRT, reason="TensorRT is installed: the missing-TensorRT path cannot be shown"
+)
 
 
 @pytest.fixture
@@ -33,8 +33,11 @@ def artifact_copy(runtime_artifact, tmp_path) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.runtime
@@ -67,12 +70,18 @@ def fake_engine_record(artifact: Path, precision: str = "fp16") -> dict:
     to test selection, which must then fall back because no TensorRT can load it here."""
     manifest = json.loads((artifact / MANIFEST).read_text())
     profile = engine_profiles(manifest)
-    return {"path": f"model_{precision}.plan", "sha256": "0" * 64, "bytes": 1,
-            "precision": precision, "source_onnx": {"path": f"model_{precision}.onnx",
-                                                    "sha256": "1" * 64},
-            "tensorrt_version": "10.3.0.30", "gpu": {"name": "Orin", "compute_capability": "8.7"},
-            "profile": profile.to_dict(), "shapes": profile_shapes(manifest["inputs"], profile),
-            "trtexec": "trtexec --onnx=model_fp16.onnx --saveEngine=model_fp16.plan"}
+    return {
+        "path": f"model_{precision}.plan",
+        "sha256": "0" * 64,
+        "bytes": 1,
+        "precision": precision,
+        "source_onnx": {"path": f"model_{precision}.onnx", "sha256": "1" * 64},
+        "tensorrt_version": "10.3.0.30",
+        "gpu": {"name": "Orin", "compute_capability": "8.7"},
+        "profile": profile.to_dict(),
+        "shapes": profile_shapes(manifest["inputs"], profile),
+        "trtexec": "trtexec --onnx=model_fp16.onnx --saveEngine=model_fp16.plan",
+    }
 
 
 @pytest.mark.runtime
@@ -90,8 +99,7 @@ def test_auto_backend_falls_back_to_onnxruntime_when_no_engine_can_run(artifact_
         Embedder(artifact_copy, backend="tensorrt")
 
 
-def test_lame_export_trt_without_tensorrt_leaves_the_artifact_intact(trained_ckpt,
-                                                                     artifact_copy, capsys):
+def test_lame_export_trt_without_tensorrt_leaves_the_artifact_intact(trained_ckpt, artifact_copy, capsys):
     if HAS_TENSORRT:
         pytest.skip("TensorRT is installed: the missing-TensorRT path cannot be shown")
     from lame_export.cli import main
@@ -107,7 +115,8 @@ def test_lame_export_trt_without_tensorrt_leaves_the_artifact_intact(trained_ckp
 
 needs_gpu_tensorrt = pytest.mark.skipif(
     not HAS_TENSORRT or probe_device() is None,
-    reason="needs TensorRT 10/11 and an NVIDIA GPU (only on a real install)")
+    reason="needs TensorRT 10/11 and an NVIDIA GPU (only on a real install)",
+)
 
 
 @needs_gpu_tensorrt
@@ -116,8 +125,7 @@ def test_build_and_serve_an_engine(artifact_copy, precision):
     """On a real TensorRT install: build, record, run; embeddings agree with ONNX Runtime."""
     from lame_runtime.engines.tensorrt.build import EngineBuildOptions, build_engine
 
-    record = build_engine(artifact_copy, EngineBuildOptions(precision=precision,
-                                                            profile={"max_batch": 4}))
+    record = build_engine(artifact_copy, EngineBuildOptions(precision=precision, profile={"max_batch": 4}))
     manifest = json.loads((artifact_copy / MANIFEST).read_text())
     assert manifest["engines"][precision] == record
     assert (artifact_copy / record["path"]).is_file()

@@ -1,4 +1,5 @@
 """TensorRT engine metadata without TensorRT: profiles, trtexec line, compatibility, selection."""
+
 from __future__ import annotations
 
 import copy
@@ -6,10 +7,18 @@ import shlex
 
 import pytest
 
+from lame_runtime.engines.tensorrt.meta import (
+    DeviceInfo,
+    EngineProfile,
+    check_engine_compatible,
+    engine_incompatibility,
+    engine_profiles,
+    profile_shapes,
+    select_backend,
+    trtexec_command,
+    validate_engines_section,
+)
 from lame_runtime.errors import ArtifactError, BackendError, InputError
-from lame_runtime.engines.tensorrt.meta import (DeviceInfo, EngineProfile, check_engine_compatible,
-                                        engine_incompatibility, engine_profiles, profile_shapes,
-                                        select_backend, trtexec_command, validate_engines_section)
 
 pytestmark = pytest.mark.runtime
 
@@ -19,19 +28,30 @@ INPUTS = [
     {"name": "pixel_values", "dtype": "float32", "shape": ["batch", 16, 48]},
     {"name": "image_mask", "dtype": "int64", "shape": ["batch"]},
 ]
-MANIFEST = {"inputs": INPUTS, "num_image_tokens": 4, "max_text_tokens": 48, "max_batch": 64,
-            "max_sequence": 512}
+MANIFEST = {
+    "inputs": INPUTS,
+    "num_image_tokens": 4,
+    "max_text_tokens": 48,
+    "max_batch": 64,
+    "max_sequence": 512,
+}
 ORIN = DeviceInfo("10.3.0.30", "Orin", "8.7")
 
 
 def record(precision="fp16", version="10.3.0.30", cc="8.7"):
     profile = engine_profiles(MANIFEST)
-    return {"path": f"model_{precision}.plan", "sha256": "0" * 64, "bytes": 10,
-            "precision": precision, "source_onnx": {"path": f"model_{precision}.onnx",
-                                                    "sha256": "1" * 64},
-            "tensorrt_version": version, "gpu": {"name": "Orin", "compute_capability": cc},
-            "profile": profile.to_dict(), "shapes": profile_shapes(INPUTS, profile),
-            "trtexec": "trtexec --onnx=model_fp16.onnx"}
+    return {
+        "path": f"model_{precision}.plan",
+        "sha256": "0" * 64,
+        "bytes": 10,
+        "precision": precision,
+        "source_onnx": {"path": f"model_{precision}.onnx", "sha256": "1" * 64},
+        "tensorrt_version": version,
+        "gpu": {"name": "Orin", "compute_capability": cc},
+        "profile": profile.to_dict(),
+        "shapes": profile_shapes(INPUTS, profile),
+        "trtexec": "trtexec --onnx=model_fp16.onnx",
+    }
 
 
 def test_default_profile_comes_from_the_manifest():
@@ -47,8 +67,9 @@ def test_default_profile_comes_from_the_manifest():
 
 
 def test_profile_overrides_and_their_errors():
-    profile = engine_profiles(MANIFEST, {"max_batch": 16, "opt_batch": 4, "opt_sequence": 10,
-                                         "min_sequence": None})
+    profile = engine_profiles(
+        MANIFEST, {"max_batch": 16, "opt_batch": 4, "opt_sequence": 10, "min_sequence": None}
+    )
     assert profile.batch.as_list() == [1, 4, 16]
     assert profile.sequence.as_list()[:2] == [2, 10]
     with pytest.raises(InputError, match="min <= opt <= max"):
@@ -73,10 +94,13 @@ def test_profile_shapes_and_trtexec_line():
     assert shapes["image_mask"] == [[1], [4], [8]]
     line = trtexec_command("model_fp16.onnx", "model_fp16.plan", shapes, 2048, "trt cache/t.c")
     args = shlex.split(line)
-    assert args[:4] == ["trtexec", "--onnx=model_fp16.onnx", "--saveEngine=model_fp16.plan",
-                        "--stronglyTyped"]
-    assert ("--maxShapes=input_ids:8x53,attention_mask:8x53,pixel_values:8x16x48,"
-            "image_mask:8") in args
+    assert args[:4] == [
+        "trtexec",
+        "--onnx=model_fp16.onnx",
+        "--saveEngine=model_fp16.plan",
+        "--stronglyTyped",
+    ]
+    assert ("--maxShapes=input_ids:8x53,attention_mask:8x53,pixel_values:8x16x48,image_mask:8") in args
     assert "--memPoolSize=workspace:2048M" in args and "--timingCacheFile=trt cache/t.c" in args
     with pytest.raises(ArtifactError, match="unknown dynamic dim"):
         profile_shapes([{"name": "x", "dtype": "int64", "shape": ["tokens"]}], profile)
@@ -89,8 +113,11 @@ def test_engine_compatibility():
     assert "TensorRT 10.7.0.23" in engine_incompatibility(record(version="10.7.0.23"), ORIN)
     assert "compute capability 8.6" in engine_incompatibility(record(cc="8.6"), ORIN)
     assert "lacks" in engine_incompatibility({"gpu": {}}, ORIN)
-    with pytest.raises(BackendError, match=r"cannot run here: .*TensorRT 11\.0\.0.*"
-                                           r"lame-search build-engine /a --precision fp16"):
+    with pytest.raises(
+        BackendError,
+        match=r"cannot run here: .*TensorRT 11\.0\.0.*"
+        r"lame-search build-engine /a --precision fp16",
+    ):
         check_engine_compatible(record(version="11.0.0.1"), ORIN, "/a", "fp16")
 
 

@@ -1,4 +1,5 @@
 """Triton model repository: configs parse as ModelConfig, match the ONNX graph, ensemble wiring."""
+
 from __future__ import annotations
 
 import io
@@ -12,17 +13,20 @@ from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture)
 
 from lame_runtime import Embedder
 from lame_runtime.artifact.contract import MANIFEST
+from lame_runtime.deploy.triton import (
+    MARKER,
+    TritonOptions,
+    decode_rows,
+    preprocess_request,
+    write_model_repository,
+)
 from lame_runtime.errors import ArtifactError, InputError
 from lame_runtime.inputs.preprocess import Preprocessor
-from lame_runtime.deploy.triton import (MARKER, TritonOptions, decode_rows, preprocess_request,
-                                 write_model_repository)
 
 text_format = pytest.importorskip("google.protobuf.text_format")
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
 ONNX_TYPES = {1: "TYPE_FP32", 7: "TYPE_INT64", 10: "TYPE_FP16"}  # onnx.TensorProto codes
-
-
 
 
 def parse(path: Path):
@@ -43,9 +47,13 @@ def graph_io(onnx_path: Path):
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
 
     def describe(values):
-        return {v.name: (ONNX_TYPES[v.type.tensor_type.elem_type],
-                         [d.dim_value if d.HasField("dim_value") else -1
-                          for d in v.type.tensor_type.shape.dim]) for v in values}
+        return {
+            v.name: (
+                ONNX_TYPES[v.type.tensor_type.elem_type],
+                [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim],
+            )
+            for v in values
+        }
 
     initializers = {i.name for i in graph.initializer}
     return describe([i for i in graph.input if i.name not in initializers]), describe(graph.output)
@@ -59,11 +67,11 @@ def effective_dims(tensor) -> list[int]:
 
 @pytest.mark.runtime
 @pytest.mark.parametrize("precision,accelerator", [("fp32", False), ("fp16", True)])
-def test_repository_configs_match_the_onnx_graph(runtime_artifact, tmp_path, precision,
-                                                 accelerator):
+def test_repository_configs_match_the_onnx_graph(runtime_artifact, tmp_path, precision, accelerator):
     repo = tmp_path / "repo"
-    summary = write_model_repository(runtime_artifact, repo, TritonOptions(
-        precision=precision, trt_accelerator=accelerator, instances=2))
+    summary = write_model_repository(
+        runtime_artifact, repo, TritonOptions(precision=precision, trt_accelerator=accelerator, instances=2)
+    )
     manifest = json.loads((runtime_artifact / MANIFEST).read_text())
     names = summary["models"]
     assert sorted(p.name for p in repo.iterdir()) == sorted([*names.values(), MARKER])
@@ -95,15 +103,15 @@ def test_repository_configs_match_the_onnx_graph(runtime_artifact, tmp_path, pre
     # preprocessing produces exactly what the embedding model takes (Triton-side shapes; the
     # embedding model alone reshapes batch-only tensors for its graph)
     assert pre.backend == "python"
-    assert [(t.name, t.data_type, list(t.dims)) for t in pre.output] == \
-        [(t.name, t.data_type, list(t.dims)) for t in embed.input]
+    assert [(t.name, t.data_type, list(t.dims)) for t in pre.output] == [
+        (t.name, t.data_type, list(t.dims)) for t in embed.input
+    ]
     assert not any(t.HasField("reshape") for t in pre.output)
     assert [t.name for t in embed.input if t.HasField("reshape")] == ["image_mask"]
     assert [t.name for t in pre.input] == ["TEXT", "IMAGE"]
     assert all(model_config_pb2.DataType.Name(t.data_type) == "TYPE_STRING" for t in pre.input)
     model_dir = repo / names["preprocess"] / "1"
-    assert {p.name for p in model_dir.iterdir()} >= {"model.py", "tokenizer.json",
-                                                     "preprocessor_config.json"}
+    assert {p.name for p in model_dir.iterdir()} >= {"model.py", "tokenizer.json", "preprocessor_config.json"}
 
     # ensemble: every mapped tensor exists on both sides, types agree, everything is wired
     assert ensemble.platform == "ensemble"
@@ -127,8 +135,9 @@ def test_repository_configs_match_the_onnx_graph(runtime_artifact, tmp_path, pre
 @pytest.mark.runtime
 def test_tensorrt_plan_repository_and_repo_safety(runtime_artifact, tmp_path):
     with pytest.raises(ArtifactError, match="no fp16 TensorRT engine"):
-        write_model_repository(runtime_artifact, tmp_path / "r",
-                               TritonOptions(precision="fp16", platform="tensorrt_plan"))
+        write_model_repository(
+            runtime_artifact, tmp_path / "r", TritonOptions(precision="fp16", platform="tensorrt_plan")
+        )
     # Config generation for an engine: a copy of the artifact with a recorded plan file (the
     # bytes are not an engine; Triton would load it, this test only checks the config).
     from test_trt_build import fake_engine_record
@@ -168,8 +177,7 @@ def test_preprocess_request_is_the_runtime_preprocessing(runtime_artifact):
     assert decoded_images[0] is None
     expected = preprocessor(decoded_texts, decoded_images)
     assert feed["image_mask"].shape == (3, 1)  # batch-only tensors travel as [batch, 1]
-    graph_feed = {name: value.reshape(-1) if name == "image_mask" else value
-                  for name, value in feed.items()}
+    graph_feed = {name: value.reshape(-1) if name == "image_mask" else value for name, value in feed.items()}
     for name in expected:
         np.testing.assert_array_equal(graph_feed[name], expected[name])
     # and the embedding of that feed is the Embedder's for the same text/images
@@ -177,9 +185,14 @@ def test_preprocess_request_is_the_runtime_preprocessing(runtime_artifact):
     vectors = embedder.infer(graph_feed)
     from PIL import Image
 
-    direct = embedder.encode(texts=["the digits are 1 and 2", None, "a caf\u00e9"],
-                             images=[None, np.asarray(Image.open(io.BytesIO(png_bytes(1)))),
-                                     np.asarray(Image.open(io.BytesIO(png_bytes(2))))])
+    direct = embedder.encode(
+        texts=["the digits are 1 and 2", None, "a caf\u00e9"],
+        images=[
+            None,
+            np.asarray(Image.open(io.BytesIO(png_bytes(1)))),
+            np.asarray(Image.open(io.BytesIO(png_bytes(2)))),
+        ],
+    )
     norms = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     np.testing.assert_allclose(norms, direct, atol=1e-5)
     only_text = preprocess_request(preprocessor, np.array([[b"x"]], dtype=object), None)
@@ -201,8 +214,20 @@ def test_triton_command_writes_the_repository(runtime_artifact, tmp_path, capsys
     from lame_runtime.cli.search import main
 
     repo = tmp_path / "repo"
-    code = main(["triton", str(runtime_artifact), str(repo), "--name", "emb", "--max-batch", "8",
-                 "--precision", "fp16", "--trt-accelerator"])
+    code = main(
+        [
+            "triton",
+            str(runtime_artifact),
+            str(repo),
+            "--name",
+            "emb",
+            "--max-batch",
+            "8",
+            "--precision",
+            "fp16",
+            "--trt-accelerator",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["models"]["embed"] == "emb_embed" and out["max_batch_size"] == 8
     assert parse(repo / "emb" / "config.pbtxt").max_batch_size == 8

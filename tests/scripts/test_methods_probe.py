@@ -1,5 +1,6 @@
 """scripts/probes/probe_latents.py: its pure parts (splits, closed-form ridge, token accuracy) and one
 end-to-end run on a tiny checkpoint."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -51,8 +52,12 @@ def test_probe_script_runs_on_a_tiny_checkpoint(make_model, digits_dir, tmp_path
     ckpt = tmp_path / "ckpt"
     save_checkpoint(ckpt, make_model(), {}, {"stage": "joint", "step": 0, "done": True}, [])
     out = tmp_path / "probe.json"
-    assert probe_latents.main(["--ckpt", str(ckpt), "--data", str(digits_dir), "--rows", "200",
-                               "--out", str(out)]) == 0
+    assert (
+        probe_latents.main(
+            ["--ckpt", str(ckpt), "--data", str(digits_dir), "--rows", "200", "--out", str(out)]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == report
     held = report["reconstruction"]["eval_queries_held_out"]

@@ -1,25 +1,28 @@
 """The CoT and latent baselines: cached step-by-step decoding equals one full pass, training
 runs through the CLI, and the methods refuse inconsistent configs and ONNX export."""
+
 import numpy as np
 import pytest
 import torch
 
-from lame.methods.cot import cot_generate, cot_teacher_forced
-from lame.methods.latent import latent_forward
-from lame_export.cli import main as export_main
 from lame.cli.train import main as train_main
 from lame.config import LameConfig, load_preset
 from lame.data.batching import Collator
 from lame.data.dataset import load_train
+from lame.methods.cot import cot_generate, cot_teacher_forced
+from lame.methods.latent import latent_forward
 from lame.training.objective import compute_losses
+from lame_export.cli import main as export_main
 
-TEXTS = ["Find the image that matches the statement. the digits add up to 12", None,
-         "the largest digit is 7"]
+TEXTS = ["Find the image that matches the statement. the digits add up to 12", None, "the largest digit is 7"]
 
 
 def _feed(model, digits_dir):
-    images = [None, str(digits_dir / "images" / "train_00001.png"),
-              str(digits_dir / "images" / "train_00002.png")]
+    images = [
+        None,
+        str(digits_dir / "images" / "train_00001.png"),
+        str(digits_dir / "images" / "train_00002.png"),
+    ]
     return model.feed_to_tensors(model.preprocessor(TEXTS, images))
 
 
@@ -28,8 +31,7 @@ def test_latent_steps_with_cache_equal_one_full_pass(make_model, digits_dir, fam
     overrides = dict(method="latent", bottleneck_mask=False, num_reason_tokens=3)
     if family == "idefics3":
         spec = load_preset("tiny-idefics3")["model"]
-        overrides.update(backbone=LameConfig.from_dict(spec).backbone,
-                         image=LameConfig.from_dict(spec).image)
+        overrides.update(backbone=LameConfig.from_dict(spec).backbone, image=LameConfig.from_dict(spec).image)
     model = make_model(**overrides)
     feed = _feed(model, digits_dir)
     with torch.no_grad():
@@ -37,8 +39,14 @@ def test_latent_steps_with_cache_equal_one_full_pass(make_model, digits_dir, fam
         # Replay: feed the recorded step states as ordinary inputs in one uncached pass.
         embeds, is_image, _ = model.input_embeds(**feed)
         batch, length = feed["input_ids"].shape
-        fed = torch.cat([embeds[:, :0], model.run(embeds, feed["attention_mask"], is_image,
-                                                  length)[:, -1:], out.reason_states[:, :-1]], 1)
+        fed = torch.cat(
+            [
+                embeds[:, :0],
+                model.run(embeds, feed["attention_mask"], is_image, length)[:, -1:],
+                out.reason_states[:, :-1],
+            ],
+            1,
+        )
         summary = model.summary_tokens.unsqueeze(0).expand(batch, -1, -1)
         sequence = torch.cat([embeds, fed, summary], 1)
         extra = feed["attention_mask"].new_ones(batch, fed.shape[1] + summary.shape[1])
@@ -46,8 +54,8 @@ def test_latent_steps_with_cache_equal_one_full_pass(make_model, digits_dir, fam
         image = torch.cat([is_image, torch.zeros_like(extra, dtype=torch.bool)], 1)
         full = model.run(sequence, valid, image, length)
     k = model.config.num_reason_tokens
-    torch.testing.assert_close(out.reason_states, full[:, length:length + k], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(out.summary_states, full[:, length + k:], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.reason_states, full[:, length : length + k], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.summary_states, full[:, length + k :], atol=1e-5, rtol=1e-4)
 
 
 def test_cot_generation_matches_teacher_forcing_on_its_own_tokens(make_model, digits_dir):
@@ -63,7 +71,7 @@ def test_cot_generation_matches_teacher_forcing_on_its_own_tokens(make_model, di
         # Greedy decoding picked the argmax of the same logits the teacher-forced pass computes.
         hidden = model.run(*_full_sequence(model, feed, tokens))
         length = feed["input_ids"].shape[1]
-        logits = model.lm_logits(hidden[:, length - 1:length + 5])
+        logits = model.lm_logits(hidden[:, length - 1 : length + 5])
     assert torch.equal(logits.argmax(-1), tokens)
     torch.testing.assert_close(generated.output.embedding, forced.embedding, atol=1e-5, rtol=1e-4)
 
@@ -106,16 +114,35 @@ def test_cot_and_latent_losses(make_model, digits_dir):
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-def test_methods_train_through_the_cli_and_cot_learns_its_rationales(digits_dir, tmp_path,
-                                                                        capsys):
+def test_methods_train_through_the_cli_and_cot_learns_its_rationales(digits_dir, tmp_path, capsys):
     for method in ("cot", "latent"):
         out = tmp_path / method
-        assert train_main(["--data", str(digits_dir), "--out", str(out), "--preset", "tiny",
-                           "--method", method, "--max-steps", "30", "--batch-size", "8",
-                           "--max-new-tokens", "16", "--no-progress"]) == 0
+        assert (
+            train_main(
+                [
+                    "--data",
+                    str(digits_dir),
+                    "--out",
+                    str(out),
+                    "--preset",
+                    "tiny",
+                    "--method",
+                    method,
+                    "--max-steps",
+                    "30",
+                    "--batch-size",
+                    "8",
+                    "--max-new-tokens",
+                    "16",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         config = LameConfig.load(out / "config.json")
         assert config.method == method and not config.bottleneck_mask
     import json
+
     metrics = [json.loads(line) for line in (tmp_path / "cot" / "metrics.jsonl").open()]
     lm = [m["lm"] for m in metrics if "lm" in m]
     assert lm[-1] < 0.92 * lm[0]  # warm-up freezes the (tied) LM head: ~24 joint steps
@@ -124,12 +151,15 @@ def test_methods_train_through_the_cli_and_cot_learns_its_rationales(digits_dir,
     assert "one-pass methods" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(method="cot", num_reason_tokens=4, bottleneck_mask=False), "no reason tokens"),
-    (dict(method="latent", num_reason_tokens=0, bottleneck_mask=False), "latent steps"),
-    (dict(method="discriminative", num_reason_tokens=0, bottleneck_mask=True), "bottleneck"),
-    (dict(method="coconut"), "method must be one of"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(method="cot", num_reason_tokens=4, bottleneck_mask=False), "no reason tokens"),
+        (dict(method="latent", num_reason_tokens=0, bottleneck_mask=False), "latent steps"),
+        (dict(method="discriminative", num_reason_tokens=0, bottleneck_mask=True), "bottleneck"),
+        (dict(method="coconut"), "method must be one of"),
+    ],
+)
 def test_inconsistent_method_configs_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         LameConfig(**overrides)

@@ -1,13 +1,14 @@
 """lame-bench end to end on the tiny preset: four methods on one shared backbone, the ratios
 derived from the raw figures, deployment rows from a real export, JSON and PNG written."""
+
 import json
 
 import numpy as np
 import pytest
 
-from lame.evaluation.bench import BenchOptions, build_models, method_config, query_feed
 from lame.cli.bench import main
 from lame.config import LameConfig, load_preset
+from lame.evaluation.bench import BenchOptions, build_models, method_config, query_feed
 
 
 def test_methods_share_one_backbone_and_differ_only_by_method():
@@ -30,8 +31,24 @@ def test_2b_preset_is_qwen2_vl_2b_sized():
 
 def test_bench_cli_writes_consistent_json_and_png(tmp_path, capsys):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    code = main(["--preset", "tiny", "--batches", "1,3", "--reps", "5", "--max-new-tokens", "8",
-                 "--threads", "1", "--json", str(out), "--plot", str(png)])
+    code = main(
+        [
+            "--preset",
+            "tiny",
+            "--batches",
+            "1,3",
+            "--reps",
+            "5",
+            "--max-new-tokens",
+            "8",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     printed = capsys.readouterr().out
@@ -39,8 +56,9 @@ def test_bench_cli_writes_consistent_json_and_png(tmp_path, capsys):
     methods = report["methods"]
     for key in ("lame_vs_cot", "lame_vs_latent", "lame_vs_discriminative"):
         other = key.split("_vs_")[1]
-        per_batch = [methods[b]["lame"]["emb_per_s"] / methods[b][other]["emb_per_s"]
-                     for b in ("batch1", "batch3")]
+        per_batch = [
+            methods[b]["lame"]["emb_per_s"] / methods[b][other]["emb_per_s"] for b in ("batch1", "batch3")
+        ]
         assert report["ratios"][key] == pytest.approx(min(per_batch))
     for batch in ("batch1", "batch3"):
         for row in methods[batch].values():
@@ -52,7 +70,8 @@ def test_bench_cli_writes_consistent_json_and_png(tmp_path, capsys):
     assert deploy["precisions"] == ["fp32", "fp16", "int8"]
     ms = deploy["ms_per_batch"]["batch3"]
     assert report["ratios_by_batch"]["batch3"]["ort_int8_vs_torch"] == pytest.approx(
-        ms["torch eager"] / ms["ort int8"])
+        ms["torch eager"] / ms["ort int8"]
+    )
     assert deploy["cold_start"]["total_s"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -63,11 +82,14 @@ def test_bench_feeds_are_text_plus_image_queries():
     assert feed["image_mask"].tolist() == [1, 1, 1, 1]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--reps", "3"], "reps must be >= 5"),
-    (["--batches", "1,x"], "comma-separated"),
-    (["--device", "cuda:0"], "no CUDA device"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--reps", "3"], "reps must be >= 5"),
+        (["--batches", "1,x"], "comma-separated"),
+        (["--device", "cuda:0"], "no CUDA device"),
+    ],
+)
 def test_bad_bench_options_give_one_line_errors(argv, message, capsys):
     pytest.importorskip("torch")
     import torch

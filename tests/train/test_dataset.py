@@ -102,7 +102,13 @@ def test_blank_lines_are_skipped_but_counted(tmp_path):
 def test_iter_texts_yields_every_train_text(tmp_path):
     root = make_dataset(tmp_path)
     assert list(iter_texts(root)) == [
-        "a red cat", "a dog", "cat", "red . cat", "Find the image.", "what animal?", "dog",
+        "a red cat",
+        "a dog",
+        "cat",
+        "red . cat",
+        "Find the image.",
+        "what animal?",
+        "dog",
     ]
 
 
@@ -160,10 +166,14 @@ TRAIN_ERRORS = [
     ({**GOOD_TRAIN, "task": 1.5}, "'task' must be a string, got number"),
     ({**GOOD_TRAIN, "negatives": {"text": "x"}}, "'negatives' must be an array of items, got object"),
     ({**GOOD_TRAIN, "negatives": [{"text": "x"}, {}]}, "negatives[1] has neither 'text' nor 'image'"),
-    ({**GOOD_TRAIN, "query": {"image": "img/missing.png"}},
-     "query.image file not found: img/missing.png (looked for "),
-    ({**GOOD_TRAIN, "negatives": [{"image": "img/gone.png"}]},
-     "negatives[0].image file not found: img/gone.png"),
+    (
+        {**GOOD_TRAIN, "query": {"image": "img/missing.png"}},
+        "query.image file not found: img/missing.png (looked for ",
+    ),
+    (
+        {**GOOD_TRAIN, "negatives": [{"image": "img/gone.png"}]},
+        "negatives[0].image file not found: img/gone.png",
+    ),
 ]
 
 EVAL_ERRORS = [
@@ -171,15 +181,20 @@ EVAL_ERRORS = [
     ({"query": {"text": "q"}}, "missing required key 'candidates'"),
     ({**GOOD_EVAL, "candidates": [{"text": "only one"}]}, "'candidates' needs at least 2 items, got 1"),
     ({**GOOD_EVAL, "candidates": "cat"}, "'candidates' must be an array of items, got string"),
-    ({**GOOD_EVAL, "candidates": [{"text": "a"}, {"texts": "b"}]}, "candidates[1] has neither 'text' nor 'image'"),
+    (
+        {**GOOD_EVAL, "candidates": [{"text": "a"}, {"texts": "b"}]},
+        "candidates[1] has neither 'text' nor 'image'",
+    ),
     ({**GOOD_EVAL, "label": 2}, "label 2 out of range for 2 candidates"),
     ({**GOOD_EVAL, "label": -1}, "label -1 out of range for 2 candidates"),
     ({**GOOD_EVAL, "label": "0"}, "'label' must be an integer, got string"),
     ({**GOOD_EVAL, "label": True}, "'label' must be an integer, got boolean"),
     ({**GOOD_EVAL, "label": 1.0}, "'label' must be an integer, got number"),
     ({**GOOD_EVAL, "task": 7}, "'task' must be a string, got number"),
-    ({**GOOD_EVAL, "candidates": [{"text": "a"}, {"image": "img/nope.png"}]},
-     "candidates[1].image file not found: img/nope.png"),
+    (
+        {**GOOD_EVAL, "candidates": [{"text": "a"}, {"image": "img/nope.png"}]},
+        "candidates[1].image file not found: img/nope.png",
+    ),
 ]
 
 
@@ -200,11 +215,14 @@ def test_eval_row_errors_name_file_and_line(tmp_path, bad_row, message):
 
 
 @pytest.mark.parametrize("loader, name", [(load_train, "train.jsonl"), (load_eval, "eval.jsonl")])
-@pytest.mark.parametrize("line, message", [
-    ('{"query": ', "invalid JSON: Expecting value (column 11)"),
-    ("[1, 2]", "row must be a JSON object, got array"),
-    ('"just a string"', "row must be a JSON object, got string"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"query": ', "invalid JSON: Expecting value (column 11)"),
+        ("[1, 2]", "row must be a JSON object, got array"),
+        ('"just a string"', "row must be a JSON object, got string"),
+    ],
+)
 def test_malformed_lines(tmp_path, loader, name, line, message):
     root = make_dataset(tmp_path)
     good = (root / name).read_text().splitlines()[0]

@@ -266,8 +266,7 @@ def test_reasoning_target_for_text_to_image_rows(built, tmp_path):
     plain, reasoning = read_jsonl(root / "train.jsonl"), read_jsonl(other / "train.jsonl")
     assert len(plain) == len(reasoning)
     for a, b in zip(plain, reasoning):
-        assert {k: v for k, v in a.items() if k != "answer"} == \
-            {k: v for k, v in b.items() if k != "answer"}
+        assert {k: v for k, v in a.items() if k != "answer"} == {k: v for k, v in b.items() if k != "answer"}
         if b["task"].endswith(".t2i"):
             seq = digits[b["target"]["image"]]
             assert b["answer"] == b["rationale"] != b["query"]["text"]

@@ -1,6 +1,7 @@
 """The perception-solved digits variant (``--glyphs rendered``: jittered renders of fonts that
 ship in matplotlib) and the validation split (``--val-per-task``), built for real and read back
 by the loaders, the trainer and the evaluator."""
+
 from __future__ import annotations
 
 import hashlib
@@ -95,8 +96,7 @@ def test_val_split_leaves_train_and_eval_unchanged(tmp_path):
     build_digits(tmp_path / "plain", seed=2, **SMALL)
     build_digits(tmp_path / "with_val", seed=2, val_per_task=2, n_val_images=300, **SMALL)
     for name in ("train.jsonl", "eval.jsonl", "images/train_00005.png", "images/eval_00009.png"):
-        assert (tmp_path / "plain" / name).read_bytes() == \
-            (tmp_path / "with_val" / name).read_bytes(), name
+        assert (tmp_path / "plain" / name).read_bytes() == (tmp_path / "with_val" / name).read_bytes(), name
     from lame.data.dataset import DatasetError
 
     with pytest.raises(DatasetError, match="no val.jsonl"):
@@ -109,16 +109,48 @@ def test_cli_builds_a_dataset_the_cli_trains_and_evaluates_on(tmp_path, capsys):
     from lame.cli.train import main as train_main
 
     data = tmp_path / "digits-rendered"
-    assert data_main(["digits", str(data), "--glyphs", "rendered", "--train-images", "120",
-                      "--eval-per-task", "2", "--val-per-task", "2", "--vocab-size", "300"]) == 0
+    assert (
+        data_main(
+            [
+                "digits",
+                str(data),
+                "--glyphs",
+                "rendered",
+                "--train-images",
+                "120",
+                "--eval-per-task",
+                "2",
+                "--val-per-task",
+                "2",
+                "--vocab-size",
+                "300",
+            ]
+        )
+        == 0
+    )
     ckpt = tmp_path / "ckpt"
-    assert train_main(["--data", str(data), "--out", str(ckpt), "--preset", "tiny",
-                       "--max-steps", "4", "--batch-size", "8", "--no-progress",
-                       "--no-final-eval"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(data),
+                "--out",
+                str(ckpt),
+                "--preset",
+                "tiny",
+                "--max-steps",
+                "4",
+                "--batch-size",
+                "8",
+                "--no-progress",
+                "--no-final-eval",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     for split in ("eval", "val"):
-        assert eval_main(["--ckpt", str(ckpt), "--data", str(data), "--split", split,
-                          "--no-progress"]) == 0
+        assert eval_main(["--ckpt", str(ckpt), "--data", str(data), "--split", split, "--no-progress"]) == 0
         result = json.loads(capsys.readouterr().out)
         assert result["n"] == 2 * len(TASKS)
     assert data_main(["digits", str(tmp_path / "x"), "--glyphs", "typed"]) != 0

@@ -1,4 +1,5 @@
 """torchrun with 2 CPU processes (gloo) == 1 process with the same global batch."""
+
 import json
 import os
 import shutil
@@ -9,14 +10,34 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ARGS = ["--preset", "tiny", "--stage", "joint", "--max-steps", "3", "--batch-size", "8",
-        "--eval-every", "0", "--save-every", "0", "--no-progress", "--seed", "5"]
+ARGS = [
+    "--preset",
+    "tiny",
+    "--stage",
+    "joint",
+    "--max-steps",
+    "3",
+    "--batch-size",
+    "8",
+    "--eval-every",
+    "0",
+    "--save-every",
+    "0",
+    "--no-progress",
+    "--seed",
+    "5",
+]
 
 
 def _train(command, data, out):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same math in every process
-    done = subprocess.run([*command, "-m", "lame.cli.train", "--data", str(data), "--out", str(out),
-                           *ARGS], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [*command, "-m", "lame.cli.train", "--data", str(data), "--out", str(out), *ARGS],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     losses = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     return load_file(str(out / "model.safetensors")), [m for m in losses if "total" in m][-1]

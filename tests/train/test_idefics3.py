@@ -1,5 +1,6 @@
 """Idefics3 / SmolVLM adapter: unpatchify is exact, hidden states equal HF's forward,
 both stages train and the export meets fp32 parity."""
+
 import numpy as np
 import pytest
 import torch
@@ -25,17 +26,23 @@ def test_unpatchify_inverts_the_runtime_patch_layout(idefics):
 
 
 def test_hidden_states_equal_hf_forward(idefics):
-    feed = idefics.feed_to_tensors(idefics.preprocessor(
-        ["the digits add up to 9", None, "a longer text to pad the others"],
-        [None, IMAGE, IMAGE[::-1].copy()]))
+    feed = idefics.feed_to_tensors(
+        idefics.preprocessor(
+            ["the digits add up to 9", None, "a longer text to pad the others"],
+            [None, IMAGE, IMAGE[::-1].copy()],
+        )
+    )
     rows = feed["image_mask"].bool()
     images = unpatchify(feed["pixel_values"][rows], idefics.config.image)
     positions = idefics.backbone.position_ids(feed["attention_mask"], None)
     with torch.no_grad():
         ours = idefics.hidden_states(**feed)[:, : feed["input_ids"].shape[1]]
         reference = idefics.backbone.model(
-            input_ids=feed["input_ids"], attention_mask=feed["attention_mask"],
-            pixel_values=images[:, None], position_ids=positions).last_hidden_state
+            input_ids=feed["input_ids"],
+            attention_mask=feed["attention_mask"],
+            pixel_values=images[:, None],
+            position_ids=positions,
+        ).last_hidden_state
     valid = feed["attention_mask"].bool()
     assert torch.allclose(ours[valid], reference[valid], atol=1e-5)
 
@@ -44,4 +51,3 @@ def test_non_square_images_are_refused(make_model, tiny_config):
     config = LameConfig.from_dict(load_preset("tiny-idefics3")["model"])
     with pytest.raises(ValueError, match="square"):
         make_model(backbone=config.backbone, image=tiny_config.image)
-

@@ -2,6 +2,7 @@
 imports as a K=0 checkpoint whose vectors equal the model card's computation, through PyTorch,
 the exported ONNX graphs and the runtime's Embedder; recipes that cannot be reproduced are
 refused; LaME trains on top of the import with the backbone frozen in warm-up."""
+
 import json
 
 import numpy as np
@@ -24,7 +25,7 @@ ROWS = [
     {"image": IMAGE},
     {"text": "how many", "image": OTHER, "instruction": "Retrieve the count"},  # no period
     {"text": "two three", "instruction": "Find a document."},
-    {"text": ""},                                                            # -> "NULL"
+    {"text": ""},  # -> "NULL"
 ]
 
 
@@ -33,8 +34,21 @@ def imported(tmp_path_factory):
     root = tmp_path_factory.mktemp("embedder")
     directory = build_qwen3_embedder_dir(root / "Qwen3-VL-Embedding-tiny")
     ckpt = root / "ckpt"
-    assert import_main(["embedder", str(directory), "--out", str(ckpt), "--recipe",
-                        "qwen3-vl-embedding", "--image-size", "32x64"]) == 0
+    assert (
+        import_main(
+            [
+                "embedder",
+                str(directory),
+                "--out",
+                str(ckpt),
+                "--recipe",
+                "qwen3-vl-embedding",
+                "--image-size",
+                "32x64",
+            ]
+        )
+        == 0
+    )
     return directory, ckpt
 
 
@@ -43,8 +57,9 @@ def _cosines(ours, reference):
 
 
 def _texts(rows):
-    return [format_query(r.get("text"), r["instruction"]) if "instruction" in r
-            else r.get("text") for r in rows]
+    return [
+        format_query(r.get("text"), r["instruction"]) if "instruction" in r else r.get("text") for r in rows
+    ]
 
 
 def test_import_equals_the_model_card_through_pytorch(imported):
@@ -52,8 +67,12 @@ def test_import_equals_the_model_card_through_pytorch(imported):
     reference = reference_embeddings(directory, ROWS)
     model = load_model(ckpt)
     config = json.loads((ckpt / "config.json").read_text())
-    assert (config["method"], config["num_reason_tokens"], config["num_summary_tokens"],
-            config["embed_projection"]) == ("discriminative", 0, 0, False)
+    assert (
+        config["method"],
+        config["num_reason_tokens"],
+        config["num_summary_tokens"],
+        config["embed_projection"],
+    ) == ("discriminative", 0, 0, False)
     assert config["backbone"]["family"] == "qwen3_vl"
     ours = model.encode(_texts(ROWS), [r.get("image") for r in ROWS])
     cosines = _cosines(ours, reference)
@@ -81,9 +100,8 @@ def test_import_exports_and_serves_through_the_embedder(imported, tmp_path):
     assert cosines.min() >= 0.9999, cosines
     # An explicit instruction goes into the system turn (with the card's period rule).
     row = 2
-    instructed = embedder.encode_queries([texts[row]], [images[row]],
-                                         instruction=ROWS[row]["instruction"])
-    assert float(_cosines(instructed, reference[row:row + 1])[0]) >= 0.9999
+    instructed = embedder.encode_queries([texts[row]], [images[row]], instruction=ROWS[row]["instruction"])
+    assert float(_cosines(instructed, reference[row : row + 1])[0]) >= 0.9999
     documents = embedder.encode_documents(texts, images)
     assert _cosines(documents, reference_embeddings(directory, default)).min() >= 0.9999
     assert np.allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
@@ -99,13 +117,10 @@ def test_user_text_cannot_end_the_turn(imported):
     assert int((plain == im_end).sum()) == int((injected == im_end).sum()) == 2
 
 
-@pytest.mark.parametrize("recipe, words", [("gme", "1-D positions"),
-                                           ("vlm2vec", "Phi-3.5-V")])
-def test_recipes_that_cannot_be_reproduced_are_refused_in_one_line(imported, tmp_path,
-                                                                   capsys, recipe, words):
+@pytest.mark.parametrize("recipe, words", [("gme", "1-D positions"), ("vlm2vec", "Phi-3.5-V")])
+def test_recipes_that_cannot_be_reproduced_are_refused_in_one_line(imported, tmp_path, capsys, recipe, words):
     directory, _ = imported
-    code = import_main(["embedder", str(directory), "--out", str(tmp_path / "x"),
-                        "--recipe", recipe])
+    code = import_main(["embedder", str(directory), "--out", str(tmp_path / "x"), "--recipe", recipe])
     err = capsys.readouterr().err.strip()
     assert code == 2 and words in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
@@ -117,22 +132,44 @@ def test_a_directory_of_another_family_is_refused(imported, tmp_path, capsys):
     other.mkdir()
     config = json.loads((directory / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "model_type": "qwen2_vl"}))
-    code = import_main(["embedder", str(other), "--out", str(tmp_path / "x"), "--recipe",
-                        "qwen3-vl-embedding"])
+    code = import_main(
+        ["embedder", str(other), "--out", str(tmp_path / "x"), "--recipe", "qwen3-vl-embedding"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "qwen2_vl" in err and "qwen3_vl" in err
 
 
-def test_lame_warmup_on_an_imported_embedder_trains_only_what_is_new(imported, digits_dir,
-                                                                      tmp_path):
+def test_lame_warmup_on_an_imported_embedder_trains_only_what_is_new(imported, digits_dir, tmp_path):
     _, ckpt = imported
     out = tmp_path / "lame"
-    assert train_main(["--data", str(digits_dir), "--out", str(out), "--init-from", str(ckpt),
-                       "--method", "lame", "--preset", "tiny", "--stage", "warmup",
-                       "--max-steps", "2", "--batch-size", "4", "--eval-every", "0",
-                       "--no-final-eval", "--no-progress"]) == 0
-    before, after = load_file(str(ckpt / "model.safetensors")), load_file(
-        str(out / "model.safetensors"))
+    assert (
+        train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(out),
+                "--init-from",
+                str(ckpt),
+                "--method",
+                "lame",
+                "--preset",
+                "tiny",
+                "--stage",
+                "warmup",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--eval-every",
+                "0",
+                "--no-final-eval",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    before, after = load_file(str(ckpt / "model.safetensors")), load_file(str(out / "model.safetensors"))
     backbone = [k for k in before if k.startswith("backbone.")]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)
     config = json.loads((out / "config.json").read_text())

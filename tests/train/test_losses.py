@@ -1,4 +1,5 @@
 """InfoNCE and the diversity regulariser against straightforward reference computations."""
+
 import math
 
 import torch
@@ -32,8 +33,7 @@ def test_info_nce_equals_reference():
     same = torch.tensor([[x == y for y in answers] for x in answers])
     valid = torch.tensor([[True, True], [True, False]] * 3)
     ours = info_nce(q, t, 0.1, neg, same, valid)
-    reference = _reference_info_nce(q.numpy(), t.numpy(), 0.1, neg.numpy(), same.numpy(),
-                                    valid.numpy())
+    reference = _reference_info_nce(q.numpy(), t.numpy(), 0.1, neg.numpy(), same.numpy(), valid.numpy())
     assert abs(float(ours) - reference) < 1e-5
 
 
@@ -41,8 +41,14 @@ def test_false_negatives_are_masked_not_pushed():
     q = F.normalize(torch.randn(4, 8), dim=-1)
     t = q.clone()
     t[1] = t[0]  # row 1's target is identical to row 0's: a false negative for row 0
-    same = torch.tensor([[True, True, False, False], [True, True, False, False],
-                         [False, False, True, False], [False, False, False, True]])
+    same = torch.tensor(
+        [
+            [True, True, False, False],
+            [True, True, False, False],
+            [False, False, True, False],
+            [False, False, False, True],
+        ]
+    )
     masked = info_nce(q, t, 0.05, same_answer=same)
     unmasked = info_nce(q, t, 0.05)
     assert masked < unmasked
@@ -73,8 +79,7 @@ def test_info_nce_offset_splits_the_global_batch():
     answers = list("aabcdefa")
     same = torch.tensor([[x == y for y in answers] for x in answers])
     full = info_nce(q, t, 0.1, same_answer=same)
-    halves = [info_nce(q[s], t, 0.1, same_answer=same[s], offset=s.start)
-              for s in (slice(0, 4), slice(4, 8))]
+    halves = [info_nce(q[s], t, 0.1, same_answer=same[s], offset=s.start) for s in (slice(0, 4), slice(4, 8))]
     assert torch.isclose(full, sum(halves) / 2, atol=1e-6)
     assert not torch.isclose(full, info_nce(q[4:], t, 0.1, same_answer=same[4:]), atol=1e-3)
 
@@ -98,9 +103,19 @@ def test_matryoshka_contrastive_is_the_mean_over_prefixes():
     full = contrastive_loss(model(None), batch, q, t, neg)
     assert torch.allclose(full, info_nce(q, t, 0.1, neg, batch["same_answer"]))
     nested = contrastive_loss(model([4, 8, 16]), batch, q, t, neg)
-    expected = sum(info_nce(F.normalize(q[:, :d], dim=-1), F.normalize(t[:, :d], dim=-1), 0.1,
-                            F.normalize(neg[..., :d], dim=-1), batch["same_answer"])
-                   for d in (4, 8, 16)) / 3
+    expected = (
+        sum(
+            info_nce(
+                F.normalize(q[:, :d], dim=-1),
+                F.normalize(t[:, :d], dim=-1),
+                0.1,
+                F.normalize(neg[..., :d], dim=-1),
+                batch["same_answer"],
+            )
+            for d in (4, 8, 16)
+        )
+        / 3
+    )
     assert torch.allclose(nested, expected, atol=1e-6)
     assert not torch.allclose(nested, full, atol=1e-3)
 

@@ -1,5 +1,6 @@
 """The methods registry (lame.methods), generative pre-training (--method lm), --init-from a
 checkpoint of another method, and the greedy-generation check (lame-eval --generate)."""
+
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -36,16 +37,35 @@ def test_the_model_asks_its_method(make_model):
     assert latent.method is get_method("latent") and lame.method is get_method("lame")
     feed = lame.feed_to_tensors(lame.preprocessor(["the largest digit is 7"], [None]))
     with torch.no_grad():
-        assert latent(**feed).reason_states.shape[1] == 2       # K latent steps
+        assert latent(**feed).reason_states.shape[1] == 2  # K latent steps
         assert lame(**feed).reason_states.shape[1] == lame.config.num_reason_tokens
 
 
 @pytest.fixture(scope="module")
 def lm_ckpt(digits_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("lm") / "ckpt"
-    assert train_main(["--data", str(digits_dir), "--out", str(out), "--preset", "tiny",
-                       "--method", "lm", "--max-steps", "10", "--batch-size", "16",
-                       "--save-every", "0", "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--method",
+                "lm",
+                "--max-steps",
+                "10",
+                "--batch-size",
+                "16",
+                "--save-every",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -63,46 +83,102 @@ def test_lm_pretraining_lowers_its_next_token_loss(lm_ckpt):
 def test_lm_loss_falls_over_steps(digits_dir, tmp_path):
     from lame.training.train import TrainConfig, train
 
-    model = dict(load_preset("tiny")["model"], method="lm", num_reason_tokens=0,
-                 bottleneck_mask=False)
+    model = dict(load_preset("tiny")["model"], method="lm", num_reason_tokens=0, bottleneck_mask=False)
     out = tmp_path / "lm"
-    train(digits_dir, out, LameConfig.from_dict(model),
-          TrainConfig(stage="joint", max_steps=10, batch_size=16, lr=0.01, log_every=1,
-                      save_every=0, final_eval=False), show_progress=False)
+    train(
+        digits_dir,
+        out,
+        LameConfig.from_dict(model),
+        TrainConfig(
+            stage="joint", max_steps=10, batch_size=16, lr=0.01, log_every=1, save_every=0, final_eval=False
+        ),
+        show_progress=False,
+    )
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     lm = [m["lm"] for m in logs if "lm" in m]
     assert len(lm) == 10
     assert sum(lm[-2:]) / 2 < 0.8 * sum(lm[:2]) / 2, lm
 
 
-def test_init_from_an_lm_checkpoint_without_method_continues_it_jointly(lm_ckpt, digits_dir,
-                                                                      tmp_path, capsys):
+def test_init_from_an_lm_checkpoint_without_method_continues_it_jointly(
+    lm_ckpt, digits_dir, tmp_path, capsys
+):
     """The preset's default method is lame, the checkpoint's lm: --init-from alone continues
     the lm run, whose stage plan has no warm-up (which would freeze all it trains)."""
     out = tmp_path / "more-lm"
-    assert train_main(["--data", str(digits_dir), "--out", str(out), "--preset", "tiny",
-                       "--init-from", str(lm_ckpt), "--max-steps", "2", "--batch-size", "8",
-                       "--no-final-eval", "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--init-from",
+                str(lm_ckpt),
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--no-final-eval",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert LameConfig.load(out / "config.json").method == "lm"
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {m["stage"] for m in logs} == {"joint"}
     before, after = load_file(lm_ckpt / "model.safetensors"), load_file(out / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
-    code = train_main(["--data", str(digits_dir), "--out", str(tmp_path / "w"), "--preset",
-                       "tiny", "--init-from", str(lm_ckpt), "--stage", "warmup",
-                       "--no-progress"])
+    code = train_main(
+        [
+            "--data",
+            str(digits_dir),
+            "--out",
+            str(tmp_path / "w"),
+            "--preset",
+            "tiny",
+            "--init-from",
+            str(lm_ckpt),
+            "--stage",
+            "warmup",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "no warm-up stage" in err and len(err.splitlines()) == 1, err
 
 
-def test_init_from_an_lm_checkpoint_copies_its_backbone_into_lame(lm_ckpt, digits_dir,
-                                                                   tmp_path):
+def test_init_from_an_lm_checkpoint_copies_its_backbone_into_lame(lm_ckpt, digits_dir, tmp_path):
     out = tmp_path / "lame"
     # warm-up freezes the backbone: after one step its tensors are still the lm run's exactly
-    assert train_main(["--data", str(digits_dir), "--out", str(out), "--preset", "tiny",
-                       "--init-from", str(lm_ckpt), "--method", "lame", "--stage", "warmup",
-                       "--max-steps", "1", "--batch-size", "8", "--no-final-eval",
-                       "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--init-from",
+                str(lm_ckpt),
+                "--method",
+                "lame",
+                "--stage",
+                "warmup",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "8",
+                "--no-final-eval",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     config = LameConfig.load(out / "config.json")
     assert config.method == "lame" and config.num_reason_tokens == 4 and config.bottleneck_mask
     source, target = load_file(lm_ckpt / "model.safetensors"), load_file(out / "model.safetensors")
@@ -117,16 +193,31 @@ def test_init_from_an_lm_checkpoint_copies_its_backbone_into_lame(lm_ckpt, digit
 
 def test_copy_backbone_refuses_a_different_architecture(make_model, tiny_config):
     small = make_model()
-    wider = make_model(backbone=replace(tiny_config.backbone, hidden_size=64,
-                                        intermediate_size=96))
+    wider = make_model(backbone=replace(tiny_config.backbone, hidden_size=64, intermediate_size=96))
     with pytest.raises(CheckpointError, match="shape mismatch"):
         copy_backbone(small, wider)
 
 
 def test_generation_check_reports_exact_match(lm_ckpt, digits_dir, tmp_path, capsys):
     report = tmp_path / "gen.json"
-    assert eval_main(["--ckpt", str(lm_ckpt), "--data", str(digits_dir), "--generate", "6",
-                      "--max-new-tokens", "12", "--out", str(report), "--no-progress"]) == 0
+    assert (
+        eval_main(
+            [
+                "--ckpt",
+                str(lm_ckpt),
+                "--data",
+                str(digits_dir),
+                "--generate",
+                "6",
+                "--max-new-tokens",
+                "12",
+                "--out",
+                str(report),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     result = json.loads(report.read_text())
     assert json.loads(capsys.readouterr().out) == result
     assert result["checkpoint_method"] == "lm" and result["n"] == 6
@@ -135,17 +226,22 @@ def test_generation_check_reports_exact_match(lm_ckpt, digits_dir, tmp_path, cap
     assert sum(v["n"] for v in result["per_direction"].values()) == 6
     assert "digits_read" in result["per_direction"].get("i2t", {"digits_read": 0})
     assert all(isinstance(s["generated"], str) for s in result["samples"])
-    assert eval_main(["--ckpt", str(lm_ckpt), "--data", str(digits_dir),
-                      "--generate", "0"]) != 0
+    assert eval_main(["--ckpt", str(lm_ckpt), "--data", str(digits_dir), "--generate", "0"]) != 0
 
 
 def test_generation_scoring_and_references():
-    i2t = EvalRow(Item(image="/x/a.png"), [Item(text="the largest digit is 9"),
-                                           Item(text="the largest digit is 7")], label=1,
-                  task="tier1.max.i2t")
-    t2i = EvalRow(Item(text="the largest digit is 7"), [Item(image="/x/a.png"),
-                                                        Item(image="/x/b.png")], label=0,
-                  task="tier1.max.t2i")
+    i2t = EvalRow(
+        Item(image="/x/a.png"),
+        [Item(text="the largest digit is 9"), Item(text="the largest digit is 7")],
+        label=1,
+        task="tier1.max.i2t",
+    )
+    t2i = EvalRow(
+        Item(text="the largest digit is 7"),
+        [Item(image="/x/a.png"), Item(image="/x/b.png")],
+        label=0,
+        task="tier1.max.t2i",
+    )
     assert case_for(i2t).reference == "the largest digit is 7" and case_for(i2t).direction == "i2t"
     assert case_for(t2i).reference == "the largest digit is 7" and case_for(t2i).direction == "t2i"
     text = "digits 3 7 1 2 . largest 7 . The largest  digit is 7"
@@ -165,8 +261,24 @@ def test_generation_scoring_and_references():
 
 
 def test_lm_refuses_gradcache_chunking_with_a_clear_error(digits_dir, tmp_path, capsys):
-    code = train_main(["--data", str(digits_dir), "--out", str(tmp_path / "x"), "--preset",
-                       "tiny", "--method", "lm", "--max-steps", "2", "--batch-size", "8",
-                       "--chunk-size", "4", "--no-progress"])
+    code = train_main(
+        [
+            "--data",
+            str(digits_dir),
+            "--out",
+            str(tmp_path / "x"),
+            "--preset",
+            "tiny",
+            "--method",
+            "lm",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--chunk-size",
+            "4",
+            "--no-progress",
+        ]
+    )
     assert code != 0
     assert "does not cover method 'lm'" in capsys.readouterr().err

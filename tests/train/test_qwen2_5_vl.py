@@ -1,5 +1,6 @@
 """Qwen2.5-VL adapter: windowed vision equals HF's, hidden states equal HF's forward,
 both stages train and the export meets fp32 parity."""
+
 import numpy as np
 import pytest
 import torch
@@ -21,29 +22,32 @@ def test_window_mask_is_not_trivial(qwen25):
 
 
 def test_batched_windowed_vision_equals_hf(qwen25):
-    pixels = qwen25.feed_to_tensors(qwen25.preprocessor(
-        images=[IMAGE, IMAGE[::-1].copy(), IMAGE[:, ::-1].copy()]))["pixel_values"]
+    pixels = qwen25.feed_to_tensors(
+        qwen25.preprocessor(images=[IMAGE, IMAGE[::-1].copy(), IMAGE[:, ::-1].copy()])
+    )["pixel_values"]
     gh, gw = qwen25.config.image.grid
     with torch.no_grad():
         ours = qwen25.backbone.encode_images(pixels)
         reference = qwen25.backbone.model.visual(
-            pixels.flatten(0, 1), grid_thw=torch.tensor([[1, gh, gw]] * 3)).pooler_output
+            pixels.flatten(0, 1), grid_thw=torch.tensor([[1, gh, gw]] * 3)
+        ).pooler_output
     assert torch.allclose(ours.flatten(0, 1), reference, atol=1e-5)
 
 
 def test_hidden_states_equal_hf_forward(qwen25):
-    feed = qwen25.feed_to_tensors(qwen25.preprocessor(
-        ["the digits add up to 9", None, "find it"], [None, IMAGE, IMAGE]))
+    feed = qwen25.feed_to_tensors(
+        qwen25.preprocessor(["the digits add up to 9", None, "find it"], [None, IMAGE, IMAGE])
+    )
     rows = feed["image_mask"].bool()
     gh, gw = qwen25.config.image.grid
     with torch.no_grad():
         ours = qwen25.hidden_states(**feed)[:, : feed["input_ids"].shape[1]]
         reference = qwen25.backbone.model(
-            input_ids=feed["input_ids"], attention_mask=feed["attention_mask"],
+            input_ids=feed["input_ids"],
+            attention_mask=feed["attention_mask"],
             pixel_values=feed["pixel_values"][rows].flatten(0, 1),
             image_grid_thw=torch.tensor([[1, gh, gw]] * int(rows.sum())),
             mm_token_type_ids=(feed["input_ids"] == qwen25.image_token_id).int(),
         ).last_hidden_state
     valid = feed["attention_mask"].bool()
     assert torch.allclose(ours[valid], reference[valid], atol=1e-5)
-

@@ -1,6 +1,7 @@
 """Qwen3-VL adapter: vision tower (learned positions, DeepStack mergers) and hidden states
 equal Transformers' Qwen3VLModel; DeepStack really reaches the language layers; cached
 decoding equals one full pass."""
+
 import numpy as np
 import pytest
 import torch
@@ -39,7 +40,8 @@ def test_vision_tower_and_deepstack_levels_equal_hf(qwen3):
 def _hf_hidden(model, feed):
     rows = feed["image_mask"].bool()
     return model.backbone.model(
-        input_ids=feed["input_ids"], attention_mask=feed["attention_mask"],
+        input_ids=feed["input_ids"],
+        attention_mask=feed["attention_mask"],
         pixel_values=feed["pixel_values"][rows].flatten(0, 1),
         image_grid_thw=_grid(model, int(rows.sum())),
         mm_token_type_ids=(feed["input_ids"] == model.image_token_id).int(),
@@ -47,8 +49,9 @@ def _hf_hidden(model, feed):
 
 
 def test_hidden_states_equal_hf_forward(qwen3):
-    feed = qwen3.feed_to_tensors(qwen3.preprocessor(
-        ["the digits add up to 9", None, "find it"], [None, IMAGE, IMAGE]))
+    feed = qwen3.feed_to_tensors(
+        qwen3.preprocessor(["the digits add up to 9", None, "find it"], [None, IMAGE, IMAGE])
+    )
     length = feed["input_ids"].shape[1]
     with torch.no_grad():
         ours = qwen3.hidden_states(**feed)[:, :length]
@@ -81,8 +84,13 @@ def test_cached_decoding_equals_one_pass(qwen3):
         embeds, is_image, visual = qwen3.input_embeds(**feed)
         assert visual is not None and visual.abs().sum() > 0
         length = embeds.shape[1]
-        full = qwen3.run(torch.cat([embeds, step], 1), torch.cat([feed["attention_mask"], one], 1),
-                         torch.cat([is_image, one.bool() & False], 1), length, visual)[:, -1:]
+        full = qwen3.run(
+            torch.cat([embeds, step], 1),
+            torch.cat([feed["attention_mask"], one], 1),
+            torch.cat([is_image, one.bool() & False], 1),
+            length,
+            visual,
+        )[:, -1:]
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-4)
 
 
@@ -125,18 +133,42 @@ def test_bf16_lora_chunked_training_exports_with_parity(digits_dir, tmp_path):
     from lame_export.cli import main as export_main
 
     ckpt, art = tmp_path / "ckpt", tmp_path / "art"
-    assert train_main(["--data", str(digits_dir), "--out", str(ckpt), "--preset",
-                       "tiny-qwen3-vl", "--max-steps", "2", "--warmup-fraction", "0.5",
-                       "--batch-size", "6", "--precision", "bf16", "--grad-checkpointing",
-                       "--chunk-size", "3", "--lora-rank", "2", "--eval-every", "0",
-                       "--no-final-eval", "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(ckpt),
+                "--preset",
+                "tiny-qwen3-vl",
+                "--max-steps",
+                "2",
+                "--warmup-fraction",
+                "0.5",
+                "--batch-size",
+                "6",
+                "--precision",
+                "bf16",
+                "--grad-checkpointing",
+                "--chunk-size",
+                "3",
+                "--lora-rank",
+                "2",
+                "--eval-every",
+                "0",
+                "--no-final-eval",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert export_main(["--ckpt", str(ckpt), "--out", str(art)]) == 0
     import json
 
     report = json.loads((art / "parity.json").read_text())
     assert report["fp32"]["min_cosine"] >= 0.9999 and report["tensorrt_lint"]["ok"]
-    assert report["text_graph"]["fp32"]["min_cosine"] >= 0.9999 and report[
-        "tensorrt_lint_text"]["ok"]
+    assert report["text_graph"]["fp32"]["min_cosine"] >= 0.9999 and report["tensorrt_lint_text"]["ok"]
 
 
 def test_backbone_path_loads_a_local_qwen3_vl_directory(digits_dir, tmp_path):
@@ -148,10 +180,29 @@ def test_backbone_path_loads_a_local_qwen3_vl_directory(digits_dir, tmp_path):
 
     directory = build_qwen3_embedder_dir(tmp_path / "Qwen3-VL-tiny")
     ckpt = tmp_path / "ckpt"
-    assert train_main(["--data", str(digits_dir), "--out", str(ckpt), "--preset",
-                       "tiny-qwen3-vl", "--backbone-path", str(directory), "--image-size",
-                       "32x64", "--max-steps", "1", "--batch-size", "4", "--no-final-eval",
-                       "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(ckpt),
+                "--preset",
+                "tiny-qwen3-vl",
+                "--backbone-path",
+                str(directory),
+                "--image-size",
+                "32x64",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--no-final-eval",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     config = json.loads((ckpt / "config.json").read_text())
     assert config["backbone"]["hf_config"]["model_type"] == "qwen3_vl"
     assert config["image"]["mean"] == [0.5, 0.5, 0.5] and config["image"]["patch_size"] == 8

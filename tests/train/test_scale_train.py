@@ -1,6 +1,7 @@
 """Training at scale, checked on the CPU with tiny models: device selection, bf16 autocast,
 gradient checkpointing, GradCache chunking, LoRA (merged checkpoints that export), a real
 backbone directory with its own tokenizer, the image resolution, evaluation limits."""
+
 from __future__ import annotations
 
 import copy
@@ -54,20 +55,27 @@ def _full_backward(model, batch):
         losses = compute_losses(model, batch)
         losses["total"].backward()
         return losses
+
     return run
 
 
 # ----------------------------------------------------------------------------- precision --
 
-def test_bf16_autocast_trains_two_steps_with_float32_master_weights(digits_dir, tmp_path,
-                                                                    tiny_config):
-    cfg = TrainConfig(max_steps=2, batch_size=8, eval_every=0, save_every=0, precision="bf16",
-                      final_eval=False, stage="joint")
+
+def test_bf16_autocast_trains_two_steps_with_float32_master_weights(digits_dir, tmp_path, tiny_config):
+    cfg = TrainConfig(
+        max_steps=2,
+        batch_size=8,
+        eval_every=0,
+        save_every=0,
+        precision="bf16",
+        final_eval=False,
+        stage="joint",
+    )
     train(digits_dir, tmp_path / "bf16", tiny_config, cfg, show_progress=False, device="cpu")
     weights = _weights(tmp_path / "bf16")
     assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
-    logged = [m for m in map(json.loads, (tmp_path / "bf16" / "metrics.jsonl").open())
-              if "total" in m]
+    logged = [m for m in map(json.loads, (tmp_path / "bf16" / "metrics.jsonl").open()) if "total" in m]
     assert logged and all(np.isfinite(m["total"]) for m in logged)
 
 
@@ -78,27 +86,40 @@ def test_bf16_autocast_really_computes_in_bfloat16(make_model, digits_dir):
     batch = _batch(model, digits_dir)
     seen = []
     hook = model.backbone.text_model.layers[0].mlp.down_proj.register_forward_hook(
-        lambda module, args, out: seen.append(out.dtype))
+        lambda module, args, out: seen.append(out.dtype)
+    )
     with autocast(torch.device("cpu"), "bf16"):
         compute_losses(model, batch)
     hook.remove()
     assert seen and all(dtype == torch.bfloat16 for dtype in seen)
 
 
-def test_resumed_bf16_run_equals_uninterrupted_run(digits_dir, tmp_path, tiny_config,
-                                                   monkeypatch):
-    cfg = TrainConfig(max_steps=6, batch_size=8, save_every=2, eval_every=0, seed=3,
-                      precision="bf16", final_eval=False)
+def test_resumed_bf16_run_equals_uninterrupted_run(digits_dir, tmp_path, tiny_config, monkeypatch):
+    cfg = TrainConfig(
+        max_steps=6, batch_size=8, save_every=2, eval_every=0, seed=3, precision="bf16", final_eval=False
+    )
     _assert_kill_and_resume_is_exact(digits_dir, tmp_path, tiny_config, cfg, monkeypatch)
 
 
 # ------------------------------------------------------------------------------ devices --
 
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
 @pytest.mark.parametrize("spec", ["cuda", "cuda:0"])
 def test_cuda_without_cuda_is_one_line_error(digits_dir, tmp_path, capsys, spec):
-    code = train_main(["--data", str(digits_dir), "--out", str(tmp_path / "x"), "--preset",
-                       "tiny", "--device", spec, "--no-progress"])
+    code = train_main(
+        [
+            "--data",
+            str(digits_dir),
+            "--out",
+            str(tmp_path / "x"),
+            "--preset",
+            "tiny",
+            "--device",
+            spec,
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code != 0
     assert len(err.splitlines()) == 1 and err.startswith("lame-train: error:"), err
@@ -130,6 +151,7 @@ def test_device_resolution():
 
 # ------------------------------------------------------------------ gradient checkpointing --
 
+
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(make_model, digits_dir):
     plain = make_model().train()
     checkpointed = copy.deepcopy(plain)
@@ -140,11 +162,15 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(make_model, di
     # Recomputation really happens: the first LM layer and the vision block run again in backward.
     # (Counted by wrapping ``forward``: forward hooks do not fire on recomputation.)
     calls = {"lm": 0, "vision": 0}
-    for key, module in (("lm", checkpointed.backbone.text_model.layers[0].mlp),
-                        ("vision", checkpointed.backbone.model.visual.blocks[0].mlp)):
+    for key, module in (
+        ("lm", checkpointed.backbone.text_model.layers[0].mlp),
+        ("vision", checkpointed.backbone.model.visual.blocks[0].mlp),
+    ):
+
         def counted(*args, _forward=module.forward, _key=key, **kwargs):
             calls[_key] += 1
             return _forward(*args, **kwargs)
+
         module.forward = counted
     losses = compute_losses(checkpointed, batch)
     forward_calls = dict(calls)
@@ -156,18 +182,22 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(make_model, di
 
 # -------------------------------------------------------------------------- GradCache --
 
+
 @pytest.mark.parametrize("method", ["lame", "discriminative"])
 def test_chunked_contrastive_batch_equals_the_full_batch(make_model, digits_dir, method):
     from lame.training.gradcache import chunked_backward
 
-    overrides = {} if method == "lame" else dict(method="discriminative", num_reason_tokens=0,
-                                                 bottleneck_mask=False)
+    overrides = (
+        {} if method == "lame" else dict(method="discriminative", num_reason_tokens=0, bottleneck_mask=False)
+    )
     model = make_model(**overrides).train()
     batch = _batch(model, digits_dir, rows=8, hard_negatives=1)
     assert "negatives" in batch
     reference = _losses_and_grads(model, _full_backward(model, batch))
-    expected_terms = {"lame": {"contrastive", "reconstruction", "diversity", "total"},
-                      "discriminative": {"contrastive", "total"}}[method]
+    expected_terms = {
+        "lame": {"contrastive", "reconstruction", "diversity", "total"},
+        "discriminative": {"contrastive", "total"},
+    }[method]
     assert set(reference[0]) == expected_terms
     for chunk in (3, 1):  # uneven chunks (3+3+2), and one row at a time
         chunked = _losses_and_grads(model, lambda: chunked_backward(model, batch, chunk))
@@ -175,11 +205,13 @@ def test_chunked_contrastive_batch_equals_the_full_batch(make_model, digits_dir,
 
 
 def test_chunked_training_run_matches_unchunked_run(digits_dir, tmp_path, tiny_config):
-    base = dict(max_steps=2, batch_size=8, eval_every=0, save_every=0, final_eval=False,
-                stage="joint", seed=4)
+    base = dict(
+        max_steps=2, batch_size=8, eval_every=0, save_every=0, final_eval=False, stage="joint", seed=4
+    )
     train(digits_dir, tmp_path / "full", tiny_config, TrainConfig(**base), show_progress=False)
-    train(digits_dir, tmp_path / "chunked", tiny_config, TrainConfig(**base, chunk_size=3),
-          show_progress=False)
+    train(
+        digits_dir, tmp_path / "chunked", tiny_config, TrainConfig(**base, chunk_size=3), show_progress=False
+    )
     full, chunked = _weights(tmp_path / "full"), _weights(tmp_path / "chunked")
     worst = max(float((full[k] - chunked[k]).abs().max()) for k in full)
     assert worst < 1e-4, worst  # Adam: float noise of ~0 gradients moves by far less than lr
@@ -187,19 +219,42 @@ def test_chunked_training_run_matches_unchunked_run(digits_dir, tmp_path, tiny_c
 
 # -------------------------------------------------------------------------------- LoRA --
 
-def test_lora_trains_only_adapters_latents_and_heads_and_exports(trained_ckpt, digits_dir,
-                                                                 tmp_path):
+
+def test_lora_trains_only_adapters_latents_and_heads_and_exports(trained_ckpt, digits_dir, tmp_path):
     from lame_export.pipeline import ExportOptions, export_checkpoint
 
     out = tmp_path / "lora"
-    assert train_main(["--data", str(digits_dir), "--out", str(out), "--init-from",
-                       str(trained_ckpt), "--stage", "joint", "--max-steps", "2",
-                       "--batch-size", "8", "--lora-rank", "4", "--precision", "bf16",
-                       "--grad-checkpointing", "--no-final-eval", "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(out),
+                "--init-from",
+                str(trained_ckpt),
+                "--stage",
+                "joint",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--lora-rank",
+                "4",
+                "--precision",
+                "bf16",
+                "--grad-checkpointing",
+                "--no-final-eval",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     before, after = _weights(trained_ckpt), _weights(out)
     assert before.keys() == after.keys()  # merged: plain names, no adapter tensors
-    adapted = [k for k in before if k.endswith(("q_proj.weight", "v_proj.weight"))
-               and ".language_model." in k]
+    adapted = [
+        k for k in before if k.endswith(("q_proj.weight", "v_proj.weight")) and ".language_model." in k
+    ]
     assert adapted
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert set(adapted) <= changed  # W + B A: the merged adapters moved the weights
@@ -216,22 +271,42 @@ def test_lora_trains_only_adapters_latents_and_heads_and_exports(trained_ckpt, d
     assert report["fp32"]["min_cosine"] >= 0.9999
 
 
-def test_resumed_lora_run_equals_uninterrupted_run(digits_dir, tmp_path, tiny_config,
-                                                   monkeypatch):
-    cfg = TrainConfig(max_steps=6, batch_size=8, save_every=2, eval_every=0, seed=2,
-                      lora_rank=2, lora_targets=["q_proj", "k_proj", "v_proj"],
-                      final_eval=False)
+def test_resumed_lora_run_equals_uninterrupted_run(digits_dir, tmp_path, tiny_config, monkeypatch):
+    cfg = TrainConfig(
+        max_steps=6,
+        batch_size=8,
+        save_every=2,
+        eval_every=0,
+        seed=2,
+        lora_rank=2,
+        lora_targets=["q_proj", "k_proj", "v_proj"],
+        final_eval=False,
+    )
     _assert_kill_and_resume_is_exact(digits_dir, tmp_path, tiny_config, cfg, monkeypatch)
 
 
 def test_lora_rejects_unknown_targets(digits_dir, tmp_path, capsys):
-    code = train_main(["--data", str(digits_dir), "--out", str(tmp_path / "x"), "--preset",
-                       "tiny", "--lora-rank", "2", "--lora-targets", "query_key", "--no-progress"])
+    code = train_main(
+        [
+            "--data",
+            str(digits_dir),
+            "--out",
+            str(tmp_path / "x"),
+            "--preset",
+            "tiny",
+            "--lora-rank",
+            "2",
+            "--lora-targets",
+            "query_key",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "query_key" in err and "q_proj" in err
 
 
 # ------------------------------------------------------------- backbone directory, size --
+
 
 def _word_tokenizer(digits_dir):
     """A real WordLevel tokenizer over the dataset's words, without LaME's special tokens."""
@@ -259,14 +334,24 @@ def backbone_dir(digits_dir, tmp_path_factory, tiny_config):
     model = Qwen2VLModel(tiny_qwen2_vl_config(tiny_config, tokenizer.get_vocab_size(), 0))
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save(str(directory / "tokenizer.json"))
-    (directory / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "Qwen2VLImageProcessor", "patch_size": 8, "merge_size": 2,
-        "temporal_patch_size": 2, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25]}))
+    (directory / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "image_processor_type": "Qwen2VLImageProcessor",
+                "patch_size": 8,
+                "merge_size": 2,
+                "temporal_patch_size": 2,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.25, 0.25, 0.25],
+            }
+        )
+    )
     return directory
 
 
-def test_backbone_path_uses_its_tokenizer_and_image_size_end_to_end(backbone_dir, digits_dir,
-                                                                   tmp_path, tiny_config):
+def test_backbone_path_uses_its_tokenizer_and_image_size_end_to_end(
+    backbone_dir, digits_dir, tmp_path, tiny_config
+):
     from tokenizers import Tokenizer
 
     from lame_export.pipeline import ExportOptions, export_checkpoint
@@ -274,10 +359,29 @@ def test_backbone_path_uses_its_tokenizer_and_image_size_end_to_end(backbone_dir
     from lame_runtime.inputs.text import SPECIAL_TOKENS
 
     ckpt = tmp_path / "ckpt"
-    assert train_main(["--data", str(digits_dir), "--out", str(ckpt), "--preset", "tiny",
-                       "--backbone-path", str(backbone_dir), "--image-size", "32x64",
-                       "--max-steps", "2", "--batch-size", "8", "--no-final-eval",
-                       "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(ckpt),
+                "--preset",
+                "tiny",
+                "--backbone-path",
+                str(backbone_dir),
+                "--image-size",
+                "32x64",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--no-final-eval",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     own = Tokenizer.from_file(str(backbone_dir / "tokenizer.json"))
     saved = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
     base_vocab = own.get_vocab(with_added_tokens=True)
@@ -309,22 +413,47 @@ def test_backbone_path_uses_its_tokenizer_and_image_size_end_to_end(backbone_dir
 
 
 def test_image_sizes_the_family_cannot_take_are_refused(digits_dir, tmp_path, capsys):
-    for preset, size, message in (("tiny-idefics3", "32x64", "square"),
-                                  ("tiny", "30x64", "not divisible by patch_size x merge_size")):
-        code = train_main(["--data", str(digits_dir), "--out", str(tmp_path / "x"), "--preset",
-                           preset, "--image-size", size, "--no-progress"])
+    for preset, size, message in (
+        ("tiny-idefics3", "32x64", "square"),
+        ("tiny", "30x64", "not divisible by patch_size x merge_size"),
+    ):
+        code = train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(tmp_path / "x"),
+                "--preset",
+                preset,
+                "--image-size",
+                size,
+                "--no-progress",
+            ]
+        )
         err = capsys.readouterr().err.strip()
         assert code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
 def test_backbone_path_of_another_family_is_refused(backbone_dir, digits_dir, tmp_path, capsys):
-    code = train_main(["--data", str(digits_dir), "--out", str(tmp_path / "x"), "--preset",
-                       "tiny-idefics3", "--backbone-path", str(backbone_dir), "--no-progress"])
+    code = train_main(
+        [
+            "--data",
+            str(digits_dir),
+            "--out",
+            str(tmp_path / "x"),
+            "--preset",
+            "tiny-idefics3",
+            "--backbone-path",
+            str(backbone_dir),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "qwen2_vl" in err and "idefics3" in err
 
 
 # -------------------------------------------------------------------------- evaluation --
+
 
 def test_eval_limit_spreads_rows_over_tasks(digits_dir):
     from lame.evaluation.evaluate import limit_rows
@@ -337,13 +466,43 @@ def test_eval_limit_spreads_rows_over_tasks(digits_dir):
 
 
 def test_lame_eval_limit_and_no_final_eval(trained_ckpt, digits_dir, tmp_path, capsys):
-    assert eval_main(["--ckpt", str(trained_ckpt), "--data", str(digits_dir), "--limit", "5",
-                      "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        eval_main(
+            [
+                "--ckpt",
+                str(trained_ckpt),
+                "--data",
+                str(digits_dir),
+                "--limit",
+                "5",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["n"] == 5
     out = tmp_path / "nofinal"
-    assert train_main(["--data", str(digits_dir), "--out", str(out), "--preset", "tiny",
-                       "--max-steps", "1", "--batch-size", "8", "--no-final-eval",
-                       "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "8",
+                "--no-final-eval",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "hit@1" not in printed
     meta = json.loads((out / "meta.json").read_text())

@@ -1,4 +1,5 @@
 """Both stages in-process through lame-train's main(argv); freezing, checkpoints, resume."""
+
 import json
 
 import numpy as np
@@ -17,9 +18,18 @@ from lame.data.dataset import load_train
 from lame.training.objective import compute_losses
 from lame.training.train import TrainConfig, set_trainable, train
 
-CONTRACT = ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
-            "trainer_state.json", "trainer_state.safetensors", "meta.json", "metrics.jsonl",
-            "train_config.json", "training_curves.png")
+CONTRACT = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "preprocessor_config.json",
+    "trainer_state.json",
+    "trainer_state.safetensors",
+    "meta.json",
+    "metrics.jsonl",
+    "train_config.json",
+    "training_curves.png",
+)
 
 
 def test_checkpoint_contract(trained_ckpt):
@@ -34,14 +44,18 @@ def test_checkpoint_contract(trained_ckpt):
     stages = {json.loads(line)["stage"] for line in (trained_ckpt / "metrics.jsonl").open()}
     assert {"warmup", "joint", "final"} <= stages
     from tokenizers import Tokenizer
+
     assert Tokenizer.from_file(str(trained_ckpt / "tokenizer.json")).token_to_id("[EMBED]") is not None
 
 
 def test_load_and_encode(trained_ckpt, digits_dir):
     model = lame.load(trained_ckpt)
     image = str(next((digits_dir / "images").glob("*.png")))
-    for kwargs in ({"texts": ["the digits add up to 9"]}, {"images": [image]},
-                   {"texts": ["find it"], "images": [image]}):
+    for kwargs in (
+        {"texts": ["the digits add up to 9"]},
+        {"images": [image]},
+        {"texts": ["find it"], "images": [image]},
+    ):
         vectors = model.encode(**kwargs)
         assert vectors.dtype == np.float32 and vectors.shape == (1, model.config.embed_dim)
         assert abs(np.linalg.norm(vectors[0]) - 1) < 1e-5
@@ -68,8 +82,7 @@ def test_warmup_freezes_backbone_and_trains_latents(make_model, digits_dir):
 
 def test_losses_are_all_present_and_finite(make_model, digits_dir):
     model = make_model().train()
-    batch = Collator(model.preprocessor, model.config.max_answer_tokens, 1)(
-        load_train(digits_dir)[:8])
+    batch = Collator(model.preprocessor, model.config.max_answer_tokens, 1)(load_train(digits_dir)[:8])
     losses = compute_losses(model, batch)
     assert set(losses) == {"contrastive", "reconstruction", "diversity", "total"}
     assert all(torch.isfinite(v) for v in losses.values())
@@ -83,8 +96,7 @@ def test_batches_depend_only_on_seed_and_step():
     assert sorted(epoch.tolist()) == list(range(100))
 
 
-def test_resume_after_kill_matches_uninterrupted_run(digits_dir, tmp_path, tiny_config,
-                                                     monkeypatch):
+def test_resume_after_kill_matches_uninterrupted_run(digits_dir, tmp_path, tiny_config, monkeypatch):
     cfg = TrainConfig(max_steps=10, batch_size=8, save_every=3, eval_every=0, seed=1)
     train(digits_dir, tmp_path / "straight", tiny_config, cfg, show_progress=False)
     train_killed_at(7, digits_dir, tmp_path / "killed", tiny_config, cfg, monkeypatch)
@@ -98,13 +110,49 @@ def test_resume_after_kill_matches_uninterrupted_run(digits_dir, tmp_path, tiny_
 
 def test_joint_stage_from_warmup_checkpoint(digits_dir, tmp_path):
     warm = tmp_path / "warm"
-    assert train_main(["--data", str(digits_dir), "--out", str(warm), "--preset", "tiny",
-                       "--stage", "warmup", "--max-steps", "3", "--batch-size", "8",
-                       "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(warm),
+                "--preset",
+                "tiny",
+                "--stage",
+                "warmup",
+                "--max-steps",
+                "3",
+                "--batch-size",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     joint = tmp_path / "joint"
-    assert train_main(["--data", str(digits_dir), "--out", str(joint), "--preset", "tiny",
-                       "--stage", "joint", "--init-from", str(warm), "--max-steps", "3",
-                       "--batch-size", "8", "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(joint),
+                "--preset",
+                "tiny",
+                "--stage",
+                "joint",
+                "--init-from",
+                str(warm),
+                "--max-steps",
+                "3",
+                "--batch-size",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     w, j = _weights(warm), _weights(joint)
     backbone = [n for n in w if n.startswith("backbone.")]
     assert all(not torch.equal(w[n], j[n]) for n in ("reason_tokens", backbone[0]))
@@ -112,17 +160,45 @@ def test_joint_stage_from_warmup_checkpoint(digits_dir, tmp_path):
 
 def test_discriminative_run_via_cli(digits_dir, tmp_path, capsys):
     out = tmp_path / "k0"
-    assert train_main(["--data", str(digits_dir), "--out", str(out), "--preset", "tiny",
-                       "--reason-tokens", "0", "--max-steps", "3", "--batch-size", "8",
-                       "--no-progress"]) == 0
+    assert (
+        train_main(
+            [
+                "--data",
+                str(digits_dir),
+                "--out",
+                str(out),
+                "--preset",
+                "tiny",
+                "--reason-tokens",
+                "0",
+                "--max-steps",
+                "3",
+                "--batch-size",
+                "8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 <= printed["hit@1"] <= 100
     assert _weights(out)["reason_tokens"].shape[0] == 0
 
 
 def test_existing_checkpoint_is_not_overwritten(trained_ckpt, digits_dir, capsys):
-    code = train_main(["--data", str(digits_dir), "--out", str(trained_ckpt), "--preset",
-                       "tiny", "--max-steps", "2", "--no-progress"])
+    code = train_main(
+        [
+            "--data",
+            str(digits_dir),
+            "--out",
+            str(trained_ckpt),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 2
     assert "--resume" in capsys.readouterr().err
 
@@ -151,11 +227,19 @@ def test_corrupt_and_incomplete_checkpoints(trained_ckpt, tmp_path, capsys):
 
 
 def test_bad_options_give_one_line_errors(digits_dir, tmp_path, capsys):
-    code = train_main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
-                       "--preset", "tiny", "--no-progress"])
+    code = train_main(
+        [
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "o"),
+            "--preset",
+            "tiny",
+            "--no-progress",
+        ]
+    )
     assert code == 2 and "missing" in capsys.readouterr().err
-    code = train_main(["--data", str(digits_dir), "--out", str(tmp_path / "o"),
-                       "--preset", "nonexistent"])
+    code = train_main(["--data", str(digits_dir), "--out", str(tmp_path / "o"), "--preset", "nonexistent"])
     assert code == 2 and "unknown preset" in capsys.readouterr().err
 
 
@@ -163,8 +247,21 @@ def test_out_dir_with_foreign_files_is_never_replaced(digits_dir, tmp_path, caps
     precious = tmp_path / "mine"
     precious.mkdir()
     (precious / "notes.txt").write_text("do not delete")
-    code = train_main(["--data", str(digits_dir), "--out", str(precious), "--preset", "tiny",
-                       "--max-steps", "2", "--batch-size", "8", "--no-progress"])
+    code = train_main(
+        [
+            "--data",
+            str(digits_dir),
+            "--out",
+            str(precious),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--no-progress",
+        ]
+    )
     assert code == 2 and "not a LaME output" in capsys.readouterr().err
     assert (precious / "notes.txt").read_text() == "do not delete"
 
@@ -178,8 +275,7 @@ def test_new_parameters_can_learn_faster_than_the_pretrained_backbone(make_model
     scale_of = {id(p): g["lr_scale"] for g in optimizer.param_groups for p in g["params"]}
     assert len(scale_of) == len(params)  # every trainable parameter in exactly one group
     assert all(scale_of[id(p)] == 1.0 for p in model.backbone.parameters())
-    for new in (model.reason_tokens, model.embed_head.proj.weight,
-                next(model.decoder_head.parameters())):
+    for new in (model.reason_tokens, model.embed_head.proj.weight, next(model.decoder_head.parameters())):
         assert scale_of[id(new)] == 10.0
     decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert id(model.reason_tokens) not in decay and id(model.embed_head.proj.weight) in decay

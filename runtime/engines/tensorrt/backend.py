@@ -11,6 +11,7 @@ v10.0.0, v10.3.0, v10.16, v11.0, v11.1; present in all): ``trt.__version__``, ``
 ``.create_execution_context()``, ``IExecutionContext.set_input_shape``, ``.get_tensor_shape``,
 ``.set_tensor_address(name, int)``, ``.execute_async_v3(stream_handle=int)``.
 """
+
 from __future__ import annotations
 
 import threading
@@ -19,8 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lame_runtime.errors import BackendError
 from lame_runtime.engines.tensorrt.meta import INSTALL_HINT, DeviceInfo
+from lame_runtime.errors import BackendError
 
 
 def import_tensorrt():
@@ -28,8 +29,9 @@ def import_tensorrt():
     try:
         import tensorrt
     except ImportError as err:
-        raise BackendError(f"TensorRT is not installed (the Python package 'tensorrt'): "
-                           f"{INSTALL_HINT}") from err
+        raise BackendError(
+            f"TensorRT is not installed (the Python package 'tensorrt'): {INSTALL_HINT}"
+        ) from err
     return tensorrt
 
 
@@ -37,8 +39,9 @@ def import_cudart():
     try:
         from cuda.bindings import runtime as cudart
     except ImportError as err:
-        raise BackendError("the TensorRT backend needs cuda-python for device memory: "
-                           "pip install 'cuda-python>=12.6'") from err
+        raise BackendError(
+            "the TensorRT backend needs cuda-python for device memory: pip install 'cuda-python>=12.6'"
+        ) from err
     return cudart
 
 
@@ -58,14 +61,13 @@ def gpu_info(device_id: int = 0) -> tuple[str, str]:
     cudart = import_cudart()
     err, count = cudart.cudaGetDeviceCount()
     if err != cudart.cudaError_t.cudaSuccess or not count:
-        reason = cudart.cudaGetErrorString(err)[1] if err != cudart.cudaError_t.cudaSuccess \
-            else b"no CUDA device"
+        reason = (
+            cudart.cudaGetErrorString(err)[1] if err != cudart.cudaError_t.cudaSuccess else b"no CUDA device"
+        )
         reason = reason.decode() if isinstance(reason, bytes) else reason
-        raise BackendError(f"TensorRT needs an NVIDIA GPU and its driver; none is usable here "
-                           f"({reason})")
+        raise BackendError(f"TensorRT needs an NVIDIA GPU and its driver; none is usable here ({reason})")
     if not 0 <= device_id < count:
-        raise BackendError(f"device_id {device_id} does not exist: this machine has {count} "
-                           "CUDA device(s)")
+        raise BackendError(f"device_id {device_id} does not exist: this machine has {count} CUDA device(s)")
     prop = cuda_call(cudart.cudaGetDeviceProperties(device_id), "cudaGetDeviceProperties")
     name = prop.name.split(b"\0", 1)[0].decode() if isinstance(prop.name, bytes) else str(prop.name)
     return name, f"{prop.major}.{prop.minor}"
@@ -123,29 +125,34 @@ class TensorRTBackend:
         self._runtime = trt.Runtime(self._logger)
         engine = self._runtime.deserialize_cuda_engine(Path(plan_path).read_bytes())
         if engine is None:
-            raise BackendError(f"TensorRT could not deserialise {plan_path} (see the TensorRT "
-                               "log above); rebuild it with lame-search build-engine")
+            raise BackendError(
+                f"TensorRT could not deserialise {plan_path} (see the TensorRT "
+                "log above); rebuild it with lame-search build-engine"
+            )
         self.engine = engine
         self.context = engine.create_execution_context()
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
         if output_name not in self.outputs:
-            raise BackendError(f"the engine {plan_path} has outputs {self.outputs}, not "
-                               f"{output_name!r}: it was built from another model")
+            raise BackendError(
+                f"the engine {plan_path} has outputs {self.outputs}, not "
+                f"{output_name!r}: it was built from another model"
+            )
         self.output_name = output_name
         self.dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         # get_tensor_profile_shape(name, profile) -> [min, opt, max]; dim 0 is the batch.
-        self.max_batch = min(int(engine.get_tensor_profile_shape(n, 0)[2][0])
-                             for n in self.inputs)
+        self.max_batch = min(int(engine.get_tensor_profile_shape(n, 0)[2][0]) for n in self.inputs)
         self.stream = cuda_call(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self.buffers = {n: _DeviceBuffer() for n in names}
         self._lock = threading.Lock()
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = len(next(iter(feed.values())))
-        chunks = [self._run({k: v[i:i + self.max_batch] for k, v in feed.items()})
-                  for i in range(0, batch, self.max_batch)]
+        chunks = [
+            self._run({k: v[i : i + self.max_batch] for k, v in feed.items()})
+            for i in range(0, batch, self.max_batch)
+        ]
         return {self.output_name: np.concatenate(chunks) if len(chunks) > 1 else chunks[0]}
 
     def _run(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -158,23 +165,30 @@ class TensorRTBackend:
                 host = np.ascontiguousarray(feed[name], dtype=self.dtypes[name])
                 hosts.append(host)
                 if not self.context.set_input_shape(name, host.shape):
-                    raise BackendError(f"TensorRT rejected shape {host.shape} for {name!r}: "
-                                       "outside the engine's optimisation profile")
+                    raise BackendError(
+                        f"TensorRT rejected shape {host.shape} for {name!r}: "
+                        "outside the engine's optimisation profile"
+                    )
                 ptr = self.buffers[name].ensure(host.nbytes)
-                cuda_call(cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, to_device,
-                                                 self.stream), "copy to device")
+                cuda_call(
+                    cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes, to_device, self.stream),
+                    "copy to device",
+                )
                 self.context.set_tensor_address(name, ptr)
             results = {}
             for name in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(name))
                 results[name] = np.empty(shape, dtype=self.dtypes[name])
-                self.context.set_tensor_address(
-                    name, self.buffers[name].ensure(results[name].nbytes))
+                self.context.set_tensor_address(name, self.buffers[name].ensure(results[name].nbytes))
             if not self.context.execute_async_v3(stream_handle=int(self.stream)):
                 raise BackendError("TensorRT execute_async_v3 failed (see the TensorRT log)")
             out = results[self.output_name]
-            cuda_call(cudart.cudaMemcpyAsync(out.ctypes.data, self.buffers[self.output_name].ptr,
-                                             out.nbytes, to_host, self.stream), "copy to host")
+            cuda_call(
+                cudart.cudaMemcpyAsync(
+                    out.ctypes.data, self.buffers[self.output_name].ptr, out.nbytes, to_host, self.stream
+                ),
+                "copy to host",
+            )
             cuda_call(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
         return out.astype(np.float32, copy=False)
 

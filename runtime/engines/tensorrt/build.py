@@ -23,6 +23,7 @@ trt.MemoryPoolType.WORKSPACE, bytes)``, ``Builder.create_optimization_profile()`
 ``.get_timing_cache()`` + ``ITimingCache.serialize()``, ``Builder.build_serialized_network(
 network, config)`` (-> IHostMemory or None).
 """
+
 from __future__ import annotations
 
 import time
@@ -31,13 +32,24 @@ from pathlib import Path
 from typing import Callable
 
 from lame_runtime.artifact.contract import MANIFEST, Artifact
-from lame_runtime.errors import ArtifactError, BackendError, InputError
-from lame_runtime.artifact.persist import (atomic_write_bytes, atomic_write_json, atomic_write_text,
-                                           read_json, sha256)
+from lame_runtime.artifact.persist import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    sha256,
+)
 from lame_runtime.engines.tensorrt.backend import import_tensorrt, running_device
-from lame_runtime.engines.tensorrt.meta import (ENGINE_PRECISIONS, PLAN_FILES, EngineProfile,
-                                        engine_profiles, profile_shapes, trtexec_command,
-                                        validate_engines_section)
+from lame_runtime.engines.tensorrt.meta import (
+    ENGINE_PRECISIONS,
+    PLAN_FILES,
+    EngineProfile,
+    engine_profiles,
+    profile_shapes,
+    trtexec_command,
+    validate_engines_section,
+)
+from lame_runtime.errors import ArtifactError, BackendError, InputError
 
 README_FILE = "README_TENSORRT.txt"
 TIMING_CACHE = "trt_cache/timing.cache"
@@ -47,8 +59,8 @@ TIMING_CACHE = "trt_cache/timing.cache"
 class EngineBuildOptions:
     precision: str = "fp16"
     profile: dict[str, int | None] = field(default_factory=dict)  # engine_profiles overrides
-    workspace_mb: int | None = None     # TensorRT's workspace pool limit; None: its default
-    timing_cache: str | None = None     # default: <artifact>/trt_cache/timing.cache
+    workspace_mb: int | None = None  # TensorRT's workspace pool limit; None: its default
+    timing_cache: str | None = None  # default: <artifact>/trt_cache/timing.cache
     device_id: int = 0
 
 
@@ -57,16 +69,18 @@ def check_build_environment(device_id: int = 0):
     return running_device(device_id)
 
 
-def build_engine(artifact_dir: str | Path, options: EngineBuildOptions,
-                 progress: Callable[[str], None] = lambda message: None) -> dict:
+def build_engine(
+    artifact_dir: str | Path,
+    options: EngineBuildOptions,
+    progress: Callable[[str], None] = lambda message: None,
+) -> dict:
     """Build ``model_<precision>.plan`` and record it in the manifest; -> the engine record.
 
     Everything that can fail (TensorRT missing, no GPU, parse or build errors) happens before
     the first write; the plan and the manifest are then each replaced atomically.
     """
     if options.precision not in ENGINE_PRECISIONS:
-        raise InputError(f"engine precision must be one of {ENGINE_PRECISIONS}, "
-                         f"got {options.precision!r}")
+        raise InputError(f"engine precision must be one of {ENGINE_PRECISIONS}, got {options.precision!r}")
     if options.workspace_mb is not None and options.workspace_mb < 1:
         raise InputError(f"workspace_mb must be a positive number of MiB, got {options.workspace_mb}")
     # First, before opening (and hash-checking) anything: TensorRT and a GPU are here.
@@ -77,11 +91,12 @@ def build_engine(artifact_dir: str | Path, options: EngineBuildOptions,
     model = artifact.models[options.precision]
     profile = engine_profiles(artifact.manifest, options.profile)
     shapes = profile_shapes(artifact.manifest["inputs"], profile)
-    cache_path = Path(options.timing_cache) if options.timing_cache \
-        else artifact.path / TIMING_CACHE
+    cache_path = Path(options.timing_cache) if options.timing_cache else artifact.path / TIMING_CACHE
 
-    progress(f"building the {options.precision} TensorRT engine for {device.gpu_name} "
-             f"(TensorRT {device.tensorrt_version}); this takes minutes")
+    progress(
+        f"building the {options.precision} TensorRT engine for {device.gpu_name} "
+        f"(TensorRT {device.tensorrt_version}); this takes minutes"
+    )
     started = time.perf_counter()
     plan, timing_cache = _build(onnx_path, shapes, options, cache_path)
     progress(f"built in {time.perf_counter() - started:.0f} s")
@@ -91,15 +106,19 @@ def build_engine(artifact_dir: str | Path, options: EngineBuildOptions,
         "path": plan_path.name,
         "precision": options.precision,
         "bytes": len(plan),
-        "source_onnx": {"path": model["path"], "external_data": model["external_data"],
-                        "sha256": artifact.manifest["files"][model["path"]]["sha256"]},
+        "source_onnx": {
+            "path": model["path"],
+            "external_data": model["external_data"],
+            "sha256": artifact.manifest["files"][model["path"]]["sha256"],
+        },
         "tensorrt_version": device.tensorrt_version,
         "gpu": {"name": device.gpu_name, "compute_capability": device.compute_capability},
         "profile": profile.to_dict(),
         "shapes": shapes,
         "workspace_mb": options.workspace_mb,
-        "trtexec": trtexec_command(onnx_path.name, plan_path.name, shapes,
-                                   options.workspace_mb, _relative(cache_path, artifact.path)),
+        "trtexec": trtexec_command(
+            onnx_path.name, plan_path.name, shapes, options.workspace_mb, _relative(cache_path, artifact.path)
+        ),
     }
     existed = plan_path.exists()
     atomic_write_bytes(plan_path, plan)
@@ -126,8 +145,9 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _build(onnx_path: Path, shapes: dict[str, list[list[int]]], options: EngineBuildOptions,
-           cache_path: Path) -> tuple[bytes, bytes]:
+def _build(
+    onnx_path: Path, shapes: dict[str, list[list[int]]], options: EngineBuildOptions, cache_path: Path
+) -> tuple[bytes, bytes]:
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -135,8 +155,11 @@ def _build(onnx_path: Path, shapes: dict[str, list[list[int]]], options: EngineB
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(parser.get_error(i).desc() for i in range(parser.num_errors))
-        hint = (" (an int8 graph must have zero points of 0: re-export with --int8 "
-                "--int8-for-tensorrt)" if options.precision == "int8" else "")
+        hint = (
+            " (an int8 graph must have zero points of 0: re-export with --int8 --int8-for-tensorrt)"
+            if options.precision == "int8"
+            else ""
+        )
         raise BackendError(f"TensorRT could not parse {onnx_path.name}: {errors}{hint}")
     config = builder.create_builder_config()
     if options.workspace_mb:
@@ -145,8 +168,10 @@ def _build(onnx_path: Path, shapes: dict[str, list[list[int]]], options: EngineB
     for i in range(network.num_inputs):
         name = network.get_input(i).name
         if name not in shapes:
-            raise BackendError(f"{onnx_path.name} has an input {name!r} the artifact manifest "
-                               "does not describe; re-export the artifact")
+            raise BackendError(
+                f"{onnx_path.name} has an input {name!r} the artifact manifest "
+                "does not describe; re-export the artifact"
+            )
         low, opt, high = shapes[name]
         profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
@@ -155,24 +180,32 @@ def _build(onnx_path: Path, shapes: dict[str, list[list[int]]], options: EngineB
     config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise BackendError(f"TensorRT failed to build an engine from {onnx_path.name} (see "
-                           "the TensorRT log above); try a larger --workspace-mb")
+        raise BackendError(
+            f"TensorRT failed to build an engine from {onnx_path.name} (see "
+            "the TensorRT log above); try a larger --workspace-mb"
+        )
     return bytes(serialized), bytes(config.get_timing_cache().serialize())
 
 
 def engines_readme(engines: dict[str, dict]) -> str:
     """The artifact's README_TENSORRT.txt: what was built, for what, and how to rebuild."""
-    lines = ["TensorRT engines of this LaME artifact", "",
-             "Engines only run on the TensorRT release and GPU architecture they were built for.",
-             "Rebuild on the target device with:  lame-search build-engine <artifact> "
-             "--precision fp16|int8", "or by hand with trtexec (run inside the artifact folder):",
-             ""]
+    lines = [
+        "TensorRT engines of this LaME artifact",
+        "",
+        "Engines only run on the TensorRT release and GPU architecture they were built for.",
+        "Rebuild on the target device with:  lame-search build-engine <artifact> --precision fp16|int8",
+        "or by hand with trtexec (run inside the artifact folder):",
+        "",
+    ]
     for precision, record in sorted(engines.items()):
         profile = EngineProfile.from_dict(record["profile"])
-        lines += [f"[{precision}] {record['path']}  TensorRT {record['tensorrt_version']}, "
-                  f"{record['gpu']['name']} (compute capability "
-                  f"{record['gpu']['compute_capability']})",
-                  f"  batch min/opt/max {profile.batch.as_list()}, sequence min/opt/max "
-                  f"{profile.sequence.as_list()}",
-                  f"  {record['trtexec']}", ""]
+        lines += [
+            f"[{precision}] {record['path']}  TensorRT {record['tensorrt_version']}, "
+            f"{record['gpu']['name']} (compute capability "
+            f"{record['gpu']['compute_capability']})",
+            f"  batch min/opt/max {profile.batch.as_list()}, sequence min/opt/max "
+            f"{profile.sequence.as_list()}",
+            f"  {record['trtexec']}",
+            "",
+        ]
     return "\n".join(lines)

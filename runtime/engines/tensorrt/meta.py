@@ -9,6 +9,7 @@
 - :func:`validate_engines_section`: the manifest's ``"engines"`` section.
 - :func:`select_backend`: ``backend="auto"``: a compatible engine, else ONNX Runtime.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -21,11 +22,13 @@ ENGINE_PRECISIONS = ("fp16", "int8")
 PLAN_FILES = {"fp16": "model_fp16.plan", "int8": "model_int8.plan"}
 # ExportSpec's defaults: used for artifacts exported before the manifest recorded them.
 DEFAULT_MAX_BATCH = 64
-MIN_SEQUENCE = 2          # the exporter's Dim("sequence", min=2): BOS + one token
-OPT_BATCH = 32            # Embedder.encode's default batch_size
-INSTALL_HINT = ("install TensorRT 10.x/11.x: on a Jetson it comes with JetPack (`sudo apt install "
-                "nvidia-jetpack`); on x86/SBSA use NVIDIA's wheels (`pip install tensorrt`, which "
-                "fetches the libraries from NVIDIA's own package index)")
+MIN_SEQUENCE = 2  # the exporter's Dim("sequence", min=2): BOS + one token
+OPT_BATCH = 32  # Embedder.encode's default batch_size
+INSTALL_HINT = (
+    "install TensorRT 10.x/11.x: on a Jetson it comes with JetPack (`sudo apt install "
+    "nvidia-jetpack`); on x86/SBSA use NVIDIA's wheels (`pip install tensorrt`, which "
+    "fetches the libraries from NVIDIA's own package index)"
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class EngineProfile:
         return {"batch": self.batch.as_list(), "sequence": self.sequence.as_list()}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EngineProfile":
+    def from_dict(cls, data: Mapping[str, Any]) -> EngineProfile:
         return cls(Range(*data["batch"]), Range(*data["sequence"]))
 
 
@@ -56,18 +59,19 @@ def max_sequence(manifest: Mapping[str, Any]) -> int:
     try:
         longest = 1 + int(manifest["num_image_tokens"]) + int(manifest["max_text_tokens"])
     except KeyError as err:
-        raise ArtifactError(f"the manifest lacks {err.args[0]!r}: cannot size TensorRT "
-                            "profiles; re-export the artifact") from err
+        raise ArtifactError(
+            f"the manifest lacks {err.args[0]!r}: cannot size TensorRT profiles; re-export the artifact"
+        ) from err
     graph_max = manifest.get("max_sequence")
     return min(longest, int(graph_max)) if graph_max else longest
 
 
-PROFILE_KEYS = ("min_batch", "opt_batch", "max_batch", "min_sequence", "opt_sequence",
-                "max_sequence")
+PROFILE_KEYS = ("min_batch", "opt_batch", "max_batch", "min_sequence", "opt_sequence", "max_sequence")
 
 
-def engine_profiles(manifest: Mapping[str, Any],
-                    overrides: Mapping[str, int | None] | None = None) -> EngineProfile:
+def engine_profiles(
+    manifest: Mapping[str, Any], overrides: Mapping[str, int | None] | None = None
+) -> EngineProfile:
     """Batch 1..max_batch (opt 32 or less), sequence 2..longest row (opt: the longest, since a
     batch is padded to its longest row and image rows are near the maximum).
 
@@ -79,10 +83,14 @@ def engine_profiles(manifest: Mapping[str, Any],
         raise InputError(f"unknown profile overrides {unknown}; use {list(PROFILE_KEYS)}")
     batch_max = int(manifest.get("max_batch", DEFAULT_MAX_BATCH))
     seq_max = max_sequence(manifest)
-    values = {"min_batch": 1, "max_batch": batch_max, "min_sequence": MIN_SEQUENCE,
-              "max_sequence": seq_max}
-    values.update({k: overrides[k] for k in ("min_batch", "max_batch", "min_sequence",
-                                             "max_sequence") if k in overrides})
+    values = {"min_batch": 1, "max_batch": batch_max, "min_sequence": MIN_SEQUENCE, "max_sequence": seq_max}
+    values.update(
+        {
+            k: overrides[k]
+            for k in ("min_batch", "max_batch", "min_sequence", "max_sequence")
+            if k in overrides
+        }
+    )
     values["opt_batch"] = overrides.get("opt_batch", min(OPT_BATCH, values["max_batch"]))
     values["opt_sequence"] = overrides.get("opt_sequence", values["max_sequence"])
     for key, value in values.items():
@@ -93,20 +101,24 @@ def engine_profiles(manifest: Mapping[str, Any],
         if not lo <= mid <= hi:
             raise InputError(f"profile {kind} needs min <= opt <= max, got {lo}/{mid}/{hi}")
     if values["max_batch"] > batch_max:
-        raise InputError(f"max_batch {values['max_batch']} exceeds the exported graph's "
-                         f"{batch_max}; re-export with a larger --max-batch")
+        raise InputError(
+            f"max_batch {values['max_batch']} exceeds the exported graph's "
+            f"{batch_max}; re-export with a larger --max-batch"
+        )
     if values["max_sequence"] > seq_max:
-        raise InputError(f"max_sequence {values['max_sequence']} exceeds the longest row this "
-                         f"artifact produces ({seq_max})")
+        raise InputError(
+            f"max_sequence {values['max_sequence']} exceeds the longest row this "
+            f"artifact produces ({seq_max})"
+        )
     if values["min_sequence"] < MIN_SEQUENCE:
         raise InputError(f"min_sequence must be at least {MIN_SEQUENCE}")
-    return EngineProfile(Range(values["min_batch"], values["opt_batch"], values["max_batch"]),
-                         Range(values["min_sequence"], values["opt_sequence"],
-                               values["max_sequence"]))
+    return EngineProfile(
+        Range(values["min_batch"], values["opt_batch"], values["max_batch"]),
+        Range(values["min_sequence"], values["opt_sequence"], values["max_sequence"]),
+    )
 
 
-def profile_shapes(inputs: list[Mapping[str, Any]], profile: EngineProfile
-                   ) -> dict[str, list[list[int]]]:
+def profile_shapes(inputs: list[Mapping[str, Any]], profile: EngineProfile) -> dict[str, list[list[int]]]:
     """Manifest input specs (``"batch"``/``"sequence"`` symbolic dims) -> {name: [min, opt, max]}."""
     ranges = {"batch": profile.batch, "sequence": profile.sequence}
     shapes: dict[str, list[list[int]]] = {}
@@ -120,8 +132,10 @@ def profile_shapes(inputs: list[Mapping[str, Any]], profile: EngineProfile
                 elif dim in ranges:
                     dims.append(getattr(ranges[dim], pick))
                 else:
-                    raise ArtifactError(f"input {spec['name']!r} has an unknown dynamic dim "
-                                        f"{dim!r}; the profile covers 'batch' and 'sequence'")
+                    raise ArtifactError(
+                        f"input {spec['name']!r} has an unknown dynamic dim "
+                        f"{dim!r}; the profile covers 'batch' and 'sequence'"
+                    )
             triple.append(dims)
         shapes[spec["name"]] = triple
     return shapes
@@ -129,19 +143,29 @@ def profile_shapes(inputs: list[Mapping[str, Any]], profile: EngineProfile
 
 def _shape_arg(shapes: Mapping[str, list[list[int]]], index: int) -> str:
     # A batch-only input has shape [B]: "name:4". trtexec's format is name:AxBxC, comma separated.
-    return ",".join(f"{name}:{'x'.join(str(d) for d in triple[index])}"
-                    for name, triple in shapes.items())
+    return ",".join(f"{name}:{'x'.join(str(d) for d in triple[index])}" for name, triple in shapes.items())
 
 
-def trtexec_command(onnx_file: str, plan_file: str, shapes: Mapping[str, list[list[int]]],
-                    workspace_mb: int | None = None, timing_cache: str | None = None) -> str:
+def trtexec_command(
+    onnx_file: str,
+    plan_file: str,
+    shapes: Mapping[str, list[list[int]]],
+    workspace_mb: int | None = None,
+    timing_cache: str | None = None,
+) -> str:
     """The ``trtexec`` line that builds the same engine (strongly typed, same profile).
 
     Flags checked against samples/common/sampleOptions.cpp of TensorRT 10.0, 10.3 and 11.1.
     """
-    args = ["trtexec", f"--onnx={onnx_file}", f"--saveEngine={plan_file}", "--stronglyTyped",
-            f"--minShapes={_shape_arg(shapes, 0)}", f"--optShapes={_shape_arg(shapes, 1)}",
-            f"--maxShapes={_shape_arg(shapes, 2)}"]
+    args = [
+        "trtexec",
+        f"--onnx={onnx_file}",
+        f"--saveEngine={plan_file}",
+        "--stronglyTyped",
+        f"--minShapes={_shape_arg(shapes, 0)}",
+        f"--optShapes={_shape_arg(shapes, 1)}",
+        f"--maxShapes={_shape_arg(shapes, 2)}",
+    ]
     if workspace_mb:
         args.append(f"--memPoolSize=workspace:{int(workspace_mb)}M")
     if timing_cache:
@@ -153,6 +177,7 @@ def trtexec_command(onnx_file: str, plan_file: str, shapes: Mapping[str, list[li
 @dataclass(frozen=True)
 class DeviceInfo:
     """What the running process has: TensorRT version and the GPU it would deserialise on."""
+
     tensorrt_version: str
     gpu_name: str
     compute_capability: str  # "8.7"
@@ -173,12 +198,13 @@ def engine_incompatibility(record: Mapping[str, Any], running: DeviceInfo) -> st
     if not built or not cc:
         return "the engine record lacks its TensorRT version or compute capability"
     if _release(built) != _release(running.tensorrt_version):
-        return (f"it was built with TensorRT {built}, this process has TensorRT "
-                f"{running.tensorrt_version}")
+        return f"it was built with TensorRT {built}, this process has TensorRT {running.tensorrt_version}"
     if str(cc) != running.compute_capability:
         gpu = (record.get("gpu") or {}).get("name", "another GPU")
-        return (f"it was built for compute capability {cc} ({gpu}), this GPU "
-                f"({running.gpu_name}) is {running.compute_capability}")
+        return (
+            f"it was built for compute capability {cc} ({gpu}), this GPU "
+            f"({running.gpu_name}) is {running.compute_capability}"
+        )
     return None
 
 
@@ -189,19 +215,31 @@ def rebuild_hint(artifact_dir: str, precision: str, record: Mapping[str, Any] | 
     return hint
 
 
-def check_engine_compatible(record: Mapping[str, Any], running: DeviceInfo, artifact_dir: str,
-                            precision: str) -> None:
+def check_engine_compatible(
+    record: Mapping[str, Any], running: DeviceInfo, artifact_dir: str, precision: str
+) -> None:
     """Raise ``BackendError`` (before any deserialisation) when the engine cannot run here."""
     reason = engine_incompatibility(record, running)
     if reason:
-        raise BackendError(f"the {precision} TensorRT engine in {artifact_dir} cannot run here: "
-                           f"{reason}; {rebuild_hint(artifact_dir, precision, record)}")
+        raise BackendError(
+            f"the {precision} TensorRT engine in {artifact_dir} cannot run here: "
+            f"{reason}; {rebuild_hint(artifact_dir, precision, record)}"
+        )
 
 
 # --------------------------------------------------------------------------- manifest section
-ENGINE_KEYS = {"path": str, "sha256": str, "bytes": int, "precision": str,
-               "source_onnx": dict, "tensorrt_version": str, "gpu": dict, "profile": dict,
-               "shapes": dict, "trtexec": str}
+ENGINE_KEYS = {
+    "path": str,
+    "sha256": str,
+    "bytes": int,
+    "precision": str,
+    "source_onnx": dict,
+    "tensorrt_version": str,
+    "gpu": dict,
+    "profile": dict,
+    "shapes": dict,
+    "trtexec": str,
+}
 
 
 def validate_engines_section(manifest: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -225,13 +263,15 @@ def validate_engines_section(manifest: Mapping[str, Any]) -> dict[str, dict[str,
         try:
             EngineProfile.from_dict(entry["profile"])
         except (KeyError, TypeError) as err:
-            raise ArtifactError(f"{where}: profile must have batch and sequence "
-                                f"[min, opt, max]: {err}") from err
+            raise ArtifactError(
+                f"{where}: profile must have batch and sequence [min, opt, max]: {err}"
+            ) from err
     return engines
 
 
-def select_backend(manifest: Mapping[str, Any], backend: str, precision: str,
-                   running: DeviceInfo | None) -> tuple[str, str]:
+def select_backend(
+    manifest: Mapping[str, Any], backend: str, precision: str, running: DeviceInfo | None
+) -> tuple[str, str]:
     """-> (backend, precision) to load.
 
     ``backend="auto"``: the engine for ``precision`` (or, with ``precision="auto"``, the fp16
@@ -244,9 +284,11 @@ def select_backend(manifest: Mapping[str, Any], backend: str, precision: str,
         if precision == "auto":
             found = [p for p in ENGINE_PRECISIONS if p in engines]
             if not found:
-                raise BackendError("backend='tensorrt' needs a TensorRT engine; this artifact has "
-                                   "none: build one with lame-search build-engine ART "
-                                   "--precision fp16")
+                raise BackendError(
+                    "backend='tensorrt' needs a TensorRT engine; this artifact has "
+                    "none: build one with lame-search build-engine ART "
+                    "--precision fp16"
+                )
             return "tensorrt", found[0]
         return "tensorrt", precision
     if backend == "auto" and running is not None:
