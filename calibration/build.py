@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from lame_runtime.artifact.persist import atomic_write_file, parse_json
 from lame_runtime.errors import InputError
 from lame_runtime.inputs.preprocess import Preprocessor, format_query
+from lame_runtime.persist import atomic_write_file, parse_json
 
 Item = tuple[str | None, str | None]  # (text, absolute image path)
 

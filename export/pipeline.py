@@ -1,6 +1,6 @@
 """``export_checkpoint``: checkpoint -> artifact directory, every step validated.
 
-Everything is built in a staging directory (``.OUT.tmp``, via ``lame_runtime.artifact.persist``) and
+Everything is built in a staging directory (``.OUT.tmp``, via ``lame_runtime.persist``) and
 swapped in at the end, so a failed gate or any error leaves no half-written artifact and no
 staging folder behind (and an existing artifact untouched).
 
@@ -30,9 +30,9 @@ from lame_export.trt_lint import int4_lint, lint
 from lame_export.validate import THRESHOLDS, parity_suite
 from lame_runtime.artifact.contract import FORMAT_VERSION, HASH_CACHE, MANIFEST, sha256
 from lame_runtime.artifact.files import HashCache
-from lame_runtime.artifact.persist import atomic_write_dir, atomic_write_json, check_replaceable, read_json
 from lame_runtime.errors import GateError, InputError
 from lame_runtime.inputs.preprocess import INPUT_NAMES, PREPROCESSOR_FILE, TOKENIZER_FILE
+from lame_runtime.persist import atomic_write_dir, atomic_write_json, check_replaceable, read_json
 
 FILES = {
     "fp32": "model.onnx",

@@ -25,10 +25,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from lame.config import LameConfig
-from lame_runtime.artifact.persist import atomic_write_dir, check_replaceable, parse_json, recover_dir  # noqa: F401
-from lame_runtime.artifact.persist import read_json as _read_json_file
 from lame_runtime.errors import CheckpointError
 from lame_runtime.inputs.preprocess import PREPROCESSOR_FILE, TOKENIZER_FILE, Preprocessor
+from lame_runtime.persist import atomic_write_dir, check_replaceable, parse_json, recover_dir  # noqa: F401
+from lame_runtime.persist import read_json as _read_json_file
 
 
 def _read_json(path: Path) -> Any:

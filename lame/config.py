@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from lame.methods import METHODS, get_method  # noqa: F401  (METHODS: re-exported)
-from lame_runtime.artifact.persist import read_json
 from lame_runtime.errors import InputError
 from lame_runtime.inputs.images import ImageConfig
+from lame_runtime.persist import read_json
 
 POOLINGS = ("embed", "attention")
 # METHODS (lame.methods, one module each): lame: the method. discriminative: K=0, [EMBED] only

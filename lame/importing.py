@@ -93,10 +93,10 @@ def import_embedder(
     from lame.checkpoint import save_checkpoint
     from lame.config import LameConfig
     from lame.model import LameModel
-    from lame_runtime.artifact.persist import atomic_write_json, check_replaceable
     from lame_runtime.inputs.images import ImageConfig
     from lame_runtime.inputs.preprocess import Preprocessor
     from lame_runtime.inputs.text import TextProcessor
+    from lame_runtime.persist import atomic_write_json, check_replaceable
 
     chosen = recipe(recipe_name)
     directory, out_dir = Path(directory), Path(out_dir)

@@ -81,7 +81,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
 def lock_holder(target: Path) -> subprocess.Popen:
     """A real second process holding the writer lock of ``target`` until killed."""
     code = (
-        "import sys, time; from lame_runtime.artifact.persist import writer_lock\n"
+        "import sys, time; from lame_runtime.persist import writer_lock\n"
         f"with writer_lock({str(target)!r}):\n    print('held', flush=True); time.sleep(60)"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

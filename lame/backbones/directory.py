@@ -21,8 +21,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lame_runtime.artifact.persist import read_json
 from lame_runtime.errors import InputError, MissingFileError
+from lame_runtime.persist import read_json
 
 # family -> the Transformers model_type its config.json must declare
 MODEL_TYPES = {

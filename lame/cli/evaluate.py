@@ -1,6 +1,6 @@
 """lame-eval: retrieval metrics of a checkpoint on a dataset's eval split, as one JSON object;
 with ``--generate N``, the greedy-generation check instead (exact match of generated answers,
-:mod:`lame.methods.generation`)."""
+:mod:`lame.evaluation.generation`)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from lame.cli import exit_with, int_list, invoke
     type=int,
     default=None,
     help="Instead of retrieval: greedy-generate answers for N eval queries (spread "
-    "over the tasks) and report exact match (see lame.methods.generation).",
+    "over the tasks) and report exact match (see lame.evaluation.generation).",
 )
 @click.option(
     "--max-new-tokens",
@@ -132,7 +132,7 @@ def parse_dimensions(text: str, embed_dim: int) -> list[int]:
 
 
 def _generate(model, rows, data_dir, batch_size, max_new_tokens, out_file, progress) -> int:
-    from lame.methods.generation import generate_texts, image_digits, score_generations
+    from lame.evaluation.generation import generate_texts, image_digits, score_generations
 
     budget = max_new_tokens or model.config.max_rationale_tokens + 8
     bar = None
@@ -154,7 +154,7 @@ def _generate(model, rows, data_dir, batch_size, max_new_tokens, out_file, progr
     }
     text = json.dumps(result, indent=2)
     if out_file:
-        from lame_runtime.artifact.persist import atomic_write_text
+        from lame_runtime.persist import atomic_write_text
 
         atomic_write_text(out_file, text + "\n")
     click.echo(f"exact match {result.get('exact_match', 0.0):.1f} % over {result['n']} queries", err=True)

@@ -327,7 +327,7 @@ class Trainer:
         )
 
     def _extra_files(self, directory: Path, done: bool) -> None:
-        from lame_runtime.artifact.persist import atomic_write_json
+        from lame_runtime.persist import atomic_write_json
 
         atomic_write_json(directory / "instructions.json", self._instructions())
         if done:

@@ -1,5 +1,6 @@
 """The artifact contract: the manifest and its files (contract, files), path containment
-(paths), atomic writes (persist) and the memory budget per precision (budget). Loads on ``lame_runtime.errors`` alone; the manifest's
+(paths) and the memory budget per precision (budget); atomic writes live in
+``lame_runtime.persist``. Loads on ``lame_runtime.errors`` alone; the manifest's
 engines and instructions sections are checked by their owners (engines, inputs), imported late.
 
 ``lame_runtime.artifact`` was a module before this package; its public names stay importable

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lame_runtime.artifact.files import HASH_CACHE, HashCache, external_data_locations, member_path
-from lame_runtime.artifact.persist import (
+from lame_runtime.errors import ArtifactError  # noqa: F401  (re-exported)
+from lame_runtime.persist import (
     read_json,
     recover_dir,
     sha256,  # noqa: F401  (re-exported)
 )
-from lame_runtime.errors import ArtifactError  # noqa: F401  (re-exported)
 
 MANIFEST = "lame_artifact.json"
 FORMAT_VERSION = 2

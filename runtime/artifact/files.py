@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Iterator
 
 from lame_runtime.artifact.paths import contained_path
-from lame_runtime.artifact.persist import atomic_write_json, sha256
 from lame_runtime.errors import ArtifactError
+from lame_runtime.persist import atomic_write_json, sha256
 
 HASH_CACHE = ".lame_hashes.json"
 

@@ -16,11 +16,11 @@ import click
 
 from lame_runtime.artifact.contract import PRECISIONS, ArtifactError
 from lame_runtime.artifact.paths import contained_path
-from lame_runtime.artifact.persist import parse_json
 from lame_runtime.cli.info import info_command
 from lame_runtime.cli.tensorrt import build_engine_command, embedder_options, gpu_options, triton_command
 from lame_runtime.cli.tools import invoke
 from lame_runtime.errors import BackendError, InputError, IntegrityError, MissingFileError
+from lame_runtime.persist import parse_json
 from lame_runtime.retrieval.index import STORAGES, index_exists
 
 PROG = "lame-search"

@@ -14,7 +14,6 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from lame_runtime.artifact.contract import Artifact, TensorSpec
-from lame_runtime.artifact.persist import sha256
 from lame_runtime.engines.providers import (
     CACHE_DIR_NAME,
     ProviderDefaults,
@@ -34,6 +33,7 @@ from lame_runtime.engines.tensorrt.meta import (
     validate_engines_section,
 )
 from lame_runtime.errors import ArtifactError, BackendError
+from lame_runtime.persist import sha256
 
 
 class Backend(Protocol):

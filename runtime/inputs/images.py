@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-from lame_runtime.artifact.persist import read_json
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
+from lame_runtime.persist import read_json
 
 # OpenAI CLIP statistics: the Qwen2-VL image processor's defaults.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

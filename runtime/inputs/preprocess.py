@@ -8,11 +8,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lame_runtime.artifact.persist import read_json
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.inputs.images import ImageConfig, preprocess_images
 from lame_runtime.inputs.template import Instructed, PromptTemplate
 from lame_runtime.inputs.text import TextProcessor
+from lame_runtime.persist import read_json
 
 TOKENIZER_FILE = "tokenizer.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"

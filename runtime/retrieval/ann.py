@@ -18,7 +18,7 @@ range are clipped. For unit vectors from one model that range is stable.
 
 Vectors are normalised on the way in, so inner product is cosine. Ids are strings and payloads
 JSON, as in ``Index``. Saved as ``<stem>.json`` + ``<stem>.<token>.faiss`` (FAISS's own binary
-format, never pickle) through ``lame_runtime.artifact.persist.save_versioned``: a kill mid-save leaves
+format, never pickle) through ``lame_runtime.persist.save_versioned``: a kill mid-save leaves
 the previous save loadable. One lock serialises ``add``/``save`` with ``search`` (FAISS's
 index is not safe to read while it is being appended to).
 """
@@ -34,8 +34,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from lame_runtime.artifact.persist import read_json, save_versioned, versioned_file
 from lame_runtime.errors import BackendError, IndexFileError, InputError, MissingFileError
+from lame_runtime.persist import read_json, save_versioned, versioned_file
 from lame_runtime.retrieval.index import (
     _as_list,
     _check_matrix,

@@ -12,7 +12,7 @@ building the FAISS index) happens under that lock too.
 
 On disk (format version 2): ``<stem>.json`` (ids, payloads, config, the sha256 of its own
 content) points at ``<stem>.<token>.npz`` by name and sha256. A save writes a new npz under a
-new name and replaces the json last (``lame_runtime.artifact.persist.save_versioned``), so a kill at any
+new name and replaces the json last (``lame_runtime.persist.save_versioned``), so a kill at any
 instant leaves the previous or the new index loadable, never neither. Version 1 indexes
 (``<stem>.npz`` + ``<stem>.json``) still load.
 """
@@ -27,7 +27,6 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from lame_runtime.artifact.persist import save_versioned, sha256, versioned_file
 from lame_runtime.errors import (
     BackendError,
     IndexFileError,
@@ -36,6 +35,7 @@ from lame_runtime.errors import (
     IntegrityError,
     MissingFileError,
 )
+from lame_runtime.persist import save_versioned, sha256, versioned_file
 from lame_runtime.retrieval.index_io import (  # noqa: F401
     FORMAT,
     INDEX_STEM,

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from lame_runtime.artifact.persist import check_npz, read_json
 from lame_runtime.errors import IndexFileError, InputTypeError, MissingFileError
+from lame_runtime.persist import check_npz, read_json
 
 STORAGES = ("float32", "float16", "int8")
 FORMAT = "lame-index"

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lame_runtime.artifact.persist import atomic_write_text, parse_json, sha256, writer_lock
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.inputs.preprocess import format_query
+from lame_runtime.persist import atomic_write_text, parse_json, sha256, writer_lock
 from lame_runtime.retrieval.index import Index, index_exists, index_files
 
 BUILD_KEY = "build"

@@ -2,7 +2,7 @@
 
 A writable index is owned by this process for its lifetime (``writer_lock``: a second server or
 ``lame-search index`` on the same files gets ``BusyError``). Changes are saved by
-``Index.save`` (``lame_runtime.artifact.persist.save_versioned``: the previous save stays
+``Index.save`` (``lame_runtime.persist.save_versioned``: the previous save stays
 loadable until the new one is complete) every ``save_interval_s`` when something changed, and
 once more on shutdown; a SIGKILL at any instant leaves the last complete save loadable.
 Qdrant persists each upsert itself; deleting from Qdrant is not offered (``QdrantStore`` has
@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from lame_runtime.artifact.persist import writer_lock
 from lame_runtime.errors import InputError, MissingFileError
+from lame_runtime.persist import writer_lock
 from lame_runtime.retrieval.index import Index, index_exists
 from lame_runtime.serve.errors import Forbidden
 

@@ -185,7 +185,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from lame.config import LameConfig, load_preset
     from lame.device import resolve_device
-    from lame_runtime.artifact.persist import atomic_write_json
+    from lame_runtime.persist import atomic_write_json
 
     device = resolve_device(args.device)
     image = LameConfig.from_dict(load_preset(args.preset)["model"]).image

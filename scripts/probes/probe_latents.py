@@ -156,7 +156,7 @@ def _reconstruction(model, reason_chunks, answers: list[str]) -> dict[str, float
 def run(ckpt: str, data: str, rows: int, val_fraction: float, seed: int, batch_size: int) -> dict:
     import lame
     from lame.data.dataset import Item, load_eval, load_train
-    from lame.methods.generation import case_for, image_digits
+    from lame.evaluation.generation import case_for, image_digits
     from lame_runtime.inputs.preprocess import format_query
 
     model = lame.load(ckpt)
@@ -255,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     text = json.dumps(report, indent=1)
     if args.out:
-        from lame_runtime.artifact.persist import atomic_write_text
+        from lame_runtime.persist import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
     print(text)

@@ -21,9 +21,9 @@ from lame_export.precision import Int4Options
 from lame_export.text_graph import TEXT_FILES
 from lame_runtime import Embedder
 from lame_runtime.artifact.contract import MANIFEST, Artifact
-from lame_runtime.artifact.persist import atomic_write_dir, default_file_mode
 from lame_runtime.engines.shared_weights import NUMPY_TYPES, external_tensors
 from lame_runtime.errors import ArtifactError
+from lame_runtime.persist import atomic_write_dir, default_file_mode
 
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 TEXTS = ["the digits add up to 9", "three", None]

@@ -14,8 +14,8 @@ from lame_export.pipeline import ExportGateError, ExportOptions, export_checkpoi
 from lame_runtime import Embedder
 from lame_runtime.artifact.contract import HASH_CACHE, MANIFEST, Artifact
 from lame_runtime.artifact.files import external_data_locations
-from lame_runtime.artifact.persist import sha256
 from lame_runtime.errors import ArtifactError, GateError
+from lame_runtime.persist import sha256
 
 GRAPHS = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
 

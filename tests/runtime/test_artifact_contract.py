@@ -22,8 +22,8 @@ from lame_runtime.artifact.contract import (
     validate_manifest,
 )
 from lame_runtime.artifact.files import HashCache
-from lame_runtime.artifact.persist import sha256, staging_paths
 from lame_runtime.errors import ArtifactError
+from lame_runtime.persist import sha256, staging_paths
 
 
 @pytest.fixture
@@ -221,7 +221,7 @@ def test_kill_between_the_two_renames_is_recovered(copy):
 KILLED_WRITER = """
 import shutil, sys
 from pathlib import Path
-from lame_runtime.artifact.persist import atomic_write_dir
+from lame_runtime.persist import atomic_write_dir
 src, final = Path(sys.argv[1]), Path(sys.argv[2])
 def write(stage):
     for path in sorted(src.iterdir()):

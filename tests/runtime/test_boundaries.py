@@ -18,7 +18,6 @@ from boundary_fixtures import DEEP, Ctx, ctx, run_cli, runtime_artifact  # noqa:
 from PIL import Image
 
 from lame_runtime import Embedder, Index
-from lame_runtime.artifact.persist import check_npz, writer_lock
 from lame_runtime.errors import (
     ArtifactError,
     BusyError,
@@ -29,6 +28,7 @@ from lame_runtime.errors import (
     StoreError,
 )
 from lame_runtime.inputs.images import ImageConfig, load_image
+from lame_runtime.persist import check_npz, writer_lock
 
 
 def _closed_image(c: Ctx) -> Image.Image:
@@ -107,7 +107,7 @@ def _qdrant_unreachable(c: Ctx):
 
 def _corrupt_faiss(c: Ctx):
     pytest.importorskip("faiss")
-    from lame_runtime.artifact.persist import sha256
+    from lame_runtime.persist import sha256
     from lame_runtime.retrieval.ann import AnnConfig, AnnIndex
 
     index = AnnIndex(8, AnnConfig(kind="flat", storage="float32"))

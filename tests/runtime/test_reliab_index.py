@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lame_runtime import Index
-from lame_runtime.artifact.persist import sha256
 from lame_runtime.errors import IndexFileError, InputError, InputTypeError, MissingFileError
+from lame_runtime.persist import sha256
 from lame_runtime.retrieval.index import index_files
 from lame_runtime.retrieval.index_io import content_sha256 as _content_sha256
 

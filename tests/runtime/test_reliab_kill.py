@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from lame_runtime import Index
-from lame_runtime.artifact.persist import recover_dir, sha256
+from lame_runtime.persist import recover_dir, sha256
 
 SCALE = float(os.environ.get("LAME_KILL_TRIALS", "1"))
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -117,7 +117,7 @@ def test_kill_during_index_save_keeps_last_complete_version(tmp_path):
 SWAP_WRITER = """
     import json, os, shutil, sys
     from pathlib import Path
-    from lame_runtime.artifact.persist import atomic_write_dir, sha256
+    from lame_runtime.persist import atomic_write_dir, sha256
 
     final, source, v = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     MARKER = "lame_artifact.json" if source else "manifest.json"

@@ -13,8 +13,8 @@ from lame.cli.evaluate import main as eval_main
 from lame.cli.train import main as train_main
 from lame.config import LameConfig, load_preset
 from lame.data.dataset import EvalRow, Item
+from lame.evaluation.generation import case_for, exact_match, read_digits, score_generations
 from lame.methods import METHODS, embedding_methods, get_method
-from lame.methods.generation import case_for, exact_match, read_digits, score_generations
 from lame.training.train import copy_backbone
 from lame_runtime.errors import CheckpointError
 

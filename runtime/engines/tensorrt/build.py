@@ -32,13 +32,6 @@ from pathlib import Path
 from typing import Callable
 
 from lame_runtime.artifact.contract import MANIFEST, Artifact
-from lame_runtime.artifact.persist import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    read_json,
-    sha256,
-)
 from lame_runtime.engines.tensorrt.backend import import_tensorrt, running_device
 from lame_runtime.engines.tensorrt.meta import (
     ENGINE_PRECISIONS,
@@ -50,6 +43,13 @@ from lame_runtime.engines.tensorrt.meta import (
     validate_engines_section,
 )
 from lame_runtime.errors import ArtifactError, BackendError, InputError
+from lame_runtime.persist import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    sha256,
+)
 
 README_FILE = "README_TENSORRT.txt"
 TIMING_CACHE = "trt_cache/timing.cache"
