@@ -1,5 +1,5 @@
-"""Shared by the boundary tests (tests/runtime/test_boundaries.py: the bad-input tables;
-test_boundary_rules.py: the rules behind them): one real tiny artifact, a few files made
+"""Shared by the boundary tests (tests/runtime/test_error_boundaries.py: the bad-input tables;
+test_error_rules.py: the rules behind them): one real tiny artifact, a few files made
 from it, and the in-process lame-search runner."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Issue 19's boundaries: every library, file, store and OS failure becomes one named
+"""Error boundaries: every library, file, store and OS failure becomes one named
 ``lame_runtime.errors`` class (APIs) or one ``prog: error:`` line with exit 2 (CLIs), and one
 image rule holds for every kind of input. Each case below is a bad input that was *not* in the
-earlier tables (tests/runtime/test_reliab_*.py); the README's bad-input table lists them."""
+earlier tables (test_bad_input_table.py, test_input_validation.py); the README's bad-input table lists them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 19's rules behind the bad-input tables: one writer per index (real processes),
+"""The rules behind the bad-input tables: one writer per index (real processes),
 image->image search, one image rule for every input kind, the pixel limit read from the
 header, the hash cache against restored mtimes, every error class through the CLI wrapper,
 and the README's runtime snippet run verbatim."""
