@@ -6,8 +6,6 @@ Heavy imports (torch, transformers) happen on first use, so ``import lame`` stay
 
 from __future__ import annotations
 
-from lame_runtime._moved import install as _install_moved_modules
-
 __version__ = "0.1.0"
 
 
@@ -20,20 +18,5 @@ def load(checkpoint, device: str = "cpu"):
 
     return load_model(checkpoint, device=device)
 
-
-# The flat 0.1 layout's module paths (``lame.train``, ``lame.evaluate``, ...) keep importing for
-# one release, aliased with a DeprecationWarning to their homes in training/ and evaluation/.
-_MOVED = {
-    "train": "training.train",
-    "objective": "training.objective",
-    "gradcache": "training.gradcache",
-    "distributed": "training.distributed",
-    "lora": "training.lora",
-    "evaluate": "evaluation.evaluate",
-    "stats": "evaluation.stats",
-    "plots": "evaluation.plots",
-    "bench": "evaluation.bench",
-}
-_install_moved_modules("lame", _MOVED)
 
 __all__ = ["load", "__version__"]

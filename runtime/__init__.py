@@ -14,7 +14,6 @@ ONNX Runtime and TensorRT; ``retrieval/`` indexes and corpus indexing; ``deploy/
 ``cli/`` the command lines. ``Embedder`` and ``errors`` stay here.
 """
 
-from lame_runtime._moved import install as _install_moved_modules
 from lame_runtime.artifact.contract import Artifact
 from lame_runtime.embedder import Embedder
 from lame_runtime.errors import (
@@ -33,8 +32,6 @@ from lame_runtime.inputs.text import SPECIAL_TOKENS, TextProcessor
 from lame_runtime.retrieval.ann import AnnIndex  # faiss is imported only when an AnnIndex is built
 from lame_runtime.retrieval.index import Index
 from lame_runtime.retrieval.qdrant_store import QdrantStore  # likewise qdrant-client
-
-_install_moved_modules()
 
 __all__ = [
     "Embedder",
