@@ -1,18 +1,30 @@
 """Backbone adapters: input ids + images -> input embeddings -> causal transformer -> hidden states.
 
 Every adapter implements :class:`lame.backbones.base.Backbone`; the LaME model never touches a
-family's internals, so adding a family means adding one adapter module.
+family's internals, so adding a family means adding one adapter module and one line in
+``_ADAPTERS`` below.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Iterator
+from importlib import import_module
+from typing import TYPE_CHECKING, Iterator
 
-from lame.backbones.base import Backbone
+if TYPE_CHECKING:  # base imports torch; the registry itself must not
+    from lame.backbones.base import Backbone
 
-FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "smollm2_efficientnet")
+# family -> (module under lame.backbones, adapter class): the registry, one line per family.
+# Modules load on first use, so naming the families imports neither torch nor transformers.
+_ADAPTERS = {
+    "qwen2_vl": ("qwen2_vl", "Qwen2VLBackbone"),
+    "qwen2_5_vl": ("qwen2_5_vl", "Qwen25VLBackbone"),
+    "qwen3_vl": ("qwen3_vl", "Qwen3VLBackbone"),
+    "idefics3": ("idefics3", "Idefics3Backbone"),
+    "smollm2_efficientnet": ("smollm_effnet", "SmolLM2EfficientNetBackbone"),
+}
+FAMILIES = tuple(_ADAPTERS)
 
 # False inside architecture_only(): families whose pretrained weights come from installed
 # packages (smollm2_efficientnet) then build the bare architecture instead.
@@ -31,31 +43,19 @@ def architecture_only() -> Iterator[None]:
         _LOAD_PRETRAINED.reset(token)
 
 
+def adapter(family: str) -> type[Backbone]:
+    """The adapter class registered for ``family`` (its module is imported here, on first use);
+    an unknown family is a ValueError listing the registered ones."""
+    if family not in _ADAPTERS:
+        raise ValueError(f"unknown backbone family {family!r}; available: {', '.join(FAMILIES)}")
+    module, name = _ADAPTERS[family]
+    return getattr(import_module(f"lame.backbones.{module}"), name)
+
+
 def build_backbone(config, vocab_size: int, image_token_id: int) -> Backbone:
-    family = config.backbone.family
-    if family == "qwen2_vl":
-        from lame.backbones.qwen2_vl import Qwen2VLBackbone
-
-        return Qwen2VLBackbone.build(config, vocab_size, image_token_id, pretrained=_LOAD_PRETRAINED.get())
-    if family == "qwen2_5_vl":
-        from lame.backbones.qwen2_5_vl import Qwen25VLBackbone
-
-        return Qwen25VLBackbone.build(config, vocab_size, image_token_id, pretrained=_LOAD_PRETRAINED.get())
-    if family == "qwen3_vl":
-        from lame.backbones.qwen3_vl import Qwen3VLBackbone
-
-        return Qwen3VLBackbone.build(config, vocab_size, image_token_id, pretrained=_LOAD_PRETRAINED.get())
-    if family == "idefics3":
-        from lame.backbones.idefics3 import Idefics3Backbone
-
-        return Idefics3Backbone.build(config, vocab_size, image_token_id, pretrained=_LOAD_PRETRAINED.get())
-    if family == "smollm2_efficientnet":
-        from lame.backbones.smollm_effnet import SmolLM2EfficientNetBackbone
-
-        return SmolLM2EfficientNetBackbone.build(
-            config, vocab_size, image_token_id, pretrained=_LOAD_PRETRAINED.get()
-        )
-    raise ValueError(f"unknown backbone family {family!r}; available: {', '.join(FAMILIES)}")
+    return adapter(config.backbone.family).build(
+        config, vocab_size, image_token_id, pretrained=_LOAD_PRETRAINED.get()
+    )
 
 
 def backbone_tokenizer(config):
@@ -73,4 +73,4 @@ def backbone_tokenizer(config):
     return None
 
 
-__all__ = ["Backbone", "FAMILIES", "architecture_only", "backbone_tokenizer", "build_backbone"]
+__all__ = ["FAMILIES", "adapter", "architecture_only", "backbone_tokenizer", "build_backbone"]

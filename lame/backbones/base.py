@@ -33,6 +33,12 @@ class Backbone(nn.Module):
     # level i to the hidden states after language layer i; 0 for every other family.
     deepstack_levels: int = 0
 
+    @classmethod
+    def build(cls, config, vocab_size: int, image_token_id: int, pretrained: bool = True) -> Backbone:
+        """The factory the registry (:func:`lame.backbones.build_backbone`) calls: the family's
+        model for ``config`` with ``vocab_size`` rows, pretrained weights where it has them."""
+        raise NotImplementedError(f"{cls.__name__} does not implement build()")
+
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward pass instead of keeping them: every block of
         the language model (Transformers' own mechanism, non-reentrant so frozen inputs and
