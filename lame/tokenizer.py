@@ -32,12 +32,12 @@ def preprocessor_for(data_dir, config):
 
     from lame.backbones import backbone_tokenizer
     from lame.data.dataset import iter_texts
-    from lame_runtime.inputs.preprocess import Preprocessor
+    from lame_runtime.inputs.preprocess import TOKENIZER_FILE, Preprocessor
     from lame_runtime.inputs.text import TextProcessor
 
     tokenizer = backbone_tokenizer(config)
     if tokenizer is None:
-        path = Path(data_dir) / "tokenizer.json"
+        path = Path(data_dir) / TOKENIZER_FILE
         tokenizer = (
             Tokenizer.from_file(str(path)) if path.is_file() else train_tokenizer(iter_texts(data_dir))
         )

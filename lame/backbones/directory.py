@@ -22,7 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from lame_runtime.errors import InputError, MissingFileError
+from lame_runtime.inputs.preprocess import TOKENIZER_FILE
 from lame_runtime.persist import read_json
+
+# Transformers' image-processor settings in a backbone directory. Not LaME's own preprocessor
+# file (lame_runtime.inputs.preprocess.PREPROCESSOR_FILE), whose name happens to be the same.
+HF_PROCESSOR_FILE = "preprocessor_config.json"
 
 # family -> the Transformers model_type its config.json must declare
 MODEL_TYPES = {
@@ -142,7 +147,7 @@ def read_hf_config(directory: Path, family: str) -> dict[str, Any]:
 def image_settings(directory: Path, hf_config: dict[str, Any], family: str) -> dict[str, Any]:
     """Patch / merge / temporal sizes and mean / std for the image config."""
     vision = hf_config.get("vision_config") or {}
-    processor_path = directory / "preprocessor_config.json"
+    processor_path = directory / HF_PROCESSOR_FILE
     processor = read_json(processor_path, InputError, dict) if processor_path.is_file() else {}
     if family == "idefics3":
         patch, merge = vision.get("patch_size"), hf_config.get("scale_factor")
@@ -176,10 +181,10 @@ def directory_tokenizer(directory: str | Path):
 
     from lame_runtime.inputs.text import SPECIAL_TOKENS
 
-    path = _require_dir(Path(directory)) / "tokenizer.json"
+    path = _require_dir(Path(directory)) / TOKENIZER_FILE
     if not path.is_file():
         raise MissingFileError(
-            f"backbone directory {directory} lacks tokenizer.json (the "
+            f"backbone directory {directory} lacks {TOKENIZER_FILE} (the "
             "backbone's own tokenizer is used with --backbone-path)"
         )
     tokenizer = Tokenizer.from_file(str(path))

@@ -81,6 +81,7 @@ def digits(
     from lame.data.dataset import iter_texts
     from lame.data.digits import build_digits
     from lame.tokenizer import train_tokenizer
+    from lame_runtime.inputs.preprocess import TOKENIZER_FILE
 
     summary = build_digits(
         out_dir,
@@ -95,7 +96,7 @@ def digits(
         val_per_task=val_per_task,
     )
     tokenizer = train_tokenizer(iter_texts(out_dir), vocab_size=vocab_size)
-    tokenizer.save(str(Path(out_dir) / "tokenizer.json"))
+    tokenizer.save(str(Path(out_dir) / TOKENIZER_FILE))
     click.echo(json.dumps(summary))
     return 0
 
