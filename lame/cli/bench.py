@@ -17,7 +17,7 @@ MUST = {
     "lame_vs_latent": 2.0,
     "lame_vs_discriminative": 0.9,
     "ort_fp32_vs_torch": 1.5,
-}  # the paper's / issue's targets, printed next to the figures
+}  # the targets LaME should reach (from the paper), printed next to the figures
 
 
 def render(report: dict) -> str:

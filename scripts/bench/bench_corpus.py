@@ -1,4 +1,4 @@
-"""Corpus-scale measurements (issue 13): ratios printed side by side, JSON on request.
+"""Corpus-scale measurements (text-row cost, routing, throughput): ratios printed side by side, JSON on request.
 
     # text-only row cost / image row cost, with and without routing to the text graph
     python scripts/bench/bench_corpus.py text-cost ARTIFACT [--batches 1 8] [--threads 2]

@@ -1,4 +1,4 @@
-"""Why does LaME not win? Measure what its K reason states hold (issue 14).
+"""Why does LaME not win? Measure what its K reason states hold.
 
     python scripts/probes/probe_latents.py --ckpt CKPT --data data/digits [--rows 600] [--out probe.json]
 

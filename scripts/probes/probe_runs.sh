@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Probe the quality table's checkpoints (issue 14: why LaME does or does not win):
+# Probe the quality table's checkpoints (why LaME does or does not win):
 #   SEEDS="0 1 2" bash scripts/probes/probe_runs.sh [ROW ...]   (default: lame gen-lame gen-no-mask
 #                                                         gen-discriminative discriminative)
 # Writes ROOT/ROW/seedS/probe.json with scripts/probes/probe_latents.py (decoder reconstruction from

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's comparison: the pretrained lame-small preset, LaME (K=8) vs --reason-tokens 0, two
+# Does a pretrained backbone help? The lame-small preset, LaME (K=8) vs --reason-tokens 0, two
 # seeds each, and the from-scratch tiny preset at the same step budget (the preset's 40 steps
 # at batch 16). Needs scripts/install_lame_small.sh. Each run writes runs/small/NAME/ with the
 # final full evaluation in metrics.jsonl (stage "final") and seconds per step in the log rows.

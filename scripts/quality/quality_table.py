@@ -215,7 +215,7 @@ PROBE_COLUMNS = {
     "sum exact: K states": lambda r: r["probes"]["sum"].get("reason", {}).get("test_acc"),
     "sum exact: [EMBED]": lambda r: r["probes"]["sum"].get("embed", {}).get("test_acc"),
     "sum exact: constant": lambda r: r["probes"]["sum"].get("constant_acc"),
-    # Tier-2 quantities (probes made since issue 23; "-" for older probe.json files).
+    # Tier-2 quantities ("-" for probe.json files written before probe_latents.py measured them).
     "oddsum R²: K states": lambda r: r["probes"].get("oddsum", {}).get("reason", {}).get("test_r2"),
     "oddsum R²: [EMBED]": lambda r: r["probes"].get("oddsum", {}).get("embed", {}).get("test_r2"),
     "oddsum R²: last input": lambda r: r["probes"].get("oddsum", {}).get("input", {}).get("test_r2"),

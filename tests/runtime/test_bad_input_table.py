@@ -387,7 +387,8 @@ def test_cli_bad_input(ctx, capsys, name, build, message):
 
 
 def test_unseen_bad_inputs_are_also_handled(ctx):
-    """Inputs not in the table above (the issue asks for a separate set): still LameErrors."""
+    """Inputs not in the table above (a separate set, so the table is not all that is handled): still
+    LameErrors."""
     from lame_runtime.errors import LameError
 
     unseen = [

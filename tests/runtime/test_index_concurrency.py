@@ -24,7 +24,7 @@ def vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_concurrent_readers_after_adds_never_corrupt(backend):
-    """The issue's scenario: adds, then 4 threads search at once (lazy merge / FAISS build)."""
+    """Adds, then 4 threads search at once (lazy merge / FAISS build)."""
     docs, queries = vectors(160), vectors(8, seed=1)
     ids = [f"d{i}" for i in range(160)]
     reference = Index(16, backend="numpy")

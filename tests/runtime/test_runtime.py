@@ -120,7 +120,7 @@ def test_eval_hit_at_1_matches_pytorch(artifact_dir, torch_model, eval_rows):
 
 def test_encode_queries_uses_artifact_instruction_or_override(artifact_dir, digits_dir):
     """One instruction per query direction: text queries get the text->image one, image
-    queries the image->text one; no majority vote (issue 11)."""
+    queries the image->text one; no majority vote."""
     from lame.data.digits import INSTRUCTIONS
     from lame_runtime.errors import InputError
 
