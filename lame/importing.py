@@ -9,7 +9,9 @@ tokenizer (plus LaME's special tokens) and image statistics, and whose
 ``preprocessor_config.json`` carries the template; ``lame-export`` and the runtime then serve it
 unchanged, and ``lame-train --init-from CKPT --method lame`` adds reason tokens on top.
 
-What a recipe cannot reproduce is refused with one line (``refusal``), never approximated.
+Only recipes that reproduce the model card are offered (``RECIPES``). Embedders that cannot be
+reproduced (GME, VLM2Vec) are listed in ``REFUSED`` with the reason, never approximated;
+``lame-import embedder --help`` prints those reasons.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ class Recipe:
     family: str
     model_types: tuple[str, ...]
     template: dict[str, Any] = field(default_factory=dict)
-    refusal: str = ""  # non-empty: this recipe cannot be expressed; the reason
     source: str = ""  # where the recipe is documented
 
 
@@ -52,33 +53,27 @@ RECIPES = {
             empty_text="NULL",
         ),
     ),
-    "gme": Recipe(
-        name="gme",
-        family="qwen2_vl",
-        model_types=("qwen2_vl",),
-        refusal="recipe 'gme' is refused: GME's reference code (gme_inference.py) runs the "
-        "language model on inputs_embeds without position ids, so its images get 1-D "
-        "positions instead of Qwen2-VL's M-RoPE grid; the qwen2_vl adapter always "
-        "computes M-RoPE, so its vectors would differ from the model card's",
-    ),
-    "vlm2vec": Recipe(
-        name="vlm2vec",
-        family="",
-        model_types=(),
-        refusal="recipe 'vlm2vec' is refused: the released VLM2Vec checkpoints are built on "
-        "Phi-3.5-V and LLaVA-NeXT (families without a LaME adapter), and the Qwen2-VL "
-        "based v2 prompt format could not be verified against its reference code here",
-    ),
+}
+
+# Published embedders that cannot be reproduced here, with the reason: never offered, never
+# approximated; asking for one by name gets the reason.
+REFUSED = {
+    "gme": "GME's reference code (gme_inference.py) runs the language model on inputs_embeds "
+    "without position ids, so its images get 1-D positions instead of Qwen2-VL's M-RoPE grid; "
+    "the qwen2_vl adapter always computes M-RoPE, so its vectors would differ from the model card's",
+    "vlm2vec": "the released VLM2Vec checkpoints are built on Phi-3.5-V and LLaVA-NeXT (families "
+    "without a LaME adapter), and the Qwen2-VL based v2 prompt format could not be verified "
+    "against its reference code here",
 }
 
 
 def recipe(name: str) -> Recipe:
+    """The recipe ``name``; a refused one is an InputError giving its reason."""
+    if name in REFUSED:
+        raise InputError(f"recipe {name!r} is not supported: {REFUSED[name]}")
     if name not in RECIPES:
         raise InputError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)}")
-    found = RECIPES[name]
-    if found.refusal:
-        raise InputError(found.refusal)
-    return found
+    return RECIPES[name]
 
 
 def import_embedder(

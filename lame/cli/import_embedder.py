@@ -1,4 +1,9 @@
-"""lame-import: bring a pretrained embedder in as a LaME checkpoint (see lame.importing)."""
+"""lame-import: bring a pretrained embedder in as a LaME checkpoint (see lame.importing).
+
+Only the recipes that reproduce their model card are offered; the refused ones (lame.importing's
+``REFUSED``) are listed with their reasons under ``lame-import embedder --help``, and naming one
+gets its reason rather than a bare "invalid choice".
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from typing import Sequence
 import click
 
 from lame.cli import exit_with, invoke
-from lame.importing import RECIPES
+from lame.importing import RECIPES, REFUSED
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,7 +21,24 @@ def command() -> None:
     """Import pretrained models as LaME checkpoints."""
 
 
-@command.command("embedder")
+def _refused_epilog() -> str:
+    # One paragraph per refused recipe (click rewraps within a paragraph, not across them).
+    lines = ["Not supported (never approximated):"]
+    lines += [f"{name}: not supported because {reason}." for name, reason in sorted(REFUSED.items())]
+    return "\n\n".join(lines)
+
+
+def _recipe_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value in REFUSED:
+        raise click.BadParameter(f"{value!r} is not supported: {REFUSED[value]}", ctx, param)
+    if value not in RECIPES:
+        raise click.BadParameter(
+            f"unknown recipe {value!r}; available: {', '.join(sorted(RECIPES))}", ctx, param
+        )
+    return value
+
+
+@command.command("embedder", epilog=_refused_epilog())
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option(
     "--out",
@@ -27,7 +49,8 @@ def command() -> None:
 )
 @click.option(
     "--recipe",
-    type=click.Choice(sorted(RECIPES)),
+    metavar=f"[{'|'.join(sorted(RECIPES))}]",
+    callback=_recipe_name,
     required=True,
     help="The embedder's own recipe (prompt template, pooling, normalisation).",
 )

@@ -14,7 +14,10 @@ from safetensors.torch import load_file
 from lame.checkpoint import load_model
 from lame.cli.import_embedder import main as import_main
 from lame.cli.train import main as train_main
+from lame.importing import RECIPES, REFUSED
+from lame.importing import recipe as recipe_named
 from lame_export.cli import main as export_main
+from lame_runtime.errors import InputError
 from lame_runtime.inputs.preprocess import format_query
 
 RNG = np.random.default_rng(11)
@@ -122,8 +125,20 @@ def test_recipes_that_cannot_be_reproduced_are_refused_in_one_line(imported, tmp
     directory, _ = imported
     code = import_main(["embedder", str(directory), "--out", str(tmp_path / "x"), "--recipe", recipe])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and words in err and len(err.splitlines()) == 1
+    assert code == 2 and words in err and "not supported" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+    with pytest.raises(InputError, match=words):  # the library gives the same reason
+        recipe_named(recipe)
+
+
+def test_help_offers_only_working_recipes_and_says_why_the_others_are_not(capsys):
+    assert import_main(["embedder", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # click wraps the epilog
+    assert "--recipe [qwen3-vl-embedding]" in out
+    for name in REFUSED:
+        assert name not in RECIPES
+        assert f"{name}: not supported because" in out
+    assert "1-D positions" in out and "Phi-3.5-V" in out
 
 
 def test_a_directory_of_another_family_is_refused(imported, tmp_path, capsys):
