@@ -16,7 +16,8 @@ from lame.cli import exit_with, int_list, invoke
 from lame.config import METHODS, LameConfig, load_preset, preset_names
 from lame.device import PRECISIONS
 from lame.methods import get_method
-from lame.training.train import STAGES, TrainConfig, train
+from lame.training.config import STAGES, TrainConfig
+from lame.training.train import train
 
 
 def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig]:
