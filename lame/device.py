@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lame_runtime.errors import BackendError, InputError
+
+if TYPE_CHECKING:  # each function imports torch itself: PRECISIONS and DEVICES name options in --help
+    import torch
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 PRECISIONS = ("fp32", "bf16")
@@ -29,6 +30,8 @@ def local_rank() -> int:
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """``auto``: this process's GPU when CUDA is available, else the CPU."""
+    import torch
+
     if isinstance(spec, torch.device):
         spec = str(spec)
     spec = (spec or "auto").strip().lower()
@@ -68,12 +71,16 @@ def autocast(device: torch.device, precision: str):
     """The forward context for ``precision`` (bf16 autocast, float32 master weights)."""
     if check_precision(precision) == "fp32":
         return contextlib.nullcontext()
+    import torch
+
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def to_device(value: Any, device: torch.device) -> Any:
     """Move every tensor of a (nested dict/list) batch to ``device`` in one pass; batches are
     built on the CPU (tokenisation, images) and moved once per step."""
+    import torch
+
     if isinstance(value, torch.Tensor):
         return value.to(device, non_blocking=device.type == "cuda")
     if isinstance(value, dict):
@@ -86,5 +93,7 @@ def to_device(value: Any, device: torch.device) -> Any:
 def peak_memory_bytes(device: torch.device) -> int | None:
     """Peak allocated accelerator memory since the last reset (None on the CPU)."""
     if device.type == "cuda":
+        import torch
+
         return int(torch.cuda.max_memory_allocated(device))
     return None

@@ -8,9 +8,8 @@ from typing import Sequence
 
 import click
 
-from lame.checkpoint import CheckpointError
 from lame_runtime.cli.tools import invoke as run_command
-from lame_runtime.errors import LameError
+from lame_runtime.errors import CheckpointError, LameError
 
 # Shown as one line `prog: error: ...` (exit 2); anything else is an internal error (exit 1),
 # with a traceback only under --debug or LAME_DEBUG=1 (lame_runtime.cli.tools).

@@ -17,7 +17,6 @@ from lame.config import METHODS, LameConfig, load_preset, preset_names
 from lame.device import PRECISIONS
 from lame.methods import get_method
 from lame.training.config import STAGES, TrainConfig
-from lame.training.train import train
 
 
 def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig]:
@@ -232,6 +231,8 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def command(data_dir, out_dir, preset, init_from, resume, no_progress, device, **overrides) -> int:
     """Train a LaME model (warm-up, then joint optimisation) and print the final evaluation."""
+    from lame.training.train import train  # torch: imported for a run, not for --help
+
     model_config, train_config = build_configs(preset, overrides)
     # --init-from alone continues that checkpoint (its config); with --method, a checkpoint of
     # another method gives only its backbone.

@@ -10,9 +10,10 @@ as an argument, so the import graph has no cycle.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:  # annotations only: the registry and the CLIs' --help stay torch-free
+    import torch
 
 
 @dataclass

@@ -13,10 +13,13 @@
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from lame_runtime.errors import InputError
+
+if TYPE_CHECKING:  # torch loads where adapters are used, not where TrainConfig names the targets
+    import torch
+    from torch import nn
 
 DEFAULT_TARGETS = ("q_proj", "v_proj")
 RESUME_PREFIX = "lora."
@@ -27,6 +30,8 @@ def apply_lora(
     model, rank: int, targets: tuple[str, ...] | list[str] = DEFAULT_TARGETS, alpha: float | None = None
 ) -> list[str]:
     """Add adapters to ``model.backbone.text_model`` in place -> the adapted module names."""
+    from torch import nn
+
     try:
         from peft import LoraConfig, inject_adapter_in_model
     except ImportError as err:
@@ -77,6 +82,8 @@ def is_adapter_parameter(name: str) -> bool:
 def merged_state_dict(model) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` with every adapter folded into its base weight, under the names
     the model has without LoRA; the live model is not modified."""
+    import torch
+
     state = model.state_dict()
     layers = lora_layers(model)
     if not layers:
