@@ -6,7 +6,12 @@ Heavy imports (torch, transformers) happen on first use, so ``import lame`` stay
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the installed distribution's version: pyproject.toml is its one home
+    __version__ = version("lame-embed")
+except PackageNotFoundError:  # a source tree on sys.path that was never pip-installed
+    __version__ = "0+unknown"
 
 
 def load(checkpoint, device: str = "cpu"):

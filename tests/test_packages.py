@@ -1,9 +1,20 @@
-"""Layout: the four packages import, the runtime stays torch-free, the CLIs answer --help."""
+"""Layout: the four packages import, the runtime stays torch-free, the CLIs answer --help
+(without importing torch) and --version (the installed distribution's)."""
 
+import json
 import subprocess
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
+import tomllib
+
+PYPROJECT = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+SCRIPTS = PYPROJECT["project"]["scripts"]
+# The console scripts of lame/ and lame-search (lame-export and lame-serve are checked by
+# their own packages' tests).
+FRONT_DOORS = ("lame-train", "lame-eval", "lame-data", "lame-bench", "lame-import", "lame-search")
 
 
 @pytest.mark.parametrize("name", ["lame", "lame_export", "lame_calibration", "lame_runtime"])
@@ -44,19 +55,63 @@ def test_console_scripts_installed():
 
 def test_every_console_script_answers_help():
     # every script pyproject.toml declares, so a moved entry point cannot go unnoticed
-    from pathlib import Path
-
-    import tomllib
-
-    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
-    assert {"lame-search", "lame-export", "lame-bench"} <= set(scripts)
-    for script in scripts:
+    assert {"lame-search", "lame-export", "lame-bench"} <= set(SCRIPTS)
+    for script in SCRIPTS:
         out = subprocess.run([script, "--help"], capture_output=True, text=True)
         assert out.returncode == 0, (script, out.stderr)
         assert "Usage" in out.stdout or "usage" in out.stdout, script
 
 
-RUNTIME = __import__("pathlib").Path(__file__).parents[1] / "runtime"
+# In a fresh interpreter: the script's entry point (module:function) answers --help, and so does
+# each sub-command of a group; then which of torch / transformers got imported.
+_HELP_PROBE = """
+import click, importlib, json, sys, contextlib, io
+module_name, _ = sys.argv[1].split(":")
+module = importlib.import_module(module_name)
+calls = [["--help"]]
+if isinstance(module.command, click.Group):
+    calls += [[name, "--help"] for name in module.command.commands]
+codes = {}
+for argv in calls:
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        codes[" ".join(argv)] = module.main(argv)
+    assert "Usage" in out.getvalue(), argv
+heavy = [name for name in ("torch", "transformers") if name in sys.modules]
+print(json.dumps({"codes": codes, "heavy": heavy}))
+"""
+
+
+@pytest.mark.parametrize("script", FRONT_DOORS)
+def test_help_imports_neither_torch_nor_transformers(script):
+    """--help must be instant: torch and transformers load in the command bodies, not for help."""
+    out = subprocess.run(
+        [sys.executable, "-c", _HELP_PROBE, SCRIPTS[script]], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result["codes"].values()) == {0}, result
+    assert result["heavy"] == [], f"{script} --help imported {result['heavy']}"
+
+
+@pytest.mark.parametrize("script", FRONT_DOORS)
+def test_version_is_the_installed_distributions(script):
+    installed = version("lame-embed")
+    assert installed == PYPROJECT["project"]["version"], (
+        f"the installed metadata says {installed}, pyproject.toml {PYPROJECT['project']['version']}: "
+        "reinstall (pip install -e .)"
+    )
+    out = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{script}, version {installed}"
+
+
+def test_lame_version_is_the_installed_distributions():
+    import lame
+
+    assert lame.__version__ == version("lame-embed") == PYPROJECT["project"]["version"]
+
+
+RUNTIME = Path(__file__).parents[1] / "runtime"
 
 
 def _runtime_imports(folder: str, deferred: bool = True) -> set[str]:

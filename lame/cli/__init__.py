@@ -9,6 +9,7 @@ from typing import Sequence
 import click
 
 from lame_runtime.cli.tools import invoke as run_command
+from lame_runtime.cli.tools import version_option  # noqa: F401  (each lame CLI's --version)
 from lame_runtime.errors import CheckpointError, LameError
 
 # Shown as one line `prog: error: ...` (exit 2); anything else is an internal error (exit 1),

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import click
 
-from lame.cli import exit_with, invoke
+from lame.cli import exit_with, invoke, version_option
 
 MUST = {
     "lame_vs_cot": 60.0,
@@ -71,6 +71,7 @@ def _write_json(path: Path, report: dict) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("lame-bench")
 @click.option(
     "--preset",
     default="small",

@@ -9,10 +9,11 @@ from typing import Sequence
 
 import click
 
-from lame.cli import exit_with, invoke
+from lame.cli import exit_with, invoke, version_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("lame-data")
 def command() -> None:
     """Build datasets in the LaME directory format."""
 

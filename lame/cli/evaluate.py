@@ -10,10 +10,11 @@ from typing import Sequence
 
 import click
 
-from lame.cli import exit_with, int_list, invoke
+from lame.cli import exit_with, int_list, invoke, version_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("lame-eval")
 @click.option(
     "--ckpt",
     required=True,

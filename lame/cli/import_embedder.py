@@ -12,11 +12,12 @@ from typing import Sequence
 
 import click
 
-from lame.cli import exit_with, invoke
+from lame.cli import exit_with, invoke, version_option
 from lame.importing import RECIPES, REFUSED
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("lame-import")
 def command() -> None:
     """Import pretrained models as LaME checkpoints."""
 

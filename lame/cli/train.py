@@ -12,7 +12,7 @@ from typing import Sequence
 import click
 
 from lame.backbones.directory import resolve_model_spec
-from lame.cli import exit_with, int_list, invoke
+from lame.cli import exit_with, int_list, invoke, version_option
 from lame.config import METHODS, LameConfig, load_preset, preset_names
 from lame.device import PRECISIONS
 from lame.methods import get_method
@@ -64,6 +64,7 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("lame-train")
 @click.option(
     "--data",
     "data_dir",

@@ -18,7 +18,7 @@ from lame_runtime.artifact.contract import PRECISIONS, ArtifactError
 from lame_runtime.artifact.paths import contained_path
 from lame_runtime.cli.info import info_command
 from lame_runtime.cli.tensorrt import build_engine_command, embedder_options, gpu_options, triton_command
-from lame_runtime.cli.tools import invoke
+from lame_runtime.cli.tools import invoke, version_option
 from lame_runtime.errors import BackendError, InputError, IntegrityError, MissingFileError
 from lame_runtime.persist import parse_json
 from lame_runtime.retrieval.index import STORAGES, index_exists
@@ -114,6 +114,7 @@ def _eval_candidates(root: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 # --------------------------------------------------------------------------- commands
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option(PROG)
 def command() -> None:
     """Cosine search over LaME embeddings served from an export artifact (no torch).
 

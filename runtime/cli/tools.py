@@ -31,6 +31,12 @@ from lame_runtime.errors import GateError, LameError
 
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "LAME_DEBUG"
+DISTRIBUTION = "lame-embed"  # the pip name whose installed metadata --version reports
+
+
+def version_option(prog: str):
+    """``--version`` for a CLI: ``prog, version X`` with X read from the installed metadata."""
+    return click.version_option(package_name=DISTRIBUTION, prog_name=prog)
 
 
 def debug_enabled(argv: list[str]) -> tuple[bool, list[str]]:
