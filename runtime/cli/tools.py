@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import click
 
@@ -34,7 +34,7 @@ DEBUG_ENV = "LAME_DEBUG"
 DISTRIBUTION = "lame-embed"  # the pip name whose installed metadata --version reports
 
 
-def version_option(prog: str):
+def version_option(prog: str) -> Callable[[Any], Any]:
     """``--version`` for a CLI: ``prog, version X`` with X read from the installed metadata."""
     return click.version_option(package_name=DISTRIBUTION, prog_name=prog)
 
