@@ -13,18 +13,36 @@ that direction (or task) used several different ones, so none can be picked for 
 
 Serving (``Embedder.encode_queries``) picks per query row: an explicit ``instruction=``, else
 the ``task=``'s, else the one instruction of the directions that start at the row's modality.
-When those disagree (or there is none) it raises ``InputError`` asking for ``instruction=`` or
-``task=``: never a silent majority vote. Artifacts without ``"directions"`` (exported before
-this format) keep using their ``"query"`` instruction.
+A caller that knows what the documents are (``lame-search query`` on an image index) also
+passes the target modality: the direction ``<query>-><target>`` is then used when it was
+trained, and a query modality no direction starts from (a text+image query on the digits
+model, trained text->image and image->text) gets the one instruction of the directions that
+end at the target. When those disagree (or there is none) it raises ``InputError`` asking for
+``instruction=`` or ``task=``: never a silent majority vote. Artifacts without
+``"directions"`` (exported before this format) keep using their ``"query"`` instruction.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from lame_runtime.errors import InputError
 
 MODALITIES = ("text", "image", "text+image")
+
+
+@dataclass(frozen=True)
+class Spelling:
+    """How an error names the ways out: keyword arguments for Python callers; a command line
+    passes its flags (``Spelling("--instruction TEXT", "''", "--task NAME")``)."""
+
+    instruction: str = "instruction=..."
+    empty: str = '""'
+    task: str = "task=..."
+
+
+PYTHON = Spelling()
 
 
 def modality(text: Any, image: Any) -> str:
@@ -50,17 +68,25 @@ def summarise(rows: Iterable[tuple[str, str, str | None, str | None]]) -> dict[s
     def single(values: set[str]) -> str | None:
         return next(iter(values)) if len(values) == 1 else None
 
-    query = single(every)
+    common = single(every)
     return {
-        "query": query or None,
+        "query": common or None,
         "document": None,
         "directions": {k: single(v) for k, v in sorted(per_direction.items())},
         "tasks": {k: single(v) for k, v in sorted(per_task.items())},
     }
 
 
-def pick(instructions: dict[str, Any] | None, query_modality: str, task: str | None = None) -> str | None:
-    """The instruction for one query row (see the module docstring); raises when ambiguous."""
+def pick(
+    instructions: dict[str, Any] | None,
+    query_modality: str,
+    task: str | None = None,
+    target: str | None = None,
+    spelling: Spelling = PYTHON,
+) -> str | None:
+    """The instruction for one query row (see the module docstring); raises when ambiguous.
+    ``target``: the documents' modality, when the caller knows it; ``spelling``: how the error
+    names ``instruction`` and ``task``."""
     instructions = instructions or {}
     if task is not None:
         tasks = instructions.get("tasks") or {}
@@ -70,24 +96,32 @@ def pick(instructions: dict[str, Any] | None, query_modality: str, task: str | N
             )
         if tasks[task] is None:
             raise InputError(
-                f"task {task!r} was trained with several instructions; pass instruction= explicitly"
+                f"task {task!r} was trained with several instructions; pass {spelling.instruction} explicitly"
             )
         return tasks[task] or None
     directions = instructions.get("directions")
     if directions is None:  # an artifact from before per-direction instructions
         return instructions.get("query")
+    if target is not None and directions.get(f"{query_modality}->{target}") is not None:
+        return directions[f"{query_modality}->{target}"] or None
     matching = {name: value for name, value in directions.items() if name.split("->")[0] == query_modality}
     values = set(matching.values())
     if len(values) == 1 and None not in values:
         return next(iter(values)) or None
+    if not matching and target is not None:
+        # Nothing was trained from this kind of query: what it is for (finding the target
+        # modality) decides, when the model learnt one instruction for that.
+        toward = {value for name, value in directions.items() if name.split("->")[1] == target}
+        if len(toward) == 1 and None not in toward:
+            return next(iter(toward)) or None
     if not matching and instructions.get("query") is not None:
-        return instructions["query"]
+        return str(instructions["query"])
     trained = ", ".join(f"{name}: {value!r}" for name, value in sorted(directions.items()))
     reason = "no training direction starts from" if not matching else "several instructions were trained for"
     raise InputError(
         f"cannot choose a query instruction: {reason} {query_modality} queries "
-        f'(trained: {trained or "none"}); pass instruction=... ("" for none) or '
-        f"task=... (one of {sorted(instructions.get('tasks') or {}) or 'none'})"
+        f"(trained: {trained or 'none'}); pass {spelling.instruction} ({spelling.empty} for none) or "
+        f"{spelling.task} (one of {sorted(instructions.get('tasks') or {}) or 'none'})"
     )
 
 

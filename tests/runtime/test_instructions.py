@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lame_runtime.errors import InputError
-from lame_runtime.inputs.instructions import check, modality, pick, summarise
+from lame_runtime.inputs.instructions import Spelling, check, modality, pick, summarise
 
 T2I, I2T = "Find the image that matches.", "Find the true statement."
 
@@ -46,6 +46,36 @@ def test_ambiguous_directions_require_an_instruction():
         pick(mixed, "text", task="a")
     with pytest.raises(InputError, match="unknown task 'b'"):
         pick(mixed, "text", task="b")
+
+
+def test_a_known_target_decides_where_the_query_modality_does_not():
+    table = summarise(rows(1, 1) + [("text", "text", "qa", "Answer the question.")])
+    # several directions start from text: the target picks the one trained for it
+    assert pick(table, "text", target="image") == T2I and pick(table, "text", target="text") == (
+        "Answer the question."
+    )
+    # nothing starts from text+image: the one instruction trained for finding images
+    assert pick(table, "text+image", target="image") == T2I
+    # two instructions end at text (image->text and text->text): still refused, never a vote
+    with pytest.raises(InputError, match="no training direction starts from text\\+image"):
+        pick(table, "text+image", target="text")
+    # a direction trained without an instruction: none, not the neighbour's
+    bare = summarise([("text", "image", None, None), ("image", "text", None, I2T)])
+    assert pick(bare, "text+image", target="image") is None
+
+
+def test_errors_name_the_callers_spelling():
+    table = summarise(rows(1, 1))
+    with pytest.raises(InputError, match='pass instruction=... \\("" for none\\) or task=...'):
+        pick(table, "text+image")
+    flags = Spelling(instruction="--instruction TEXT", empty="''", task="--task NAME")
+    with pytest.raises(InputError) as err:
+        pick(table, "text+image", spelling=flags)
+    assert "pass --instruction TEXT ('' for none) or --task NAME" in str(err.value)
+    assert "instruction=" not in str(err.value)
+    mixed = summarise([("text", "image", "a", T2I), ("text", "image", "a", "Other.")])
+    with pytest.raises(InputError, match="pass --instruction TEXT explicitly"):
+        pick(mixed, "text", task="a", spelling=flags)
 
 
 def test_no_instruction_and_single_instruction():
