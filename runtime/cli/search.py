@@ -20,10 +20,14 @@ from lame_runtime.cli.info import info_command
 from lame_runtime.cli.tensorrt import build_engine_command, embedder_options, gpu_options, triton_command
 from lame_runtime.cli.tools import invoke, version_option
 from lame_runtime.errors import BackendError, InputError, IntegrityError, MissingFileError
+from lame_runtime.inputs.instructions import Spelling, modality
+from lame_runtime.inputs.instructions import pick as pick_instruction
 from lame_runtime.persist import parse_json
 from lame_runtime.retrieval.index import STORAGES, index_exists
+from lame_runtime.retrieval.indexing import BUILD_KEY
 
 PROG = "lame-search"
+FLAGS = Spelling(instruction="--instruction TEXT", empty="''", task="--task NAME")  # in errors
 ANN_KINDS = ("flat", "hnsw")  # lame_runtime.retrieval.ann.KINDS (not imported: faiss stays optional)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 EVAL_FILE = "eval.jsonl"
@@ -322,7 +326,8 @@ def index_command(
     "--instruction",
     default=None,
     help="Query instruction; default: the one trained for the query's modality "
-    "(text->image, image->text, ...). Pass '' for none.",
+    "(text->image, image->text, ...), or, on an image index, for finding images when no "
+    "direction starts from it (text+image queries on the digits model). Pass '' for none.",
 )
 @click.option(
     "--task", default=None, help="Use the instruction of this training task (see the artifact's manifest)."
@@ -390,8 +395,20 @@ def query_command(
         )
     if image_to_image:  # the same embedding the index holds for an indexed image
         instruction = embedder.artifact.instruction("document") or ""
+    used = instruction
+    if instruction is None:
+        # Picked here rather than inside encode_queries: the CLI knows what the index holds
+        # (its target modality), and its error must name the flags, not Python keywords.
+        used = pick_instruction(
+            embedder.artifact.instructions,
+            modality(text or None, image),
+            task,
+            target=documents_modality(index),
+            spelling=FLAGS,
+        )
+        instruction = used or ""  # "" = no instruction; None would make encode_queries pick again
     vector = embedder.encode_queries(
-        texts=[text or None], images=[image], instruction=instruction, task=task, dimensions=index.dim
+        texts=[text or None], images=[image], instruction=instruction, dimensions=index.dim
     )  # a Matryoshka index's size
     if ef_search is not None and hasattr(index, "config"):
         scores, ids = index.search(vector, k, ef_search=ef_search)
@@ -404,7 +421,6 @@ def query_command(
     if hasattr(index, "close"):
         index.close()
     if as_json:
-        used = embedder.query_instructions([text or None], [image], instruction, task)[0]
         click.echo(
             json.dumps(
                 {"query": {"text": text, "image": image, "instruction": used}, "results": results},
@@ -414,6 +430,13 @@ def query_command(
     else:
         click.echo(format_table(results))
     return 0
+
+
+def documents_modality(index: Any) -> str | None:
+    """The modality of the indexed documents where the index's build record says: an index of
+    an image folder holds images; a dataset's may mix texts and images (None: not known)."""
+    build = (getattr(index, "info", None) or {}).get(BUILD_KEY) or {}
+    return "image" if build.get("kind") == "images" else None
 
 
 def format_table(results: list[dict[str, Any]]) -> str:

@@ -12,6 +12,7 @@ import pytest
 
 from lame_runtime import Embedder, Index
 from lame_runtime.cli.search import main
+from lame_runtime.errors import InputError
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -115,16 +116,32 @@ def test_query_image_finds_itself_without_instruction(image_index, digits_dir, a
     assert top > 0.99999
     assert name in [r["id"] for r in result["results"] if r["score"] == top]
     # Text + image together is a different query from the image alone.
-    # No text+image direction was trained: the CLI asks for an instruction instead of guessing.
-    code, _, err = run_cli(
-        capsys, "query", "--model", artifact_dir, "--index", path, "the digits are 1 and 2", "--image", image
-    )
-    assert code == 2 and "pass instruction=" in err and err.count("\n") == 1, err
     both = query_json(
         capsys, artifact_dir, path, "the digits are 1 and 2", "--image", image, "--instruction", ""
     )
     assert both["query"]["image"] == str(image)
     assert both["results"][0]["score"] != top
+
+
+def test_text_and_image_query_on_an_image_index_needs_no_instruction(
+    image_index, digits_dir, artifact_dir, capsys
+):
+    """The digits model trains text->image and image->text only. A text+image query on an index
+    of images is for finding images: it gets the instruction trained for that."""
+    path, index = image_index
+    image, text = digits_dir / "images" / index.ids[3], "the digits add up to 9"
+    embedder = Embedder(artifact_dir)
+    directions = embedder.artifact.instructions["directions"]
+    assert not any(name.startswith("text+image->") for name in directions)
+    with pytest.raises(InputError, match="instruction="):  # the library alone cannot know the target
+        embedder.encode_queries([text], [str(image)])
+    result = query_json(capsys, artifact_dir, path, text, "--image", image, "-k", "4")
+    assert directions["text->image"] and result["query"]["instruction"] == directions["text->image"]
+    scores, ids = index.search(
+        embedder.encode_queries([text], [str(image)], instruction=directions["text->image"]), k=4
+    )
+    assert [r["id"] for r in result["results"]] == ids[0]
+    np.testing.assert_allclose([r["score"] for r in result["results"]], scores[0], atol=1e-6)
 
 
 def test_index_dataset_and_query(artifact_dir, digits_dir, tmp_path, capsys):
@@ -163,6 +180,21 @@ def test_index_dataset_and_query(artifact_dir, digits_dir, tmp_path, capsys):
     )
     assert len(result["results"]) == 2
     assert result["results"][0]["score"] >= result["results"][1]["score"]
+    # A dataset's index mixes texts and images: no trained direction starts from text+image
+    # and the target is not one modality, so the CLI asks for its flag (not Python's keyword).
+    code, _, err = run_cli(
+        capsys,
+        "query",
+        "--model",
+        artifact_dir,
+        "--index",
+        out,
+        "the digits add up to 9",
+        "--image",
+        digits_dir / "images" / "eval_00003.png",
+    )
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--instruction TEXT" in err and "--task NAME" in err and "instruction=" not in err, err
 
 
 def test_saved_index_round_trip(image_index, tmp_path):
