@@ -181,25 +181,32 @@ def test_eval_candidates_many_distinct_and_label_varies(built):
 def test_eval_has_hard_negatives(built):
     root, _ = built
     digits = image_digits(root)
+    checked = set()  # the tasks whose branch below ran: a build without them must fail
     for row in read_jsonl(root / "eval.jsonl"):
         if row["task"] == "tier2.order.i2t":
             increasing, total = parse_statement(row["candidates"][row["label"]]["text"]).values
             texts = {c["text"] for c in row["candidates"]}
             flipped = Statement("order", (1 - increasing, total))
             assert flipped.text in texts  # one condition true, the other false
+            checked.add(row["task"])
         if row["task"] == "tier1.read.t2i":
             positive = digits[row["candidates"][row["label"]]["image"]]
             shared = [len(set(digits[c["image"]]) & set(positive)) for c in row["candidates"]]
             assert sorted(shared)[-2] >= 1  # some negative shares a digit with the positive
+            checked.add(row["task"])
+    assert checked == {"tier2.order.i2t", "tier1.read.t2i"}
 
 
 def test_i2t_same_family_negatives_share_the_template(built):
     root, _ = built
+    checked = set()
     for row in read_jsonl(root / "eval.jsonl"):
         _, family, direction = row["task"].split(".")
         if direction == "i2t":
             families = Counter(parse_statement(c["text"]).family for c in row["candidates"])
             assert families[family] >= min(10, len(family_statements(family)))
+            checked.add(row["task"])
+    assert checked == {task for task in TASKS if task.endswith(".i2t")}
 
 
 def test_train_rows_are_consistent(built):
@@ -207,6 +214,7 @@ def test_train_rows_are_consistent(built):
     digits = image_digits(root)
     rows = read_jsonl(root / "train.jsonl")
     assert {row["task"] for row in rows} == set(TASKS)
+    negative_kinds = set()
     for row in rows:
         direction = row["task"].split(".")[2]
         image_side = row["query"] if direction == "i2t" else row["target"]
@@ -220,8 +228,11 @@ def test_train_rows_are_consistent(built):
             if "image" in negative:
                 assert negative["image"].startswith("images/train_")
                 assert not statement.holds(digits[negative["image"]])
+                negative_kinds.add("image")
             else:
                 assert not parse_statement(negative["text"]).holds(seq)
+                negative_kinds.add("text")
+    assert negative_kinds == {"image", "text"}  # both kinds of negative were checked
 
 
 def test_loaders_accept_the_build(built):
@@ -265,14 +276,17 @@ def test_reasoning_target_for_text_to_image_rows(built, tmp_path):
     digits = image_digits(other)
     plain, reasoning = read_jsonl(root / "train.jsonl"), read_jsonl(other / "train.jsonl")
     assert len(plain) == len(reasoning)
+    directions = set()
     for a, b in zip(plain, reasoning):
         assert {k: v for k, v in a.items() if k != "answer"} == {k: v for k, v in b.items() if k != "answer"}
+        directions.add(b["task"].split(".")[2])
         if b["task"].endswith(".t2i"):
             seq = digits[b["target"]["image"]]
             assert b["answer"] == b["rationale"] != b["query"]["text"]
             assert b["answer"].startswith("digits " + " ".join(map(str, seq)))
         else:
             assert b["answer"] == a["answer"]
+    assert directions == {"t2i", "i2t"}  # both branches above ran
     assert read_jsonl(root / "eval.jsonl") == read_jsonl(other / "eval.jsonl")
     assert json.loads((other / "meta.json").read_text())["t2i_answer"] == "reasoning"
     with pytest.raises(ValueError, match="t2i_answer"):
