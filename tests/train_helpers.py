@@ -1,4 +1,4 @@
-"""Helpers shared by the training tests (test_train.py, test_scale_train.py)."""
+"""Helpers shared by the training tests (test_train.py, test_train_options.py)."""
 
 import pytest
 from safetensors.torch import load_file
