@@ -1,6 +1,7 @@
-"""Training at scale, checked on the CPU with tiny models: device selection, bf16 autocast,
-gradient checkpointing, GradCache chunking, LoRA (merged checkpoints that export), a real
-backbone directory with its own tokenizer, the image resolution, evaluation limits."""
+"""lame-train's options for bigger runs, checked on the CPU with tiny models: device selection,
+bf16 autocast, gradient checkpointing, GradCache chunking, LoRA (merged checkpoints that
+export), a real backbone directory with its own tokenizer, the image resolution, evaluation
+limits."""
 
 from __future__ import annotations
 
