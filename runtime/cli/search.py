@@ -1,8 +1,8 @@
 """lame-search: build a cosine index of images or dataset items with an export artifact, query it.
 
-Torch-free like the rest of ``lame_runtime`` (and it must not import ``lame`` either), so the
-small ``invoke`` helper below mirrors ``lame.cli.invoke``: library errors become one line on
-stderr and exit code 2.
+Torch-free like the rest of ``lame_runtime`` (and it must not import ``lame`` either); it runs
+through the same wrapper as every LaME CLI (:mod:`lame_runtime.cli.tools`): library errors
+become one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
