@@ -391,7 +391,9 @@ def build_digits(
         raise ValueError("image counts and eval_per_task must be >= 1, n_candidates >= 2")
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True)")
+        raise FileExistsError(
+            f"{out_dir} exists and is not empty (pass overwrite=True; lame-data digits: --overwrite)"
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     # mkdtemp makes a private (0700) directory, so build one level below it
     # where the user's umask applies; the holder also receives a replaced dataset.

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lame.cli.data import main as data_main
 from lame.data.dataset import load_eval, load_train
 from lame.data.digits import (
     INSTRUCTIONS,
@@ -244,12 +245,15 @@ def test_loaders_accept_the_build(built):
     assert all(len(row.candidates) == 50 for row in evals)
 
 
-def test_refuses_to_overwrite_unless_asked(tmp_path):
+def test_refuses_to_overwrite_unless_asked(tmp_path, capsys):
     out = tmp_path / "ds"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         build_digits(out, **SMALL)
+    assert (out / "keep.txt").read_text() == "precious"
+    assert data_main(["digits", str(out), "--train-images", "20"]) == 2
+    assert "--overwrite" in capsys.readouterr().err  # the command line names its flag
     assert (out / "keep.txt").read_text() == "precious"
     build_digits(out, overwrite=True, **SMALL)
     assert not (out / "keep.txt").exists() and (out / "eval.jsonl").is_file()
