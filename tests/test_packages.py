@@ -105,6 +105,37 @@ def test_version_is_the_installed_distributions(script):
     assert out.stdout.strip() == f"{script}, version {installed}"
 
 
+@pytest.mark.parametrize(
+    "module, argv",
+    [
+        ("lame.cli.train", ["--data", "data", "--out", "run"]),
+        ("lame.cli.evaluate", ["--ckpt", "run", "--data", "data"]),
+        ("lame.cli.bench", ["--preset", "tiny"]),
+        ("lame.cli.import_embedder", ["embedder", "hf", "--out", "ckpt", "--recipe", "qwen3-vl-embedding"]),
+    ],
+)
+def test_a_torch_command_on_the_base_install_names_the_extra(module, argv, tmp_path):
+    """The CLIs import without torch (for --help), so running one there must say what to
+    install in one line, not end in an internal error."""
+    code = (
+        "import sys, contextlib, io\n"
+        "sys.modules['torch'] = None; sys.modules['transformers'] = None  # as if not installed\n"
+        f"from {module} import main\n"
+        "err = io.StringIO()\n"
+        "with contextlib.redirect_stderr(err):\n"
+        f"    code = main({argv!r})\n"
+        "print(code, err.getvalue(), end='')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    exit_code, message = out.stdout.split(" ", 1)
+    assert exit_code == "2" and message.count("\n") == 1, out.stdout
+    assert 'needs the train extra (torch, transformers): pip install "lame-embed[train]"' in message
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_lame_version_is_the_installed_distributions():
     import lame
 

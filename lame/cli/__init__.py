@@ -10,7 +10,7 @@ import click
 
 from lame_runtime.cli.tools import invoke as run_command
 from lame_runtime.cli.tools import version_option  # noqa: F401  (each lame CLI's --version)
-from lame_runtime.errors import CheckpointError, LameError
+from lame_runtime.errors import BackendError, CheckpointError, LameError
 
 # Shown as one line `prog: error: ...` (exit 2); anything else is an internal error (exit 1),
 # with a traceback only under --debug or LAME_DEBUG=1 (lame_runtime.cli.tools).
@@ -19,6 +19,19 @@ USER_ERRORS = (LameError, ValueError, FileNotFoundError, FileExistsError, Checkp
 
 def invoke(command: click.Command, argv: Sequence[str] | None, prog: str) -> int:
     return run_command(command, argv, prog, USER_ERRORS)
+
+
+def require_train_extra() -> None:
+    """Import torch and transformers as a command that needs them starts (--help never does):
+    on the base install, the runtime only, one line with the pip command, not a traceback."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as err:
+        prog = click.get_current_context().find_root().info_name
+        raise BackendError(
+            f'{prog} needs the train extra (torch, transformers): pip install "lame-embed[train]" ({err})'
+        ) from None
 
 
 def exit_with(main) -> None:

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import click
 
-from lame.cli import exit_with, invoke, version_option
+from lame.cli import exit_with, invoke, require_train_extra, version_option
 
 MUST = {
     "lame_vs_cot": 60.0,
@@ -114,6 +114,7 @@ def command(
     preset, artifact, json_out, plot_out, batches, reps, max_new_tokens, device, dtype, threads, no_deploy
 ) -> int:
     """Time the four methods on one backbone in one run; print a table and the ratios."""
+    require_train_extra()
     from lame.device import resolve_device
     from lame.evaluation.bench import BenchOptions, run_bench
 

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import click
 
-from lame.cli import exit_with, int_list, invoke, version_option
+from lame.cli import exit_with, int_list, invoke, require_train_extra, version_option
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,6 +88,7 @@ def command(
     Each task also reports the metric its rows name (MMEB image: hit@1, visdoc: ndcg@5,
     MRMR: ndcg@10) as "metric" and "score"; one "task: metric = score" line per task goes to
     stderr so the JSON on stdout stays machine-readable."""
+    require_train_extra()
     import lame
     from lame.data.dataset import load_eval
     from lame.device import resolve_device

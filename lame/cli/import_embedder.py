@@ -12,7 +12,7 @@ from typing import Sequence
 
 import click
 
-from lame.cli import exit_with, invoke, version_option
+from lame.cli import exit_with, invoke, require_train_extra, version_option
 from lame.importing import RECIPES, REFUSED
 
 
@@ -72,6 +72,7 @@ def _recipe_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def embedder(directory, out_dir, recipe, image_size, max_text_tokens) -> int:
     """Read a local Hugging Face embedder DIRECTORY (nothing is downloaded) and write an
     ordinary K=0 checkpoint that lame-export and the runtime serve unchanged."""
+    require_train_extra()
     from lame.importing import import_embedder
 
     out = import_embedder(directory, out_dir, recipe, image_size, max_text_tokens)

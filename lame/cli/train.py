@@ -12,7 +12,7 @@ from typing import Sequence
 import click
 
 from lame.backbones.directory import resolve_model_spec
-from lame.cli import exit_with, int_list, invoke, version_option
+from lame.cli import exit_with, int_list, invoke, require_train_extra, version_option
 from lame.config import METHODS, LameConfig, load_preset, preset_names
 from lame.device import PRECISIONS
 from lame.methods import get_method
@@ -232,6 +232,7 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def command(data_dir, out_dir, preset, init_from, resume, no_progress, device, **overrides) -> int:
     """Train a LaME model (warm-up, then joint optimisation) and print the final evaluation."""
+    require_train_extra()
     from lame.training.train import train  # torch: imported for a run, not for --help
 
     model_config, train_config = build_configs(preset, overrides)
