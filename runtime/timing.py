@@ -23,7 +23,7 @@ t0 = time.perf_counter()
 import lame_runtime
 t1 = time.perf_counter()
 embedder = lame_runtime.Embedder(sys.argv[1], precision=sys.argv[3],
-                                 threads=int(sys.argv[2]) or None)
+    options=lame_runtime.RuntimeOptions(threads=int(sys.argv[2]) or None))
 t2 = time.perf_counter()
 vector = embedder.encode(texts=["the digits are 1 and 2"])
 t3 = time.perf_counter()

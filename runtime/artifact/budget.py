@@ -23,11 +23,11 @@ from lame_runtime.errors import BackendError
 _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from lame_runtime import Embedder
+from lame_runtime import Embedder, RuntimeOptions
 
 model, precision, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 start = time.perf_counter()
-emb = Embedder(model, precision=precision, verify=False, **options)
+emb = Embedder(model, precision=precision, options=RuntimeOptions(verify=False, **options))
 opened = time.perf_counter() - start
 rng = np.random.default_rng(0)
 texts = [f"the digits add up to {i}" for i in range(8)]

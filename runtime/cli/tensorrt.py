@@ -9,8 +9,7 @@ from typing import Any, Callable
 import click
 
 from lame_runtime.engines.tensorrt.meta import ENGINE_PRECISIONS, PROFILE_KEYS
-
-BACKEND_CHOICES = ("auto", "onnxruntime", "tensorrt")
+from lame_runtime.options import BACKENDS
 
 
 def gpu_options(function: Callable) -> Callable:
@@ -18,10 +17,11 @@ def gpu_options(function: Callable) -> Callable:
     options = [
         click.option(
             "--backend",
-            type=click.Choice(BACKEND_CHOICES),
+            type=click.Choice(BACKENDS),
             default="auto",
             show_default=True,
-            help="auto: a compatible TensorRT engine of the artifact if there is one, else ONNX Runtime.",
+            help="auto: a compatible TensorRT engine of the artifact (lame-search build-engine) if "
+            "there is one, else ONNX Runtime. ONNX Runtime's TensorRT provider: --providers tensorrt.",
         ),
         click.option(
             "--providers",
@@ -40,7 +40,7 @@ def gpu_options(function: Callable) -> Callable:
         click.option(
             "--strict-providers",
             is_flag=True,
-            help="Fail instead of warning when a requested provider does not start.",
+            help="Fail instead of warning when a requested provider is absent or does not start.",
         ),
         click.option(
             "--max-pixels",
@@ -56,17 +56,27 @@ def gpu_options(function: Callable) -> Callable:
 
 
 def embedder_options(
-    backend: str, providers: str | None, device_id: int, strict_providers: bool, max_pixels: int | None = None
+    backend: str,
+    providers: str | None,
+    device_id: int,
+    strict_providers: bool,
+    max_pixels: int | None = None,
+    **runtime: Any,
 ) -> dict[str, Any]:
-    """The gpu_options values as Embedder keyword arguments."""
+    """The gpu_options values (and any other ``RuntimeOptions`` fields, e.g. ``threads``) as
+    ``Embedder`` keyword arguments: ``Embedder(model, precision=p, **embedder_options(...))``."""
     from lame_runtime.engines.providers import parse_provider_arg
+    from lame_runtime.options import RuntimeOptions
 
     return {
         "backend": backend,
         "device_id": device_id,
-        "strict": strict_providers,
-        "providers": parse_provider_arg(providers) if providers else None,
-        "max_pixels": max_pixels,
+        "options": RuntimeOptions(
+            providers=parse_provider_arg(providers) if providers else None,
+            strict_providers=strict_providers,
+            max_pixels=max_pixels,
+            **runtime,
+        ),
     }
 
 

@@ -10,12 +10,15 @@ options (the user's keys always win):
   the artifact, so one engine covers every batch/sequence the runtime sends.
 - CUDA EP: ``device_id``.
 
-The default order never puts the TensorRT EP first: it is used only when asked for (by name or
-with ``tensorrt_ep=True``), and then always with an engine cache.
+The default order never puts the TensorRT EP first: it is used only when asked for by name, and
+then always with an engine cache.
 
 After the session exists, :func:`check_fallback` compares ``session.get_providers()`` with the
 request: ONNX Runtime silently falls back to the CPU when a provider is missing or fails to
-start; here that is a warning naming the provider (or a ``BackendError`` with ``strict=True``).
+start; here every provider that was asked for (by name, or by ``tensorrt_ep`` in
+:func:`default_providers`) and is not running is a warning naming it and the provider used,
+or a ``BackendError`` with ``strict=True``. Only the default order's CUDA, never requested,
+is dropped quietly when this build lacks it.
 """
 
 from __future__ import annotations
@@ -148,9 +151,12 @@ def cuda_ep_defaults(defaults: ProviderDefaults) -> dict[str, str]:
 
 
 def default_providers(available: Sequence[str], tensorrt_ep: bool = False) -> list[Any]:
-    """CUDA when this ONNX Runtime build has it, then CPU; TensorRT EP first only on request."""
+    """CUDA when this ONNX Runtime build has it, then CPU; TensorRT EP first only on request.
+
+    A requested TensorRT EP stays in the list even when this build lacks it, so that
+    :func:`resolve_providers` reports it missing instead of dropping it silently."""
     order = ([TENSORRT_EP] if tensorrt_ep else []) + [CUDA_EP, CPU_EP]
-    return [name for name in order if name in available or name == CPU_EP]
+    return [name for name in order if name in available or name in (CPU_EP, TENSORRT_EP)]
 
 
 def resolve_providers(
@@ -161,6 +167,9 @@ def resolve_providers(
     tensorrt_ep: bool = False,
 ) -> tuple[list[Provider], list[str]]:
     """-> (providers to pass to ONNX Runtime, requested names this build does not have).
+
+    The names asked for are the resolved ones followed by the missing ones: hand both to
+    :func:`check_fallback` so that none is dropped without a word.
 
     Unavailable providers are left out here (ONNX Runtime would otherwise print its own warning
     and drop them); the caller reports them with :func:`check_fallback` after the session
