@@ -8,14 +8,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lame_runtime.artifact.manifest import PREPROCESSOR_FILE, TOKENIZER_FILE
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.inputs.images import ImageConfig, preprocess_images
 from lame_runtime.inputs.template import Instructed, PromptTemplate
 from lame_runtime.inputs.text import TextProcessor
 from lame_runtime.persist import read_json
-
-TOKENIZER_FILE = "tokenizer.json"
-PREPROCESSOR_FILE = "preprocessor_config.json"
 
 # Names of the model inputs, shared by the PyTorch model and the exported ONNX graph.
 INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "image_mask")
