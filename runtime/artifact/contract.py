@@ -38,6 +38,7 @@ from lame_runtime.artifact.manifest import (  # noqa: F401  (re-exported)
     READABLE_VERSIONS,
     REQUIRED_FIELDS,
     TOKENIZER_FILE,
+    Manifest,
     TensorSpec,
     validate_manifest,
 )
@@ -52,10 +53,15 @@ from lame_runtime.persist import (
 @dataclass
 class Artifact:
     path: Path
-    manifest: dict[str, Any] = field(repr=False)
+    manifest: dict[str, Any] = field(repr=False)  # the validated JSON (spec.to_json())
     verify: bool = True
+    spec: Manifest = field(default=None, repr=False)  # type: ignore[assignment]  # set by __post_init__
     _verified: set = field(default_factory=set, repr=False)
     _absent: set = field(default_factory=set, repr=False)  # optional files a bundle dropped
+
+    def __post_init__(self) -> None:
+        if self.spec is None:  # built from a dict (tests, tools): validate it into the typed form
+            self.spec = Manifest.from_json(self.manifest, str(self.path / MANIFEST))
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> Artifact:
@@ -74,14 +80,10 @@ class Artifact:
         if not manifest_path.is_file():
             raise ArtifactError(f"{found} is not a LaME export artifact: missing {MANIFEST}")
         raw = read_json(manifest_path, ArtifactError, what="manifest")
-        artifact = cls(found, validate_manifest(raw, str(manifest_path)), verify)
+        spec = Manifest.from_json(raw, str(manifest_path))
+        artifact = cls(found, spec.to_json(), verify, spec)
         artifact._check_present()
-        model_files = {
-            n
-            for m in artifact.models.values()
-            for g in [m, m.get("text") or m]
-            for n in [g["path"], *g["external_data"]]
-        }
+        model_files = spec.graph_files()
         artifact._verify_files([n for n in artifact.manifest["files"] if n not in model_files])
         artifact._cross_check()
         return artifact
@@ -93,15 +95,15 @@ class Artifact:
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        return [TensorSpec(**spec) for spec in self.manifest["inputs"]]
+        return list(self.spec.inputs)
 
     @property
     def output_name(self) -> str:
-        return self.manifest["outputs"][0]["name"]
+        return self.spec.outputs[0].name
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["embedding_dim"])
+        return self.spec.embedding_dim
 
     @property
     def dimensions(self) -> tuple[int, ...]:

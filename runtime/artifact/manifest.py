@@ -9,7 +9,7 @@ has structure, a checker to ``_CHECKERS``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from lame_runtime.errors import ArtifactError
@@ -48,7 +48,14 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     # Absent (every export so far): only the full embedding_dim is offered (lame-serve's
     # `dimensions` is refused otherwise).
     "matryoshka_dims": list,
+    # Provenance, for people: a description of the graphs, the checkpoint, the tool versions.
+    "graph": str,
+    "source_checkpoint": dict,
+    "exported_with": dict,
 }
+# Where the graph's dynamic sequence axis starts (BOS + one token): the exporter's bound, the
+# TensorRT profiles' minimum and the shortest row the runtime's routing sends.
+MIN_SEQUENCE = 2
 
 
 @dataclass
@@ -56,6 +63,9 @@ class TensorSpec:
     name: str
     dtype: str
     shape: list[Any]  # ints for fixed dims, strings ("batch", "sequence") for dynamic ones
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
 def _type_name(kind) -> str:
@@ -154,7 +164,7 @@ def _check_special_tokens(where: str, manifest: dict) -> None:
 
 
 def _check_engines(where: str, manifest: dict) -> None:
-    # The "engines" section (TensorRT plans) belongs to lame_runtime.engines.tensorrt.meta (area trt).
+    # The "engines" section (TensorRT plans) belongs to lame_runtime.engines.tensorrt.meta.
     from lame_runtime.engines.tensorrt.meta import validate_engines_section
 
     try:
@@ -201,8 +211,12 @@ def _upgrade_v1(manifest: dict) -> dict:
     return upgraded
 
 
-def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict:
+def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict[str, Any]:
     """The manifest, upgraded to the current format, or an ArtifactError naming the problem."""
+    return Manifest.from_json(manifest, where).to_json()
+
+
+def _validated(manifest: Any, where: str) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{where} must hold a JSON object, got {type(manifest).__name__}")
     version = _require(where, manifest, "format_version", int)
@@ -227,3 +241,165 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict:
     for check in _CHECKERS:
         check(where, manifest)
     return manifest
+
+
+# ------------------------------------------------------------------------------ typed form
+@dataclass
+class GraphFiles:
+    """One ONNX graph of a precision: its file and the external-data files it refers to."""
+
+    path: str
+    external_data: list[str] = field(default_factory=list)
+    text: GraphFiles | None = None  # the text-only graph of the same precision, if exported
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GraphFiles:
+        text = data.get("text")
+        return cls(data["path"], list(data["external_data"]), cls.from_json(text) if text else None)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "external_data": list(self.external_data)}
+        if self.text is not None:
+            out["text"] = self.text.to_json()
+        return out
+
+
+@dataclass
+class FileRecord:
+    """A file of the artifact: its size and sha256; ``required=False``: a deployment may drop it."""
+
+    bytes: int
+    sha256: str
+    required: bool | None = None  # None: not recorded (required)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"bytes": self.bytes, "sha256": self.sha256}
+        if self.required is not None:
+            out["required"] = self.required
+        return out
+
+
+# The JSON key order lame-export has always written (engines: added by build-engine).
+_ORDER = (
+    "format_version",
+    "embedding_dim",
+    "num_reason_tokens",
+    "num_summary_tokens",
+    "matryoshka_dims",
+    "inputs",
+    "outputs",
+    "graph",
+    "image",
+    "num_image_tokens",
+    "max_text_tokens",
+    "special_tokens",
+    "instructions",
+    "opset",
+    "max_batch",
+    "max_sequence",
+    "models",
+    "files",
+    "source_checkpoint",
+    "exported_with",
+    "engines",
+)
+
+
+@dataclass
+class Manifest:
+    """``lame_artifact.json`` as typed fields; the one form the exporter writes, the TensorRT
+    builder edits and the runtime reads. ``from_json`` validates (an ``ArtifactError`` names
+    the field); ``to_json`` gives back the same JSON, key order included."""
+
+    embedding_dim: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    image: dict[str, Any]
+    num_image_tokens: int
+    max_text_tokens: int
+    special_tokens: dict[str, int]
+    models: dict[str, GraphFiles]
+    files: dict[str, FileRecord]
+    format_version: int = FORMAT_VERSION
+    num_reason_tokens: int | None = None
+    num_summary_tokens: int | None = None
+    matryoshka_dims: list[int] | None = None
+    graph: str | None = None
+    instructions: dict[str, Any] | None = None
+    opset: int | None = None
+    max_batch: int | None = None  # the exported graph's dynamic-axis bounds
+    max_sequence: int | None = None
+    source_checkpoint: dict[str, Any] | None = None
+    exported_with: dict[str, Any] | None = None
+    engines: dict[str, dict[str, Any]] | None = None  # lame_runtime.engines.tensorrt.meta
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this version does not know, kept
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = MANIFEST) -> Manifest:
+        """Validate ``data`` (a parsed manifest; format 1 is upgraded) -> ``Manifest``."""
+        raw = _validated(data, where)
+        known = set(_ORDER)
+        return cls(
+            format_version=raw["format_version"],
+            embedding_dim=raw["embedding_dim"],
+            inputs=[TensorSpec(**spec) for spec in raw["inputs"]],
+            outputs=[TensorSpec(**spec) for spec in raw["outputs"]],
+            image=dict(raw["image"]),
+            num_image_tokens=raw["num_image_tokens"],
+            max_text_tokens=raw["max_text_tokens"],
+            special_tokens=dict(raw["special_tokens"]),
+            models={p: GraphFiles.from_json(entry) for p, entry in raw["models"].items()},
+            files={
+                name: FileRecord(entry["bytes"], entry["sha256"], entry.get("required"))
+                for name, entry in raw["files"].items()
+            },
+            num_reason_tokens=raw.get("num_reason_tokens"),
+            num_summary_tokens=raw.get("num_summary_tokens"),
+            matryoshka_dims=raw.get("matryoshka_dims"),
+            graph=raw.get("graph"),
+            instructions=raw.get("instructions"),
+            opset=raw.get("opset"),
+            max_batch=raw.get("max_batch"),
+            max_sequence=raw.get("max_sequence"),
+            source_checkpoint=raw.get("source_checkpoint"),
+            exported_with=raw.get("exported_with"),
+            engines=raw.get("engines"),
+            extra={k: v for k, v in raw.items() if k not in known},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "format_version": self.format_version,
+            "embedding_dim": self.embedding_dim,
+            "num_reason_tokens": self.num_reason_tokens,
+            "num_summary_tokens": self.num_summary_tokens,
+            "matryoshka_dims": None if self.matryoshka_dims is None else list(self.matryoshka_dims),
+            "inputs": [spec.to_json() for spec in self.inputs],
+            "outputs": [spec.to_json() for spec in self.outputs],
+            "graph": self.graph,
+            "image": dict(self.image),
+            "num_image_tokens": self.num_image_tokens,
+            "max_text_tokens": self.max_text_tokens,
+            "special_tokens": dict(self.special_tokens),
+            "instructions": self.instructions,
+            "opset": self.opset,
+            "max_batch": self.max_batch,
+            "max_sequence": self.max_sequence,
+            "models": {p: entry.to_json() for p, entry in self.models.items()},
+            "files": {name: entry.to_json() for name, entry in self.files.items()},
+            "source_checkpoint": self.source_checkpoint,
+            "exported_with": self.exported_with,
+            "engines": self.engines,
+        }
+        out = {key: values[key] for key in _ORDER if values[key] is not None}
+        out.update(self.extra)
+        return out
+
+    def graph_files(self) -> set[str]:
+        """Every graph and external-data file the models name (the shared files are the rest)."""
+        names: set[str] = set()
+        for entry in self.models.values():
+            for graph in (entry, entry.text):
+                if graph is not None:
+                    names.update([graph.path, *graph.external_data])
+        return names

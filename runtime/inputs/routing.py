@@ -14,8 +14,9 @@ from typing import Callable
 
 import numpy as np
 
+from lame_runtime.artifact.manifest import MIN_SEQUENCE
+
 TEXT_INPUTS = ("input_ids", "attention_mask")
-MIN_SEQUENCE = 2  # the graphs' dynamic sequence axis starts at 2
 
 
 def text_rows_feed(feed: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:

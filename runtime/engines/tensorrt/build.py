@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from lame_runtime.artifact.contract import MANIFEST, Artifact
+from lame_runtime.artifact.manifest import Manifest
 from lame_runtime.engines.tensorrt.backend import import_tensorrt, running_device
 from lame_runtime.engines.tensorrt.meta import (
     ENGINE_PRECISIONS,
@@ -124,17 +125,20 @@ def build_engine(
     atomic_write_bytes(plan_path, plan)
     record["sha256"] = sha256(plan_path)
     try:
-        manifest = read_json(artifact.path / MANIFEST, ArtifactError, dict, "manifest")
-        manifest.setdefault("engines", {})[options.precision] = record
-        validate_engines_section(manifest)
-        atomic_write_json(artifact.path / MANIFEST, manifest)
+        where = str(artifact.path / MANIFEST)
+        manifest = Manifest.from_json(
+            read_json(artifact.path / MANIFEST, ArtifactError, dict, "manifest"), where
+        )
+        manifest.engines = {**(manifest.engines or {}), options.precision: record}
+        # Validated as a whole (engines included) before it replaces the old one.
+        atomic_write_json(artifact.path / MANIFEST, Manifest.from_json(manifest.to_json(), where).to_json())
     except BaseException:
         if not existed:  # a plan the manifest does not list must not be left behind
             plan_path.unlink(missing_ok=True)
         raise
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(cache_path, timing_cache)
-    atomic_write_text(artifact.path / README_FILE, engines_readme(manifest["engines"]))
+    atomic_write_text(artifact.path / README_FILE, engines_readme(manifest.engines))
     return record
 
 
