@@ -8,7 +8,7 @@ import numpy as np
 
 Feed = dict[str, np.ndarray]
 
-# Minimum row cosine to the PyTorch reference, per precision (the export issue's gates).
+# Minimum row cosine to the PyTorch reference, per precision: the export's parity gates.
 # int4 (weight-only, 4-bit blocks of 32): 16x int8's weight step, and no calibration to absorb
 # it; 0.98 keeps the gate meaningful (a broken graph or a wrong block axis scores < 0.9) while
 # letting honest RTN 4-bit noise through (see the README's "Edge memory" figures).
