@@ -240,7 +240,7 @@ class Embedder:
             self.options.route_text and self._engine is None and self.artifact.has_text_graph(self.precision)
         )
 
-    def _load_text_backend(self):
+    def _load_text_backend(self) -> OnnxRuntimeBackend:
         backend = self._text_backend
         if backend is not None:
             return backend

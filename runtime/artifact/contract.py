@@ -56,8 +56,8 @@ class Artifact:
     manifest: dict[str, Any] = field(repr=False)  # the validated JSON (spec.to_json())
     verify: bool = True
     spec: Manifest = field(default=None, repr=False)  # type: ignore[assignment]  # set by __post_init__
-    _verified: set = field(default_factory=set, repr=False)
-    _absent: set = field(default_factory=set, repr=False)  # optional files a bundle dropped
+    _verified: set[str] = field(default_factory=set, repr=False)
+    _absent: set[str] = field(default_factory=set, repr=False)  # optional files a bundle dropped
 
     def __post_init__(self) -> None:
         if self.spec is None:  # built from a dict (tests, tools): validate it into the typed form
@@ -90,8 +90,9 @@ class Artifact:
 
     # ------------------------------------------------------------------------ accessors
     @property
-    def models(self) -> dict[str, dict]:
-        return self.manifest["models"]
+    def models(self) -> dict[str, dict[str, Any]]:
+        models: dict[str, dict[str, Any]] = self.manifest["models"]
+        return models
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -117,7 +118,8 @@ class Artifact:
         return [p for p in PRECISIONS if p in self.models]
 
     def instruction(self, kind: str) -> str | None:
-        return self.manifest.get("instructions", {}).get(kind)
+        found = (self.spec.instructions or {}).get(kind)
+        return found if isinstance(found, str) else None
 
     @property
     def instructions(self) -> dict[str, Any]:
@@ -146,7 +148,7 @@ class Artifact:
                     "before text graphs existed): the full graph serves text"
                 )
             entry = entry["text"]
-        graph = self._member(entry["path"])
+        graph_path = self._member(entry["path"])
         for name in [entry["path"], *entry["external_data"]]:
             if not self._member(name).is_file():
                 raise ArtifactError(f"{self.path / name}, listed in {MANIFEST}, is missing")
@@ -154,14 +156,14 @@ class Artifact:
             self._verify_files([entry["path"], *entry["external_data"]])
         # Checked even without verify: ONNX Runtime would follow any location it is given.
         listed = set(entry["external_data"])
-        for location in external_data_locations(graph):
+        for location in external_data_locations(graph_path):
             self._member(location, f"{entry['path']} external data")
             if location not in listed:
                 raise ArtifactError(
-                    f"{graph} refers to external data {location!r} that "
+                    f"{graph_path} refers to external data {location!r} that "
                     f"{MANIFEST} does not list for {precision}: refusing it"
                 )
-        return graph
+        return graph_path
 
     def verify_all(self) -> None:
         """Hash-check every listed file now (e.g. at install time)."""
@@ -241,11 +243,12 @@ class Artifact:
                 )
 
 
-def _read_json(path: Path) -> dict:
-    return read_json(path, ArtifactError, dict)
+def _read_json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = read_json(path, ArtifactError, dict)
+    return data
 
 
-def _token_ids(tokenizer: dict) -> dict[str, int]:
+def _token_ids(tokenizer: dict[str, Any]) -> dict[str, int]:
     """token string -> id from a tokenizers ``tokenizer.json`` (added tokens win)."""
     vocab = (tokenizer.get("model") or {}).get("vocab")
     if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel

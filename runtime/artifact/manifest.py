@@ -14,6 +14,9 @@ from typing import Any, Callable
 
 from lame_runtime.errors import ArtifactError
 
+JsonObject = dict[str, Any]
+Kind = type | tuple[type, ...]  # the JSON type(s) a field accepts
+
 MANIFEST = "lame_artifact.json"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -68,7 +71,7 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
-def _type_name(kind) -> str:
+def _type_name(kind: Kind) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     return " or ".join(
         {int: "integer", str: "string", list: "list", dict: "object", float: "number", bool: "boolean"}.get(
@@ -78,14 +81,14 @@ def _type_name(kind) -> str:
     )
 
 
-def _is(value, kind) -> bool:
+def _is(value: Any, kind: Kind) -> bool:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool) and bool not in kinds:
         return False  # JSON true is not an integer here
     return isinstance(value, kinds)
 
 
-def _require(where: str, mapping: dict, key: str, kind) -> Any:
+def _require(where: str, mapping: JsonObject, key: str, kind: Kind) -> Any:
     if key not in mapping:
         raise ArtifactError(f"{where}: missing field {key!r}")
     if not _is(mapping[key], kind):
@@ -98,7 +101,7 @@ def _require(where: str, mapping: dict, key: str, kind) -> Any:
     return mapping[key]
 
 
-def _check_tensors(where: str, manifest: dict) -> None:
+def _check_tensors(where: str, manifest: JsonObject) -> None:
     for key in ("inputs", "outputs"):
         if not manifest[key]:
             raise ArtifactError(f"{where}: {key!r} is empty")
@@ -115,7 +118,7 @@ def _check_tensors(where: str, manifest: dict) -> None:
                 raise ArtifactError(f"{item}: unknown keys {sorted(set(spec) - {'name', 'dtype', 'shape'})}")
 
 
-def _check_files(where: str, manifest: dict) -> None:
+def _check_files(where: str, manifest: JsonObject) -> None:
     for name, entry in manifest["files"].items():
         item = f"{where}: files[{name!r}]"
         if not isinstance(entry, dict):
@@ -128,7 +131,7 @@ def _check_files(where: str, manifest: dict) -> None:
             _require(item, entry, "required", bool)
 
 
-def _check_models(where: str, manifest: dict) -> None:
+def _check_models(where: str, manifest: JsonObject) -> None:
     models, files = manifest["models"], manifest["files"]
     if not models:
         raise ArtifactError(f"{where}: 'models' is empty: the artifact has no graph")
@@ -145,7 +148,7 @@ def _check_models(where: str, manifest: dict) -> None:
             _check_graph_entry(f"{item}['text']", entry["text"], files)
 
 
-def _check_graph_entry(item: str, entry: dict, files: dict) -> None:
+def _check_graph_entry(item: str, entry: JsonObject, files: JsonObject) -> None:
     names = [_require(item, entry, "path", str)]
     data = _require(item, entry, "external_data", list)
     if not all(isinstance(n, str) for n in data):
@@ -157,13 +160,13 @@ def _check_graph_entry(item: str, entry: dict, files: dict) -> None:
             raise ArtifactError(f"{item}: {name!r} is a graph file and cannot be optional")
 
 
-def _check_special_tokens(where: str, manifest: dict) -> None:
+def _check_special_tokens(where: str, manifest: JsonObject) -> None:
     for role, token_id in manifest["special_tokens"].items():
         if not _is(token_id, int) or token_id < 0:
             raise ArtifactError(f"{where}: special_tokens[{role!r}] must be a token id >= 0")
 
 
-def _check_engines(where: str, manifest: dict) -> None:
+def _check_engines(where: str, manifest: JsonObject) -> None:
     # The "engines" section (TensorRT plans) belongs to lame_runtime.engines.tensorrt.meta.
     from lame_runtime.engines.tensorrt.meta import validate_engines_section
 
@@ -174,7 +177,7 @@ def _check_engines(where: str, manifest: dict) -> None:
 
 
 # Structured checks run after the type table; add one per new structured section.
-def _check_matryoshka(where: str, manifest: dict) -> None:
+def _check_matryoshka(where: str, manifest: JsonObject) -> None:
     dims = manifest.get("matryoshka_dims")
     if dims is None:
         return
@@ -185,7 +188,7 @@ def _check_matryoshka(where: str, manifest: dict) -> None:
         )
 
 
-_CHECKERS: list[Callable[[str, dict], None]] = [
+_CHECKERS: list[Callable[[str, JsonObject], None]] = [
     _check_tensors,
     _check_files,
     _check_models,
@@ -195,7 +198,7 @@ _CHECKERS: list[Callable[[str, dict], None]] = [
 ]
 
 
-def _upgrade_v1(manifest: dict) -> dict:
+def _upgrade_v1(manifest: JsonObject) -> JsonObject:
     """Format 1 listed graphs only, keyed by precision; read it as format 2 (no data files,
     tokenizer and preprocessor config unhashed: nothing else to check for them)."""
     files = manifest.get("files")
@@ -240,7 +243,7 @@ def _validated(manifest: Any, where: str) -> dict[str, Any]:
             _require(where, manifest, key, kind)
     for check in _CHECKERS:
         check(where, manifest)
-    return manifest
+    return dict(manifest)
 
 
 # ------------------------------------------------------------------------------ typed form

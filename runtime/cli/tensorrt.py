@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import click
 
 from lame_runtime.engines.tensorrt.meta import ENGINE_PRECISIONS, PROFILE_KEYS
 from lame_runtime.options import BACKENDS
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def gpu_options(function: Callable) -> Callable:
+
+def gpu_options(function: F) -> F:
     """--backend, --providers, --device-id, --strict-providers on an Embedder-using command."""
     options = [
         click.option(
@@ -118,7 +120,14 @@ def embedder_options(
     default=None,
     help="Profile sequence lengths (default 2 / longest / longest row of the artifact).",
 )
-def build_engine_command(artifact, precision, workspace_mb, timing_cache, device_id, **profile) -> int:
+def build_engine_command(
+    artifact: str,
+    precision: str,
+    workspace_mb: int | None,
+    timing_cache: str | None,
+    device_id: int,
+    **profile: int | None,
+) -> int:
     """Build a TensorRT engine (model_fp16.plan / model_int8.plan) inside ARTIFACT, on this GPU."""
     from lame_runtime.engines.tensorrt.build import EngineBuildOptions, build_engine
 
@@ -191,7 +200,15 @@ def build_engine_command(artifact, precision, workspace_mb, timing_cache, device
 )
 @click.option("--force", is_flag=True, help="Replace an existing model repository folder.")
 def triton_command(
-    artifact, repo, name, precision, kind, trt_accelerator, max_batch, instances, force
+    artifact: str,
+    repo: str,
+    name: str,
+    precision: str,
+    kind: str,
+    trt_accelerator: bool,
+    max_batch: int | None,
+    instances: int,
+    force: bool,
 ) -> int:
     """Write a Triton model repository serving ARTIFACT: preprocessing + embedding + ensemble."""
     from lame_runtime.deploy.triton import TritonOptions, write_model_repository

@@ -37,6 +37,7 @@ from lame_runtime.persist import sha256
 
 if TYPE_CHECKING:
     from lame_runtime.engines.shared_weights import SharedWeights
+    from lame_runtime.engines.tensorrt.backend import TensorRTBackend
 
 
 class Backend(Protocol):
@@ -202,7 +203,7 @@ def provider_defaults(
 
 def choose_backend(
     artifact: Artifact, backend: str, precision: str, device_id: int = 0
-) -> tuple[str, str, dict | None]:
+) -> tuple[str, str, dict[str, Any] | None]:
     """-> (backend, precision, engine record or None).
 
     ``tensorrt``: the recorded engine must exist and match this process's TensorRT release and
@@ -225,13 +226,14 @@ def choose_backend(
             f"{artifact.path} has no {chosen} TensorRT engine (it has {have}); "
             f"{rebuild_hint(str(artifact.path), chosen)}"
         )
+    assert running is not None  # select_backend returns "tensorrt" only with a device
     check_engine_compatible(record, running, str(artifact.path), chosen)
     return name, chosen, record
 
 
 def load_tensorrt(
-    artifact: Artifact, record: dict, output_name: str, device_id: int = 0, verify: bool = True
-):
+    artifact: Artifact, record: dict[str, Any], output_name: str, device_id: int = 0, verify: bool = True
+) -> TensorRTBackend:
     """The plan file, sha256-checked against its record, deserialised on ``device_id``."""
     from lame_runtime.engines.tensorrt.backend import TensorRTBackend
 

@@ -100,10 +100,13 @@ def align_inputs(
     """
     if texts is None and images is None:
         raise InputError("give texts, images, or both")
-    texts = _as_rows(texts, "texts", "strings") if texts is not None else None
-    images = _as_rows(images, "images", "paths, PIL images or arrays") if images is not None else None
-    texts = texts if texts is not None else [None] * len(images)
-    images = images if images is not None else [None] * len(texts)
+    rows = _as_rows(texts, "texts", "strings") if texts is not None else None
+    pictures = _as_rows(images, "images", "paths, PIL images or arrays") if images is not None else None
+    if rows is None:
+        rows = [None] * len(pictures or ())
+    if pictures is None:
+        pictures = [None] * len(rows)
+    texts, images = rows, pictures
     if len(texts) != len(images):
         raise InputError(
             f"texts and images must have equal lengths (one query per row), "

@@ -32,7 +32,9 @@ def text_rows_feed(feed: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, n
 
 
 def route(
-    feed: dict[str, np.ndarray], full: Callable[[dict], np.ndarray], text: Callable[[dict], np.ndarray]
+    feed: dict[str, np.ndarray],
+    full: Callable[[dict[str, np.ndarray]], np.ndarray],
+    text: Callable[[dict[str, np.ndarray]], np.ndarray],
 ) -> np.ndarray:
     """Outputs for every row of ``feed``: text-only rows through ``text``, the rest ``full``."""
     is_text = np.asarray(feed["image_mask"]) == 0

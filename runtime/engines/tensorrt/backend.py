@@ -24,7 +24,7 @@ from lame_runtime.engines.tensorrt.meta import INSTALL_HINT, DeviceInfo
 from lame_runtime.errors import BackendError
 
 
-def import_tensorrt():
+def import_tensorrt() -> Any:
     """-> the ``tensorrt`` module, or one ``BackendError`` saying how to install it."""
     try:
         import tensorrt

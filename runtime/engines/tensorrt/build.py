@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from lame_runtime.artifact.contract import MANIFEST, Artifact
 from lame_runtime.artifact.manifest import Manifest
@@ -37,6 +37,7 @@ from lame_runtime.engines.tensorrt.backend import import_tensorrt, running_devic
 from lame_runtime.engines.tensorrt.meta import (
     ENGINE_PRECISIONS,
     PLAN_FILES,
+    DeviceInfo,
     EngineProfile,
     engine_profiles,
     profile_shapes,
@@ -65,7 +66,7 @@ class EngineBuildOptions:
     device_id: int = 0
 
 
-def check_build_environment(device_id: int = 0):
+def check_build_environment(device_id: int = 0) -> DeviceInfo:
     """Fail fast (before any export or write): TensorRT importable and a GPU usable."""
     return running_device(device_id)
 
@@ -74,7 +75,7 @@ def build_engine(
     artifact_dir: str | Path,
     options: EngineBuildOptions,
     progress: Callable[[str], None] = lambda message: None,
-) -> dict:
+) -> dict[str, Any]:
     """Build ``model_<precision>.plan`` and record it in the manifest; -> the engine record.
 
     Everything that can fail (TensorRT missing, no GPU, parse or build errors) happens before
@@ -191,7 +192,7 @@ def _build(
     return bytes(serialized), bytes(config.get_timing_cache().serialize())
 
 
-def engines_readme(engines: dict[str, dict]) -> str:
+def engines_readme(engines: dict[str, dict[str, Any]]) -> str:
     """The artifact's README_TENSORRT.txt: what was built, for what, and how to rebuild."""
     lines = [
         "TensorRT engines of this LaME artifact",
