@@ -31,9 +31,16 @@ from lame_export.trt_lint import int4_lint, lint
 from lame_export.validate import THRESHOLDS, parity_suite
 from lame_runtime.artifact.contract import HASH_CACHE, MANIFEST, sha256
 from lame_runtime.artifact.files import HashCache, external_data_locations
-from lame_runtime.artifact.manifest import FileRecord, GraphFiles, Manifest, TensorSpec
+from lame_runtime.artifact.manifest import (
+    PREPROCESSOR_FILE,
+    TOKENIZER_FILE,
+    FileRecord,
+    GraphFiles,
+    Manifest,
+    TensorSpec,
+)
 from lame_runtime.errors import GateError, InputError
-from lame_runtime.inputs.preprocess import INPUT_NAMES, PREPROCESSOR_FILE, TOKENIZER_FILE
+from lame_runtime.inputs.preprocess import INPUT_NAMES
 from lame_runtime.persist import atomic_write_dir, atomic_write_json, check_replaceable, read_json
 
 FILES = {
@@ -210,7 +217,7 @@ def _convert(precision: str, stage: Path, model, options: ExportOptions, progres
     from lame_calibration import CalibrationReader
     from lame_calibration import build as build_calibration
 
-    calib = options.calib_file
+    calib: str | Path | None = options.calib_file
     if calib is None:
         if options.calib_data is None:
             raise ValueError("--int8 needs --calib-data DIR or --calib FILE.npz")

@@ -78,6 +78,8 @@ def export_text_onnx(model, path: Path, spec: ExportSpec, external_data: bool) -
             opset_version=spec.opset,
             verbose=False,
         )
+    if program is None:  # the dynamo exporter always returns a program; None is the legacy path
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     program.save(str(path), external_data=external_data)
     return path
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -33,7 +33,7 @@ def validate(
         raise ParityError(f"shape mismatch: reference {reference.shape} vs candidate {candidate.shape}")
     finite = bool(np.isfinite(candidate).all())
     cosines = row_cosines(reference, candidate) if finite else np.array([-1.0])
-    figures = {
+    figures: dict[str, Any] = {
         "min_cosine": float(cosines.min()),
         "finite": finite,
         "max_abs_diff": float(np.abs(reference - candidate).max()) if finite else None,
@@ -59,7 +59,8 @@ def parity_suite(
     ``dims`` (a Matryoshka model's served sizes): each case is also scored on the leading d
     components, renormalised as the runtime serves them, and the gate takes the worst of all
     (``by_dimension`` has each size's minimum): a short prefix can drift more than the whole."""
-    cases, finite = {}, True
+    cases: dict[str, float | None] = {}
+    finite = True
     by_dim: dict[str, float] = {}
     for label, feed in feeds:
         ref, cand = reference(feed), candidate(feed)
