@@ -64,7 +64,6 @@ def test_defaults_and_order(tmp_path):
     every = [TENSORRT_EP, CUDA_EP, CPU_EP]
     # the TensorRT EP is never first by default: without a cache it rebuilds per process
     assert default_providers(every) == [CUDA_EP, CPU_EP]
-    assert default_providers(every, tensorrt_ep=True) == every
     assert default_providers([CPU_EP]) == [CPU_EP]
     defaults = ProviderDefaults(
         device_id=2, precision="fp16", profile_shapes={"trt_profile_max_shapes": "input_ids:8x53"}
