@@ -176,7 +176,9 @@ def deployment(models: dict[str, Any], options: BenchOptions, workdir: Path) -> 
         fns = {"torch eager": lambda t=tensors: _torch_embed(model, t)}
         for precision in precisions:
             embedder = Embedder(
-                artifact, precision=precision, options=RuntimeOptions(threads=options.threads, spin=False)
+                artifact,
+                precision=precision,
+                options=RuntimeOptions(threads=options.threads or None, spin=False),
             )
             fns[f"ort {precision}"] = lambda e=embedder, f=feed: e.infer(f)
         timed = interleaved_medians(fns, options.reps)
