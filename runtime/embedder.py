@@ -64,7 +64,7 @@ class Embedder:
         device_id: int = 0,
         options: RuntimeOptions | None = None,
         **legacy: Any,
-    ):
+    ) -> None:
         if precision in BACKENDS[1:] and backend in PRECISIONS:
             # The 0.1 order was (path, backend, precision): a positional call still works.
             warnings.warn(
@@ -86,6 +86,7 @@ class Embedder:
             raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
         options = merge_legacy(options, legacy)
         self.options = options
+        max_pixels = check_max_pixels(options.max_pixels)  # every argument checked before any I/O
         if backend == "tensorrt":
             running_device(device_id)  # TensorRT or a GPU missing: one error, before any hashing
         self.artifact = Artifact.open(path, verify=options.verify)
@@ -95,7 +96,7 @@ class Embedder:
         self.precision = self._pick_precision(precision) if self._engine is None else precision
         self._device_id = device_id
         self.preprocessor = Preprocessor.from_dir(self.artifact.path)
-        self.preprocessor.max_pixels = check_max_pixels(options.max_pixels)
+        self.preprocessor.max_pixels = max_pixels
         self._backend: Backend | None = None
         self._pipeline: FeedPipeline | None = None
         self._text_backend: OnnxRuntimeBackend | None = None
