@@ -11,6 +11,8 @@ from typing import Sequence
 
 import click
 
+from lame_runtime.artifact.manifest import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQUENCE
+
 # Bad arguments that reach the library as builtins (click converts its own): one line, exit 2.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)
 
@@ -84,12 +86,16 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)
 )
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
 @click.option(
-    "--max-batch", type=int, default=64, show_default=True, help="Upper bound of the dynamic batch dimension."
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BATCH,
+    show_default=True,
+    help="Upper bound of the dynamic batch dimension.",
 )
 @click.option(
     "--max-sequence",
     type=click.IntRange(min=2),
-    default=512,
+    default=DEFAULT_MAX_SEQUENCE,
     show_default=True,
     help="Upper bound of the dynamic sequence dimension: the longest row (visual tokens + text) must fit.",
 )

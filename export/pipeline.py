@@ -32,6 +32,8 @@ from lame_export.validate import THRESHOLDS, parity_suite
 from lame_runtime.artifact.contract import HASH_CACHE, MANIFEST, sha256
 from lame_runtime.artifact.files import HashCache, external_data_locations
 from lame_runtime.artifact.manifest import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_SEQUENCE,
     PREPROCESSOR_FILE,
     TOKENIZER_FILE,
     FileRecord,
@@ -79,8 +81,8 @@ class ExportOptions:
     int4_accuracy_level: int = 4
     int4_embeddings: bool = True
     opset: int = 18
-    max_batch: int = 64
-    max_sequence: int = 512  # the graph's sequence bound: the longest row must fit
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_sequence: int = DEFAULT_MAX_SEQUENCE  # the graph's sequence bound: the longest row must fit
     force: bool = False
     # fp32 weight bytes above which every graph is saved with external data (0: always).
     external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lame_runtime.artifact.manifest import MIN_SEQUENCE
+from lame_runtime.artifact.manifest import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQUENCE, MIN_SEQUENCE
 from lame_runtime.errors import InputError
 from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor
 
@@ -18,8 +18,8 @@ OUTPUT_NAME = "lame_embedding"
 @dataclass
 class ExportSpec:
     opset: int = 18
-    max_batch: int = 64
-    max_sequence: int = 512
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_sequence: int = DEFAULT_MAX_SEQUENCE
     input_names: tuple[str, ...] = INPUT_NAMES
     output_names: tuple[str, ...] = (OUTPUT_NAME,)
 

@@ -59,6 +59,10 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
 # Where the graph's dynamic sequence axis starts (BOS + one token): the exporter's bound, the
 # TensorRT profiles' minimum and the shortest row the runtime's routing sends.
 MIN_SEQUENCE = 2
+# The export's default dynamic-axis bounds, also assumed for artifacts exported before the
+# manifest recorded max_batch / max_sequence.
+DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_SEQUENCE = 512
 
 
 @dataclass

@@ -16,13 +16,11 @@ import shlex
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from lame_runtime.artifact.manifest import MIN_SEQUENCE
+from lame_runtime.artifact.manifest import DEFAULT_MAX_BATCH, MIN_SEQUENCE
 from lame_runtime.errors import ArtifactError, BackendError, InputError
 
 ENGINE_PRECISIONS = ("fp16", "int8")
 PLAN_FILES = {"fp16": "model_fp16.plan", "int8": "model_int8.plan"}
-# ExportSpec's defaults: used for artifacts exported before the manifest recorded them.
-DEFAULT_MAX_BATCH = 64
 OPT_BATCH = 32  # Embedder.encode's default batch_size
 INSTALL_HINT = (
     "install TensorRT 10.x/11.x: on a Jetson it comes with JetPack (`sudo apt install "
