@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -88,7 +88,11 @@ def build(
     feed = pad_left(feed, length or feed["input_ids"].shape[1], preprocessor.text.special["pad"])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write_file(out_path, lambda handle: np.savez(handle, **feed))
+
+    def write(handle: BinaryIO) -> None:
+        np.savez(handle, **feed)  # type: ignore[arg-type]  # numpy's stub types **arrays as its allow_pickle flag
+
+    return atomic_write_file(out_path, write)
 
 
 def load(path: str | Path) -> dict[str, np.ndarray]:

@@ -1,4 +1,7 @@
-"""lame-export: checkpoint -> ONNX artifact (fp32, optional fp16 / int8), parity-gated."""
+"""lame-export: checkpoint -> ONNX artifact (fp32, optional fp16 / int8 / int4), parity-gated.
+
+Only click is imported at module level: ``--help`` and ``--version`` stay fast and torch-free;
+the exporter (torch, onnx) is imported when the command runs."""
 
 from __future__ import annotations
 
@@ -8,8 +11,14 @@ from typing import Sequence
 
 import click
 
+from lame_runtime.artifact.manifest import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQUENCE
+
+# Bad arguments that reach the library as builtins (click converts its own): one line, exit 2.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lame-embed", prog_name="lame-export")
 @click.option(
     "--ckpt",
     required=True,
@@ -77,7 +86,18 @@ import click
 )
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset.")
 @click.option(
-    "--max-batch", type=int, default=64, show_default=True, help="Upper bound of the dynamic batch dimension."
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_BATCH,
+    show_default=True,
+    help="Upper bound of the dynamic batch dimension.",
+)
+@click.option(
+    "--max-sequence",
+    type=click.IntRange(min=2),
+    default=DEFAULT_MAX_SEQUENCE,
+    show_default=True,
+    help="Upper bound of the dynamic sequence dimension: the longest row (visual tokens + text) must fit.",
 )
 @click.option("--force", is_flag=True, help="Write the artifact even if a gate fails.")
 @click.option(
@@ -140,18 +160,12 @@ def command(ckpt, out, external_data_mib, trt, **options) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lame.cli import invoke
-    from lame_export.pipeline import ExportGateError
-    from lame_runtime.errors import BackendError
+    # tools.invoke prints every LameError as one line (a failed gate: exit 3, "nothing
+    # written"; TensorRT or a GPU missing for --trt: exit 2). Imported from the runtime, not
+    # lame.cli, so that --help and --version load neither torch nor the exporter.
+    from lame_runtime.cli.tools import invoke
 
-    try:
-        return invoke(command, argv, "lame-export")
-    except BackendError as err:  # TensorRT or a GPU missing (--trt): one line, nothing written
-        click.echo(f"lame-export: error: {err}", err=True)
-        return 2
-    except ExportGateError as err:
-        click.echo(f"lame-export: gate failed, nothing written: {err}", err=True)
-        return 3
+    return invoke(command, argv, "lame-export", USER_ERRORS)
 
 
 def run() -> None:

@@ -58,6 +58,8 @@ def export_onnx(model, path: Path, spec: ExportSpec, external_data: bool | None 
         )
     if external_data is None:
         external_data = parameter_bytes(model) > TWO_GIB
+    if program is None:  # the dynamo exporter always returns a program; None is the legacy path
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     program.save(str(path), external_data=external_data)
     return path
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,10 +29,20 @@ from lame_export.spec import ExportSpec, parity_feeds
 from lame_export.text_graph import TEXT_FILES, build_text_graphs, check_text_parity, convert_text_graph
 from lame_export.trt_lint import int4_lint, lint
 from lame_export.validate import THRESHOLDS, parity_suite
-from lame_runtime.artifact.contract import FORMAT_VERSION, HASH_CACHE, MANIFEST, sha256
-from lame_runtime.artifact.files import HashCache
+from lame_runtime.artifact.contract import HASH_CACHE, MANIFEST, sha256
+from lame_runtime.artifact.files import HashCache, external_data_locations
+from lame_runtime.artifact.manifest import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_SEQUENCE,
+    PREPROCESSOR_FILE,
+    TOKENIZER_FILE,
+    FileRecord,
+    GraphFiles,
+    Manifest,
+    TensorSpec,
+)
 from lame_runtime.errors import GateError, InputError
-from lame_runtime.inputs.preprocess import INPUT_NAMES, PREPROCESSOR_FILE, TOKENIZER_FILE
+from lame_runtime.inputs.preprocess import INPUT_NAMES
 from lame_runtime.persist import atomic_write_dir, atomic_write_json, check_replaceable, read_json
 
 FILES = {
@@ -70,7 +81,8 @@ class ExportOptions:
     int4_accuracy_level: int = 4
     int4_embeddings: bool = True
     opset: int = 18
-    max_batch: int = 64
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_sequence: int = DEFAULT_MAX_SEQUENCE  # the graph's sequence bound: the longest row must fit
     force: bool = False
     # fp32 weight bytes above which every graph is saved with external data (0: always).
     external_data_threshold: int = DEFAULT_EXTERNAL_DATA_THRESHOLD
@@ -111,6 +123,8 @@ def export_checkpoint(
             f"covers the one-pass methods {EXPORTABLE_METHODS} (cot and latent "
             "decode step by step: benchmark them in PyTorch with lame-bench)"
         )
+    spec = ExportSpec(opset=options.opset, max_batch=options.max_batch, max_sequence=options.max_sequence)
+    spec.check_bounds(model.preprocessor)  # before tracing: the tracer's error names no flag
     weight_bytes = parameter_bytes(model)
     external = weight_bytes > options.external_data_threshold
     report: dict = {"gates": {}, "failures": [], "external_data": external, "fp32_weight_bytes": weight_bytes}
@@ -119,7 +133,6 @@ def export_checkpoint(
     hashes: dict[str, str] = {}  # artifact file -> sha256, computed once per file
 
     def build(stage: Path) -> None:
-        spec = ExportSpec(opset=options.opset, max_batch=options.max_batch)
         _copy_runtime_files(ckpt, stage)
         progress("exporting fp32 ONNX (dynamo)" + " with external data" * external)
         export_onnx(model, stage / FILES["fp32"], spec, external_data=external)
@@ -206,7 +219,7 @@ def _convert(precision: str, stage: Path, model, options: ExportOptions, progres
     from lame_calibration import CalibrationReader
     from lame_calibration import build as build_calibration
 
-    calib = options.calib_file
+    calib: str | Path | None = options.calib_file
     if calib is None:
         if options.calib_data is None:
             raise ValueError("--int8 needs --calib-data DIR or --calib FILE.npz")
@@ -287,19 +300,6 @@ def _instructions(ckpt: Path) -> dict:
     return check(read_json(path, InputError), str(path)) if path.is_file() else {}
 
 
-def _external_data(graph: Path) -> list[str]:
-    """The external-data files a graph refers to (read with onnx itself, the reference)."""
-    import onnx
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-    proto = onnx.load(str(graph), load_external_data=False)
-    found: dict[str, None] = {}
-    for tensor in _get_all_tensors(proto):
-        if uses_external_data(tensor):
-            found.setdefault({e.key: e.value for e in tensor.external_data}["location"])
-    return list(found)
-
-
 def _file_table(stage: Path, hashes: dict[str, str]) -> dict[str, dict]:
     """Every file of the staged artifact (but the manifest and the hash cache), hashed once."""
     table = {}
@@ -329,15 +329,21 @@ def _write_manifest(
     import onnxruntime
 
     pre = model.preprocessor
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "embedding_dim": model.config.embed_dim,
-        "num_reason_tokens": model.config.num_reason_tokens,
-        "num_summary_tokens": model.config.num_summary_tokens,
+    io = spec.io_manifest(pre, model.config.embed_dim)
+
+    def graph_files(path: str) -> GraphFiles:
+        # One reader of external-data references for writer and reader: the runtime's.
+        return GraphFiles(path, external_data_locations(stage / path))
+
+    manifest = Manifest(
+        embedding_dim=model.config.embed_dim,
+        num_reason_tokens=model.config.num_reason_tokens,
+        num_summary_tokens=model.config.num_summary_tokens,
         # Matryoshka: the sizes the model was trained to serve (Embedder.encode(dimensions=)).
-        **({"matryoshka_dims": list(model.config.matryoshka_dims)} if model.config.matryoshka_dims else {}),
-        **spec.io_manifest(pre, model.config.embed_dim),
-        "graph": "one graph for text, image and text+image rows: image_mask zeroes the visual "
+        matryoshka_dims=list(model.config.matryoshka_dims) if model.config.matryoshka_dims else None,
+        inputs=[TensorSpec(**t) for t in io["inputs"]],
+        outputs=[TensorSpec(**t) for t in io["outputs"]],
+        graph="one graph for text, image and text+image rows: image_mask zeroes the visual "
         "tokens of text-only rows; reason/summary tokens are constants"
         + (
             "; models[p].text: the text-only graph (input_ids + attention_mask, no "
@@ -345,41 +351,40 @@ def _write_manifest(
             if text_graph
             else ""
         ),
-        "image": pre.image.to_dict(),
-        "num_image_tokens": pre.image.num_tokens,
-        "max_text_tokens": pre.text.max_text_tokens,
-        "special_tokens": pre.text.special,
-        "instructions": _instructions(ckpt),
-        "opset": spec.opset,
+        image=pre.image.to_dict(),
+        num_image_tokens=pre.image.num_tokens,
+        max_text_tokens=pre.text.max_text_tokens,
+        special_tokens=pre.text.special,
+        instructions=_instructions(ckpt),
+        opset=spec.opset,
         # The graph's dynamic-axis bounds: TensorRT optimisation profiles are sized from them.
-        "max_batch": spec.max_batch,
-        "max_sequence": spec.max_sequence,
-        "models": {
-            p: {
-                "path": FILES[p],
-                "external_data": _external_data(stage / FILES[p]),
-                **(
-                    {"text": {"path": TEXT_FILES[p], "external_data": _external_data(stage / TEXT_FILES[p])}}
-                    if text_graph
-                    else {}
-                ),
-            }
+        max_batch=spec.max_batch,
+        max_sequence=spec.max_sequence,
+        models={
+            p: GraphFiles(
+                FILES[p],
+                external_data_locations(stage / FILES[p]),
+                graph_files(TEXT_FILES[p]) if text_graph else None,
+            )
             for p in precisions
         },
-        "files": _file_table(stage, hashes),
-        "source_checkpoint": {
+        files={
+            name: FileRecord(entry["bytes"], entry["sha256"], entry.get("required"))
+            for name, entry in _file_table(stage, hashes).items()
+        },
+        source_checkpoint={
             "path": str(ckpt),
             "sha256": source_sha256,
             "meta": json.loads((ckpt / "meta.json").read_text()) if (ckpt / "meta.json").is_file() else {},
         },
-        "exported_with": {
+        exported_with={
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version(),
         },
-    }
-    atomic_write_json(stage / MANIFEST, manifest)
+    )
+    atomic_write_json(stage / MANIFEST, Manifest.from_json(manifest.to_json()).to_json())
     HashCache.write(stage, hashes)  # the first load need not hash 2 GB again
 
 
@@ -392,7 +397,10 @@ def _retrieval_gate(stage: Path, data_dir: str, precisions, report: dict, progre
     results = {}
     for precision in precisions:
         progress(f"retrieval eval {precision} ({len(rows)} queries)")
-        embedder = Embedder(stage, precision=precision)
+        with warnings.catch_warnings():
+            # The gate measures every precision on this machine's CPU on purpose.
+            warnings.filterwarnings("ignore", "precision fp16 runs on", RuntimeWarning)
+            embedder = Embedder(stage, precision=precision)
         results[precision] = evaluate(embedder.encode, rows)["hit@1"]
     for precision in precisions[1:]:
         drop = results["fp32"] - results[precision]

@@ -19,6 +19,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lame_runtime.errors import InputError
 
@@ -170,7 +171,8 @@ def minmax_ranges(prepared: Path, reader, op_types=INT8_OP_TYPES):
             and infos[name].type.tensor_type.elem_type in floats
         }
     )
-    outputs, reducers = [], {}
+    outputs: list[str] = []
+    reducers: dict[str, list[Any]] = {}
     for i, name in enumerate(tensors):
         for op in ("ReduceMin", "ReduceMax"):
             out = f"lame_calib_{i}_{op}"

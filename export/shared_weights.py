@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 from pathlib import Path
+from typing import Any
 
 from lame_export.precision import data_file
 
@@ -60,7 +61,7 @@ def share_text_weights(full: Path, text: Path) -> dict:
     full_proto = onnx.load(str(full), load_external_data=False)
     text_proto = onnx.load(str(text), load_external_data=False)
     with open(full_data, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as full_map:
-        index = {}
+        index: dict[Any, dict[str, str]] = {}
         for tensor in _external(full_proto.graph):
             entries = _entries(tensor)
             if entries.get("location") != full_data.name:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from lame_runtime.artifact.manifest import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQUENCE, MIN_SEQUENCE
+from lame_runtime.errors import InputError
 from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor
 
 # Not "embedding": the dynamo exporter's names collide with aten.embedding.
@@ -15,16 +18,40 @@ OUTPUT_NAME = "lame_embedding"
 @dataclass
 class ExportSpec:
     opset: int = 18
-    max_batch: int = 64
-    max_sequence: int = 512
+    max_batch: int = DEFAULT_MAX_BATCH
+    max_sequence: int = DEFAULT_MAX_SEQUENCE
     input_names: tuple[str, ...] = INPUT_NAMES
     output_names: tuple[str, ...] = (OUTPUT_NAME,)
+
+    def check_bounds(self, preprocessor: Preprocessor) -> None:
+        """The shape limits the tracer enforces, checked before minutes of tracing: one
+        ``InputError`` naming the numbers and what to change (the tracer's own message names
+        neither the image size nor a flag)."""
+        traced = dummy_feed(preprocessor)
+        rows = traced["input_ids"].shape[0]
+        if self.max_batch < rows:
+            raise InputError(
+                f"--max-batch {self.max_batch} is below the {rows} rows the export traces with; "
+                f"use --max-batch {rows} or more"
+            )
+        image = preprocessor.image
+        longest = longest_row(preprocessor)
+        if longest > self.max_sequence:
+            visual = image.num_tokens
+            raise InputError(
+                f"the longest input row is {longest} tokens ({visual} visual tokens at image "
+                f"size {image.height}x{image.width} + {longest - visual} text and template "
+                f"tokens), over the export's sequence bound {self.max_sequence}: import with a "
+                f"smaller --image-size or --max-text-tokens, or export with --max-sequence {longest}"
+            )
+        if self.max_sequence < MIN_SEQUENCE:
+            raise InputError(f"--max-sequence must be at least {MIN_SEQUENCE}, got {self.max_sequence}")
 
     def dynamic_shapes(self) -> dict:
         import torch
 
         batch = torch.export.Dim("batch", min=1, max=self.max_batch)
-        sequence = torch.export.Dim("sequence", min=2, max=self.max_sequence)
+        sequence = torch.export.Dim("sequence", min=MIN_SEQUENCE, max=self.max_sequence)
         return {
             "input_ids": {0: batch, 1: sequence},
             "attention_mask": {0: batch, 1: sequence},
@@ -47,6 +74,16 @@ class ExportSpec:
             ],
             "outputs": [{"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", embed_dim]}],
         }
+
+
+def longest_row(preprocessor: Preprocessor) -> int:
+    """The longest row the preprocessor produces: an image and a text cut at max_text_tokens,
+    with whatever the prompt template adds."""
+    text = " ".join(["7"] * (4 * preprocessor.text.max_text_tokens + 8))
+    image = sample_image(0, preprocessor.image.height, preprocessor.image.width)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the truncation warning is the point here
+        return int(preprocessor([text], [image])["input_ids"].shape[1])
 
 
 def sample_image(seed: int, height: int, width: int) -> np.ndarray:

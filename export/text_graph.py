@@ -24,8 +24,8 @@ from torch import nn
 
 from lame_export.onnx_export import quiet_exporter
 from lame_export.spec import ExportSpec, dummy_feed
+from lame_runtime.inputs.routing import TEXT_INPUTS  # the text graph takes what routing sends it
 
-TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_FILES = {
     "fp32": "model_text.onnx",
     "fp16": "model_text_fp16.onnx",
@@ -78,6 +78,8 @@ def export_text_onnx(model, path: Path, spec: ExportSpec, external_data: bool) -
             opset_version=spec.opset,
             verbose=False,
         )
+    if program is None:  # the dynamo exporter always returns a program; None is the legacy path
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     program.save(str(path), external_data=external_data)
     return path
 

@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 TABLE = Path(__file__).with_name("trt_onnx_ops.json")
 
@@ -33,7 +34,7 @@ def lint(onnx_path: str | Path) -> dict:
     ops = Counter(node.op_type for node in model.graph.node if node.domain in ("", "ai.onnx"))
     custom = sorted({f"{n.domain}::{n.op_type}" for n in model.graph.node if n.domain not in ("", "ai.onnx")})
     table = support_table()
-    report = {"ops": dict(sorted(ops.items())), "custom_domain_ops": custom, "versions": {}}
+    report: dict[str, Any] = {"ops": dict(sorted(ops.items())), "custom_domain_ops": custom, "versions": {}}
     for name, version in table["versions"].items():
         supported = _supported(version)
         restrictions = version.get("restrictions", {})

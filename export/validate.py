@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 Feed = dict[str, np.ndarray]
 
-# Minimum row cosine to the PyTorch reference, per precision (the export issue's gates).
+# Minimum row cosine to the PyTorch reference, per precision: the export's parity gates.
 # int4 (weight-only, 4-bit blocks of 32): 16x int8's weight step, and no calibration to absorb
 # it; 0.98 keeps the gate meaningful (a broken graph or a wrong block axis scores < 0.9) while
 # letting honest RTN 4-bit noise through (see the README's "Edge memory" figures).
@@ -33,7 +33,7 @@ def validate(
         raise ParityError(f"shape mismatch: reference {reference.shape} vs candidate {candidate.shape}")
     finite = bool(np.isfinite(candidate).all())
     cosines = row_cosines(reference, candidate) if finite else np.array([-1.0])
-    figures = {
+    figures: dict[str, Any] = {
         "min_cosine": float(cosines.min()),
         "finite": finite,
         "max_abs_diff": float(np.abs(reference - candidate).max()) if finite else None,
@@ -59,7 +59,8 @@ def parity_suite(
     ``dims`` (a Matryoshka model's served sizes): each case is also scored on the leading d
     components, renormalised as the runtime serves them, and the gate takes the worst of all
     (``by_dimension`` has each size's minimum): a short prefix can drift more than the whole."""
-    cases, finite = {}, True
+    cases: dict[str, float | None] = {}
+    finite = True
     by_dim: dict[str, float] = {}
     for label, feed in feeds:
         ref, cand = reference(feed), candidate(feed)

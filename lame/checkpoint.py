@@ -158,6 +158,12 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu"):
     with architecture_only():  # the checkpoint's weights replace any packaged pretrained ones
         model = LameModel(config, Preprocessor.from_dir(directory))
     load_weights(model, directory / MODEL_FILE)
+    if (directory / "instructions.json").is_file():  # encode_queries picks from them, as the runtime does
+        from lame_runtime.inputs.instructions import check
+        from lame_runtime.persist import read_json
+
+        path = directory / "instructions.json"
+        model.instructions = check(read_json(path, CheckpointError), str(path))
     return model.to(target).eval()
 
 

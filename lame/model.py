@@ -5,6 +5,7 @@ How a query is embedded and trained is the method's (:mod:`lame.methods`, chosen
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -16,7 +17,7 @@ from lame.config import LameConfig
 from lame.heads import DecoderHead, EmbeddingHead
 from lame.methods import LameOutput, get_method
 from lame.methods.decoding import greedy_generate
-from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor, align_inputs
+from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor, align_inputs, format_query
 
 
 class LameModel(nn.Module):
@@ -178,22 +179,102 @@ class LameModel(nn.Module):
         device = self.reason_tokens.device
         return {name: torch.from_numpy(feed[name]).to(device) for name in INPUT_NAMES}
 
-    @torch.no_grad()
+    # The encode family follows lame_runtime.encoder.Encoder, as the runtime's Embedder does.
     def encode(
         self,
         texts: Sequence[str | None] | None = None,
         images: Sequence[Any] | None = None,
+        *,
+        instruction: str | None = None,
+        dimensions: int | None = None,
         batch_size: int = 32,
-        role: str = "query",
+        **legacy: Any,
     ) -> np.ndarray:
         """Embed queries -> float32 [N, D], unit-norm rows. Texts and images may be given alone
         or together (equal lengths: one interleaved query per row); images are paths, PIL
-        images or HxWx3 uint8 arrays. ``role="target"`` embeds candidates: only the CoT
-        baseline treats them differently (no rationale is generated for a candidate)."""
-        if role not in ("query", "target"):
-            raise ValueError(f"role must be 'query' or 'target', got {role!r}")
-        query = role == "query"
+        images or HxWx3 uint8 arrays. ``instruction`` is prefixed to every row as in training;
+        ``dimensions``: a Matryoshka size the model was trained with (renormalised prefix).
+        Candidates go through :meth:`encode_documents` (the old ``role="target"``)."""
+        query = True
+        if "role" in legacy:
+            role = legacy.pop("role")
+            if role not in ("query", "target"):
+                raise ValueError(f"role must be 'query' or 'target', got {role!r}")
+            new = "encode_documents(...)" if role == "target" else "encode(...)"
+            warnings.warn(f"encode(role={role!r}) is deprecated; use {new}", DeprecationWarning, stacklevel=2)
+            query = role == "query"
+        if legacy:
+            raise TypeError(f"encode() got unexpected keyword arguments {sorted(legacy)}")
+        return self._encode(texts, images, [instruction], dimensions, batch_size, query)
+
+    def encode_queries(
+        self,
+        texts: Sequence[str | None] | None = None,
+        images: Sequence[Any] | None = None,
+        *,
+        instruction: str | None = None,
+        task: str | None = None,
+        dimensions: int | None = None,
+        batch_size: int = 32,
+    ) -> np.ndarray:
+        """Queries with ``instruction`` (every row), or the one ``task`` or each row's modality
+        picks from :attr:`instructions` (the checkpoint's trained table; empty: none)."""
+        from lame_runtime.inputs.instructions import modality, pick
+
+        rows, pictures = align_inputs(texts, images)
+        if instruction is not None:
+            per_row: list[str | None] = [instruction] * len(rows)
+        else:
+            table = self.instructions
+            per_row = [pick(table, modality(t, i), task) for t, i in zip(rows, pictures)]
+        return self._encode(rows, pictures, per_row, dimensions, batch_size, query=True)
+
+    def encode_documents(
+        self,
+        texts: Sequence[str | None] | None = None,
+        images: Sequence[Any] | None = None,
+        *,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+        batch_size: int = 32,
+    ) -> np.ndarray:
+        """Candidates: the document instruction (``instruction``, else the trained one if
+        any); only the CoT baseline embeds them differently (no rationale is generated)."""
+        if instruction is None:
+            instruction = (self.instructions or {}).get("document")
+        return self._encode(texts, images, [instruction], dimensions, batch_size, query=False)
+
+    @property
+    def instructions(self) -> dict[str, Any]:
+        """The checkpoint's trained instructions (``instructions.json``; {} when it has none)."""
+        return getattr(self, "_instructions", None) or {}
+
+    @instructions.setter
+    def instructions(self, table: dict[str, Any]) -> None:
+        self._instructions = dict(table)
+
+    @torch.no_grad()
+    def _encode(
+        self,
+        texts: Sequence[str | None] | None,
+        images: Sequence[Any] | None,
+        instructions: list[str | None],
+        dimensions: int | None,
+        batch_size: int,
+        query: bool,
+    ) -> np.ndarray:
+        from lame_runtime.embedder import unit_prefix
+
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        size = self._check_dimensions(dimensions)
         texts, images = align_inputs(texts, images)
+        if len(instructions) == 1:
+            instructions = instructions * len(texts)
+        for instruction in set(instructions):
+            if instruction is not None and not isinstance(instruction, str):
+                raise TypeError(f"instruction must be a string, got {type(instruction).__name__}")
+        texts = [format_query(t, i) for t, i in zip(texts, instructions)]
         count = len(texts)
         was_training = self.training
         self.eval()
@@ -207,11 +288,18 @@ class LameModel(nn.Module):
                 chunks.append(out.embedding.float().cpu().numpy())
         finally:
             self.train(was_training)
-        return (
-            np.concatenate(chunks).astype(np.float32)
-            if chunks
-            else np.zeros((0, self.config.embed_dim), np.float32)
-        )
+        if not chunks:
+            return np.zeros((0, size), np.float32)
+        vectors = np.concatenate(chunks).astype(np.float32)
+        return vectors if size == self.config.embed_dim else unit_prefix(vectors, size)
+
+    def _check_dimensions(self, dimensions: int | None) -> int:
+        if dimensions is None:
+            return int(self.config.embed_dim)
+        served = {int(self.config.embed_dim), *(self.config.matryoshka_dims or ())}
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions not in served:
+            raise ValueError(f"dimensions={dimensions!r} is not supported: choose one of {sorted(served)}")
+        return dimensions
 
     def generate_and_embed(
         self,

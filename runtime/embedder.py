@@ -5,91 +5,106 @@ from __future__ import annotations
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from lame_runtime.artifact.contract import PRECISIONS, Artifact
+from lame_runtime.encoder import legacy_positional
 from lame_runtime.engines.backends import (
+    Backend,
     OnnxRuntimeBackend,
     check_feed,
     choose_backend,
     load_tensorrt,
     provider_defaults,
 )
+from lame_runtime.engines.providers import CPU_EP
 from lame_runtime.engines.tensorrt.backend import running_device
 from lame_runtime.errors import InputError, InputTypeError
 from lame_runtime.inputs.images import check_max_pixels
 from lame_runtime.inputs.instructions import modality
 from lame_runtime.inputs.instructions import pick as pick_instruction
-from lame_runtime.inputs.pipeline import FeedPipeline, PipelineOptions, encode_iter, encode_pipelined
+from lame_runtime.inputs.pipeline import FeedPipeline, encode_iter, encode_pipelined
 from lame_runtime.inputs.preprocess import Preprocessor, align_inputs, format_query
 from lame_runtime.inputs.routing import route
+from lame_runtime.options import BACKENDS, RuntimeOptions, merge_legacy
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+if TYPE_CHECKING:
+    from lame_runtime.engines.shared_weights import SharedWeights
 
 
 class Embedder:
-    """Serve an export artifact directory.
+    """Serve an export artifact directory: texts/images in, unit-norm embeddings out.
 
-    ``encode`` has the same signature and meaning as ``lame.load(ckpt).encode``; the same
-    preprocessing code runs in both, so embeddings match (parity is checked at export).
+    ``Embedder(path, precision="auto", backend="auto", device_id=0, options=None)``:
+
+    - ``precision``: ``"auto"`` (fp32 on ONNX Runtime; a recorded TensorRT engine's precision
+      under ``backend="auto"``) or one of the artifact's precisions (fp32, fp16, int8, int4).
+    - ``backend``: ``"onnxruntime"``; ``"tensorrt"``, a native engine built by
+      ``lame-search build-engine``; ``"auto"``, such an engine when one is recorded and runs
+      on this GPU, else ONNX Runtime. ONNX Runtime's TensorRT execution provider is a
+      provider choice instead: ``RuntimeOptions(providers=[...])``
+      (see ``lame_runtime.options``).
+    - ``device_id``: the GPU of the CUDA/TensorRT providers and of the TensorRT backend.
+    - ``options``: :class:`~lame_runtime.options.RuntimeOptions` (providers, threads, lazy
+      loading, hashing, caches, routing, image limits, decode pipeline).
+
+    The encode methods follow :class:`~lame_runtime.encoder.Encoder`, as does the training
+    side's ``lame.load(ckpt)``; both run the same preprocessing code, so their embeddings
+    match (parity is checked at export). The old keywords (``threads=``, ``providers=``,
+    ``tensorrt_ep=``, ...) still work for one release, with a DeprecationWarning.
     """
 
     def __init__(
         self,
         path: str | Path,
-        backend: str = "auto",
         precision: str = "auto",
-        providers: Sequence[Any] | None = None,
-        threads: int | None = None,
-        lazy: bool = False,
-        spin: bool = True,
-        verify: bool = True,
+        backend: str = "auto",
         device_id: int = 0,
-        strict: bool = False,
-        cache_dir: str | Path | None = None,
-        tensorrt_ep: bool = False,
-        pipeline_options: PipelineOptions | None = None,
-        route_text: bool = True,
-        max_pixels: int | None = None,
-        share_weights: bool = True,
-    ):
-        # providers: names or (name, options) pairs, as onnxruntime takes them; the TensorRT/CUDA
-        # EPs get defaults from the artifact (lame_runtime.engines.providers). strict: a provider that
-        # does not start raises BackendError instead of a warning. device_id: the GPU for the
-        # CUDA/TensorRT EPs and the TensorRT backend. cache_dir: the TensorRT EP's engine and
-        # timing caches (default <artifact>/trt_cache). tensorrt_ep: put the TensorRT EP first.
-        # route_text=False: every row through the full graph even if the artifact has a
-        # text-only one. pipeline_options: decode threads / prefetch / JPEG draft
-        # (lame_runtime.inputs.pipeline). max_pixels: refuse larger input images before decoding
-        # (None: lame_runtime.inputs.images.default_max_pixels, from the model's resolution).
-        # share_weights: the full and the text graph use one
-        # mapped copy of the weights they share on disk (lame_runtime.engines.shared_weights);
-        # False: each session loads (and pre-packs) its own.
-        # verify=False skips the sha256 checks of the artifact's files (for devices that
-        # verify at install time); paths, sizes and the manifest are still checked.
+        options: RuntimeOptions | None = None,
+        **legacy: Any,
+    ) -> None:
+        if precision in BACKENDS[1:] and backend in PRECISIONS:
+            # The 0.1 order was (path, backend, precision): a positional call still works.
+            warnings.warn(
+                f"Embedder(path, {precision!r}, {backend!r}) passes backend before precision; "
+                f"use keywords: Embedder(path, precision={backend!r}, backend={precision!r})",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            precision, backend = backend, precision
+        elif precision in BACKENDS[1:] and backend == "auto":
+            warnings.warn(
+                f"Embedder(path, {precision!r}) passes the backend positionally, where precision "
+                f"now stands; use Embedder(path, backend={precision!r})",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            precision, backend = "auto", precision
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+            raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        options = merge_legacy(options, legacy)
+        self.options = options
+        max_pixels = check_max_pixels(options.max_pixels)  # every argument checked before any I/O
         if backend == "tensorrt":
             running_device(device_id)  # TensorRT or a GPU missing: one error, before any hashing
-        self.artifact = Artifact.open(path, verify=verify)
+        self.artifact = Artifact.open(path, verify=options.verify)
         self.backend_name, precision, self._engine = choose_backend(
             self.artifact, backend, precision, device_id
         )
         self.precision = self._pick_precision(precision) if self._engine is None else precision
-        self._device_id, self._strict, self._verify = device_id, strict, verify
-        self._cache_dir, self._tensorrt_ep = cache_dir, tensorrt_ep
+        self._device_id = device_id
         self.preprocessor = Preprocessor.from_dir(self.artifact.path)
-        self.preprocessor.max_pixels = check_max_pixels(max_pixels)
-        self._providers, self._threads, self._spin = providers, threads, spin
-        self._backend = None
-        self._pipeline_options, self._pipeline = pipeline_options, None
-        self._route_text, self._text_backend = route_text, None
-        self._share_weights, self._shared = share_weights, None
+        self.preprocessor.max_pixels = max_pixels
+        self._backend: Backend | None = None
+        self._pipeline: FeedPipeline | None = None
+        self._text_backend: OnnxRuntimeBackend | None = None
+        self._shared: SharedWeights | None = None
         self._fallback_reported: tuple[str, ...] = ()
+        self._precision_warned = False
         self._lock = threading.Lock()  # guards lazy backend creation across threads
-        if not lazy:
+        if not options.lazy:
             self._load_backend()
             if self.routes_text:
                 self._load_text_backend()
@@ -102,7 +117,7 @@ class Embedder:
         self.artifact.file_for(precision, verify=False)  # clear error if absent
         return precision
 
-    def _load_backend(self):
+    def _load_backend(self) -> Backend:
         backend = self._backend
         if backend is not None:  # fast path: no lock once loaded
             return backend
@@ -110,7 +125,11 @@ class Embedder:
             if self._backend is None:
                 if self._engine is not None:
                     self._backend = load_tensorrt(
-                        self.artifact, self._engine, self.artifact.output_name, self._device_id, self._verify
+                        self.artifact,
+                        self._engine,
+                        self.artifact.output_name,
+                        self._device_id,
+                        self.options.verify,
                     )
                 else:
                     self._backend = self._onnx_backend(graph="full")
@@ -119,26 +138,39 @@ class Embedder:
     def _onnx_backend(self, graph: str) -> OnnxRuntimeBackend:
         """An ONNX Runtime session over one of the artifact's graphs (called under the lock).
         A provider fallback is reported once per Embedder, not once per graph."""
+        options = self.options
         backend = OnnxRuntimeBackend(
             self.artifact.file_for(self.precision, graph=graph),
             self.artifact.output_name,
-            self._providers,
-            self._threads,
-            self._spin,
-            strict=self._strict,
-            defaults=provider_defaults(self.artifact, self.precision, self._device_id, self._cache_dir),
-            tensorrt_ep=self._tensorrt_ep,
+            options.providers,
+            options.threads,
+            options.spin,
+            strict=options.strict_providers,
+            defaults=provider_defaults(self.artifact, self.precision, self._device_id, options.cache_dir),
             reported=self._fallback_reported,
             expect=(self.artifact.dim, self.artifact.inputs),
             shared=self._shared_weights(),
         )
         self._fallback_reported = tuple(set(self._fallback_reported) | set(backend.fallback))
+        self._warn_cpu_precision(backend.providers)
         return backend
 
-    def _shared_weights(self):
+    def _warn_cpu_precision(self, active: Sequence[str]) -> None:
+        # ONNX Runtime's CPU provider has few fp16 kernels: it casts around them, so the fp16
+        # graph runs slower than fp32 there. Said once per Embedder; the graph still runs.
+        if self.precision == "fp16" and active and active[0] == CPU_EP and not self._precision_warned:
+            self._precision_warned = True
+            warnings.warn(
+                f"precision fp16 runs on {CPU_EP} here, which computes fp16 slowly; "
+                "on a CPU serve int8 or int4 (fp16 is for GPUs)",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+
+    def _shared_weights(self) -> SharedWeights | None:
         """The mappings both graphs of this precision use, when the text graph's weights live
-        in the full graph's data file (exports since issue 21) and it is served."""
-        if not (self._share_weights and self.routes_text):
+        in the full graph's data file and it is served."""
+        if not (self.options.share_weights and self.routes_text):
             return None
         if self._shared is None:
             from lame_runtime.engines.shared_weights import SharedWeights
@@ -205,9 +237,11 @@ class Embedder:
     def routes_text(self) -> bool:
         """Text-only rows skip the vision tower (the artifact has a text graph for this
         precision, served by ONNX Runtime, and ``route_text`` was not turned off)."""
-        return self._route_text and self._engine is None and self.artifact.has_text_graph(self.precision)
+        return (
+            self.options.route_text and self._engine is None and self.artifact.has_text_graph(self.precision)
+        )
 
-    def _load_text_backend(self):
+    def _load_text_backend(self) -> OnnxRuntimeBackend:
         backend = self._text_backend
         if backend is not None:
             return backend
@@ -216,17 +250,22 @@ class Embedder:
                 self._text_backend = self._onnx_backend(graph="text")
             return self._text_backend
 
+    @legacy_positional("batch_size", "dimensions")
     def encode(
         self,
         texts: Sequence[str | None] | None = None,
         images: Sequence[Any] | None = None,
-        batch_size: int = 32,
+        *,
+        instruction: str | None = None,
         dimensions: int | None = None,
+        batch_size: int = 32,
     ) -> np.ndarray:
         """-> unit-norm float32 [N, dim]. Safe to call from several threads at once.
 
-        ``dimensions`` (one of :attr:`dimensions`): the leading components of each embedding,
-        renormalised to unit length -- [N, dimensions] (Matryoshka models).
+        ``instruction``: prefixed to every row as in training (None or ``""``: none; see
+        ``encode_queries`` for the trained ones). ``dimensions`` (one of :attr:`dimensions`):
+        the leading components of each embedding, renormalised to unit length --
+        [N, dimensions] (Matryoshka models).
 
         ``texts``/``images`` are lists (a single string or path raises ``InputTypeError``);
         an empty batch gives shape [0, dim]. A bad item raises one ``InputError`` naming it
@@ -237,17 +276,20 @@ class Embedder:
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         size = self.check_dimensions(dimensions)
-        texts, images = align_inputs(texts, images)
-        if not texts:
+        _check_instruction(instruction)
+        rows, pictures = align_inputs(texts, images)
+        if instruction:
+            rows = [format_query(t, instruction) for t in rows]
+        if not rows:
             return np.zeros((0, size), dtype=np.float32)
         step = int(batch_size)
-        if len(texts) > step and any(image is not None for image in images):
+        if len(rows) > step and any(image is not None for image in pictures):
             # Several batches with images: decode the next ones in the pool while this one runs.
-            chunks = encode_pipelined(self, texts, images, step)
+            chunks = encode_pipelined(self, rows, pictures, step)
         else:
             chunks = [
-                self.infer(self.preprocessor(texts[i : i + step], images[i : i + step], i))
-                for i in range(0, len(texts), step)
+                self.infer(self.preprocessor(rows[i : i + step], pictures[i : i + step], i))
+                for i in range(0, len(rows), step)
             ]
         return unit_prefix(np.concatenate(chunks), size)
 
@@ -257,7 +299,7 @@ class Embedder:
         batch_size: int = 32,
         instruction: str | None = None,
         dimensions: int | None = None,
-    ) -> Iterator[tuple[list, np.ndarray]]:
+    ) -> Iterator[tuple[list[Any], np.ndarray]]:
         """Stream ``(ids, unit vectors)`` batches with bounded memory (``lame_runtime.inputs.pipeline``).
 
         ``items``: ``(id, text, image)`` triples, or bare texts / images (ids = positions)."""
@@ -267,21 +309,23 @@ class Embedder:
 
     @property
     def pipeline(self) -> FeedPipeline:
-        """The decode thread pool (created on first use; ``pipeline_options`` sizes it)."""
+        """The decode thread pool (created on first use; ``RuntimeOptions.pipeline`` sizes it)."""
         if self._pipeline is None:
             with self._lock:
                 if self._pipeline is None:
-                    self._pipeline = FeedPipeline(self.preprocessor, self._pipeline_options)
+                    self._pipeline = FeedPipeline(self.preprocessor, self.options.pipeline)
         return self._pipeline
 
+    @legacy_positional("batch_size", "instruction", "task", "dimensions")
     def encode_queries(
         self,
         texts: Sequence[str | None] | None = None,
         images: Sequence[Any] | None = None,
-        batch_size: int = 32,
+        *,
         instruction: str | None = None,
         task: str | None = None,
         dimensions: int | None = None,
+        batch_size: int = 32,
     ) -> np.ndarray:
         """Queries get the instruction they were trained with.
 
@@ -318,14 +362,17 @@ class Embedder:
             picked.append(cache[kind])
         return picked
 
+    @legacy_positional("batch_size", "instruction", "dimensions")
     def encode_documents(
         self,
         texts: Sequence[str | None] | None = None,
         images: Sequence[Any] | None = None,
-        batch_size: int = 32,
+        *,
         instruction: str | None = None,
         dimensions: int | None = None,
+        batch_size: int = 32,
     ) -> np.ndarray:
+        """Candidates, with the artifact's document instruction unless ``instruction`` is given."""
         if instruction is None:
             instruction = self.artifact.instruction("document")
         _check_instruction(instruction)
@@ -333,10 +380,18 @@ class Embedder:
         return self._encode_rows([instruction] * len(texts), texts, images, batch_size, dimensions)
 
     def _encode_rows(
-        self, instructions: list[str | None], texts, images, batch_size: int, dimensions: int | None = None
+        self,
+        instructions: list[str | None],
+        texts: Sequence[str | None],
+        images: Sequence[Any],
+        batch_size: int,
+        dimensions: int | None = None,
     ) -> np.ndarray:
         return self.encode(
-            [format_query(t, i) for t, i in zip(texts, instructions)], images, batch_size, dimensions
+            [format_query(t, i) for t, i in zip(texts, instructions)],
+            images,
+            dimensions=dimensions,
+            batch_size=batch_size,
         )
 
 

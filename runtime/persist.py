@@ -94,7 +94,7 @@ def atomic_write_file(path: str | Path, write: Writer, mode: int | None = None) 
     )
     try:
         with handle:
-            write(handle)
+            write(handle)  # type: ignore[arg-type]  # the temp-file wrapper is a binary file object
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(handle.name, mode)  # temp files are created 0600
@@ -107,7 +107,10 @@ def atomic_write_file(path: str | Path, write: Writer, mode: int | None = None) 
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write_file(path, lambda handle: handle.write(data))
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    return atomic_write_file(path, write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -264,7 +267,7 @@ def versioned_file(meta_path: str | Path, meta: dict[str, Any], key: str, verify
     entry = (meta.get("files") or {}).get(key)
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         raise MissingFileError(f"{meta_path} does not name its {key!r} file")
-    name = entry["path"]
+    name: str = entry["path"]
     if Path(name).name != name or name in ("", ".", ".."):
         raise IntegrityError(f"{meta_path} points outside its folder ({name!r})")
     path = meta_path.parent / name
@@ -296,7 +299,7 @@ class _DuplicateKey(Exception):
     pass
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
         seen: set[str] = set()
@@ -330,7 +333,8 @@ def read_json(
 
 
 def _json_kind(kind: type) -> str:
-    return {dict: "object", list: "array", str: "string"}.get(kind, kind.__name__)
+    names: dict[type, str] = {dict: "object", list: "array", str: "string"}
+    return names.get(kind, kind.__name__)
 
 
 # Deflate cannot expand data by more than about 1032:1; a member whose header claims more
@@ -338,7 +342,7 @@ def _json_kind(kind: type) -> str:
 MAX_DEFLATE_RATIO = 1032
 
 
-def check_npz(path: str | Path, error: type[LameError] = InputError) -> dict[str, tuple]:
+def check_npz(path: str | Path, error: type[LameError] = InputError) -> dict[str, tuple[Any, ...]]:
     """Read the headers of every array in an ``.npz`` without loading the data, and raise
     ``error`` naming the file for anything that is not a plain array archive: not a zip,
     pickled (object) arrays, or a header claiming more bytes than the member holds. Returns
@@ -349,7 +353,7 @@ def check_npz(path: str | Path, error: type[LameError] = InputError) -> dict[str
     import numpy as np
 
     path = Path(path)
-    out: dict[str, tuple] = {}
+    out: dict[str, tuple[Any, ...]] = {}
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():

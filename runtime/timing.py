@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 COLD_START = r"""
 import sys, time, json
@@ -23,7 +23,7 @@ t0 = time.perf_counter()
 import lame_runtime
 t1 = time.perf_counter()
 embedder = lame_runtime.Embedder(sys.argv[1], precision=sys.argv[3],
-                                 threads=int(sys.argv[2]) or None)
+    options=lame_runtime.RuntimeOptions(threads=int(sys.argv[2]) or None))
 t2 = time.perf_counter()
 vector = embedder.encode(texts=["the digits are 1 and 2"])
 t3 = time.perf_counter()
@@ -33,7 +33,9 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_vector_s": t3 -
 """
 
 
-def cold_start(artifact: str | Path, runs: int = 3, threads: int = 0, precision: str = "auto") -> dict:
+def cold_start(
+    artifact: str | Path, runs: int = 3, threads: int = 0, precision: str = "auto"
+) -> dict[str, Any]:
     """Median seconds of import / load / first vector over ``runs`` fresh processes."""
     results = []
     for _ in range(runs):
@@ -58,7 +60,7 @@ def interleaved_medians(
     reps: int,
     sync: Callable[[], None] = lambda: None,
     warmup: int = 1,
-) -> dict[str, dict]:
+) -> dict[str, dict[str, Any]]:
     """-> {name: {"median_s", "runs_s"}}; ``sync`` waits for queued GPU work, if any."""
     if reps < 1:
         raise ValueError("reps must be >= 1")

@@ -33,7 +33,7 @@ def test_runtime_imports_neither_torch_nor_transformers():
     code = (
         "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
         "import lame_runtime, lame_calibration\n"
-        "from lame_runtime import Preprocessor, ImageConfig, TextProcessor\n"
+        "from lame_runtime.inputs.preprocess import Preprocessor\n"
         "print('ok')"
     )
     _prints_ok(code)

@@ -106,7 +106,7 @@ def command(
         model.encode,
         rows,
         batch_size=batch_size,
-        encode_target=functools.partial(model.encode, role="target"),
+        encode_target=functools.partial(model.encode_documents, instruction=""),
         progress=not no_progress,
         dimensions=sizes,
     )

@@ -1,6 +1,6 @@
 """Training batches: rows -> feeds for query, target and hard negatives, decoder ids, answer mask.
 
-All tokenisation and image work goes through :class:`lame_runtime.Preprocessor`, the same code
+All tokenisation and image work goes through :class:`lame_runtime.inputs.preprocess.Preprocessor`, the same code
 the runtime serves with.
 """
 

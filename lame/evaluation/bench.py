@@ -164,10 +164,10 @@ def ratios(
 
 def deployment(models: dict[str, Any], options: BenchOptions, workdir: Path) -> dict[str, Any]:
     """PyTorch eager vs ONNX Runtime on the LaME model, plus the runtime's cold start."""
-    from lame_runtime import Embedder
+    from lame_runtime import Embedder, RuntimeOptions
 
     artifact = Path(options.artifact) if options.artifact else export_for_bench(models["lame"], workdir)
-    precisions = Embedder(artifact, lazy=True).artifact.precisions
+    precisions = Embedder(artifact, options=RuntimeOptions(lazy=True)).artifact.precisions
     model = models["lame"] if not options.artifact else _artifact_model(artifact)
     ms: dict[str, dict[str, float]] = {}
     for batch in options.batches:
@@ -175,7 +175,11 @@ def deployment(models: dict[str, Any], options: BenchOptions, workdir: Path) -> 
         tensors = model.feed_to_tensors(feed)
         fns = {"torch eager": lambda t=tensors: _torch_embed(model, t)}
         for precision in precisions:
-            embedder = Embedder(artifact, precision=precision, threads=options.threads, spin=False)
+            embedder = Embedder(
+                artifact,
+                precision=precision,
+                options=RuntimeOptions(threads=options.threads or None, spin=False),
+            )
             fns[f"ort {precision}"] = lambda e=embedder, f=feed: e.infer(f)
         timed = interleaved_medians(fns, options.reps)
         ms[f"batch{batch}"] = {name: 1000 * t["median_s"] for name, t in timed.items()}

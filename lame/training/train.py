@@ -232,7 +232,7 @@ class Trainer:
             return evaluate(
                 self.model.encode,
                 rows,
-                encode_target=functools.partial(self.model.encode, role="target"),
+                encode_target=functools.partial(self.model.encode_documents, instruction=""),
                 progress=self.show_progress,
             )
 

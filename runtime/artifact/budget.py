@@ -23,11 +23,11 @@ from lame_runtime.errors import BackendError
 _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from lame_runtime import Embedder
+from lame_runtime import Embedder, RuntimeOptions
 
 model, precision, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 start = time.perf_counter()
-emb = Embedder(model, precision=precision, verify=False, **options)
+emb = Embedder(model, precision=precision, options=RuntimeOptions(verify=False, **options))
 opened = time.perf_counter() - start
 rng = np.random.default_rng(0)
 texts = [f"the digits add up to {i}" for i in range(8)]
@@ -44,7 +44,7 @@ print(json.dumps({"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).
 """
 
 
-def measure_peak_rss(artifact: str | Path, precision: str, **options: Any) -> dict:
+def measure_peak_rss(artifact: str | Path, precision: str, **options: Any) -> dict[str, Any]:
     """Open ``Embedder(artifact, precision, **options)`` in a fresh process, embed 8 texts and
     2 images, and return its peak and final RSS (MiB) and the seconds to open and to embed.
     Linux only (reads ``/proc``)."""
@@ -56,15 +56,16 @@ def measure_peak_rss(artifact: str | Path, precision: str, **options: Any) -> di
     if run.returncode != 0:
         last = (run.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise BackendError(f"measuring {precision} of {artifact} failed: {last}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    measured: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
+    return measured
 
 
-def memory_budget(path: str | Path, measure: bool = False) -> list[dict]:
+def memory_budget(path: str | Path, measure: bool = False) -> list[dict[str, Any]]:
     """One row per precision: full-graph and text-graph file bytes, the unique bytes a routed
     Embedder maps (text weights that live in the full graph's ``.data`` count once), and with
     ``measure`` the peak RSS of a first text and image query."""
     artifact = Artifact.open(path, verify=False)
-    files = artifact.manifest["files"]
+    files = artifact.spec.files
     rows = []
     for precision in artifact.precisions:
         entry = artifact.models[precision]
@@ -74,8 +75,11 @@ def memory_budget(path: str | Path, measure: bool = False) -> list[dict]:
             if artifact.has_text_graph(precision)
             else []
         )
-        size = lambda names: sum(files[name]["bytes"] for name in names)  # noqa: E731
-        row = {
+
+        def size(names: list[str]) -> int:
+            return sum(files[name].bytes for name in names)
+
+        row: dict[str, Any] = {
             "precision": precision,
             "full_graph_bytes": size(full),
             "text_graph_bytes": size(text),

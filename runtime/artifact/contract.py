@@ -17,18 +17,31 @@ Every file of the artifact is listed in ``files`` and verified before use: the s
 ``open``, a precision's graph and data files when that precision is first loaded. Hashes are
 cached per file version (see ``artifact_files.HashCache``), so a 2 GB model is hashed once, not
 on every load; ``verify=False`` skips hashing for devices that check at install time (paths and
-sizes are still checked). To extend the manifest, add a field to ``REQUIRED_FIELDS`` or
-``OPTIONAL_FIELDS`` and, if it has structure, a checker to ``_CHECKERS``.
+sizes are still checked). The manifest's schema and checks live in
+``lame_runtime.artifact.manifest``.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lame_runtime.artifact.files import HASH_CACHE, HashCache, external_data_locations, member_path
+from lame_runtime.artifact.manifest import (  # noqa: F401  (re-exported)
+    DTYPES,
+    FORMAT_VERSION,
+    MANIFEST,
+    OPTIONAL_FIELDS,
+    PRECISIONS,
+    PREPROCESSOR_FILE,
+    READABLE_VERSIONS,
+    REQUIRED_FIELDS,
+    TOKENIZER_FILE,
+    Manifest,
+    TensorSpec,
+    validate_manifest,
+)
 from lame_runtime.errors import ArtifactError  # noqa: F401  (re-exported)
 from lame_runtime.persist import (
     read_json,
@@ -36,228 +49,19 @@ from lame_runtime.persist import (
     sha256,  # noqa: F401  (re-exported)
 )
 
-MANIFEST = "lame_artifact.json"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-PRECISIONS = ("fp32", "fp16", "int8", "int4")  # int4: weight-only (MatMulNBits), ORT CPU/CUDA
-DTYPES = {"int64": "int64", "float32": "float32"}
-TOKENIZER_FILE = "tokenizer.json"  # same names as lame_runtime.inputs.preprocess (no import
-PREPROCESSOR_FILE = "preprocessor_config.json"  # cycle: preprocess does not need us)
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-
-# field -> accepted JSON type(s); a missing or wrong-typed one is an ArtifactError naming it.
-REQUIRED_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "format_version": int,
-    "embedding_dim": int,
-    "inputs": list,
-    "outputs": list,
-    "image": dict,
-    "num_image_tokens": int,
-    "max_text_tokens": int,
-    "special_tokens": dict,
-    "models": dict,
-    "files": dict,
-}
-OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "num_reason_tokens": int,
-    "num_summary_tokens": int,
-    "instructions": dict,
-    "opset": int,
-    "engines": dict,
-    "max_batch": int,  # the exported graph's dynamic-axis bounds (TensorRT profiles)
-    "max_sequence": int,
-    # Matryoshka-trained prefixes: the leading N components, renormalised, embed on their own.
-    # Absent (every export so far): only the full embedding_dim is offered (lame-serve's
-    # `dimensions` is refused otherwise).
-    "matryoshka_dims": list,
-}
-
-
-@dataclass
-class TensorSpec:
-    name: str
-    dtype: str
-    shape: list[Any]  # ints for fixed dims, strings ("batch", "sequence") for dynamic ones
-
-
-def _type_name(kind) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(
-        {int: "integer", str: "string", list: "list", dict: "object", float: "number", bool: "boolean"}.get(
-            k, k.__name__
-        )
-        for k in kinds
-    )
-
-
-def _is(value, kind) -> bool:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        return False  # JSON true is not an integer here
-    return isinstance(value, kinds)
-
-
-def _require(where: str, mapping: dict, key: str, kind) -> Any:
-    if key not in mapping:
-        raise ArtifactError(f"{where}: missing field {key!r}")
-    if not _is(mapping[key], kind):
-        name = _type_name(kind)
-        article = "an" if name[0] in "aeiou" else "a"
-        raise ArtifactError(
-            f"{where}: field {key!r} must be {article} {name}, got "
-            f"{type(mapping[key]).__name__} {mapping[key]!r:.60}"
-        )
-    return mapping[key]
-
-
-def _check_tensors(where: str, manifest: dict) -> None:
-    for key in ("inputs", "outputs"):
-        if not manifest[key]:
-            raise ArtifactError(f"{where}: {key!r} is empty")
-        for i, spec in enumerate(manifest[key]):
-            item = f"{where}: {key}[{i}]"
-            if not isinstance(spec, dict):
-                raise ArtifactError(f"{item} must be an object")
-            _require(item, spec, "name", str)
-            dtype = _require(item, spec, "dtype", str)
-            if key == "inputs" and dtype not in DTYPES:
-                raise ArtifactError(f"{item}: dtype {dtype!r} is not one of {sorted(DTYPES)}")
-            _require(item, spec, "shape", list)
-            if set(spec) - {"name", "dtype", "shape"}:
-                raise ArtifactError(f"{item}: unknown keys {sorted(set(spec) - {'name', 'dtype', 'shape'})}")
-
-
-def _check_files(where: str, manifest: dict) -> None:
-    for name, entry in manifest["files"].items():
-        item = f"{where}: files[{name!r}]"
-        if not isinstance(entry, dict):
-            raise ArtifactError(f"{item} must be an object with 'bytes' and 'sha256'")
-        size = _require(item, entry, "bytes", int)
-        digest = _require(item, entry, "sha256", str)
-        if size < 0 or not _SHA256.match(digest):
-            raise ArtifactError(f"{item}: 'bytes' must be >= 0 and 'sha256' 64 hex digits")
-        if "required" in entry:
-            _require(item, entry, "required", bool)
-
-
-def _check_models(where: str, manifest: dict) -> None:
-    models, files = manifest["models"], manifest["files"]
-    if not models:
-        raise ArtifactError(f"{where}: 'models' is empty: the artifact has no graph")
-    for precision, entry in models.items():
-        item = f"{where}: models[{precision!r}]"
-        if not isinstance(entry, dict):
-            raise ArtifactError(f"{item} must be an object")
-        if precision not in PRECISIONS:
-            raise ArtifactError(f"{item}: unknown precision (expected one of {PRECISIONS})")
-        _check_graph_entry(item, entry, files)
-        if "text" in entry:  # the text-only graph (no vision tower); optional, newer exports
-            if not isinstance(entry["text"], dict):
-                raise ArtifactError(f"{item}['text'] must be an object")
-            _check_graph_entry(f"{item}['text']", entry["text"], files)
-
-
-def _check_graph_entry(item: str, entry: dict, files: dict) -> None:
-    names = [_require(item, entry, "path", str)]
-    data = _require(item, entry, "external_data", list)
-    if not all(isinstance(n, str) for n in data):
-        raise ArtifactError(f"{item}: 'external_data' must list file names")
-    for name in names + data:
-        if name not in files:
-            raise ArtifactError(f"{item}: {name!r} is not listed (with its sha256) in 'files'")
-        if files[name].get("required") is False:
-            raise ArtifactError(f"{item}: {name!r} is a graph file and cannot be optional")
-
-
-def _check_special_tokens(where: str, manifest: dict) -> None:
-    for role, token_id in manifest["special_tokens"].items():
-        if not _is(token_id, int) or token_id < 0:
-            raise ArtifactError(f"{where}: special_tokens[{role!r}] must be a token id >= 0")
-
-
-def _check_engines(where: str, manifest: dict) -> None:
-    # The "engines" section (TensorRT plans) belongs to lame_runtime.engines.tensorrt.meta (area trt).
-    from lame_runtime.engines.tensorrt.meta import validate_engines_section
-
-    try:
-        validate_engines_section(manifest)
-    except ArtifactError as err:
-        raise ArtifactError(f"{where}: {err}") from err
-
-
-# Structured checks run after the type table; add one per new structured section.
-def _check_matryoshka(where: str, manifest: dict) -> None:
-    dims = manifest.get("matryoshka_dims")
-    if dims is None:
-        return
-    full = manifest["embedding_dim"]
-    if not all(_is(d, int) and 1 <= d <= full for d in dims) or len(set(dims)) != len(dims):
-        raise ArtifactError(
-            f"{where}: matryoshka_dims must be distinct integers in [1, embedding_dim={full}], got {dims!r}"
-        )
-
-
-_CHECKERS: list[Callable[[str, dict], None]] = [
-    _check_tensors,
-    _check_files,
-    _check_models,
-    _check_special_tokens,
-    _check_engines,
-    _check_matryoshka,
-]
-
-
-def _upgrade_v1(manifest: dict) -> dict:
-    """Format 1 listed graphs only, keyed by precision; read it as format 2 (no data files,
-    tokenizer and preprocessor config unhashed: nothing else to check for them)."""
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        return manifest  # validation names the problem
-    upgraded = dict(manifest, models={}, files={})
-    for precision, entry in files.items():
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
-            upgraded["models"][precision] = {"path": entry["path"], "external_data": []}
-            upgraded["files"][entry["path"]] = {k: entry.get(k) for k in ("bytes", "sha256")}
-        else:
-            upgraded["models"][precision] = entry
-    return upgraded
-
-
-def validate_manifest(manifest: Any, where: str = MANIFEST) -> dict:
-    """The manifest, upgraded to the current format, or an ArtifactError naming the problem."""
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{where} must hold a JSON object, got {type(manifest).__name__}")
-    version = _require(where, manifest, "format_version", int)
-    if version > FORMAT_VERSION:
-        raise ArtifactError(
-            f"{where}: format_version {version} was written by a newer "
-            f"lame-export; this runtime reads formats {READABLE_VERSIONS}: "
-            "upgrade lame-embed"
-        )
-    if version not in READABLE_VERSIONS:
-        raise ArtifactError(
-            f"{where}: format_version {version} is not supported (this "
-            f"runtime reads {READABLE_VERSIONS}); re-export the checkpoint"
-        )
-    if version == 1:
-        manifest = _upgrade_v1(manifest)
-    for key, kind in REQUIRED_FIELDS.items():
-        _require(where, manifest, key, kind)
-    for key, kind in OPTIONAL_FIELDS.items():
-        if key in manifest:
-            _require(where, manifest, key, kind)
-    for check in _CHECKERS:
-        check(where, manifest)
-    return manifest
-
 
 @dataclass
 class Artifact:
     path: Path
-    manifest: dict[str, Any] = field(repr=False)
+    manifest: dict[str, Any] = field(repr=False)  # the validated JSON (spec.to_json())
     verify: bool = True
-    _verified: set = field(default_factory=set, repr=False)
-    _absent: set = field(default_factory=set, repr=False)  # optional files a bundle dropped
+    spec: Manifest = field(default=None, repr=False)  # type: ignore[assignment]  # set by __post_init__
+    _verified: set[str] = field(default_factory=set, repr=False)
+    _absent: set[str] = field(default_factory=set, repr=False)  # optional files a bundle dropped
+
+    def __post_init__(self) -> None:
+        if self.spec is None:  # built from a dict (tests, tools): validate it into the typed form
+            self.spec = Manifest.from_json(self.manifest, str(self.path / MANIFEST))
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> Artifact:
@@ -276,34 +80,31 @@ class Artifact:
         if not manifest_path.is_file():
             raise ArtifactError(f"{found} is not a LaME export artifact: missing {MANIFEST}")
         raw = read_json(manifest_path, ArtifactError, what="manifest")
-        artifact = cls(found, validate_manifest(raw, str(manifest_path)), verify)
+        spec = Manifest.from_json(raw, str(manifest_path))
+        artifact = cls(found, spec.to_json(), verify, spec)
         artifact._check_present()
-        model_files = {
-            n
-            for m in artifact.models.values()
-            for g in [m, m.get("text") or m]
-            for n in [g["path"], *g["external_data"]]
-        }
+        model_files = spec.graph_files()
         artifact._verify_files([n for n in artifact.manifest["files"] if n not in model_files])
         artifact._cross_check()
         return artifact
 
     # ------------------------------------------------------------------------ accessors
     @property
-    def models(self) -> dict[str, dict]:
-        return self.manifest["models"]
+    def models(self) -> dict[str, dict[str, Any]]:
+        models: dict[str, dict[str, Any]] = self.manifest["models"]
+        return models
 
     @property
     def inputs(self) -> list[TensorSpec]:
-        return [TensorSpec(**spec) for spec in self.manifest["inputs"]]
+        return list(self.spec.inputs)
 
     @property
     def output_name(self) -> str:
-        return self.manifest["outputs"][0]["name"]
+        return self.spec.outputs[0].name
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["embedding_dim"])
+        return self.spec.embedding_dim
 
     @property
     def dimensions(self) -> tuple[int, ...]:
@@ -317,7 +118,8 @@ class Artifact:
         return [p for p in PRECISIONS if p in self.models]
 
     def instruction(self, kind: str) -> str | None:
-        return self.manifest.get("instructions", {}).get(kind)
+        found = (self.spec.instructions or {}).get(kind)
+        return found if isinstance(found, str) else None
 
     @property
     def instructions(self) -> dict[str, Any]:
@@ -346,7 +148,7 @@ class Artifact:
                     "before text graphs existed): the full graph serves text"
                 )
             entry = entry["text"]
-        graph = self._member(entry["path"])
+        graph_path = self._member(entry["path"])
         for name in [entry["path"], *entry["external_data"]]:
             if not self._member(name).is_file():
                 raise ArtifactError(f"{self.path / name}, listed in {MANIFEST}, is missing")
@@ -354,14 +156,14 @@ class Artifact:
             self._verify_files([entry["path"], *entry["external_data"]])
         # Checked even without verify: ONNX Runtime would follow any location it is given.
         listed = set(entry["external_data"])
-        for location in external_data_locations(graph):
+        for location in external_data_locations(graph_path):
             self._member(location, f"{entry['path']} external data")
             if location not in listed:
                 raise ArtifactError(
-                    f"{graph} refers to external data {location!r} that "
+                    f"{graph_path} refers to external data {location!r} that "
                     f"{MANIFEST} does not list for {precision}: refusing it"
                 )
-        return graph
+        return graph_path
 
     def verify_all(self) -> None:
         """Hash-check every listed file now (e.g. at install time)."""
@@ -441,11 +243,12 @@ class Artifact:
                 )
 
 
-def _read_json(path: Path) -> dict:
-    return read_json(path, ArtifactError, dict)
+def _read_json(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = read_json(path, ArtifactError, dict)
+    return data
 
 
-def _token_ids(tokenizer: dict) -> dict[str, int]:
+def _token_ids(tokenizer: dict[str, Any]) -> dict[str, int]:
     """token string -> id from a tokenizers ``tokenizer.json`` (added tokens win)."""
     vocab = (tokenizer.get("model") or {}).get("vocab")
     if isinstance(vocab, dict):  # BPE, WordPiece, WordLevel

@@ -12,7 +12,7 @@ import mmap
 import os
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from lame_runtime.artifact.paths import contained_path
 from lame_runtime.errors import ArtifactError
@@ -40,7 +40,7 @@ _TENSOR_EXTERNAL_DATA, _ENTRY_KEY, _ENTRY_VALUE = 13, 1, 2
 
 
 class _Wire:
-    def __init__(self, buffer, path: Path):
+    def __init__(self, buffer: mmap.mmap, path: Path) -> None:
         self.buffer, self.path = buffer, path
 
     def _varint(self, pos: int, end: int) -> tuple[int, int]:
@@ -162,7 +162,7 @@ class HashCache:
     this process only. ``hashed`` counts the files actually read, for tests and benchmarks.
     """
 
-    _memory: dict[str, dict] = {}  # read-only folders: absolute path -> entry, per process
+    _memory: dict[str, dict[str, Any]] = {}  # read-only folders: absolute path -> entry, per process
     _lock = threading.Lock()
     hashed = 0
 
@@ -172,7 +172,7 @@ class HashCache:
         self.entries = self._read()
         self.dirty = False
 
-    def _read(self) -> dict[str, dict]:
+    def _read(self) -> dict[str, dict[str, Any]]:
         try:
             data = json.loads(self.file.read_text())
         except (OSError, ValueError, RecursionError):
@@ -181,7 +181,7 @@ class HashCache:
         return entries if isinstance(entries, dict) else {}
 
     @staticmethod
-    def _stamp(path: Path) -> dict:
+    def _stamp(path: Path) -> dict[str, int]:
         stat = path.stat()
         return {
             "bytes": stat.st_size,
@@ -199,7 +199,7 @@ class HashCache:
                 and all(entry.get(k) == v for k, v in stamp.items())
                 and isinstance(entry.get("sha256"), str)
             ):
-                return entry["sha256"]
+                return str(entry["sha256"])
         digest = sha256(path)
         with HashCache._lock:
             HashCache.hashed += 1

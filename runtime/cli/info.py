@@ -17,7 +17,7 @@ import click
     "and report its peak RSS (seconds to minutes at 2B widths).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def info_command(model, measure, as_json) -> int:
+def info_command(model: str, measure: bool, as_json: bool) -> int:
     """The embedding sizes served (the full size and any Matryoshka prefixes), then per
     precision: graph file sizes, the weights a routed Embedder maps (weights the text
     graph shares with the full graph counted once), and with --measure the peak RSS of a first
@@ -45,7 +45,10 @@ def info_command(model, measure, as_json) -> int:
         f"embedding sizes: {sizes}"
         + (" (Matryoshka: pass --dimensions / dimensions=)" if len(artifact.dimensions) > 1 else "")
     )
-    mib = lambda n: f"{n / 2**20:,.1f}"  # noqa: E731
+
+    def mib(n: float) -> str:
+        return f"{n / 2**20:,.1f}"
+
     head = f"{'precision':<10} {'full MiB':>10} {'text MiB':>10} {'shared':>7} {'weights MiB':>12}"
     click.echo(head + (f" {'peak RSS MiB':>13} {'first query s':>14}" if measure else ""))
     for row in rows:

@@ -262,10 +262,7 @@ def index_command(
             f"{existing} exists; pass --force to overwrite it or --resume to continue building it"
         )
     embedder = Embedder(
-        model,
-        precision=precision,
-        **embedder_options(**gpu),
-        pipeline_options=PipelineOptions(workers=workers),
+        model, precision=precision, **embedder_options(**gpu, pipeline=PipelineOptions(workers=workers))
     )
     items = image_items(Path(images_dir), pattern) if images_dir else dataset_items(Path(data_dir))
     source = (

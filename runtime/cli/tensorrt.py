@@ -4,24 +4,26 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import click
 
 from lame_runtime.engines.tensorrt.meta import ENGINE_PRECISIONS, PROFILE_KEYS
+from lame_runtime.options import BACKENDS
 
-BACKEND_CHOICES = ("auto", "onnxruntime", "tensorrt")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def gpu_options(function: Callable) -> Callable:
+def gpu_options(function: F) -> F:
     """--backend, --providers, --device-id, --strict-providers on an Embedder-using command."""
     options = [
         click.option(
             "--backend",
-            type=click.Choice(BACKEND_CHOICES),
+            type=click.Choice(BACKENDS),
             default="auto",
             show_default=True,
-            help="auto: a compatible TensorRT engine of the artifact if there is one, else ONNX Runtime.",
+            help="auto: a compatible TensorRT engine of the artifact (lame-search build-engine) if "
+            "there is one, else ONNX Runtime. ONNX Runtime's TensorRT provider: --providers tensorrt.",
         ),
         click.option(
             "--providers",
@@ -40,7 +42,7 @@ def gpu_options(function: Callable) -> Callable:
         click.option(
             "--strict-providers",
             is_flag=True,
-            help="Fail instead of warning when a requested provider does not start.",
+            help="Fail instead of warning when a requested provider is absent or does not start.",
         ),
         click.option(
             "--max-pixels",
@@ -56,17 +58,27 @@ def gpu_options(function: Callable) -> Callable:
 
 
 def embedder_options(
-    backend: str, providers: str | None, device_id: int, strict_providers: bool, max_pixels: int | None = None
+    backend: str,
+    providers: str | None,
+    device_id: int,
+    strict_providers: bool,
+    max_pixels: int | None = None,
+    **runtime: Any,
 ) -> dict[str, Any]:
-    """The gpu_options values as Embedder keyword arguments."""
+    """The gpu_options values (and any other ``RuntimeOptions`` fields, e.g. ``threads``) as
+    ``Embedder`` keyword arguments: ``Embedder(model, precision=p, **embedder_options(...))``."""
     from lame_runtime.engines.providers import parse_provider_arg
+    from lame_runtime.options import RuntimeOptions
 
     return {
         "backend": backend,
         "device_id": device_id,
-        "strict": strict_providers,
-        "providers": parse_provider_arg(providers) if providers else None,
-        "max_pixels": max_pixels,
+        "options": RuntimeOptions(
+            providers=parse_provider_arg(providers) if providers else None,
+            strict_providers=strict_providers,
+            max_pixels=max_pixels,
+            **runtime,
+        ),
     }
 
 
@@ -108,7 +120,14 @@ def embedder_options(
     default=None,
     help="Profile sequence lengths (default 2 / longest / longest row of the artifact).",
 )
-def build_engine_command(artifact, precision, workspace_mb, timing_cache, device_id, **profile) -> int:
+def build_engine_command(
+    artifact: str,
+    precision: str,
+    workspace_mb: int | None,
+    timing_cache: str | None,
+    device_id: int,
+    **profile: int | None,
+) -> int:
     """Build a TensorRT engine (model_fp16.plan / model_int8.plan) inside ARTIFACT, on this GPU."""
     from lame_runtime.engines.tensorrt.build import EngineBuildOptions, build_engine
 
@@ -181,7 +200,15 @@ def build_engine_command(artifact, precision, workspace_mb, timing_cache, device
 )
 @click.option("--force", is_flag=True, help="Replace an existing model repository folder.")
 def triton_command(
-    artifact, repo, name, precision, kind, trt_accelerator, max_batch, instances, force
+    artifact: str,
+    repo: str,
+    name: str,
+    precision: str,
+    kind: str,
+    trt_accelerator: bool,
+    max_batch: int | None,
+    instances: int,
+    force: bool,
 ) -> int:
     """Write a Triton model repository serving ARTIFACT: preprocessing + embedding + ensemble."""
     from lame_runtime.deploy.triton import TritonOptions, write_model_repository

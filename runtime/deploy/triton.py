@@ -28,9 +28,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from lame_runtime.artifact.contract import Artifact
-from lame_runtime.engines.tensorrt.meta import DEFAULT_MAX_BATCH, validate_engines_section
+from lame_runtime.artifact.manifest import DEFAULT_MAX_BATCH, PREPROCESSOR_FILE, TOKENIZER_FILE
+from lame_runtime.engines.tensorrt.meta import validate_engines_section
 from lame_runtime.errors import ArtifactError, InputError
-from lame_runtime.inputs.preprocess import PREPROCESSOR_FILE, TOKENIZER_FILE, Preprocessor
+from lame_runtime.inputs.preprocess import Preprocessor
 from lame_runtime.persist import atomic_write_dir
 
 MARKER = "lame_triton.json"
@@ -73,7 +74,7 @@ def decode_rows(texts: np.ndarray | None, images: np.ndarray | None) -> tuple[li
     raw_texts, raw_images = flat(texts, TEXT_INPUT), flat(images, IMAGE_INPUT)
     if raw_texts is None and raw_images is None:
         raise InputError(f"send {TEXT_INPUT}, {IMAGE_INPUT} or both")
-    rows = len(raw_texts if raw_texts is not None else raw_images)
+    rows = len(raw_texts) if raw_texts is not None else len(raw_images or ())
     raw_texts = raw_texts if raw_texts is not None else [b""] * rows
     raw_images = raw_images if raw_images is not None else [b""] * rows
     if len(raw_texts) != len(raw_images):
@@ -128,15 +129,18 @@ def _tensor(name: str, dtype: str, shape: Sequence[Any], allow_reshape: bool = T
     return text + "  }"
 
 
-def _io(kind: str, tensors: list[tuple[str, str, Sequence[Any]]], reshape: bool = True) -> str:
+Tensor = tuple[str, str, Sequence[Any]]  # (name, dtype, shape) of a model input or output
+
+
+def _io(kind: str, tensors: list[Tensor], reshape: bool = True) -> str:
     return f"{kind} [\n" + ",\n".join(_tensor(*t, reshape) for t in tensors) + "\n]\n"
 
 
 def embed_config(
     name: str,
     platform: str,
-    inputs: list,
-    outputs: list,
+    inputs: list[Tensor],
+    outputs: list[Tensor],
     max_batch: int,
     instances: int,
     queue_delay_us: int,
@@ -163,8 +167,8 @@ def embed_config(
     return text
 
 
-def preprocess_config(name: str, outputs: list, max_batch: int) -> str:
-    inputs = [(TEXT_INPUT, "bytes", ["batch", 1]), (IMAGE_INPUT, "bytes", ["batch", 1])]
+def preprocess_config(name: str, outputs: list[Tensor], max_batch: int) -> str:
+    inputs: list[Tensor] = [(TEXT_INPUT, "bytes", ["batch", 1]), (IMAGE_INPUT, "bytes", ["batch", 1])]
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n'
         + _io("input", inputs)
@@ -183,8 +187,8 @@ def ensemble_config(
     output_shape: Sequence[Any],
     max_batch: int,
 ) -> str:
-    inputs = [(TEXT_INPUT, "bytes", ["batch", 1]), (IMAGE_INPUT, "bytes", ["batch", 1])]
-    outputs = [(EMBEDDING_OUTPUT, output_dtype, output_shape)]
+    inputs: list[Tensor] = [(TEXT_INPUT, "bytes", ["batch", 1]), (IMAGE_INPUT, "bytes", ["batch", 1])]
+    outputs: list[Tensor] = [(EMBEDDING_OUTPUT, output_dtype, output_shape)]
 
     def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
         maps = "".join(f'      input_map {{ key: "{k}" value: "{v}" }}\n' for k, v in inputs.items())

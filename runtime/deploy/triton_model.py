@@ -6,6 +6,7 @@ directly in the project; this file only moves tensors in and out of Triton.
 """
 
 import os
+from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
@@ -14,11 +15,11 @@ from lame_runtime.inputs.preprocess import Preprocessor
 
 
 class TritonPythonModel:
-    def initialize(self, args):
+    def initialize(self, args: dict[str, Any]) -> None:
         # tokenizer.json and preprocessor_config.json were copied beside this file.
         self.preprocessor = Preprocessor.from_dir(os.path.dirname(os.path.abspath(__file__)))
 
-    def execute(self, requests):
+    def execute(self, requests: list[Any]) -> list[Any]:
         responses = []
         for request in requests:
             try:

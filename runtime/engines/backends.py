@@ -9,7 +9,7 @@ wrong dtype or rank is reported by name instead of failing deep inside ONNX Runt
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import numpy as np
 
@@ -32,8 +32,12 @@ from lame_runtime.engines.tensorrt.meta import (
     select_backend,
     validate_engines_section,
 )
-from lame_runtime.errors import ArtifactError, BackendError
+from lame_runtime.errors import ArtifactError, BackendError, InputError, InputTypeError
 from lame_runtime.persist import sha256
+
+if TYPE_CHECKING:
+    from lame_runtime.engines.shared_weights import SharedWeights
+    from lame_runtime.engines.tensorrt.backend import TensorRTBackend
 
 
 class Backend(Protocol):
@@ -43,32 +47,33 @@ class Backend(Protocol):
 
 
 def check_feed(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> None:
+    """``InputTypeError``/``InputError`` naming the input whose type, dtype or shape is wrong."""
     if not isinstance(feed, dict):
-        raise TypeError(f"feed must be a dict of input name -> array, got {type(feed).__name__}")
+        raise InputTypeError(f"feed must be a dict of input name -> array, got {type(feed).__name__}")
     missing = [s.name for s in specs if s.name not in feed]
     if missing:
-        raise ValueError(f"feed lacks inputs {missing}")
+        raise InputError(f"feed lacks inputs {missing}")
     unexpected = sorted(set(feed) - {s.name for s in specs})
     if unexpected:
-        raise ValueError(f"feed has unknown inputs {unexpected}; the model takes {[s.name for s in specs]}")
+        raise InputError(f"feed has unknown inputs {unexpected}; the model takes {[s.name for s in specs]}")
     batch = None
     for spec in specs:
         value = feed[spec.name]
         if not isinstance(value, np.ndarray):
-            raise TypeError(f"input {spec.name!r} must be a NumPy array, got {type(value).__name__}")
+            raise InputTypeError(f"input {spec.name!r} must be a NumPy array, got {type(value).__name__}")
         if value.dtype != np.dtype(spec.dtype):
-            raise TypeError(f"input {spec.name!r} must be {spec.dtype}, got {value.dtype}")
+            raise InputTypeError(f"input {spec.name!r} must be {spec.dtype}, got {value.dtype}")
         if value.ndim != len(spec.shape):
-            raise ValueError(
+            raise InputError(
                 f"input {spec.name!r} must have {len(spec.shape)} dims {spec.shape}, got shape {value.shape}"
             )
         for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
             if isinstance(want, int) and want != got:
-                raise ValueError(
+                raise InputError(
                     f"input {spec.name!r} dim {axis} must be {want}, got {got} (shape {value.shape})"
                 )
         if batch is not None and value.shape[0] != batch:
-            raise ValueError(f"input {spec.name!r} has batch {value.shape[0]}, expected {batch}")
+            raise InputError(f"input {spec.name!r} has batch {value.shape[0]}, expected {batch}")
         batch = value.shape[0]
 
 
@@ -87,21 +92,18 @@ class OnnxRuntimeBackend:
         spin: bool = True,
         strict: bool = False,
         defaults: ProviderDefaults | None = None,
-        tensorrt_ep: bool = False,
         log_severity: int = 3,
         reported: Sequence[str] = (),
-        expect: tuple[int, Sequence[Any]] | None = None,
-        shared=None,
-    ):
+        expect: tuple[int, Sequence[TensorSpec]] | None = None,
+        shared: SharedWeights | None = None,
+    ) -> None:
         # expect: (embedding_dim, input specs) from the manifest, checked against the graph.
         # shared: a lame_runtime.engines.shared_weights.SharedWeights whose mapped initializers
         # this session uses in place (one copy for the full and the text graph).
         import onnxruntime as ort
 
         available = ort.get_available_providers()
-        resolved, unavailable = resolve_providers(
-            providers, available, Path(model_path).parent, defaults, tensorrt_ep
-        )
+        resolved, unavailable = resolve_providers(providers, available, Path(model_path).parent, defaults)
         prepare_cache_dir(resolved)
         options = ort.SessionOptions()
         # 3 = errors only: ORT's provider warnings must not reach stdout (`--json` output);
@@ -125,10 +127,12 @@ class OnnxRuntimeBackend:
         self.providers = self.session.get_providers()
         if expect is not None:
             check_graph(self.session, Path(model_path), output_name, *expect)
+        # Everything asked for: an explicit list as given; the default list as resolved plus
+        # whatever of it this build lacks (never silently dropped).
         requested = (
             [name for name, _ in normalize_providers(providers)]
             if providers is not None
-            else [name for name, _ in resolved]
+            else [name for name, _ in resolved] + list(unavailable)
         )
         self.fallback = check_fallback(requested, self.providers, strict, unavailable, reported)
 
@@ -199,7 +203,7 @@ def provider_defaults(
 
 def choose_backend(
     artifact: Artifact, backend: str, precision: str, device_id: int = 0
-) -> tuple[str, str, dict | None]:
+) -> tuple[str, str, dict[str, Any] | None]:
     """-> (backend, precision, engine record or None).
 
     ``tensorrt``: the recorded engine must exist and match this process's TensorRT release and
@@ -222,13 +226,14 @@ def choose_backend(
             f"{artifact.path} has no {chosen} TensorRT engine (it has {have}); "
             f"{rebuild_hint(str(artifact.path), chosen)}"
         )
+    assert running is not None  # select_backend returns "tensorrt" only with a device
     check_engine_compatible(record, running, str(artifact.path), chosen)
     return name, chosen, record
 
 
 def load_tensorrt(
-    artifact: Artifact, record: dict, output_name: str, device_id: int = 0, verify: bool = True
-):
+    artifact: Artifact, record: dict[str, Any], output_name: str, device_id: int = 0, verify: bool = True
+) -> TensorRTBackend:
     """The plan file, sha256-checked against its record, deserialised on ``device_id``."""
     from lame_runtime.engines.tensorrt.backend import TensorRTBackend
 

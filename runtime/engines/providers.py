@@ -10,12 +10,14 @@ options (the user's keys always win):
   the artifact, so one engine covers every batch/sequence the runtime sends.
 - CUDA EP: ``device_id``.
 
-The default order never puts the TensorRT EP first: it is used only when asked for (by name or
-with ``tensorrt_ep=True``), and then always with an engine cache.
+The default order never puts the TensorRT EP first: it is used only when asked for by name, and
+then always with an engine cache.
 
 After the session exists, :func:`check_fallback` compares ``session.get_providers()`` with the
 request: ONNX Runtime silently falls back to the CPU when a provider is missing or fails to
-start; here that is a warning naming the provider (or a ``BackendError`` with ``strict=True``).
+start; here every provider that was asked for by name and is not running is a warning naming
+it and the provider used, or a ``BackendError`` with ``strict=True``. Only the default
+order's CUDA, never requested, is dropped quietly when this build lacks it.
 """
 
 from __future__ import annotations
@@ -147,10 +149,10 @@ def cuda_ep_defaults(defaults: ProviderDefaults) -> dict[str, str]:
     return {"device_id": str(defaults.device_id)}
 
 
-def default_providers(available: Sequence[str], tensorrt_ep: bool = False) -> list[Any]:
-    """CUDA when this ONNX Runtime build has it, then CPU; TensorRT EP first only on request."""
-    order = ([TENSORRT_EP] if tensorrt_ep else []) + [CUDA_EP, CPU_EP]
-    return [name for name in order if name in available or name == CPU_EP]
+def default_providers(available: Sequence[str]) -> list[Any]:
+    """CUDA when this ONNX Runtime build has it, then CPU. Never the TensorRT EP: it is used
+    only when named in ``providers``, and then with an engine cache."""
+    return [name for name in (CUDA_EP, CPU_EP) if name in available or name == CPU_EP]
 
 
 def resolve_providers(
@@ -158,18 +160,18 @@ def resolve_providers(
     available: Sequence[str],
     artifact_dir: Path,
     defaults: ProviderDefaults | None = None,
-    tensorrt_ep: bool = False,
 ) -> tuple[list[Provider], list[str]]:
     """-> (providers to pass to ONNX Runtime, requested names this build does not have).
+
+    The names asked for are the resolved ones followed by the missing ones: hand both to
+    :func:`check_fallback` so that none is dropped without a word.
 
     Unavailable providers are left out here (ONNX Runtime would otherwise print its own warning
     and drop them); the caller reports them with :func:`check_fallback` after the session
     exists, together with any that were passed but did not start.
     """
     defaults = defaults or ProviderDefaults()
-    wanted = normalize_providers(
-        requested if requested is not None else default_providers(available, tensorrt_ep)
-    )
+    wanted = normalize_providers(requested if requested is not None else default_providers(available))
     resolved: list[Provider] = []
     missing: list[str] = []
     for name, options in wanted:
@@ -225,7 +227,7 @@ def check_fallback(
     message = (
         f"ONNX Runtime is not using {', '.join(reasons)}; the session runs on "
         f"{', '.join(active)}. Install onnxruntime-gpu with a matching CUDA/TensorRT, or "
-        "pass providers=['CPUExecutionProvider'] to silence this"
+        "ask for RuntimeOptions(providers=['CPUExecutionProvider']) (--providers cpu) to silence this"
     )
     if strict:
         raise BackendError(message)

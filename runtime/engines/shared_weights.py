@@ -24,7 +24,7 @@ from __future__ import annotations
 import mmap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -50,6 +50,7 @@ _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 # Field numbers from onnx.proto: ModelProto.graph, GraphProto.initializer, TensorProto fields.
 _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
 _T_DIMS, _T_TYPE, _T_NAME, _T_EXTERNAL, _T_LOCATION = 1, 2, 8, 13, 14
+Buffer = mmap.mmap | bytes  # a mapped graph file, read by index and slice
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class ExternalTensor:
     length: int
 
 
-def _varint(buf, pos: int) -> tuple[int, int]:
+def _varint(buf: Buffer, pos: int) -> tuple[int, int]:
     result = shift = 0
     while True:
         byte = buf[pos]
@@ -73,7 +74,7 @@ def _varint(buf, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+def _fields(buf: Buffer, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
     """(field, wire type, value or start, end) of each field in [start, end)."""
     pos = start
     while pos < end:
@@ -92,7 +93,7 @@ def _fields(buf, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
             raise ValueError(f"wire type {wire}")
 
 
-def _tensor(buf, start: int, end: int) -> ExternalTensor | None:
+def _tensor(buf: Buffer, start: int, end: int) -> ExternalTensor | None:
     dims, data_type, name, entries, location = [], 0, "", {}, 0
     for number, wire, a, b in _fields(buf, start, end):
         if number == _T_DIMS:
@@ -150,7 +151,7 @@ class SharedWeights:
     def __init__(self, folder: str | Path, locations: set[str]):
         self.folder, self.locations = Path(folder), set(locations)
         self._maps: dict[str, np.memmap] = {}
-        self._values: dict[tuple, object] = {}
+        self._values: dict[tuple[Any, ...], Any] = {}
         self.shared_bytes = 0  # bytes of distinct tensors handed out
 
     def _map(self, location: str) -> np.memmap:
@@ -158,7 +159,7 @@ class SharedWeights:
             self._maps[location] = np.memmap(self.folder / location, dtype=np.uint8, mode="r")
         return self._maps[location]
 
-    def _value(self, tensor: ExternalTensor):
+    def _value(self, tensor: ExternalTensor) -> Any:
         import onnxruntime as ort
 
         key = (tensor.location, tensor.offset, tensor.length, tensor.data_type, tensor.dims)
@@ -187,7 +188,7 @@ class SharedWeights:
             out.append((tensor.name, self._value(tensor)))
         return out
 
-    def apply(self, options, graph: str | Path) -> int:
+    def apply(self, options: Any, graph: str | Path) -> int:
         """Add the shared initializers of ``graph`` to ``options``; -> how many."""
         pairs = self.initializers(graph)
         for name, value in pairs:

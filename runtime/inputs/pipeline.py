@@ -131,7 +131,9 @@ def image_patches(
     image: Any, cfg: ImageConfig, index: int, draft_factor: int, max_pixels: int | None = None
 ) -> np.ndarray:
     """One image -> [num_patches, patch_dim] (``decoded_pixels`` + ``batch_patches``)."""
-    return batch_patches(decoded_pixels(image, cfg, index, draft_factor, max_pixels)[None], cfg)[0]
+    patches = batch_patches(decoded_pixels(image, cfg, index, draft_factor, max_pixels)[None], cfg)
+    first: np.ndarray = patches[0]
+    return first
 
 
 @dataclass
@@ -139,10 +141,10 @@ class Batch:
     """One batch of rows, its images decoding (or decoded) in the pool."""
 
     start: int  # position of row 0 in the caller's stream
-    ids: list
-    texts: list
-    images: list
-    patches: list  # per row: None (text-only) or a Future of the patches
+    ids: list[Any]
+    texts: list[str | None]
+    images: list[Any]
+    patches: list[Future[np.ndarray] | None]  # per row: None (text-only) or a Future of the patches
 
 
 @dataclass
@@ -151,9 +153,9 @@ class Prepared:
     ``skip_bad`` the rows whose image failed are in ``errors`` as (position, id, image, err)."""
 
     start: int
-    ids: list
+    ids: list[Any]
     feed: dict[str, np.ndarray] | None
-    errors: list
+    errors: list[tuple[int, Any, Any, Exception]]
 
 
 class FeedPipeline:
@@ -184,10 +186,10 @@ class FeedPipeline:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    def _submit(self, start: int, ids: list, texts: list, images: list) -> Batch:
+    def _submit(self, start: int, ids: list[Any], texts: list[str | None], images: list[Any]) -> Batch:
         cfg, draft, pool = self.preprocessor.image, self.options.draft_factor, self._executor()
         limit = self.preprocessor.max_pixels
-        patches: list[Future | None] = [
+        patches: list[Future[np.ndarray] | None] = [
             None if image is None else pool.submit(decoded_pixels, image, cfg, start + row, draft, limit)
             for row, image in enumerate(images)
         ]
@@ -195,7 +197,9 @@ class FeedPipeline:
 
     def _finish(self, batch: Batch, skip_bad: bool) -> Prepared:
         cfg = self.preprocessor.image
-        keep, errors, rows = [], [], []
+        keep: list[int] = []
+        errors: list[tuple[int, Any, Any, Exception]] = []
+        rows: list[np.ndarray | None] = []
         for row, future in enumerate(batch.patches):
             if future is None:
                 keep.append(row)
@@ -217,7 +221,7 @@ class FeedPipeline:
         pixels = np.zeros((len(keep), cfg.num_patches, cfg.patch_dim), dtype=np.float32)
         with_image = [i for i, r in enumerate(rows) if r is not None]
         if with_image:
-            pixels[with_image] = batch_patches(np.stack([rows[i] for i in with_image]), cfg)
+            pixels[with_image] = batch_patches(np.stack([r for r in rows if r is not None]), cfg)
         feed = {
             "input_ids": ids,
             "attention_mask": mask,
@@ -275,7 +279,7 @@ class FeedPipeline:
 
 def encode_iter(
     embedder: Any, items: Iterable[Any], batch_size: int = 32, instruction: str | None = None
-) -> Iterator[tuple[list, np.ndarray]]:
+) -> Iterator[tuple[list[Any], np.ndarray]]:
     """Stream ``(ids, raw model outputs [n, dim])`` batches, in input order, with bounded
     memory (``Embedder.encode_iter`` normalises them).
 

@@ -8,14 +8,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lame_runtime.artifact.manifest import PREPROCESSOR_FILE, TOKENIZER_FILE
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.inputs.images import ImageConfig, preprocess_images
 from lame_runtime.inputs.template import Instructed, PromptTemplate
 from lame_runtime.inputs.text import TextProcessor
 from lame_runtime.persist import read_json
-
-TOKENIZER_FILE = "tokenizer.json"
-PREPROCESSOR_FILE = "preprocessor_config.json"
 
 # Names of the model inputs, shared by the PyTorch model and the exported ONNX graph.
 INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "image_mask")
@@ -102,10 +100,13 @@ def align_inputs(
     """
     if texts is None and images is None:
         raise InputError("give texts, images, or both")
-    texts = _as_rows(texts, "texts", "strings") if texts is not None else None
-    images = _as_rows(images, "images", "paths, PIL images or arrays") if images is not None else None
-    texts = texts if texts is not None else [None] * len(images)
-    images = images if images is not None else [None] * len(texts)
+    rows = _as_rows(texts, "texts", "strings") if texts is not None else None
+    pictures = _as_rows(images, "images", "paths, PIL images or arrays") if images is not None else None
+    if rows is None:
+        rows = [None] * len(pictures or ())
+    if pictures is None:
+        pictures = [None] * len(rows)
+    texts, images = rows, pictures
     if len(texts) != len(images):
         raise InputError(
             f"texts and images must have equal lengths (one query per row), "

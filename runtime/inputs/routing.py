@@ -14,8 +14,9 @@ from typing import Callable
 
 import numpy as np
 
+from lame_runtime.artifact.manifest import MIN_SEQUENCE
+
 TEXT_INPUTS = ("input_ids", "attention_mask")
-MIN_SEQUENCE = 2  # the graphs' dynamic sequence axis starts at 2
 
 
 def text_rows_feed(feed: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -31,7 +32,9 @@ def text_rows_feed(feed: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, n
 
 
 def route(
-    feed: dict[str, np.ndarray], full: Callable[[dict], np.ndarray], text: Callable[[dict], np.ndarray]
+    feed: dict[str, np.ndarray],
+    full: Callable[[dict[str, np.ndarray]], np.ndarray],
+    text: Callable[[dict[str, np.ndarray]], np.ndarray],
 ) -> np.ndarray:
     """Outputs for every row of ``feed``: text-only rows through ``text``, the rest ``full``."""
     is_text = np.asarray(feed["image_mask"]) == 0

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
+
+    from lame_runtime.inputs.template import PromptTemplate
 
 # role -> token string. Reason/summary/[EMBED] ids are placeholders: the model appends learned
 # embeddings at those positions, but the ids still mark them (e.g. for M-RoPE and masks).
@@ -42,7 +47,12 @@ class TextProcessor:
     :class:`~lame_runtime.inputs.template.PromptTemplate` (an imported embedder's recipe) that
     template's layout."""
 
-    def __init__(self, tokenizer: Tokenizer | str | Path, max_text_tokens: int = 48, template=None):
+    def __init__(
+        self,
+        tokenizer: Tokenizer | str | Path,
+        max_text_tokens: int = 48,
+        template: PromptTemplate | None = None,
+    ) -> None:
         if not isinstance(tokenizer, Tokenizer):
             path = Path(tokenizer)
             if not path.is_file():
@@ -73,8 +83,9 @@ class TextProcessor:
         token_id = self.tokenizer.token_to_id(token)
         if token_id is None:
             needed = sorted(SPECIAL_TOKENS.values())
-            if getattr(self, "template", None) is not None:
-                needed += self.template.special_tokens
+            template = getattr(self, "template", None)
+            if template is not None:
+                needed += template.special_tokens
             raise InputError(f"tokenizer lacks the special token {token!r}; this model needs all of {needed}")
         return token_id
 
@@ -88,7 +99,7 @@ class TextProcessor:
             raise InputTypeError(f"text must be a string, got {type(text).__name__}")
         return self._plain(self._encoding(text).ids)
 
-    def _encoding(self, text: str):
+    def _encoding(self, text: str) -> Encoding:
         try:
             return self.tokenizer.encode(text, add_special_tokens=False)
         except Exception as err:  # tokenizers raises TypeError/Exception without naming the text
@@ -100,7 +111,7 @@ class TextProcessor:
             ids = [unk if i in self._structural else i for i in ids]
         return ids
 
-    def _head_encoding(self, text: str, limit: int):
+    def _head_encoding(self, text: str, limit: int) -> tuple[Encoding, bool]:
         """(the encoding of ``text``, or of a head of it holding more than ``limit`` tokens;
         whether it is the whole text). A huge text is tokenised only as far as needed."""
         chars = max(256, limit * 16)
@@ -157,12 +168,14 @@ class TextProcessor:
         return [self.special["bos"], *image, *tokens]
 
     def _template_row(self, text: str | None, has_image: bool, num_image_tokens: int) -> list[int]:
+        template = self.template
+        assert template is not None  # only called for a templated processor
         instruction, body = getattr(text, "instruction", None), getattr(text, "body", text)
         if not body and not has_image:
-            body = self.template.empty_text
+            body = template.empty_text
         body = self._truncated(body or "")
         ids: list[int] = []
-        for kind, value in self.template.parts(body, instruction, num_image_tokens if has_image else 0):
+        for kind, value in template.parts(body, instruction, num_image_tokens if has_image else 0):
             if kind == "text":
                 ids += self.encode_text(value)
             elif kind == "special":

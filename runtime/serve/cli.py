@@ -203,7 +203,7 @@ def command(
         writable=writable,
         save_interval_s=save_interval,
     )
-    embedder = Embedder(model, precision=precision, threads=threads, spin=spin, **embedder_options(**gpu))
+    embedder = Embedder(model, precision=precision, **embedder_options(**gpu, threads=threads, spin=spin))
     documents = None
     if index_path:
         documents = Documents.open_index(

@@ -49,13 +49,15 @@ def _image(cfg, seed: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- text-cost
 def text_cost(args) -> dict:
-    from lame_runtime import Embedder
+    from lame_runtime import Embedder, RuntimeOptions
 
     results = {}
     if args.text_graph:  # raw sessions: the artifact's full graph vs a separate text graph
         import onnxruntime as ort
 
-        embedder = Embedder(args.artifact, threads=args.threads, lazy=True, route_text=False)
+        embedder = Embedder(
+            args.artifact, options=RuntimeOptions(threads=args.threads, lazy=True, route_text=False)
+        )
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         full = ort.InferenceSession(
@@ -78,8 +80,8 @@ def text_cost(args) -> dict:
             "text_graph": str(args.text_graph),
             "results": results,
         }
-    routed = Embedder(args.artifact, threads=args.threads)
-    unrouted = Embedder(args.artifact, threads=args.threads, route_text=False)
+    routed = Embedder(args.artifact, options=RuntimeOptions(threads=args.threads))
+    unrouted = Embedder(args.artifact, options=RuntimeOptions(threads=args.threads, route_text=False))
     if not routed.routes_text:
         raise SystemExit("error: the artifact has no text graph (re-export it, or pass --text-graph)")
     cfg = routed.preprocessor.image
@@ -137,10 +139,12 @@ def write_images(
 def throughput(args) -> dict:
     import onnxruntime as ort
 
-    from lame_runtime import Embedder
+    from lame_runtime import Embedder, RuntimeOptions
     from lame_runtime.inputs.pipeline import PipelineOptions
 
-    embedder = Embedder(args.artifact, threads=1, pipeline_options=PipelineOptions(workers=args.workers))
+    embedder = Embedder(
+        args.artifact, options=RuntimeOptions(threads=1, pipeline=PipelineOptions(workers=args.workers))
+    )
     cfg = embedder.preprocessor.image
     with tempfile.TemporaryDirectory() as tmp:
         if args.arrays:  # decoded arrays at the model resolution (scripts/bench/bench_runtime.py's)

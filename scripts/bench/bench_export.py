@@ -18,7 +18,7 @@ import torch
 
 import lame
 from lame_export.spec import PARITY_TEXTS, sample_image
-from lame_runtime import Embedder
+from lame_runtime import Embedder, RuntimeOptions
 
 
 def feeds(preprocessor, batch: int):
@@ -38,9 +38,9 @@ def main(argv=None) -> dict:
 
     model = lame.load(args.ckpt)
     backends = {"torch eager": lambda feed: _torch(model, feed)}
-    for precision in Embedder(args.artifact, lazy=True).artifact.precisions:
+    for precision in Embedder(args.artifact, options=RuntimeOptions(lazy=True)).artifact.precisions:
         # No idle spinning: several sessions and torch share 2 cores in this one process.
-        embedder = Embedder(args.artifact, precision=precision, spin=False)
+        embedder = Embedder(args.artifact, precision=precision, options=RuntimeOptions(spin=False))
         backends[f"ort {precision}"] = embedder.infer
     results = {}
     for batch in (1, 8):

@@ -66,13 +66,15 @@ def measure(embedder, inputs: dict, calls: int, batch: int) -> float:
 def throughput(
     artifact: Path, precisions: list[str], batches: list[int], reps: int, min_seconds: float, threads: int
 ) -> list[dict]:
-    from lame_runtime import Embedder
+    from lame_runtime import Embedder, RuntimeOptions
 
     configs = []
     for precision in precisions:
         # spin=False: the precisions' sessions are interleaved in one process, and idle
         # spinning workers of one would steal the cores of the one being timed.
-        embedder = Embedder(artifact, precision=precision, threads=threads or None, spin=False)
+        embedder = Embedder(
+            artifact, precision=precision, options=RuntimeOptions(threads=threads or None, spin=False)
+        )
         for modality in ("text", "image"):
             for batch in batches:
                 inputs = make_inputs(embedder, batch, modality)

@@ -82,9 +82,9 @@ class InProcess:
     threads: its fastest back to back; the server does not spin)."""
 
     def __init__(self, model: str, threads: int | None, modality: str, rows: int):
-        from lame_runtime import Embedder
+        from lame_runtime import Embedder, RuntimeOptions
 
-        self.embedder = embedder = Embedder(model, threads=threads)
+        self.embedder = embedder = Embedder(model, options=RuntimeOptions(threads=threads))
         data = items(embedder, modality, rows)
         if modality == "image":  # what the server decodes per request, done once here
             from lame_runtime.serve.schema import Row, decode

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", default="auto", help="Index backend (auto, numpy, faiss)")
     args = parser.parse_args(argv)
 
-    from lame_runtime import Embedder, Index
+    from lame_runtime import Embedder, Index, RuntimeOptions
 
     workdir = tempfile.TemporaryDirectory(prefix="lame_soak_")
     if args.model:
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print("building a tiny trained artifact ...", file=sys.stderr)
         artifact, images_dir = build_tiny_artifact(Path(workdir.name))
     images = [str(p) for p in sorted(images_dir.glob("*.png"))[:240]]
-    embedder = Embedder(artifact, threads=args.ort_threads)
+    embedder = Embedder(artifact, options=RuntimeOptions(threads=args.ort_threads))
     rng = np.random.default_rng(args.seed)
 
     # Single-threaded references.

@@ -160,7 +160,7 @@ def export(work: Path, calib_size: int, precisions: tuple[str, ...] = ("fp16", "
 def load(work: Path) -> dict:
     import numpy as np
 
-    from lame_runtime import Embedder
+    from lame_runtime import Embedder, RuntimeOptions
     from lame_runtime.artifact.contract import HASH_CACHE, Artifact
 
     folder = work / "artifact"
@@ -178,7 +178,7 @@ def load(work: Path) -> dict:
     encode = {}
     for precision in ("fp32", "fp16", "int8", "int4"):
         start = time.perf_counter()
-        embedder = Embedder(folder, precision=precision, threads=2)
+        embedder = Embedder(folder, precision=precision, options=RuntimeOptions(threads=2))
         vectors = embedder.encode(texts=["a probe query"], images=[np.zeros((224, 224, 3), dtype=np.uint8)])
         encode[precision] = {
             "load_and_encode_s": round(time.perf_counter() - start, 1),

@@ -44,7 +44,7 @@ def test_artifact_has_text_graphs_with_gates(artifact_dir):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_routing_equals_full_graph(artifact_dir, digits_dir, precision):
-    from lame_runtime import Embedder
+    from lame_runtime import Embedder, RuntimeOptions
 
     images = sorted(str(p) for p in digits_dir.rglob("*.png"))[:6]
     # mixed order: text-only, image-only and text+image rows interleaved
@@ -61,7 +61,7 @@ def test_routing_equals_full_graph(artifact_dir, digits_dir, precision):
     ]
     rows = [None, images[0], images[1], None, images[2], None, images[3], images[4], None]
     routed = Embedder(artifact_dir, precision=precision)
-    full = Embedder(artifact_dir, precision=precision, route_text=False)
+    full = Embedder(artifact_dir, precision=precision, options=RuntimeOptions(route_text=False))
     assert routed.routes_text and not full.routes_text
     got = routed.encode(texts, rows, batch_size=4)
     want = full.encode(texts, rows, batch_size=4)
@@ -74,7 +74,7 @@ def test_routing_equals_full_graph(artifact_dir, digits_dir, precision):
 
 
 def test_artifact_without_text_graph_still_loads(artifact_dir, tmp_path):
-    from lame_runtime import Embedder
+    from lame_runtime import Embedder, RuntimeOptions
 
     old = tmp_path / "old"
     shutil.copytree(artifact_dir, old)
@@ -105,7 +105,7 @@ def test_text_entry_must_be_listed(artifact_dir, tmp_path):
 
 
 def test_corrupt_text_graph_is_refused(artifact_dir, tmp_path):
-    from lame_runtime import Embedder
+    from lame_runtime import Embedder, RuntimeOptions
 
     copy = tmp_path / "copy"
     shutil.copytree(artifact_dir, copy)
@@ -116,7 +116,7 @@ def test_corrupt_text_graph_is_refused(artifact_dir, tmp_path):
     graph.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="sha256"):
         Embedder(copy)  # eager: both graphs verified at load
-    lazy = Embedder(copy, lazy=True)
+    lazy = Embedder(copy, options=RuntimeOptions(lazy=True))
     lazy.encode(texts=["x"], images=[np.zeros((16, 64, 3), dtype=np.uint8)])  # full graph: fine
     with pytest.raises(ArtifactError, match="sha256"):
         lazy.encode(texts=["x"])  # the first text-only row needs the text graph

@@ -19,7 +19,7 @@ import pytest
 from lame_export.pipeline import FILES, ExportOptions, export_checkpoint
 from lame_export.precision import Int4Options
 from lame_export.text_graph import TEXT_FILES
-from lame_runtime import Embedder
+from lame_runtime import Embedder, RuntimeOptions
 from lame_runtime.artifact.contract import MANIFEST, Artifact
 from lame_runtime.engines.shared_weights import NUMPY_TYPES, external_tensors
 from lame_runtime.errors import ArtifactError
@@ -155,7 +155,7 @@ def test_both_sessions_use_one_mapped_copy(edge_artifact, precision):
     # every text tensor is one of the full graph's (offset, length): no second buffer for it
     assert {(t.offset, t.length) for t in text_tensors} <= {(t.offset, t.length) for t in full_tensors}
     assert shared._shared.shared_bytes <= (edge_artifact / f"{FILES[precision]}.data").stat().st_size
-    separate = Embedder(edge_artifact, precision=precision, share_weights=False)
+    separate = Embedder(edge_artifact, precision=precision, options=RuntimeOptions(share_weights=False))
     assert not separate.shares_weights and separate._text_backend.shared_initializers == 0
     a, b = shared.encode(TEXTS, IMAGES), separate.encode(TEXTS, IMAGES)
     # Sharing changes memory, not results -- except int4: without pre-packing MatMulNBits runs
@@ -167,10 +167,9 @@ def test_both_sessions_use_one_mapped_copy(edge_artifact, precision):
 RSS_PROBE = """
 import json, sys
 import numpy as np
-from lame_runtime import Embedder
+from lame_runtime import Embedder, RuntimeOptions
 path, precision, mode = sys.argv[1:]
-embedder = Embedder(path, precision=precision, threads=1, route_text=mode != "full",
-                    share_weights=mode == "shared")
+embedder = Embedder(path, precision=precision, options=RuntimeOptions(threads=1, route_text=mode != "full", share_weights=mode == "shared"))
 embedder.encode(["one two"], None)
 embedder.encode([None], [np.zeros((16, 64, 3), np.uint8)])
 status = dict(l.split(":", 1) for l in open("/proc/self/status"))

@@ -11,7 +11,7 @@ import pytest
 from lame_export.cli import main as export_main
 from lame_export.onnx_export import reason_token_initializer
 from lame_export.pipeline import ExportGateError, ExportOptions, export_checkpoint
-from lame_runtime import Embedder
+from lame_runtime import Embedder, RuntimeOptions
 from lame_runtime.artifact.contract import HASH_CACHE, MANIFEST, Artifact
 from lame_runtime.artifact.files import external_data_locations
 from lame_runtime.errors import ArtifactError, GateError
@@ -122,7 +122,7 @@ def test_tampered_data_file_is_refused(external_artifact, tmp_path):
         Embedder(copy)
     Embedder(copy, precision="fp16")  # the other precisions are intact
     # verify=False (devices that check at install time) skips the hash, not the other checks
-    Embedder(copy, verify=False)
+    Embedder(copy, options=RuntimeOptions(verify=False))
     with pytest.raises(ArtifactError, match=r"model\.onnx\.data does not match"):
         Artifact.open(copy, verify=False).verify_all()
 
@@ -132,7 +132,7 @@ def test_truncated_or_missing_data_file_is_refused(external_artifact, tmp_path):
     with open(copy / "model_fp16.onnx.data", "r+b") as handle:
         handle.truncate(100)
     with pytest.raises(ArtifactError, match=r"model_fp16\.onnx\.data has 100 bytes"):
-        Embedder(copy, verify=False)
+        Embedder(copy, options=RuntimeOptions(verify=False))
     (copy / "model_fp16.onnx.data").unlink()
     with pytest.raises(ArtifactError, match=r"model_fp16\.onnx\.data, listed in .* is missing"):
         Embedder(copy)
@@ -176,7 +176,7 @@ def test_external_data_cannot_escape_the_artifact(external_artifact, tmp_path, k
         match = "refers to external data 'other.data' that lame_artifact.json does not list"
     for verify in (True, False):  # checked before ONNX Runtime opens the graph, either way
         with pytest.raises(ArtifactError, match=match):
-            Embedder(copy, verify=verify)
+            Embedder(copy, options=RuntimeOptions(verify=verify))
 
 
 @pytest.mark.parametrize("name", ["../outside.data", "/etc/hostname", "link.data"])

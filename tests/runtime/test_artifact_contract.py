@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lame_runtime import Embedder
+from lame_runtime import Embedder, RuntimeOptions
 from lame_runtime.artifact.contract import (
     FORMAT_VERSION,
     HASH_CACHE,
@@ -158,7 +158,7 @@ def test_swapped_tokenizer_is_refused_even_with_a_matching_hash(copy):
     with pytest.raises(ArtifactError, match=r"special token \[(IMG|EMBED)\] has id .* another model"):
         Embedder(copy)
     with pytest.raises(ArtifactError, match="another model"):
-        Embedder(copy, verify=False)
+        Embedder(copy, options=RuntimeOptions(verify=False))
 
 
 def test_swapped_preprocessor_config_is_refused(copy):

@@ -67,9 +67,11 @@ def test_draft_skips_small_and_bad_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def embedder(artifact_dir):
-    from lame_runtime import Embedder
+    from lame_runtime import Embedder, RuntimeOptions
 
-    return Embedder(artifact_dir, threads=1, pipeline_options=PipelineOptions(workers=3, prefetch=2))
+    return Embedder(
+        artifact_dir, options=RuntimeOptions(threads=1, pipeline=PipelineOptions(workers=3, prefetch=2))
+    )
 
 
 def _serial(embedder, texts, images, batch_size):

@@ -17,7 +17,7 @@ import pytest
 from boundary_fixtures import DEEP, Ctx, ctx, run_cli, runtime_artifact  # noqa: F401  (ctx and runtime_artifact are fixtures)
 from PIL import Image
 
-from lame_runtime import Embedder, Index
+from lame_runtime import Embedder, Index, RuntimeOptions
 from lame_runtime.errors import (
     ArtifactError,
     BusyError,
@@ -159,24 +159,36 @@ API_CASES: list[tuple[str, Callable[[Ctx], Any], type, str]] = [
     ("float TIFF file with NaN", lambda c: c.embedder.encode(images=[c.nan_tiff]), InputError, "NaN"),
     (
         "image over max_pixels (path, header only)",
-        lambda c: Embedder(c.artifact, max_pixels=1_000_000).encode(images=[c.big]),
+        lambda c: Embedder(c.artifact, options=RuntimeOptions(max_pixels=1_000_000)).encode(images=[c.big]),
         InputError,
         "exceeds the limit",
     ),
     (
         "image over max_pixels (array)",
-        lambda c: Embedder(c.artifact, max_pixels=100).encode(images=[c.pixels]),
+        lambda c: Embedder(c.artifact, options=RuntimeOptions(max_pixels=100)).encode(images=[c.pixels]),
         InputError,
         "exceeds the limit",
     ),
     (
         "image over max_pixels (PIL)",
-        lambda c: Embedder(c.artifact, max_pixels=100).encode(images=[Image.fromarray(c.pixels)]),
+        lambda c: Embedder(c.artifact, options=RuntimeOptions(max_pixels=100)).encode(
+            images=[Image.fromarray(c.pixels)]
+        ),
         InputError,
         "exceeds the limit",
     ),
-    ("max_pixels zero", lambda c: Embedder(c.artifact, max_pixels=0), InputError, "max_pixels"),
-    ("max_pixels a string", lambda c: Embedder(c.artifact, max_pixels="8M"), InputError, "max_pixels"),
+    (
+        "max_pixels zero",
+        lambda c: Embedder(c.artifact, options=RuntimeOptions(max_pixels=0)),
+        InputError,
+        "max_pixels",
+    ),
+    (
+        "max_pixels a string",
+        lambda c: Embedder(c.artifact, options=RuntimeOptions(max_pixels="8M")),
+        InputError,
+        "max_pixels",
+    ),
     (
         "lone surrogate in a text",
         lambda c: c.embedder.encode(texts=["ok", "bad \udc80 text"]),
@@ -380,7 +392,9 @@ API_CASES += [
     ),
     (
         "PNG header declaring 5000x5000 (our limit, header only)",
-        lambda c: Embedder(c.artifact, max_pixels=20_000_000).encode(images=[_png_claiming(c, 5000, 5000)]),
+        lambda c: Embedder(c.artifact, options=RuntimeOptions(max_pixels=20_000_000)).encode(
+            images=[_png_claiming(c, 5000, 5000)]
+        ),
         InputError,
         "exceeds the limit",
     ),

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lame_runtime import SPECIAL_TOKENS, Embedder
+from lame_runtime import Embedder
 from lame_runtime.embedder import _unit_rows
 from lame_runtime.errors import InputError, InputTypeError, IntegrityError, LameError, MissingFileError
 from lame_runtime.inputs.preprocess import Preprocessor
+from lame_runtime.inputs.text import SPECIAL_TOKENS
 
 
 @pytest.fixture(scope="module")

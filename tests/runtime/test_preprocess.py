@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lame_runtime import ImageConfig, Preprocessor, TextProcessor, load_image, preprocess_images
-from lame_runtime.inputs.images import image_to_array, patchify
+from lame_runtime.inputs.images import ImageConfig, image_to_array, load_image, patchify, preprocess_images
+from lame_runtime.inputs.preprocess import Preprocessor
+from lame_runtime.inputs.text import TextProcessor
 
 
 @pytest.fixture

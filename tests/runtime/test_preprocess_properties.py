@@ -12,8 +12,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from lame_runtime import SPECIAL_TOKENS, Embedder  # noqa: E402
+from lame_runtime import Embedder  # noqa: E402
 from lame_runtime.errors import LameError  # noqa: E402
+from lame_runtime.inputs.text import SPECIAL_TOKENS  # noqa: E402
 
 SETTINGS = settings(
     max_examples=40,

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import lame_runtime
-from lame_runtime import ArtifactError, Embedder, format_query
+from lame_runtime import ArtifactError, Embedder, RuntimeOptions
+from lame_runtime.inputs.preprocess import format_query
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +24,7 @@ for name in ("torch", "transformers", "lame"):
     sys.modules[name] = None  # any import of these now raises ImportError
 import json
 import numpy as np
-from lame_runtime import Embedder
+from lame_runtime import Embedder, RuntimeOptions
 
 artifact, image = sys.argv[1], sys.argv[2]
 embedder = Embedder(artifact)
@@ -169,7 +170,9 @@ def test_concurrent_encode_matches_sequential(artifact_dir, digits_dir, monkeypa
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr("lame_runtime.embedder.OnnxRuntimeBackend", CountingBackend)
-    shared = Embedder(artifact_dir, lazy=True)  # the first calls race to create the session
+    shared = Embedder(
+        artifact_dir, options=RuntimeOptions(lazy=True)
+    )  # the first calls race to create the session
     expected = [Embedder(artifact_dir).encode(**job, batch_size=4) for job in jobs]
     created.clear()
     start = threading.Barrier(4)
@@ -218,7 +221,9 @@ def test_corrupt_model_fails_sha256(artifact_copy):
     model.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="sha256"):
         Embedder(copy)
-    lazy = Embedder(copy, lazy=True)  # a lazy embedder reports it on first use of that graph
+    lazy = Embedder(
+        copy, options=RuntimeOptions(lazy=True)
+    )  # a lazy embedder reports it on first use of that graph
     with pytest.raises(ArtifactError, match="sha256"):
         lazy.encode(texts=["x"], images=[np.zeros((16, 64, 3), dtype=np.uint8)])
     Embedder(copy, precision="fp16")  # the other files are still fine
@@ -259,7 +264,7 @@ def test_infer_rejects_bad_feeds(artifact_dir):
 
 
 def test_encode_input_errors(artifact_dir):
-    embedder = Embedder(artifact_dir, lazy=True)
+    embedder = Embedder(artifact_dir, options=RuntimeOptions(lazy=True))
     with pytest.raises(ValueError, match="batch_size"):
         embedder.encode(texts=["x"], batch_size=0)
     with pytest.raises(TypeError, match="single string"):
@@ -319,7 +324,7 @@ def test_base_install_in_fresh_venv_embeds(artifact_dir, tmp_path):
         [str(python), "-c", code, str(artifact_dir)], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout.strip()) == Embedder(artifact_dir, lazy=True).dim
+    assert int(out.stdout.strip()) == Embedder(artifact_dir, options=RuntimeOptions(lazy=True)).dim
     cli = subprocess.run(
         [str(venv / "bin" / "lame-search"), "--help"], capture_output=True, text=True, timeout=60
     )
@@ -329,7 +334,7 @@ def test_base_install_in_fresh_venv_embeds(artifact_dir, tmp_path):
 def test_spin_off_gives_the_same_vectors(artifact_dir):
     texts = ["the digits add up to 9", "the largest digit is 7"]
     spinning = Embedder(artifact_dir).encode(texts=texts)
-    quiet = Embedder(artifact_dir, spin=False)
+    quiet = Embedder(artifact_dir, options=RuntimeOptions(spin=False))
     options = quiet._load_backend().session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     np.testing.assert_array_equal(spinning, quiet.encode(texts=texts))

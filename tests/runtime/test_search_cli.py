@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lame_runtime import Embedder, Index
+from lame_runtime import Embedder, Index, RuntimeOptions
 from lame_runtime.cli.search import main
 from lame_runtime.errors import InputError
 
@@ -51,7 +51,7 @@ def test_index_images_dir(image_index, digits_dir, artifact_dir):
     path, index = image_index
     files = sorted(p.name for p in (digits_dir / "images").glob("*.png"))
     assert index.ids == files  # every image, sorted, id relative to the directory
-    assert index.dim == Embedder(artifact_dir, lazy=True).dim
+    assert index.dim == Embedder(artifact_dir, options=RuntimeOptions(lazy=True)).dim
     payload = index.payload(files[5])
     assert Path(payload["path"]) == (digits_dir / "images" / files[5]).resolve()
     # The stored vectors are the documents' embeddings (the artifact has no document instruction).

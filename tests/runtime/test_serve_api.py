@@ -24,7 +24,8 @@ openai = pytest.importorskip("openai")
 from runtime_fixtures import runtime_artifact  # noqa: E402,F401  (a fixture)
 from serve_fixtures import KEY, ThreadServer, data_uri, png_bytes  # noqa: E402
 
-from lame_runtime import Embedder, Index, format_query  # noqa: E402
+from lame_runtime import Embedder, Index  # noqa: E402
+from lame_runtime.inputs.preprocess import format_query  # noqa: E402
 from lame_runtime.serve.app import TRUNCATED_HEADER, create_app  # noqa: E402
 from lame_runtime.serve.config import ServeConfig  # noqa: E402
 from lame_runtime.serve.documents import Documents  # noqa: E402

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture)
 
-from lame_runtime import Embedder
+from lame_runtime import Embedder, RuntimeOptions
 from lame_runtime.artifact.contract import MANIFEST
 from lame_runtime.artifact.files import HashCache
 from lame_runtime.engines.tensorrt.backend import probe_device
@@ -60,7 +60,7 @@ def test_tensorrt_backend_without_tensorrt_raises_once_before_hashing(runtime_ar
     hashed = HashCache.hashed
     for lazy in (False, True):
         with pytest.raises(BackendError, match="TensorRT is not installed") as caught:
-            Embedder(runtime_artifact, backend="tensorrt", lazy=lazy)
+            Embedder(runtime_artifact, backend="tensorrt", options=RuntimeOptions(lazy=lazy))
         assert "JetPack" in str(caught.value)
     assert HashCache.hashed == hashed  # nothing was hashed before the error
 

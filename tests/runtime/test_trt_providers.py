@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from runtime_fixtures import runtime_artifact  # noqa: F401  (a fixture)
 
-from lame_runtime import Embedder
+from lame_runtime import Embedder, RuntimeOptions
 from lame_runtime.engines.providers import (
     CPU_EP,
     CUDA_EP,
@@ -64,7 +64,6 @@ def test_defaults_and_order(tmp_path):
     every = [TENSORRT_EP, CUDA_EP, CPU_EP]
     # the TensorRT EP is never first by default: without a cache it rebuilds per process
     assert default_providers(every) == [CUDA_EP, CPU_EP]
-    assert default_providers(every, tensorrt_ep=True) == every
     assert default_providers([CPU_EP]) == [CPU_EP]
     defaults = ProviderDefaults(
         device_id=2, precision="fp16", profile_shapes={"trt_profile_max_shapes": "input_ids:8x53"}
@@ -117,7 +116,8 @@ def test_embedder_with_provider_options_on_a_real_cpu_session(runtime_artifact):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback warning: the CPU provider is what we asked
         tuned = Embedder(
-            runtime_artifact, providers=[(CPU_EP, {"arena_extend_strategy": "kSameAsRequested"})]
+            runtime_artifact,
+            options=RuntimeOptions(providers=[(CPU_EP, {"arena_extend_strategy": "kSameAsRequested"})]),
         )
     assert tuned._backend.providers == [CPU_EP]
     texts = ["the digits are 1 and 2", "a"]
@@ -129,13 +129,13 @@ def test_embedder_with_provider_options_on_a_real_cpu_session(runtime_artifact):
 )
 def test_unavailable_cuda_provider_warns_with_its_name(runtime_artifact):
     with pytest.warns(RuntimeWarning, match="CUDAExecutionProvider") as caught:
-        embedder = Embedder(runtime_artifact, providers=[(CUDA_EP, {"device_id": 1})])
+        embedder = Embedder(runtime_artifact, options=RuntimeOptions(providers=[(CUDA_EP, {"device_id": 1})]))
     assert len(caught) == 1
     assert embedder._backend.providers == [CPU_EP]  # it still runs, on the CPU
     assert embedder._backend.fallback == [CUDA_EP]
     assert embedder.encode(texts=["x"]).shape == (1, embedder.dim)
     with pytest.raises(BackendError, match="CUDAExecutionProvider"):
-        Embedder(runtime_artifact, providers=[CUDA_EP, CPU_EP], strict=True)
+        Embedder(runtime_artifact, options=RuntimeOptions(providers=[CUDA_EP, CPU_EP], strict_providers=True))
 
 
 def test_query_json_stdout_stays_json_with_a_fallback(runtime_artifact, tmp_path):

@@ -24,7 +24,7 @@ from lame_runtime.engines.tensorrt.meta import INSTALL_HINT, DeviceInfo
 from lame_runtime.errors import BackendError
 
 
-def import_tensorrt():
+def import_tensorrt() -> Any:
     """-> the ``tensorrt`` module, or one ``BackendError`` saying how to install it."""
     try:
         import tensorrt
@@ -35,7 +35,7 @@ def import_tensorrt():
     return tensorrt
 
 
-def import_cudart():
+def import_cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart
     except ImportError as err:
@@ -45,7 +45,7 @@ def import_cudart():
     return cudart
 
 
-def cuda_call(result: tuple, what: str) -> Any:
+def cuda_call(result: tuple[Any, ...], what: str) -> Any:
     """cuda.bindings returns (error, value...): raise on error, return the value(s)."""
     cudart = import_cudart()
     err, *values = result

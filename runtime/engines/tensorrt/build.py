@@ -29,13 +29,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from lame_runtime.artifact.contract import MANIFEST, Artifact
+from lame_runtime.artifact.manifest import Manifest
 from lame_runtime.engines.tensorrt.backend import import_tensorrt, running_device
 from lame_runtime.engines.tensorrt.meta import (
     ENGINE_PRECISIONS,
     PLAN_FILES,
+    DeviceInfo,
     EngineProfile,
     engine_profiles,
     profile_shapes,
@@ -64,7 +66,7 @@ class EngineBuildOptions:
     device_id: int = 0
 
 
-def check_build_environment(device_id: int = 0):
+def check_build_environment(device_id: int = 0) -> DeviceInfo:
     """Fail fast (before any export or write): TensorRT importable and a GPU usable."""
     return running_device(device_id)
 
@@ -73,7 +75,7 @@ def build_engine(
     artifact_dir: str | Path,
     options: EngineBuildOptions,
     progress: Callable[[str], None] = lambda message: None,
-) -> dict:
+) -> dict[str, Any]:
     """Build ``model_<precision>.plan`` and record it in the manifest; -> the engine record.
 
     Everything that can fail (TensorRT missing, no GPU, parse or build errors) happens before
@@ -124,17 +126,20 @@ def build_engine(
     atomic_write_bytes(plan_path, plan)
     record["sha256"] = sha256(plan_path)
     try:
-        manifest = read_json(artifact.path / MANIFEST, ArtifactError, dict, "manifest")
-        manifest.setdefault("engines", {})[options.precision] = record
-        validate_engines_section(manifest)
-        atomic_write_json(artifact.path / MANIFEST, manifest)
+        where = str(artifact.path / MANIFEST)
+        manifest = Manifest.from_json(
+            read_json(artifact.path / MANIFEST, ArtifactError, dict, "manifest"), where
+        )
+        manifest.engines = {**(manifest.engines or {}), options.precision: record}
+        # Validated as a whole (engines included) before it replaces the old one.
+        atomic_write_json(artifact.path / MANIFEST, Manifest.from_json(manifest.to_json(), where).to_json())
     except BaseException:
         if not existed:  # a plan the manifest does not list must not be left behind
             plan_path.unlink(missing_ok=True)
         raise
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(cache_path, timing_cache)
-    atomic_write_text(artifact.path / README_FILE, engines_readme(manifest["engines"]))
+    atomic_write_text(artifact.path / README_FILE, engines_readme(manifest.engines))
     return record
 
 
@@ -187,7 +192,7 @@ def _build(
     return bytes(serialized), bytes(config.get_timing_cache().serialize())
 
 
-def engines_readme(engines: dict[str, dict]) -> str:
+def engines_readme(engines: dict[str, dict[str, Any]]) -> str:
     """The artifact's README_TENSORRT.txt: what was built, for what, and how to rebuild."""
     lines = [
         "TensorRT engines of this LaME artifact",

@@ -16,13 +16,11 @@ import shlex
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
+from lame_runtime.artifact.manifest import DEFAULT_MAX_BATCH, MIN_SEQUENCE
 from lame_runtime.errors import ArtifactError, BackendError, InputError
 
 ENGINE_PRECISIONS = ("fp16", "int8")
 PLAN_FILES = {"fp16": "model_fp16.plan", "int8": "model_int8.plan"}
-# ExportSpec's defaults: used for artifacts exported before the manifest recorded them.
-DEFAULT_MAX_BATCH = 64
-MIN_SEQUENCE = 2  # the exporter's Dim("sequence", min=2): BOS + one token
 OPT_BATCH = 32  # Embedder.encode's default batch_size
 INSTALL_HINT = (
     "install TensorRT 10.x/11.x: on a Jetson it comes with JetPack (`sudo apt install "
@@ -77,22 +75,18 @@ def engine_profiles(
 
     ``overrides`` may set any of :data:`PROFILE_KEYS`; None values are ignored.
     """
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(overrides) - set(PROFILE_KEYS))
+    given: dict[str, int] = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(given) - set(PROFILE_KEYS))
     if unknown:
         raise InputError(f"unknown profile overrides {unknown}; use {list(PROFILE_KEYS)}")
     batch_max = int(manifest.get("max_batch", DEFAULT_MAX_BATCH))
     seq_max = max_sequence(manifest)
     values = {"min_batch": 1, "max_batch": batch_max, "min_sequence": MIN_SEQUENCE, "max_sequence": seq_max}
     values.update(
-        {
-            k: overrides[k]
-            for k in ("min_batch", "max_batch", "min_sequence", "max_sequence")
-            if k in overrides
-        }
+        {k: given[k] for k in ("min_batch", "max_batch", "min_sequence", "max_sequence") if k in given}
     )
-    values["opt_batch"] = overrides.get("opt_batch", min(OPT_BATCH, values["max_batch"]))
-    values["opt_sequence"] = overrides.get("opt_sequence", values["max_sequence"])
+    values["opt_batch"] = given.get("opt_batch", min(OPT_BATCH, values["max_batch"]))
+    values["opt_sequence"] = given.get("opt_sequence", values["max_sequence"])
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"profile {key} must be a positive integer, got {value!r}")
