@@ -1,0 +1,86 @@
+"""The README's quick start, run as written: its first ``bash`` block line by line, then its
+first ``python`` block in a fresh interpreter, in an empty folder, each step timed.
+
+    python scripts/docs/quickstart.py [--work DIR] [--data-out docs/results/data]
+
+``--data-out`` writes ``quickstart.csv`` (step, seconds; ``lame.evaluation.tables``), the
+figures the README's quick-start table and the docs render. ``tests/test_quickstart.py`` runs
+the same blocks through :func:`run`, so a README snippet that breaks fails the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+SECTION = "## Quick start"
+
+
+def blocks(readme: str) -> tuple[list[str], str]:
+    """(the bash block's commands, continuation lines joined; the python block) of the quick
+    start section."""
+    start = readme.index(SECTION)
+    end = readme.find("\n## ", start + len(SECTION))
+    section = readme[start : end if end != -1 else len(readme)]
+    bash = re.search(r"```bash\n(.*?)```", section, re.S)
+    python = re.search(r"```python\n(.*?)```", section, re.S)
+    if not bash or not python:
+        raise ValueError(f"{SECTION} needs a ```bash and a ```python block")
+    commands = []
+    for line in bash.group(1).replace("\\\n", " ").splitlines():
+        command = line.split("  #")[0].strip()
+        if command and not command.startswith("#"):
+            commands.append(command)
+    return commands, python.group(1)
+
+
+def run(work: Path, commands: list[str], python: str, timeout: float = 600) -> list[tuple[str, float, str]]:
+    """Run the blocks in ``work``; -> [(step, seconds, stdout)]. A failing step raises
+    ``CalledProcessError`` with its output."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    times = []
+    steps = [(c, ["bash", "-e", "-o", "pipefail", "-c", c]) for c in commands]
+    steps.append(("the Python snippet", [sys.executable, "-c", python]))
+    for name, argv in steps:
+        began = time.perf_counter()
+        done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode:
+            raise subprocess.CalledProcessError(done.returncode, name, done.stdout, done.stderr)
+        seconds = time.perf_counter() - began
+        times.append((name, seconds, done.stdout))
+        print(f"{seconds:6.1f} s  {name}", file=sys.stderr)
+    return times
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, help="folder to run in (default: a new temporary one)")
+    parser.add_argument("--data-out", type=Path, help="write DIR/quickstart.csv")
+    args = parser.parse_args(argv)
+    commands, python = blocks(README.read_text(encoding="utf-8"))
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        times = run(work, commands, python)
+    total = sum(s for _, s, _ in times)
+    print(f"{total:6.1f} s  in all", file=sys.stderr)
+    if args.data_out:
+        from lame.evaluation.tables import provenance, write_table
+
+        rows = [[f"`{name}`" if name in commands else name, f"{s:.1f}"] for name, s, _ in times]
+        rows.append(["in all", f"{total:.1f}"])
+        command = "python scripts/docs/quickstart.py --data-out docs/results/data"
+        path = write_table(args.data_out / "quickstart.csv", ["step", "seconds"], rows, provenance(command))
+        print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
