@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -42,21 +43,29 @@ def blocks(readme: str) -> tuple[list[str], str]:
     return commands, python.group(1)
 
 
-def run(work: Path, commands: list[str], python: str, timeout: float = 600) -> list[tuple[str, float, str]]:
-    """Run the blocks in ``work``; -> [(step, seconds, stdout)]. A failing step raises
-    ``CalledProcessError`` with its output."""
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(
+    work: Path, commands: list[str], python: str, timeout: float = 600
+) -> list[tuple[str, float, str, float]]:
+    """Run the blocks in ``work``; -> [(step, wall seconds, stdout, CPU seconds)]. A failing
+    step raises ``CalledProcessError`` with its output. CPU seconds (user + system of the
+    step's processes) say what a step costs when the machine's other load inflates wall time."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     times = []
     steps = [(c, ["bash", "-e", "-o", "pipefail", "-c", c]) for c in commands]
     steps.append(("the Python snippet", [sys.executable, "-c", python]))
     for name, argv in steps:
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), _cpu()
         done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
         if done.returncode:
             raise subprocess.CalledProcessError(done.returncode, name, done.stdout, done.stderr)
-        seconds = time.perf_counter() - began
-        times.append((name, seconds, done.stdout))
-        print(f"{seconds:6.1f} s  {name}", file=sys.stderr)
+        seconds, cpu = time.perf_counter() - began, _cpu() - cpu
+        times.append((name, seconds, done.stdout, cpu))
+        print(f"{seconds:6.1f} s ({cpu:5.1f} s CPU)  {name}", file=sys.stderr)
     return times
 
 
@@ -77,18 +86,18 @@ def main(argv=None) -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         times = run(work, commands, python)
-    total = sum(s for _, s, _ in times)
-    print(f"{total:6.1f} s  in all", file=sys.stderr)
+    total, total_cpu = sum(t[1] for t in times), sum(t[3] for t in times)
+    print(f"{total:6.1f} s ({total_cpu:5.1f} s CPU)  in all", file=sys.stderr)
     if args.data_out:
         from lame.evaluation.tables import provenance, write_table
 
-        rows = [[step_label(name), f"{s:.1f}"] for name, s, _ in times]
-        rows.append(["in all", f"{total:.1f}"])
+        rows = [[step_label(name), f"{s:.1f}", f"{cpu:.1f}"] for name, s, _, cpu in times]
+        rows.append(["in all", f"{total:.1f}", f"{total_cpu:.1f}"])
         command = "python scripts/docs/quickstart.py --data-out docs/results/data"
         prov = provenance(command)
         # The machine is shared: say how busy it was (1-minute load average, before and after).
         prov["machine"] += f"; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
-        path = write_table(args.data_out / "quickstart.csv", ["step", "seconds"], rows, prov)
+        path = write_table(args.data_out / "quickstart.csv", ["step", "wall s", "CPU s"], rows, prov)
         print(f"wrote {path}", file=sys.stderr)
 
 
