@@ -100,9 +100,16 @@ def parse_markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
     return tables
 
 
+def _unique(path: Path, columns: Sequence[str]) -> None:
+    repeated = sorted({c for c in columns if list(columns).count(c) > 1})
+    if repeated:
+        raise ValueError(f"{path.name}: column names must be unique, repeated: {repeated}")
+
+
 def write_table(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[str]], prov: dict) -> Path:
     """One data file: ``header`` + the provenance columns, each row with ``prov``'s values."""
     path = Path(path)
+    _unique(path, [*header, *PROVENANCE])
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, lineterminator="\n")
@@ -134,6 +141,7 @@ def read_table(path: str | Path) -> tuple[list[str], list[dict[str, str]]]:
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         fields = list(reader.fieldnames or [])
+        _unique(path, fields)
         rows = list(reader)
     missing = [k for k in PROVENANCE if k not in fields]
     if missing:
