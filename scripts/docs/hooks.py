@@ -90,6 +90,7 @@ def methods_plot(data: Path, name: str):
 def search_plot(data: Path, name: str):
     """Search: queries/s against recall@10 per method, one panel per (N, dim)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     _, rows = read_table(data / f"{name}.csv")
     shapes = list(dict.fromkeys((r["N"], r["dim"]) for r in rows))
@@ -101,6 +102,7 @@ def search_plot(data: Path, name: str):
                 ax.scatter(qps, recall, s=14)
                 ax.annotate(r["method"], (qps, recall), fontsize=6, xytext=(3, 2), textcoords="offset points")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no overlapping minor labels
         ax.set_title(f"N {n}, dim {dim}", fontsize=9)
         ax.set_xlabel("queries / s (log)", fontsize=8)
         ax.grid(alpha=0.3)
