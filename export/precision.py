@@ -6,7 +6,7 @@
   method, run here on a structure-only augmented graph to keep memory low; the ranges go to
   ``quantize_static`` as its calibration cache), then ``quantize_static`` in QDQ format, per-channel int8 weights and uint8 activations (U8S8), on the weight MatMul/Gemm
   nodes only. Activation-activation MatMuls (attention scores) stay fp32: quantising them cost
-  accuracy for no speed here (see the README's export table).
+  accuracy for no speed here (see the export tables in docs/results/0.2.0.md).
 * INT4 (weight-only): ``onnxruntime.quantization.matmul_nbits_quantizer`` — block-wise
   symmetric 4-bit weights for every weight MatMul (ORT's ``MatMulNBits`` contrib op; the
   quantiser handles MatMul only, and the exported linears are MatMul) and, optionally, the

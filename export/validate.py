@@ -11,7 +11,7 @@ Feed = dict[str, np.ndarray]
 # Minimum row cosine to the PyTorch reference, per precision: the export's parity gates.
 # int4 (weight-only, 4-bit blocks of 32): 16x int8's weight step, and no calibration to absorb
 # it; 0.98 keeps the gate meaningful (a broken graph or a wrong block axis scores < 0.9) while
-# letting honest RTN 4-bit noise through (see the README's "Edge memory" figures).
+# letting honest RTN 4-bit noise through (see the "Edge memory" figures in docs/nvidia.md).
 THRESHOLDS = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.99, "int4": 0.98}
 
 

@@ -63,6 +63,57 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
+def data_tables(report: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """The printed tables as data files' rows (``lame.evaluation.tables``): ``bench_methods``
+    (embeddings/s per method and batch, and how many times faster LaME is) and, with the
+    deployment rows, ``bench_backends`` (ms per batch per backend, and the speed-up on torch)."""
+    methods, settings = report["methods"], report["settings"]
+    batches = [k for k in methods if k.startswith("batch")]
+    labels = {
+        "lame": "LaME",
+        "latent": f"latent ({settings['K']} steps)",
+        "cot": f"explicit CoT ({settings['cot_new_tokens']} tokens)",
+    }
+    header = ["method"]
+    for batch in batches:
+        n = batch.removeprefix("batch")
+        header += [f"batch {n} emb/s", f"LaME is (batch {n})"]
+    rows = []
+    for name in methods[batches[0]]:
+        row = [labels.get(name, name)]
+        for batch in batches:
+            rate = methods[batch][name]["emb_per_s"]
+            row += [f"{rate:.2f}", f"{methods[batch]['lame']['emb_per_s'] / rate:.2f}×"]
+        rows.append(row)
+    tables = {"bench_methods": (header, rows)}
+    deploy = report.get("deployment")
+    if deploy:
+        ms = deploy["ms_per_batch"]
+        header = ["LaME backend (same run)"]
+        for batch in ms:
+            n = batch.removeprefix("batch")
+            header += [f"batch {n} ms", f"vs torch (batch {n})"]
+        rows = []
+        for backend in next(iter(ms.values())):
+            label = "PyTorch eager" if backend == "torch eager" else backend.replace("ort ", "ORT ")
+            row = [label]
+            for batch in ms:
+                row += [f"{ms[batch][backend]:.2f}", f"{ms[batch]['torch eager'] / ms[batch][backend]:.2f}×"]
+            rows.append(row)
+        tables["bench_backends"] = (header, rows)
+    return tables
+
+
+def _write_data(out_dir: Path, report: dict) -> None:
+    from lame.evaluation.tables import provenance, write_table
+
+    prov = provenance()
+    env = report["environment"]
+    prov["machine"] = env.get("gpu") or f"{env['cpus']} CPUs, {env['torch_threads']} torch threads"
+    for name, (header, rows) in data_tables(report).items():
+        write_table(out_dir / f"{name}.csv", header, rows, prov)
+
+
 def _write_json(path: Path, report: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".json")
     with os.fdopen(fd, "w") as handle:
@@ -110,8 +161,25 @@ def _write_json(path: Path, report: dict) -> None:
 )
 @click.option("--threads", type=int, default=None, help="torch / ONNX Runtime CPU threads.")
 @click.option("--no-deploy", is_flag=True, help="Skip the ONNX Runtime and cold-start rows.")
+@click.option(
+    "--data-out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Also write the tables as data files for the docs (DIR/bench_methods.csv, bench_backends.csv).",
+)
 def command(
-    preset, artifact, json_out, plot_out, batches, reps, max_new_tokens, device, dtype, threads, no_deploy
+    preset,
+    artifact,
+    json_out,
+    plot_out,
+    batches,
+    reps,
+    max_new_tokens,
+    device,
+    dtype,
+    threads,
+    no_deploy,
+    data_out,
 ) -> int:
     """Time the four methods on one backbone in one run; print a table and the ratios."""
     require_train_extra()
@@ -139,6 +207,8 @@ def command(
     click.echo(render(report))
     if json_out:
         _write_json(Path(json_out), report)
+    if data_out:
+        _write_data(Path(data_out), report)
     if plot_out:
         from lame.evaluation.plots import plot_bench
 

@@ -8,7 +8,7 @@ Each stage gets its own AdamW (different parameter sets) with linear warm-up + c
 Batches are a pure function of (seed, global step), and checkpoints carry optimizer moments and
 the torch CPU/CUDA RNG states, so ``resume=True`` after a kill reproduces the uninterrupted run.
 
-Scale (see the README): ``device`` (batches are built on the CPU and moved once per step),
+Scale (see docs/training.md): ``device`` (batches are built on the CPU and moved once per step),
 ``precision="bf16"`` (autocast, float32 master weights), ``grad_checkpointing``, ``chunk_size``
 (GradCache, :mod:`lame.training.gradcache`) and ``lora_rank`` (:mod:`lame.training.lora`; checkpoints hold merged
 weights). Launch several processes with ``torchrun -m lame.cli.train``.

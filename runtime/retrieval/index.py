@@ -216,7 +216,7 @@ class Index:
 
     # ----------------------------------------------------------------- search
     def search(self, queries: Any, k: int = 10) -> tuple[np.ndarray, list[list[str]]]:
-        """-> (scores float32 [Q, min(k, len)], ids [Q][min(k, len)]), best first."""
+        """-> (scores float32 ``[Q, min(k, len)]``, ids ``[Q][min(k, len)]``), best first."""
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
         unit = _normalise(_check_matrix(_materialise(queries), self.dim, "queries"), "queries")

@@ -4,7 +4,7 @@
 
 Both models train on the same batches; each round runs one step of every variant (interleaved,
 so background load hits them alike); the median round time gives steps/s. Used to size the
-"same wall time" comparison in the README.
+"same wall time" comparison in docs/results/0.2.0.md.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README quality table: every method and LaME ablation trained on the digits benchmark,
+# The quality tables (docs/results, rendered from docs/results/data): every method and LaME ablation trained on the digits benchmark,
 # from scratch and from a generative pre-trained backbone, evaluated on all 840 eval queries.
 #   SEEDS="0 1 2" bash scripts/quality/quality_runs.sh [NAME ...]      (default: all rows, seed 0)
 # Each run writes ROOT/NAME/seedS/ (checkpoint + eval.json); runs already done are skipped,

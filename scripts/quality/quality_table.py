@@ -14,15 +14,23 @@ A row is ``ROOT/NAME/seed*/eval.json`` (one per seed) or, for single-seed runs o
 releases, ``ROOT/NAME/eval.json``. Differences smaller than twice their standard error are
 flagged "not significant". The lm pre-training runs (``ROOT/lm/seed*/generate.json``) get
 their own table: exact match of the generated answers.
+
+``--data-out DIR`` also writes each table as a data file the docs site renders
+(``DIR/PREFIX.csv``, ``PREFIX_diff.csv``, ``PREFIX_tasks.csv``, ``PREFIX_generation.csv``,
+``PREFIX_probes.csv``, ``PREFIX_val.csv``, ``PREFIX_dims.csv``; ``lame.evaluation.tables``),
+every row carrying ``--command`` (the command that made the runs), the installed package
+versions, the machine and today's date.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from lame.evaluation.stats import compare, summarise
+from lame.evaluation.tables import parse_markdown_tables, provenance, write_table
 
 LABELS = {
     "lame": "LaME (K=8, mask, decoder, diversity, two stages)",
@@ -245,6 +253,11 @@ def main(argv=None) -> None:
     parser.add_argument("roots", type=Path, nargs="+")
     parser.add_argument("--rows", default=",".join(LABELS))
     parser.add_argument("--baseline", default="discriminative")
+    parser.add_argument("--data-out", type=Path, help="also write each table as DIR/PREFIX*.csv")
+    parser.add_argument("--prefix", default="quality", help="file name prefix under --data-out")
+    parser.add_argument(
+        "--command", help="the command that made the runs (default: this command line)", default=None
+    )
     args = parser.parse_args(argv)
     names = args.rows.split(",")
     first = args.roots[0]
@@ -258,17 +271,28 @@ def main(argv=None) -> None:
     generation = generation_table(first)
     if not runs and not generation:
         raise SystemExit(f"error: no eval.json under {first} for rows {args.rows}")
+    # (data-file suffix, markdown): printed in this order, and written with --data-out.
+    parts: list[tuple[list[str], str]] = []
     if runs:
-        print(tables(runs, args.baseline))
+        main_tables = tables(runs, args.baseline)
+        has_diff = len(parse_markdown_tables(main_tables)) == 3
+        parts.append((["", "_diff", "_tasks"] if has_diff else ["", "_tasks"], main_tables))
     if generation:
-        print(("\n" if runs else "") + generation)
+        parts.append((["_generation"], generation))
     if probes:
-        print("\n" + probe_table(probes))
+        parts.append((["_probes"], probe_table(probes)))
     if vals:
-        print("\n" + validation_table(vals))
+        parts.append((["_val"], validation_table(vals)))
     sizes = dimension_table(runs)
     if sizes:
-        print("\n" + sizes)
+        parts.append((["_dims"], sizes))
+    print("\n\n".join(text for _, text in parts))
+    if args.data_out:
+        prov = provenance(args.command)
+        for suffixes, text in parts:
+            for suffix, (header, rows) in zip(suffixes, parse_markdown_tables(text)):
+                path = write_table(args.data_out / f"{args.prefix}{suffix}.csv", header, rows, prov)
+                print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

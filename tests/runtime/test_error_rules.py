@@ -1,7 +1,7 @@
 """The rules behind the bad-input tables: one writer per index (real processes),
 image->image search, one image rule for every input kind, the pixel limit read from the
 header, the hash cache against restored mtimes, every error class through the CLI wrapper,
-and the README's runtime snippet run verbatim."""
+and the runtime page's snippet (docs/runtime.md) run verbatim."""
 
 from __future__ import annotations
 
@@ -225,13 +225,13 @@ def test_odd_exif_is_ignored_not_fatal(ctx, tmp_path):
 
 
 def test_readme_runtime_snippet_runs_as_written(ctx, tmp_path, monkeypatch):
-    """The Python block under "## Runtime" in the README, executed verbatim in a folder laid
+    """The Python block of the docs' Runtime page, executed verbatim in a folder laid
     out as the main job leaves it (runs/lame-onnx, data/digits/images/eval_*)."""
     import os
     import re
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Runtime (`lame_runtime`)") :]
+    readme = (Path(__file__).parents[2] / "docs" / "runtime.md").read_text()
+    section = readme[readme.index("# Runtime (`lame_runtime`)") :]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     (tmp_path / "runs").mkdir()
     os.symlink(ctx.artifact, tmp_path / "runs" / "lame-onnx")
@@ -241,6 +241,6 @@ def test_readme_runtime_snippet_runs_as_written(ctx, tmp_path, monkeypatch):
         Image.fromarray(np.roll(ctx.pixels, 5 * i, axis=1)).save(images / f"eval_{i:05d}.png")
     monkeypatch.chdir(tmp_path)
     scope: dict[str, Any] = {}
-    exec(compile(snippet, "README.md (runtime snippet)", "exec"), scope)
+    exec(compile(snippet, "docs/runtime.md (runtime snippet)", "exec"), scope)
     assert len(scope["index"]) == 6
     assert scope["same"][1][0][0].endswith("eval_00000.png")  # image -> image finds itself

@@ -1,4 +1,4 @@
-"""The Python block of the README's "Serving" section, run as written against a real server
+"""The Python block of the docs' Serving page (docs/serving.md), run as written against a real server
 (the only change: its address, 127.0.0.1:8080, becomes the test server's free port)."""
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ README_ADDRESS = "http://127.0.0.1:8080"
 
 
 def test_readme_serving_snippet_runs_as_written(runtime_artifact, tmp_path, monkeypatch):
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Serving (`lame-serve`)") :]
+    readme = (Path(__file__).parents[2] / "docs" / "serving.md").read_text()
+    section = readme[readme.index("# Serving (`lame-serve`)") :]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert README_ADDRESS in snippet
     image = tmp_path / "data" / "digits" / "images" / "eval_00000.png"  # the main job's layout
@@ -37,7 +37,7 @@ def test_readme_serving_snippet_runs_as_written(runtime_artifact, tmp_path, monk
     with ThreadServer(create_app(embedder, ServeConfig(model_name="lame-onnx"))) as server:
         monkeypatch.chdir(tmp_path)
         scope: dict = {}
-        exec(compile(snippet.replace(README_ADDRESS, server.url), "README.md (serving)", "exec"), scope)
+        exec(compile(snippet.replace(README_ADDRESS, server.url), "docs/serving.md (serving)", "exec"), scope)
     vectors = np.array(scope["vectors"])
     want = np.concatenate(
         [

@@ -165,3 +165,27 @@ def test_validation_sizes_and_long_rows(tmp_path, capsys):
         if line.startswith("| LaME, generative init, 1,000 steps | `gen-discriminative-long`")
     )
     assert long.split(" | ")[4].startswith("+10.00")
+
+
+def test_data_out_writes_each_printed_table_with_its_provenance(tmp_path, capsys):
+    """--data-out: one data file per printed table (the docs render them), the same cells as
+    the markdown, and every row carrying the command, versions, machine and date."""
+    from lame.evaluation.tables import PROVENANCE, parse_markdown_tables, read_table
+
+    root = tmp_path / "quality"
+    _write(root, "discriminative", [_eval(10, 2), _eval(12, 4), _eval(11, 3)])
+    _write(root, "lame", [_eval(14, 3), _eval(15, 4), _eval(16, 5)])
+    _write(root, "lame", [_eval(13, 2), _eval(14, 3), _eval(15, 4)], file="val.json")
+    out_dir = tmp_path / "data"
+    command = "STEPS=500 python scripts/quality/quality_parallel.py -- lame discriminative"
+    quality_table.main([str(root), "--data-out", str(out_dir), "--prefix", "q", "--command", command])
+    printed = parse_markdown_tables(capsys.readouterr().out)
+    files = ["q.csv", "q_diff.csv", "q_tasks.csv", "q_val.csv"]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(files)
+    for name, (header, rows) in zip(files, printed, strict=True):
+        columns, data = read_table(out_dir / name)
+        assert columns == header
+        assert [[row[c] for c in columns] for row in data] == rows
+        assert all(row["command"] == command and row["date"] and row["versions"] for row in data)
+        assert all(set(PROVENANCE) <= set(row) for row in data)
+    assert read_table(out_dir / "q.csv")[1][0]["hit@1"] == "15.00 ± 1.00"  # lame: 14, 15, 16

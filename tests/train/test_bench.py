@@ -47,6 +47,8 @@ def test_bench_cli_writes_consistent_json_and_png(tmp_path, capsys):
             str(out),
             "--plot",
             str(png),
+            "--data-out",
+            str(tmp_path / "data"),
         ]
     )
     assert code == 0
@@ -74,6 +76,18 @@ def test_bench_cli_writes_consistent_json_and_png(tmp_path, capsys):
     )
     assert deploy["cold_start"]["total_s"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --data-out: the docs' data files, every row with its provenance
+    from lame.evaluation.tables import read_table
+
+    columns, rows = read_table(tmp_path / "data" / "bench_methods.csv")
+    assert columns == ["method", "batch 1 emb/s", "LaME is (batch 1)", "batch 3 emb/s", "LaME is (batch 3)"]
+    by_method = {r["method"]: r for r in rows}
+    assert float(by_method["LaME"]["batch 3 emb/s"]) == pytest.approx(
+        methods["batch3"]["lame"]["emb_per_s"], abs=0.01
+    )
+    assert rows[0]["command"].split()[0].endswith(("lame-bench", "pytest", "__main__.py")) and rows[0]["date"]
+    columns, rows = read_table(tmp_path / "data" / "bench_backends.csv")
+    assert [r[columns[0]] for r in rows][0] == "PyTorch eager"
 
 
 def test_bench_feeds_are_text_plus_image_queries():
