@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lame_runtime.corpus.shards import ERRORS, MANIFEST, Output, read_shard_file, shard_table
-from lame_runtime.corpus.sources import Plan, Shard, plan_source, read_shard
+from lame_runtime.corpus.sources import Plan, Shard, parquet_metadata, plan_source, read_shard
 from lame_runtime.corpus.udf import ROLES, CorpusEmbedder, load_shards, none_if_missing
 from lame_runtime.errors import BackendError, InputError
 from lame_runtime.persist import sha256, writer_lock
@@ -186,14 +186,16 @@ class _Books:
                 self._finish(number, self.rows.pop(number))
 
     def _finish(self, number: int, rows: dict[int, tuple[Any, np.ndarray, Any]]) -> None:
-        items = read_shard(self.shards[number].spec)  # metadata and image paths, in order
-        ids, vectors, metadata, errors = [], [], [], []
-        for item in items:
+        spec = self.shards[number].spec
+        items = read_shard(spec)  # metadata and image paths, in order
+        ids, vectors, metadata, errors, keep = [], [], [], [], []
+        for n, item in enumerate(items):
             item_id, vector, error = rows[item["position"]]
             if error is None:
                 ids.append(str(item_id))
                 vectors.append(vector)
                 metadata.append(item["metadata"])
+                keep.append(n)
             else:
                 image = item["image"] if isinstance(item["image"], str) else None
                 errors.append(
@@ -207,7 +209,9 @@ class _Books:
                 )
         size = int(np.asarray(next(iter(rows.values()))[1]).shape[-1])
         matrix = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, size), np.float32)
-        self.output.write_shard(number, shard_table(ids, matrix, metadata, self.model), errors)
+        typed = parquet_metadata(spec)
+        table = shard_table(ids, matrix, metadata if typed is None else typed.take(keep), self.model)
+        self.output.write_shard(number, table, errors)
         self.embedded += len(ids)
         self.failed += len(errors)
         self.written += 1

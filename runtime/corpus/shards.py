@@ -115,9 +115,10 @@ class Output:
 
 
 # ----------------------------------------------------------------------------- tables
-def shard_table(ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]], model: str) -> Any:
+def shard_table(ids: list[str], vectors: np.ndarray, metadata: Any, model: str) -> Any:
     """The Parquet schema: id, vector as fixed_size_list<float32>[d] (what pandas, Polars,
-    DuckDB and LanceDB read as an array column), model, dimensions, then metadata columns."""
+    DuckDB and LanceDB read as an array column), model, dimensions, then metadata columns
+    (``metadata``: one dict per row, or an Arrow table whose types are kept)."""
     import pyarrow as pa
 
     size = int(vectors.shape[1])
@@ -128,6 +129,10 @@ def shard_table(ids: list[str], vectors: np.ndarray, metadata: list[dict[str, An
         "model": pa.array([model] * len(ids), type=pa.string()),
         "dimensions": pa.array([size] * len(ids), type=pa.int32()),
     }
+    if isinstance(metadata, pa.Table):
+        for key in metadata.column_names:
+            columns[f"source_{key}" if key in RESERVED else key] = metadata.column(key)
+        return pa.table(columns)
     keys: dict[str, None] = {}
     for row in metadata:
         keys.update(dict.fromkeys(row))

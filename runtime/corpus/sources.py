@@ -244,7 +244,16 @@ def _read_jsonl(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_parquet(spec: dict[str, Any]) -> list[dict[str, Any]]:
+def parquet_metadata(spec: dict[str, Any]) -> Any:
+    """A Parquet shard's metadata columns as Arrow (their types kept: an int16 stays int16),
+    or None for the other kinds."""
+    if spec.get("kind") != "parquet":
+        return None
+    table = _parquet_slice(spec)
+    return table.select([n for n in table.column_names if n not in CONTENT])
+
+
+def _parquet_slice(spec: dict[str, Any]) -> Any:
     """Only the row groups that overlap the shard are read."""
     pq = _parquet()
     file = pq.ParquetFile(spec["path"])
@@ -256,7 +265,11 @@ def _read_parquet(spec: dict[str, Any]) -> list[dict[str, Any]]:
             groups.append(g)
             first = seen if first is None else first
         seen += size
-    table = file.read_row_groups(groups).slice(start - (first or 0), count)
+    return file.read_row_groups(groups).slice(start - (first or 0), count)
+
+
+def _read_parquet(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    table = _parquet_slice(spec)
     folder = Path(spec["path"]).parent
     rows = []
     for i, record in enumerate(table.to_pylist()):

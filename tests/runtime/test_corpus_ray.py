@@ -30,17 +30,17 @@ from lame_runtime.corpus.shards import ERRORS, MANIFEST, shard_file  # noqa: E40
 from lame_runtime.persist import sha256  # noqa: E402
 
 pytestmark = pytest.mark.ray
-COPIES, PER_COPY = 2, 150  # 150 digits images twice over (two folders): 300 items
+FOLDERS, PER_FOLDER = 2, 150  # 300 distinct digits images in two folders
 
 
 @pytest.fixture(scope="module")
 def image_corpus(digits_dir, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("corpus") / "images"
-    sources = sorted((digits_dir / "images").glob("*.png"))[:PER_COPY]
-    for copy in range(COPIES):
-        (folder / f"set{copy}").mkdir(parents=True)
-        for src in sources:
-            shutil.copy(src, folder / f"set{copy}" / src.name)
+    sources = sorted((digits_dir / "images").glob("*.png"))
+    for n in range(FOLDERS):
+        (folder / f"set{n}").mkdir(parents=True)
+        for src in sources[n * PER_FOLDER : (n + 1) * PER_FOLDER]:
+            shutil.copy(src, folder / f"set{n}" / src.name)
     return folder
 
 
@@ -84,9 +84,12 @@ def reference_vectors(reference: Index, ids: list[str]) -> np.ndarray:
     return np.stack([rows[i] for i in ids])
 
 
-def assert_same_vectors(ids, vectors, reference: Index) -> None:
+def assert_same_vectors(ids, vectors, reference: Index, subset: bool = False) -> None:
     assert len(ids) == len(set(ids)), "an id appears twice"
-    assert sorted(ids) == sorted(reference.ids)
+    if subset:
+        assert set(ids) <= set(reference.ids)
+    else:
+        assert sorted(ids) == sorted(reference.ids)
     expected = reference_vectors(reference, ids)
     cosine = (
         np.sum(vectors * expected, axis=1)
@@ -149,9 +152,13 @@ def test_ray_vectors_equal_single_process_and_qdrant_answers_like_the_exact_inde
 
 
 def _jsonl_rows(digits_dir: Path) -> list[dict]:
+    """The dataset's texts and 120 of its images, as `lame-search index --data` names them."""
+    items = dataset_items(digits_dir)
+    texts = [i for i in items if i[2]]
+    images = [i for i in items if not i[2]][:120]
     return [
         {"id": item_id, "text": text, "image": image and str(Path(image).resolve()), "group": n % 3}
-        for n, (item_id, _, text, image) in enumerate(dataset_items(digits_dir))
+        for n, (item_id, _, text, image) in enumerate(texts + images)
     ]
 
 
@@ -176,7 +183,12 @@ def test_texts_and_pairs_match_and_bad_items_go_to_the_errors_file(
     )
     reference = Index.load(ref)
     rows = _jsonl_rows(digits_dir)
-    assert {bool(r["text"]) for r in rows} == {True, False} and any(r["text"] and r["image"] for r in rows)
+    assert {bool(r["text"]) for r in rows} == {True, False}
+    pairs = [
+        {"id": f"pair{n}", "text": f"the digits add up to {n}", "image": rows[-1 - n]["image"], "group": 9}
+        for n in range(4)
+    ]
+    rows += pairs
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG not really")
     lines = [json.dumps(r) for r in rows]
@@ -205,17 +217,27 @@ def test_texts_and_pairs_match_and_bad_items_go_to_the_errors_file(
         "40",
     )
     assert code == 0, err
-    summary = json.loads(printed)
+    summary = json.loads(printed.splitlines()[-1])
     assert (summary["embedded"], summary["failed"], summary["total"]) == (len(rows), len(bad), len(lines))
     errors = [json.loads(line) for line in (tmp_path / "out" / ERRORS).read_text().splitlines()]
     assert sorted(e["position"] for e in errors) == sorted(bad)
     reasons = {e["id"]: e["error"] for e in errors}
     assert "not found" in reasons["gone"] and "cannot read image" in reasons["corrupt"]
     assert "text must be a string" in reasons["number"]
-    assert sum("not a JSON object" in r or "id must be" in r for r in reasons.values()) == 2
+    no_id = sorted(e["error"] for e in errors if e["id"] is None)
+    assert len(no_id) == 2 and "not a JSON object" in no_id[0] and "id must be a non-empty string" in no_id[1]
 
     ids, vectors, table = shard_vectors(tmp_path / "out")
-    assert_same_vectors(ids, vectors, reference)
+    assert sorted(ids) == sorted(r["id"] for r in rows)
+    single = [n for n, i in enumerate(ids) if not i.startswith("pair")]
+    assert_same_vectors([ids[n] for n in single], vectors[single], reference, subset=True)
+    from lame_runtime import Embedder  # text+image rows: lame-search index has none, Embedder does
+
+    expected = Embedder(artifact_dir).encode_documents(
+        [p["text"] for p in pairs], [p["image"] for p in pairs]
+    )
+    got = np.stack([vectors[ids.index(p["id"])] for p in pairs])
+    assert np.min(np.sum(got * expected, axis=1)) >= 0.99999
     assert sorted(table.column("group").to_pylist()) == sorted(r["group"] for r in rows)  # metadata kept
 
 
