@@ -10,11 +10,12 @@ same command resumes. ``index-shards`` turns finished shards into the exact or F
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
 from lame_runtime.artifact.contract import PRECISIONS
-from lame_runtime.retrieval.index import STORAGES, index_exists
+from lame_runtime.retrieval.index_io import STORAGES, index_exists
 
 ANN_KINDS = ("flat", "hnsw")
 
@@ -78,7 +79,7 @@ ANN_KINDS = ("flat", "hnsw")
 @click.option(
     "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local cluster)."
 )
-def embed_corpus_command(model, source, out, engine, **flags) -> int:
+def embed_corpus_command(model: str, source: str, out: str, engine: str, **flags: Any) -> int:
     """Embed a whole corpus on Ray Data into Parquet shards (resumable: rerun to finish)."""
     from lame_runtime.corpus.ray_job import CorpusOptions, embed_corpus
 
@@ -95,7 +96,9 @@ def embed_corpus_command(model, source, out, engine, **flags) -> int:
 @click.option("--hnsw-m", type=click.IntRange(min=2), default=32, show_default=True)
 @click.option("--ef-search", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing index at --out.")
-def index_shards_command(shards, out, storage, ann, hnsw_m, ef_search, force) -> int:
+def index_shards_command(
+    shards: str, out: str, storage: str, ann: str | None, hnsw_m: int, ef_search: int, force: bool
+) -> int:
     """Build an exact (or --ann FAISS) index from embed-corpus shards."""
     from lame_runtime.corpus.shards import build_index_from_shards
 

@@ -96,7 +96,7 @@ def embed_corpus(
     if options.precision not in artifact.precisions:
         raise InputError(f"the artifact has no {options.precision} model (it has {artifact.precisions})")
     plan = plan_source(source, options.shard_size, options.pattern)
-    job = {
+    job: dict[str, Any] = {
         "format": 1,
         "model": sha256(artifact.path / "lame_artifact.json"),
         "precision": options.precision,
@@ -163,7 +163,9 @@ def _open_store(options: CorpusOptions, size: int, sizes: tuple[int, ...]) -> An
 class _Books:
     """The driver's ledger: rows per unfinished shard until it is complete, then written."""
 
-    def __init__(self, output: Output, plan: Plan, model: str, store: Any, collection: str, log):
+    def __init__(
+        self, output: Output, plan: Plan, model: str, store: Any, collection: str, log: Callable[[str], None]
+    ):
         self.output, self.model, self.store, self.collection, self.log = output, model, store, collection, log
         self.shards: dict[int, Shard] = {s.number: s for s in plan.shards}
         self.rows: dict[int, dict[int, tuple[Any, np.ndarray, Any]]] = {}

@@ -128,8 +128,8 @@ class CorpusEmbedder:
             (row, format_query(text, ins), image) for (row, text, image), ins in zip(rows, instructions)
         ]
         for prepared in self.embedder.pipeline.prepared(feed_rows, self.batch_size, skip_bad=True):
-            for _, row, _, err in prepared.errors:
-                errors[row] = " ".join(str(err).split())
+            for _, row, _, problem in prepared.errors:
+                errors[row] = " ".join(str(problem).split())
             if prepared.feed is not None:
                 vectors[prepared.ids] = unit_prefix(self.embedder.infer(prepared.feed), self.size)
 
