@@ -307,3 +307,55 @@ def test_killed_driver_resumes_without_recomputing_finished_shards(
         artifact_dir, image_corpus, out, CorpusOptions(shard_size=12, batch_size=4), log=lambda line: None
     )
     assert (again["embedded"], again["skipped"]) == (0, len(reference))
+
+
+def _my_actor_pids() -> list[int]:
+    """Pids of the CorpusEmbedder actors of this session's cluster: Ray workers descend from
+    the raylet this pytest process started, so nobody else's process can match."""
+
+    def ancestors(pid: int):
+        while pid > 1:
+            try:
+                pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                return
+            yield pid
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"CorpusEmbedder" in command and os.getpid() in ancestors(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def test_killed_worker_is_retried_and_no_row_doubles(
+    ray_cluster, artifact_dir, image_corpus, reference, tmp_path
+):
+    import threading
+
+    out, result = tmp_path / "out", {}
+    options = CorpusOptions(shard_size=12, batch_size=4)
+    job = threading.Thread(
+        target=lambda: result.update(
+            embed_corpus(artifact_dir, image_corpus, out, options, log=lambda line: None)
+        )
+    )
+    job.start()
+    killed = None
+    deadline = time.monotonic() + 120
+    while job.is_alive() and killed is None and time.monotonic() < deadline:
+        if len(list(out.glob("shard-*.parquet"))) >= 3:
+            for pid in _my_actor_pids():
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+        time.sleep(0.01)
+    job.join(timeout=300)
+    assert killed is not None, "no actor was killed half-way"
+    assert result["embedded"] == len(reference) and result["failed"] == 0
+    ids, vectors, _ = shard_vectors(out)
+    assert_same_vectors(ids, vectors, reference)
