@@ -87,6 +87,7 @@ def embed_corpus(
 
     options = options or CorpusOptions()
     options.check()
+    _ray()  # a missing extra fails here, before --out is touched
     artifact = Artifact.open(model)
     size = artifact.dim if options.dimensions is None else options.dimensions
     if size not in artifact.dimensions:
@@ -235,10 +236,13 @@ class _Books:
 
 def _ray() -> Any:
     try:
+        import pyarrow  # noqa: F401  (the shards)
         import ray
         import ray.data
     except ImportError as err:
-        raise BackendError("--engine ray needs Ray Data (pip install 'lame-embed[ray]')") from err
+        raise BackendError(
+            f"--engine ray needs Ray Data and pyarrow (pip install 'lame-embed[ray]'): {err}"
+        ) from err
     return ray
 
 

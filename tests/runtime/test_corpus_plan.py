@@ -155,3 +155,27 @@ def test_cli_errors_are_one_line_before_any_cluster(runtime_artifact, tmp_path, 
     code = main(["index-shards", "--shards", str(tmp_path / "o"), "--out", str(tmp_path / "idx")])
     err = capsys.readouterr().err
     assert code == 2 and "2 of 2 shards are not written yet" in err
+
+
+def test_without_the_ray_extra_the_cli_says_what_to_install(runtime_artifact, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from lame_runtime.cli.search import main\n"
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "a", "text": "x"}) + "\n")
+    argv = [
+        "embed-corpus",
+        "--model",
+        str(runtime_artifact),
+        "--source",
+        str(tmp_path / "c.jsonl"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "pip install 'lame-embed[ray]'" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "o").exists()
