@@ -190,7 +190,7 @@ class _Books:
 
     def _finish(self, number: int, rows: dict[int, tuple[Any, np.ndarray, Any]]) -> None:
         spec = self.shards[number].spec
-        items = read_shard(spec)  # metadata and image paths, in order
+        items = read_shard(spec, images=False)  # ids, metadata and image paths, in order
         ids, vectors, metadata, errors, keep = [], [], [], [], []
         for n, item in enumerate(items):
             item_id, vector, error = rows[item["position"]]

@@ -92,29 +92,31 @@ def _plan_images(root: Path, pattern: str, shard_size: int) -> Plan:
 def _plan_jsonl(path: Path, shard_size: int) -> Plan:
     """Byte ranges of runs of ``shard_size`` non-blank lines (blank lines are not items)."""
     digest = hashlib.sha256()
-    starts: list[tuple[int, int]] = []  # (byte offset, line number) of each item
-    offset = 0
+    # Only each shard's first item is remembered: 50 million lines plan in constant memory.
+    firsts: list[tuple[int, int]] = []  # (byte offset, line number)
+    offset = count = 0
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, 1):
             digest.update(line)
             if line.strip():
-                starts.append((offset, number))
+                if count % shard_size == 0:
+                    firsts.append((offset, number))
+                count += 1
             offset += len(line)
-    if not starts:
+    if not count:
         raise InputError(f"{path} has no lines")
     shards = []
-    for n, (start, stop) in enumerate(_runs(len(starts), shard_size)):
-        end = starts[stop][0] if stop < len(starts) else offset
+    for n, (start, first_line) in enumerate(firsts):
         spec = {
             "kind": "jsonl",
             "path": str(path),
-            "start": starts[start][0],
-            "stop": end,
-            "line": starts[start][1],
-            "first": start,
+            "start": start,
+            "stop": firsts[n + 1][0] if n + 1 < len(firsts) else offset,
+            "line": first_line,
+            "first": n * shard_size,
         }
-        shards.append(Shard(n, stop - start, spec))
-    return Plan("jsonl", str(path), digest.hexdigest(), len(starts), tuple(shards))
+        shards.append(Shard(n, min(shard_size, count - n * shard_size), spec))
+    return Plan("jsonl", str(path), digest.hexdigest(), count, tuple(shards))
 
 
 def _plan_parquet(root: Path, files: list[Path], shard_size: int) -> Plan:
@@ -159,11 +161,12 @@ def _parquet() -> Any:
 
 
 # ----------------------------------------------------------------------------- reading
-def read_shard(spec: dict[str, Any]) -> list[dict[str, Any]]:
+def read_shard(spec: dict[str, Any], images: bool = True) -> list[dict[str, Any]]:
     """The items of one shard, in order: ``{"position", "id", "text", "image", "error",
     "metadata"}``. ``image`` is an absolute path or bytes. A row that cannot be an item (bad
     JSON, no id, a text that is not a string) keeps its position and carries ``error``: it
-    lands in the errors file, the job goes on."""
+    lands in the errors file, the job goes on. ``images=False`` (the driver, which needs the
+    ids and metadata only) leaves a Parquet source's image column unread."""
     kind = spec.get("kind")
     if kind == "images":
         root = Path(spec["root"])
@@ -174,7 +177,7 @@ def read_shard(spec: dict[str, Any]) -> list[dict[str, Any]]:
     if kind == "jsonl":
         return _read_jsonl(spec)
     if kind == "parquet":
-        return _read_parquet(spec)
+        return _read_parquet(spec, images)
     raise InputError(f"unknown shard kind {kind!r}")
 
 
@@ -249,14 +252,16 @@ def parquet_metadata(spec: dict[str, Any]) -> Any:
     or None for the other kinds."""
     if spec.get("kind") != "parquet":
         return None
-    table = _parquet_slice(spec)
+    table = _parquet_slice(spec, images=False)
     return table.select([n for n in table.column_names if n not in CONTENT])
 
 
-def _parquet_slice(spec: dict[str, Any]) -> Any:
-    """Only the row groups that overlap the shard are read."""
+def _parquet_slice(spec: dict[str, Any], images: bool = True) -> Any:
+    """Only the row groups that overlap the shard are read (and, without ``images``, not the
+    image column: encoded images are most of a catalogue's bytes)."""
     pq = _parquet()
     file = pq.ParquetFile(spec["path"])
+    columns = None if images else [n for n in file.schema_arrow.names if n != "image"]
     start, count = spec["offset"], spec["count"]
     groups, first, seen = [], None, 0
     for g in range(file.metadata.num_row_groups):
@@ -265,11 +270,11 @@ def _parquet_slice(spec: dict[str, Any]) -> Any:
             groups.append(g)
             first = seen if first is None else first
         seen += size
-    return file.read_row_groups(groups).slice(start - (first or 0), count)
+    return file.read_row_groups(groups, columns=columns).slice(start - (first or 0), count)
 
 
-def _read_parquet(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    table = _parquet_slice(spec)
+def _read_parquet(spec: dict[str, Any], images: bool) -> list[dict[str, Any]]:
+    table = _parquet_slice(spec, images)
     folder = Path(spec["path"]).parent
     rows = []
     for i, record in enumerate(table.to_pylist()):
