@@ -130,7 +130,7 @@ def embed_corpus(
             seconds = time.perf_counter() - start
             errors = output.errors(len(plan.shards))
             summary = {
-                "out": str(output.path),
+                "out": str(output.path.resolve()),
                 "source": plan.path,
                 "total": plan.total,
                 "shards": len(plan.shards),
