@@ -89,8 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
                 threads=max(1, int(cpus)),
                 batch_size=args.batch_size,
                 shard_size=args.shard_size,
-                force=True,
             )
+            shutil.rmtree(work / f"ray{actors}", ignore_errors=True)  # a fresh job, not a resume
             start = time.perf_counter()
             summary = embed_corpus(
                 args.artifact, corpus, work / f"ray{actors}", options, log=lambda line: None
