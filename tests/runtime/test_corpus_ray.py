@@ -308,6 +308,15 @@ def test_killed_driver_resumes_without_recomputing_finished_shards(
     )
     assert (again["embedded"], again["skipped"]) == (0, len(reference))
 
+    # Qdrant asked for only now: the finished shards are upserted from their files, no model
+    # call. Then as if killed after the upserts but before their markers: upserted again, the
+    # same points are overwritten, none added.
+    qdrant = CorpusOptions(shard_size=12, batch_size=4, qdrant=str(tmp_path / "q"), collection="c")
+    for _ in range(2):
+        loaded = embed_corpus(artifact_dir, image_corpus, out, qdrant, log=lambda line: None)
+        assert loaded["embedded"] == 0 and loaded["qdrant"]["count"] == len(reference)
+        shutil.rmtree(out / ".qdrant")
+
 
 def _my_actor_pids() -> list[int]:
     """Pids of the CorpusEmbedder actors of this session's cluster: Ray workers descend from
