@@ -121,7 +121,8 @@ def embed_corpus(
         store = _open_store(options, size, artifact.dimensions)
         try:
             start = time.perf_counter()
-            books = _Books(output, plan, job["model"], store, options.collection, log)
+            target = f"{options.collection}@{options.qdrant}"
+            books = _Books(output, plan, job["model"], store, target, log)
             if pending:
                 _run_ray(str(artifact.path), pending, options, books)
             if store is not None:  # shards finished by an earlier run that had no --qdrant
@@ -165,9 +166,10 @@ class _Books:
     """The driver's ledger: rows per unfinished shard until it is complete, then written."""
 
     def __init__(
-        self, output: Output, plan: Plan, model: str, store: Any, collection: str, log: Callable[[str], None]
+        self, output: Output, plan: Plan, model: str, store: Any, target: str, log: Callable[[str], None]
     ):
-        self.output, self.model, self.store, self.collection, self.log = output, model, store, collection, log
+        # target: "collection@location", what the upsert markers are kept for
+        self.output, self.model, self.store, self.target, self.log = output, model, store, target, log
         self.shards: dict[int, Shard] = {s.number: s for s in plan.shards}
         self.rows: dict[int, dict[int, tuple[Any, np.ndarray, Any]]] = {}
         self.embedded = self.failed = self.written = 0
@@ -226,12 +228,12 @@ class _Books:
         """Upsert one written shard (point ids derive from item ids: idempotent)."""
         from lame_runtime.corpus.shards import shard_file
 
-        if self.output.marker(self.collection, number).is_file():
+        if self.output.marker(self.target, number).is_file():
             return
         ids, vectors, payloads = read_shard_file(shard_file(self.output.path, number))
         if ids:
             self.store.add(vectors, ids, payloads)
-        self.output.mark_upserted(self.collection, number)
+        self.output.mark_upserted(self.target, number)
 
 
 def _ray() -> Any:

@@ -9,7 +9,7 @@
     OUT/_errors/shard-00000.jsonl the shard's failed items {"shard", "position", "id", "image", "error"}
     OUT/_errors.jsonl             all of them, rewritten at the end of each run
     OUT/_summary.json             the last run's summary
-    OUT/.qdrant/<collection>/00000  a shard upserted into that collection
+    OUT/.qdrant/<hash>/00000       a shard upserted into that collection (hash of name and location)
 
 Everything but the shards starts with ``_`` or ``.``, which pyarrow, pandas, Polars and Spark
 skip when they read a folder: ``pandas.read_parquet(OUT)`` is the vectors and nothing else.
@@ -21,6 +21,7 @@ nothing or a complete shard, and a rerun recomputes only the shards without a fi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -91,11 +92,14 @@ class Output:
         atomic_write_text(errors_file(self.path, number), lines)  # before the shard: see above
         atomic_write_file(shard_file(self.path, number), lambda handle: pq.write_table(table, handle))
 
-    def marker(self, collection: str, number: int) -> Path:
-        return self.path / ".qdrant" / collection / f"{number:05d}"
+    def marker(self, target: str, number: int) -> Path:
+        """``target``: the collection and where it lives; hashed into a folder name, so two
+        servers' collections of one name keep separate records."""
+        digest = hashlib.sha256(target.encode()).hexdigest()[:16]
+        return self.path / ".qdrant" / digest / f"{number:05d}"
 
-    def mark_upserted(self, collection: str, number: int) -> None:
-        path = self.marker(collection, number)
+    def mark_upserted(self, target: str, number: int) -> None:
+        path = self.marker(target, number)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, "")
 
