@@ -16,6 +16,7 @@ import click
 
 from lame_runtime.artifact.contract import PRECISIONS, ArtifactError
 from lame_runtime.artifact.paths import contained_path
+from lame_runtime.cli.corpus import embed_corpus_command, index_shards_command
 from lame_runtime.cli.info import info_command
 from lame_runtime.cli.tensorrt import build_engine_command, embedder_options, gpu_options, triton_command
 from lame_runtime.cli.tools import invoke, version_option
@@ -479,6 +480,7 @@ class _NoBar:
 command.add_command(build_engine_command)
 command.add_command(triton_command)
 command.add_command(info_command)
+command.add_command(embed_corpus_command), command.add_command(index_shards_command)
 
 
 # --------------------------------------------------------------------------- entry points
