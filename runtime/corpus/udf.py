@@ -35,15 +35,14 @@ ROW_COLUMNS = ("shard", "position", "id", "text", "image", "image_bytes", "error
 def open_embedder(
     model: str, precision: str, backend: str, device_id: int, gpu: bool, threads: int | None
 ) -> Any:
-    """The one place this package constructs an ``Embedder`` (its options are changing)."""
+    """The one place this package constructs an ``Embedder``."""
     from lame_runtime.embedder import Embedder
+    from lame_runtime.options import RuntimeOptions
 
-    extra: dict[str, Any] = {}
-    if threads:
-        extra["threads"] = threads
-    if not gpu:  # an actor Ray gave no GPU must not take one of the node's GPUs anyway
-        extra["providers"] = ["CPUExecutionProvider"]
-    return Embedder(model, precision=precision, backend=backend, device_id=device_id, **extra)
+    # An actor Ray gave no GPU must not take one of the node's GPUs anyway.
+    providers = None if gpu else ["CPUExecutionProvider"]
+    options = RuntimeOptions(threads=threads or None, providers=providers)
+    return Embedder(model, precision=precision, backend=backend, device_id=device_id, options=options)
 
 
 def assigned_gpu() -> bool:
