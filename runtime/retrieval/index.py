@@ -19,7 +19,6 @@ instant leaves the previous or the new index loadable, never neither. Version 1 
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -291,7 +290,7 @@ class Index:
         place (see the module docstring).
         """
         if info is not None:
-            _check_payload("info", info)
+            check_storable(info, "info")
             self.info = dict(info)
         _, json_path = index_files(path, for_writing=True)
         state = self._merged()  # immutable: written without holding up readers or writers
@@ -444,12 +443,18 @@ def _normalise(array: np.ndarray, name: str) -> np.ndarray:
     return (wide / norms[:, None]).astype(np.float32)
 
 
+def check_id(item_id: Any) -> None:
+    """An id is a string that can be saved and returned (valid Unicode)."""
+    if not isinstance(item_id, str):
+        raise InputTypeError(f"ids must be strings, got {type(item_id).__name__} {item_id!r}")
+    check_text(item_id, f"id {ascii(item_id)}")
+
+
 def _check_ids(ids: list, count: int, state: _State) -> None:
     if len(ids) != count:
         raise InputError(f"got {len(ids)} ids for {count} vectors")
     for item_id in ids:
-        if not isinstance(item_id, str):
-            raise InputTypeError(f"ids must be strings, got {type(item_id).__name__} {item_id!r}")
+        check_id(item_id)
     seen: set[str] = set()
     for item_id in ids:
         if state.row(item_id) is not None or item_id in seen:
@@ -457,11 +462,55 @@ def _check_ids(ids: list, count: int, state: _State) -> None:
         seen.add(item_id)
 
 
+MAX_PAYLOAD_DEPTH = 64  # nesting of a stored payload: far beyond real metadata, far below a stack
+
+
 def _check_payload(item_id: str, payload: Any) -> None:
-    try:  # payloads go to JSON on save; fail now, next to the add() that brought them
-        json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise InputTypeError(f"payload of {item_id!r} is not JSON-serialisable: {err}") from err
+    """Refuse, before anything is stored, a payload the saved json could not hold exactly."""
+    check_storable(payload, f"payload of {ascii(item_id)}")
+
+
+def check_storable(value: Any, where: str) -> None:
+    """Raise unless ``value`` survives a save and a reload unchanged, and can be returned.
+
+    Stored data must be JSON (objects with string keys, arrays, strings, finite numbers,
+    booleans, null), every string valid Unicode (a lone surrogate cannot be written as UTF-8:
+    the save, and every response carrying it, would fail after the add was acknowledged), and
+    nested at most ``MAX_PAYLOAD_DEPTH`` deep. The first problem found is named."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    while stack:
+        item, at, depth = stack.pop()
+        if depth > MAX_PAYLOAD_DEPTH:
+            raise InputError(f"{at}: nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+        if isinstance(item, str):
+            check_text(item, at)
+        elif isinstance(item, bool) or item is None or isinstance(item, int):
+            continue
+        elif isinstance(item, float):
+            if not np.isfinite(item):
+                raise InputError(f"{at} is {item!r}: JSON holds finite numbers only")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise InputTypeError(
+                        f"{at}: key {key!r} is a {type(key).__name__}; JSON object keys are strings"
+                    )
+                check_text(key, f"{at}: a key")
+                stack.append((child, f"{at}[{ascii(key)}]", depth + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, f"{at}[{i}]", depth + 1) for i, child in enumerate(item))
+        else:
+            raise InputTypeError(f"{at} is not JSON-serialisable: a {type(item).__name__}")
+
+
+def check_text(text: str, where: str) -> None:
+    """Raise ``InputError`` when ``text`` cannot be written as UTF-8 (a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(
+            f"{where} is not valid Unicode: lone surrogate U+{ord(text[err.start]):04X} at character {err.start}"
+        ) from None
 
 
 # --------------------------------------------------------------------- storage and search
