@@ -20,6 +20,7 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -29,6 +30,7 @@ from lame_runtime.errors import InputError
 from lame_runtime.inputs.preprocess import format_query
 from lame_runtime.serve import schema
 from lame_runtime.serve.batching import Batcher, Job
+from lame_runtime.serve.boundary import HostCheck, read_body
 from lame_runtime.serve.config import ServeConfig
 from lame_runtime.serve.documents import Documents
 from lame_runtime.serve.errors import (
@@ -40,6 +42,7 @@ from lame_runtime.serve.errors import (
     describe,
     error_body,
 )
+from lame_runtime.serve.guard import Guard, render
 from lame_runtime.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 
 log = logging.getLogger("lame_runtime.serve")
@@ -65,6 +68,8 @@ class Service:
         self.text = embedder.preprocessor.text
         self.image_tokens = embedder.preprocessor.image.num_tokens
         self.metrics = Metrics()
+        if documents is not None:
+            documents.on_save = self._saved
         self.ready = False
         self.shutdown_error: BaseException | None = None
         self.batcher = Batcher(
@@ -84,6 +89,14 @@ class Service:
         # lame-serve filters it process-wide (warnings.catch_warnings here would swap the
         # global filters from this thread under the others' feet).
         return self.embedder.encode(texts, images, batch_size=self.config.max_batch)
+
+    def _saved(self, ok: bool) -> None:
+        """A save of the index finished (``Documents.save``): what /metrics reports of it."""
+        if not ok:
+            self.metrics.save_failures.inc()
+        self.metrics.save_failing.set(0 if ok else 1)
+        if self.documents is not None:
+            self.metrics.unsaved.set(self.documents.unsaved)
 
     def _observe(self, jobs: list[Job], seconds: float) -> None:
         rows = [image for job in jobs for image in job.images]
@@ -113,20 +126,24 @@ class Service:
     async def body(self, request: Request) -> dict:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length", "")
-        too_big = PayloadTooLarge(f"request body exceeds {limit:,} bytes (--max-body-bytes)")
+        message = f"request body exceeds {limit:,} bytes (--max-body-bytes)"
         if declared.isdigit() and int(declared) > limit * DRAIN_FACTOR:
-            raise too_big  # not worth reading: the connection is closed after the answer
-        chunks, size = [], 0
+            # Not worth reading: the unread rest would be taken for the next request, so the
+            # answer says the connection closes (and uvicorn closes it).
+            self.metrics.rejected.labels("body_too_large").inc()
+            raise PayloadTooLarge(message, headers={"Connection": "close"})
+        chunks, size, drained = [], 0, True
         async for chunk in request.stream():
             size += len(chunk)
             if size <= limit:
                 chunks.append(chunk)
             elif size > limit * DRAIN_FACTOR:
+                drained = False
                 break
         if size > limit:
             self.metrics.rejected.labels("body_too_large").inc()
-            raise too_big
-        return schema.parse_json(b"".join(chunks))
+            raise PayloadTooLarge(message, headers={} if drained else {"Connection": "close"})
+        return read_body(b"".join(chunks))
 
     async def embed(
         self,
@@ -157,7 +174,7 @@ class Service:
         self, rows: list[schema.Row], input_type: str, instruction: str | None, task: str | None
     ) -> tuple[list, int, list[int]]:
         """Blocking: decode images, apply the trained instruction, count tokens."""
-        schema.decode(rows, self.embedder.preprocessor.image, self.config.max_pixels)
+        schema.decode(rows, self.embedder.preprocessor.image, self.config.max_pixels, self.config.image_root)
         texts = [row.text for row in rows]
         marks = [True if row.image is not None else None for row in rows]
         if input_type == "query":
@@ -257,7 +274,8 @@ def _error_response(err: BaseException) -> Response:
     status, body, headers = describe(err)
     if status >= 500 and not isinstance(err, HTTPError):
         log.error("request failed", exc_info=err)
-    return JSONResponse(body, status_code=status, headers=headers)
+    # Rendered escaped: an error must never fail to encode what a message quotes.
+    return Response(render(body), status_code=status, headers=headers, media_type="application/json")
 
 
 def endpoint(service: Service, name: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable:
@@ -340,7 +358,7 @@ def create_app(
     async def add_documents(request: Request) -> Response:
         service.authorize(request, write=True)
         documents = service.need_documents()
-        documents._check_writable()
+        documents.check_writes()
         body = await service.body(request)
         ids, rows, payloads = schema.parse_documents(body, cfg)
         vectors, tokens, truncated = await service.embed(request, rows, "document")
@@ -360,7 +378,7 @@ def create_app(
     async def delete_documents(request: Request) -> Response:
         service.authorize(request, write=True)
         documents = service.need_documents()
-        documents._check_writable()
+        documents.check_writes()
         ids = schema.parse_ids(await service.body(request), cfg)
         await run_in_threadpool(documents.remove, ids)
         service.metrics.index_size.set(len(documents))
@@ -392,6 +410,18 @@ def create_app(
             return JSONResponse(
                 error_body("the model is loading", "overloaded_error", "not_ready"), status_code=503
             )
+        if documents is not None and documents.save_error is not None:
+            # Not ready for writes: acknowledged ones might not survive a restart. Reads still
+            # work; an operator (or a load balancer) sees why here and in the metrics.
+            return JSONResponse(
+                error_body(
+                    f"saving the index fails ({documents.save_error}); {documents.unsaved} "
+                    "acknowledged write(s) are kept in memory and the save is retried",
+                    "api_error",
+                    "index_save_failing",
+                ),
+                status_code=503,
+            )
         return JSONResponse({"status": "ready", "model": service.name})
 
     async def metrics(request: Request) -> Response:
@@ -413,19 +443,18 @@ def create_app(
         kind = {404: "not_found_error", 405: "invalid_request_error"}.get(
             exc.status_code, "invalid_request_error"
         )
+        path = ascii(request.scope.get("path", ""))[1:-1]  # as sent, escaped; not from the Host
         message = {
-            404: f"no such endpoint: {request.method} {request.url.path}",
-            405: f"method {request.method} is not allowed on {request.url.path}",
+            404: f"no such endpoint: {request.method} {path}",
+            405: f"method {request.method} is not allowed on {path}",
         }.get(exc.status_code, str(exc.detail))
         service.metrics.requests.labels("other", str(exc.status_code)).inc()
-        return JSONResponse(
-            error_body(message, kind, str(exc.status_code)),
+        return Response(
+            render(error_body(message, kind, str(exc.status_code))),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
+            media_type="application/json",
         )
-
-    async def crash(request: Request, exc: Exception) -> Response:
-        return _error_response(exc)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
@@ -435,9 +464,12 @@ def create_app(
         finally:
             await service.shutdown()
 
-    middleware = []
+    def count(endpoint_name: str, status: int) -> None:
+        service.metrics.requests.labels(endpoint_name, str(status)).inc()
+
+    # Outermost: the Host check and the one answer for anything the routes let through.
+    middleware = [Middleware(Guard, hosts=HostCheck(cfg.allowed_hosts), count=count)]
     if cfg.cors_origins:  # off unless asked for: a browser page must not call us by default
-        from starlette.middleware import Middleware
         from starlette.middleware.cors import CORSMiddleware
 
         middleware.append(
@@ -452,7 +484,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=middleware,
-        exception_handlers={StarletteHTTPException: http_error, Exception: crash},
+        exception_handlers={StarletteHTTPException: http_error},
     )
     app.state.service = service
     return app

@@ -9,6 +9,11 @@ from pathlib import Path
 from lame_runtime.errors import InputError, MissingFileError
 
 
+# Names every loopback client uses in its Host header; behind a proxy or for remote clients,
+# --allowed-hosts names the public name instead.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 @dataclass
 class ServeConfig:
     model_name: str | None = None  # the name clients pass as `model` (default: folder name)
@@ -30,6 +35,8 @@ class ServeConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     auth_reads: bool = False  # also require a key for embeddings/search/models/metrics
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
+    # Host header names answered (DNS rebinding): loopback names unless told otherwise.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     # The served index.
     writable: bool = False
     save_interval_s: float = 30.0  # a writable index is saved this often when changed
@@ -53,6 +60,9 @@ class ServeConfig:
             if not self.image_root.is_dir():
                 raise MissingFileError(f"--image-root folder not found: {self.image_root}")
         self.api_keys = tuple(self.api_keys)
+        self.allowed_hosts = tuple(self.allowed_hosts)
+        if not self.allowed_hosts or not all(isinstance(h, str) and h.strip() for h in self.allowed_hosts):
+            raise InputError(f"allowed_hosts must be non-empty host names, got {self.allowed_hosts!r}")
 
     def key_ok(self, presented: str | None) -> bool:
         """Constant-time check of a presented bearer key against every configured key."""

@@ -71,6 +71,12 @@ class ShuttingDown(HTTPError):
     status, type, code = 503, "overloaded_error", "shutting_down"
 
 
+class SaveFailing(HTTPError):
+    """The index cannot be saved: a write acknowledged now might not survive a restart."""
+
+    status, type, code = 503, "api_error", "index_save_failing"
+
+
 class Timeout(HTTPError):
     status, type, code = 504, "timeout_error", "timeout"
 

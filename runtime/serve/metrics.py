@@ -70,6 +70,19 @@ class Metrics:
             registry=registry,
         )
         self.index_size = Gauge("lame_index_items", "Items in the served index", registry=registry)
+        self.save_failures = Counter(
+            "lame_index_save_failures", "Saves of the index that failed (retried)", registry=registry
+        )
+        self.save_failing = Gauge(
+            "lame_index_save_failing",
+            "1 while the last save of the index failed (writes are refused), else 0",
+            registry=registry,
+        )
+        self.unsaved = Gauge(
+            "lame_index_unsaved_writes",
+            "Acknowledged writes not yet in a completed save (at the last save attempt)",
+            registry=registry,
+        )
 
     def set_providers(self, embedder: Any) -> None:
         """Record what each loaded graph really runs on (not what was asked for)."""

@@ -20,7 +20,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
+import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +29,21 @@ from typing import Any
 
 from PIL import Image
 
-from lame_runtime.artifact.paths import contained_path
-from lame_runtime.errors import InputError, MissingFileError
-from lame_runtime.inputs.images import PIL_ERRORS, ImageConfig, load_image
+from lame_runtime.errors import InputError, IntegrityError, MissingFileError
+from lame_runtime.inputs.images import (
+    _RESAMPLE,
+    PIL_ERRORS,
+    ImageConfig,
+    default_max_pixels,
+    load_image,
+    open_under,
+)
 from lame_runtime.inputs.preprocess import check_unicode
+from lame_runtime.serve.boundary import json_kind
 from lame_runtime.serve.config import ServeConfig
 from lame_runtime.serve.errors import BadRequest, NotFound
+
+log = logging.getLogger("lame_runtime.serve")
 
 _DATA_URI = re.compile(
     r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)"
@@ -46,11 +56,23 @@ INPUT_TYPES = ("query", "document")
 
 
 @dataclass
+class LocalImage:
+    """An image path under ``--image-root``, as the client sent it (relative to the root).
+
+    It is opened once, by ``decode``, confined and race-free (``open_under``); errors name
+    ``where`` and ``sent``, never the server-side path."""
+
+    relative: str
+    sent: str
+    where: str
+
+
+@dataclass
 class Row:
     """One embedding row: text and/or an image reference (decoded later by ``decode``)."""
 
     text: str | None
-    image: Any = None  # bytes (from a data URI) or a Path; a PIL image once decoded
+    image: Any = None  # bytes (a data URI) or a LocalImage; a PIL image once decoded
     where: str = "input"
 
 
@@ -65,26 +87,8 @@ class EmbedRequest:
     task: str | None = None
 
 
-def parse_json(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise BadRequest(f"request body is not valid JSON: {err}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest(f"request body must be a JSON object, got {_kind(body)}", code="invalid_json")
-    return body
-
-
 def _kind(value: Any) -> str:
-    return {
-        dict: "an object",
-        list: "an array",
-        str: "a string",
-        bool: "a boolean",
-        type(None): "null",
-        int: "a number",
-        float: "a number",
-    }.get(type(value), type(value).__name__)
+    return json_kind(value)
 
 
 def _field(
@@ -266,8 +270,8 @@ def check_text(text: Any, where: str, config: ServeConfig) -> str:
     return text
 
 
-def image_source(ref: Any, where: str, config: ServeConfig) -> bytes | Path:
-    """A data URI -> its bytes; a local path -> the confined Path; anything else refused."""
+def image_source(ref: Any, where: str, config: ServeConfig) -> bytes | LocalImage:
+    """A data URI -> its bytes; a local path -> a ``LocalImage``; anything else refused."""
     if not isinstance(ref, str) or not ref:
         raise BadRequest(
             f"{where} must be a data URI or an image path string, got {_kind(ref)}", code="invalid_type"
@@ -289,6 +293,7 @@ def image_source(ref: Any, where: str, config: ServeConfig) -> bytes | Path:
             raise BadRequest(
                 f"{where}: the data URI is not valid base64 ({err})", code="invalid_base64"
             ) from None
+    sent = ref
     if ref.startswith("file://"):
         ref = ref[len("file://") :]
     elif _SCHEME.match(ref):
@@ -304,45 +309,68 @@ def image_source(ref: Any, where: str, config: ServeConfig) -> bytes | Path:
             "without --image-root; send the image as a data URI",
             code="local_path_refused",
         )
-    path = Path(ref)
-    if path.is_absolute():  # an absolute path inside the root is fine; say it relative
-        try:
-            ref = path.resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            pass  # contained_path names the problem
-    return contained_path(root, ref, f"{where}: image path", folder="--image-root")
+    if ref.startswith("/"):
+        # An absolute path inside the root (as given, or its real path) is taken relative to
+        # it, by its text: the client's path is never resolved outside the root.
+        for base in dict.fromkeys((str(root), os.path.realpath(root))):
+            base = base.rstrip("/") + "/"
+            if ref.startswith(base):
+                ref = ref[len(base) :]
+                break
+        else:
+            raise IntegrityError(f"{where}: image path {_shown(sent)} is outside --image-root")
+    return LocalImage(ref, sent, where)
 
 
-def decode(rows: list[Row], cfg: ImageConfig, max_pixels: int | None) -> None:
+def _shown(path: str) -> str:
+    return repr(path) if len(path) <= 80 else repr(path[:60]) + f"... ({len(path)} characters)"
+
+
+def decode(rows: list[Row], cfg: ImageConfig, max_pixels: int | None, root: Path | None = None) -> None:
     """Decode every row's image in place (PIL RGB at the model's resolution); blocking."""
-    from lame_runtime.inputs.images import _RESAMPLE, default_max_pixels
-
     limit = max_pixels or default_max_pixels(cfg)
     for row in rows:
         if row.image is None:
             continue
-        try:
-            if isinstance(row.image, bytes):
-                try:
-                    opened = Image.open(io.BytesIO(row.image))  # lazy: the header only
-                except PIL_ERRORS as err:
-                    raise BadRequest(
-                        f"{row.where}: the data is not an image Pillow can read "
-                        f"({type(err).__name__}: {err})",
-                        code="invalid_image",
-                    ) from None
-                img = load_image(opened, limit)
-            else:
-                img = load_image(row.image, limit)
-        except (InputError, MissingFileError) as err:
-            if isinstance(err, BadRequest):
-                raise
-            raise type(err)(f"{row.where}: {err}") from None
+        if isinstance(row.image, LocalImage):
+            img = _decode_local(row.image, root, limit)
+        else:
+            img = _decode_bytes(row.image, row.where, limit)
         # The preprocessor resizes the same way (image_to_array); doing it here keeps queued
         # rows small and the result identical.
         if img.size != (cfg.width, cfg.height):
             img = img.resize((cfg.width, cfg.height), _RESAMPLE[cfg.resample])
         row.image = img
+
+
+def _decode_bytes(data: bytes, where: str, limit: int) -> Image.Image:
+    try:
+        opened = Image.open(io.BytesIO(data))  # lazy: the header only
+    except PIL_ERRORS as err:
+        raise BadRequest(
+            f"{where}: the data is not an image Pillow can read ({type(err).__name__}: {err})",
+            code="invalid_image",
+        ) from None
+    try:
+        return load_image(opened, limit)
+    except (InputError, MissingFileError) as err:
+        raise type(err)(f"{where}: {err}") from None
+
+
+def _decode_local(ref: LocalImage, root: Path | None, limit: int) -> Image.Image:
+    if root is None:  # image_source refuses paths without a root; this is a bug if reached
+        raise BadRequest(f"{ref.where}: local image paths are refused", code="local_path_refused")
+    what = f"{ref.where}: image path"
+    try:
+        handle = open_under(root, ref.relative, what, "--image-root", ref.sent)
+    except (InputError, MissingFileError, IntegrityError) as err:
+        log.info("refused %s (root %s): %s", ref.where, root, err)
+        raise
+    with handle:
+        try:
+            return load_image(handle, limit)
+        except (InputError, MissingFileError) as err:  # the decoder knows no name: add it
+            raise type(err)(f"{what} {_shown(ref.sent)}: {err}") from None
 
 
 def parse_search(body: dict, served: str, config: ServeConfig) -> tuple[Row, int, str | None, str]:
