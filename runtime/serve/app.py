@@ -71,6 +71,7 @@ class Service:
         if documents is not None:
             documents.on_save = self._saved
         self.ready = False
+        self.on_ready: Callable[[], None] = lambda: None  # lame-serve announces itself here
         self.shutdown_error: BaseException | None = None
         self.batcher = Batcher(
             self._encode,
@@ -248,6 +249,7 @@ class Service:
         await job.future
         self.metrics.set_providers(self.embedder)
         self.ready = True
+        self.on_ready()
 
     async def shutdown(self) -> None:
         self.ready = False

@@ -21,6 +21,7 @@ from typing import Any
 from lame_runtime.persist import parse_json
 from lame_runtime.serve.errors import BadRequest
 
+
 class InvalidJSON(BadRequest):
     code = "invalid_json"
 

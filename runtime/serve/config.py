@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lame_runtime.errors import InputError, MissingFileError
-
 
 # Names every loopback client uses in its Host header; behind a proxy or for remote clients,
 # --allowed-hosts names the public name instead.
@@ -76,14 +76,32 @@ class ServeConfig:
 
 def read_api_keys(path: str | Path) -> tuple[str, ...]:
     """One key per line; blank lines and ``#`` comments are skipped. An empty file is an error
-    (it would lock every write out, or, worse, be mistaken for "no auth")."""
+    (it would lock every write out, or, worse, be mistaken for "no auth").
+
+    Like ssh with a private key, a file that others may write is refused: anyone who can
+    write it can add a key of their own. Every problem names the file."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"API key file not found: {path}")
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise MissingFileError(f"API key file not found: {path}") from None
+    except OSError as err:
+        raise InputError(f"API key file {path} cannot be read: {err.strerror or err}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"API key file {path} is not a regular file")
+    if info.st_mode & 0o022:
+        raise InputError(
+            f"API key file {path} is writable by {'group and others' if info.st_mode & 0o002 else 'its group'} "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); restrict it: chmod go-w {path}"
+        )
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"API key file {path} is not UTF-8 text (byte offset {err.start})") from None
+    except OSError as err:
+        raise InputError(f"API key file {path} cannot be read: {err.strerror or err}") from None
     keys = tuple(
-        line.strip()
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.strip().startswith("#")
+        line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")
     )
     if not keys:
         raise InputError(f"API key file {path} holds no keys (one per line)")
@@ -93,4 +111,7 @@ def read_api_keys(path: str | Path) -> tuple[str, ...]:
             f"API key file {path}: key {short[0] + 1} is shorter than 16 "
             "characters; use long random keys (e.g. `openssl rand -hex 32`)"
         )
+    bad = [i for i, key in enumerate(keys) if not key.isascii() or not key.isprintable()]
+    if bad:  # a header carries ASCII: such a key could never be presented
+        raise InputError(f"API key file {path}: key {bad[0] + 1} holds non-ASCII or control characters")
     return keys
