@@ -155,3 +155,61 @@ def test_stress_mixed_writes_from_several_clients_across_restarts(runtime_artifa
     assert not refused & set(held)  # and no trace of a refused one
     on_disk = Index.load(index_path)
     assert set(on_disk.ids) == set(acknowledged)
+
+
+def test_a_failing_save_keeps_the_documents_reports_and_retries(runtime_artifact, tmp_path):
+    """The folder of the index disappears (a file stands in its place): saves fail. Nothing
+    acknowledged is dropped, /ready and the metrics say so, writes are refused (503) until a
+    retry succeeds, then everything is saved."""
+    import time
+
+    from serve_fixtures import ThreadServer
+
+    from lame_runtime import Embedder
+    from lame_runtime.serve.app import create_app
+    from lame_runtime.serve.config import ServeConfig
+    from lame_runtime.serve.documents import Documents
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+    embedder = Embedder(runtime_artifact)
+    documents = Documents.open_index(folder / "index", embedder.dim, writable=True, save_interval_s=0.2)
+    config = ServeConfig(api_keys=(KEY,), writable=True, save_interval_s=0.2)
+    doc = {"documents": [{"id": "kept", "text": "acknowledged before the disk failed"}]}
+
+    def wait_for(check, what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not check():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    with (
+        ThreadServer(create_app(embedder, config, documents)) as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
+        folder.rename(tmp_path / "away")
+        folder.write_text("not a folder")
+        assert client.post("/v1/documents", json=doc, headers=AUTH).status_code == 200
+        wait_for(lambda: client.get("/ready").status_code == 503, "/ready never reported the failure")
+        ready = client.get("/ready").json()["error"]
+        assert ready["code"] == "index_save_failing" and str(tmp_path) not in ready["message"]
+        metrics = client.get("/metrics").text
+        assert "lame_index_save_failing 1.0" in metrics and "lame_index_unsaved_writes 1.0" in metrics
+        refused = client.post(
+            "/v1/documents", json={"documents": [{"id": "later", "text": "x"}]}, headers=AUTH
+        )
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        assert refused.json()["error"]["code"] == "index_save_failing"
+        hits = client.post("/v1/search", json={"query": "x"}).json()["data"]
+        assert [hit["id"] for hit in hits] == ["kept"]  # reads still served, nothing dropped
+        folder.unlink()
+        (tmp_path / "away").rename(folder)
+        wait_for(lambda: client.get("/ready").status_code == 200, "the retried save never succeeded")
+        assert "lame_index_save_failing 0.0" in client.get("/metrics").text
+        assert (
+            client.post(
+                "/v1/documents", json={"documents": [{"id": "later", "text": "x"}]}, headers=AUTH
+            ).status_code
+            == 200
+        )
+    assert set(Index.load(folder / "index").ids) == {"kept", "later"}
