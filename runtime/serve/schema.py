@@ -8,8 +8,13 @@ Inputs accepted by ``POST /v1/embeddings`` (``input``), one row each:
   the string itself), at most one image per row (the model embeds one);
 * an object ``{"text": ..., "image": ...}`` (either or both).
 
+``input_type`` (``POST /v1/embeddings`` and ``POST /v1/search``): ``"query"`` (default: the
+trained query instruction of each row's modality) or ``"document"`` (the document instruction,
+what indexes are built with). An image->image search needs ``"document"``: as a query an image
+is embedded for image->text retrieval (docs/serving-guarantees.md says why the default stays).
+
 Image references: ``data:image/...;base64,...`` URIs; local paths (or ``file://``) only under
-``--image-root`` and through ``lame_runtime.artifact.paths.contained_path``; remote URLs are
+``--image-root``, opened once by ``lame_runtime.inputs.images.open_under``; remote URLs are
 refused (the service fetches nothing). Images are decoded here, off the event loop, through
 ``lame_runtime.inputs.images.load_image`` (its pixel limit guards against decompression bombs)
 and resized to the model's input, so a queued row holds a few KB, not a 24 MP photo.
