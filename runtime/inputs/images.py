@@ -288,7 +288,8 @@ def image_to_array(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
     array = np.asarray(img, dtype=np.float32) / 255.0
     mean = np.asarray(cfg.mean, dtype=np.float32)
     std = np.asarray(cfg.std, dtype=np.float32)
-    return ((array - mean) / std).transpose(2, 0, 1)
+    chw: np.ndarray = ((array - mean) / std).transpose(2, 0, 1)
+    return chw
 
 
 def patchify(chw: np.ndarray, cfg: ImageConfig) -> np.ndarray:
@@ -320,14 +321,14 @@ def preprocess_images(
         if image is None:
             continue
         key = str(image) if cache is not None and isinstance(image, (str, Path)) else None
-        if key is not None and key in cache:
+        if cache is not None and key is not None and key in cache:
             out[row] = cache[key]
             continue
         try:
             out[row] = patchify(image_to_array(load_image(image, limit), cfg), cfg)
         except (InputError, InputTypeError, MissingFileError) as err:
             raise type(err)(f"{describe_image(first_index + row, image)}: {err}") from err
-        if key is not None:
+        if cache is not None and key is not None:
             cache[key] = out[row].copy()
     return out
 

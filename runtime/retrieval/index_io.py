@@ -90,7 +90,7 @@ def read_meta(json_path: Path) -> dict[str, Any]:
         raise bad(f"ids[{not_str}] is {ids[not_str]!r}, not a string")
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
-        duplicate = next(i for i in ids if i in seen or seen.add(i))
+        duplicate = next(i for i in ids if i in seen or _add(seen, i))
         raise bad(f"lists duplicate ids (e.g. {duplicate!r})")
     if len(payloads) != len(ids):
         raise bad(f"has {len(payloads)} payloads for {len(ids)} ids")
@@ -148,3 +148,9 @@ def read_arrays(npz_path: Path, storage: str, dim: int, count: int) -> tuple[np.
             f"values, got {scales.dtype} {scales.shape}"
         )
     return codes, scales
+
+
+def _add(seen: set[str], item: str) -> bool:
+    """``seen.add(item)`` as an expression (False: ``item`` was new)."""
+    seen.add(item)
+    return False

@@ -48,7 +48,7 @@ def point_id(item_id: str) -> str:
     return str(uuid.uuid5(NAMESPACE, item_id))
 
 
-def _client_module():
+def _client_module() -> tuple[Any, Any]:
     try:
         import qdrant_client
         from qdrant_client import models

@@ -14,7 +14,7 @@ import base64
 import contextlib
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
 from starlette.applications import Starlette
@@ -43,7 +43,7 @@ from lame_runtime.serve.errors import (
     error_body,
 )
 from lame_runtime.serve.guard import Guard, render
-from lame_runtime.serve.metrics import CONTENT_TYPE_LATEST, Metrics
+from lame_runtime.serve.metrics import METRICS_TYPE, Metrics
 
 log = logging.getLogger("lame_runtime.serve")
 TRUNCATED_HEADER = "X-LaME-Truncated"  # the input indices cut to the model's max_text_tokens
@@ -85,11 +85,12 @@ class Service:
         )
 
     # ------------------------------------------------------------------ model thread
-    def _encode(self, texts: list, images: list) -> np.ndarray:
+    def _encode(self, texts: list[Any], images: list[Any]) -> np.ndarray:
         # The runtime's truncation warning is reported per request instead (X-LaME-Truncated);
         # lame-serve filters it process-wide (warnings.catch_warnings here would swap the
         # global filters from this thread under the others' feet).
-        return self.embedder.encode(texts, images, batch_size=self.config.max_batch)
+        vectors: np.ndarray = self.embedder.encode(texts, images, batch_size=self.config.max_batch)
+        return vectors
 
     def _saved(self, ok: bool) -> None:
         """A save of the index finished (``Documents.save``): what /metrics reports of it."""
@@ -124,7 +125,7 @@ class Service:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    async def body(self, request: Request) -> dict:
+    async def body(self, request: Request) -> dict[str, Any]:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length", "")
         message = f"request body exceeds {limit:,} bytes (--max-body-bytes)"
@@ -173,7 +174,7 @@ class Service:
 
     def _prepare(
         self, rows: list[schema.Row], input_type: str, instruction: str | None, task: str | None
-    ) -> tuple[list, int, list[int]]:
+    ) -> tuple[list[Any], int, list[int]]:
         """Blocking: decode images, apply the trained instruction, count tokens."""
         schema.decode(rows, self.embedder.preprocessor.image, self.config.max_pixels, self.config.image_root)
         texts = [row.text for row in rows]
@@ -205,13 +206,13 @@ class Service:
         gone = asyncio.ensure_future(_disconnected(request))
         timeout = self.config.request_timeout_s or None
         try:
-            done, _ = await asyncio.wait(
-                {job.future, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            waited: set[asyncio.Future[Any]] = {job.future, gone}
+            done, _ = await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
         if job.future.done():
-            return job.future.result()
+            vectors: np.ndarray = job.future.result()
+            return vectors
         self.batcher.cancel(job)
         job.future.cancel()
         if gone in done:
@@ -280,7 +281,10 @@ def _error_response(err: BaseException) -> Response:
     return Response(render(body), status_code=status, headers=headers, media_type="application/json")
 
 
-def endpoint(service: Service, name: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable:
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def endpoint(service: Service, name: str, handler: Handler) -> Handler:
     async def run(request: Request) -> Response:
         started = time.perf_counter()
         try:
@@ -428,7 +432,7 @@ def create_app(
 
     async def metrics(request: Request) -> Response:
         service.authorize(request, write=False)
-        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(service.metrics.render(), media_type=METRICS_TYPE)
 
     routes = [
         Route("/v1/embeddings", endpoint(service, "embeddings", embeddings), methods=["POST"]),
@@ -459,7 +463,7 @@ def create_app(
         )
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.startup()
         try:
             yield
@@ -486,7 +490,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=middleware,
-        exception_handlers={StarletteHTTPException: http_error},
+        exception_handlers={StarletteHTTPException: http_error},  # type: ignore[dict-item]
     )
     app.state.service = service
     return app

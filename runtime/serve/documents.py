@@ -28,7 +28,8 @@ import numpy as np
 
 from lame_runtime.errors import InputError, MissingFileError
 from lame_runtime.persist import writer_lock
-from lame_runtime.retrieval.index import Index, index_exists
+from lame_runtime.retrieval.index import Index
+from lame_runtime.retrieval.index_io import index_exists
 from lame_runtime.serve.errors import Forbidden, SaveFailing
 
 log = logging.getLogger("lame_runtime.serve")
@@ -114,7 +115,7 @@ class Documents:
         return int(self.store.dim)
 
     # ------------------------------------------------------------------ reads
-    def search(self, vector: np.ndarray, k: int, prefix: str | None = None) -> list[dict]:
+    def search(self, vector: np.ndarray, k: int, prefix: str | None = None) -> list[dict[str, Any]]:
         """Top-k of one query, optionally only ids starting with ``prefix`` (blocking)."""
         size = len(self.store)
         want = k if prefix is None else min(size, max(4 * k, 64))

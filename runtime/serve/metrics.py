@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,  # noqa: F401  (re-exported for the app)
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -20,6 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+METRICS_TYPE: str = CONTENT_TYPE_LATEST  # the content type of render()'s text
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 

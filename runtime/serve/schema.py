@@ -97,7 +97,7 @@ def _kind(value: Any) -> str:
 
 
 def _field(
-    body: dict,
+    body: dict[str, Any],
     name: str,
     kinds: tuple[type, ...],
     default: Any = None,
@@ -128,16 +128,16 @@ def _kind_name(kind: type) -> str:
     }[kind]
 
 
-def _choice(body: dict, name: str, choices: tuple[str, ...], default: str) -> str:
+def _choice(body: dict[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:
     value = _field(body, name, (str,), default)
     if value not in choices:
         raise BadRequest(
             f"field {name!r} must be one of {list(choices)}, got {value!r}", code="invalid_value"
         )
-    return value
+    return str(value)
 
 
-def check_model(body: dict, served: str, required: bool = True) -> str:
+def check_model(body: dict[str, Any], served: str, required: bool = True) -> str:
     model = _field(body, "model", (str,), None, required=required)
     if model is not None and model != served:
         raise NotFound(
@@ -148,7 +148,7 @@ def check_model(body: dict, served: str, required: bool = True) -> str:
 
 
 def parse_embeddings(
-    body: dict, served: str, supported: tuple[int, ...], config: ServeConfig
+    body: dict[str, Any], served: str, supported: tuple[int, ...], config: ServeConfig
 ) -> EmbedRequest:
     """``supported``: the sizes the artifact serves, its full size included
     (``Artifact.dimensions``)."""
@@ -378,7 +378,7 @@ def _decode_local(ref: LocalImage, root: Path | None, limit: int) -> Image.Image
             raise type(err)(f"{what} {_shown(ref.sent)}: {err}") from None
 
 
-def parse_search(body: dict, served: str, config: ServeConfig) -> tuple[Row, int, str | None, str]:
+def parse_search(body: dict[str, Any], served: str, config: ServeConfig) -> tuple[Row, int, str | None, str]:
     check_model(body, served, required=False)
     k = _field(body, "k", (int,), 10)
     if not 1 <= k <= config.max_k:
@@ -393,7 +393,7 @@ def parse_search(body: dict, served: str, config: ServeConfig) -> tuple[Row, int
     return parse_item(body["query"], "query", config), k, prefix, input_type
 
 
-def parse_documents(body: dict, config: ServeConfig) -> tuple[list[str], list[Row], list[Any]]:
+def parse_documents(body: dict[str, Any], config: ServeConfig) -> tuple[list[str], list[Row], list[Any]]:
     docs = _field(body, "documents", (list,), required=True)
     if not docs:
         raise BadRequest("field 'documents' is empty", code="empty_input")
@@ -419,7 +419,7 @@ def parse_documents(body: dict, config: ServeConfig) -> tuple[list[str], list[Ro
     return ids, rows, payloads
 
 
-def parse_ids(body: dict, config: ServeConfig) -> list[str]:
+def parse_ids(body: dict[str, Any], config: ServeConfig) -> list[str]:
     ids = _field(body, "ids", (list,), required=True)
     if not ids or not all(isinstance(i, str) for i in ids):
         raise BadRequest("field 'ids' must be a non-empty array of strings", code="invalid_type")
@@ -427,4 +427,4 @@ def parse_ids(body: dict, config: ServeConfig) -> list[str]:
         raise BadRequest(
             f"field 'ids' has {len(ids)} items; at most {config.max_items * 16}", code="too_many_items"
         )
-    return ids
+    return [str(i) for i in ids]
