@@ -379,6 +379,8 @@ def open_under(
         raise InputError(f"{label} is not valid Unicode (a lone surrogate)") from None
     if len(encoded) > PATH_MAX:
         raise InputError(f"{label} is longer than {PATH_MAX} bytes")
+    if relative.endswith("/"):
+        raise InputError(f"{label} ends with '/': it names a folder, not an image file")
     if relative.startswith(("/", "\\")):
         raise IntegrityError(f"{label} is absolute: it must be relative to the {folder} folder")
     real_root = os.path.realpath(root)

@@ -99,6 +99,8 @@ class HostCheck:
         if not header:
             return False
         host = host_name(header)
+        if not host:
+            return False
         for name in self.allowed:
             if host == name or (name.startswith("*.") and host.endswith(name[1:])):
                 return True
@@ -106,10 +108,16 @@ class HostCheck:
 
 
 def host_name(header: str) -> str:
-    """``Host`` header -> the bare lower-case name (``[::1]:8080`` -> ``::1``)."""
+    """``Host`` header -> the bare lower-case name (``[::1]:8080`` -> ``::1``); "" when it is
+    not a name with an optional numeric port (``127.0.0.1:80@evil`` names nothing)."""
     header = header.strip().lower()
     if header.startswith("["):
-        return header[1:].partition("]")[0]
-    if header.count(":") > 1:  # a bare IPv6 literal (no port can follow it)
-        return header
-    return header.partition(":")[0]
+        name, _, rest = header[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else rest
+    elif header.count(":") > 1:  # a bare IPv6 literal (no port can follow it)
+        name, port = header, ""
+    else:
+        name, _, port = header.partition(":")
+    if (port and not port.isdigit()) or any(c in name for c in "@/?#\\ "):
+        return ""
+    return name
