@@ -156,6 +156,13 @@ BOUNDARY_CASES = [
     ("300-character name", json.dumps(image_body(LONG)), "/v1/embeddings", 400, "invalid_input"),
     ("symlink loop", json.dumps(image_body("loop-a")), "/v1/embeddings", 400, "invalid_input"),
     ("a folder", json.dumps(image_body("folder")), "/v1/embeddings", 400, "invalid_input"),
+    (
+        "a file named as a folder",
+        json.dumps(image_body("inside.png/")),
+        "/v1/embeddings",
+        400,
+        "invalid_input",
+    ),
     ("a fifo", json.dumps(image_body("fifo")), "/v1/embeddings", 400, "invalid_input"),
     ("symlink out", json.dumps(image_body("escape")), "/v1/embeddings", 403, "path_not_allowed"),
     (
@@ -314,7 +321,7 @@ def test_pooled_httpx_client_sees_no_reset_after_errors(server):
 # ---------------------------------------------------------------- class 3: Host header
 def test_host_header_must_be_allowed(server):
     with httpx.Client(base_url=server.url, timeout=30) as client:
-        for host in ("evil.example", "127.0.0.1.evil.example", "attacker.test:8080", ""):
+        for host in ("evil.example", "127.0.0.1.evil.example", "attacker.test:8080", "127.0.0.1:80@evil", ""):
             answer = client.post(
                 "/v1/search", json={"query": "x"}, headers={"Host": host} if host else {"Host": ""}
             )
