@@ -44,6 +44,7 @@ from lame_runtime.serve.errors import (
 )
 from lame_runtime.serve.guard import Guard, render
 from lame_runtime.serve.metrics import METRICS_TYPE, Metrics
+from lame_runtime.serve.tokens import token_rows
 
 log = logging.getLogger("lame_runtime.serve")
 TRUNCATED_HEADER = "X-LaME-Truncated"  # the input indices cut to the model's max_text_tokens
@@ -85,11 +86,9 @@ class Service:
         )
 
     # ------------------------------------------------------------------ model thread
-    def _encode(self, texts: list[Any], images: list[Any]) -> np.ndarray:
-        # The runtime's truncation warning is reported per request instead (X-LaME-Truncated);
-        # lame-serve filters it process-wide (warnings.catch_warnings here would swap the
-        # global filters from this thread under the others' feet).
-        vectors: np.ndarray = self.embedder.encode(texts, images, batch_size=self.config.max_batch)
+    def _encode(self, rows: list[Any], images: list[Any]) -> np.ndarray:
+        # Token rows from _prepare: nothing is tokenised again here (tokens.token_rows).
+        vectors: np.ndarray = self.embedder.encode_tokens(rows, images, batch_size=self.config.max_batch)
         return vectors
 
     def _saved(self, ok: bool) -> None:
@@ -159,12 +158,12 @@ class Service:
         self.batcher.arrive()
         try:
             if any(row.image is not None for row in rows) or len(rows) > INLINE_ROWS:
-                texts, tokens, truncated = await run_in_threadpool(
+                token_ids, tokens, truncated = await run_in_threadpool(
                     self._prepare, rows, input_type, instruction, task
                 )
             else:  # a few texts tokenise in microseconds: a thread hop would cost more
-                texts, tokens, truncated = self._prepare(rows, input_type, instruction, task)
-            job = self.batcher.submit(texts, [row.image for row in rows])
+                token_ids, tokens, truncated = self._prepare(rows, input_type, instruction, task)
+            job = self.batcher.submit(token_ids, [row.image for row in rows])
         except HTTPError as err:
             self.metrics.rejected.labels(err.code).inc()
             raise
@@ -175,32 +174,25 @@ class Service:
     def _prepare(
         self, rows: list[schema.Row], input_type: str, instruction: str | None, task: str | None
     ) -> tuple[list[Any], int, list[int]]:
-        """Blocking: decode images, apply the trained instruction, count tokens."""
+        """Blocking: decode images, apply the trained instruction, tokenise each text once
+        (``tokens.token_rows``): -> (the token rows, their token count, truncated rows)."""
         schema.decode(rows, self.embedder.preprocessor.image, self.config.max_pixels, self.config.image_root)
         texts = [row.text for row in rows]
         marks = [True if row.image is not None else None for row in rows]
         if input_type == "query":
             chosen = self.embedder.query_instructions(texts, marks, instruction, task)
-        else:
+        else:  # what Embedder.encode_documents applies
             document = (
                 instruction if instruction is not None else self.embedder.artifact.instruction("document")
             )
             chosen = [document] * len(rows)
         formatted = [format_query(text, inst) for text, inst in zip(texts, chosen)]
-        # usage: the positions the model attends to, from the rows the preprocessor builds
-        # (the real tokenizer; [BOS], visual tokens, a prompt template where there is one)
-        _, mask = self.text.encode_rows(formatted, [row.image is not None for row in rows], self.image_tokens)
-        tokens = int(mask.sum())
-        limit = self.text.max_text_tokens
-        truncated = []
-        for i, text in enumerate(formatted):
-            if text:
-                total = self.text.encode_limited(text, limit)[1]
-                if total is None or total > limit:
-                    truncated.append(i)
+        token_ids, truncated = token_rows(
+            self.text, formatted, [row.image is not None for row in rows], self.image_tokens
+        )
         if truncated:
             self.metrics.truncated.inc(len(truncated))
-        return formatted, tokens, truncated
+        return token_ids, sum(len(row) for row in token_ids), truncated
 
     async def _wait(self, request: Request, job: Job) -> np.ndarray:
         gone = asyncio.ensure_future(_disconnected(request))
@@ -246,7 +238,8 @@ class Service:
         # /ready means a first vector has been computed (both graphs, when there are two).
         cfg = self.embedder.preprocessor.image
         blank = np.zeros((cfg.height, cfg.width, 3), np.uint8)
-        job = self.batcher.submit(["warm-up", None], [None, blank])
+        warm, _ = token_rows(self.text, ["warm-up", None], [False, True], self.image_tokens)
+        job = self.batcher.submit(warm, [None, blank])
         await job.future
         self.metrics.set_providers(self.embedder)
         self.ready = True
