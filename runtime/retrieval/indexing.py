@@ -24,17 +24,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.inputs.preprocess import format_query
 from lame_runtime.persist import atomic_write_text, parse_json, sha256, writer_lock
-from lame_runtime.retrieval.index import Index, index_exists, index_files
+from lame_runtime.retrieval.index import Index
+from lame_runtime.retrieval.index_io import index_exists, index_files
 
 BUILD_KEY = "build"
 REPORT_SUFFIX = ".skipped.jsonl"
 ITEM_ERRORS = (InputError, InputTypeError, MissingFileError)
-Item = tuple  # (id, payload, text, image)
+Item = tuple[Any, Any, Any, Any]  # (id, payload, text, image)
 
 
 @dataclass
@@ -78,7 +79,14 @@ def build_index(
         return _build(embedder, items, out, source, options, progress)
 
 
-def _build(embedder, items, out, source, options, progress) -> dict[str, Any]:
+def _build(
+    embedder: Any,
+    items: Sequence[Item],
+    out: str | Path,
+    source: dict[str, Any],
+    options: BuildOptions,
+    progress: Callable[[int], None],
+) -> dict[str, Any]:
     state = {
         **source,
         "model": sha256(Path(embedder.artifact.path) / "lame_artifact.json"),
@@ -136,7 +144,14 @@ def _ann_state(options: BuildOptions) -> dict[str, Any] | None:
     return None if options.ann is None else asdict(options.ann)
 
 
-def _start(embedder, items, out, state, options, size: int) -> tuple[Any, list[dict[str, Any]]]:
+def _start(
+    embedder: Any,
+    items: Sequence[Item],
+    out: str | Path,
+    state: dict[str, Any],
+    options: BuildOptions,
+    size: int,
+) -> tuple[Any, list[dict[str, Any]]]:
     existing = index_exists(out)
     if existing is None or options.force:
         if options.ann is not None:
@@ -190,8 +205,8 @@ def _start(embedder, items, out, state, options, size: int) -> tuple[Any, list[d
 
 
 def embed_batches(
-    embedder, items: Sequence[Item], start: int, batch_size: int, skip_bad: bool, size: int | None = None
-):
+    embedder: Any, items: Sequence[Item], start: int, batch_size: int, skip_bad: bool, size: int | None = None
+) -> Iterator[tuple[int, Sequence[Item], Any, list[Any], list[dict[str, Any]]]]:
     """Yield ``(start, chunk, vectors, ids, skipped)`` per batch of ``items[start:]``.
 
     Images of the next batches decode in ``embedder.pipeline``'s thread pool while the model
@@ -214,7 +229,9 @@ def embed_batches(
         yield prepared.start, chunk, vectors, ids, bad
 
 
-def _embed(embedder, prepared, size: int | None = None) -> tuple[Any, list, list[dict[str, Any]]]:
+def _embed(
+    embedder: Any, prepared: Any, size: int | None = None
+) -> tuple[Any, list[Any], list[dict[str, Any]]]:
     """One prepared batch -> (unit vectors [of the leading ``size`` components] or None,
     their ids, skipped-item records)."""
     from lame_runtime.embedder import unit_prefix
@@ -227,7 +244,9 @@ def _embed(embedder, prepared, size: int | None = None) -> tuple[Any, list, list
     return vectors, prepared.ids, bad
 
 
-def _checkpoint(index: Index, out, state: dict[str, Any], skipped: list[dict[str, Any]]):
+def _checkpoint(
+    index: Index, out: str | Path, state: dict[str, Any], skipped: list[dict[str, Any]]
+) -> tuple[Path, Path]:
     # The report first: a kill between the two writes leaves a report covering at least the
     # index's items[:next] (extra lines past ``next`` are dropped on resume).
     report = report_path(out)
@@ -250,9 +269,9 @@ def _read_report(path: Path) -> list[dict[str, Any]]:
 
 
 def build_qdrant(
-    embedder,
+    embedder: Any,
     items: Sequence[Item],
-    store,
+    store: Any,
     options: BuildOptions,
     progress: Callable[[int], None] = lambda n: None,
 ) -> dict[str, Any]:
