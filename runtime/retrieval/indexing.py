@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.inputs.preprocess import format_query
 from lame_runtime.persist import atomic_write_text, parse_json, sha256, writer_lock
-from lame_runtime.retrieval.index import Index
+from lame_runtime.retrieval.index import Index, check_id, check_storable
 from lame_runtime.retrieval.index_io import index_exists, index_files
 
 BUILD_KEY = "build"
@@ -75,8 +75,22 @@ def build_index(
 
     One writer per ``out``: a second build of the same index, in any process, is refused with
     ``BusyError`` naming the holder (``persist.writer_lock``) instead of racing it."""
+    check_items(items)
     with writer_lock(index_files(out)[1]):
         return _build(embedder, items, out, source, options, progress)
+
+
+def check_items(items: Sequence[Item]) -> None:
+    """Every id and payload that will be stored, checked before anything is embedded or
+    written (``Index.add`` checks again, per batch): a file name that is not valid Unicode or
+    a metadata value JSON cannot hold fails the build at once, naming the item, not after
+    hours of embedding at a save."""
+    for position, item in enumerate(items):
+        try:
+            check_id(item[0])
+            check_storable(item[1], f"payload of {ascii(item[0])}")
+        except (InputError, InputTypeError) as err:
+            raise type(err)(f"items[{position}]: {err}") from None
 
 
 def _build(
@@ -281,6 +295,7 @@ def build_qdrant(
     (idempotent) instead of duplicating them. Skipped items are returned in the summary and,
     for a local folder, written to ``<folder>/<collection>.skipped.jsonl``.
     """
+    check_items(items)
     skipped: list[dict[str, Any]] = []
     size = embedder.check_dimensions(options.dimensions)
     if store.dim != size:
