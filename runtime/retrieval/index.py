@@ -40,6 +40,8 @@ from lame_runtime.retrieval.index_io import (  # noqa: F401
     INDEX_STEM,
     STORAGES,
     VERSION,
+    check_id,
+    check_storable,
     code_dtype,
     content_sha256,
     index_exists,
@@ -445,13 +447,6 @@ def _normalise(array: np.ndarray, name: str) -> np.ndarray:
     return unit
 
 
-def check_id(item_id: Any) -> None:
-    """An id is a string that can be saved and returned (valid Unicode)."""
-    if not isinstance(item_id, str):
-        raise InputTypeError(f"ids must be strings, got {type(item_id).__name__} {item_id!r}")
-    check_text(item_id, f"id {ascii(item_id)}")
-
-
 def _check_ids(ids: list[Any], count: int, state: _State) -> None:
     if len(ids) != count:
         raise InputError(f"got {len(ids)} ids for {count} vectors")
@@ -464,55 +459,9 @@ def _check_ids(ids: list[Any], count: int, state: _State) -> None:
         seen.add(item_id)
 
 
-MAX_PAYLOAD_DEPTH = 64  # nesting of a stored payload: far beyond real metadata, far below a stack
-
-
 def _check_payload(item_id: str, payload: Any) -> None:
     """Refuse, before anything is stored, a payload the saved json could not hold exactly."""
     check_storable(payload, f"payload of {ascii(item_id)}")
-
-
-def check_storable(value: Any, where: str) -> None:
-    """Raise unless ``value`` survives a save and a reload unchanged, and can be returned.
-
-    Stored data must be JSON (objects with string keys, arrays, strings, finite numbers,
-    booleans, null), every string valid Unicode (a lone surrogate cannot be written as UTF-8:
-    the save, and every response carrying it, would fail after the add was acknowledged), and
-    nested at most ``MAX_PAYLOAD_DEPTH`` deep. The first problem found is named."""
-    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
-    while stack:
-        item, at, depth = stack.pop()
-        if depth > MAX_PAYLOAD_DEPTH:
-            raise InputError(f"{at}: nested deeper than {MAX_PAYLOAD_DEPTH} levels")
-        if isinstance(item, str):
-            check_text(item, at)
-        elif isinstance(item, bool) or item is None or isinstance(item, int):
-            continue
-        elif isinstance(item, float):
-            if not np.isfinite(item):
-                raise InputError(f"{at} is {item!r}: JSON holds finite numbers only")
-        elif isinstance(item, dict):
-            for key, child in item.items():
-                if not isinstance(key, str):
-                    raise InputTypeError(
-                        f"{at}: key {key!r} is a {type(key).__name__}; JSON object keys are strings"
-                    )
-                check_text(key, f"{at}: a key")
-                stack.append((child, f"{at}[{ascii(key)}]", depth + 1))
-        elif isinstance(item, (list, tuple)):
-            stack.extend((child, f"{at}[{i}]", depth + 1) for i, child in enumerate(item))
-        else:
-            raise InputTypeError(f"{at} is not JSON-serialisable: a {type(item).__name__}")
-
-
-def check_text(text: str, where: str) -> None:
-    """Raise ``InputError`` when ``text`` cannot be written as UTF-8 (a lone surrogate)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise InputError(
-            f"{where} is not valid Unicode: lone surrogate U+{ord(text[err.start]):04X} at character {err.start}"
-        ) from None
 
 
 # --------------------------------------------------------------------- storage and search

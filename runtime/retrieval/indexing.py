@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterator, Sequence
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.inputs.preprocess import format_query
 from lame_runtime.persist import atomic_write_text, parse_json, sha256, writer_lock
-from lame_runtime.retrieval.index import Index, check_id, check_storable
-from lame_runtime.retrieval.index_io import index_exists, index_files
+from lame_runtime.retrieval.index import Index
+from lame_runtime.retrieval.index_io import check_id, check_storable, index_exists, index_files
 
 BUILD_KEY = "build"
 REPORT_SUFFIX = ".skipped.jsonl"

@@ -34,8 +34,8 @@ from lame_runtime.retrieval.index import (
     _check_payload,
     _materialise,
     _normalise,
-    check_id,
 )
+from lame_runtime.retrieval.index_io import check_id
 
 # Fixed namespace: the same LaME id maps to the same point id in every run and process.
 NAMESPACE = uuid.UUID("6f1c7a0e-3c1b-5d7e-9a51-4c2b8e0d9f11")
