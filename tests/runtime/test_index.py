@@ -271,7 +271,6 @@ def test_auto_backend_falls_back_to_numpy():
     assert Index(4).backend == expected
 
 
-
 def test_unstorable_ids_and_payloads_are_refused_before_any_change(tmp_path):
     """What a save could not write (a lone surrogate, from a non-UTF-8 file name or a JSON
     escape; a non-finite number) is refused by add, naming it, and the index is unchanged
