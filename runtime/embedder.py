@@ -22,7 +22,7 @@ from lame_runtime.engines.backends import (
 from lame_runtime.engines.providers import CPU_EP
 from lame_runtime.engines.tensorrt.backend import running_device
 from lame_runtime.errors import InputError, InputTypeError
-from lame_runtime.inputs.images import check_max_pixels
+from lame_runtime.inputs.images import check_max_pixels, preprocess_images
 from lame_runtime.inputs.instructions import modality
 from lame_runtime.inputs.instructions import pick as pick_instruction
 from lame_runtime.inputs.pipeline import FeedPipeline, encode_iter, encode_pipelined
@@ -393,6 +393,39 @@ class Embedder:
             dimensions=dimensions,
             batch_size=batch_size,
         )
+
+    def encode_tokens(
+        self,
+        rows: Sequence[Sequence[int]],
+        images: Sequence[Any],
+        batch_size: int = 32,
+        dimensions: int | None = None,
+    ) -> np.ndarray:
+        """-> unit vectors of rows the caller already tokenised, each the full token row the
+        preprocessor builds ([BOS], the visual tokens of its image, its text), with the row's
+        image (decoded; None for text-only rows). A service that tokenises each text once to
+        count and check it feeds those same tokens here instead of tokenising again."""
+        size = self.check_dimensions(dimensions)
+        if len(rows) != len(images):
+            raise InputError(f"got {len(rows)} token rows for {len(images)} images")
+        if not rows:
+            return np.zeros((0, size), dtype=np.float32)
+        pad, cfg, chunks = self.preprocessor.text.special["pad"], self.preprocessor.image, []
+        for start in range(0, len(rows), batch_size):
+            part, pictures = rows[start : start + batch_size], list(images[start : start + batch_size])
+            length = max(len(row) for row in part)
+            ids = np.full((len(part), length), pad, dtype=np.int64)
+            mask = np.zeros((len(part), length), dtype=np.int64)
+            for i, row in enumerate(part):  # padded on the left, as TextProcessor.encode_rows
+                ids[i, length - len(row) :], mask[i, length - len(row) :] = row, 1
+            feed = {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "pixel_values": preprocess_images(pictures, cfg, None, start, self.preprocessor.max_pixels),
+                "image_mask": np.asarray([p is not None for p in pictures], dtype=np.int64),
+            }
+            chunks.append(self.infer(feed))
+        return unit_prefix(np.concatenate(chunks), size)
 
 
 def _check_instruction(instruction: Any) -> None:

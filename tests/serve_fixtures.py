@@ -69,6 +69,7 @@ class ThreadServer:
 def write_key_file(folder: Path) -> Path:
     path = folder / "keys.txt"
     path.write_text(f"# test keys\n{KEY}\n")
+    path.chmod(0o600)  # lame-serve refuses a key file others may write (whatever the umask)
     return path
 
 

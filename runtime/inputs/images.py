@@ -10,15 +10,20 @@ graph static in that dimension.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import os
+import stat
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from lame_runtime.errors import InputError, InputTypeError, MissingFileError
+from lame_runtime.errors import InputError, InputTypeError, IntegrityError, MissingFileError
 from lame_runtime.persist import read_json
 
 # OpenAI CLIP statistics: the Qwen2-VL image processor's defaults.
@@ -131,7 +136,8 @@ def check_max_pixels(max_pixels: Any) -> int | None:
 
 
 def load_image(image: Any, max_pixels: int | None = None) -> Image.Image:
-    """Path, PIL image or array -> RGB PIL image, by one rule for every kind of input.
+    """Path, open binary file, PIL image or array -> RGB PIL image, by one rule for every kind
+    of input.
 
     The rule (training reads images through this same function):
 
@@ -153,21 +159,11 @@ def load_image(image: Any, max_pixels: int | None = None) -> Image.Image:
             raise InputError(f"{path} is a directory, not an image file")
         if not path.is_file():
             raise MissingFileError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as img:
-                _check_pixels(img.size, limit)  # from the header, before any decoding
-                img.load()
-                rgb = _pil_to_rgb(img)
-        except OUR_ERRORS:
-            raise
-        except Image.DecompressionBombError as err:  # Pillow refused the header itself
-            raise InputError(
-                f"image {path} exceeds the limit of {limit:,} pixels (max_pixels; "
-                f"--max-pixels on the CLIs): {err}"
-            ) from None
-        except PIL_ERRORS as err:
-            raise InputError(f"cannot read image {path}: {_describe(err)}") from err
-        return _check_size(rgb)
+        return _load_file(path, f"image {path}", limit)
+    if isinstance(image, io.IOBase) or hasattr(image, "readinto"):
+        # An open binary handle (``open_under``): decoded from this very file, never reopened
+        # by name, so nothing can swap the file between a check and the read.
+        return _load_file(image, "image", limit)
     if isinstance(image, Image.Image):
         try:
             _check_pixels(image.size, limit)
@@ -182,8 +178,27 @@ def load_image(image: Any, max_pixels: int | None = None) -> Image.Image:
             _check_pixels((image.shape[1], image.shape[0]), limit)
         return _check_size(_to_rgb(_array_to_pil(image)))
     raise InputTypeError(
-        f"unsupported image type {type(image).__name__}: expected a path, a PIL image or a NumPy array"
+        f"unsupported image type {type(image).__name__}: expected a path, an open binary file, "
+        "a PIL image or a NumPy array"
     )
+
+
+def _load_file(source: Any, label: str, limit: int) -> Image.Image:
+    """Decode a path or an open binary handle (``label`` names it in errors)."""
+    try:
+        with Image.open(source) as img:
+            _check_pixels(img.size, limit)  # from the header, before any decoding
+            img.load()
+            rgb = _pil_to_rgb(img)
+    except OUR_ERRORS:
+        raise
+    except Image.DecompressionBombError as err:  # Pillow refused the header itself
+        raise InputError(
+            f"{label} exceeds the limit of {limit:,} pixels (max_pixels; --max-pixels on the CLIs): {err}"
+        ) from None
+    except PIL_ERRORS as err:
+        raise InputError(f"cannot read {label}: {_describe(err)}") from err
+    return _check_size(rgb)
 
 
 def _describe(err: BaseException) -> str:
@@ -273,7 +288,8 @@ def image_to_array(img: Image.Image, cfg: ImageConfig) -> np.ndarray:
     array = np.asarray(img, dtype=np.float32) / 255.0
     mean = np.asarray(cfg.mean, dtype=np.float32)
     std = np.asarray(cfg.std, dtype=np.float32)
-    return ((array - mean) / std).transpose(2, 0, 1)
+    chw: np.ndarray = ((array - mean) / std).transpose(2, 0, 1)
+    return chw
 
 
 def patchify(chw: np.ndarray, cfg: ImageConfig) -> np.ndarray:
@@ -305,14 +321,14 @@ def preprocess_images(
         if image is None:
             continue
         key = str(image) if cache is not None and isinstance(image, (str, Path)) else None
-        if key is not None and key in cache:
+        if cache is not None and key is not None and key in cache:
             out[row] = cache[key]
             continue
         try:
             out[row] = patchify(image_to_array(load_image(image, limit), cfg), cfg)
         except (InputError, InputTypeError, MissingFileError) as err:
             raise type(err)(f"{describe_image(first_index + row, image)}: {err}") from err
-        if key is not None:
+        if cache is not None and key is not None:
             cache[key] = out[row].copy()
     return out
 
@@ -326,3 +342,130 @@ def describe_image(index: int, image: Any) -> str:
     else:
         what = type(image).__name__
     return f"images[{index}] ({what})"
+
+
+# --------------------------------------------------------------------- confined opening
+MAX_SYMLINKS = 40  # what the kernel allows on one path walk (ELOOP beyond)
+NAME_MAX = 255  # bytes in one path component (Linux, most file systems)
+PATH_MAX = 4096
+
+
+def open_under(
+    root: str | Path, relative: str, what: str = "image path", folder: str = "folder", sent: str | None = None
+) -> BinaryIO:
+    """Open ``relative`` for reading, confined to ``root``, race-free; -> a binary handle.
+
+    Checking a resolved path and then opening the name again lets a symlink swapped in between
+    lead anywhere. Here the path is walked one component at a time from a descriptor of
+    ``root`` (``openat`` with ``O_NOFOLLOW``): every step is taken from a folder already open
+    and known to be inside, and a symlink is read (``readlinkat``) and walked the same way, so
+    the file returned is the file checked, whatever changes on disk meanwhile. ``..`` may not
+    climb above ``root``; an absolute symlink is followed only into ``root``.
+
+    Every refusal is a ``LameError`` naming ``what`` and the path as given (never the
+    server-side folder it resolves in; ``sent``: the client's spelling of it, when the caller
+    rewrote it): ``IntegrityError`` for a path leading outside,
+    ``MissingFileError`` for a missing file, ``InputError`` for the rest (NUL byte, a name
+    too long, a symlink loop, a folder or a device instead of a file, no permission).
+    """
+    if not isinstance(relative, str) or not relative.strip():
+        raise InputTypeError(f"{what} must be a non-empty string, got {type(relative).__name__}")
+    label = f"{what} {_shown(relative if sent is None else sent)}"
+    if "\x00" in relative:
+        raise InputError(f"{label} holds a NUL byte")
+    try:
+        encoded = os.fsencode(relative)
+    except UnicodeError:
+        raise InputError(f"{label} is not valid Unicode (a lone surrogate)") from None
+    if len(encoded) > PATH_MAX:
+        raise InputError(f"{label} is longer than {PATH_MAX} bytes")
+    if relative.endswith("/"):
+        raise InputError(f"{label} ends with '/': it names a folder, not an image file")
+    if relative.startswith(("/", "\\")):
+        raise IntegrityError(f"{label} is absolute: it must be relative to the {folder} folder")
+    real_root = os.path.realpath(root)
+    root_fd = os.open(real_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    stack = [root_fd]  # descriptors of the folders from the root down to the current one
+    pending = deque(relative.split("/"))
+    links = 0
+    try:
+        while pending:
+            name = pending.popleft()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if len(stack) == 1:
+                    raise IntegrityError(f"{label} leads outside the {folder} folder ('..')")
+                os.close(stack.pop())
+                continue
+            if len(os.fsencode(name)) > NAME_MAX:
+                raise InputError(f"{label}: a name in it is longer than {NAME_MAX} bytes")
+            last = not any(part not in ("", ".") for part in pending)
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+            flags |= 0 if last else os.O_DIRECTORY
+            try:
+                fd = os.open(name, flags, dir_fd=stack[-1])
+            except OSError as err:
+                target = _link_target(name, stack[-1]) if err.errno in (errno.ELOOP, errno.ENOTDIR) else None
+                if target is None:
+                    raise _open_error(err, label, name, last) from None
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise InputError(f"{label}: too many levels of symbolic links (a symlink loop)") from None
+                if target.startswith("/"):  # absolute: allowed only into the root
+                    inside = os.path.relpath(target, real_root) if target.startswith(real_root) else ""
+                    if not inside or inside == ".." or inside.startswith("../"):
+                        raise IntegrityError(
+                            f"{label} leads outside the {folder} folder (a symlink pointing out)"
+                        ) from None
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                    target = inside
+                pending.extendleft(reversed(target.split("/")))
+                continue
+            if not last:
+                stack.append(fd)
+                continue
+            try:
+                mode = os.fstat(fd).st_mode
+                if not stat.S_ISREG(mode):
+                    kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+                    raise InputError(f"{label} is {kind}, not an image file")
+                os.set_blocking(fd, True)
+                return os.fdopen(fd, "rb")
+            except BaseException:
+                os.close(fd)
+                raise
+        raise InputError(f"{label} names the {folder} folder itself, not a file")
+    finally:
+        for held in stack:
+            os.close(held)
+
+
+def _shown(path: str, limit: int = 80) -> str:
+    """A client's path for a message: quoted, escaped, and cut when very long."""
+    return repr(path) if len(path) <= limit else repr(path[: limit - 20]) + f"... ({len(path)} characters)"
+
+
+def _link_target(name: str, dir_fd: int) -> str | None:
+    """The target of symlink ``name`` in ``dir_fd``; None when it is not a symlink."""
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError:
+        return None
+
+
+def _open_error(err: OSError, label: str, name: str, last: bool) -> Exception:
+    """An OS refusal while walking a confined path -> one error naming the path as given."""
+    if err.errno == errno.ENOENT:
+        return MissingFileError(f"{label} not found")
+    if err.errno == errno.ENOTDIR:
+        return MissingFileError(f"{label} not found ({name!r} is not a folder)")
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return InputError(f"{label} cannot be read (permission denied)")
+    if err.errno == errno.ENAMETOOLONG:
+        return InputError(f"{label} is too long for the file system")
+    if err.errno == errno.ELOOP:
+        return InputError(f"{label}: too many levels of symbolic links (a symlink loop)")
+    reason = err.strerror or type(err).__name__
+    return InputError(f"{label} cannot be opened ({reason})")

@@ -30,7 +30,7 @@ import json
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Iterable
 
 import numpy as np
 
@@ -42,8 +42,8 @@ from lame_runtime.retrieval.index import (
     _check_payload,
     _materialise,
     _normalise,
-    index_files,
 )
+from lame_runtime.retrieval.index_io import index_files
 
 KINDS = ("flat", "hnsw")
 STORAGES = ("float32", "float16", "int8")
@@ -78,7 +78,7 @@ class AnnConfig:
         return f"HNSW{self.hnsw_m}" + ("" if codec == "Flat" else f",{codec}")
 
 
-def _faiss():
+def _faiss() -> Any:
     try:
         import faiss
     except ImportError as err:
@@ -105,7 +105,7 @@ class AnnIndex:
         self.info: dict[str, Any] = {}
         self._lock = threading.RLock()
 
-    def _hnsw(self):
+    def _hnsw(self) -> Any:
         return _faiss().downcast_index(self._index).hnsw
 
     def __len__(self) -> int:
@@ -213,7 +213,7 @@ class AnnIndex:
                 "info": self.info,
             }
         meta = {**content, "content_sha256": _digest(content)}
-        written = save_versioned(json_path, {"faiss": lambda handle: handle.write(blob)}, meta)
+        written = save_versioned(json_path, {"faiss": lambda handle: _write(handle, blob)}, meta)
         return json_path.parent / written["files"]["faiss"]["path"], json_path
 
     @classmethod
@@ -277,7 +277,7 @@ def _digest(content: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def load_any(path: str | Path, backend: str = "auto"):
+def load_any(path: str | Path, backend: str = "auto") -> Any:
     """An ``Index`` or an ``AnnIndex``, whichever was saved at ``path`` (by its json's format)."""
     from lame_runtime.retrieval.index import Index
 
@@ -290,3 +290,7 @@ def load_any(path: str | Path, backend: str = "auto"):
         if kind == FORMAT:
             return AnnIndex.load(path)
     return Index.load(path, backend=backend)
+
+
+def _write(handle: BinaryIO, data: bytes) -> None:
+    handle.write(data)

@@ -19,7 +19,6 @@ instant leaves the previous or the new index loadable, never neither. Version 1 
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,6 +40,8 @@ from lame_runtime.retrieval.index_io import (  # noqa: F401
     INDEX_STEM,
     STORAGES,
     VERSION,
+    check_id,
+    check_storable,
     code_dtype,
     content_sha256,
     index_exists,
@@ -63,19 +64,19 @@ class _State:
     builds fresh containers.
     """
 
-    ids: list
-    rows: dict
-    payloads: list
+    ids: list[str]
+    rows: dict[str, int]
+    payloads: list[Any]
     count: int
     codes: np.ndarray
     scales: np.ndarray
-    pending: list
+    pending: list[tuple[np.ndarray, np.ndarray]]
     n_pending: int
-    cache: dict  # per-state derived data (the FAISS index): valid as long as the state is
+    cache: dict[str, Any]  # per-state derived data (the FAISS index): valid as long as the state is
     # (codes, scales) arrays with spare capacity that ``codes``/``scales`` are views of: merges
     # append past every published view instead of reallocating N rows each time (which also
     # fragments the heap: resident memory crept up under a soak of interleaved add/search).
-    buffers: tuple | None = None
+    buffers: tuple[np.ndarray, np.ndarray] | None = None
 
     def row(self, item_id: str) -> int | None:
         row = self.rows.get(item_id)
@@ -99,7 +100,7 @@ class Index:
         self.info: dict[str, Any] = {}  # free-form JSON metadata saved with the index
         self._lock = threading.RLock()  # writers, and readers' lazy merges / FAISS builds
         self._save_lock = threading.Lock()  # two saves of one index must not interleave
-        self._faiss_base: tuple | None = None  # (buffer, FAISS index, rows covered)
+        self._faiss_base: tuple[Any, ...] | None = None  # (buffer, FAISS index, rows covered)
         self._state = _State(
             [], {}, [], 0, np.zeros((0, self.dim), code_dtype(storage)), np.zeros(0, np.float32), [], 0, {}
         )
@@ -230,7 +231,7 @@ class Index:
             scores, rows = _search_numpy(state.codes, state.scales, self.storage, unit, k)
         return scores, [[state.ids[r] for r in row] for row in rows]
 
-    def _search_faiss(self, state: _State, unit: np.ndarray, k: int):
+    def _search_faiss(self, state: _State, unit: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         flat, covered = self._faiss_for(state)
         scores, rows = flat.search(np.ascontiguousarray(unit), min(k, covered))
         scores, rows = scores.astype(np.float32), rows.astype(np.int64)
@@ -258,7 +259,7 @@ class Index:
         """
         cached = state.cache.get("faiss")
         if cached is not None:
-            return cached
+            return cached  # type: ignore[no-any-return]
         with self._lock:  # one build at a time, however many readers arrive at once
             cached = state.cache.get("faiss")
             if cached is None:
@@ -291,7 +292,7 @@ class Index:
         place (see the module docstring).
         """
         if info is not None:
-            _check_payload("info", info)
+            check_storable(info, "info")
             self.info = dict(info)
         _, json_path = index_files(path, for_writing=True)
         state = self._merged()  # immutable: written without holding up readers or writers
@@ -310,7 +311,7 @@ class Index:
         }
         meta = {**content, "content_sha256": content_sha256(content)}
         with self._save_lock:
-            written = save_versioned(json_path, {"npz": lambda handle: np.savez(handle, **arrays)}, meta)
+            written = save_versioned(json_path, {"npz": lambda handle: _savez(handle, arrays)}, meta)
         return json_path.parent / written["files"]["npz"]["path"], json_path
 
     @classmethod
@@ -362,8 +363,9 @@ def _merge(state: _State) -> _State:
     chunks = state.pending[: state.n_pending]
     start = len(state.codes)
     stop = start + sum(len(c) for c, _ in chunks)
-    codes_buf, scales_buf = state.buffers or (None, None)
-    if codes_buf is None or len(codes_buf) < stop:
+    if state.buffers is not None and len(state.buffers[0]) >= stop:
+        codes_buf, scales_buf = state.buffers
+    else:
         capacity = max(stop, 2 * start, 256)
         codes_buf = np.empty((capacity, state.codes.shape[1]), state.codes.dtype)
         scales_buf = np.empty(capacity, np.float32)
@@ -398,7 +400,7 @@ def _resolve_backend(backend: str) -> str:
     return "faiss"
 
 
-def _as_list(values: Any, name: str) -> list:
+def _as_list(values: Any, name: str) -> list[Any]:
     if isinstance(values, (str, bytes)):
         raise InputTypeError(f"{name} must be a list, not a single {type(values).__name__}")
     try:
@@ -441,15 +443,15 @@ def _normalise(array: np.ndarray, name: str) -> np.ndarray:
         raise InputError(
             f"{name} row {int(np.flatnonzero(norms == 0)[0])} is all zeros (a zero vector has no direction)"
         )
-    return (wide / norms[:, None]).astype(np.float32)
+    unit: np.ndarray = (wide / norms[:, None]).astype(np.float32)
+    return unit
 
 
-def _check_ids(ids: list, count: int, state: _State) -> None:
+def _check_ids(ids: list[Any], count: int, state: _State) -> None:
     if len(ids) != count:
         raise InputError(f"got {len(ids)} ids for {count} vectors")
     for item_id in ids:
-        if not isinstance(item_id, str):
-            raise InputTypeError(f"ids must be strings, got {type(item_id).__name__} {item_id!r}")
+        check_id(item_id)
     seen: set[str] = set()
     for item_id in ids:
         if state.row(item_id) is not None or item_id in seen:
@@ -458,10 +460,8 @@ def _check_ids(ids: list, count: int, state: _State) -> None:
 
 
 def _check_payload(item_id: str, payload: Any) -> None:
-    try:  # payloads go to JSON on save; fail now, next to the add() that brought them
-        json.dumps(payload, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise InputTypeError(f"payload of {item_id!r} is not JSON-serialisable: {err}") from err
+    """Refuse, before anything is stored, a payload the saved json could not hold exactly."""
+    check_storable(payload, f"payload of {ascii(item_id)}")
 
 
 # --------------------------------------------------------------------- storage and search
@@ -489,7 +489,8 @@ def _search_numpy(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k of ``unit`` against ``codes`` (row numbers start at ``offset``)."""
     block = max(k, BLOCK_ELEMENTS // max(len(unit), 1))
-    best_scores, best_rows = None, None
+    best_scores: np.ndarray | None = None
+    best_rows: np.ndarray | None = None
     for start in range(0, len(codes), block):
         stop = min(start + block, len(codes))
         scores = unit @ _decode(codes[start:stop], scales[start:stop], storage, copy=False).T
@@ -498,6 +499,7 @@ def _search_numpy(
             scores = np.concatenate([best_scores, scores], axis=1)
             rows = np.concatenate([best_rows, rows], axis=1)
         best_scores, best_rows = _top_k(scores, rows, k)
+    assert best_scores is not None and best_rows is not None  # codes is never empty here
     return best_scores, best_rows
 
 
@@ -516,3 +518,7 @@ def _top_k(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np
         order = np.lexsort((r, -s))[:k]
         out_scores[q], out_rows[q] = s[order], r[order]
     return out_scores, out_rows
+
+
+def _savez(handle: Any, arrays: dict[str, np.ndarray]) -> None:
+    np.savez(handle, **arrays)  # type: ignore[arg-type]

@@ -3,7 +3,9 @@
 ``<stem>.json`` holds the ids, payloads, config and ``content_sha256`` (the sha256 of that
 content) and points at ``<stem>.<token>.npz`` by name and sha256 (version 2). Version 1 kept
 ``<stem>.npz`` beside the json with ``npz_sha256``. Every field is checked on load and every
-problem raises an ``IndexFileError`` (or ``MissingFileError``) naming the file.
+problem raises an ``IndexFileError`` (or ``MissingFileError``) naming the file. What goes
+in (ids, payloads, ``info``) is checked by ``check_id`` / ``check_storable`` before any change,
+so every save can write it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lame_runtime.errors import IndexFileError, InputTypeError, MissingFileError
+from lame_runtime.errors import IndexFileError, InputError, InputTypeError, MissingFileError
 from lame_runtime.persist import check_npz, read_json
 
 STORAGES = ("float32", "float16", "int8")
@@ -90,7 +92,7 @@ def read_meta(json_path: Path) -> dict[str, Any]:
         raise bad(f"ids[{not_str}] is {ids[not_str]!r}, not a string")
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
-        duplicate = next(i for i in ids if i in seen or seen.add(i))
+        duplicate = next(i for i in ids if i in seen or _add(seen, i))
         raise bad(f"lists duplicate ids (e.g. {duplicate!r})")
     if len(payloads) != len(ids):
         raise bad(f"has {len(payloads)} payloads for {len(ids)} ids")
@@ -148,3 +150,62 @@ def read_arrays(npz_path: Path, storage: str, dim: int, count: int) -> tuple[np.
             f"values, got {scales.dtype} {scales.shape}"
         )
     return codes, scales
+
+
+def _add(seen: set[str], item: str) -> bool:
+    """``seen.add(item)`` as an expression (False: ``item`` was new)."""
+    seen.add(item)
+    return False
+
+
+MAX_PAYLOAD_DEPTH = 64  # nesting of a stored payload: far beyond real metadata, far below a stack
+
+
+def check_storable(value: Any, where: str) -> None:
+    """Raise unless ``value`` survives a save and a reload unchanged, and can be returned.
+
+    Stored data must be JSON (objects with string keys, arrays, strings, finite numbers,
+    booleans, null), every string valid Unicode (a lone surrogate cannot be written as UTF-8:
+    the save, and every response carrying it, would fail after the add was acknowledged), and
+    nested at most ``MAX_PAYLOAD_DEPTH`` deep. The first problem found is named."""
+    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    while stack:
+        item, at, depth = stack.pop()
+        if depth > MAX_PAYLOAD_DEPTH:
+            raise InputError(f"{at}: nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+        if isinstance(item, str):
+            check_text(item, at)
+        elif isinstance(item, bool) or item is None or isinstance(item, int):
+            continue
+        elif isinstance(item, float):
+            if not np.isfinite(item):
+                raise InputError(f"{at} is {item!r}: JSON holds finite numbers only")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise InputTypeError(
+                        f"{at}: key {key!r} is a {type(key).__name__}; JSON object keys are strings"
+                    )
+                check_text(key, f"{at}: a key")
+                stack.append((child, f"{at}[{ascii(key)}]", depth + 1))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((child, f"{at}[{i}]", depth + 1) for i, child in enumerate(item))
+        else:
+            raise InputTypeError(f"{at} is not JSON-serialisable: a {type(item).__name__}")
+
+
+def check_text(text: str, where: str) -> None:
+    """Raise ``InputError`` when ``text`` cannot be written as UTF-8 (a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(
+            f"{where} is not valid Unicode: lone surrogate U+{ord(text[err.start]):04X} at character {err.start}"
+        ) from None
+
+
+def check_id(item_id: Any) -> None:
+    """An id is a string that can be saved and returned (valid Unicode)."""
+    if not isinstance(item_id, str):
+        raise InputTypeError(f"ids must be strings, got {type(item_id).__name__} {item_id!r}")
+    check_text(item_id, f"id {ascii(item_id)}")

@@ -24,17 +24,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
 from lame_runtime.inputs.preprocess import format_query
 from lame_runtime.persist import atomic_write_text, parse_json, sha256, writer_lock
-from lame_runtime.retrieval.index import Index, index_exists, index_files
+from lame_runtime.retrieval.index import Index
+from lame_runtime.retrieval.index_io import check_id, check_storable, index_exists, index_files
 
 BUILD_KEY = "build"
 REPORT_SUFFIX = ".skipped.jsonl"
 ITEM_ERRORS = (InputError, InputTypeError, MissingFileError)
-Item = tuple  # (id, payload, text, image)
+Item = tuple[Any, Any, Any, Any]  # (id, payload, text, image)
 
 
 @dataclass
@@ -74,11 +75,32 @@ def build_index(
 
     One writer per ``out``: a second build of the same index, in any process, is refused with
     ``BusyError`` naming the holder (``persist.writer_lock``) instead of racing it."""
+    check_items(items)
     with writer_lock(index_files(out)[1]):
         return _build(embedder, items, out, source, options, progress)
 
 
-def _build(embedder, items, out, source, options, progress) -> dict[str, Any]:
+def check_items(items: Sequence[Item]) -> None:
+    """Every id and payload that will be stored, checked before anything is embedded or
+    written (``Index.add`` checks again, per batch): a file name that is not valid Unicode or
+    a metadata value JSON cannot hold fails the build at once, naming the item, not after
+    hours of embedding at a save."""
+    for position, item in enumerate(items):
+        try:
+            check_id(item[0])
+            check_storable(item[1], f"payload of {ascii(item[0])}")
+        except (InputError, InputTypeError) as err:
+            raise type(err)(f"items[{position}]: {err}") from None
+
+
+def _build(
+    embedder: Any,
+    items: Sequence[Item],
+    out: str | Path,
+    source: dict[str, Any],
+    options: BuildOptions,
+    progress: Callable[[int], None],
+) -> dict[str, Any]:
     state = {
         **source,
         "model": sha256(Path(embedder.artifact.path) / "lame_artifact.json"),
@@ -136,7 +158,14 @@ def _ann_state(options: BuildOptions) -> dict[str, Any] | None:
     return None if options.ann is None else asdict(options.ann)
 
 
-def _start(embedder, items, out, state, options, size: int) -> tuple[Any, list[dict[str, Any]]]:
+def _start(
+    embedder: Any,
+    items: Sequence[Item],
+    out: str | Path,
+    state: dict[str, Any],
+    options: BuildOptions,
+    size: int,
+) -> tuple[Any, list[dict[str, Any]]]:
     existing = index_exists(out)
     if existing is None or options.force:
         if options.ann is not None:
@@ -190,8 +219,8 @@ def _start(embedder, items, out, state, options, size: int) -> tuple[Any, list[d
 
 
 def embed_batches(
-    embedder, items: Sequence[Item], start: int, batch_size: int, skip_bad: bool, size: int | None = None
-):
+    embedder: Any, items: Sequence[Item], start: int, batch_size: int, skip_bad: bool, size: int | None = None
+) -> Iterator[tuple[int, Sequence[Item], Any, list[Any], list[dict[str, Any]]]]:
     """Yield ``(start, chunk, vectors, ids, skipped)`` per batch of ``items[start:]``.
 
     Images of the next batches decode in ``embedder.pipeline``'s thread pool while the model
@@ -214,7 +243,9 @@ def embed_batches(
         yield prepared.start, chunk, vectors, ids, bad
 
 
-def _embed(embedder, prepared, size: int | None = None) -> tuple[Any, list, list[dict[str, Any]]]:
+def _embed(
+    embedder: Any, prepared: Any, size: int | None = None
+) -> tuple[Any, list[Any], list[dict[str, Any]]]:
     """One prepared batch -> (unit vectors [of the leading ``size`` components] or None,
     their ids, skipped-item records)."""
     from lame_runtime.embedder import unit_prefix
@@ -227,7 +258,9 @@ def _embed(embedder, prepared, size: int | None = None) -> tuple[Any, list, list
     return vectors, prepared.ids, bad
 
 
-def _checkpoint(index: Index, out, state: dict[str, Any], skipped: list[dict[str, Any]]):
+def _checkpoint(
+    index: Index, out: str | Path, state: dict[str, Any], skipped: list[dict[str, Any]]
+) -> tuple[Path, Path]:
     # The report first: a kill between the two writes leaves a report covering at least the
     # index's items[:next] (extra lines past ``next`` are dropped on resume).
     report = report_path(out)
@@ -250,9 +283,9 @@ def _read_report(path: Path) -> list[dict[str, Any]]:
 
 
 def build_qdrant(
-    embedder,
+    embedder: Any,
     items: Sequence[Item],
-    store,
+    store: Any,
     options: BuildOptions,
     progress: Callable[[int], None] = lambda n: None,
 ) -> dict[str, Any]:
@@ -262,6 +295,7 @@ def build_qdrant(
     (idempotent) instead of duplicating them. Skipped items are returned in the summary and,
     for a local folder, written to ``<folder>/<collection>.skipped.jsonl``.
     """
+    check_items(items)
     skipped: list[dict[str, Any]] = []
     size = embedder.check_dimensions(options.dimensions)
     if store.dim != size:

@@ -28,7 +28,14 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from lame_runtime.errors import BackendError, InputError, LameError, StoreError
-from lame_runtime.retrieval.index import _as_list, _check_matrix, _check_payload, _materialise, _normalise
+from lame_runtime.retrieval.index import (
+    _as_list,
+    _check_matrix,
+    _check_payload,
+    _materialise,
+    _normalise,
+)
+from lame_runtime.retrieval.index_io import check_id
 
 # Fixed namespace: the same LaME id maps to the same point id in every run and process.
 NAMESPACE = uuid.UUID("6f1c7a0e-3c1b-5d7e-9a51-4c2b8e0d9f11")
@@ -41,7 +48,7 @@ def point_id(item_id: str) -> str:
     return str(uuid.uuid5(NAMESPACE, item_id))
 
 
-def _client_module():
+def _client_module() -> tuple[Any, Any]:
     try:
         import qdrant_client
         from qdrant_client import models
@@ -169,9 +176,10 @@ class QdrantStore:
         payloads = [None] * len(ids) if payloads is None else _as_list(payloads, "payloads")
         if len(ids) != len(unit) or len(payloads) != len(ids):
             raise InputError(f"got {len(unit)} vectors, {len(ids)} ids, {len(payloads)} payloads")
-        for item_id, payload in zip(ids, payloads):
+        for item_id, payload in zip(ids, payloads):  # all checked before the first upsert
             if not isinstance(item_id, str):
                 raise InputError(f"ids must be strings, got {type(item_id).__name__} {item_id!r}")
+            check_id(item_id)
             _check_payload(item_id, payload)
         for start in range(0, len(ids), self.batch_size):
             stop = start + self.batch_size

@@ -14,12 +14,13 @@ import base64
 import contextlib
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -29,6 +30,7 @@ from lame_runtime.errors import InputError
 from lame_runtime.inputs.preprocess import format_query
 from lame_runtime.serve import schema
 from lame_runtime.serve.batching import Batcher, Job
+from lame_runtime.serve.boundary import HostCheck, read_body
 from lame_runtime.serve.config import ServeConfig
 from lame_runtime.serve.documents import Documents
 from lame_runtime.serve.errors import (
@@ -40,7 +42,9 @@ from lame_runtime.serve.errors import (
     describe,
     error_body,
 )
-from lame_runtime.serve.metrics import CONTENT_TYPE_LATEST, Metrics
+from lame_runtime.serve.guard import Guard, render
+from lame_runtime.serve.metrics import METRICS_TYPE, Metrics
+from lame_runtime.serve.tokens import token_rows
 
 log = logging.getLogger("lame_runtime.serve")
 TRUNCATED_HEADER = "X-LaME-Truncated"  # the input indices cut to the model's max_text_tokens
@@ -65,7 +69,10 @@ class Service:
         self.text = embedder.preprocessor.text
         self.image_tokens = embedder.preprocessor.image.num_tokens
         self.metrics = Metrics()
+        if documents is not None:
+            documents.on_save = self._saved
         self.ready = False
+        self.on_ready: Callable[[], None] = lambda: None  # lame-serve announces itself here
         self.shutdown_error: BaseException | None = None
         self.batcher = Batcher(
             self._encode,
@@ -79,11 +86,18 @@ class Service:
         )
 
     # ------------------------------------------------------------------ model thread
-    def _encode(self, texts: list, images: list) -> np.ndarray:
-        # The runtime's truncation warning is reported per request instead (X-LaME-Truncated);
-        # lame-serve filters it process-wide (warnings.catch_warnings here would swap the
-        # global filters from this thread under the others' feet).
-        return self.embedder.encode(texts, images, batch_size=self.config.max_batch)
+    def _encode(self, rows: list[Any], images: list[Any]) -> np.ndarray:
+        # Token rows from _prepare: nothing is tokenised again here (tokens.token_rows).
+        vectors: np.ndarray = self.embedder.encode_tokens(rows, images, batch_size=self.config.max_batch)
+        return vectors
+
+    def _saved(self, ok: bool) -> None:
+        """A save of the index finished (``Documents.save``): what /metrics reports of it."""
+        if not ok:
+            self.metrics.save_failures.inc()
+        self.metrics.save_failing.set(0 if ok else 1)
+        if self.documents is not None:
+            self.metrics.unsaved.set(self.documents.unsaved)
 
     def _observe(self, jobs: list[Job], seconds: float) -> None:
         rows = [image for job in jobs for image in job.images]
@@ -110,23 +124,27 @@ class Service:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    async def body(self, request: Request) -> dict:
+    async def body(self, request: Request) -> dict[str, Any]:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length", "")
-        too_big = PayloadTooLarge(f"request body exceeds {limit:,} bytes (--max-body-bytes)")
+        message = f"request body exceeds {limit:,} bytes (--max-body-bytes)"
         if declared.isdigit() and int(declared) > limit * DRAIN_FACTOR:
-            raise too_big  # not worth reading: the connection is closed after the answer
-        chunks, size = [], 0
+            # Not worth reading: the unread rest would be taken for the next request, so the
+            # answer says the connection closes (and uvicorn closes it).
+            self.metrics.rejected.labels("body_too_large").inc()
+            raise PayloadTooLarge(message, headers={"Connection": "close"})
+        chunks, size, drained = [], 0, True
         async for chunk in request.stream():
             size += len(chunk)
             if size <= limit:
                 chunks.append(chunk)
             elif size > limit * DRAIN_FACTOR:
+                drained = False
                 break
         if size > limit:
             self.metrics.rejected.labels("body_too_large").inc()
-            raise too_big
-        return schema.parse_json(b"".join(chunks))
+            raise PayloadTooLarge(message, headers={} if drained else {"Connection": "close"})
+        return read_body(b"".join(chunks))
 
     async def embed(
         self,
@@ -140,12 +158,12 @@ class Service:
         self.batcher.arrive()
         try:
             if any(row.image is not None for row in rows) or len(rows) > INLINE_ROWS:
-                texts, tokens, truncated = await run_in_threadpool(
+                token_ids, tokens, truncated = await run_in_threadpool(
                     self._prepare, rows, input_type, instruction, task
                 )
             else:  # a few texts tokenise in microseconds: a thread hop would cost more
-                texts, tokens, truncated = self._prepare(rows, input_type, instruction, task)
-            job = self.batcher.submit(texts, [row.image for row in rows])
+                token_ids, tokens, truncated = self._prepare(rows, input_type, instruction, task)
+            job = self.batcher.submit(token_ids, [row.image for row in rows])
         except HTTPError as err:
             self.metrics.rejected.labels(err.code).inc()
             raise
@@ -155,45 +173,38 @@ class Service:
 
     def _prepare(
         self, rows: list[schema.Row], input_type: str, instruction: str | None, task: str | None
-    ) -> tuple[list, int, list[int]]:
-        """Blocking: decode images, apply the trained instruction, count tokens."""
-        schema.decode(rows, self.embedder.preprocessor.image, self.config.max_pixels)
+    ) -> tuple[list[Any], int, list[int]]:
+        """Blocking: decode images, apply the trained instruction, tokenise each text once
+        (``tokens.token_rows``): -> (the token rows, their token count, truncated rows)."""
+        schema.decode(rows, self.embedder.preprocessor.image, self.config.max_pixels, self.config.image_root)
         texts = [row.text for row in rows]
         marks = [True if row.image is not None else None for row in rows]
         if input_type == "query":
             chosen = self.embedder.query_instructions(texts, marks, instruction, task)
-        else:
+        else:  # what Embedder.encode_documents applies
             document = (
                 instruction if instruction is not None else self.embedder.artifact.instruction("document")
             )
             chosen = [document] * len(rows)
         formatted = [format_query(text, inst) for text, inst in zip(texts, chosen)]
-        # usage: the positions the model attends to, from the rows the preprocessor builds
-        # (the real tokenizer; [BOS], visual tokens, a prompt template where there is one)
-        _, mask = self.text.encode_rows(formatted, [row.image is not None for row in rows], self.image_tokens)
-        tokens = int(mask.sum())
-        limit = self.text.max_text_tokens
-        truncated = []
-        for i, text in enumerate(formatted):
-            if text:
-                total = self.text.encode_limited(text, limit)[1]
-                if total is None or total > limit:
-                    truncated.append(i)
+        token_ids, truncated = token_rows(
+            self.text, formatted, [row.image is not None for row in rows], self.image_tokens
+        )
         if truncated:
             self.metrics.truncated.inc(len(truncated))
-        return formatted, tokens, truncated
+        return token_ids, sum(len(row) for row in token_ids), truncated
 
     async def _wait(self, request: Request, job: Job) -> np.ndarray:
         gone = asyncio.ensure_future(_disconnected(request))
         timeout = self.config.request_timeout_s or None
         try:
-            done, _ = await asyncio.wait(
-                {job.future, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            waited: set[asyncio.Future[Any]] = {job.future, gone}
+            done, _ = await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
         if job.future.done():
-            return job.future.result()
+            vectors: np.ndarray = job.future.result()
+            return vectors
         self.batcher.cancel(job)
         job.future.cancel()
         if gone in done:
@@ -227,10 +238,12 @@ class Service:
         # /ready means a first vector has been computed (both graphs, when there are two).
         cfg = self.embedder.preprocessor.image
         blank = np.zeros((cfg.height, cfg.width, 3), np.uint8)
-        job = self.batcher.submit(["warm-up", None], [None, blank])
+        warm, _ = token_rows(self.text, ["warm-up", None], [False, True], self.image_tokens)
+        job = self.batcher.submit(warm, [None, blank])
         await job.future
         self.metrics.set_providers(self.embedder)
         self.ready = True
+        self.on_ready()
 
     async def shutdown(self) -> None:
         self.ready = False
@@ -257,10 +270,14 @@ def _error_response(err: BaseException) -> Response:
     status, body, headers = describe(err)
     if status >= 500 and not isinstance(err, HTTPError):
         log.error("request failed", exc_info=err)
-    return JSONResponse(body, status_code=status, headers=headers)
+    # Rendered escaped: an error must never fail to encode what a message quotes.
+    return Response(render(body), status_code=status, headers=headers, media_type="application/json")
 
 
-def endpoint(service: Service, name: str, handler: Callable[[Request], Awaitable[Response]]) -> Callable:
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def endpoint(service: Service, name: str, handler: Handler) -> Handler:
     async def run(request: Request) -> Response:
         started = time.perf_counter()
         try:
@@ -340,7 +357,7 @@ def create_app(
     async def add_documents(request: Request) -> Response:
         service.authorize(request, write=True)
         documents = service.need_documents()
-        documents._check_writable()
+        documents.check_writes()
         body = await service.body(request)
         ids, rows, payloads = schema.parse_documents(body, cfg)
         vectors, tokens, truncated = await service.embed(request, rows, "document")
@@ -360,7 +377,7 @@ def create_app(
     async def delete_documents(request: Request) -> Response:
         service.authorize(request, write=True)
         documents = service.need_documents()
-        documents._check_writable()
+        documents.check_writes()
         ids = schema.parse_ids(await service.body(request), cfg)
         await run_in_threadpool(documents.remove, ids)
         service.metrics.index_size.set(len(documents))
@@ -392,11 +409,23 @@ def create_app(
             return JSONResponse(
                 error_body("the model is loading", "overloaded_error", "not_ready"), status_code=503
             )
+        if documents is not None and documents.save_error is not None:
+            # Not ready for writes: acknowledged ones might not survive a restart. Reads still
+            # work; an operator (or a load balancer) sees why here and in the metrics.
+            return JSONResponse(
+                error_body(
+                    f"saving the index fails ({documents.save_error}); {documents.unsaved} "
+                    "acknowledged write(s) are kept in memory and the save is retried",
+                    "api_error",
+                    "index_save_failing",
+                ),
+                status_code=503,
+            )
         return JSONResponse({"status": "ready", "model": service.name})
 
     async def metrics(request: Request) -> Response:
         service.authorize(request, write=False)
-        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(service.metrics.render(), media_type=METRICS_TYPE)
 
     routes = [
         Route("/v1/embeddings", endpoint(service, "embeddings", embeddings), methods=["POST"]),
@@ -413,31 +442,33 @@ def create_app(
         kind = {404: "not_found_error", 405: "invalid_request_error"}.get(
             exc.status_code, "invalid_request_error"
         )
+        path = ascii(request.scope.get("path", ""))[1:-1]  # as sent, escaped; not from the Host
         message = {
-            404: f"no such endpoint: {request.method} {request.url.path}",
-            405: f"method {request.method} is not allowed on {request.url.path}",
+            404: f"no such endpoint: {request.method} {path}",
+            405: f"method {request.method} is not allowed on {path}",
         }.get(exc.status_code, str(exc.detail))
         service.metrics.requests.labels("other", str(exc.status_code)).inc()
-        return JSONResponse(
-            error_body(message, kind, str(exc.status_code)),
+        return Response(
+            render(error_body(message, kind, str(exc.status_code))),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
+            media_type="application/json",
         )
 
-    async def crash(request: Request, exc: Exception) -> Response:
-        return _error_response(exc)
-
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.startup()
         try:
             yield
         finally:
             await service.shutdown()
 
-    middleware = []
+    def count(endpoint_name: str, status: int) -> None:
+        service.metrics.requests.labels(endpoint_name, str(status)).inc()
+
+    # Outermost: the Host check and the one answer for anything the routes let through.
+    middleware = [Middleware(Guard, hosts=HostCheck(cfg.allowed_hosts), count=count)]
     if cfg.cors_origins:  # off unless asked for: a browser page must not call us by default
-        from starlette.middleware import Middleware
         from starlette.middleware.cors import CORSMiddleware
 
         middleware.append(
@@ -452,7 +483,7 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         middleware=middleware,
-        exception_handlers={StarletteHTTPException: http_error, Exception: crash},
+        exception_handlers={StarletteHTTPException: http_error},  # type: ignore[dict-item]
     )
     app.state.service = service
     return app

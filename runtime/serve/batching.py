@@ -34,9 +34,9 @@ log = logging.getLogger("lame_runtime.serve")
 class Job:
     __slots__ = ("texts", "images", "future", "loop", "queued_at", "done")
 
-    def __init__(self, texts: list, images: list, loop: asyncio.AbstractEventLoop):
+    def __init__(self, texts: list[Any], images: list[Any], loop: asyncio.AbstractEventLoop):
         self.texts, self.images, self.loop = texts, images, loop
-        self.future: asyncio.Future = loop.create_future()
+        self.future: asyncio.Future[np.ndarray] = loop.create_future()
         self.queued_at = time.monotonic()
         self.done = False
 
@@ -49,7 +49,7 @@ class Batcher:
 
     def __init__(
         self,
-        encode: Callable[[list, list], np.ndarray],
+        encode: Callable[[list[Any], list[Any]], np.ndarray],
         max_batch: int = 32,
         max_wait_s: float = 0.005,
         max_queue: int = 1024,
@@ -190,8 +190,8 @@ class Batcher:
         def settle() -> None:
             if job.future.done():  # cancelled: the client left or timed out
                 return
-            if err is not None:
-                job.future.set_exception(err)
+            if err is not None or value is None:
+                job.future.set_exception(err or RuntimeError("no vectors"))
             else:
                 job.future.set_result(value)
 

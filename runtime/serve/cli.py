@@ -3,28 +3,32 @@
 SIGTERM / Ctrl-C: uvicorn stops accepting connections and waits for the requests in flight
 (at most ``--request-timeout`` + 5 s); then the app's shutdown finishes queued rows and saves a
 writable index, and the process exits 0. Errors before serving (a bad artifact, a busy index,
-a missing key file) print one line and exit 2, as every lame-* command does.
+a missing key file, a busy port, a failed warm-up) print one line and exit 2, as every lame-*
+command does: the socket is bound and the model warmed up before "serving ... on" is printed.
 """
 
 from __future__ import annotations
 
+import errno
 import signal
+import socket
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import click
 
 from lame_runtime.artifact.contract import PRECISIONS
 from lame_runtime.cli.tensorrt import embedder_options, gpu_options
 from lame_runtime.cli.tools import invoke
-from lame_runtime.errors import InputError
+from lame_runtime.errors import BusyError, InputError
+from lame_runtime.serve.config import LOOPBACK_HOSTS
 
 PROG = "lame-serve"
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lame-embed", prog_name=PROG)
 @click.option(
     "--model",
     required=True,
@@ -121,6 +125,13 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
     help="Seconds a request may wait for the model (0: none).",
 )
 @click.option(
+    "--allowed-hosts",
+    "allowed_hosts",
+    multiple=True,
+    help="Host header names to answer (repeatable or comma-separated; '*.example.com', '*'). "
+    "Default: the loopback names and --host. Others get 400 (DNS rebinding).",
+)
+@click.option(
     "--cors-origin",
     "cors_origins",
     multiple=True,
@@ -132,33 +143,34 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 @click.option("--access-log", is_flag=True, help="Log every request (uvicorn's access log).")
 @gpu_options
 def command(
-    model,
-    model_name,
-    index_path,
-    qdrant,
-    collection,
-    writable,
-    save_interval,
-    host,
-    port,
-    precision,
-    threads,
-    spin,
-    api_key_file,
-    auth_reads,
-    image_root,
-    max_batch,
-    max_wait_ms,
-    no_batching,
-    max_queue,
-    max_items,
-    max_body_bytes,
-    max_text_chars,
-    request_timeout,
-    cors_origins,
-    log_level,
-    access_log,
-    **gpu,
+    model: Any,
+    model_name: Any,
+    index_path: Any,
+    qdrant: Any,
+    collection: Any,
+    writable: Any,
+    save_interval: Any,
+    host: Any,
+    port: Any,
+    precision: Any,
+    threads: Any,
+    spin: Any,
+    api_key_file: Any,
+    auth_reads: Any,
+    image_root: Any,
+    max_batch: Any,
+    max_wait_ms: Any,
+    no_batching: Any,
+    max_queue: Any,
+    max_items: Any,
+    max_body_bytes: Any,
+    max_text_chars: Any,
+    request_timeout: Any,
+    allowed_hosts: Any,
+    cors_origins: Any,
+    log_level: Any,
+    access_log: Any,
+    **gpu: Any,
 ) -> int:
     """Serve an artifact over HTTP: OpenAI-style /v1/embeddings, /v1/search over an index,
     /health, /ready and Prometheus /metrics (torch-free)."""
@@ -172,7 +184,6 @@ def command(
         ) from None
     import warnings
 
-    from lame_runtime.embedder import Embedder
     from lame_runtime.serve.config import ServeConfig, read_api_keys
     from lame_runtime.serve.documents import Documents
 
@@ -200,10 +211,11 @@ def command(
         api_keys=keys,
         auth_reads=auth_reads,
         cors_origins=tuple(cors_origins),
+        allowed_hosts=hosts_allowed(allowed_hosts, host, LOOPBACK_HOSTS),
         writable=writable,
         save_interval_s=save_interval,
     )
-    embedder = Embedder(model, precision=precision, **embedder_options(**gpu, threads=threads, spin=spin))
+    embedder = load_embedder(model, precision, threads, spin, gpu)
     documents = None
     if index_path:
         documents = Documents.open_index(
@@ -217,20 +229,20 @@ def command(
             f"the documents hold {documents.dim}-dim vectors, the model serves "
             f"{list(embedder.dimensions)}: they were built with another model"
         )
+    sock = bind(host, port)  # before anything is announced: a busy port is one line, exit 2
     app = create_app(embedder, config, documents)
     # Truncation is reported to the client (X-LaME-Truncated), not logged per text.
     warnings.filterwarnings("ignore", message="text of .* truncated")
-    if host not in LOOPBACK:
+    if host not in LOOPBACK_HOSTS:
         click.echo(
             f"{PROG}: binding {host}: reachable from other machines"
-            + ("" if auth_reads else " (reads need no key: add --auth-reads)"),
+            + ("" if auth_reads else " (reads need no key: add --auth-reads)")
+            + ("" if allowed_hosts else "; add --allowed-hosts with the name clients use"),
             err=True,
         )
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=host,
-            port=port,
             log_level=log_level,
             access_log=access_log,
             timeout_graceful_shutdown=int(request_timeout) + 5,
@@ -238,27 +250,81 @@ def command(
             server_header=False,
         )
     )
-    click.echo(
-        f"{PROG}: serving {app.state.service.name} ({embedder.dim}-dim, "
-        f"{embedder.precision}) on http://{host}:{port}",
-        err=True,
-    )
+    service = app.state.service
+    shown = f"[{host}]" if ":" in host else host
+    # Announced once the socket is bound and the model has computed its first vector.
+    announced = []
+
+    def announce() -> None:
+        announced.append(True)
+        click.echo(
+            f"{PROG}: serving {service.name} ({embedder.dim}-dim, {embedder.precision}) on "
+            f"http://{shown}:{sock.getsockname()[1]}",
+            err=True,
+        )
+
+    service.on_ready = announce
     # uvicorn handles SIGTERM/SIGINT (drain, lifespan shutdown), then restores the handlers
     # it found and raises the signal again, so that the default handler kills the process
     # with it. A graceful shutdown is a success here (exit 0, what service managers expect):
     # the handlers it finds and restores are these no-ops.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run()
-    if not server.started:  # the socket or the app's startup failed; uvicorn logged why
-        click.echo(f"{PROG}: error: the server did not start (see the log above)", err=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not announced:  # the app's startup (the warm-up) failed; uvicorn logged why
         if documents is not None:
             documents.close()
-        return 1
-    failed = app.state.service.shutdown_error
+        raise InputError("the server did not start: the model's warm-up failed (see the log above)")
+    failed = service.shutdown_error
     if failed is not None:  # one line, exit 2 (tools.invoke): the last adds were not saved
         raise failed
     return 0
+
+
+def load_embedder(model: str, precision: str, threads: int | None, spin: bool, gpu: dict[str, Any]) -> Any:
+    """The one place lame-serve builds its ``Embedder`` (from the CLI's options)."""
+    from lame_runtime.embedder import Embedder
+
+    return Embedder(model, precision=precision, **embedder_options(**gpu, threads=threads, spin=spin))
+
+
+def hosts_allowed(given: Sequence[str], host: str, loopback: Sequence[str]) -> tuple[str, ...]:
+    """--allowed-hosts (repeatable, comma-separated) or, by default, the loopback names plus
+    the address bound (unless it is a wildcard: then only the names given are answered)."""
+    names = [name.strip() for value in given for name in value.split(",") if name.strip()]
+    if names:
+        return tuple(names)
+    extra = () if host in ("0.0.0.0", "::", "") else (host,)
+    return tuple(dict.fromkeys((*loopback, *extra)))
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``; a busy port or a bad address is one ``OSError``
+    line naming it (exit 2), before anything else happens."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise InputError(
+            f"--host {host!r} is not an address this machine can bind ({err.strerror})"
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        sock.set_inheritable(True)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise BusyError(f"cannot listen on {host}:{port}: the port is in use (--port)") from None
+        raise InputError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    return sock
 
 
 def main(argv: Sequence[str] | None = None) -> int:

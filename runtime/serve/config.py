@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import hmac
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lame_runtime.errors import InputError, MissingFileError
+
+# Names every loopback client uses in its Host header; behind a proxy or for remote clients,
+# --allowed-hosts names the public name instead.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass
@@ -30,6 +35,8 @@ class ServeConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     auth_reads: bool = False  # also require a key for embeddings/search/models/metrics
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
+    # Host header names answered (DNS rebinding): loopback names unless told otherwise.
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     # The served index.
     writable: bool = False
     save_interval_s: float = 30.0  # a writable index is saved this often when changed
@@ -53,6 +60,9 @@ class ServeConfig:
             if not self.image_root.is_dir():
                 raise MissingFileError(f"--image-root folder not found: {self.image_root}")
         self.api_keys = tuple(self.api_keys)
+        self.allowed_hosts = tuple(self.allowed_hosts)
+        if not self.allowed_hosts or not all(isinstance(h, str) and h.strip() for h in self.allowed_hosts):
+            raise InputError(f"allowed_hosts must be non-empty host names, got {self.allowed_hosts!r}")
 
     def key_ok(self, presented: str | None) -> bool:
         """Constant-time check of a presented bearer key against every configured key."""
@@ -66,14 +76,32 @@ class ServeConfig:
 
 def read_api_keys(path: str | Path) -> tuple[str, ...]:
     """One key per line; blank lines and ``#`` comments are skipped. An empty file is an error
-    (it would lock every write out, or, worse, be mistaken for "no auth")."""
+    (it would lock every write out, or, worse, be mistaken for "no auth").
+
+    Like ssh with a private key, a file that others may write is refused: anyone who can
+    write it can add a key of their own. Every problem names the file."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"API key file not found: {path}")
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise MissingFileError(f"API key file not found: {path}") from None
+    except OSError as err:
+        raise InputError(f"API key file {path} cannot be read: {err.strerror or err}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"API key file {path} is not a regular file")
+    if info.st_mode & 0o022:
+        raise InputError(
+            f"API key file {path} is writable by {'group and others' if info.st_mode & 0o002 else 'its group'} "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); restrict it: chmod go-w {path}"
+        )
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"API key file {path} is not UTF-8 text (byte offset {err.start})") from None
+    except OSError as err:
+        raise InputError(f"API key file {path} cannot be read: {err.strerror or err}") from None
     keys = tuple(
-        line.strip()
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.strip().startswith("#")
+        line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")
     )
     if not keys:
         raise InputError(f"API key file {path} holds no keys (one per line)")
@@ -83,4 +111,7 @@ def read_api_keys(path: str | Path) -> tuple[str, ...]:
             f"API key file {path}: key {short[0] + 1} is shorter than 16 "
             "characters; use long random keys (e.g. `openssl rand -hex 32`)"
         )
+    bad = [i for i, key in enumerate(keys) if not key.isascii() or not key.isprintable()]
+    if bad:  # a header carries ASCII: such a key could never be presented
+        raise InputError(f"API key file {path}: key {bad[0] + 1} holds non-ASCII or control characters")
     return keys

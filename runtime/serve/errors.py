@@ -8,10 +8,13 @@ The body has OpenAI's shape, so its clients raise their usual exceptions::
 ``lame_runtime.errors`` classes map through ``STATUS`` (most specific class first); the
 service's own conditions (401, 413, 503, ...) are ``HTTPError`` subclasses carrying their
 status. Anything else is a bug: 500 with its type name only, never a traceback (the
-traceback goes to the server log).
+traceback goes to the server log); so are the 5xx failures of the server's own files and
+stores, whose messages name server paths.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from lame_runtime.errors import (
     ArtifactError,
@@ -71,6 +74,12 @@ class ShuttingDown(HTTPError):
     status, type, code = 503, "overloaded_error", "shutting_down"
 
 
+class SaveFailing(HTTPError):
+    """The index cannot be saved: a write acknowledged now might not survive a restart."""
+
+    status, type, code = 503, "api_error", "index_save_failing"
+
+
 class Timeout(HTTPError):
     status, type, code = 504, "timeout_error", "timeout"
 
@@ -88,12 +97,20 @@ STATUS: list[tuple[type[BaseException], int, str, str]] = [
     (IndexFileError, 500, "api_error", "index_error"),
     (ArtifactError, 500, "api_error", "artifact_error"),
     (KeyError, 404, "not_found_error", "unknown_id"),
+    # What only a client's input can cause here (the request boundary names them first; these
+    # rows keep any that slip past a 400, never a 500 that closes keep-alive connections).
+    (UnicodeError, 400, "invalid_request_error", "invalid_input"),
+    (RecursionError, 400, "invalid_request_error", "invalid_input"),
     (LameError, 500, "api_error", "error"),
 ]
 
 
-def describe(err: BaseException) -> tuple[int, dict, dict[str, str]]:
-    """-> (status, body, headers) for ``err``; the body names the problem, on one line."""
+def describe(err: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """-> (status, body, headers) for ``err``; the body names the problem, on one line.
+
+    A client's mistake (4xx) is named in full; a server-side failure (5xx that is not one of
+    the service's own answers) is named by its kind only: its message may carry server paths
+    or a store's address, which the server log keeps."""
     if isinstance(err, HTTPError):
         status, kind, code, headers = err.status, err.type, err.code, err.headers
         message = str(err)
@@ -104,15 +121,16 @@ def describe(err: BaseException) -> tuple[int, dict, dict[str, str]]:
         else:
             status, kind, code = 500, "api_error", "internal_error"
         headers = {}
-        message = (
-            (err.args[0] if isinstance(err, KeyError) and err.args else err)
-            if status != 500 or isinstance(err, LameError)
-            else f"internal error ({type(err).__name__}); the server log has the details"
-        )
-    return status, error_body(str(message), kind, code), headers
+        if status >= 500:
+            message = f"internal error ({type(err).__name__}); the server log has the details"
+        elif isinstance(err, KeyError) and err.args:
+            message = str(err.args[0])
+        else:
+            message = str(err)
+    return status, error_body(message, kind, code), headers
 
 
-def error_body(message: str, kind: str, code: str) -> dict:
+def error_body(message: str, kind: str, code: str) -> dict[str, Any]:
     return {
         "error": {
             "message": " ".join(message.split()) or "(no message)",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,  # noqa: F401  (re-exported for the app)
+    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -20,6 +20,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+METRICS_TYPE: str = CONTENT_TYPE_LATEST  # the content type of render()'s text
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -70,6 +71,19 @@ class Metrics:
             registry=registry,
         )
         self.index_size = Gauge("lame_index_items", "Items in the served index", registry=registry)
+        self.save_failures = Counter(
+            "lame_index_save_failures", "Saves of the index that failed (retried)", registry=registry
+        )
+        self.save_failing = Gauge(
+            "lame_index_save_failing",
+            "1 while the last save of the index failed (writes are refused), else 0",
+            registry=registry,
+        )
+        self.unsaved = Gauge(
+            "lame_index_unsaved_writes",
+            "Acknowledged writes not yet in a completed save (at the last save attempt)",
+            registry=registry,
+        )
 
     def set_providers(self, embedder: Any) -> None:
         """Record what each loaded graph really runs on (not what was asked for)."""

@@ -8,8 +8,13 @@ Inputs accepted by ``POST /v1/embeddings`` (``input``), one row each:
   the string itself), at most one image per row (the model embeds one);
 * an object ``{"text": ..., "image": ...}`` (either or both).
 
+``input_type`` (``POST /v1/embeddings`` and ``POST /v1/search``): ``"query"`` (default: the
+trained query instruction of each row's modality) or ``"document"`` (the document instruction,
+what indexes are built with). An image->image search needs ``"document"``: as a query an image
+is embedded for image->text retrieval (docs/serving-guarantees.md says why the default stays).
+
 Image references: ``data:image/...;base64,...`` URIs; local paths (or ``file://``) only under
-``--image-root`` and through ``lame_runtime.artifact.paths.contained_path``; remote URLs are
+``--image-root``, opened once by ``lame_runtime.inputs.images.open_under``; remote URLs are
 refused (the service fetches nothing). Images are decoded here, off the event loop, through
 ``lame_runtime.inputs.images.load_image`` (its pixel limit guards against decompression bombs)
 and resized to the model's input, so a queued row holds a few KB, not a 24 MP photo.
@@ -20,7 +25,8 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
+import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +34,21 @@ from typing import Any
 
 from PIL import Image
 
-from lame_runtime.artifact.paths import contained_path
-from lame_runtime.errors import InputError, MissingFileError
-from lame_runtime.inputs.images import PIL_ERRORS, ImageConfig, load_image
+from lame_runtime.errors import InputError, IntegrityError, MissingFileError
+from lame_runtime.inputs.images import (
+    _RESAMPLE,
+    PIL_ERRORS,
+    ImageConfig,
+    default_max_pixels,
+    load_image,
+    open_under,
+)
 from lame_runtime.inputs.preprocess import check_unicode
+from lame_runtime.serve.boundary import json_kind
 from lame_runtime.serve.config import ServeConfig
 from lame_runtime.serve.errors import BadRequest, NotFound
+
+log = logging.getLogger("lame_runtime.serve")
 
 _DATA_URI = re.compile(
     r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)"
@@ -46,11 +61,23 @@ INPUT_TYPES = ("query", "document")
 
 
 @dataclass
+class LocalImage:
+    """An image path under ``--image-root``, as the client sent it (relative to the root).
+
+    It is opened once, by ``decode``, confined and race-free (``open_under``); errors name
+    ``where`` and ``sent``, never the server-side path."""
+
+    relative: str
+    sent: str
+    where: str
+
+
+@dataclass
 class Row:
     """One embedding row: text and/or an image reference (decoded later by ``decode``)."""
 
     text: str | None
-    image: Any = None  # bytes (from a data URI) or a Path; a PIL image once decoded
+    image: Any = None  # bytes (a data URI) or a LocalImage; a PIL image once decoded
     where: str = "input"
 
 
@@ -65,30 +92,12 @@ class EmbedRequest:
     task: str | None = None
 
 
-def parse_json(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as err:
-        raise BadRequest(f"request body is not valid JSON: {err}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise BadRequest(f"request body must be a JSON object, got {_kind(body)}", code="invalid_json")
-    return body
-
-
 def _kind(value: Any) -> str:
-    return {
-        dict: "an object",
-        list: "an array",
-        str: "a string",
-        bool: "a boolean",
-        type(None): "null",
-        int: "a number",
-        float: "a number",
-    }.get(type(value), type(value).__name__)
+    return json_kind(value)
 
 
 def _field(
-    body: dict,
+    body: dict[str, Any],
     name: str,
     kinds: tuple[type, ...],
     default: Any = None,
@@ -119,16 +128,16 @@ def _kind_name(kind: type) -> str:
     }[kind]
 
 
-def _choice(body: dict, name: str, choices: tuple[str, ...], default: str) -> str:
+def _choice(body: dict[str, Any], name: str, choices: tuple[str, ...], default: str) -> str:
     value = _field(body, name, (str,), default)
     if value not in choices:
         raise BadRequest(
             f"field {name!r} must be one of {list(choices)}, got {value!r}", code="invalid_value"
         )
-    return value
+    return str(value)
 
 
-def check_model(body: dict, served: str, required: bool = True) -> str:
+def check_model(body: dict[str, Any], served: str, required: bool = True) -> str:
     model = _field(body, "model", (str,), None, required=required)
     if model is not None and model != served:
         raise NotFound(
@@ -139,7 +148,7 @@ def check_model(body: dict, served: str, required: bool = True) -> str:
 
 
 def parse_embeddings(
-    body: dict, served: str, supported: tuple[int, ...], config: ServeConfig
+    body: dict[str, Any], served: str, supported: tuple[int, ...], config: ServeConfig
 ) -> EmbedRequest:
     """``supported``: the sizes the artifact serves, its full size included
     (``Artifact.dimensions``)."""
@@ -266,8 +275,8 @@ def check_text(text: Any, where: str, config: ServeConfig) -> str:
     return text
 
 
-def image_source(ref: Any, where: str, config: ServeConfig) -> bytes | Path:
-    """A data URI -> its bytes; a local path -> the confined Path; anything else refused."""
+def image_source(ref: Any, where: str, config: ServeConfig) -> bytes | LocalImage:
+    """A data URI -> its bytes; a local path -> a ``LocalImage``; anything else refused."""
     if not isinstance(ref, str) or not ref:
         raise BadRequest(
             f"{where} must be a data URI or an image path string, got {_kind(ref)}", code="invalid_type"
@@ -289,6 +298,7 @@ def image_source(ref: Any, where: str, config: ServeConfig) -> bytes | Path:
             raise BadRequest(
                 f"{where}: the data URI is not valid base64 ({err})", code="invalid_base64"
             ) from None
+    sent = ref
     if ref.startswith("file://"):
         ref = ref[len("file://") :]
     elif _SCHEME.match(ref):
@@ -304,40 +314,33 @@ def image_source(ref: Any, where: str, config: ServeConfig) -> bytes | Path:
             "without --image-root; send the image as a data URI",
             code="local_path_refused",
         )
-    path = Path(ref)
-    if path.is_absolute():  # an absolute path inside the root is fine; say it relative
-        try:
-            ref = path.resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            pass  # contained_path names the problem
-    return contained_path(root, ref, f"{where}: image path", folder="--image-root")
+    if ref.startswith("/"):
+        # An absolute path inside the root (as given, or its real path) is taken relative to
+        # it, by its text: the client's path is never resolved outside the root.
+        for base in dict.fromkeys((str(root), os.path.realpath(root))):
+            base = base.rstrip("/") + "/"
+            if ref.startswith(base):
+                ref = ref[len(base) :]
+                break
+        else:
+            raise IntegrityError(f"{where}: image path {_shown(sent)} is outside --image-root")
+    return LocalImage(ref, sent, where)
 
 
-def decode(rows: list[Row], cfg: ImageConfig, max_pixels: int | None) -> None:
+def _shown(path: str) -> str:
+    return repr(path) if len(path) <= 80 else repr(path[:60]) + f"... ({len(path)} characters)"
+
+
+def decode(rows: list[Row], cfg: ImageConfig, max_pixels: int | None, root: Path | None = None) -> None:
     """Decode every row's image in place (PIL RGB at the model's resolution); blocking."""
-    from lame_runtime.inputs.images import _RESAMPLE, default_max_pixels
-
     limit = max_pixels or default_max_pixels(cfg)
     for row in rows:
         if row.image is None:
             continue
-        try:
-            if isinstance(row.image, bytes):
-                try:
-                    opened = Image.open(io.BytesIO(row.image))  # lazy: the header only
-                except PIL_ERRORS as err:
-                    raise BadRequest(
-                        f"{row.where}: the data is not an image Pillow can read "
-                        f"({type(err).__name__}: {err})",
-                        code="invalid_image",
-                    ) from None
-                img = load_image(opened, limit)
-            else:
-                img = load_image(row.image, limit)
-        except (InputError, MissingFileError) as err:
-            if isinstance(err, BadRequest):
-                raise
-            raise type(err)(f"{row.where}: {err}") from None
+        if isinstance(row.image, LocalImage):
+            img = _decode_local(row.image, root, limit)
+        else:
+            img = _decode_bytes(row.image, row.where, limit)
         # The preprocessor resizes the same way (image_to_array); doing it here keeps queued
         # rows small and the result identical.
         if img.size != (cfg.width, cfg.height):
@@ -345,7 +348,37 @@ def decode(rows: list[Row], cfg: ImageConfig, max_pixels: int | None) -> None:
         row.image = img
 
 
-def parse_search(body: dict, served: str, config: ServeConfig) -> tuple[Row, int, str | None, str]:
+def _decode_bytes(data: bytes, where: str, limit: int) -> Image.Image:
+    try:
+        opened = Image.open(io.BytesIO(data))  # lazy: the header only
+    except PIL_ERRORS as err:
+        raise BadRequest(
+            f"{where}: the data is not an image Pillow can read ({type(err).__name__}: {err})",
+            code="invalid_image",
+        ) from None
+    try:
+        return load_image(opened, limit)
+    except (InputError, MissingFileError) as err:
+        raise type(err)(f"{where}: {err}") from None
+
+
+def _decode_local(ref: LocalImage, root: Path | None, limit: int) -> Image.Image:
+    if root is None:  # image_source refuses paths without a root; this is a bug if reached
+        raise BadRequest(f"{ref.where}: local image paths are refused", code="local_path_refused")
+    what = f"{ref.where}: image path"
+    try:
+        handle = open_under(root, ref.relative, what, "--image-root", ref.sent)
+    except (InputError, MissingFileError, IntegrityError) as err:
+        log.info("refused %s (root %s): %s", ref.where, root, err)
+        raise
+    with handle:
+        try:
+            return load_image(handle, limit)
+        except (InputError, MissingFileError) as err:  # the decoder knows no name: add it
+            raise type(err)(f"{what} {_shown(ref.sent)}: {err}") from None
+
+
+def parse_search(body: dict[str, Any], served: str, config: ServeConfig) -> tuple[Row, int, str | None, str]:
     check_model(body, served, required=False)
     k = _field(body, "k", (int,), 10)
     if not 1 <= k <= config.max_k:
@@ -360,7 +393,7 @@ def parse_search(body: dict, served: str, config: ServeConfig) -> tuple[Row, int
     return parse_item(body["query"], "query", config), k, prefix, input_type
 
 
-def parse_documents(body: dict, config: ServeConfig) -> tuple[list[str], list[Row], list[Any]]:
+def parse_documents(body: dict[str, Any], config: ServeConfig) -> tuple[list[str], list[Row], list[Any]]:
     docs = _field(body, "documents", (list,), required=True)
     if not docs:
         raise BadRequest("field 'documents' is empty", code="empty_input")
@@ -386,7 +419,7 @@ def parse_documents(body: dict, config: ServeConfig) -> tuple[list[str], list[Ro
     return ids, rows, payloads
 
 
-def parse_ids(body: dict, config: ServeConfig) -> list[str]:
+def parse_ids(body: dict[str, Any], config: ServeConfig) -> list[str]:
     ids = _field(body, "ids", (list,), required=True)
     if not ids or not all(isinstance(i, str) for i in ids):
         raise BadRequest("field 'ids' must be a non-empty array of strings", code="invalid_type")
@@ -394,4 +427,4 @@ def parse_ids(body: dict, config: ServeConfig) -> list[str]:
         raise BadRequest(
             f"field 'ids' has {len(ids)} items; at most {config.max_items * 16}", code="too_many_items"
         )
-    return ids
+    return [str(i) for i in ids]

@@ -251,7 +251,9 @@ def test_serve_searches_a_smaller_index(mrl_artifact, digits_dir, tmp_path, caps
     embedder = Embedder(mrl_artifact)
     documents = Documents.open_index(tmp_path / "i", embedder.dim, sizes=embedder.dimensions)
     assert documents.dim == 16
-    with TestClient(create_app(embedder, ServeConfig(model_name="m"), documents)) as client:
+    with TestClient(
+        create_app(embedder, ServeConfig(model_name="m"), documents), base_url="http://127.0.0.1"
+    ) as client:
         hits = client.post("/v1/search", json={"model": "m", "query": "the digits are 1 and 2", "k": 3})
         assert hits.status_code == 200, hits.text
         index = Index.load(tmp_path / "i")

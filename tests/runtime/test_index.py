@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lame_runtime import Index
-from lame_runtime.errors import IndexFileError
+from lame_runtime.errors import IndexFileError, InputError
 from lame_runtime.retrieval.index import index_files
 
 
@@ -269,3 +269,29 @@ def test_auto_backend_falls_back_to_numpy():
         with pytest.raises(RuntimeError, match="faiss-cpu"):
             Index(4, backend="faiss")
     assert Index(4).backend == expected
+
+
+def test_unstorable_ids_and_payloads_are_refused_before_any_change(tmp_path):
+    """What a save could not write (a lone surrogate, from a non-UTF-8 file name or a JSON
+    escape; a non-finite number) is refused by add, naming it, and the index is unchanged
+    and still saves; lame-search index checks its items the same way before embedding."""
+    from lame_runtime.retrieval.indexing import check_items
+
+    index = Index(4)
+    index.add(np.eye(4, dtype=np.float32)[:1], ["ok"], [{"k": "v"}])
+    bad = [
+        (["bad\udcff"], [None], "lone surrogate"),
+        (["p1"], [{"k\ud800": 1}], "lone surrogate"),
+        (["p2"], [{"k": ["\udfff"]}], "lone surrogate"),
+        (["p3"], [{"k": float("nan")}], "finite"),
+        (["p4"], [{1: "x"}], "keys are strings"),
+        (["p5"], [{"k": {1, 2}}], "not JSON"),
+    ]
+    for ids, payloads, words in bad:
+        with pytest.raises((InputError, TypeError), match=words):
+            index.add(np.eye(4, dtype=np.float32)[1:2], ids, payloads)
+        with pytest.raises((InputError, TypeError), match=words):
+            check_items([(ids[0], payloads[0], "text", None)])
+    assert index.ids == ["ok"]
+    index.save(tmp_path / "i")
+    assert Index.load(tmp_path / "i").ids == ["ok"]

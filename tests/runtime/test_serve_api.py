@@ -304,7 +304,9 @@ def test_dimensions_where_the_manifest_lists_them(runtime_artifact, tmp_path):
     manifest["matryoshka_dims"] = [half]
     manifest_path.write_text(json.dumps(manifest))
     embedder = Embedder(copy)
-    with TestClient(create_app(embedder, ServeConfig(model_name=NAME))) as client:
+    with TestClient(
+        create_app(embedder, ServeConfig(model_name=NAME)), base_url="http://127.0.0.1"
+    ) as client:
         got = client.post(
             "/v1/embeddings",
             json={"model": NAME, "input": ["three"], "dimensions": half, "encoding_format": "base64"},
@@ -358,7 +360,7 @@ def test_request_timeout_answers_504_and_the_server_recovers(embedder):
     gate = threading.Event()
     batcher = app.state.service.batcher
     real = batcher._encode
-    with TestClient(app) as client:  # the warm-up ran through the real encode
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # the warm-up ran through the real encode
         batcher._encode = lambda texts, images: (gate.wait(30), real(texts, images))[1]
         answer = client.post("/v1/embeddings", json={"model": NAME, "input": "three"})
         assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
@@ -396,7 +398,7 @@ def test_qdrant_collection_search_and_add(embedder, tmp_path):
     documents = Documents.open_qdrant(str(tmp_path / "qdrant"), "lame", embedder.dim, writable=True)
     config = ServeConfig(model_name=NAME, api_keys=(KEY,), writable=True)
     texts = ["zero", "one", "two"]
-    with TestClient(create_app(embedder, config, documents)) as client:
+    with TestClient(create_app(embedder, config, documents), base_url="http://127.0.0.1") as client:
         added = client.post(
             "/v1/documents",
             headers={"Authorization": f"Bearer {KEY}"},
@@ -437,7 +439,7 @@ def test_client_disconnect_drops_its_queued_rows(embedder):
         body = json.dumps({"model": NAME, "input": text}).encode()
         sock = socket.create_connection(("127.0.0.1", running.port))
         sock.sendall(
-            b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
             b"\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         return sock
@@ -460,7 +462,9 @@ def test_client_disconnect_drops_its_queued_rows(embedder):
         assert b"200 OK" in first.recv(65536)
         first.close()
         text = httpx.get(running.url + "/metrics").text
-    assert len(seen) == 1 and not any("second" in (t or "") for t in seen[0]), seen
+    tokenizer = embedder.preprocessor.text  # the model thread gets token rows: read them back
+    assert len(seen) == 1 and "first" in tokenizer.decode(seen[0][0]), seen
+    assert not any("second" in tokenizer.decode(row) for row in seen[0]), seen
     assert 'lame_rejected_total{reason="client_gone"} 1.0' in text
 
 
@@ -469,7 +473,7 @@ def test_cors_only_for_the_origins_named(embedder):
 
     allowed = "https://app.example"
     config = ServeConfig(model_name=NAME, cors_origins=(allowed,))
-    with TestClient(create_app(embedder, config)) as client:
+    with TestClient(create_app(embedder, config), base_url="http://127.0.0.1") as client:
         for origin, expected in ((allowed, allowed), ("https://evil.example", None)):
             answer = client.options(
                 "/v1/embeddings", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
