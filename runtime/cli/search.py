@@ -24,7 +24,7 @@ from lame_runtime.errors import BackendError, InputError, IntegrityError, Missin
 from lame_runtime.inputs.instructions import Spelling, modality
 from lame_runtime.inputs.instructions import pick as pick_instruction
 from lame_runtime.persist import parse_json
-from lame_runtime.retrieval.index import STORAGES, index_exists
+from lame_runtime.retrieval.index_io import STORAGES, index_exists
 from lame_runtime.retrieval.indexing import BUILD_KEY
 
 PROG = "lame-search"
@@ -217,27 +217,27 @@ def command() -> None:
 )
 @gpu_options
 def index_command(
-    model,
-    images_dir,
-    pattern,
-    data_dir,
-    out,
-    precision,
-    storage,
-    batch_size,
-    force,
-    resume,
-    skip_bad,
-    checkpoint_every,
-    progress,
-    ann,
-    hnsw_m,
-    ef_search,
-    qdrant,
-    collection,
-    workers,
-    dimensions,
-    **gpu,
+    model: Any,
+    images_dir: Any,
+    pattern: Any,
+    data_dir: Any,
+    out: Any,
+    precision: Any,
+    storage: Any,
+    batch_size: Any,
+    force: Any,
+    resume: Any,
+    skip_bad: Any,
+    checkpoint_every: Any,
+    progress: Any,
+    ann: Any,
+    hnsw_m: Any,
+    ef_search: Any,
+    qdrant: Any,
+    collection: Any,
+    workers: Any,
+    dimensions: Any,
+    **gpu: Any,
 ) -> int:
     """Embed documents (images or dataset candidates) and save a searchable index."""
     from lame_runtime.embedder import Embedder
@@ -341,20 +341,20 @@ def index_command(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @gpu_options
 def query_command(
-    text,
-    model,
-    index_path,
-    qdrant,
-    collection,
-    ef_search,
-    image,
-    k,
-    instruction,
-    task,
-    image_to_image,
-    precision,
-    as_json,
-    **gpu,
+    text: Any,
+    model: Any,
+    index_path: Any,
+    qdrant: Any,
+    collection: Any,
+    ef_search: Any,
+    image: Any,
+    k: Any,
+    instruction: Any,
+    task: Any,
+    image_to_image: Any,
+    precision: Any,
+    as_json: Any,
+    **gpu: Any,
 ) -> int:
     """Embed TEXT and/or --image as a query and print the top-k documents."""
     from lame_runtime.embedder import Embedder
@@ -408,7 +408,9 @@ def query_command(
     vector = embedder.encode_queries(
         texts=[text or None], images=[image], instruction=instruction, dimensions=index.dim
     )  # a Matryoshka index's size
-    if ef_search is not None and hasattr(index, "config"):
+    from lame_runtime.retrieval.ann import AnnIndex  # faiss itself loads only with an index
+
+    if ef_search is not None and isinstance(index, AnnIndex):
         scores, ids = index.search(vector, k, ef_search=ef_search)
     else:
         scores, ids = index.search(vector, k)
@@ -455,7 +457,7 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _progress(enabled: bool, length: int, label: str):
+def _progress(enabled: bool, length: int, label: str) -> Any:
     # tqdm (items/s and ETA) on stderr, so stdout stays JSON.
     if not enabled:
         return _NoBar()
@@ -480,7 +482,8 @@ class _NoBar:
 command.add_command(build_engine_command)
 command.add_command(triton_command)
 command.add_command(info_command)
-command.add_command(embed_corpus_command), command.add_command(index_shards_command)
+command.add_command(embed_corpus_command)
+command.add_command(index_shards_command)
 
 
 # --------------------------------------------------------------------------- entry points

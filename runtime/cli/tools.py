@@ -54,6 +54,8 @@ def invoke(
 ) -> int:
     import sys
 
+    handled: tuple[type[BaseException], ...] = (LameError, *user_errors)
+
     args = list(argv) if argv is not None else sys.argv[1:]
     debug, args = debug_enabled(args)
     try:
@@ -73,7 +75,7 @@ def invoke(
     except click.ClickException as err:
         click.echo(f"{prog}: error: {_one_line(err.format_message())}", err=True)
         return err.exit_code
-    except (LameError, *user_errors) as err:
+    except handled as err:
         if debug:
             traceback.print_exc()
         # KeyError's str() adds quotes around the message; show the message itself.
