@@ -41,7 +41,7 @@ def test_artifact_files_and_manifest(artifact_dir, trained_ckpt):
     ]
     assert manifest["outputs"][0]["name"] == "lame_embedding"
     assert manifest["special_tokens"]["embed"] >= 0
-    # One instruction per query direction (issue 11), copied from the checkpoint.
+    # One instruction per query direction, copied from the checkpoint.
     assert set(manifest["instructions"]["directions"]) == {"text->image", "image->text"}
     assert all(manifest["instructions"]["directions"].values())
 

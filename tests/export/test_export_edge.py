@@ -1,4 +1,4 @@
-"""Edge memory (issue 21): file modes, one copy of the weights for both graphs, int4 weight-only.
+"""Edge memory: file modes, one copy of the weights for both graphs, int4 weight-only.
 
 One real export of the trained tiny checkpoint (fp32 + fp16 + int8 + int4, external data forced,
 parity and retrieval gates enforced), opened by the real runtime.
