@@ -69,7 +69,7 @@ def test_each_text_is_tokenised_once_and_matches_the_embedder(runtime_artifact):
 
 
 def _formatted(embedder: Embedder, inputs: list[str], input_type: str) -> list:
-    from lame_runtime import format_query
+    from lame_runtime.inputs.preprocess import format_query
 
     if input_type == "query":
         chosen = embedder.query_instructions(inputs, [None] * len(inputs))

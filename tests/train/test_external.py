@@ -24,7 +24,7 @@ from lame.data.external import convert_mmeb, convert_mrmr
 from lame.evaluation.evaluate import evaluate, rank_of_positive, row_metrics
 
 
-def fake_encode(texts, images, batch_size=64, role="query") -> np.ndarray:
+def fake_encode(texts, images, batch_size=64, instruction=None) -> np.ndarray:
     vectors = []
     for text, image in zip(texts, images):
         if text and "query" in text:
@@ -398,7 +398,11 @@ def test_lame_eval_reports_the_metric_of_each_family(tmp_path, mmeb_root, mrmr_d
     convert_mmeb(tmp_path / "CIRR.jsonl", mmeb_root, out)
     convert_mmeb(tmp_path / "ViDoRe.json", mmeb_root, out, family="visdoc", append=True)
     convert_mrmr(mrmr_dir, out, task="mrmr", append=True)
-    monkeypatch.setattr(lame, "load", lambda ckpt, device=None: types.SimpleNamespace(encode=fake_encode))
+    monkeypatch.setattr(
+        lame,
+        "load",
+        lambda ckpt, device=None: types.SimpleNamespace(encode=fake_encode, encode_documents=fake_encode),
+    )
     report = tmp_path / "eval.json"
     assert eval_main(["--ckpt", str(tmp_path), "--data", str(out), "--out", str(report)]) == 0
     captured = capsys.readouterr()
