@@ -3,6 +3,7 @@
 
     python scripts/bench/bench_ray_corpus.py ARTIFACT --images DIR [--repeat 3] [--cpus 2]
         [--batch-size 32] [--shard-size 500] [--work DIR] [--json OUT.json]
+        [--data-out docs/results/data]
 
 ``--repeat R`` links the folder's images R times (R subfolders) for a longer run. One local Ray
 cluster (``--cpus`` CPUs) serves both Ray runs; its start-up is timed separately, since a
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--shard-size", type=int, default=500)
     parser.add_argument("--work", default=None)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--data-out", default=None, help="Write ray_corpus.csv (the docs' data-file format) into this folder."
+    )
     args = parser.parse_args(argv)
 
     import ray
@@ -124,7 +128,25 @@ def main(argv: list[str] | None = None) -> dict:
     print(markdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.data_out:
+        _write_data(result, Path(args.artifact).name, Path(args.data_out))
     return result
+
+
+def _write_data(result: dict, model: str, out: Path) -> None:
+    """The rows as docs/results/data/ray_corpus.csv, with their command, versions and machine."""
+    from lame.evaluation.tables import installed_versions, provenance, write_table
+
+    prov = provenance(result["command"])
+    prov["versions"] = installed_versions(("ray", "pyarrow", "onnxruntime", "numpy", "pillow"))
+    prov["machine"] += f"; load average {os.getloadavg()[0]:.1f} after the run"
+    header = ["run", "model", "items", "wall s", "items/s", "vs single process"]
+    rows = [
+        [r["run"], model, str(result["items"]), f"{r['seconds']:.1f}", f"{r['items_per_s']:.0f}",
+         f"{r['vs_single']:.2f}x"]
+        for r in result["rows"]
+    ]  # fmt: skip
+    print(f"wrote {write_table(out / 'ray_corpus.csv', header, rows, prov)}")
 
 
 def markdown(result: dict) -> str:
