@@ -11,7 +11,7 @@ from typing import Sequence
 
 import click
 
-from lame_runtime.artifact.manifest import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQUENCE
+from lame_runtime.artifact.bounds import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQUENCE
 
 # Bad arguments that reach the library as builtins (click converts its own): one line, exit 2.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError)

@@ -29,11 +29,10 @@ from lame_export.spec import ExportSpec, parity_feeds
 from lame_export.text_graph import TEXT_FILES, build_text_graphs, check_text_parity, convert_text_graph
 from lame_export.trt_lint import int4_lint, lint
 from lame_export.validate import THRESHOLDS, parity_suite
+from lame_runtime.artifact.bounds import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQUENCE
 from lame_runtime.artifact.contract import HASH_CACHE, MANIFEST, sha256
 from lame_runtime.artifact.files import HashCache, external_data_locations
 from lame_runtime.artifact.manifest import (
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_SEQUENCE,
     PREPROCESSOR_FILE,
     TOKENIZER_FILE,
     FileRecord,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lame_runtime.artifact.manifest import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQUENCE, MIN_SEQUENCE
+from lame_runtime.artifact.bounds import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQUENCE, MIN_SEQUENCE
 from lame_runtime.errors import InputError
 from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor
 

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from lame_runtime.artifact.bounds import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQUENCE, MIN_SEQUENCE  # noqa: F401  (re-exported)
 from lame_runtime.errors import ArtifactError
 
 JsonObject = dict[str, Any]
@@ -56,13 +57,6 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "source_checkpoint": dict,
     "exported_with": dict,
 }
-# Where the graph's dynamic sequence axis starts (BOS + one token): the exporter's bound, the
-# TensorRT profiles' minimum and the shortest row the runtime's routing sends.
-MIN_SEQUENCE = 2
-# The export's default dynamic-axis bounds, also assumed for artifacts exported before the
-# manifest recorded max_batch / max_sequence.
-DEFAULT_MAX_BATCH = 64
-DEFAULT_MAX_SEQUENCE = 512
 
 
 @dataclass

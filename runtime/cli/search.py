@@ -20,17 +20,16 @@ from lame_runtime.cli.corpus import embed_corpus_command, index_shards_command
 from lame_runtime.cli.info import info_command
 from lame_runtime.cli.tensorrt import build_engine_command, embedder_options, gpu_options, triton_command
 from lame_runtime.cli.tools import invoke, version_option
-from lame_runtime.errors import BackendError, InputError, IntegrityError, MissingFileError
+from lame_runtime.errors import BackendError, InputError, MissingFileError
 from lame_runtime.inputs.instructions import Spelling, modality
 from lame_runtime.inputs.instructions import pick as pick_instruction
 from lame_runtime.persist import parse_json
 from lame_runtime.retrieval.index_io import STORAGES, index_exists
-from lame_runtime.retrieval.indexing import BUILD_KEY
+from lame_runtime.retrieval.indexing import BUILD_KEY, image_items
 
 PROG = "lame-search"
 FLAGS = Spelling(instruction="--instruction TEXT", empty="''", task="--task NAME")  # in errors
 ANN_KINDS = ("flat", "hnsw")  # lame_runtime.retrieval.ann.KINDS (not imported: faiss stays optional)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 EVAL_FILE = "eval.jsonl"
 USER_ERRORS = (
     ValueError,
@@ -44,29 +43,6 @@ USER_ERRORS = (
 
 
 # --------------------------------------------------------------------------- items to index
-def image_items(root: Path, pattern: str = "*") -> list[tuple[str, dict[str, Any], str | None, str | None]]:
-    """Every image under ``root`` matching ``pattern`` (recursive, sorted):
-    (id, payload, text, image)."""
-    if not root.is_dir():
-        raise MissingFileError(f"image directory not found: {root}")
-    base = root.resolve()
-    files = sorted(
-        (p for p in root.rglob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
-    outside = [p for p in files if base not in p.resolve().parents]
-    if outside:  # a symlink inside the folder must not pull in files from elsewhere
-        raise IntegrityError(
-            f"{outside[0]} links outside the image directory {root} (to "
-            f"{outside[0].resolve()}); remove the link or index its target"
-        )
-    if not files:
-        raise InputError(
-            f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images matching {pattern!r} in {root}"
-        )
-    return [(p.relative_to(root).as_posix(), {"path": str(p.resolve())}, None, str(p)) for p in files]
-
-
 def dataset_items(root: Path) -> list[tuple[str, dict[str, Any], str | None, str | None]]:
     """Distinct candidates of ``root/eval.jsonl`` in first-seen order: (id, payload, text, image).
 

@@ -77,7 +77,7 @@ def _runs(count: int, size: int) -> list[tuple[int, int]]:
 
 
 def _plan_images(root: Path, pattern: str, shard_size: int) -> Plan:
-    from lame_runtime.cli.search import image_items  # the listing lame-search index uses
+    from lame_runtime.retrieval.indexing import image_items  # the listing lame-search index uses
 
     names = [item[0] for item in image_items(root, pattern)]
     base = str(root.resolve())

@@ -27,8 +27,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from lame_runtime.artifact.bounds import DEFAULT_MAX_BATCH
 from lame_runtime.artifact.contract import Artifact
-from lame_runtime.artifact.manifest import DEFAULT_MAX_BATCH, PREPROCESSOR_FILE, TOKENIZER_FILE
+from lame_runtime.artifact.manifest import PREPROCESSOR_FILE, TOKENIZER_FILE
 from lame_runtime.engines.tensorrt.meta import validate_engines_section
 from lame_runtime.errors import ArtifactError, InputError
 from lame_runtime.inputs.preprocess import Preprocessor

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from lame_runtime.artifact.manifest import MIN_SEQUENCE
+from lame_runtime.artifact.bounds import MIN_SEQUENCE
 
 TEXT_INPUTS = ("input_ids", "attention_mask")
 

@@ -26,13 +26,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from lame_runtime.errors import InputError, InputTypeError, MissingFileError
+from lame_runtime.errors import InputError, InputTypeError, IntegrityError, MissingFileError
 from lame_runtime.inputs.preprocess import format_query
 from lame_runtime.persist import atomic_write_text, parse_json, sha256, writer_lock
 from lame_runtime.retrieval.index import Index
 from lame_runtime.retrieval.index_io import check_id, check_storable, index_exists, index_files
 
 BUILD_KEY = "build"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def image_items(root: Path, pattern: str = "*") -> list[tuple[str, dict[str, Any], str | None, str | None]]:
+    """Every image under ``root`` matching ``pattern`` (recursive, sorted):
+    (id, payload, text, image)."""
+    if not root.is_dir():
+        raise MissingFileError(f"image directory not found: {root}")
+    base = root.resolve()
+    files = sorted(
+        (p for p in root.rglob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    outside = [p for p in files if base not in p.resolve().parents]
+    if outside:  # a symlink inside the folder must not pull in files from elsewhere
+        raise IntegrityError(
+            f"{outside[0]} links outside the image directory {root} (to "
+            f"{outside[0].resolve()}); remove the link or index its target"
+        )
+    if not files:
+        raise InputError(
+            f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images matching {pattern!r} in {root}"
+        )
+    return [(p.relative_to(root).as_posix(), {"path": str(p.resolve())}, None, str(p)) for p in files]
+
+
 REPORT_SUFFIX = ".skipped.jsonl"
 ITEM_ERRORS = (InputError, InputTypeError, MissingFileError)
 Item = tuple[Any, Any, Any, Any]  # (id, payload, text, image)

@@ -14,11 +14,12 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from runtime_fixtures import runtime_artifact  # noqa: E402
 
-from lame_runtime.cli.search import image_items, main  # noqa: E402
+from lame_runtime.cli.search import main  # noqa: E402
 from lame_runtime.corpus.shards import MANIFEST, Output, shard_file  # noqa: E402
 from lame_runtime.corpus.sources import plan_source, read_shard  # noqa: E402
 from lame_runtime.corpus.udf import CorpusEmbedder  # noqa: E402
 from lame_runtime.errors import InputError, MissingFileError  # noqa: E402
+from lame_runtime.retrieval.indexing import image_items  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -263,7 +263,7 @@ def test_dataset_image_paths_cannot_escape(tmp_path, image_path):
 
 
 def test_image_dir_symlink_outside_is_refused(tmp_path, image_path):
-    from lame_runtime.cli.search import image_items
+    from lame_runtime.retrieval.indexing import image_items
 
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "a.png").write_bytes(Path(image_path).read_bytes())

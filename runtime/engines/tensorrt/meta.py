@@ -16,7 +16,7 @@ import shlex
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-from lame_runtime.artifact.manifest import DEFAULT_MAX_BATCH, MIN_SEQUENCE
+from lame_runtime.artifact.bounds import DEFAULT_MAX_BATCH, MIN_SEQUENCE
 from lame_runtime.errors import ArtifactError, BackendError, InputError
 
 ENGINE_PRECISIONS = ("fp16", "int8")
