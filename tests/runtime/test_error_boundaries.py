@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-from boundary_fixtures import DEEP, Ctx, ctx, run_cli, runtime_artifact  # noqa: F401  (ctx and runtime_artifact are fixtures)
+from boundary_fixtures import DEEP, Ctx, ctx, free_port, index_json, png_claiming, run_cli, runtime_artifact  # noqa: F401  (ctx and runtime_artifact are fixtures)
 from PIL import Image
 
 from lame_runtime import Embedder, Index, RuntimeOptions
@@ -67,12 +67,6 @@ def _nested_preprocessor(c: Ctx) -> Path:
     return target
 
 
-def _index_json(c: Ctx, name: str, text: bytes) -> Path:
-    stem, json_path, _ = c.index_copy(name)
-    json_path.write_bytes(text)
-    return stem
-
-
 def _npz_claiming(c: Ctx, name: str, shape: tuple, dtype: str = "<f4", payload: bytes = b"\0" * 64) -> Path:
     """A stored .npz whose header claims ``shape`` but holds ``payload`` bytes."""
     path = c.root / name
@@ -90,19 +84,11 @@ def _object_npz(c: Ctx) -> Path:
     return path
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _qdrant_unreachable(c: Ctx):
     pytest.importorskip("qdrant_client")
     from lame_runtime.retrieval.qdrant_store import QdrantStore
 
-    return QdrantStore(f"http://127.0.0.1:{_free_port()}", "lame", dim=8)
+    return QdrantStore(f"http://127.0.0.1:{free_port()}", "lame", dim=8)
 
 
 def _corrupt_faiss(c: Ctx):
@@ -227,19 +213,19 @@ API_CASES: list[tuple[str, Callable[[Ctx], Any], type, str]] = [
     ),
     (
         "index metadata nested deep",
-        lambda c: Index.load(_index_json(c, "i_deep", DEEP.encode())),
+        lambda c: Index.load(index_json(c, "i_deep", DEEP.encode())),
         IndexFileError,
         "nested too deeply",
     ),
     (
         "index metadata not UTF-8",
-        lambda c: Index.load(_index_json(c, "i_latin1", b'{"format": "\xe9"}')),
+        lambda c: Index.load(index_json(c, "i_latin1", b'{"format": "\xe9"}')),
         IndexFileError,
         "not UTF-8",
     ),
     (
         "index metadata a JSON array",
-        lambda c: Index.load(_index_json(c, "i_array", b"[1, 2]")),
+        lambda c: Index.load(index_json(c, "i_array", b"[1, 2]")),
         IndexFileError,
         "lame",
     ),
@@ -295,28 +281,6 @@ API_CASES: list[tuple[str, Callable[[Ctx], Any], type, str]] = [
         "being written",
     ),
 ]
-
-
-def _png_claiming(c: Ctx, width: int, height: int) -> Path:
-    """A 60-byte PNG whose header declares ``width`` x ``height`` (no pixel data)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    path = c.root / f"claims_{width}x{height}.png"
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-        + chunk(b"IEND", b"")
-    )
-    return path
 
 
 def _fake_png(c: Ctx) -> Path:
@@ -386,14 +350,14 @@ API_CASES += [
     ),
     (
         "PNG header declaring 10^10 pixels (Pillow's own bomb limit)",
-        lambda c: c.embedder.encode(images=[_png_claiming(c, 100_000, 100_000)]),
+        lambda c: c.embedder.encode(images=[png_claiming(c, 100_000, 100_000)]),
         InputError,
         "exceeds the limit",
     ),
     (
         "PNG header declaring 5000x5000 (our limit, header only)",
         lambda c: Embedder(c.artifact, options=RuntimeOptions(max_pixels=20_000_000)).encode(
-            images=[_png_claiming(c, 5000, 5000)]
+            images=[png_claiming(c, 5000, 5000)]
         ),
         InputError,
         "exceeds the limit",
@@ -514,186 +478,5 @@ def test_api_boundary(ctx, name, call, error, message):
     assert isinstance(caught.value, LameError)
 
 
-CLI_CASES: list[tuple[str, Callable[[Ctx, Path], list[str]], str]] = [
-    ("unknown option is one line", lambda c, t: ["query", "--bogus"], "No such option"),
-    ("missing --model", lambda c, t: ["query", "hi"], "Missing option"),
-    (
-        "--max-pixels 0",
-        lambda c, t: [
-            "query",
-            "hi",
-            "--model",
-            str(c.artifact),
-            "--index",
-            str(c.index_path),
-            "--max-pixels",
-            "0",
-        ],
-        "max-pixels",
-    ),
-    (
-        "query image over --max-pixels",
-        lambda c, t: [
-            "query",
-            "--model",
-            str(c.artifact),
-            "--index",
-            str(c.index_path),
-            "--image",
-            str(c.big),
-            "--max-pixels",
-            "1000",
-        ],
-        "exceeds the limit",
-    ),
-    (
-        "--image-to-image with a text",
-        lambda c, t: [
-            "query",
-            "hi",
-            "--model",
-            str(c.artifact),
-            "--index",
-            str(c.index_path),
-            "--image",
-            str(c.png),
-            "--image-to-image",
-        ],
-        "--image-to-image takes --image alone",
-    ),
-    (
-        "index --out under a regular file",
-        lambda c, t: [
-            "index",
-            "--model",
-            str(c.artifact),
-            "--images",
-            str(c.root),
-            "--pattern",
-            "ok.png",
-            "--out",
-            str(c.png / "idx"),
-        ],
-        "ok.png",
-    ),
-    (
-        "query against a deeply nested index json",
-        lambda c, t: [
-            "query",
-            "hi",
-            "--model",
-            str(c.artifact),
-            "--index",
-            str(_index_json(c, f"cli_deep_{t.name}", DEEP.encode())),
-        ],
-        "nested too deeply",
-    ),
-    (
-        "query with an unreachable Qdrant URL",
-        lambda c, t: [
-            "query",
-            "hi",
-            "--model",
-            str(c.artifact),
-            "--qdrant",
-            f"http://127.0.0.1:{_free_port()}",
-        ],
-        "Qdrant at http://127.0.0.1:",
-    ),
-]
-
-
-def _bomb_folder(c: Ctx) -> Path:
-    folder = c.root / "bomb_images"
-    folder.mkdir(exist_ok=True)
-    shutil.copy(_png_claiming(c, 100_000, 100_000), folder / "bomb.png")
-    return folder
-
-
-CLI_CASES += [
-    (
-        "query -k 0",
-        lambda c, t: ["query", "hi", "--model", str(c.artifact), "--index", str(c.index_path), "-k", "0"],
-        "k",
-    ),
-    (
-        "query --image that does not exist",
-        lambda c, t: [
-            "query",
-            "--model",
-            str(c.artifact),
-            "--index",
-            str(c.index_path),
-            "--image",
-            str(c.root / "nope.png"),
-        ],
-        "nope.png",
-    ),
-    (
-        "query --image that is a folder",
-        lambda c, t: [
-            "query",
-            "--model",
-            str(c.artifact),
-            "--index",
-            str(c.index_path),
-            "--image",
-            str(c.root),
-        ],
-        "is a directory",
-    ),
-    (
-        "query --index that does not exist",
-        lambda c, t: ["query", "hi", "--model", str(c.artifact), "--index", str(c.root / "no_index")],
-        "no_index",
-    ),
-    (
-        "index --checkpoint-every 0",
-        lambda c, t: [
-            "index",
-            "--model",
-            str(c.artifact),
-            "--images",
-            str(c.root),
-            "--pattern",
-            "ok.png",
-            "--out",
-            str(t / "idx"),
-            "--checkpoint-every",
-            "0",
-        ],
-        "checkpoint-every",
-    ),
-    (
-        "index a folder holding a PNG bomb",
-        lambda c, t: [
-            "index",
-            "--model",
-            str(c.artifact),
-            "--images",
-            str(_bomb_folder(c)),
-            "--out",
-            str(t / "idx"),
-        ],
-        "bomb.png",
-    ),
-    (
-        "query --model pointing at an image file",
-        lambda c, t: ["query", "hi", "--model", str(c.png), "--index", str(c.index_path)],
-        "ok.png",
-    ),
-]
-
-
-@pytest.mark.parametrize("name,build,message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_cli_boundary_is_one_line_exit_2(ctx, capsys, tmp_path, name, build, message):
-    if "Qdrant" in message:
-        pytest.importorskip("qdrant_client")
-    code, err = run_cli(build(ctx, tmp_path), capsys)
-    assert code == 2, err
-    assert err.count("\n") == 1 and err.startswith("lame-search: error: "), err
-    assert "internal error" not in err and message in err, err
-
-
 def test_table_size():
-    assert len(API_CASES) + len(CLI_CASES) >= 30
+    assert len(API_CASES) >= 29
