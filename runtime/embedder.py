@@ -410,14 +410,10 @@ class Embedder:
             raise InputError(f"got {len(rows)} token rows for {len(images)} images")
         if not rows:
             return np.zeros((0, size), dtype=np.float32)
-        pad, cfg, chunks = self.preprocessor.text.special["pad"], self.preprocessor.image, []
+        cfg, chunks = self.preprocessor.image, []
         for start in range(0, len(rows), batch_size):
             part, pictures = rows[start : start + batch_size], list(images[start : start + batch_size])
-            length = max(len(row) for row in part)
-            ids = np.full((len(part), length), pad, dtype=np.int64)
-            mask = np.zeros((len(part), length), dtype=np.int64)
-            for i, row in enumerate(part):  # padded on the left, as TextProcessor.encode_rows
-                ids[i, length - len(row) :], mask[i, length - len(row) :] = row, 1
+            ids, mask = self.preprocessor.text.pad_rows(part)
             feed = {
                 "input_ids": ids,
                 "attention_mask": mask,

@@ -146,6 +146,11 @@ class TextProcessor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """-> (input_ids, attention_mask), both int64 [B, L], padded on the left."""
         rows = [self._row(text, image, num_image_tokens) for text, image in zip(texts, has_image)]
+        return self.pad_rows(rows)
+
+    def pad_rows(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Token rows -> (input_ids, attention_mask), both int64 [B, L], padded on the left
+        with the pad token (the layout every graph was exported with)."""
         length = max(len(r) for r in rows)
         ids = np.full((len(rows), length), self.special["pad"], dtype=np.int64)
         mask = np.zeros((len(rows), length), dtype=np.int64)
