@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lame_runtime.errors import InputError, MissingFileError
+from lame_runtime.retrieval.index_io import check_id, check_text
 
 KINDS = ("images", "jsonl", "parquet")
 CONTENT = ("id", "text", "image")  # the columns that are not metadata
@@ -193,6 +194,14 @@ def _row(position: int, item_id: Any, text: Any, image: Any, metadata: dict[str,
         error = f"image must be a path or bytes, got {type(image).__name__}"
     elif not (text or image):
         error = "the item has neither text nor image"
+    else:  # what the shards and Qdrant will store must be writable (the index's own checks)
+        try:
+            check_id(item_id)
+            for value, where in ((text, "text"), (image, "image path")):
+                if isinstance(value, str):
+                    check_text(value, where)
+        except InputError as err:
+            error = str(err)
     if error:
         text = image = None
     return {

@@ -42,6 +42,20 @@ def test_jsonl_plan_skips_blank_lines_and_reads_each_shard_in_order(tmp_path, im
     assert plan_source(tmp_path / "c.jsonl", 3).fingerprint != plan.fingerprint
 
 
+def test_jsonl_rows_that_cannot_be_stored_are_item_errors(tmp_path):
+    # JSON's \ud800 escape decodes to a lone surrogate, which no Parquet shard or Qdrant point
+    # can hold: the row fails alone, by name, before the shard is embedded or written.
+    lines = [
+        '{"id": "bad\\ud800", "text": "t"}',
+        '{"id": "b", "text": "x\\udc00"}',
+        '{"id": "c", "text": "ok"}',
+    ]
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    rows = [row for shard in plan_source(tmp_path / "c.jsonl", 10).shards for row in read_shard(shard.spec)]
+    assert "not valid Unicode" in rows[0]["error"] and "U+D800" in rows[0]["error"]
+    assert "text is not valid Unicode" in rows[1]["error"] and rows[2]["error"] is None
+
+
 def test_parquet_shards_cross_row_groups_exactly(tmp_path):
     table = pa.table({"id": [f"r{n}" for n in range(50)], "text": [f"t{n}" for n in range(50)]})
     pq.write_table(table, tmp_path / "a.parquet", row_group_size=7)
