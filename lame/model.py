@@ -17,6 +17,7 @@ from lame.config import LameConfig
 from lame.heads import DecoderHead, EmbeddingHead
 from lame.methods import LameOutput, get_method
 from lame.methods.decoding import greedy_generate
+from lame.native import append_positions, native_features
 from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor, align_inputs, format_query
 
 
@@ -57,40 +58,52 @@ class LameModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
-        image_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        **native: torch.Tensor,
     ) -> LameOutput:
-        return self.method.forward(self, input_ids, attention_mask, pixel_values, image_mask)
+        """Fixed-size inputs (``pixel_values`` [B, P, D] + ``image_mask``), or native-resolution
+        ones (``pixel_values`` [S, P, D] slices + the grid inputs of :mod:`lame.native`)."""
+        return self.method.forward(self, input_ids, attention_mask, pixel_values, image_mask, **native)
 
     def hidden_states(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
-        image_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        **native: torch.Tensor,
     ) -> torch.Tensor:
         """Last hidden states of the whole sequence [B, L + K + M, H] (input, reason, summary)."""
-        embeds, is_image, visual = self.input_embeds(input_ids, attention_mask, pixel_values, image_mask)
+        embeds, is_image, visual = self.input_embeds(
+            input_ids, attention_mask, pixel_values, image_mask, **native
+        )
         batch = input_ids.shape[0]  # a symbolic size under export, unlike len()
         latent = torch.cat([self.reason_tokens, self.summary_tokens]).to(embeds.dtype)
         embeds = torch.cat([embeds, latent.unsqueeze(0).expand(batch, -1, -1)], dim=1)
         ones = attention_mask.new_ones(batch, self.num_latent)
         valid = torch.cat([attention_mask, ones], dim=1)
         is_image = torch.cat([is_image, torch.zeros_like(ones, dtype=torch.bool)], dim=1)
-        return self.run(embeds, valid, is_image, input_ids.shape[1], visual)
+        positions = None
+        if native:
+            positions = append_positions(native["position_ids"], self.num_latent)
+        return self.run(embeds, valid, is_image, input_ids.shape[1], visual, positions)
 
     def input_embeds(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
-        image_mask: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        **native: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Token embeddings with visual tokens merged in -> ([B, L, H], is_image [B, L],
         visual). ``visual`` is None, or with a DeepStack backbone the extra visual features
         [B, L, D, H] for the first D language layers (zero outside image positions)."""
-        is_image = (input_ids == self.image_token_id) & attention_mask.bool()
         tokens = self.backbone.embed_tokens(input_ids)
+        if native:
+            return native_features(self.backbone, tokens, attention_mask, pixel_values, native)
+        is_image = (input_ids == self.image_token_id) & attention_mask.bool()
         features = self._image_features(pixel_values, image_mask, is_image)
         levels = self.backbone.deepstack_levels
         if features is None or not levels:
@@ -112,11 +125,13 @@ class LameModel(nn.Module):
         is_image: torch.Tensor,
         input_length: int,
         visual: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The causal LM over a full sequence (positions and mask built from ``valid``);
-        ``visual`` (DeepStack features of the first ``input_length`` positions) is zero-padded
-        over the positions appended after the input."""
-        positions = self.backbone.position_ids(valid, is_image)
+        """The causal LM over a full sequence (positions, unless given, and the mask built from
+        ``valid``); ``visual`` (DeepStack features of the first ``input_length`` positions) is
+        zero-padded over the positions appended after the input."""
+        if positions is None:
+            positions = self.backbone.position_ids(valid, is_image)
         bias = self.attention_bias(valid, input_length, embeds.dtype)
         if visual is None:
             return self.backbone.transformer(embeds, positions, bias)

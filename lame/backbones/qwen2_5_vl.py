@@ -14,6 +14,7 @@ import torch
 
 from lame.backbones.qwen2_vl import (
     Qwen2VLBackbone,
+    _key_mask,
     _vision_block,
     build_model,
     mrope_section_for,
@@ -103,6 +104,23 @@ class Qwen25VLBackbone(Qwen2VLBackbone):
         merged = visual.merger(x.reshape(batch * patches, -1))
         merged = merged.reshape(batch, -1, merged.shape[-1])
         return merged[:, self.unit_restore]
+
+    native_inputs = ("patch_mask", "vision_positions", "window_ids")
+
+    def slice_masks(self, patch_mask: torch.Tensor, grid: dict) -> list[torch.Tensor | None]:
+        """Windowed blocks attend within a window of one slice (``window_ids``), the others
+        within the slice: the grouping Transformers builds by reordering patches into windows
+        and looping over ``cu_window_seqlens``; attention is order-free, so no reorder."""
+        ids = grid["window_ids"]
+        windowed = _key_mask(patch_mask, ids[:, :, None] == ids[:, None, :])
+        full = _key_mask(patch_mask)
+        return [full if i in self.full_blocks else windowed for i in range(len(self.model.visual.blocks))]
+
+    @property
+    def window_side(self) -> int:
+        """Window side in merged tokens (what ``lame_runtime.inputs.grid.window_ids`` takes)."""
+        visual = self.model.visual
+        return visual.window_size // visual.spatial_merge_size // visual.patch_size
 
 
 def _window_layout(visual, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torch.Tensor]:

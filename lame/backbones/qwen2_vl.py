@@ -118,6 +118,43 @@ class Qwen2VLBackbone(Backbone):
         merged = visual.merger(x.reshape(batch * patches, -1))
         return merged.reshape(batch, -1, merged.shape[-1])
 
+    # Native resolution: the inputs the grid module (lame_runtime.inputs.grid) computes.
+    native_inputs: tuple[str, ...] = ("patch_mask", "vision_positions")
+
+    def encode_slices(
+        self, pixel_values: torch.Tensor, patch_mask: torch.Tensor, vision_positions: torch.Tensor, **grid
+    ) -> torch.Tensor:
+        """Native resolution: [S, P, patch_dim] slices (one per image and per temporal step of a
+        video, padded to the longest) -> [S, P / merge², C] merged tokens (C = H, or (1 + D) * H
+        with DeepStack). Attention stays within a slice (Transformers' ``cu_seqlens`` per frame
+        step), as batched attention with a per-slice key mask: never a mask over all patches."""
+        visual = self.model.visual
+        slices, width, _ = pixel_values.shape
+        x = visual.patch_embed(pixel_values.reshape(slices * width, -1).to(visual.dtype))
+        x = x.reshape(slices, width, -1)
+        x = self.add_positions(x, grid)
+        cos, sin = visual.rotary_pos_emb(x, vision_positions.reshape(slices * width, 2))
+        cos, sin = cos.float().reshape(slices, width, -1), sin.float().reshape(slices, width, -1)
+        masks = self.slice_masks(patch_mask, grid)
+        return self.run_blocks(x, cos, sin, masks)
+
+    def add_positions(self, x: torch.Tensor, grid: dict) -> torch.Tensor:
+        """Learned absolute positions, where the family has them (Qwen3-VL)."""
+        return x
+
+    def slice_masks(self, patch_mask: torch.Tensor, grid: dict) -> list[torch.Tensor | None]:
+        """One [S, 1, P, P] boolean attention mask per vision block: keys are the slice's real
+        patches (and each padded patch sees itself, so no row is all -inf)."""
+        return [_key_mask(patch_mask)] * len(self.model.visual.blocks)
+
+    def run_blocks(self, x: torch.Tensor, cos, sin, masks) -> torch.Tensor:
+        visual = self.model.visual
+        slices, width, _ = x.shape
+        for block, mask in zip(visual.blocks, masks):
+            x = self.run_block(_vision_block, block, x, cos, sin, mask)
+        merged = visual.merger(x.reshape(slices * width, -1))
+        return merged.reshape(slices, -1, merged.shape[-1])
+
     def position_ids(self, valid: torch.Tensor, is_image: torch.Tensor) -> torch.Tensor:
         """3-D M-RoPE positions for rows ``[pad.. text.. image-block text.. latent..]``.
 
@@ -162,6 +199,17 @@ def _vision_rotary(visual, grid_h: int, grid_w: int) -> tuple[torch.Tensor, torc
     probe = torch.zeros(1, dtype=torch.float32)
     cos, sin = visual.rotary_pos_emb(probe, positions)
     return cos.float(), sin.float()
+
+
+def _key_mask(patch_mask: torch.Tensor, same: torch.Tensor | None = None) -> torch.Tensor:
+    """[S, 1, P, P] bool: query i may attend key j if j is a real patch (and ``same[s, i, j]``,
+    e.g. the same attention window); the diagonal is always allowed."""
+    real = patch_mask.bool()
+    allowed = real[:, None, :].expand(-1, real.shape[1], -1)
+    if same is not None:
+        allowed = allowed & same
+    eye = torch.eye(real.shape[1], dtype=torch.bool, device=real.device)
+    return (allowed | eye).unsqueeze(1)
 
 
 def _vision_block(

@@ -133,6 +133,31 @@ class Qwen3VLBackbone(Qwen2VLBackbone):
         merged = visual.merger(x.reshape(batch * patches, -1))
         return torch.cat([merged, *levels], dim=-1).reshape(batch, -1, merged.shape[-1] * (1 + len(levels)))
 
+    native_inputs = ("patch_mask", "vision_positions", "position_taps", "position_weights")
+
+    def add_positions(self, x: torch.Tensor, grid: dict) -> torch.Tensor:
+        """The learned table resampled to each slice's grid by the given taps and weights."""
+        table = self.model.visual.pos_embed(grid["position_taps"])  # [S, P, 4, width]
+        return x + (table * grid["position_weights"][..., None].to(table.dtype)).sum(2).to(x.dtype)
+
+    def run_blocks(self, x: torch.Tensor, cos, sin, masks) -> torch.Tensor:
+        visual = self.model.visual
+        slices, width, _ = x.shape
+        levels = []
+        for index, (block, mask) in enumerate(zip(visual.blocks, masks)):
+            x = self.run_block(_vision_block, block, x, cos, sin, mask)
+            if index in self.deepstack_blocks:
+                merger = visual.deepstack_merger_list[self.deepstack_blocks.index(index)]
+                levels.append(merger(x.reshape(slices * width, -1)))
+        merged = visual.merger(x.reshape(slices * width, -1))
+        out = torch.cat([merged, *levels], dim=-1)
+        return out.reshape(slices, -1, out.shape[-1])
+
+    @property
+    def position_side(self) -> int:
+        """Side of the learned position table (what ``grid.position_taps`` takes)."""
+        return int(self.model.visual.num_grid_per_side)
+
     def transformer(
         self,
         embeds: torch.Tensor,

@@ -71,10 +71,10 @@ class Method:
         return self.reason_tokens == APPENDED and config.num_reason_tokens > 0 and config.w_reconstruction > 0
 
     # ---------------------------------------------------------------- inference
-    def forward(self, model, input_ids, attention_mask, pixel_values, image_mask) -> LameOutput:
+    def forward(self, model, input_ids, attention_mask, pixel_values, image_mask, **native) -> LameOutput:
         """One pass over input + K appended reason + M summary tokens."""
         length = input_ids.shape[1]
-        hidden = model.hidden_states(input_ids, attention_mask, pixel_values, image_mask)
+        hidden = model.hidden_states(input_ids, attention_mask, pixel_values, image_mask, **native)
         k = model.config.appended_reason_tokens
         reason, summary = hidden[:, length : length + k], hidden[:, length + k :]
         if not model.config.num_summary_tokens:  # last-token pooling: the input's last state

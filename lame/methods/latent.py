@@ -35,7 +35,12 @@ class LatentMethod(Method):
         if config.num_reason_tokens < 1:
             raise ValueError("method 'latent' needs num_reason_tokens >= 1 (the latent steps)")
 
-    def forward(self, model, input_ids, attention_mask, pixel_values, image_mask) -> LameOutput:
+    def forward(self, model, input_ids, attention_mask, pixel_values, image_mask, **native) -> LameOutput:
+        if native:
+            raise ValueError(
+                "method 'latent' decodes step by step with fixed-size images only; "
+                "native resolution serves the one-pass methods (lame, discriminative)"
+            )
         return latent_forward(model, input_ids, attention_mask, pixel_values, image_mask)
 
     def bench_config(self, base, max_new_tokens: int):

@@ -47,8 +47,34 @@ class ImageConfig:
     mean: list[float] = field(default_factory=lambda: list(CLIP_MEAN))
     std: list[float] = field(default_factory=lambda: list(CLIP_STD))
     resample: str = "bicubic"
+    # "fixed": every image resized to height x width (static shapes: fastest on TensorRT and
+    # Jetson). "native" (the Qwen-VL families): each image keeps its aspect ratio within
+    # [min_pixels, max_pixels] (lame_runtime.inputs.grid); the fields below serve that mode only
+    # and are not written for a fixed-size model, whose files stay as they were.
+    resolution: str = "fixed"
+    min_pixels: int = 56 * 56
+    max_pixels: int = 28 * 28 * 1280
+    video_min_pixels: int = 128 * 28 * 28
+    video_max_pixels: int = 768 * 28 * 28  # per frame
+    video_fps: float = 2.0
+    video_min_frames: int = 4
+    video_max_frames: int = 768
+    window: int | None = None  # Qwen2.5-VL: attention window side, in merged tokens
+    position_side: int | None = None  # Qwen3-VL: side of the learned position table
+    tokens_per_second: float | None = None  # Qwen2.5-VL: temporal positions per second of video
+    split_time: bool = False  # Qwen3-VL: each temporal step its own position grid
 
     def __post_init__(self) -> None:
+        if self.resolution not in ("fixed", "native"):
+            raise InputError(f"resolution must be 'fixed' or 'native', got {self.resolution!r}")
+        if self.resolution == "native":
+            block = (self.patch_size * self.merge_size) ** 2
+            for name in ("min_pixels", "max_pixels", "video_min_pixels", "video_max_pixels"):
+                value = getattr(self, name)
+                if isinstance(value, bool) or not isinstance(value, int) or value < block:
+                    raise InputError(f"{name} must be an integer of at least {block}, got {value!r}")
+            if self.min_pixels > self.max_pixels or self.video_min_pixels > self.video_max_pixels:
+                raise InputError("min_pixels must not exceed max_pixels (for images and for video frames)")
         block = self.patch_size * self.merge_size
         if self.height % block or self.width % block:
             raise InputError(
@@ -76,8 +102,16 @@ class ImageConfig:
     def patch_dim(self) -> int:
         return 3 * self.temporal_patch_size * self.patch_size**2
 
+    @property
+    def native(self) -> bool:
+        return self.resolution == "native"
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if not self.native:  # a fixed-size model's preprocessor_config.json is unchanged
+            for name in NATIVE_FIELDS:
+                data.pop(name)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ImageConfig:
@@ -91,6 +125,21 @@ class ImageConfig:
     def load(cls, path: str | Path) -> ImageConfig:
         return cls.from_dict(read_json(path, InputError, dict))
 
+
+NATIVE_FIELDS = (
+    "resolution",
+    "min_pixels",
+    "max_pixels",
+    "video_min_pixels",
+    "video_max_pixels",
+    "video_fps",
+    "video_min_frames",
+    "video_max_frames",
+    "window",
+    "position_side",
+    "tokens_per_second",
+    "split_time",
+)
 
 # Larger aspect ratios squeeze an image into a few pixels of the fixed input: refuse them
 # (Qwen2-VL's image processor refuses the same bound).

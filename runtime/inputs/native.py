@@ -1,0 +1,196 @@
+"""Native-resolution preprocessing (Qwen-VL families): images and videos as users have them ->
+the model feed, with NumPy + Pillow only. Training calls the same functions.
+
+A row holds a text and any number of visuals, each an image or a video, in the order given.
+Images keep their aspect ratio (``smart_resize`` within the model's pixel budget); a video is
+a list of frames (arrays or PIL images), a folder of frame files, or a video file (decoded by
+PyAV, the ``[video]`` extra), sampled at the model's frame rate within its frame limits. The
+grid-dependent inputs come from :mod:`lame_runtime.inputs.grid`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lame_runtime.errors import InputError, InputTypeError, MissingFileError
+from lame_runtime.inputs.grid import (
+    NativeLayout,
+    Visual,
+    pack_slices,
+    patchify_frames,
+    rope_positions,
+    smart_resize,
+    visual_index,
+)
+from lame_runtime.inputs.images import (
+    _RESAMPLE,
+    ImageConfig,
+    check_max_pixels,
+    default_max_pixels,
+    load_image,
+)
+
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
+# A video given as frames: what one row may hold at most before sampling (decoded frames are
+# held in memory; a file is sampled while it is decoded).
+MAX_INPUT_FRAMES = 4096
+
+
+def layout_of(cfg: ImageConfig) -> NativeLayout:
+    return NativeLayout(cfg.merge_size, cfg.window, cfg.position_side)
+
+
+def _normalised(img: Image.Image, height: int, width: int, cfg: ImageConfig) -> np.ndarray:
+    if img.size != (width, height):
+        img = img.resize((width, height), _RESAMPLE[cfg.resample])
+    array = np.asarray(img, dtype=np.float32) / 255.0
+    mean = np.asarray(cfg.mean, dtype=np.float32)
+    std = np.asarray(cfg.std, dtype=np.float32)
+    chw: np.ndarray = ((array - mean) / std).transpose(2, 0, 1)
+    return chw
+
+
+def image_visual(image: Any, cfg: ImageConfig, max_pixels: int | None = None) -> Visual:
+    """One image (path, PIL image, HxWx3 array) at native resolution -> its patches and grid."""
+    img = load_image(image, check_max_pixels(max_pixels) or default_max_pixels(cfg))
+    factor = cfg.patch_size * cfg.merge_size
+    height, width = smart_resize(img.height, img.width, factor, cfg.min_pixels, cfg.max_pixels)
+    frames = _normalised(img, height, width, cfg)[None]
+    patches, _ = patchify_frames(frames, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
+    return Visual(patches, (1, height // cfg.patch_size, width // cfg.patch_size))
+
+
+def sample_indices(total: int, source_fps: float | None, cfg: ImageConfig) -> np.ndarray:
+    """Which of ``total`` frames to keep: ``video_fps`` frames per second (``source_fps`` known;
+    else every frame), within [video_min_frames, video_max_frames], a multiple of the temporal
+    patch, spread uniformly (the Qwen-VL video processors' rule)."""
+    step = cfg.temporal_patch_size
+    if total < 1:
+        raise InputError("the video has no frames")
+    most = max(step, math.floor(min(cfg.video_max_frames, total) / step) * step)
+    wanted = total if not source_fps else total / source_fps * cfg.video_fps
+    wanted = min(max(wanted, cfg.video_min_frames), most, total)
+    count = max(1, math.floor(wanted / step) * step) if total >= step else total
+    return np.arange(0, total, total / count).astype(np.int64)[:count]
+
+
+def video_visual(
+    video: Any, cfg: ImageConfig, max_pixels: int | None = None, fps: float | None = None
+) -> Visual:
+    """A video -> its patches and grid. ``video``: a list of frames (arrays or PIL images), a
+    folder of frame files (sorted by name), or a video file (PyAV). ``fps``: the frame rate of
+    given frames (a file knows its own); None samples every frame up to the limits."""
+    frames, source_fps = _read_frames(video, fps)
+    keep = sample_indices(len(frames), source_fps, cfg)
+    limit = check_max_pixels(max_pixels) or default_max_pixels(cfg)
+    images = [load_image(frames[i], limit) for i in keep]
+    first = images[0]
+    factor = cfg.patch_size * cfg.merge_size
+    height, width = smart_resize(
+        first.height, first.width, factor, cfg.video_min_pixels, cfg.video_max_pixels
+    )
+    stack = np.stack([_normalised(img, height, width, cfg) for img in images])
+    patches, grid_t = patchify_frames(stack, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
+    seconds_per_step = cfg.temporal_patch_size / (source_fps * len(keep) / len(frames)) if source_fps else 1.0
+    interval = (cfg.tokens_per_second or 1.0) * seconds_per_step if cfg.tokens_per_second else 1.0
+    grid = (grid_t, height // cfg.patch_size, width // cfg.patch_size)
+    return Visual(patches, grid, interval=interval, split_time=cfg.split_time)
+
+
+def _read_frames(video: Any, fps: float | None) -> tuple[list[Any], float | None]:
+    if isinstance(video, (str, Path)):
+        path = Path(video)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+            if not files:
+                raise InputError(f"video folder {path} holds no frame files ({', '.join(FRAME_SUFFIXES)})")
+            return _bounded(files, str(path)), fps
+        if not path.is_file():
+            raise MissingFileError(f"video not found: {path}")
+        return _decode_file(path)
+    if isinstance(video, np.ndarray) and video.ndim == 4:
+        return _bounded(list(video), "video array"), fps
+    if isinstance(video, (list, tuple)):
+        if not video:
+            raise InputError("a video needs at least one frame")
+        return _bounded(list(video), "video"), fps
+    raise InputTypeError(
+        f"a video must be a list of frames, a [T, H, W, 3] array, a folder of frames or a video file, "
+        f"got {type(video).__name__}"
+    )
+
+
+def _bounded(frames: list[Any], what: str) -> list[Any]:
+    if len(frames) > MAX_INPUT_FRAMES:
+        raise InputError(f"{what} has {len(frames)} frames; at most {MAX_INPUT_FRAMES} are read")
+    return frames
+
+
+def _decode_file(path: Path) -> tuple[list[Any], float | None]:
+    try:
+        import av  # PyAV: the optional [video] extra
+    except ImportError as err:
+        raise InputError(
+            f"reading the video file {path} needs PyAV (pip install 'lame-embed[video]'); "
+            "or pass the frames, or a folder of frame files"
+        ) from err
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = float(stream.average_rate) if stream.average_rate else None
+            frames = []
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if len(frames) > MAX_INPUT_FRAMES:
+                    raise InputError(f"video {path} has more than {MAX_INPUT_FRAMES} frames")
+    except InputError:
+        raise
+    except Exception as err:  # PyAV raises its own error classes for every container problem
+        raise InputError(f"cannot decode the video {path}: {err}") from err
+    if not frames:
+        raise InputError(f"video {path} has no frames")
+    return frames, rate
+
+
+def row_visuals(
+    images: Any, video: Any, cfg: ImageConfig, row: int, max_pixels: int | None = None
+) -> list[Visual]:
+    """One row's visuals: its image or list of images, in the order given, then its video."""
+    out: list[Visual] = []
+    many = list(images) if isinstance(images, (list, tuple)) else [] if images is None else [images]
+    for position, item in enumerate(many):
+        try:
+            out.append(image_visual(item, cfg, max_pixels))
+        except (InputError, InputTypeError, MissingFileError) as err:
+            where = f"images[{row}]" + (f"[{position}]" if isinstance(images, (list, tuple)) else "")
+            raise type(err)(f"{where}: {err}") from err
+    if video is not None:
+        try:
+            out.append(video_visual(video, cfg, max_pixels))
+        except (InputError, InputTypeError, MissingFileError) as err:
+            raise type(err)(f"videos[{row}]: {err}") from err
+    return out
+
+
+def native_feed(
+    ids: np.ndarray,
+    mask: np.ndarray,
+    visual_tokens: np.ndarray,
+    visuals: list[list[Visual]],
+    cfg: ImageConfig,
+) -> dict[str, np.ndarray]:
+    """Token rows (with one placeholder per visual token) + each row's visuals -> the feed of
+    a native-resolution model."""
+    layout = layout_of(cfg)
+    flat = [v for row in visuals for v in row]
+    feed = {"input_ids": ids, "attention_mask": mask}
+    feed.update(pack_slices(flat, layout, cfg.patch_dim))
+    feed["visual_index"] = visual_index(visual_tokens, visuals, layout, feed["pixel_values"].shape[1])
+    feed["position_ids"] = rope_positions(ids, mask, visual_tokens, visuals, cfg.merge_size)
+    return feed
