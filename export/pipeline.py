@@ -122,6 +122,15 @@ def export_checkpoint(
             f"covers the one-pass methods {EXPORTABLE_METHODS} (cot and latent "
             "decode step by step: benchmark them in PyTorch with lame-bench)"
         )
+    if model.config.image.native:
+        # The graph with dynamic slice/patch dimensions and its parity gates at several sizes
+        # are not built yet: refuse by name rather than trace a fixed-size graph that would
+        # silently mis-read native inputs.
+        raise ValueError(
+            f"{ckpt} reads images at native resolution; ONNX export covers fixed-size "
+            "checkpoints for now (train with --resolution fixed to export, or embed with "
+            "lame.load(ckpt).encode in PyTorch)"
+        )
     spec = ExportSpec(opset=options.opset, max_batch=options.max_batch, max_sequence=options.max_sequence)
     spec.check_bounds(model.preprocessor)  # before tracing: the tracer's error names no flag
     weight_bytes = parameter_bytes(model)

@@ -112,6 +112,17 @@ class LameConfig:
 
         check_image_for_family(self.backbone.family, self.image.to_dict())
         self._validate_method()
+        if self.image.native:
+            if self.backbone.family not in NATIVE_FAMILIES:
+                raise ValueError(
+                    f"resolution 'native' is for the Qwen-VL families {NATIVE_FAMILIES}; "
+                    f"{self.backbone.family} reads fixed-size images (resolution 'fixed')"
+                )
+            if self.method not in ("lame", "discriminative"):
+                raise ValueError(
+                    f"resolution 'native' serves the one-pass methods (lame, discriminative); "
+                    f"method {self.method!r} decodes step by step with fixed-size images"
+                )
 
     def _validate_matryoshka(self) -> None:
         dims = self.matryoshka_dims
@@ -162,6 +173,9 @@ class LameConfig:
     @classmethod
     def load(cls, path: str | Path) -> LameConfig:
         return cls.from_dict(read_json(path, InputError, dict))
+
+
+NATIVE_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 
 
 def preset_names() -> list[str]:

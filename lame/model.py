@@ -17,8 +17,8 @@ from lame.config import LameConfig
 from lame.heads import DecoderHead, EmbeddingHead
 from lame.methods import LameOutput, get_method
 from lame.methods.decoding import greedy_generate
-from lame.native import append_positions, native_features
-from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor, align_inputs, format_query
+from lame.native import append_positions, native_features, native_image_config
+from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor, align_inputs, format_query, native_rows
 
 
 class LameModel(nn.Module):
@@ -33,6 +33,11 @@ class LameModel(nn.Module):
         self.image_token_id = special["image"]
         self.pad_token_id = special["pad"]
         self.backbone = backbone or build_backbone(config, preprocessor.text.vocab_size, self.image_token_id)
+        if config.image.native:
+            # The family's grid rules (window side, position table) travel with the config and
+            # the preprocessor, so export and the runtime read them from the files.
+            config.image = native_image_config(config.image, self.backbone)
+            preprocessor.image = config.image
         hidden = self.backbone.hidden_size
         # One parameter each; the export check looks for the safetensors key "reason_tokens".
         self.reason_tokens = nn.Parameter(torch.randn(config.appended_reason_tokens, hidden) * 0.02)
@@ -192,7 +197,8 @@ class LameModel(nn.Module):
     # ----------------------------------------------------------------- inference API
     def feed_to_tensors(self, feed: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         device = self.reason_tokens.device
-        return {name: torch.from_numpy(feed[name]).to(device) for name in INPUT_NAMES}
+        names = feed if self.preprocessor.image.native else INPUT_NAMES
+        return {name: torch.from_numpy(feed[name]).to(device) for name in names}
 
     # The encode family follows lame_runtime.encoder.Encoder, as the runtime's Embedder does.
     def encode(
@@ -200,6 +206,7 @@ class LameModel(nn.Module):
         texts: Sequence[str | None] | None = None,
         images: Sequence[Any] | None = None,
         *,
+        videos: Sequence[Any] | None = None,
         instruction: str | None = None,
         dimensions: int | None = None,
         batch_size: int = 32,
@@ -220,13 +227,14 @@ class LameModel(nn.Module):
             query = role == "query"
         if legacy:
             raise TypeError(f"encode() got unexpected keyword arguments {sorted(legacy)}")
-        return self._encode(texts, images, [instruction], dimensions, batch_size, query)
+        return self._encode(texts, images, [instruction], dimensions, batch_size, query, videos)
 
     def encode_queries(
         self,
         texts: Sequence[str | None] | None = None,
         images: Sequence[Any] | None = None,
         *,
+        videos: Sequence[Any] | None = None,
         instruction: str | None = None,
         task: str | None = None,
         dimensions: int | None = None,
@@ -236,19 +244,25 @@ class LameModel(nn.Module):
         picks from :attr:`instructions` (the checkpoint's trained table; empty: none)."""
         from lame_runtime.inputs.instructions import modality, pick
 
-        rows, pictures = align_inputs(texts, images)
+        rows, pictures, clips = self._rows(texts, images, videos)
         if instruction is not None:
             per_row: list[str | None] = [instruction] * len(rows)
         else:
             table = self.instructions
-            per_row = [pick(table, modality(t, i), task) for t, i in zip(rows, pictures)]
-        return self._encode(rows, pictures, per_row, dimensions, batch_size, query=True)
+            per_row = [
+                pick(table, modality(t, i if c is None else c), task)
+                for t, i, c in zip(rows, pictures, clips)
+            ]
+        return self._encode(
+            rows, pictures, per_row, dimensions, batch_size, True, clips if videos is not None else None
+        )
 
     def encode_documents(
         self,
         texts: Sequence[str | None] | None = None,
         images: Sequence[Any] | None = None,
         *,
+        videos: Sequence[Any] | None = None,
         instruction: str | None = None,
         dimensions: int | None = None,
         batch_size: int = 32,
@@ -257,7 +271,7 @@ class LameModel(nn.Module):
         any); only the CoT baseline embeds them differently (no rationale is generated)."""
         if instruction is None:
             instruction = (self.instructions or {}).get("document")
-        return self._encode(texts, images, [instruction], dimensions, batch_size, query=False)
+        return self._encode(texts, images, [instruction], dimensions, batch_size, False, videos)
 
     @property
     def instructions(self) -> dict[str, Any]:
@@ -277,13 +291,14 @@ class LameModel(nn.Module):
         dimensions: int | None,
         batch_size: int,
         query: bool,
+        videos: Sequence[Any] | None = None,
     ) -> np.ndarray:
         from lame_runtime.embedder import unit_prefix
 
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         size = self._check_dimensions(dimensions)
-        texts, images = align_inputs(texts, images)
+        texts, images, clips = self._rows(texts, images, videos)
         if len(instructions) == 1:
             instructions = instructions * len(texts)
         for instruction in set(instructions):
@@ -297,7 +312,9 @@ class LameModel(nn.Module):
         try:
             for start in range(0, count, batch_size):
                 part = slice(start, start + batch_size)
-                feed = self.preprocessor(texts[part], images[part])
+                feed = self.preprocessor(
+                    texts[part], images[part], start, clips[part] if videos is not None else None
+                )
                 tensors = self.feed_to_tensors(feed)
                 out = self.method.encode_query(self, tensors) if query else self(**tensors)
                 chunks.append(out.embedding.float().cpu().numpy())
@@ -307,6 +324,16 @@ class LameModel(nn.Module):
             return np.zeros((0, size), np.float32)
         vectors = np.concatenate(chunks).astype(np.float32)
         return vectors if size == self.config.embed_dim else unit_prefix(vectors, size)
+
+    def _rows(self, texts, images, videos) -> tuple[list, list, list]:
+        """Validated rows (texts, images, videos); several images per row and videos need a
+        native-resolution model (the preprocessor says so otherwise)."""
+        if self.preprocessor.image.native:
+            return native_rows(texts, images, videos, 0)
+        if videos is not None:
+            self.preprocessor([None], None, 0, videos[:1])  # raises: fixed-size models read no video
+        rows, pictures = align_inputs(texts, images)
+        return rows, pictures, [None] * len(rows)
 
     def _check_dimensions(self, dimensions: int | None) -> int:
         if dimensions is None:

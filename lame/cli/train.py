@@ -43,6 +43,9 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
         model["matryoshka_dims"] = int_list(overrides["matryoshka"], "--matryoshka")
     if model.get("num_reason_tokens", 8) == 0 and overrides.get("bottleneck_mask") is None:
         model["bottleneck_mask"] = False  # K=0 is the discriminative baseline: nothing to route
+    for key in ("resolution", "min_pixels", "max_pixels"):
+        if overrides.get(key) is not None:
+            model.setdefault("image", {})[key] = overrides[key]
     if overrides.get("backbone_path"):
         model.setdefault("backbone", {})["path"] = overrides["backbone_path"]
     # The backbone directory's architecture, tokenizer patch sizes and the resolution, checked
@@ -187,6 +190,20 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
     help="Fixed training/serving resolution HxW (e.g. 448x448); also the preset key "
     "image_size. Must suit the family (divisible by patch x merge; Idefics3: "
     "square).",
+)
+@click.option(
+    "--resolution",
+    type=click.Choice(["fixed", "native"]),
+    default=None,
+    help="fixed: every image resized to --image-size (static shapes; the default). native "
+    "(Qwen-VL families, methods lame/discriminative): each image keeps its aspect ratio within "
+    "--min-pixels/--max-pixels, several images and videos per row.",
+)
+@click.option(
+    "--min-pixels", type=click.IntRange(min=1), default=None, help="Native resolution: least pixels."
+)
+@click.option(
+    "--max-pixels", type=click.IntRange(min=1), default=None, help="Native resolution: most pixels."
 )
 @click.option(
     "--device",

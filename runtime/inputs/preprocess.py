@@ -55,6 +55,21 @@ class Preprocessor:
             raise InputError(f"{config_path}: bad 'image' config: {err}") from err
         return cls(text, image)
 
+    def _native(self, texts, images, videos, first_index: int) -> dict[str, np.ndarray]:
+        from lame_runtime.inputs.native import native_feed, row_visuals
+
+        rows, pictures, clips = native_rows(texts, images, videos, first_index)
+        if not rows:
+            raise InputError("nothing to preprocess: empty input")
+        visuals = [
+            row_visuals(image, video, self.image, first_index + row, self.max_pixels)
+            for row, (image, video) in enumerate(zip(pictures, clips))
+        ]
+        merge = self.image.merge_size
+        counts = [[v.tokens(merge) for v in row] for row in visuals]
+        ids, mask = self.text.encode_visual_rows(rows, counts)
+        return native_feed(ids, mask, ids == self.text.special["image"], visuals, self.image)
+
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         self.text.tokenizer.save(str(directory / TOKENIZER_FILE))
@@ -68,12 +83,30 @@ class Preprocessor:
         texts: Sequence[str | None] | None = None,
         images: Sequence[Any] | None = None,
         first_index: int = 0,
+        videos: Sequence[Any] | None = None,
     ) -> dict[str, np.ndarray]:
         """-> the model feed. ``first_index``: the position of row 0 in the caller's input,
-        so an error names the caller's item (``images[130]``), not a batch-local one."""
+        so an error names the caller's item (``images[130]``), not a batch-local one.
+
+        At native resolution ``images[i]`` may be one image or a list of images for row i, and
+        ``videos[i]`` a video (frames, a folder of frames or a file); a fixed-size model takes
+        one image per row and no video."""
+        if self.image.native:
+            return self._native(texts, images, videos, first_index)
+        if videos is not None:
+            raise InputError(
+                "this model reads fixed-size images only; videos need a native-resolution "
+                "model (a Qwen-VL family trained or imported with resolution 'native')"
+            )
         texts, images = align_inputs(texts, images, first_index)
         if not texts:
             raise InputError("nothing to preprocess: empty input")
+        for row, image in enumerate(images):
+            if isinstance(image, (list, tuple)):
+                raise InputTypeError(
+                    f"images[{first_index + row}] is a list: several images per row need a "
+                    "native-resolution model; this one takes one image per row"
+                )
         has_image = [image is not None for image in images]
         ids, mask = self.text.encode_rows(texts, has_image, self.image.num_tokens)
         return {
@@ -150,3 +183,41 @@ def _as_rows(value: Any, name: str, kind: str) -> list[Any]:
         return list(value)
     except TypeError as err:
         raise InputTypeError(f"{name} must be a list of {kind}, got {type(value).__name__}") from err
+
+
+def native_rows(
+    texts: Sequence[str | None] | None,
+    images: Sequence[Any] | None,
+    videos: Sequence[Any] | None,
+    first_index: int,
+) -> tuple[list[str | None], list[Any], list[Any]]:
+    """Validate a native-resolution batch: equal lengths, every row with some content."""
+    if texts is None and images is None and videos is None:
+        raise InputError("give texts, images, videos, or a mix")
+    given = {
+        name: _as_rows(value, name, kind)
+        for name, value, kind in (
+            ("texts", texts, "strings"),
+            ("images", images, "images or lists of images"),
+            ("videos", videos, "videos"),
+        )
+        if value is not None
+    }
+    lengths = {name: len(rows) for name, rows in given.items()}
+    if len(set(lengths.values())) > 1:
+        raise InputError(f"texts, images and videos must have equal lengths (one row each), got {lengths}")
+    count = next(iter(lengths.values()))
+    rows = given.get("texts", [None] * count)
+    pictures = given.get("images", [None] * count)
+    clips = given.get("videos", [None] * count)
+    for row, (text, image, video) in enumerate(zip(rows, pictures, clips)):
+        i = first_index + row
+        if text is not None and not isinstance(text, str):
+            raise InputTypeError(f"texts[{i}] must be a string or None, got {type(text).__name__}")
+        if text is None and image is None and video is None:
+            raise InputError(f"row {i} has no text, image or video")
+        if isinstance(image, (list, tuple)) and not image:
+            raise InputError(f"images[{i}] is an empty list (give None for a row without images)")
+        if text:
+            check_unicode(text, f"texts[{i}]")
+    return rows, pictures, clips

@@ -94,8 +94,13 @@ class PromptTemplate:
             text += "."
         return text
 
-    def parts(self, text: str, instruction: str | None, image_tokens: int) -> list[tuple[str, Any]]:
-        """-> [("text", str) | ("special", token) | ("image", count)], adjacent texts merged."""
+    def parts(
+        self, text: str, instruction: str | None, image_tokens: int | list[int]
+    ) -> list[tuple[str, Any]]:
+        """-> [("text", str) | ("special", token) | ("image", count)], adjacent texts merged.
+        ``image_tokens``: one image's placeholder count (0: none), or one count per visual of
+        the row, each wrapped in the template's open/close tokens."""
+        counts = image_tokens if isinstance(image_tokens, list) else [image_tokens] * bool(image_tokens)
         pieces: list[tuple[str, Any]] = []
         rest = self.layout
         specials = sorted(self.special_tokens, key=len, reverse=True)
@@ -111,10 +116,10 @@ class PromptTemplate:
             if found in values:
                 _append_text(pieces, values[found])
             elif found == IMAGE:
-                if image_tokens:
+                for count in counts:
                     if self.image_open:
                         pieces.append(("special", self.image_open))
-                    pieces.append(("image", image_tokens))
+                    pieces.append(("image", count))
                     if self.image_close:
                         pieces.append(("special", self.image_close))
             else:

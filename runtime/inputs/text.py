@@ -145,7 +145,15 @@ class TextProcessor:
         self, texts: Sequence[str | None], has_image: Sequence[bool], num_image_tokens: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """-> (input_ids, attention_mask), both int64 [B, L], padded on the left."""
-        rows = [self._row(text, image, num_image_tokens) for text, image in zip(texts, has_image)]
+        counts = [[num_image_tokens] if image else [] for image in has_image]
+        return self.encode_visual_rows(texts, counts)
+
+    def encode_visual_rows(
+        self, texts: Sequence[str | None], visual_tokens: Sequence[Sequence[int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows with any number of visuals (``visual_tokens[i]``: the placeholder count of each
+        of row i's images and videos, in order) -> (input_ids, attention_mask), left-padded."""
+        rows = [self._row(text, list(counts)) for text, counts in zip(texts, visual_tokens)]
         return self.pad_rows(rows)
 
     def pad_rows(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -159,28 +167,28 @@ class TextProcessor:
             mask[i, length - len(row) :] = 1
         return ids, mask
 
-    def _row(self, text: str | None, has_image: bool, num_image_tokens: int) -> list[int]:
+    def _row(self, text: str | None, visual_tokens: list[int]) -> list[int]:
         if self.template is not None:
-            return self._template_row(text, has_image, num_image_tokens)
+            return self._template_row(text, visual_tokens)
         tokens: list[int] = []
         if text:
             tokens, total = self.encode_limited(text, self.max_text_tokens)
             if total is None or total > self.max_text_tokens:
-                self._warn_truncated(text, total, stacklevel=4)
-        elif text is not None and not has_image:
-            warnings.warn("empty text embedded as [BOS] alone (no content)", stacklevel=4)
-        image = [self.special["image"]] * num_image_tokens if has_image else []
+                self._warn_truncated(text, total, stacklevel=5)
+        elif text is not None and not visual_tokens:
+            warnings.warn("empty text embedded as [BOS] alone (no content)", stacklevel=5)
+        image = [self.special["image"]] * sum(visual_tokens)
         return [self.special["bos"], *image, *tokens]
 
-    def _template_row(self, text: str | None, has_image: bool, num_image_tokens: int) -> list[int]:
+    def _template_row(self, text: str | None, visual_tokens: list[int]) -> list[int]:
         template = self.template
         assert template is not None  # only called for a templated processor
         instruction, body = getattr(text, "instruction", None), getattr(text, "body", text)
-        if not body and not has_image:
+        if not body and not visual_tokens:
             body = template.empty_text
         body = self._truncated(body or "")
         ids: list[int] = []
-        for kind, value in template.parts(body, instruction, num_image_tokens if has_image else 0):
+        for kind, value in template.parts(body, instruction, visual_tokens):
             if kind == "text":
                 ids += self.encode_text(value)
             elif kind == "special":
@@ -196,5 +204,5 @@ class TextProcessor:
         encoding, whole = self._head_encoding(text, limit)
         if len(encoding.ids) <= limit:
             return text
-        self._warn_truncated(text, len(encoding.ids) if whole else None, stacklevel=6)
+        self._warn_truncated(text, len(encoding.ids) if whole else None, stacklevel=7)
         return text[: encoding.offsets[limit - 1][1]]

@@ -170,3 +170,33 @@ def test_fixed_size_path_differs_on_a_non_square_image(native_model):
     )
     # The photo row's last input state (row 0 of the native batch) against the fixed path's.
     assert not torch.allclose(fixed_hidden, reference[0, -1], atol=1e-3)
+
+
+def test_encode_takes_several_images_per_row_and_videos(native_model, tmp_path):
+    """The Python API at native resolution: a row with two images, a video given as frames
+    and as a folder of frames (the same vectors), a text row; a fixed-size model refuses."""
+    from PIL import Image
+
+    model = native_model
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for number, frame in enumerate(FRAMES):
+        Image.fromarray(frame).save(folder / f"{number:03d}.png")
+    vectors = model.encode(
+        ["two pages", "a clip", "a clip", "words only"],
+        [[PAGE, WIDE], None, None, None],
+        videos=[None, FRAMES, folder, None],
+    )
+    assert vectors.shape == (4, model.config.embed_dim)
+    assert np.allclose(vectors[1], vectors[2], atol=1e-6)
+    one = model.encode(["two pages"], [[PAGE, WIDE]])
+    assert np.allclose(one[0], vectors[0], atol=1e-5)  # batching does not change a row
+    swapped = model.encode(["two pages"], [[WIDE, PAGE]])
+    assert not np.allclose(swapped[0], vectors[0], atol=1e-3)  # order is read
+    model.preprocessor.image = replace(model.preprocessor.image, resolution="fixed")
+    from lame_runtime.errors import InputError, InputTypeError
+
+    with pytest.raises(InputError, match="videos need a native-resolution model"):
+        model.encode(["a clip"], videos=[FRAMES])
+    with pytest.raises(InputTypeError, match="several images per row need a native-resolution"):
+        model.encode(["two pages"], [[PAGE, WIDE]])
