@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lame_export.patches import EmbeddingGraph, export_patches
+from lame_export.patches import EmbeddingGraph, NativeEmbeddingGraph, export_patches
 from lame_export.spec import ExportSpec, dummy_feed
 
 TWO_GIB = 2 * 1024**3
@@ -44,11 +44,15 @@ def export_onnx(model, path: Path, spec: ExportSpec, external_data: bool | None 
     """``external_data``: weights in ``<path>.data`` (None: only when the weights pass 2 GiB)."""
     model = model.eval()
     feed = dummy_feed(model.preprocessor)
-    args = tuple(torch.from_numpy(feed[name]) for name in spec.input_names)
+    tensors = {name: torch.from_numpy(feed[name]) for name in spec.input_names}
+    graph = NativeEmbeddingGraph(model) if spec.native else EmbeddingGraph(model)
+    # Keyword inputs for a native graph: its family leaves some of the forward's inputs out.
+    args, kwargs = ((), tensors) if spec.native else (tuple(tensors.values()), None)
     with export_patches(model), torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(
-            EmbeddingGraph(model),
+            graph,
             args,
+            kwargs=kwargs,
             dynamo=True,
             dynamic_shapes=spec.dynamic_shapes(),
             input_names=list(spec.input_names),

@@ -43,3 +43,43 @@ class EmbeddingGraph(nn.Module):
         image_mask: torch.Tensor,
     ) -> torch.Tensor:
         return self.model(input_ids, attention_mask, pixel_values, image_mask).embedding
+
+
+class NativeEmbeddingGraph(nn.Module):
+    """A native-resolution graph: token rows, patch slices and the grid inputs of the family
+    (the ones it does not use stay None and are not graph inputs) -> the unit-norm embedding."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        patch_mask: torch.Tensor,
+        vision_positions: torch.Tensor,
+        visual_index: torch.Tensor,
+        position_ids: torch.Tensor,
+        window_ids: torch.Tensor | None = None,
+        position_taps: torch.Tensor | None = None,
+        position_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        optional = {
+            "window_ids": window_ids,
+            "position_taps": position_taps,
+            "position_weights": position_weights,
+        }
+        native = {name: value for name, value in optional.items() if value is not None}
+        return self.model(
+            input_ids,
+            attention_mask,
+            pixel_values,
+            None,
+            patch_mask=patch_mask,
+            vision_positions=vision_positions,
+            visual_index=visual_index,
+            position_ids=position_ids,
+            **native,
+        ).embedding

@@ -122,16 +122,14 @@ def export_checkpoint(
             f"covers the one-pass methods {EXPORTABLE_METHODS} (cot and latent "
             "decode step by step: benchmark them in PyTorch with lame-bench)"
         )
-    if model.config.image.native:
-        # The graph with dynamic slice/patch dimensions and its parity gates at several sizes
-        # are not built yet: refuse by name rather than trace a fixed-size graph that would
-        # silently mis-read native inputs.
+    if model.config.image.native and options.int8:
         raise ValueError(
-            f"{ckpt} reads images at native resolution; ONNX export covers fixed-size "
-            "checkpoints for now (train with --resolution fixed to export, or embed with "
-            "lame.load(ckpt).encode in PyTorch)"
+            f"{ckpt} reads images at native resolution; int8 needs calibration batches drawn at "
+            "mixed sizes, not available for native graphs yet: export fp32, fp16 or int4"
         )
-    spec = ExportSpec(opset=options.opset, max_batch=options.max_batch, max_sequence=options.max_sequence)
+    spec = ExportSpec.for_model(
+        model, opset=options.opset, max_batch=options.max_batch, max_sequence=options.max_sequence
+    )
     spec.check_bounds(model.preprocessor)  # before tracing: the tracer's error names no flag
     weight_bytes = parameter_bytes(model)
     external = weight_bytes > options.external_data_threshold
@@ -351,8 +349,13 @@ def _write_manifest(
         matryoshka_dims=list(model.config.matryoshka_dims) if model.config.matryoshka_dims else None,
         inputs=[TensorSpec(**t) for t in io["inputs"]],
         outputs=[TensorSpec(**t) for t in io["outputs"]],
-        graph="one graph for text, image and text+image rows: image_mask zeroes the visual "
-        "tokens of text-only rows; reason/summary tokens are constants"
+        graph=(
+            "one native-resolution graph: images and video steps as patch slices with their "
+            "grid inputs (lame_runtime.inputs.grid); reason/summary tokens are constants"
+            if spec.native
+            else "one graph for text, image and text+image rows: image_mask zeroes the visual "
+            "tokens of text-only rows; reason/summary tokens are constants"
+        )
         + (
             "; models[p].text: the text-only graph (input_ids + attention_mask, no "
             "vision tower) that text-only rows are routed to"
@@ -368,6 +371,7 @@ def _write_manifest(
         # The graph's dynamic-axis bounds: TensorRT optimisation profiles are sized from them.
         max_batch=spec.max_batch,
         max_sequence=spec.max_sequence,
+        max_patches=spec.max_patches or None,
         models={
             p: GraphFiles(
                 FILES[p],

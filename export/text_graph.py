@@ -24,7 +24,7 @@ from torch import nn
 
 from lame_export.onnx_export import quiet_exporter
 from lame_export.spec import ExportSpec, dummy_feed
-from lame_runtime.inputs.routing import TEXT_INPUTS  # the text graph takes what routing sends it
+from lame_runtime.inputs.routing import TEXT_INPUTS, text_row_mask  # what routing sends it
 
 TEXT_FILES = {
     "fp32": "model_text.onnx",
@@ -64,7 +64,7 @@ def text_feed(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def export_text_onnx(model, path: Path, spec: ExportSpec, external_data: bool) -> Path:
     model = model.eval()
     feed = dummy_feed(model.preprocessor)
-    rows = np.flatnonzero(feed["image_mask"] == 0)
+    rows = np.flatnonzero(text_row_mask(feed))
     args = tuple(torch.from_numpy(feed[name][rows]) for name in TEXT_INPUTS)
     dynamic = {name: spec.dynamic_shapes()[name] for name in TEXT_INPUTS}
     with text_only(model), torch.no_grad(), quiet_exporter():

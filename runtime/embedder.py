@@ -26,7 +26,7 @@ from lame_runtime.inputs.images import check_max_pixels, preprocess_images
 from lame_runtime.inputs.instructions import modality
 from lame_runtime.inputs.instructions import pick as pick_instruction
 from lame_runtime.inputs.pipeline import FeedPipeline, encode_iter, encode_pipelined
-from lame_runtime.inputs.preprocess import Preprocessor, align_inputs, format_query
+from lame_runtime.inputs.preprocess import Preprocessor, align_inputs, format_query, native_rows
 from lame_runtime.inputs.routing import route
 from lame_runtime.options import BACKENDS, RuntimeOptions, merge_legacy
 
@@ -256,6 +256,7 @@ class Embedder:
         texts: Sequence[str | None] | None = None,
         images: Sequence[Any] | None = None,
         *,
+        videos: Sequence[Any] | None = None,
         instruction: str | None = None,
         dimensions: int | None = None,
         batch_size: int = 32,
@@ -272,11 +273,19 @@ class Embedder:
         (``images[7] ('a.png'): cannot read image ...``). A row whose embedding is NaN/Inf
         (e.g. fp16 overflow) is returned as NaN with a ``RuntimeWarning``; the other rows
         are normalised as usual.
+
+        A native-resolution artifact (Qwen-VL families) also takes several images per row
+        (``images[i]`` a list) and ``videos`` (``videos[i]``: a list of frames, a folder of
+        frames or a video file; see ``lame_runtime.inputs.native``).
         """
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         size = self.check_dimensions(dimensions)
         _check_instruction(instruction)
+        if self.preprocessor.image.native:
+            return self._encode_native(texts, images, videos, instruction, size, int(batch_size))
+        if videos is not None:
+            self.preprocessor([None], None, 0, videos)  # raises: a fixed-size model reads no video
         rows, pictures = align_inputs(texts, images)
         if instruction:
             rows = [format_query(t, instruction) for t in rows]
@@ -291,6 +300,26 @@ class Embedder:
                 self.infer(self.preprocessor(rows[i : i + step], pictures[i : i + step], i))
                 for i in range(0, len(rows), step)
             ]
+        return unit_prefix(np.concatenate(chunks), size)
+
+    def _encode_native(
+        self,
+        texts: Sequence[str | None] | None,
+        images: Sequence[Any] | None,
+        videos: Sequence[Any] | None,
+        instruction: str | None,
+        size: int,
+        step: int,
+    ) -> np.ndarray:
+        rows, pictures, clips = native_rows(texts, images, videos, 0)
+        if instruction:
+            rows = [format_query(t, instruction) for t in rows]
+        if not rows:
+            return np.zeros((0, size), dtype=np.float32)
+        chunks = [
+            self.infer(self.preprocessor(rows[i : i + step], pictures[i : i + step], i, clips[i : i + step]))
+            for i in range(0, len(rows), step)
+        ]
         return unit_prefix(np.concatenate(chunks), size)
 
     def encode_iter(
@@ -322,6 +351,7 @@ class Embedder:
         texts: Sequence[str | None] | None = None,
         images: Sequence[Any] | None = None,
         *,
+        videos: Sequence[Any] | None = None,
         instruction: str | None = None,
         task: str | None = None,
         dimensions: int | None = None,
@@ -335,9 +365,22 @@ class Embedder:
         if those disagree ``InputError`` asks for ``instruction=`` or ``task=``
         (see ``lame_runtime.inputs.instructions``).
         """
-        texts, images = align_inputs(texts, images)
-        per_row = self.query_instructions(texts, images, instruction, task)
-        return self._encode_rows(per_row, texts, images, batch_size, dimensions)
+        texts, images, videos = self._rows(texts, images, videos)
+        # A video row picks its instruction as an image row does.
+        shown = images if videos is None else [i if v is None else v for i, v in zip(images, videos)]
+        per_row = self.query_instructions(texts, shown, instruction, task)
+        return self._encode_rows(per_row, texts, images, batch_size, dimensions, videos)
+
+    def _rows(
+        self, texts: Sequence[str | None] | None, images: Sequence[Any] | None, videos: Sequence[Any] | None
+    ) -> tuple[list[str | None], list[Any], list[Any] | None]:
+        if self.preprocessor.image.native:
+            rows, pictures, clips = native_rows(texts, images, videos, 0)
+            return rows, pictures, clips if videos is not None else None
+        if videos is not None:
+            self.preprocessor([None], None, 0, videos)  # raises: a fixed-size model reads no video
+        rows, pictures = align_inputs(texts, images)
+        return rows, pictures, None
 
     def query_instructions(
         self,
@@ -368,6 +411,7 @@ class Embedder:
         texts: Sequence[str | None] | None = None,
         images: Sequence[Any] | None = None,
         *,
+        videos: Sequence[Any] | None = None,
         instruction: str | None = None,
         dimensions: int | None = None,
         batch_size: int = 32,
@@ -376,8 +420,8 @@ class Embedder:
         if instruction is None:
             instruction = self.artifact.instruction("document")
         _check_instruction(instruction)
-        texts, images = align_inputs(texts, images)
-        return self._encode_rows([instruction] * len(texts), texts, images, batch_size, dimensions)
+        texts, images, videos = self._rows(texts, images, videos)
+        return self._encode_rows([instruction] * len(texts), texts, images, batch_size, dimensions, videos)
 
     def _encode_rows(
         self,
@@ -386,10 +430,12 @@ class Embedder:
         images: Sequence[Any],
         batch_size: int,
         dimensions: int | None = None,
+        videos: Sequence[Any] | None = None,
     ) -> np.ndarray:
         return self.encode(
             [format_query(t, i) for t, i in zip(texts, instructions)],
             images,
+            videos=videos,
             dimensions=dimensions,
             batch_size=batch_size,
         )

@@ -1,8 +1,8 @@
 """``Encoder``: the one encode signature shared by the runtime's ``Embedder`` and the training
 side's ``lame.load(ckpt)`` model, so evaluation and applications take either.
 
-Inputs come first (``texts``, ``images``: lists, aligned row by row); everything else is a
-keyword: ``instruction`` (prefixed the way training did; ``""`` or None: none),
+Inputs come first (``texts``, ``images``: lists, aligned row by row; a native-resolution
+model also takes ``videos=`` and a list of images per row); everything else is a keyword: ``instruction`` (prefixed the way training did; ``""`` or None: none),
 ``dimensions`` (a trained Matryoshka size; None: the full size) and ``batch_size``.
 ``encode_queries`` also takes ``task`` (pick that training task's query instruction).
 """
@@ -29,6 +29,7 @@ class Encoder(Protocol):
         texts: Texts = None,
         images: Images = None,
         *,
+        videos: Images = None,
         instruction: str | None = None,
         dimensions: int | None = None,
         batch_size: int = 32,
@@ -41,6 +42,7 @@ class Encoder(Protocol):
         texts: Texts = None,
         images: Images = None,
         *,
+        videos: Images = None,
         instruction: str | None = None,
         task: str | None = None,
         dimensions: int | None = None,
@@ -54,6 +56,7 @@ class Encoder(Protocol):
         texts: Texts = None,
         images: Images = None,
         *,
+        videos: Images = None,
         instruction: str | None = None,
         dimensions: int | None = None,
         batch_size: int = 32,

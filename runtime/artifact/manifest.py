@@ -48,6 +48,8 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "engines": dict,
     "max_batch": int,  # the exported graph's dynamic-axis bounds (TensorRT profiles)
     "max_sequence": int,
+    # Native-resolution graphs: the longest slice of patches (one image or video step) accepted.
+    "max_patches": int,
     # Matryoshka-trained prefixes: the leading N components, renormalised, embed on their own.
     # Absent (every export so far): only the full embedding_dim is offered (lame-serve's
     # `dimensions` is refused otherwise).
@@ -298,6 +300,7 @@ _ORDER = (
     "opset",
     "max_batch",
     "max_sequence",
+    "max_patches",
     "models",
     "files",
     "source_checkpoint",
@@ -330,6 +333,7 @@ class Manifest:
     opset: int | None = None
     max_batch: int | None = None  # the exported graph's dynamic-axis bounds
     max_sequence: int | None = None
+    max_patches: int | None = None  # native resolution only
     source_checkpoint: dict[str, Any] | None = None
     exported_with: dict[str, Any] | None = None
     engines: dict[str, dict[str, Any]] | None = None  # lame_runtime.engines.tensorrt.meta
@@ -362,6 +366,7 @@ class Manifest:
             opset=raw.get("opset"),
             max_batch=raw.get("max_batch"),
             max_sequence=raw.get("max_sequence"),
+            max_patches=raw.get("max_patches"),
             source_checkpoint=raw.get("source_checkpoint"),
             exported_with=raw.get("exported_with"),
             engines=raw.get("engines"),
@@ -386,6 +391,7 @@ class Manifest:
             "opset": self.opset,
             "max_batch": self.max_batch,
             "max_sequence": self.max_sequence,
+            "max_patches": self.max_patches,
             "models": {p: entry.to_json() for p, entry in self.models.items()},
             "files": {name: entry.to_json() for name, entry in self.files.items()},
             "source_checkpoint": self.source_checkpoint,

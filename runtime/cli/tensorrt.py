@@ -8,7 +8,7 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from lame_runtime.engines.tensorrt.meta import ENGINE_PRECISIONS, PROFILE_KEYS
+from lame_runtime.engines.tensorrt.meta import ENGINE_PRECISIONS, NATIVE_PROFILE_KEYS, PROFILE_KEYS
 from lame_runtime.options import BACKENDS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -120,6 +120,24 @@ def embedder_options(
     default=None,
     help="Profile sequence lengths (default 2 / longest / longest row of the artifact).",
 )
+@click.option("--min-slices", type=click.IntRange(min=1), default=None)
+@click.option("--opt-slices", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--max-slices",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Native-resolution artifacts: images and video steps per batch (default 1 / opt batch / "
+    "2 x max batch).",
+)
+@click.option("--min-patches", type=click.IntRange(min=1), default=None)
+@click.option("--opt-patches", type=click.IntRange(min=1), default=None)
+@click.option(
+    "--max-patches",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Native-resolution artifacts: patches per image or video step (default one merge block / "
+    "the graph's bound at max_pixels, twice).",
+)
 def build_engine_command(
     artifact: str,
     precision: str,
@@ -136,7 +154,7 @@ def build_engine_command(
         workspace_mb=workspace_mb,
         timing_cache=timing_cache,
         device_id=device_id,
-        profile={k: profile[k] for k in PROFILE_KEYS},
+        profile={k: profile[k] for k in (*PROFILE_KEYS, *NATIVE_PROFILE_KEYS) if profile[k] is not None},
     )
     record = build_engine(
         artifact, options, progress=lambda msg: click.echo(f"[build-engine] {msg}", err=True)

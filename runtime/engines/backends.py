@@ -56,7 +56,7 @@ def check_feed(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> None
     unexpected = sorted(set(feed) - {s.name for s in specs})
     if unexpected:
         raise InputError(f"feed has unknown inputs {unexpected}; the model takes {[s.name for s in specs]}")
-    batch = None
+    sizes: dict[str, int] = {}  # symbolic dim ("batch", "slices", ...) -> its size in this feed
     for spec in specs:
         value = feed[spec.name]
         if not isinstance(value, np.ndarray):
@@ -72,9 +72,10 @@ def check_feed(feed: dict[str, np.ndarray], specs: Sequence[TensorSpec]) -> None
                 raise InputError(
                     f"input {spec.name!r} dim {axis} must be {want}, got {got} (shape {value.shape})"
                 )
-        if batch is not None and value.shape[0] != batch:
-            raise InputError(f"input {spec.name!r} has batch {value.shape[0]}, expected {batch}")
-        batch = value.shape[0]
+            if isinstance(want, str):
+                if want in sizes and sizes[want] != got:
+                    raise InputError(f"input {spec.name!r} has {want} {got}, expected {sizes[want]}")
+                sizes.setdefault(want, got)
 
 
 class OnnxRuntimeBackend:

@@ -152,7 +152,7 @@ def pack_slices(visuals: list[Visual], layout: NativeLayout, patch_dim: int) -> 
     slices = [(v, step) for v in visuals for step in range(v.grid[0])]
     longest = max((v.grid[1] * v.grid[2] for v, _ in slices), default=layout.merge**2)
     count = max(len(slices), 1)
-    out = {
+    out: dict[str, np.ndarray] = {
         "pixel_values": np.zeros((count, longest, patch_dim), np.float32),
         "patch_mask": np.zeros((count, longest), np.int64),
         "vision_positions": np.zeros((count, longest, 2), np.int64),
@@ -205,7 +205,11 @@ def visual_index(
 
 
 def rope_positions(
-    input_ids: np.ndarray, attention_mask: np.ndarray, visual_tokens: np.ndarray, visuals_per_row, merge: int
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    visual_tokens: np.ndarray,
+    visuals_per_row: list[list[Visual]],
+    merge: int,
 ) -> np.ndarray:
     """[3, B, L] int64 language-model positions (Transformers' ``get_rope_index``): text counts
     up by one; a visual starting at position ``s`` takes ``(s + t * interval, s + row,
@@ -215,7 +219,7 @@ def rope_positions(
     batch, length = input_ids.shape
     out = np.zeros((3, batch, length), np.int64)
     for row in range(batch):
-        grids = []
+        grids: list[tuple[int, int, int, float]] = []
         for visual in visuals_per_row[row]:
             t, h, w = visual.grid
             if visual.split_time:

@@ -92,9 +92,9 @@ def video_visual(
     images = [load_image(frames[i], limit) for i in keep]
     first = images[0]
     factor = cfg.patch_size * cfg.merge_size
-    height, width = smart_resize(
-        first.height, first.width, factor, cfg.video_min_pixels, cfg.video_max_pixels
-    )
+    # A frame never gets more pixels than an image (the graph's patch bound follows max_pixels).
+    most = min(cfg.video_max_pixels, cfg.max_pixels)
+    height, width = smart_resize(first.height, first.width, factor, min(cfg.video_min_pixels, most), most)
     stack = np.stack([_normalised(img, height, width, cfg) for img in images])
     patches, grid_t = patchify_frames(stack, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
     seconds_per_step = cfg.temporal_patch_size / (source_fps * len(keep) / len(frames)) if source_fps else 1.0

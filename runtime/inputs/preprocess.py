@@ -55,7 +55,13 @@ class Preprocessor:
             raise InputError(f"{config_path}: bad 'image' config: {err}") from err
         return cls(text, image)
 
-    def _native(self, texts, images, videos, first_index: int) -> dict[str, np.ndarray]:
+    def _native(
+        self,
+        texts: Sequence[str | None] | None,
+        images: Sequence[Any] | None,
+        videos: Sequence[Any] | None,
+        first_index: int,
+    ) -> dict[str, np.ndarray]:
         from lame_runtime.inputs.native import native_feed, row_visuals
 
         rows, pictures, clips = native_rows(texts, images, videos, first_index)

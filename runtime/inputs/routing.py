@@ -1,4 +1,5 @@
-"""Modality routing: text-only rows to the text graph, rows with an image to the full graph.
+"""Modality routing: text-only rows to the text graph, rows with an image or video to the full
+graph.
 
 The full graph runs the vision tower on every row (static shapes; ``image_mask`` zeroes the
 visual tokens of text-only rows), so a text query used to pay for a blank image. Artifacts
@@ -31,21 +32,48 @@ def text_rows_feed(feed: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, n
     }
 
 
+def text_row_mask(feed: dict[str, np.ndarray]) -> np.ndarray:
+    """[B] bool: rows without any image or video (a fixed-size feed says so in ``image_mask``;
+    a native one has no visual placeholder in ``visual_index``)."""
+    if "image_mask" in feed:
+        rows: np.ndarray = np.asarray(feed["image_mask"]) == 0
+    else:
+        rows = np.asarray(feed["visual_index"]).max(axis=1) < 0
+    return rows
+
+
+def visual_rows_feed(feed: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """``rows`` of a feed for the full graph, left padding they all share trimmed. A native
+    feed keeps its patch slices whole (``visual_index`` still points into them)."""
+    if "image_mask" in feed:
+        out = {name: value[rows] for name, value in feed.items()}
+    else:
+        out = dict(feed)
+        out["input_ids"], out["attention_mask"] = feed["input_ids"][rows], feed["attention_mask"][rows]
+        out["visual_index"], out["position_ids"] = feed["visual_index"][rows], feed["position_ids"][:, rows]
+    trimmed = text_rows_feed(out, np.arange(len(rows)))
+    cut = out["input_ids"].shape[1] - trimmed["input_ids"].shape[1]
+    out.update(trimmed)
+    if "visual_index" in out and cut:
+        out["visual_index"] = np.ascontiguousarray(out["visual_index"][:, cut:])
+        out["position_ids"] = np.ascontiguousarray(out["position_ids"][:, :, cut:])
+    return out
+
+
 def route(
     feed: dict[str, np.ndarray],
     full: Callable[[dict[str, np.ndarray]], np.ndarray],
     text: Callable[[dict[str, np.ndarray]], np.ndarray],
 ) -> np.ndarray:
     """Outputs for every row of ``feed``: text-only rows through ``text``, the rest ``full``."""
-    is_text = np.asarray(feed["image_mask"]) == 0
+    is_text = text_row_mask(feed)
     if is_text.all():
         return text(text_rows_feed(feed, np.arange(len(is_text))))
     if not is_text.any():
         return full(feed)
     text_at, image_at = np.flatnonzero(is_text), np.flatnonzero(~is_text)
-    image_feed = {name: value[image_at] for name, value in feed.items()}
     # The image rows are left-padded to the longest row of the whole batch; trim that too.
-    image_feed.update(text_rows_feed(image_feed, np.arange(len(image_at))))
+    image_feed = visual_rows_feed(feed, image_at)
     text_out = text(text_rows_feed(feed, text_at))
     image_out = full(image_feed)
     out = np.empty((len(is_text), text_out.shape[1]), dtype=np.result_type(text_out, image_out))

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from lame_runtime.engines.tensorrt.meta import INSTALL_HINT, DeviceInfo
+from lame_runtime.engines.tensorrt.meta import INSTALL_HINT, DeviceInfo, check_in_profile
 from lame_runtime.errors import BackendError
 
 
@@ -148,6 +148,13 @@ class TensorRTBackend:
         self._lock = threading.Lock()
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "visual_index" in feed:
+            # A native-resolution feed: its slices are shared by the rows, so it is not split;
+            # a request outside the profile is refused naming the dimension.
+            for name in self.inputs:
+                low, _, high = self.engine.get_tensor_profile_shape(name, 0)
+                check_in_profile(name, tuple(feed[name].shape), list(low), list(high))
+            return {self.output_name: self._run(feed)}
         batch = len(next(iter(feed.values())))
         chunks = [
             self._run({k: v[i : i + self.max_batch] for k, v in feed.items()})

@@ -209,7 +209,12 @@ def engines_readme(engines: dict[str, dict[str, Any]]) -> str:
             f"{record['gpu']['name']} (compute capability "
             f"{record['gpu']['compute_capability']})",
             f"  batch min/opt/max {profile.batch.as_list()}, sequence min/opt/max "
-            f"{profile.sequence.as_list()}",
+            f"{profile.sequence.as_list()}"
+            + (
+                f", slices {profile.slices.as_list()}, patches {profile.patches.as_list()}"
+                if profile.slices and profile.patches
+                else ""
+            ),
             f"  {record['trtexec']}",
             "",
         ]

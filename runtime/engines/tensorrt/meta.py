@@ -43,17 +43,29 @@ class Range:
 class EngineProfile:
     batch: Range
     sequence: Range
+    # Native-resolution graphs only: patch slices per batch and patches per slice.
+    slices: Range | None = None
+    patches: Range | None = None
 
     def to_dict(self) -> dict[str, list[int]]:
-        return {"batch": self.batch.as_list(), "sequence": self.sequence.as_list()}
+        out = {"batch": self.batch.as_list(), "sequence": self.sequence.as_list()}
+        for name in ("slices", "patches"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value.as_list()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EngineProfile:
-        return cls(Range(*data["batch"]), Range(*data["sequence"]))
+        extra = {name: Range(*data[name]) for name in ("slices", "patches") if name in data}
+        return cls(Range(*data["batch"]), Range(*data["sequence"]), **extra)
 
 
 def max_sequence(manifest: Mapping[str, Any]) -> int:
-    """The longest row the preprocessor produces: BOS + image placeholders + text tokens."""
+    """The longest row the preprocessor produces: BOS + image placeholders + text tokens (a
+    native-resolution graph: its own sequence bound, the visual tokens varying per image)."""
+    if manifest.get("max_patches"):
+        return int(manifest["max_sequence"])
     try:
         longest = 1 + int(manifest["num_image_tokens"]) + int(manifest["max_text_tokens"])
     except KeyError as err:
@@ -65,6 +77,10 @@ def max_sequence(manifest: Mapping[str, Any]) -> int:
 
 
 PROFILE_KEYS = ("min_batch", "opt_batch", "max_batch", "min_sequence", "opt_sequence", "max_sequence")
+NATIVE_PROFILE_KEYS = ("min_slices", "opt_slices", "max_slices", "min_patches", "opt_patches", "max_patches")
+# A native profile's default slice range: up to this many images (or video steps) per row of a
+# full batch. TensorRT sizes its memory for the maximum, so it is kept modest; override it.
+SLICES_PER_ROW = 2
 
 
 def engine_profiles(
@@ -76,9 +92,11 @@ def engine_profiles(
     ``overrides`` may set any of :data:`PROFILE_KEYS`; None values are ignored.
     """
     given: dict[str, int] = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(given) - set(PROFILE_KEYS))
+    native = bool(manifest.get("max_patches"))
+    allowed = PROFILE_KEYS + NATIVE_PROFILE_KEYS * native
+    unknown = sorted(set(given) - set(allowed))
     if unknown:
-        raise InputError(f"unknown profile overrides {unknown}; use {list(PROFILE_KEYS)}")
+        raise InputError(f"unknown profile overrides {unknown}; use {list(allowed)}")
     batch_max = int(manifest.get("max_batch", DEFAULT_MAX_BATCH))
     seq_max = max_sequence(manifest)
     values = {"min_batch": 1, "max_batch": batch_max, "min_sequence": MIN_SEQUENCE, "max_sequence": seq_max}
@@ -106,15 +124,57 @@ def engine_profiles(
         )
     if values["min_sequence"] < MIN_SEQUENCE:
         raise InputError(f"min_sequence must be at least {MIN_SEQUENCE}")
-    return EngineProfile(
-        Range(values["min_batch"], values["opt_batch"], values["max_batch"]),
-        Range(values["min_sequence"], values["opt_sequence"], values["max_sequence"]),
+    batch = Range(values["min_batch"], values["opt_batch"], values["max_batch"])
+    sequence = Range(values["min_sequence"], values["opt_sequence"], values["max_sequence"])
+    if not native:
+        return EngineProfile(batch, sequence)
+    return EngineProfile(batch, sequence, *native_ranges(manifest, given, batch))
+
+
+def native_ranges(manifest: Mapping[str, Any], given: Mapping[str, int], batch: Range) -> tuple[Range, Range]:
+    """Slices 1..SLICES_PER_ROW x max batch (opt: one image per row of the opt batch); patches
+    per slice from one merge block to the graph's bound at max_pixels (opt: the bound, since a
+    batch is padded to its longest slice and photos are near the pixel budget)."""
+    unit = int(manifest["image"].get("merge_size", 2)) ** 2
+    most = int(manifest["max_patches"])
+    values = {
+        "min_slices": 1,
+        "opt_slices": batch.opt,
+        "max_slices": SLICES_PER_ROW * batch.max,
+        "min_patches": unit,
+        "opt_patches": most,
+        "max_patches": most,
+    }
+    values.update({k: v for k, v in given.items() if k in values})
+    for kind in ("slices", "patches"):  # a lowered max pulls the default opt down with it
+        if f"opt_{kind}" not in given:
+            values[f"opt_{kind}"] = min(values[f"opt_{kind}"], values[f"max_{kind}"])
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"profile {key} must be a positive integer, got {value!r}")
+    for kind in ("slices", "patches"):
+        lo, mid, hi = (values[f"{p}_{kind}"] for p in ("min", "opt", "max"))
+        if not lo <= mid <= hi:
+            raise InputError(f"profile {kind} needs min <= opt <= max, got {lo}/{mid}/{hi}")
+    if values["max_patches"] > most:
+        raise InputError(
+            f"max_patches {values['max_patches']} exceeds the graph's {most} (its max_pixels); "
+            "re-export from a checkpoint with a larger --max-pixels"
+        )
+    for key in ("min_patches", "opt_patches", "max_patches"):
+        if values[key] % unit:
+            raise InputError(f"profile {key} must be a multiple of {unit} (whole merge blocks)")
+    return (
+        Range(values["min_slices"], values["opt_slices"], values["max_slices"]),
+        Range(values["min_patches"], values["opt_patches"], values["max_patches"]),
     )
 
 
 def profile_shapes(inputs: list[Mapping[str, Any]], profile: EngineProfile) -> dict[str, list[list[int]]]:
     """Manifest input specs (``"batch"``/``"sequence"`` symbolic dims) -> {name: [min, opt, max]}."""
     ranges = {"batch": profile.batch, "sequence": profile.sequence}
+    if profile.slices is not None and profile.patches is not None:
+        ranges.update(slices=profile.slices, patches=profile.patches)
     shapes: dict[str, list[list[int]]] = {}
     for spec in inputs:
         triple = []
@@ -128,11 +188,29 @@ def profile_shapes(inputs: list[Mapping[str, Any]], profile: EngineProfile) -> d
                 else:
                     raise ArtifactError(
                         f"input {spec['name']!r} has an unknown dynamic dim "
-                        f"{dim!r}; the profile covers 'batch' and 'sequence'"
+                        f"{dim!r}; the profile covers {', '.join(map(repr, ranges))}"
                     )
             triple.append(dims)
         shapes[spec["name"]] = triple
     return shapes
+
+
+def check_in_profile(name: str, shape: tuple[int, ...], low: list[int], high: list[int]) -> None:
+    """A request outside the engine's optimisation profile -> ``InputError`` naming the input,
+    the dimension and the range (TensorRT's own refusal names neither)."""
+    labels = {
+        "pixel_values": ("slices", "patches"),
+        "position_ids": ("axes", "batch", "sequence"),
+        "visual_index": ("batch", "sequence"),
+    }.get(name, ("batch", "sequence") if name in ("input_ids", "attention_mask") else ("slices", "patches"))
+    for axis, (size, lo, hi) in enumerate(zip(shape, low, high)):
+        if not lo <= size <= hi:
+            what = labels[axis] if axis < len(labels) else f"dim {axis}"
+            raise InputError(
+                f"{what} = {size} in {name!r} is outside the TensorRT engine's profile [{lo}, {hi}]: "
+                "send fewer/smaller images or rows per request, or rebuild the engine with a "
+                "larger profile (lame-search build-engine --max-slices / --max-patches / --max-batch)"
+            )
 
 
 def _shape_arg(shapes: Mapping[str, list[list[int]]], index: int) -> str:
