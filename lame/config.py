@@ -157,7 +157,9 @@ class LameConfig:
         return get_method(self.method).appended_reason_tokens(self)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["image"] = self.image.to_dict()  # a fixed-size model's config.json stays as it was
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LameConfig:

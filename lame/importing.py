@@ -82,8 +82,15 @@ def import_embedder(
     recipe_name: str,
     image_size: Any = "448x448",
     max_text_tokens: int = 256,
+    resolution: str = "fixed",
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
 ) -> Path:
-    """Read a local Hugging Face embedder directory, write a LaME checkpoint to ``out_dir``."""
+    """Read a local Hugging Face embedder directory, write a LaME checkpoint to ``out_dir``.
+
+    ``resolution="native"``: images keep their aspect ratio within the directory's pixel
+    budget (or ``min_pixels``/``max_pixels``), several images and videos per input, as the
+    model card computes them; "fixed" resizes every image to ``image_size``."""
     from lame.backbones.directory import directory_tokenizer, read_hf_config, resolve_model_spec
     from lame.checkpoint import save_checkpoint
     from lame.config import LameConfig
@@ -116,12 +123,18 @@ def import_embedder(
         },
         image_size,
     )
+    if resolution not in ("fixed", "native"):
+        raise InputError(f"resolution must be 'fixed' or 'native', got {resolution!r}")
+    spec["image"]["resolution"] = resolution
+    for key, value in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        if value is not None:
+            spec["image"][key] = value
     config = LameConfig.from_dict(spec)
     template = PromptTemplate(**chosen.template, recipe=chosen.name)
     preprocessor = Preprocessor(
         TextProcessor(directory_tokenizer(directory), max_text_tokens, template),
         ImageConfig.from_dict(config.image.to_dict()),
-    )
+    )  # at native resolution LameModel completes the image config from the backbone
     model = LameModel(config, preprocessor).eval()
     instruction = template.default_instruction
     meta = {

@@ -34,6 +34,7 @@ from lame_runtime.errors import (
     MissingFileError,
     StoreError,
 )
+from lame_runtime.inputs.native import Video
 from lame_runtime.options import RuntimeOptions
 from lame_runtime.retrieval.ann import AnnIndex  # faiss is imported only when an AnnIndex is built
 from lame_runtime.retrieval.index import Index
@@ -51,6 +52,7 @@ __all__ = [
     "Embedder",
     "RuntimeOptions",
     "Encoder",
+    "Video",
     "Index",
     "AnnIndex",
     "QdrantStore",

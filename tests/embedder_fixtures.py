@@ -29,6 +29,7 @@ CHAT_TEMPLATE = (
     "{%- for item in message.content %}"
     "{%- if item.type == 'image' or 'image' in item %}"
     "{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif item.type == 'video' %}{{- '<|vision_start|><|video_pad|><|vision_end|>' }}"
     "{%- elif 'text' in item %}{{- item.text }}{%- endif %}{%- endfor %}{%- endif %}"
     "{{- '<|im_end|>\\n' }}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
@@ -58,6 +59,10 @@ def _card_model_class():
             return self.model(**inputs)
 
     return Qwen3VLForEmbedding
+
+
+# The video processor's settings written beside the image processor's (a budget per clip).
+VIDEO = {"size": {"shortest_edge": 256, "longest_edge": 16384}, "fps": 2, "min_frames": 4, "max_frames": 16}
 
 
 def build_qwen3_embedder_dir(directory: Path, seed: int = 0) -> Path:
@@ -96,6 +101,19 @@ def build_qwen3_embedder_dir(directory: Path, seed: int = 0) -> Path:
                 "image_mean": MEAN,
                 "image_std": STD,
                 "size": {"shortest_edge": 256, "longest_edge": 65536},
+            }
+        )
+    )
+    (directory / "video_preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "video_processor_type": "Qwen3VLVideoProcessor",
+                "patch_size": PATCH,
+                "merge_size": MERGE,
+                "temporal_patch_size": TEMPORAL,
+                "image_mean": MEAN,
+                "image_std": STD,
+                **VIDEO,
             }
         )
     )
@@ -147,10 +165,11 @@ def build_qwen3_embedder_dir(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def reference_embeddings(directory: Path, rows: list[dict]) -> torch.Tensor:
+def reference_embeddings(directory: Path, rows: list[dict], max_pixels: int = 65536) -> torch.Tensor:
     """The model card's computation: chat template, Qwen3VLProcessor, Qwen3VLModel, the last
     non-padding token's final hidden state, L2-normalised. ``rows``: dicts with optional
-    ``text``, ``image`` (HxWx3 uint8) and ``instruction``."""
+    ``text``, ``image`` (HxWx3 uint8) or ``images`` (a list), ``video`` ([T, H, W, 3] uint8
+    frames at ``fps``) and ``instruction``; visuals come before the text, images first."""
     from PIL import Image
     from transformers import AutoTokenizer
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -163,18 +182,22 @@ def reference_embeddings(directory: Path, rows: list[dict]) -> torch.Tensor:
         temporal_patch_size=TEMPORAL,
         image_mean=MEAN,
         image_std=STD,
-        size={"shortest_edge": 256, "longest_edge": 65536},
+        size={"shortest_edge": 256, "longest_edge": max_pixels},
     )
     model = _card_model_class().from_pretrained(str(directory)).eval()
-    conversations, images = [], []
+    conversations, images, videos = [], [], []
     for row in rows:
         instruction = row.get("instruction", DEFAULT_INSTRUCTION).strip()
         if instruction and not unicodedata.category(instruction[-1]).startswith("P"):
             instruction += "."
         content = []
-        if row.get("image") is not None:
+        pictures = row.get("images") or ([row["image"]] if row.get("image") is not None else [])
+        for picture in pictures:
             content.append({"type": "image", "image": "given"})
-            images.append(Image.fromarray(row["image"]))
+            images.append(Image.fromarray(picture))
+        if row.get("video") is not None:
+            content.append({"type": "video", "video": "given"})
+            videos.append(_reference_video(row["video"], row["fps"]))
         if row.get("text"):
             content.append({"type": "text", "text": row["text"]})
         if not content:
@@ -187,19 +210,75 @@ def reference_embeddings(directory: Path, rows: list[dict]) -> torch.Tensor:
         )
     # Qwen3VLProcessor's steps (it cannot be built here: its video processor needs
     # torchvision): render the chat template, expand each <|image_pad|> to the image's merged
-    # patch count, tokenise with padding, mark image tokens in mm_token_type_ids.
+    # patch count and each video to its frames' "<t seconds>" + pads, tokenise with padding,
+    # mark image (1) and video (2) tokens in mm_token_type_ids.
     texts = [
         tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations
     ]
-    vision = image_processor(images=images, return_tensors="pt") if images else {}
+    vision = dict(image_processor(images=images, return_tensors="pt")) if images else {}
     counts = iter((vision["image_grid_thw"].prod(-1) // MERGE**2).tolist() if images else [])
     pad = "<|image_pad|>"
-    texts = [text.replace(pad, "<|placeholder|>" * next(counts)) if pad in text else text for text in texts]
+    texts = [_expand(text, pad, lambda: "<|placeholder|>" * next(counts)) for text in texts]
     texts = [text.replace("<|placeholder|>", pad) for text in texts]
+    spans = iter(v["prompt"] for v in videos)
+    wrapper = "<|vision_start|><|video_pad|><|vision_end|>"
+    texts = [_expand(text, wrapper, lambda: next(spans)) for text in texts]
+    if videos:
+        vision["pixel_values_videos"] = torch.cat([v["patches"] for v in videos])
+        vision["video_grid_thw"] = torch.tensor([v["grid"] for v in videos])
     inputs = dict(tokenizer(texts, padding=True, return_tensors="pt"), **vision)
-    inputs["mm_token_type_ids"] = (inputs["input_ids"] == model.config.image_token_id).int()
+    ids = inputs["input_ids"]
+    inputs["mm_token_type_ids"] = (ids == model.config.image_token_id).int() + 2 * (
+        ids == model.config.video_token_id
+    ).int()
     with torch.no_grad():
         hidden = model(**inputs).last_hidden_state
     mask = inputs["attention_mask"]
     last = mask.shape[1] - mask.flip(1).argmax(1) - 1
     return F.normalize(hidden[torch.arange(len(rows)), last], dim=-1)
+
+
+def _expand(text: str, marker: str, replacement) -> str:
+    while marker in text:
+        text = text.replace(marker, replacement(), 1)
+    return text
+
+
+def _reference_video(frames, fps: float) -> dict:
+    """Qwen3VLVideoProcessor's steps with its own functions where they run without
+    torchvision: frame sampling, the clip's smart_resize (the test's frames are already at the
+    size it picks, since the resize itself needs torchvision), normalisation, patchify, and
+    the processor's timestamps for the prompt."""
+    import numpy as np
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor, smart_resize
+    from transformers.video_utils import VideoMetadata
+
+    processor = Qwen3VLVideoProcessor(
+        patch_size=PATCH,
+        merge_size=MERGE,
+        temporal_patch_size=TEMPORAL,
+        image_mean=MEAN,
+        image_std=STD,
+        **VIDEO,
+    )
+    indices = processor.sample_frames(VideoMetadata(total_num_frames=len(frames), fps=fps))
+    picked = np.asarray(frames)[indices]
+    height, width = smart_resize(
+        num_frames=len(picked),
+        height=picked.shape[1],
+        width=picked.shape[2],
+        temporal_factor=TEMPORAL,
+        factor=PATCH * MERGE,
+        min_pixels=VIDEO["size"]["shortest_edge"],
+        max_pixels=VIDEO["size"]["longest_edge"],
+    )
+    assert (height, width) == picked.shape[1:3], "test frames must be at the size the processor picks"
+    x = (torch.from_numpy(picked).float() / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
+    patches, grid_t, grid_h, grid_w = processor.patchify(x.permute(0, 3, 1, 2)[None], PATCH, MERGE, TEMPORAL)
+    stamps = Qwen3VLProcessor._calculate_timestamps(None, indices, fps, TEMPORAL)
+    per_frame = grid_h * grid_w // MERGE**2
+    prompt = "".join(
+        f"<{t:.1f} seconds><|vision_start|>" + "<|video_pad|>" * per_frame + "<|vision_end|>" for t in stamps
+    )
+    return {"patches": patches[0], "grid": [grid_t, grid_h, grid_w], "prompt": prompt}

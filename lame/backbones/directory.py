@@ -28,6 +28,7 @@ from lame_runtime.persist import read_json
 # Transformers' image-processor settings in a backbone directory. Not LaME's own preprocessor
 # file (lame_runtime.inputs.preprocess.PREPROCESSOR_FILE), whose name happens to be the same.
 HF_PROCESSOR_FILE = "preprocessor_config.json"
+HF_VIDEO_PROCESSOR_FILE = "video_preprocessor_config.json"
 
 # family -> the Transformers model_type its config.json must declare
 MODEL_TYPES = {
@@ -172,7 +173,35 @@ def image_settings(directory: Path, hf_config: dict[str, Any], family: str) -> d
     for ours, theirs in (("mean", "image_mean"), ("std", "image_std")):
         if processor.get(theirs) is not None:
             settings[ours] = [float(v) for v in processor[theirs]]
+    # Native resolution's pixel budgets (used only when resolution is "native").
+    settings.update(_budget(processor, processor_path, "min_pixels", "max_pixels"))
+    video_path = directory / HF_VIDEO_PROCESSOR_FILE
+    if video_path.is_file():
+        video = read_json(video_path, InputError, dict)
+        settings.update(_budget(video, video_path, "video_min_pixels", "video_max_pixels"))
+        for ours, theirs, kind in (
+            ("video_fps", "fps", float),
+            ("video_min_frames", "min_frames", int),
+            ("video_max_frames", "max_frames", int),
+        ):
+            if isinstance(video.get(theirs), (int, float)) and not isinstance(video.get(theirs), bool):
+                settings[ours] = kind(video[theirs])
     return settings
+
+
+def _budget(processor: dict[str, Any], path: Path, low: str, high: str) -> dict[str, int]:
+    """A Qwen-VL processor's pixel budget: ``size`` {shortest_edge, longest_edge} (current
+    Transformers) or top-level min_pixels / max_pixels (older files)."""
+    size = processor.get("size") if isinstance(processor.get("size"), dict) else {}
+    out = {}
+    for ours, keys in ((low, ("shortest_edge", "min_pixels")), (high, ("longest_edge", "max_pixels"))):
+        value = size.get(keys[0], processor.get(keys[1]))
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{path}: {keys[0]}/{keys[1]} must be a positive integer, got {value!r}")
+        out[ours] = value
+    return out
 
 
 def directory_tokenizer(directory: str | Path):

@@ -63,19 +63,35 @@ def _recipe_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     "resizes each image dynamically; here every image is resized to this).",
 )
 @click.option(
+    "--resolution",
+    type=click.Choice(["fixed", "native"]),
+    default="fixed",
+    show_default=True,
+    help="native: each image keeps its aspect ratio within the model's pixel budget, several "
+    "images and videos per input (the model card's vectors); fixed: --image-size for every image.",
+)
+@click.option(
+    "--min-pixels", type=click.IntRange(min=1), default=None, help="Native: least pixels per image."
+)
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Native: most pixels per image.")
+@click.option(
     "--max-text-tokens",
     type=int,
     default=256,
     show_default=True,
     help="Text tokens per input before truncation (with a warning).",
 )
-def embedder(directory, out_dir, recipe, image_size, max_text_tokens) -> int:
+def embedder(
+    directory, out_dir, recipe, image_size, resolution, min_pixels, max_pixels, max_text_tokens
+) -> int:
     """Read a local Hugging Face embedder DIRECTORY (nothing is downloaded) and write an
     ordinary K=0 checkpoint that lame-export and the runtime serve unchanged."""
     require_train_extra()
     from lame.importing import import_embedder
 
-    out = import_embedder(directory, out_dir, recipe, image_size, max_text_tokens)
+    out = import_embedder(
+        directory, out_dir, recipe, image_size, max_text_tokens, resolution, min_pixels, max_pixels
+    )
     click.echo(json.dumps({"checkpoint": str(out), "recipe": recipe}))
     return 0
 

@@ -122,6 +122,9 @@ class Visual:
     grid: tuple[int, int, int]
     interval: float = 1.0
     split_time: bool = False
+    # Seconds at each temporal step of a video (Qwen3-VL's prompt writes "<t seconds>" before
+    # each step); None for an image.
+    timestamps: tuple[float, ...] | None = None
 
     def tokens(self, merge: int) -> int:
         t, h, w = self.grid

@@ -55,7 +55,7 @@ class ImageConfig:
     min_pixels: int = 56 * 56
     max_pixels: int = 28 * 28 * 1280
     video_min_pixels: int = 128 * 28 * 28
-    video_max_pixels: int = 768 * 28 * 28  # per frame
+    video_max_pixels: int = 768 * 28 * 28  # per frame (Qwen3-VL: per clip, as its processor reads it)
     video_fps: float = 2.0
     video_min_frames: int = 4
     video_max_frames: int = 768

@@ -11,6 +11,7 @@ grid-dependent inputs come from :mod:`lame_runtime.inputs.grid`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,23 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v")
 # A video given as frames: what one row may hold at most before sampling (decoded frames are
 # held in memory; a file is sampled while it is decoded).
 MAX_INPUT_FRAMES = 4096
+
+
+@dataclass(frozen=True)
+class Video:
+    """A video with its frame rate: ``frames`` (a list of frames, a [T, H, W, 3] array or a
+    folder of frames) shot at ``fps`` frames per second. A bare list or folder has no known
+    rate: every frame is a sample (Qwen2/2.5-VL) or 24 fps is assumed (Qwen3-VL, as its
+    processor does); a video file reports its own."""
+
+    frames: Any
+    fps: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.fps is not None and (
+            isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not 0 < self.fps < 1000
+        ):
+            raise InputError(f"Video fps must be a number in (0, 1000), got {self.fps!r}")
 
 
 def layout_of(cfg: ImageConfig) -> NativeLayout:
@@ -87,23 +105,86 @@ def video_visual(
     folder of frame files (sorted by name), or a video file (PyAV). ``fps``: the frame rate of
     given frames (a file knows its own); None samples every frame up to the limits."""
     frames, source_fps = _read_frames(video, fps)
-    keep = sample_indices(len(frames), source_fps, cfg)
+    qwen3 = cfg.split_time  # Qwen3-VL's video processor: its own sampling, budget and timestamps
+    keep = (
+        qwen3_sample_indices(len(frames), source_fps, cfg)
+        if qwen3
+        else sample_indices(len(frames), source_fps, cfg)
+    )
     limit = check_max_pixels(max_pixels) or default_max_pixels(cfg)
     images = [load_image(frames[i], limit) for i in keep]
     first = images[0]
     factor = cfg.patch_size * cfg.merge_size
-    # A frame never gets more pixels than an image (the graph's patch bound follows max_pixels).
-    most = min(cfg.video_max_pixels, cfg.max_pixels)
-    height, width = smart_resize(first.height, first.width, factor, min(cfg.video_min_pixels, most), most)
+    if qwen3:  # the budget covers the clip; a frame still gets at most an image's pixels
+        height, width = clip_resize(len(keep), first.height, first.width, cfg)
+    else:  # a frame never gets more pixels than an image (the graph's patch bound follows max_pixels)
+        most = min(cfg.video_max_pixels, cfg.max_pixels)
+        height, width = smart_resize(first.height, first.width, factor, min(cfg.video_min_pixels, most), most)
     stack = np.stack([_normalised(img, height, width, cfg) for img in images])
     patches, grid_t = patchify_frames(stack, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
-    seconds_per_step = cfg.temporal_patch_size / (source_fps * len(keep) / len(frames)) if source_fps else 1.0
-    interval = (cfg.tokens_per_second or 1.0) * seconds_per_step if cfg.tokens_per_second else 1.0
     grid = (grid_t, height // cfg.patch_size, width // cfg.patch_size)
-    return Visual(patches, grid, interval=interval, split_time=cfg.split_time)
+    if qwen3:
+        stamps = step_timestamps(keep, source_fps or QWEN3_DEFAULT_FPS, cfg.temporal_patch_size)
+        return Visual(patches, grid, split_time=True, timestamps=stamps)
+    seconds_per_step = cfg.temporal_patch_size / (source_fps * len(keep) / len(frames)) if source_fps else 1.0
+    interval = cfg.tokens_per_second * seconds_per_step if cfg.tokens_per_second else 1.0
+    return Visual(patches, grid, interval=interval)
+
+
+# Qwen3-VL's video processor assumes 24 fps for frames whose rate is unknown.
+QWEN3_DEFAULT_FPS = 24.0
+
+
+def qwen3_sample_indices(total: int, source_fps: float | None, cfg: ImageConfig) -> np.ndarray:
+    """Qwen3-VL's rule: ``video_fps`` frames per second of the clip (24 fps assumed for frames
+    without a rate), within [video_min_frames, video_max_frames] and the clip's length, spread
+    with rounded ``linspace``."""
+    if total < 1:
+        raise InputError("the video has no frames")
+    wanted = int(total / (source_fps or QWEN3_DEFAULT_FPS) * cfg.video_fps)
+    count = min(max(wanted, cfg.video_min_frames), cfg.video_max_frames, total)
+    indices: np.ndarray = np.linspace(0, total - 1, count).round().astype(np.int64)
+    return indices
+
+
+def clip_resize(frames: int, height: int, width: int, cfg: ImageConfig) -> tuple[int, int]:
+    """Qwen3-VL's video resize: [video_min_pixels, video_max_pixels] bound the whole clip
+    (frames x height x width, frames rounded to temporal patches), as its processor's
+    ``smart_resize`` does; a frame above the image budget ``max_pixels`` is brought within it."""
+    factor = cfg.patch_size * cfg.merge_size
+    temporal = cfg.temporal_patch_size
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    t_bar = round(frames / temporal) * temporal
+    if t_bar * h_bar * w_bar > cfg.video_max_pixels:
+        beta = math.sqrt((frames * height * width) / cfg.video_max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < cfg.video_min_pixels:
+        beta = math.sqrt(cfg.video_min_pixels / (frames * height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    if h_bar * w_bar > cfg.max_pixels:
+        h_bar, w_bar = smart_resize(h_bar, w_bar, factor, min(cfg.min_pixels, cfg.max_pixels), cfg.max_pixels)
+    return h_bar, w_bar
+
+
+def step_timestamps(indices: np.ndarray, fps: float, temporal: int) -> tuple[float, ...]:
+    """Seconds of each temporal step: the mean of its first and last frame's time (the last
+    frame repeated to fill the final step), as Qwen3-VL's processor computes them."""
+    picked = list(indices.tolist())
+    picked += [picked[-1]] * (-len(picked) % temporal)
+    times = [i / fps for i in picked]
+    return tuple((times[i] + times[i + temporal - 1]) / 2 for i in range(0, len(times), temporal))
 
 
 def _read_frames(video: Any, fps: float | None) -> tuple[list[Any], float | None]:
+    if isinstance(video, Video):
+        frames, rate = _read_frames(video.frames, video.fps)
+        return frames, video.fps if video.fps is not None else rate
     if isinstance(video, (str, Path)):
         path = Path(video)
         if path.is_dir():

@@ -10,8 +10,9 @@ import numpy as np
 
 from lame_runtime.artifact.manifest import PREPROCESSOR_FILE, TOKENIZER_FILE
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
+from lame_runtime.inputs.grid import Visual
 from lame_runtime.inputs.images import ImageConfig, preprocess_images
-from lame_runtime.inputs.template import Instructed, PromptTemplate
+from lame_runtime.inputs.template import Instructed, PromptTemplate, VideoSpan
 from lame_runtime.inputs.text import TextProcessor
 from lame_runtime.persist import read_json
 
@@ -72,7 +73,7 @@ class Preprocessor:
             for row, (image, video) in enumerate(zip(pictures, clips))
         ]
         merge = self.image.merge_size
-        counts = [[v.tokens(merge) for v in row] for row in visuals]
+        counts = [[_placeholders(v, merge) for v in row] for row in visuals]
         ids, mask = self.text.encode_visual_rows(rows, counts)
         return native_feed(ids, mask, ids == self.text.special["image"], visuals, self.image)
 
@@ -227,3 +228,10 @@ def native_rows(
         if text:
             check_unicode(text, f"texts[{i}]")
     return rows, pictures, clips
+
+
+def _placeholders(visual: Visual, merge: int) -> int | VideoSpan:
+    if visual.timestamps is None:
+        return visual.tokens(merge)
+    steps = visual.grid[0]
+    return VideoSpan(steps, visual.tokens(merge) // steps, visual.timestamps)

@@ -88,6 +88,13 @@ class PromptTemplate:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def _visual(self, pieces: list[tuple[str, Any]], count: int) -> None:
+        if self.image_open:
+            pieces.append(("special", self.image_open))
+        pieces.append(("image", count))
+        if self.image_close:
+            pieces.append(("special", self.image_close))
+
     def instruction_for(self, instruction: str | None) -> str:
         text = (instruction if instruction is not None else self.default_instruction).strip()
         if self.instruction_period and text and not unicodedata.category(text[-1]).startswith("P"):
@@ -95,7 +102,7 @@ class PromptTemplate:
         return text
 
     def parts(
-        self, text: str, instruction: str | None, image_tokens: int | list[int]
+        self, text: str, instruction: str | None, image_tokens: int | list[int | VideoSpan]
     ) -> list[tuple[str, Any]]:
         """-> [("text", str) | ("special", token) | ("image", count)], adjacent texts merged.
         ``image_tokens``: one image's placeholder count (0: none), or one count per visual of
@@ -117,14 +124,29 @@ class PromptTemplate:
                 _append_text(pieces, values[found])
             elif found == IMAGE:
                 for count in counts:
-                    if self.image_open:
-                        pieces.append(("special", self.image_open))
-                    pieces.append(("image", count))
-                    if self.image_close:
-                        pieces.append(("special", self.image_close))
+                    if isinstance(count, VideoSpan) and count.timestamps is not None:
+                        for seconds in count.timestamps:
+                            _append_text(pieces, f"<{seconds:.1f} seconds>")
+                            self._visual(pieces, count.per_step)
+                    else:
+                        self._visual(pieces, count.tokens if isinstance(count, VideoSpan) else count)
             else:
                 pieces.append(("special", found))
         return pieces
+
+
+@dataclass(frozen=True)
+class VideoSpan:
+    """A video's placeholders in a prompt: ``steps`` runs of ``per_step`` tokens, each after
+    its "<t seconds>" timestamp (Qwen3-VL's layout) when ``timestamps`` are given."""
+
+    steps: int
+    per_step: int
+    timestamps: tuple[float, ...] | None = None
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.per_step
 
 
 def _append_text(pieces: list[tuple[str, Any]], text: str) -> None:

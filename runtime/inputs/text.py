@@ -22,6 +22,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from lame_runtime.errors import InputError, InputTypeError, MissingFileError
+from lame_runtime.inputs.template import VideoSpan
 
 if TYPE_CHECKING:
     from tokenizers import Encoding
@@ -149,10 +150,11 @@ class TextProcessor:
         return self.encode_visual_rows(texts, counts)
 
     def encode_visual_rows(
-        self, texts: Sequence[str | None], visual_tokens: Sequence[Sequence[int]]
+        self, texts: Sequence[str | None], visual_tokens: Sequence[Sequence[int | VideoSpan]]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows with any number of visuals (``visual_tokens[i]``: the placeholder count of each
-        of row i's images and videos, in order) -> (input_ids, attention_mask), left-padded."""
+        of row i's images, or a video's :class:`VideoSpan`, in order) -> (input_ids,
+        attention_mask), left-padded."""
         rows = [self._row(text, list(counts)) for text, counts in zip(texts, visual_tokens)]
         return self.pad_rows(rows)
 
@@ -167,7 +169,7 @@ class TextProcessor:
             mask[i, length - len(row) :] = 1
         return ids, mask
 
-    def _row(self, text: str | None, visual_tokens: list[int]) -> list[int]:
+    def _row(self, text: str | None, visual_tokens: list[int | VideoSpan]) -> list[int]:
         if self.template is not None:
             return self._template_row(text, visual_tokens)
         tokens: list[int] = []
@@ -177,10 +179,11 @@ class TextProcessor:
                 self._warn_truncated(text, total, stacklevel=5)
         elif text is not None and not visual_tokens:
             warnings.warn("empty text embedded as [BOS] alone (no content)", stacklevel=5)
-        image = [self.special["image"]] * sum(visual_tokens)
+        count = sum(v.tokens if isinstance(v, VideoSpan) else v for v in visual_tokens)
+        image = [self.special["image"]] * count
         return [self.special["bos"], *image, *tokens]
 
-    def _template_row(self, text: str | None, visual_tokens: list[int]) -> list[int]:
+    def _template_row(self, text: str | None, visual_tokens: list[int | VideoSpan]) -> list[int]:
         template = self.template
         assert template is not None  # only called for a templated processor
         instruction, body = getattr(text, "instruction", None), getattr(text, "body", text)
