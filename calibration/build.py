@@ -13,15 +13,27 @@ from lame_runtime.errors import InputError
 from lame_runtime.inputs.preprocess import Preprocessor, format_query
 from lame_runtime.persist import atomic_write_file, parse_json
 
-Item = tuple[str | None, str | None]  # (text, absolute image path)
+# (text, absolute image path or list of them, absolute video path)
+Item = tuple[str | None, Any, str | None]
+# A native-resolution set is stored as whole batches (their patch slices differ in shape):
+# keys "batch0003__pixel_values"; a fixed-size one as one padded feed.
+BATCH_SEPARATOR = "__"
+NATIVE_BATCH = 2
 
 
 def _items_of(row: dict[str, Any], root: Path, split: str) -> list[tuple[str, Item]]:
     """(stratum, item) pairs of one jsonl row: its query and its targets/candidates."""
 
     def item(spec: dict, instruction: str | None = None) -> Item:
-        image = spec.get("image")
-        return format_query(spec.get("text"), instruction), str(root / image) if image else None
+        image, video = spec.get("image"), spec.get("video")
+        images: Any = (
+            [str(root / i) for i in image] if isinstance(image, list) else image and str(root / image)
+        )
+        return (
+            format_query(spec.get("text"), instruction),
+            images or None,
+            str(root / video) if video else None,
+        )
 
     task = row.get("task", "default")
     out = [(f"{task}/query", item(row["query"], row.get("instruction")))]
@@ -43,9 +55,10 @@ def sample_items(data_dir: str | Path, size: int, seed: int = 0, split: str = "t
                 continue
             try:
                 row = parse_json(line, f"{path}:{number}", InputError)
-                for stratum, (text, image) in _items_of(row, root, split):
-                    modality = "+".join(m for m, v in (("text", text), ("image", image)) if v)
-                    strata[f"{stratum}/{modality}"].append((text, image))
+                for stratum, (text, image, video) in _items_of(row, root, split):
+                    kinds = (("text", text), ("image", image), ("video", video))
+                    modality = "+".join(m for m, v in kinds if v)
+                    strata[f"{stratum}/{modality}"].append((text, image, video))
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise ValueError(f"{path}:{number}: not a valid row: {err}") from err
     rng = np.random.default_rng(seed)
@@ -84,8 +97,19 @@ def build(
     items = sample_items(data_dir, size, seed, split)
     if not items:
         raise ValueError(f"no calibration samples found in {data_dir}")
-    feed = preprocessor([t for t, _ in items], [i for _, i in items])
-    feed = pad_left(feed, length or feed["input_ids"].shape[1], preprocessor.text.special["pad"])
+    texts, images, videos = ([item[k] for item in items] for k in range(3))
+    if preprocessor.image.native:
+        # Batches as the runtime builds them: each at its own images' sizes (mixed sizes).
+        feed = {}
+        for number, start in enumerate(range(0, len(items), NATIVE_BATCH)):
+            part = slice(start, start + NATIVE_BATCH)
+            batch = preprocessor(texts[part], images[part], start, videos[part])
+            feed.update({f"batch{number:04d}{BATCH_SEPARATOR}{name}": value for name, value in batch.items()})
+    else:
+        if any(isinstance(i, list) for i in images) or any(videos):
+            raise InputError(f"{data_dir}: rows with several images or videos need a native-resolution model")
+        feed = preprocessor(texts, images)
+        feed = pad_left(feed, length or feed["input_ids"].shape[1], preprocessor.text.special["pad"])
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
 

@@ -41,7 +41,6 @@ from lame_runtime.artifact.manifest import (
     TensorSpec,
 )
 from lame_runtime.errors import GateError, InputError
-from lame_runtime.inputs.preprocess import INPUT_NAMES
 from lame_runtime.persist import atomic_write_dir, atomic_write_json, check_replaceable, read_json
 
 FILES = {
@@ -121,11 +120,6 @@ def export_checkpoint(
             f"{ckpt} was trained with method {model.config.method!r}; ONNX export "
             f"covers the one-pass methods {EXPORTABLE_METHODS} (cot and latent "
             "decode step by step: benchmark them in PyTorch with lame-bench)"
-        )
-    if model.config.image.native and options.int8:
-        raise ValueError(
-            f"{ckpt} reads images at native resolution; int8 needs calibration batches drawn at "
-            "mixed sizes, not available for native graphs yet: export fp32, fp16 or int4"
         )
     spec = ExportSpec.for_model(
         model, opset=options.opset, max_batch=options.max_batch, max_sequence=options.max_sequence
@@ -233,7 +227,8 @@ def _convert(precision: str, stage: Path, model, options: ExportOptions, progres
         calib = build_calibration(options.calib_data, stage, stage / "calib.npz", size=options.calib_size)
     # MinMax ranges do not depend on how samples are batched; small batches keep the
     # calibration session's activations (and the export's peak memory) small.
-    reader = CalibrationReader(calib, batch_size=2, input_names=list(INPUT_NAMES))
+    names = ExportSpec.for_model(model).input_names  # a native graph's inputs differ by family
+    reader = CalibrationReader(calib, batch_size=2, input_names=list(names))
     to_int8(
         src,
         stage / FILES["int8"],

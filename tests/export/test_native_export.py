@@ -43,7 +43,8 @@ def native_artifact(request, digits_dir, tmp_path_factory):
     model = LameModel(config, preprocessor_for(digits_dir, config)).eval()
     root = tmp_path_factory.mktemp("native")
     save_checkpoint(root / "ckpt", model, {}, {"step": 0, "stage": "joint"}, [])
-    report = export_checkpoint(root / "ckpt", root / "artifact", ExportOptions(int4=True))
+    options = ExportOptions(int4=True, int8=True, calib_data=str(digits_dir), calib_size=16)
+    report = export_checkpoint(root / "ckpt", root / "artifact", options)
     return model, root / "artifact", report
 
 
@@ -56,6 +57,7 @@ def test_native_graph_passes_its_gates_at_every_size(native_artifact):
         assert wanted in labels
     assert report["fp32"]["min_cosine"] >= 0.9999
     assert report["text_graph"]["fp32"]["min_cosine"] >= 0.9999
+    assert report["int8"]["passed"] and report["int4"]["passed"]  # each at its own threshold
     manifest = json.loads((artifact / "lame_artifact.json").read_text())
     names = [spec["name"] for spec in manifest["inputs"]]
     assert names[:3] == ["input_ids", "attention_mask", "pixel_values"] and "visual_index" in names
@@ -116,3 +118,34 @@ def test_fixed_size_files_carry_no_native_fields(make_model, tmp_path):
         "std",
         "resample",
     }
+
+
+def test_native_calibration_keeps_batches_at_their_own_sizes(native_artifact, tmp_path):
+    """A native calibration set stores whole batches, each at its images' native sizes (a
+    dataset of mixed sizes calibrates on mixed sizes); the text graph's reader takes the text
+    rows of each batch."""
+    from PIL import Image
+
+    from lame_calibration import CalibrationReader
+    from lame_calibration import build as build_calibration
+
+    _, artifact, _ = native_artifact
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    rows = []
+    for number, picture in enumerate([PHOTO, PAGE, WIDE, PHOTO[:, :32]]):
+        Image.fromarray(picture).save(data / "images" / f"{number}.png")
+        query = {"text": f"item {number}"}
+        rows.append({"query": query, "target": {"image": f"images/{number}.png"}})
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = build_calibration(data, artifact, tmp_path / "calib.npz", size=8)
+    reader = CalibrationReader(path, input_names=None)
+    batches = []
+    while (batch := reader.get_next()) is not None:
+        batches.append(batch)
+    assert len(batches) == 4
+    widths = {b["pixel_values"].shape[1] for b in batches if (b["visual_index"] >= 0).any()}
+    assert len(widths) >= 2  # mixed sizes
+    text = CalibrationReader(path, input_names=["input_ids", "attention_mask"], text_only=True)
+    first = text.get_next()
+    assert set(first) == {"input_ids", "attention_mask"}
