@@ -162,3 +162,11 @@ def test_native_training_on_images_of_all_sizes_and_videos(preset, mixed_dir, tm
     vectors = model.encode(texts=["a yellow clip", None], videos=[clip, clip])
     assert vectors.shape == (2, model.config.embed_dim) and np.isfinite(vectors).all()
     assert not np.allclose(vectors[0], vectors[1])  # the text changes the row
+
+
+def test_an_unreadable_image_is_named_by_row_when_counting(tmp_path):
+    root = build_mixed_dataset(tmp_path / "data")
+    (root / "images" / "1.png").write_bytes(b"not an image")
+    rows = load_train(root)  # existence is what loading checks
+    with pytest.raises(DatasetError, match=r"^train\.jsonl:2: cannot read image .*1\.png"):
+        row_costs(rows, NATIVE_CONFIG, hard_negatives=1, budget=1000)
