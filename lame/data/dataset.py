@@ -80,6 +80,8 @@ class Item:
     ):
         if image is not None and images:
             raise ValueError("give an Item either image= or images=, not both")
+        if isinstance(images, str):  # a lone path would be read as its characters
+            raise TypeError("Item(images=...) takes a list of paths; one path goes in image=")
         object.__setattr__(self, "text", text)
         object.__setattr__(self, "images", (image,) if image is not None else tuple(images))
         object.__setattr__(self, "video", video)

@@ -315,6 +315,8 @@ def test_item_keys_tell_images_and_videos_apart():
     assert len(keys) == 5
     with pytest.raises(ValueError, match="either image= or images="):
         Item(image="a", images=["b"])
+    with pytest.raises(TypeError, match="takes a list of paths"):
+        Item(images="a.png")
 
 
 def test_fixed_size_check_names_the_row(tmp_path):
