@@ -170,3 +170,38 @@ def test_an_unreadable_image_is_named_by_row_when_counting(tmp_path):
     rows = load_train(root)  # existence is what loading checks
     with pytest.raises(DatasetError, match=r"^train\.jsonl:2: cannot read image .*1\.png"):
         row_costs(rows, NATIVE_CONFIG, hard_negatives=1, budget=1000)
+
+
+def test_budgeted_native_run_resumed_after_a_kill_equals_the_uninterrupted_run(
+    mixed_dir, tmp_path, monkeypatch
+):
+    import torch
+    from train_helpers import train_killed_at, weights
+
+    from lame.cli.train import build_configs
+    from lame.training.train import Trainer, train
+
+    native = {"resolution": "native", "min_pixels": 256, "max_pixels": 1024}
+    model, config = build_configs(
+        _preset(tmp_path, "tiny-qwen2.5-vl"),
+        {**native, "max_steps": 6, "batch_size": 4, "save_every": 2, "max_batch_visual_tokens": 10},
+    )
+    config.final_eval = False
+    seen: list[list[int]] = []
+    real_step = Trainer._step
+
+    def recording(self, step, params, optimizer):
+        seen.append(self.plan_batches(step).tolist())
+        return real_step(self, step, params, optimizer)
+
+    monkeypatch.setattr(Trainer, "_step", recording)
+    train(mixed_dir, tmp_path / "straight", model, config, show_progress=False)
+    straight_batches = list(seen)
+    assert any(len(batch) < 4 for batch in straight_batches)  # the budget cut some batches
+    train_killed_at(3, mixed_dir, tmp_path / "killed", model, config, monkeypatch)
+    train(mixed_dir, tmp_path / "killed", model, config, resume=True, show_progress=False)
+    # Killed when step 3 began (steps 0-2 ran), resumed from the step-2 checkpoint: same rows.
+    assert seen[6:] == straight_batches[:3] + straight_batches[2:]
+    straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "killed")
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
