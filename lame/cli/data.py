@@ -131,14 +131,16 @@ def _report(summary: dict) -> int:
     "--image-root",
     required=True,
     type=click.Path(file_okay=False),
-    help="Directory the rows' qry_img_path / tgt_img_path are relative to.",
+    help="Directory the rows' image and video paths (qry_img_path, tgt_img_path, qry_video_path, "
+    "tgt_video_path) are relative to.",
 )
 @click.option(
     "--family",
-    type=click.Choice(["image", "visdoc"]),
+    type=click.Choice(["image", "visdoc", "video"]),
     default="image",
     show_default=True,
-    help="image tasks report hit@1, visdoc tasks NDCG@5.",
+    help="image and video tasks report hit@1, visdoc tasks NDCG@5; video reads qry_video_path / "
+    "tgt_video_path (a video file or a folder of frames each).",
 )
 @_converter_options
 def mmeb(file, image_root, family, out_dir, task, append, overwrite) -> int:

@@ -90,7 +90,7 @@ def command(
     stderr so the JSON on stdout stays machine-readable."""
     require_train_extra()
     import lame
-    from lame.data.dataset import load_eval
+    from lame.data.dataset import check_fixed_size, load_eval
     from lame.device import resolve_device
     from lame.evaluation.evaluate import evaluate, limit_rows
 
@@ -99,6 +99,8 @@ def command(
         raise click.UsageError(f"--generate must be >= 1, got {generate}")
     rows = limit_rows(load_eval(data_dir, split=split), generate or limit)
     model = lame.load(ckpt, device=device)
+    if not model.preprocessor.image.native:
+        check_fixed_size(rows)  # several images or a video: name the row before any embedding
     sizes = parse_dimensions(dimensions, model.config.embed_dim) if dimensions else []
     if generate is not None:
         return _generate(model, rows, data_dir, batch_size, max_new_tokens, out_file, not no_progress)

@@ -231,6 +231,14 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
     "and gradients, memory of one chunk).",
 )
 @click.option(
+    "--max-batch-visual-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cut each batch to at most this many visual tokens (after merging) over its queries, "
+    "targets and hard negatives, keeping rows whole (images of varying sizes, videos); a row "
+    "over it alone is an error naming it. Default: no limit.",
+)
+@click.option(
     "--lora-rank",
     type=int,
     default=None,

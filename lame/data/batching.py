@@ -6,12 +6,14 @@ the runtime serves with.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import replace
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from lame.data.dataset import Item, TrainRow
+from lame.data.dataset import DatasetError, Item, TrainRow
+from lame_runtime.inputs.images import ImageConfig
 from lame_runtime.inputs.preprocess import Preprocessor, format_query
 
 
@@ -22,6 +24,114 @@ def batch_indices(num_rows: int, batch_size: int, seed: int, step: int) -> np.nd
     epoch, offset = divmod(step, per_epoch)
     order = np.random.default_rng([seed, epoch]).permutation(num_rows)
     return order[offset * batch_size : (offset + 1) * batch_size]
+
+
+class BatchPlan:
+    """Rows of each global step, optionally bounded by a visual-token budget.
+
+    Without ``budget`` it is :func:`batch_indices`. With it, each epoch's seeded permutation
+    (the same one) is cut, in order, into batches: a batch takes rows until it holds
+    ``batch_size`` rows or the next row would bring its visual tokens (``costs``) past
+    ``budget``; that row starts the next batch. Rows are never split, every row is seen once
+    per epoch, and the rows left at an epoch's end that fill no batch wait for the next
+    permutation (as without a budget). A step's batch is a pure function of (seed, step,
+    costs), so a resumed run recomputes it."""
+
+    def __init__(
+        self,
+        num_rows: int,
+        batch_size: int,
+        seed: int,
+        costs: Sequence[int] | None = None,
+        budget: int | None = None,
+    ):
+        if (costs is None) != (budget is None):
+            raise ValueError("give both costs and budget, or neither")
+        if costs is not None and len(costs) != num_rows:
+            raise ValueError(f"costs has {len(costs)} entries for {num_rows} rows")
+        self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
+        self.costs, self.budget = costs, budget
+        self._counts: list[int] = []  # batches per epoch, epochs 0.. as far as computed
+        self._cached: tuple[int, list[np.ndarray]] | None = None
+
+    def __call__(self, step: int) -> np.ndarray:
+        if self.budget is None:
+            return batch_indices(self.num_rows, self.batch_size, self.seed, step)
+        epoch = 0
+        while True:
+            if epoch == len(self._counts):
+                self._counts.append(len(self._epoch(epoch)))
+            if step < self._counts[epoch]:
+                return self._epoch(epoch)[step]
+            step -= self._counts[epoch]
+            epoch += 1
+
+    def _epoch(self, epoch: int) -> list[np.ndarray]:
+        if self._cached is None or self._cached[0] != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.num_rows)
+            self._cached = (epoch, _pack(order, self.costs, self.budget, self.batch_size))
+        return self._cached[1]
+
+
+def _pack(order: np.ndarray, costs, budget: int, batch_size: int) -> list[np.ndarray]:
+    batches, current, total = [], [], 0
+    for index in order:
+        cost = int(costs[index])
+        if current and (len(current) == batch_size or total + cost > budget):
+            batches.append(np.asarray(current))
+            current, total = [], 0
+        current.append(index)
+        total += cost
+    if len(current) == batch_size:
+        batches.append(np.asarray(current))
+    return batches
+
+
+def item_tokens(image: ImageConfig) -> Callable[[Item], int]:
+    """-> the visual tokens (after merging) of an item, counted from the files' headers and
+    cached per file (rows share images)."""
+    if not image.native:
+        return lambda item: image.num_tokens * len(item.images)
+    from lame_runtime.inputs.native import image_tokens, video_tokens
+
+    cache: dict[tuple[str, str], int] = {}
+
+    def count(kind: str, path: str) -> int:
+        if (kind, path) not in cache:
+            cache[kind, path] = image_tokens(path, image) if kind == "i" else video_tokens(path, image)
+        return cache[kind, path]
+
+    def tokens(item: Item) -> int:
+        total = sum(count("i", path) for path in item.images)
+        return total + (count("v", item.video) if item.video is not None else 0)
+
+    return tokens
+
+
+def row_costs(rows: Sequence[TrainRow], image: ImageConfig, hard_negatives: int, budget: int) -> list[int]:
+    """Visual tokens each row adds to a step: its query, its target and the hard negatives the
+    collator embeds for it (a row short of negatives repeats its target, when the dataset has
+    any). A row over ``budget`` alone is a DatasetError naming it."""
+    tokens = item_tokens(image)
+    fillers = hard_negatives > 0 and any(row.negatives for row in rows)
+    costs = []
+    for row in rows:
+        try:
+            parts = [tokens(row.query), tokens(row.target)]
+            parts += [tokens(item) for item in row.negatives[:hard_negatives]]
+        except (OSError, ValueError) as err:  # InputError is a ValueError
+            raise DatasetError(f"{row.where}: {err}") from err
+        if fillers:
+            parts += [parts[1]] * (hard_negatives - min(hard_negatives, len(row.negatives)))
+        cost = sum(parts)
+        if cost > budget:
+            raise DatasetError(
+                f"{row.where or 'row'}: needs {cost} visual tokens (query {parts[0]}, target "
+                f"{parts[1]}, negatives {sum(parts[2:])}), more than max_batch_visual_tokens={budget} "
+                "on its own: raise the budget or lower max_pixels"
+            )
+        costs.append(cost)
+    return costs
 
 
 class Collator:
@@ -42,7 +152,7 @@ class Collator:
     ) -> dict:
         """``rows`` are this process's; ``global_rows``/``offset`` describe the whole batch
         when several processes train (false negatives are masked against all of it)."""
-        queries = [Item(format_query(r.query.text, r.instruction), r.query.image) for r in rows]
+        queries = [replace(r.query, text=format_query(r.query.text, r.instruction)) for r in rows]
         batch = {
             "query": self._feed(queries),
             "target": self._feed([r.target for r in rows]),
@@ -60,8 +170,7 @@ class Collator:
         return batch
 
     def _feed(self, items: Sequence[Item]) -> dict[str, torch.Tensor]:
-        feed = self.pre([i.text for i in items], [i.image for i in items])
-        return {name: torch.from_numpy(value) for name, value in feed.items()}
+        return {name: torch.from_numpy(value) for name, value in feed_items(self.pre, items).items()}
 
     def _negatives(self, rows: Sequence[TrainRow]) -> tuple[list[Item], np.ndarray]:
         """Exactly ``hard_negatives`` per row; rows with fewer reuse their target as filler and
@@ -124,3 +233,13 @@ def _same_answer(rows: Sequence[TrainRow], columns: Sequence[TrainRow]) -> np.nd
         return row.answer or row.target.key()
 
     return np.array([[key(a) == key(b) for b in columns] for a in rows], dtype=bool)
+
+
+def feed_items(pre: Preprocessor, items: Sequence[Item]) -> dict[str, np.ndarray]:
+    """Items -> a model feed: at native resolution each row's images (in order) and video;
+    at a fixed size one image per row (rows with more are refused when the data loads)."""
+    texts = [item.text for item in items]
+    if pre.image.native:
+        videos = [item.video for item in items]
+        return pre(texts, [list(item.images) or None for item in items], 0, videos)
+    return pre(texts, [item.image for item in items])

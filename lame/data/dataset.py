@@ -4,7 +4,7 @@ A dataset is a directory holding two JSON-lines files:
 
 * ``train.jsonl`` -- one training pair per line::
 
-      {"query": {"text"?: str, "image"?: str}, "target": {...},
+      {"query": {"text"?: str, "image"?: str | [str, ...], "video"?: str}, "target": {...},
        "answer"?: str, "rationale"?: str, "negatives"?: [item, ...],
        "instruction"?: str, "task"?: str}
 
@@ -23,9 +23,13 @@ A dataset is a directory holding two JSON-lines files:
   ``metric`` names the score the row's task reports (default ``hit@1``); all
   rows of one task must agree on it.
 
-An item needs at least one of ``text``/``image``.  Image paths in rows are
-relative to the dataset directory; after loading, ``Item.image`` is absolute.
-Unknown keys are ignored so producers can carry extra annotations.
+An item needs at least one of ``text``/``image``/``video``.  ``image`` is one path or a list of
+paths (several images, in reading order); ``video`` is a video file or a folder of frame files
+(sorted by name).  Several images and videos need a native-resolution model (the Qwen-VL
+families, ``--resolution native``); a fixed-size model refuses such rows before training.
+Paths in rows are relative to the dataset directory and must stay inside it; after loading,
+``Item.images`` and ``Item.video`` are absolute, and ``Item.image`` is the one image of an
+item that has at most one.  Unknown keys are ignored so producers can carry extra annotations.
 
 Every problem is reported as a :class:`DatasetError` whose message starts with
 ``<file>:<line>:`` (1-based), because datasets are hand-edited and a message
@@ -39,7 +43,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from lame_runtime.artifact.paths import contained_path
 from lame_runtime.errors import LameError
@@ -55,20 +59,54 @@ class DatasetError(LameError, ValueError):
     """A dataset directory, file or row is malformed."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Item:
-    """One side of a pair: a text, an image (absolute path once loaded) or both."""
+    """One side of a pair: a text, images and/or a video (absolute paths once loaded).
 
-    text: str | None = None
-    image: str | None = None
+    ``Item(text, image)`` builds the common one-image item; ``images=`` (several, in order) and
+    ``video=`` are keywords."""
+
+    text: str | None
+    images: tuple[str, ...]
+    video: str | None
+
+    def __init__(
+        self,
+        text: str | None = None,
+        image: str | None = None,
+        *,
+        images: Sequence[str] = (),
+        video: str | None = None,
+    ):
+        if image is not None and images:
+            raise ValueError("give an Item either image= or images=, not both")
+        if isinstance(images, str):  # a lone path would be read as its characters
+            raise TypeError("Item(images=...) takes a list of paths; one path goes in image=")
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "images", (image,) if image is not None else tuple(images))
+        object.__setattr__(self, "video", video)
+
+    @property
+    def image(self) -> str | None:
+        """The item's one image (None without); an item with several has no single one."""
+        if len(self.images) > 1:
+            raise ValueError(f"this item has {len(self.images)} images; read Item.images")
+        return self.images[0] if self.images else None
+
+    @property
+    def visual(self) -> bool:
+        """Whether the item carries an image or a video (its modality is not text only)."""
+        return bool(self.images) or self.video is not None
 
     def key(self) -> str:
         """Stable identity string, used to embed each distinct item only once.
 
-        JSON-quoting the parts keeps the key unambiguous even when a text
-        contains the separator, and distinguishes a missing part from any text.
-        """
-        return "T:" + json.dumps(self.text) + "|I:" + json.dumps(self.image)
+        JSON-quoting the parts keeps the key unambiguous even when a text contains the
+        separator, and distinguishes a missing part from any text. A one-image item keeps the
+        key it always had."""
+        images: Any = self.images[0] if len(self.images) == 1 else list(self.images) or None
+        key = "T:" + json.dumps(self.text) + "|I:" + json.dumps(images)
+        return key + ("|V:" + json.dumps(self.video) if self.video is not None else "")
 
 
 @dataclass
@@ -80,6 +118,10 @@ class TrainRow:
     negatives: list[Item] = field(default_factory=list)
     instruction: str | None = None
     task: str | None = None
+    where: str = field(default="", compare=False)  # "train.jsonl:12", for messages
+
+    def items(self) -> list[Item]:
+        return [self.query, self.target, *self.negatives]
 
 
 @dataclass
@@ -91,6 +133,33 @@ class EvalRow:
     instruction: str | None = None
     relevance: list[float] | None = None  # per-candidate gain; None: one-hot at label
     metric: str = DEFAULT_METRIC
+    where: str = field(default="", compare=False)  # "eval.jsonl:12", for messages
+
+    def items(self) -> list[Item]:
+        return [self.query, *self.candidates]
+
+
+def check_fixed_size(rows: Sequence[TrainRow | EvalRow]) -> None:
+    """Raise DatasetError naming the first row a fixed-size model cannot read: an item with
+    several images or a video (those need a native-resolution model)."""
+    for row in rows:
+        for name, item in _named_items(row):
+            if len(item.images) > 1 or item.video is not None:
+                what = f"{len(item.images)} images" if len(item.images) > 1 else "a video"
+                raise DatasetError(
+                    f"{row.where or 'row'}: {name} has {what}; this model reads one fixed-size image "
+                    "per item: several images and videos need a native-resolution model "
+                    "(a Qwen-VL preset with --resolution native)"
+                )
+
+
+def _named_items(row: TrainRow | EvalRow) -> Iterator[tuple[str, Item]]:
+    if isinstance(row, TrainRow):
+        yield from (("query", row.query), ("target", row.target))
+        yield from ((f"negatives[{i}]", item) for i, item in enumerate(row.negatives))
+    else:
+        yield "query", row.query
+        yield from ((f"candidates[{i}]", item) for i, item in enumerate(row.candidates))
 
 
 def load_train(data_dir: str | Path, check_images: bool = True) -> list[TrainRow]:
@@ -133,8 +202,7 @@ def iter_texts(data_dir: str | Path) -> Iterator[str]:
     Meant as the corpus for training a tokenizer, so images are not checked.
     """
     for row in _iter_train(Path(data_dir), check_images=False):
-        items = [row.query, row.target, *row.negatives]
-        texts = [item.text for item in items]
+        texts = [item.text for item in row.items()]
         texts += [row.answer, row.rationale, row.instruction]
         yield from (text for text in texts if text)
 
@@ -226,6 +294,7 @@ class _RowParser:
             negatives=self.item_list(raw, "negatives", min_len=0),
             instruction=self.optional_str(raw, "instruction"),
             task=self.optional_str(raw, "task"),
+            where=self.where,
         )
 
     def eval_row(self, raw: dict[str, Any]) -> EvalRow:
@@ -241,6 +310,7 @@ class _RowParser:
             instruction=self.optional_str(raw, "instruction"),
             relevance=relevance,
             metric=self.metric(raw.get("metric", DEFAULT_METRIC)),
+            where=self.where,
         )
 
     def required(self, raw: dict[str, Any], key: str) -> Any:
@@ -257,13 +327,36 @@ class _RowParser:
     def item(self, value: Any, name: str) -> Item:
         if not isinstance(value, dict):
             got = _json_type(value)
-            raise self.fail(f"{name} must be an object with 'text' and/or 'image', got {got}")
+            raise self.fail(f"{name} must be an object with 'text', 'image' and/or 'video', got {got}")
         text = self.optional_str(value, "text", f"{name}.text")
-        image = self.optional_str(value, "image", f"{name}.image")
+        images = self.image_list(value.get("image"), name)
+        video = self.optional_str(value, "video", f"{name}.video")
         # An empty string carries nothing to embed, so it counts as absent.
-        if not text and not image:
-            raise self.fail(f"{name} has neither 'text' nor 'image'")
-        return Item(text=text or None, image=self.image_path(image, name) if image else None)
+        if not text and not images and not video:
+            raise self.fail(f"{name} has neither 'text', 'image' nor 'video'")
+        return Item(
+            text or None,
+            images=[self.image_path(image, where) for where, image in images],
+            video=self.video_path(video, name) if video else None,
+        )
+
+    def image_list(self, value: Any, name: str) -> list[tuple[str, str]]:
+        """(field name, relative path) per image: one string, or an array of strings."""
+        if value is None or value == "":
+            return []
+        if isinstance(value, str):
+            return [(f"{name}.image", value)]
+        if not isinstance(value, list):
+            raise self.fail(
+                f"'{name}.image' must be a string or an array of strings, got {_json_type(value)}"
+            )
+        if not value:
+            raise self.fail(f"'{name}.image' is an empty array (leave the key out for no image)")
+        for index, entry in enumerate(value):
+            if not isinstance(entry, str) or not entry:
+                got = _json_type(entry) if entry != "" else "an empty string"
+                raise self.fail(f"'{name}.image[{index}]' must be a non-empty string, got {got}")
+        return [(f"{name}.image[{index}]", entry) for index, entry in enumerate(value)]
 
     def item_list(self, raw: dict[str, Any], key: str, min_len: int) -> list[Item]:
         value = raw.get(key)
@@ -306,13 +399,35 @@ class _RowParser:
             raise self.fail(f"'metric' must be one of {', '.join(METRICS)}, got {json.dumps(value)}")
         return value
 
-    def image_path(self, relative: str, name: str) -> str:
-        # A row must not reach files outside the dataset (absolute paths, "..", symlinks).
-        contained_path(self.root, relative, f"{name}.image", folder="dataset", error=self.fail)
-        # Normalised so the same file always yields the same Item.key().
-        path = os.path.normpath(self.root / relative)
+    def image_path(self, relative: str, field: str) -> str:
+        """``field``: the key as the row spells it (``query.image``, ``query.image[1]``)."""
+        path = self.contained(relative, field)
         if self.check_images and path not in self.checked:
             if not Path(path).is_file():
-                raise self.fail(f"{name}.image file not found: {relative} (looked for {path})")
+                raise self.fail(f"{field} file not found: {relative} (looked for {path})")
             self.checked.add(path)
         return path
+
+    def video_path(self, relative: str, name: str) -> str:
+        """A video file, or a folder holding frame files (read sorted by name)."""
+        from lame_runtime.inputs.native import FRAME_SUFFIXES
+
+        field = f"{name}.video"
+        path = self.contained(relative, field)
+        if self.check_images and path not in self.checked:
+            found = Path(path)
+            if found.is_dir():
+                if not any(p.suffix.lower() in FRAME_SUFFIXES and p.is_file() for p in found.iterdir()):
+                    raise self.fail(
+                        f"{field} folder holds no frame files ({', '.join(FRAME_SUFFIXES)}): {relative}"
+                    )
+            elif not found.is_file():
+                raise self.fail(f"{field} file or folder not found: {relative} (looked for {path})")
+            self.checked.add(path)
+        return path
+
+    def contained(self, relative: str, field: str) -> str:
+        # A row must not reach files outside the dataset (absolute paths, "..", symlinks).
+        contained_path(self.root, relative, field, folder="dataset", error=self.fail)
+        # Normalised so the same file always yields the same Item.key().
+        return os.path.normpath(self.root / relative)

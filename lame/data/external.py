@@ -1,17 +1,21 @@
 """Converters from external benchmark layouts into the LaME eval format (``eval.jsonl``).
 
-Both converters validate every input row before writing anything, copy the images they use
-to ``OUT/images/<path below the image root>`` (so the dataset is self-contained and rows hold
-paths relative to OUT, as the loader expects) and replace ``OUT/eval.jsonl`` atomically.
+Both converters validate every input row before writing anything, copy the images and videos
+they use to ``OUT/images/<path below the image root>`` (so the dataset is self-contained and
+rows hold paths relative to OUT, as the loader expects) and replace ``OUT/eval.jsonl``
+atomically.
 
 **MMEB-v2** (``convert_mmeb``): a ``.jsonl`` file, or a ``.json`` array, of rows::
 
-    {"qry_inst"?: str, "qry_text"?: str, "qry_img_path"?: str,
-     "tgt_text"?: [str, ...], "tgt_img_path"?: [str, ...]}
+    {"qry_inst"?: str, "qry_text"?: str, "qry_img_path"?: str, "qry_video_path"?: str,
+     "tgt_text"?: [str, ...], "tgt_img_path"?: [str, ...], "tgt_video_path"?: [str, ...]}
 
-The first target is the positive.  Image paths are relative to ``image_root``; ``""`` or
-``null`` means no image.  Image placeholder tokens (``<|image_1|>``, ``<image>``) are removed
-from texts.  Family ``image`` tasks report hit@1, ``visdoc`` tasks linear NDCG@5.
+The first target is the positive.  Paths are relative to ``image_root``; ``""`` or ``null``
+means none.  A video path names a video file or a folder of frame files (MMEB-v2's video
+tasks ship frames extracted per video, ``<root>/<task>/<video id>/*.jpg``); video keys are
+read with ``family="video"`` only.  Image and video placeholder tokens (``<|image_1|>``,
+``<image>``, ``<|video_pad|>``, ``<video>``) are removed from texts.  Family ``image`` and
+``video`` tasks report hit@1, ``visdoc`` tasks linear NDCG@5.
 
 **MRMR / BEIR** (``convert_mrmr``): a directory with ``queries.jsonl``
 (``{"id"|"_id", "text"?, "image"?: str | [str, ...], "instruction"?, "candidates"?: [doc id]}``),
@@ -19,8 +23,9 @@ from texts.  Family ``image`` tasks report hit@1, ``visdoc`` tasks linear NDCG@5
 (``{"query_id", "doc_id", "score"}``) or BEIR's ``qrels.tsv`` / ``qrels/test.tsv``
 (``query-id<TAB>corpus-id<TAB>score``, header optional).  A query's candidates are its
 ``candidates`` list, else the whole corpus; gains come from the qrels (absent: 0).  Tasks
-report NDCG@10.  An Item holds one image, so only the first image of an interleaved query or
-document is kept, with a warning; queries without a relevant candidate are skipped, as BEIR does.
+report NDCG@10.  An interleaved query or document keeps all its images, in order (an image
+list, read at native resolution); queries without a relevant candidate are skipped, as BEIR
+does.
 """
 
 from __future__ import annotations
@@ -33,42 +38,72 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from lame.data.dataset import EVAL_FILE, DatasetError, _read_objects
+from lame_runtime.inputs.native import FRAME_SUFFIXES
 
-FAMILY_METRIC = {"image": "hit@1", "visdoc": "ndcg@5"}
+FAMILY_METRIC = {"image": "hit@1", "visdoc": "ndcg@5", "video": "hit@1"}
 MRMR_METRIC = "ndcg@10"
 # VLM2Vec-style placeholders mark where an image sits in the prompt; our Item carries the
 # image separately, so the token would only be noise to the tokenizer.
-PLACEHOLDER = re.compile(r"(?:<\|image(?:_\d+)?\|>|<image>)\s*")
+PLACEHOLDER = re.compile(r"(?:<\|(?:image|video)(?:_\d+|_pad)?\|>|<image>|<video>)\s*")
 QRELS_FILES = ("qrels.jsonl", "qrels.tsv", "qrels/test.tsv")
 
 
 class _Images:
-    """Validates image paths below a root and remembers which files to copy into OUT/images."""
+    """Validates image and video paths below a root and remembers what to copy into OUT/images."""
 
     def __init__(self, root: Path):
         self.root = root
-        self.pending: dict[str, Path] = {}  # path relative to OUT -> source file
+        self.pending: dict[str, Path] = {}  # image path relative to OUT -> source file
+        self.videos: dict[str, Path] = {}  # video path relative to OUT -> file or frame folder
 
     def add(self, relative: str, where: str, field: str) -> str:
-        norm = os.path.normpath(relative)
-        # Copies keep their path below the root; a path escaping it would escape OUT too.
-        if os.path.isabs(norm) or norm.split(os.sep)[0] == "..":
-            raise DatasetError(f"{where}: {field} must be relative to the image root, got {relative!r}")
-        source = self.root / norm
-        dest = Path("images", norm).as_posix()
+        source, dest = self._locate(relative, where, field)
         if dest not in self.pending:
             if not source.is_file():
                 raise DatasetError(f"{where}: {field} image not found: {relative} (looked for {source})")
             self.pending[dest] = source
         return dest
 
+    def add_video(self, relative: str, where: str, field: str) -> str:
+        source, dest = self._locate(relative, where, field)
+        if dest not in self.videos:
+            if source.is_dir():
+                if not _frames(source):
+                    raise DatasetError(
+                        f"{where}: {field} folder holds no frame files ({', '.join(FRAME_SUFFIXES)}): "
+                        f"{relative}"
+                    )
+            elif not source.is_file():
+                raise DatasetError(
+                    f"{where}: {field} video file or folder not found: {relative} (looked for {source})"
+                )
+            self.videos[dest] = source
+        return dest
+
+    def _locate(self, relative: str, where: str, field: str) -> tuple[Path, str]:
+        norm = os.path.normpath(relative)
+        # Copies keep their path below the root; a path escaping it would escape OUT too.
+        if os.path.isabs(norm) or norm.split(os.sep)[0] == "..":
+            raise DatasetError(f"{where}: {field} must be relative to the image root, got {relative!r}")
+        return self.root / norm, Path("images", norm).as_posix()
+
     def copy_to(self, out_dir: Path) -> None:
-        for dest, source in self.pending.items():
+        files = dict(self.pending)
+        for dest, source in self.videos.items():
+            if source.is_dir():  # a folder of frames: its frame files, nothing else
+                files.update({f"{dest}/{frame.name}": frame for frame in _frames(source)})
+            else:
+                files[dest] = source
+        for dest, source in files.items():
             target = out_dir / dest
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(target.name + ".tmp")
             shutil.copyfile(source, tmp)
             os.replace(tmp, target)
+
+
+def _frames(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file())
 
 
 # ------------------------------------------------------------------ reading
@@ -124,14 +159,26 @@ def _str_list(raw: dict, key: str, where: str) -> list[str | None] | None:
     return value
 
 
-def _item(text: str | None, image: str | None, images: _Images, where: str, field: str) -> dict:
-    item: dict[str, str] = {}
+def _item(
+    text: str | None,
+    image: str | list[str] | None,
+    images: _Images,
+    where: str,
+    field: str,
+    video: str | None = None,
+) -> dict:
+    """An eval item; ``image`` one path or several (kept in order, a list when more than one)."""
+    item: dict[str, Any] = {}
     if text:
         item["text"] = text
-    if image:
-        item["image"] = images.add(image, where, field)
+    paths = [path for path in ([image] if isinstance(image, str) else image or []) if path]
+    if paths:
+        added = [images.add(path, where, field) for path in paths]
+        item["image"] = added[0] if len(added) == 1 else added
+    if video:
+        item["video"] = images.add_video(video, where, field)
     if not item:
-        raise DatasetError(f"{where}: {field} has neither text nor image")
+        raise DatasetError(f"{where}: {field} has neither text, image nor video")
     return item
 
 
@@ -157,7 +204,8 @@ def _write(
     tmp = path.with_name(EVAL_FILE + ".tmp")
     tmp.write_text(old + "".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     os.replace(tmp, path)
-    return {"out": str(out_dir), "task": task, "rows": len(rows), "images": len(images.pending)}
+    summary = {"out": str(out_dir), "task": task, "rows": len(rows), "images": len(images.pending)}
+    return {**summary, "videos": len(images.videos)} if images.videos else summary
 
 
 # ------------------------------------------------------------------ MMEB-v2
@@ -178,38 +226,56 @@ def convert_mmeb(
     path = Path(path)
     task = task or path.stem
     images = _Images(Path(image_root))
-    rows = [_mmeb_row(raw, where, images, task, FAMILY_METRIC[family]) for where, raw in _records(path)]
+    video = family == "video"
+    rows = [
+        _mmeb_row(raw, where, images, task, FAMILY_METRIC[family], video) for where, raw in _records(path)
+    ]
     return {**_write(Path(out_dir), rows, images, task, append, overwrite), "warnings": []}
 
 
-def _mmeb_row(raw: dict, where: str, images: _Images, task: str, metric: str) -> dict:
-    if "qry_text" not in raw and "qry_img_path" not in raw:
-        raise DatasetError(f"{where}: missing 'qry_text' and 'qry_img_path' (need one)")
+def _mmeb_row(raw: dict, where: str, images: _Images, task: str, metric: str, video: bool = False) -> dict:
+    query_keys = ("qry_text", "qry_img_path", "qry_video_path") if video else ("qry_text", "qry_img_path")
+    target_keys = ("tgt_text", "tgt_img_path", "tgt_video_path") if video else ("tgt_text", "tgt_img_path")
+    if not video:
+        found = [key for key in ("qry_video_path", "tgt_video_path") if raw.get(key)]
+        if found:
+            raise DatasetError(f"{where}: '{found[0]}' is a video task's key; convert it with --family video")
+    if not any(key in raw for key in query_keys):
+        raise DatasetError(f"{where}: missing {_either(query_keys)} (need one)")
     query = _item(
         _text(raw, "qry_text", where),
         _string(raw, "qry_img_path", where),
         images,
         where,
-        "qry_text/qry_img_path",
+        "/".join(query_keys),
+        _string(raw, "qry_video_path", where) if video else None,
     )
-    texts, paths = _str_list(raw, "tgt_text", where), _str_list(raw, "tgt_img_path", where)
-    if texts is None and paths is None:
-        raise DatasetError(f"{where}: missing 'tgt_text' and 'tgt_img_path' (need one)")
-    texts = texts if texts is not None else [None] * len(paths)
-    paths = paths if paths is not None else [None] * len(texts)
-    if len(texts) != len(paths):
-        raise DatasetError(
-            f"{where}: 'tgt_text' has {len(texts)} entries but 'tgt_img_path' has {len(paths)}"
-        )
-    if len(texts) < 2:
-        raise DatasetError(f"{where}: needs at least 2 targets (the positive first), got {len(texts)}")
+    lists = {key: _str_list(raw, key, where) for key in target_keys}
+    given = {key: value for key, value in lists.items() if value is not None}
+    if not given:
+        raise DatasetError(f"{where}: missing {_either(target_keys)} (need one)")
+    lengths = {len(value) for value in given.values()}
+    if len(lengths) > 1:
+        counts = " but ".join(f"'{key}' has {len(value)} entries" for key, value in given.items())
+        raise DatasetError(f"{where}: {counts}")
+    count = lengths.pop()
+    if count < 2:
+        raise DatasetError(f"{where}: needs at least 2 targets (the positive first), got {count}")
+    texts, paths, clips = (
+        lists.get(key) or [None] * count for key in ("tgt_text", "tgt_img_path", "tgt_video_path")
+    )
     candidates = [
-        _item(_clean(t), p, images, where, f"tgt_text[{i}]/tgt_img_path[{i}]")
-        for i, (t, p) in enumerate(zip(texts, paths))
+        _item(_clean(t), p, images, where, "/".join(f"{key}[{i}]" for key in target_keys), v)
+        for i, (t, p, v) in enumerate(zip(texts, paths, clips))
     ]
     row = {"query": query, "candidates": candidates, "label": 0, "task": task, "metric": metric}
     instruction = _text(raw, "qry_inst", where)
     return {**row, "instruction": instruction} if instruction else row
+
+
+def _either(keys: tuple[str, ...]) -> str:
+    quoted = [f"'{key}'" for key in keys]
+    return ", ".join(quoted[:-1]) + f" and {quoted[-1]}"
 
 
 # ------------------------------------------------------------------ MRMR / BEIR
@@ -229,11 +295,11 @@ def convert_mrmr(
         raise DatasetError(f"MRMR directory not found: {src}")
     task = task or src.resolve().name
     images, warnings = _Images(Path(image_root) if image_root else src), []
-    corpus = _mrmr_items(src / "corpus.jsonl", images, warnings)
+    corpus = _mrmr_items(src / "corpus.jsonl", images)
     if len(corpus) < 2:
         raise DatasetError("corpus.jsonl: needs at least 2 documents")
     qrels = _qrels(src, corpus)
-    queries = _mrmr_items(src / "queries.jsonl", images, warnings)
+    queries = _mrmr_items(src / "queries.jsonl", images)
     rows, skipped, partial = [], [], []
     for qid, (where, query, raw) in queries.items():
         doc_ids = _candidate_ids(raw.get("candidates"), corpus, where) or list(corpus)
@@ -263,26 +329,21 @@ def convert_mrmr(
     return {**_write(Path(out_dir), rows, images, task, append, overwrite), "warnings": warnings}
 
 
-def _mrmr_items(path: Path, images: _Images, warnings: list[str]) -> dict[str, tuple[str, dict, dict]]:
+def _mrmr_items(path: Path, images: _Images) -> dict[str, tuple[str, dict, dict]]:
     """id -> (location, item, raw row) for queries.jsonl / corpus.jsonl."""
     items: dict[str, tuple[str, dict, dict]] = {}
-    several = []
     for where, raw in _records(path):
         key = _row_id(raw, ("id", "_id"), where)
         if key in items:
             raise DatasetError(f"{where}: duplicate id {key!r} (first at {items[key][0]})")
         texts = [_text(raw, "title", where), _text(raw, "text", where)]
         image = raw.get("image")
-        if isinstance(image, list):  # interleaved: several images in reading order
-            present = [i for i in _str_list(raw, "image", where) if i]
-            several += [key] if len(present) > 1 else []
-            image = present[0] if present else None
-        image = _string({"image": image}, "image", where)
+        if isinstance(image, list):  # interleaved: several images in reading order, all kept
+            image = [i for i in _str_list(raw, "image", where) or [] if i]
+        else:
+            image = _string({"image": image}, "image", where)
         item = _item("\n".join(t for t in texts if t) or None, image, images, where, "text/image")
         items[key] = (where, item, raw)
-    warnings += _notes(
-        several, f"{path.name} rows with several images; only the first is kept (an item holds one image)"
-    )
     return items
 
 

@@ -1,6 +1,6 @@
 """Retrieval evaluation: hit@1 and NDCG@k per task, with ties counted against the model.
 
-``encode`` is any callable ``(texts, images, batch_size) -> float32 [N, D]``: a
+``encode`` is any callable ``(texts, images, batch_size[, videos]) -> float32 [N, D]``: a
 ``LameModel.encode`` or the runtime's ``Embedder.encode`` score through the same code.
 ``encode_target`` (default: ``encode``) embeds the candidates, for methods that treat queries
 and candidates differently (the CoT baseline reasons on queries only).
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -84,14 +85,25 @@ def embed_unique(
     try:
         for start in range(0, len(unique), batch_size):
             part = unique[start : start + batch_size]
-            vectors.append(
-                encode(texts=[i.text for i in part], images=[i.image for i in part], batch_size=batch_size)
-            )
+            vectors.append(encode(**encode_inputs(part), batch_size=batch_size))
             bar.update(len(part))
     finally:
         bar.close()
     flat = np.concatenate(vectors) if vectors else []
     return {item.key(): vec for item, vec in zip(unique, flat)}
+
+
+def encode_inputs(items: Sequence[Item]) -> dict[str, list]:
+    """Items -> ``encode`` keyword arguments: ``images[i]`` one image, or the list of an item
+    with several; ``videos`` only when some item has one (an encoder without video support
+    is then refused by name rather than handed a keyword it ignores)."""
+    inputs: dict[str, list] = {
+        "texts": [item.text for item in items],
+        "images": [list(item.images) if len(item.images) > 1 else item.image for item in items],
+    }
+    if any(item.video is not None for item in items):
+        inputs["videos"] = [item.video for item in items]
+    return inputs
 
 
 def _bar(total: int, label: str, enabled: bool):
@@ -111,7 +123,7 @@ def score_rows(
     """Each row's candidate scores, per embedding size in ``dimensions`` (None: the full
     vectors; d: their first d components renormalised, as a Matryoshka model is served).
     Everything is embedded once, whatever the number of sizes."""
-    queries = [Item(format_query(r.query.text, r.instruction), r.query.image) for r in rows]
+    queries = [replace(r.query, text=format_query(r.query.text, r.instruction)) for r in rows]
     query_vecs = embed_unique(encode, queries, batch_size, progress, "eval queries")
     cand_vecs = embed_unique(
         encode_target or encode,

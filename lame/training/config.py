@@ -41,13 +41,17 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=lambda: list(lora.DEFAULT_TARGETS))
     eval_limit: int | None = None  # evaluate on at most this many rows (spread over tasks)
     final_eval: bool = True  # evaluate on the eval split after training
+    # At most this many visual tokens (after merging) per step, over the queries, targets and
+    # hard negatives of a batch: batches are cut, whole rows at a time (lame.data.batching.BatchPlan).
+    max_batch_visual_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         check_precision(self.precision)
         self.lora_targets = list(self.lora_targets)
-        for name, value in (("chunk_size", self.chunk_size), ("eval_limit", self.eval_limit)):
+        limits = ("chunk_size", "eval_limit", "max_batch_visual_tokens")
+        for name, value in ((name, getattr(self, name)) for name in limits):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if self.lora_rank < 0:

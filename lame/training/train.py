@@ -38,8 +38,8 @@ from lame.checkpoint import (
     save_checkpoint,
 )
 from lame.config import LameConfig
-from lame.data.batching import Collator, batch_indices
-from lame.data.dataset import load_eval, load_train
+from lame.data.batching import BatchPlan, Collator, row_costs
+from lame.data.dataset import check_fixed_size, load_eval, load_train
 from lame.device import autocast, resolve_device, to_device
 from lame.evaluation.evaluate import evaluate, limit_rows, subsample
 from lame.methods import get_method
@@ -130,7 +130,14 @@ class Trainer:
             )
         eval_path = Path(data_dir) / "eval.jsonl"
         self.eval_rows = load_eval(data_dir) if eval_path.is_file() else []
-        model.preprocessor.image_cache = {}
+        image = model.preprocessor.image
+        if not image.native:
+            # Several images or a video per item need native resolution; say which row, now.
+            check_fixed_size(self.rows)
+            check_fixed_size(self.eval_rows)
+            # Decoded fixed-size images are reused across steps; native ones are not cached.
+            model.preprocessor.image_cache = {}
+        self.plan_batches = self._batch_plan(image)
         if method.needs_rationale and not any(row.rationale for row in self.rows):
             raise ValueError(
                 f"method {method.name!r} trains on rationales, and {data_dir}/"
@@ -147,6 +154,18 @@ class Trainer:
         self.retrieval = method.retrieval
         self.metrics: list[dict[str, Any]] = []
         self.show_progress = show_progress
+
+    def _batch_plan(self, image) -> BatchPlan:
+        budget = self.cfg.max_batch_visual_tokens
+        if budget is None:
+            return BatchPlan(len(self.rows), self.cfg.batch_size, self.cfg.seed)
+        if ddp.world_size() > 1:
+            raise ValueError(
+                "max_batch_visual_tokens gives batches of varying sizes, which several processes "
+                "cannot share evenly yet; train in one process or leave it unset"
+            )
+        costs = row_costs(self.rows, image, self.cfg.hard_negatives, budget)
+        return BatchPlan(len(self.rows), self.cfg.batch_size, self.cfg.seed, costs, budget)
 
     # ------------------------------------------------------------------ loop
     def run(self, start_step: int = 0) -> dict[str, Any]:
@@ -193,7 +212,7 @@ class Trainer:
                 self.save(stage, step + 1, done=False, optimizer=optimizer)
 
     def _step(self, step: int, params, optimizer) -> dict[str, float]:
-        idx = batch_indices(len(self.rows), self.cfg.batch_size, self.cfg.seed, step)
+        idx = self.plan_batches(step)
         rows = [self.rows[i] for i in idx]
         share = ddp.local_slice(len(rows))  # the whole batch in a single process
         batch = to_device(
@@ -283,8 +302,8 @@ class Trainer:
 
         return summarise(
             (
-                modality(row.query.text, row.query.image),
-                modality(row.target.text, row.target.image),
+                modality(row.query.text, row.query.visual or None),
+                modality(row.target.text, row.target.visual or None),
                 row.task,
                 row.instruction,
             )

@@ -239,6 +239,62 @@ def _decode_file(path: Path) -> tuple[list[Any], float | None]:
     return frames, rate
 
 
+def image_tokens(image: Any, cfg: ImageConfig) -> int:
+    """Visual tokens (after merging) the language model gets for one image, from its size
+    alone: a file's header and EXIF orientation are read, its pixels are not decoded."""
+    width, height = _displayed_size(image)
+    factor = cfg.patch_size * cfg.merge_size
+    h, w = smart_resize(height, width, factor, cfg.min_pixels, cfg.max_pixels)
+    return (h // factor) * (w // factor)
+
+
+def video_tokens(video: Any, cfg: ImageConfig) -> int:
+    """Visual tokens (after merging) of one video. A folder of frames is counted from its file
+    names and its first frame's header; frames in memory and video files are read (a file
+    is decoded: its frame count is what sampling sees)."""
+    if isinstance(video, (str, Path)) and Path(video).is_dir():
+        frames, _ = _read_frames(video, None)
+        count, first, fps = len(frames), frames[0], None
+    else:
+        frames, fps = _read_frames(video, None)
+        count, first = len(frames), frames[0]
+    kept = len(sample_indices(count, fps, cfg))
+    width, height = _displayed_size(first)
+    factor = cfg.patch_size * cfg.merge_size
+    h, w = smart_resize(height, width, factor, cfg.video_min_pixels, cfg.video_max_pixels)
+    steps = max(1, math.ceil(kept / cfg.temporal_patch_size))
+    return steps * (h // factor) * (w // factor)
+
+
+def visual_tokens(images: Any, video: Any, cfg: ImageConfig) -> int:
+    """One row's visual tokens: its image or list of images, and its video (as
+    :func:`row_visuals` reads them)."""
+    many = list(images) if isinstance(images, (list, tuple)) else [] if images is None else [images]
+    total = sum(image_tokens(image, cfg) for image in many)
+    return total + (video_tokens(video, cfg) if video is not None else 0)
+
+
+def _displayed_size(image: Any) -> tuple[int, int]:
+    """(width, height) as ``load_image`` shows it: EXIF orientations 5-8 swap the sides."""
+    if isinstance(image, np.ndarray):
+        return int(image.shape[1]), int(image.shape[0])
+    if isinstance(image, Image.Image):
+        return _oriented(image)
+    path = Path(image)
+    if not path.is_file():
+        raise MissingFileError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            return _oriented(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise InputError(f"cannot read image {path}: {err}") from err
+
+
+def _oriented(img: Image.Image) -> tuple[int, int]:
+    width, height = img.size
+    return (height, width) if img.getexif().get(0x0112) in (5, 6, 7, 8) else (width, height)
+
+
 def row_visuals(
     images: Any, video: Any, cfg: ImageConfig, row: int, max_pixels: int | None = None
 ) -> list[Visual]:

@@ -12,6 +12,7 @@ from lame.data.dataset import (
     EvalRow,
     Item,
     TrainRow,
+    check_fixed_size,
     iter_texts,
     load_eval,
     load_train,
@@ -50,6 +51,8 @@ def make_dataset(root: Path, train: list | None = None, eval_: list | None = Non
     (root / "img").mkdir(parents=True, exist_ok=True)
     for name in ("cat.png", "dog.png"):
         (root / "img" / name).write_bytes(b"not really a png; only existence is checked")
+    (root / "notes").mkdir(exist_ok=True)
+    (root / "notes" / "readme.txt").write_text("a folder without frames")
     write_jsonl(root / "train.jsonl", TRAIN_ROWS if train is None else train)
     write_jsonl(root / "eval.jsonl", EVAL_ROWS if eval_ is None else eval_)
     return root
@@ -95,7 +98,9 @@ def test_blank_lines_are_skipped_but_counted(tmp_path):
     root = make_dataset(tmp_path)
     lines = [json.dumps(TRAIN_ROWS[1]), "", json.dumps({"query": {}, "target": {"text": "x"}})]
     (root / "train.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(DatasetError, match=r"^train\.jsonl:3: query has neither 'text' nor 'image'$"):
+    with pytest.raises(
+        DatasetError, match=r"^train\.jsonl:3: query has neither 'text', 'image' nor 'video'$"
+    ):
         load_train(root)
 
 
@@ -155,17 +160,37 @@ GOOD_EVAL = EVAL_ROWS[1]
 
 TRAIN_ERRORS = [
     ({"target": {"text": "x"}}, "missing required key 'query'"),
-    ({**GOOD_TRAIN, "query": "a cat"}, "query must be an object with 'text' and/or 'image', got string"),
-    ({**GOOD_TRAIN, "target": {}}, "target has neither 'text' nor 'image'"),
-    ({**GOOD_TRAIN, "target": {"text": ""}}, "target has neither 'text' nor 'image'"),
+    (
+        {**GOOD_TRAIN, "query": "a cat"},
+        "query must be an object with 'text', 'image' and/or 'video', got string",
+    ),
+    ({**GOOD_TRAIN, "target": {}}, "target has neither 'text', 'image' nor 'video'"),
+    ({**GOOD_TRAIN, "target": {"text": ""}}, "target has neither 'text', 'image' nor 'video'"),
     ({**GOOD_TRAIN, "query": {"text": 5}}, "'query.text' must be a string, got number"),
-    ({**GOOD_TRAIN, "query": {"image": ["a.png"]}}, "'query.image' must be a string, got array"),
+    (
+        {**GOOD_TRAIN, "query": {"image": {"a": 1}}},
+        "'query.image' must be a string or an array of strings, got object",
+    ),
+    ({**GOOD_TRAIN, "query": {"image": []}}, "'query.image' is an empty array"),
+    ({**GOOD_TRAIN, "query": {"image": ["img/cat.png", 5]}}, "'query.image[1]' must be a non-empty string"),
+    (
+        {**GOOD_TRAIN, "query": {"image": ["img/cat.png", "img/gone.png"]}},
+        "query.image[1] file not found: img/gone.png (looked for ",
+    ),
+    ({**GOOD_TRAIN, "query": {"image": ["../outside.png"]}}, "query.image[0]: '../outside.png' resolves to"),
+    ({**GOOD_TRAIN, "target": {"video": 3}}, "'target.video' must be a string, got number"),
+    ({**GOOD_TRAIN, "target": {"video": "clips/none"}}, "target.video file or folder not found: clips/none"),
+    ({**GOOD_TRAIN, "target": {"video": "notes"}}, "target.video folder holds no frame files"),
+    ({**GOOD_TRAIN, "target": {"video": "/abs/clip.mp4"}}, "target.video: absolute path '/abs/clip.mp4'"),
     ({**GOOD_TRAIN, "answer": 3}, "'answer' must be a string, got number"),
     ({**GOOD_TRAIN, "rationale": {"x": 1}}, "'rationale' must be a string, got object"),
     ({**GOOD_TRAIN, "instruction": True}, "'instruction' must be a string, got boolean"),
     ({**GOOD_TRAIN, "task": 1.5}, "'task' must be a string, got number"),
     ({**GOOD_TRAIN, "negatives": {"text": "x"}}, "'negatives' must be an array of items, got object"),
-    ({**GOOD_TRAIN, "negatives": [{"text": "x"}, {}]}, "negatives[1] has neither 'text' nor 'image'"),
+    (
+        {**GOOD_TRAIN, "negatives": [{"text": "x"}, {}]},
+        "negatives[1] has neither 'text', 'image' nor 'video'",
+    ),
     (
         {**GOOD_TRAIN, "query": {"image": "img/missing.png"}},
         "query.image file not found: img/missing.png (looked for ",
@@ -183,7 +208,7 @@ EVAL_ERRORS = [
     ({**GOOD_EVAL, "candidates": "cat"}, "'candidates' must be an array of items, got string"),
     (
         {**GOOD_EVAL, "candidates": [{"text": "a"}, {"texts": "b"}]},
-        "candidates[1] has neither 'text' nor 'image'",
+        "candidates[1] has neither 'text', 'image' nor 'video'",
     ),
     ({**GOOD_EVAL, "label": 2}, "label 2 out of range for 2 candidates"),
     ({**GOOD_EVAL, "label": -1}, "label -1 out of range for 2 candidates"),
@@ -241,3 +266,66 @@ def test_invalid_utf8(tmp_path):
 
 def test_dataset_error_is_a_value_error():
     assert issubclass(DatasetError, ValueError)
+
+
+def _media_dataset(root: Path) -> Path:
+    """Rows with several images and a video (a folder of frames and a file)."""
+    make_dataset(root)
+    (root / "clip").mkdir()
+    for index in range(3):
+        (root / "clip" / f"{index:03d}.png").write_bytes(b"frame")
+    (root / "walk.mp4").write_bytes(b"only existence is checked")
+    train = [
+        {"query": {"text": "which?", "image": ["img/cat.png", "img/dog.png"]}, "target": {"text": "cat"}},
+        {"query": {"video": "clip"}, "target": {"text": "a walk", "video": "walk.mp4"}},
+        TRAIN_ROWS[1],
+    ]
+    eval_ = [{"query": {"text": "walk"}, "candidates": [{"video": "./clip/"}, {"image": ["img/dog.png"]}]}]
+    write_jsonl(root / "train.jsonl", train)
+    write_jsonl(root / "eval.jsonl", eval_)
+    return root
+
+
+def test_items_with_several_images_and_videos(tmp_path):
+    root = _media_dataset(tmp_path)
+    rows = load_train(root)
+    cat, dog = str(root / "img" / "cat.png"), str(root / "img" / "dog.png")
+    assert rows[0].query == Item("which?", images=[cat, dog])
+    assert rows[0].query.images == (cat, dog) and rows[0].query.video is None
+    assert rows[1].query == Item(video=str(root / "clip"))
+    assert rows[1].target == Item("a walk", video=str(root / "walk.mp4"))
+    assert rows[2].query.image == dog  # one image: Item.image as before
+    with pytest.raises(ValueError, match="this item has 2 images; read Item.images"):
+        _ = rows[0].query.image
+    assert [row.where for row in rows] == ["train.jsonl:1", "train.jsonl:2", "train.jsonl:3"]
+    (evaluated,) = load_eval(root)
+    # A one-element list is the same item as the plain string; a folder path is normalised.
+    assert evaluated.candidates == [Item(video=str(root / "clip")), Item(image=dog)]
+    assert evaluated.candidates[1].key() == Item(image=dog).key()
+
+
+def test_item_keys_tell_images_and_videos_apart():
+    keys = {
+        Item(image="a").key(),
+        Item(images=["a", "b"]).key(),
+        Item(images=["b", "a"]).key(),
+        Item(video="a").key(),
+        Item(image="a", video="a").key(),
+    }
+    assert len(keys) == 5
+    with pytest.raises(ValueError, match="either image= or images="):
+        Item(image="a", images=["b"])
+    with pytest.raises(TypeError, match="takes a list of paths"):
+        Item(images="a.png")
+
+
+def test_fixed_size_check_names_the_row(tmp_path):
+    root = _media_dataset(tmp_path)
+    rows = load_train(root)
+    check_fixed_size(rows[2:])  # one image per item: readable at a fixed size
+    with pytest.raises(DatasetError, match=r"^train\.jsonl:1: query has 2 images; .*--resolution native"):
+        check_fixed_size(rows)
+    with pytest.raises(DatasetError, match=r"^train\.jsonl:2: query has a video; "):
+        check_fixed_size(rows[1:])
+    with pytest.raises(DatasetError, match=r"^eval\.jsonl:1: candidates\[0\] has a video; "):
+        check_fixed_size(load_eval(root))

@@ -22,6 +22,7 @@ from lame.cli.data import main as data_main
 from lame.data.dataset import DatasetError, load_eval
 from lame.data.external import convert_mmeb, convert_mrmr
 from lame.evaluation.evaluate import evaluate, rank_of_positive, row_metrics
+from lame_runtime.inputs.images import ImageConfig
 
 
 def fake_encode(texts, images, batch_size=64, instruction=None) -> np.ndarray:
@@ -173,8 +174,12 @@ def test_mmeb_metrics_image_and_visdoc(tmp_path, mmeb_root):
         ),
         ({"qry_text": "q", "tgt_text": "a"}, r"x\.jsonl:2: 'tgt_text' must be an array"),
         (
+            {"qry_text": "q", "tgt_video_path": ["v/a", "v/b"]},
+            r"x\.jsonl:2: 'tgt_video_path' is a video task's key; convert it with --family video",
+        ),
+        (
             {"qry_text": "q", "tgt_text": ["a", "<|image_1|>"]},
-            r"x\.jsonl:2: tgt_text\[1\]/tgt_img_path\[1\] has neither text nor image",
+            r"x\.jsonl:2: tgt_text\[1\]/tgt_img_path\[1\] has neither text, image nor video",
         ),
         (
             {"qry_text": "q", "tgt_text": ["a", ""], "tgt_img_path": ["", "t/gone.png"]},
@@ -220,6 +225,67 @@ def test_mmeb_cli_errors_and_existing_output(tmp_path, mmeb_root, capsys):
     assert "none.jsonl: file not found" in capsys.readouterr().err
 
 
+def _frames(folder: Path, values: list[int]) -> None:
+    for index, value in enumerate(values):
+        png(folder / f"{index:04d}.png", value)
+
+
+def test_mmeb_video_family_copies_frame_folders_and_files(tmp_path, mmeb_root, capsys):
+    root = tmp_path / "video_root"
+    _frames(root / "msrvtt" / "video7010", [10, 20, 30])
+    _frames(root / "msrvtt" / "video7011", [40, 50])
+    (root / "msrvtt" / "video7011" / "info.txt").write_text("not a frame")
+    (root / "msrvtt" / "video7012.mp4").write_bytes(b"a video file; only copied")
+    rows = [
+        {
+            "qry_inst": "Find the video.",
+            "qry_text": "<|video_pad|> a man is cooking",
+            "tgt_text": ["", "", ""],
+            "tgt_video_path": ["msrvtt/video7010", "msrvtt/video7011", "msrvtt/video7012.mp4"],
+        },
+        {
+            "qry_text": "what happens?",
+            "qry_video_path": "msrvtt/video7011",
+            "tgt_text": ["cooking", "running"],
+        },
+    ]
+    out = tmp_path / "ds"
+    args = ["mmeb", str(write_jsonl(tmp_path / "MSR-VTT.jsonl", rows)), "--image-root", str(root)]
+    assert data_main([*args, "--family", "video", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["task"] == "MSR-VTT" and summary["rows"] == 2 and summary["videos"] == 3
+    first, second = load_eval(out)
+    assert first.query.text == "a man is cooking" and first.metric == "hit@1"
+    assert [Path(c.video).relative_to(out).as_posix() for c in first.candidates] == [
+        "images/msrvtt/video7010",
+        "images/msrvtt/video7011",
+        "images/msrvtt/video7012.mp4",
+    ]
+    assert sorted(p.name for p in (out / "images/msrvtt/video7011").iterdir()) == ["0000.png", "0001.png"]
+    assert second.query.video == first.candidates[1].video and second.query.text == "what happens?"
+    # The same rows without --family video: the video keys are named, nothing is written.
+    with pytest.raises(DatasetError, match=r"MSR-VTT\.jsonl:1: 'tgt_video_path' is a video task's key"):
+        convert_mmeb(tmp_path / "MSR-VTT.jsonl", root, tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize(
+    "video, message",
+    [
+        ("msrvtt/none", r"x\.jsonl:1: qry_text/qry_img_path/qry_video_path video file or folder not found"),
+        ("msrvtt/empty", r"x\.jsonl:1: qry_text/qry_img_path/qry_video_path folder holds no frame files"),
+        ("../out", r"x\.jsonl:1: qry_text/qry_img_path/qry_video_path must be relative to the image root"),
+    ],
+)
+def test_mmeb_video_errors(tmp_path, video, message):
+    root = tmp_path / "video_root"
+    (root / "msrvtt" / "empty").mkdir(parents=True)
+    path = write_jsonl(tmp_path / "x.jsonl", [{"qry_video_path": video, "tgt_text": ["a", "b"]}])
+    with pytest.raises(DatasetError, match=message):
+        convert_mmeb(path, root, tmp_path / "ds", family="video")
+    assert not (tmp_path / "ds").exists()
+
+
 # ------------------------------------------------------------------ MRMR
 
 
@@ -229,11 +295,15 @@ def test_mrmr_cli_converts_with_graded_relevance(tmp_path, mrmr_dir, capsys):
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert summary["task"] == "mrmr_knowledge" and summary["rows"] == 2
-    assert "1 queries.jsonl rows with several images; only the first is kept" in captured.err
+    assert "several images" not in captured.err
     assert "1 queries skipped: no relevant candidate: q3" in captured.err
     rows = load_eval(out)
     q1, q2 = rows
-    assert q1.query.text == "query: which chart" and q1.query.image.endswith("images/img/q1a.png")
+    assert q1.query.text == "query: which chart"
+    assert [Path(i).relative_to(out).as_posix() for i in q1.query.images] == [
+        "images/img/q1a.png",
+        "images/img/q1b.png",
+    ]  # an interleaved query keeps all its images, in order
     assert q1.instruction == "Find the document." and q1.metric == "ndcg@10"
     assert q1.relevance == [2.0, 0.0, 1.0, 0.0] and q1.label == 0
     assert q1.candidates[1].text == "a page" and q1.candidates[1].image is not None
@@ -398,11 +468,11 @@ def test_lame_eval_reports_the_metric_of_each_family(tmp_path, mmeb_root, mrmr_d
     convert_mmeb(tmp_path / "CIRR.jsonl", mmeb_root, out)
     convert_mmeb(tmp_path / "ViDoRe.json", mmeb_root, out, family="visdoc", append=True)
     convert_mrmr(mrmr_dir, out, task="mrmr", append=True)
-    monkeypatch.setattr(
-        lame,
-        "load",
-        lambda ckpt, device=None: types.SimpleNamespace(encode=fake_encode, encode_documents=fake_encode),
-    )
+    # A stand-in model: the numpy encoder, reading images as a native-resolution model would
+    # (the MRMR query keeps its two images, which a fixed-size model refuses by row).
+    native = types.SimpleNamespace(image=ImageConfig(resolution="native"))
+    fake = types.SimpleNamespace(encode=fake_encode, encode_documents=fake_encode, preprocessor=native)
+    monkeypatch.setattr(lame, "load", lambda ckpt, device=None: fake)
     report = tmp_path / "eval.json"
     assert eval_main(["--ckpt", str(tmp_path), "--data", str(out), "--out", str(report)]) == 0
     captured = capsys.readouterr()
@@ -416,3 +486,7 @@ def test_lame_eval_reports_the_metric_of_each_family(tmp_path, mmeb_root, mrmr_d
     assert "CIRR: hit@1 = 50.00 (n=2)" in captured.err
     assert "ViDoRe: ndcg@5 = 50.00 (n=1)" in captured.err
     assert f"mrmr: ndcg@10 = {per_task['mrmr']['score']:.2f} (n=2)" in captured.err
+    # A fixed-size model is refused on the two-image query, by row, before any embedding.
+    fake.preprocessor = types.SimpleNamespace(image=ImageConfig())
+    assert eval_main(["--ckpt", str(tmp_path), "--data", str(out)]) == 2
+    assert "eval.jsonl:4: query has 2 images;" in capsys.readouterr().err
