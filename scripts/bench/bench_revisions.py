@@ -65,7 +65,10 @@ def source_root(tree: Path, into: Path) -> Path:
 
 def run(code: str, root: Path, *args: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "2"}
-    done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+    # cwd: the root's own folder, so `python -c` does not put this checkout's lame/ first on sys.path.
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, cwd=str(root)
+    )
     if done.returncode:
         raise SystemExit(f"failed under {root}:\n{done.stderr[-3000:]}")
     return done.stdout
@@ -84,6 +87,20 @@ def file_hashes(folder: Path) -> dict[str, str]:
         json.dumps(manifest, sort_keys=True).encode()
     ).hexdigest()[:16]
     return out
+
+
+def graph_structure(path: Path) -> str:
+    """A hash of an ONNX graph without the exporter's per-node metadata (source file and line
+    of the PyTorch code that made each node, which any edit to that code moves) and names."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.metadata_props[:]
+    model.producer_version = ""
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
                 arts[side] = work / f"art_{side}"
                 run(EXPORT, root, str(args.ckpt), str(arts[side]), str(args.data))
             hashes = {side: file_hashes(art) for side, art in arts.items()}
+            graphs = sorted(p.name for p in arts["head"].glob("*.onnx"))
+            structure = {
+                name: graph_structure(arts["base"] / name) == graph_structure(arts["head"] / name)
+                for name in graphs
+            }
             rates: dict[str, list[float]] = {"base": [], "head": []}
             for _ in range(args.repeats):  # interleaved: base, head, base, head, ...
                 for side, root in roots.items():
@@ -143,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 "base": args.base,
                 "files": sorted(hashes["head"]),
                 "differing_files": differing,
+                "graphs_equal_without_node_metadata": structure,
                 "max_abs_vector_diff": float(np.abs(base_vectors - head_vectors).max()),
                 "emb_per_s": rates,
                 "head_over_base_median": round(median["head"] / median["base"], 3),

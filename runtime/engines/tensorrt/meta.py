@@ -105,13 +105,7 @@ def engine_profiles(
     )
     values["opt_batch"] = given.get("opt_batch", min(OPT_BATCH, values["max_batch"]))
     values["opt_sequence"] = given.get("opt_sequence", values["max_sequence"])
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"profile {key} must be a positive integer, got {value!r}")
-    for kind in ("batch", "sequence"):
-        lo, mid, hi = (values[f"{p}_{kind}"] for p in ("min", "opt", "max"))
-        if not lo <= mid <= hi:
-            raise InputError(f"profile {kind} needs min <= opt <= max, got {lo}/{mid}/{hi}")
+    _check_ranges(values, ("batch", "sequence"))
     if values["max_batch"] > batch_max:
         raise InputError(
             f"max_batch {values['max_batch']} exceeds the exported graph's "
@@ -129,6 +123,17 @@ def engine_profiles(
     if not native:
         return EngineProfile(batch, sequence)
     return EngineProfile(batch, sequence, *native_ranges(manifest, given, batch))
+
+
+def _check_ranges(values: Mapping[str, Any], kinds: tuple[str, ...]) -> None:
+    """Every value a positive integer and min <= opt <= max for each of ``kinds``."""
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"profile {key} must be a positive integer, got {value!r}")
+    for kind in kinds:
+        lo, mid, hi = (values[f"{p}_{kind}"] for p in ("min", "opt", "max"))
+        if not lo <= mid <= hi:
+            raise InputError(f"profile {kind} needs min <= opt <= max, got {lo}/{mid}/{hi}")
 
 
 def native_ranges(manifest: Mapping[str, Any], given: Mapping[str, int], batch: Range) -> tuple[Range, Range]:
@@ -149,13 +154,7 @@ def native_ranges(manifest: Mapping[str, Any], given: Mapping[str, int], batch: 
     for kind in ("slices", "patches"):  # a lowered max pulls the default opt down with it
         if f"opt_{kind}" not in given:
             values[f"opt_{kind}"] = min(values[f"opt_{kind}"], values[f"max_{kind}"])
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"profile {key} must be a positive integer, got {value!r}")
-    for kind in ("slices", "patches"):
-        lo, mid, hi = (values[f"{p}_{kind}"] for p in ("min", "opt", "max"))
-        if not lo <= mid <= hi:
-            raise InputError(f"profile {kind} needs min <= opt <= max, got {lo}/{mid}/{hi}")
+    _check_ranges(values, ("slices", "patches"))
     if values["max_patches"] > most:
         raise InputError(
             f"max_patches {values['max_patches']} exceeds the graph's {most} (its max_pixels); "
