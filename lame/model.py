@@ -105,10 +105,12 @@ class LameModel(nn.Module):
         """Token embeddings with visual tokens merged in -> ([B, L, H], is_image [B, L],
         visual). ``visual`` is None, or with a DeepStack backbone the extra visual features
         [B, L, D, H] for the first D language layers (zero outside image positions)."""
-        tokens = self.backbone.embed_tokens(input_ids)
         if native:
+            tokens = self.backbone.embed_tokens(input_ids)
             return native_features(self.backbone, tokens, attention_mask, pixel_values, native)
+        # (This order, mask before embeddings, keeps fixed-size graphs node for node as before.)
         is_image = (input_ids == self.image_token_id) & attention_mask.bool()
+        tokens = self.backbone.embed_tokens(input_ids)
         features = self._image_features(pixel_values, image_mask, is_image)
         levels = self.backbone.deepstack_levels
         if features is None or not levels:
