@@ -89,7 +89,15 @@ def video_visual(
     frames, source_fps = _read_frames(video, fps)
     keep = sample_indices(len(frames), source_fps, cfg)
     limit = check_max_pixels(max_pixels) or default_max_pixels(cfg)
-    images = [load_image(frames[i], limit) for i in keep]
+    return sampled_visual([load_image(frames[i], limit) for i in keep], len(frames), source_fps, cfg)
+
+
+def sampled_visual(
+    images: list[Image.Image], total: int, source_fps: float | None, cfg: ImageConfig
+) -> Visual:
+    """The frames ``sample_indices`` kept of a video of ``total`` frames (RGB images) -> its
+    patches and grid. A caller that reads frames itself (lame-serve, from a confined folder)
+    decodes only the kept ones and finishes here, as ``video_visual`` does."""
     first = images[0]
     factor = cfg.patch_size * cfg.merge_size
     # A frame never gets more pixels than an image (the graph's patch bound follows max_pixels).
@@ -97,7 +105,7 @@ def video_visual(
     height, width = smart_resize(first.height, first.width, factor, min(cfg.video_min_pixels, most), most)
     stack = np.stack([_normalised(img, height, width, cfg) for img in images])
     patches, grid_t = patchify_frames(stack, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
-    seconds_per_step = cfg.temporal_patch_size / (source_fps * len(keep) / len(frames)) if source_fps else 1.0
+    seconds_per_step = cfg.temporal_patch_size / (source_fps * len(images) / total) if source_fps else 1.0
     interval = (cfg.tokens_per_second or 1.0) * seconds_per_step if cfg.tokens_per_second else 1.0
     grid = (grid_t, height // cfg.patch_size, width // cfg.patch_size)
     return Visual(patches, grid, interval=interval, split_time=cfg.split_time)
