@@ -96,6 +96,10 @@ class Row:
     images: list[Any] = field(default_factory=list)
     video: Any = None
 
+    def __post_init__(self) -> None:
+        if self.image is not None and not self.images:
+            self.images = [self.image]
+
 
 @dataclass
 class EmbedRequest:

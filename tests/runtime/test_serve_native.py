@@ -95,6 +95,9 @@ def test_two_images_in_one_item_equal_the_embedders(server, embedder, root):
     close = np.abs(served - want).max()
     for other in ([[PAGE, PHOTO]], [[PHOTO]]):
         assert np.abs(served - embedder.encode(["two pages"], other)).max() > 20 * close + 1e-6, other
+    # One image per item, in every form the request schema takes.
+    lone = vectors(post(server, ["photo.png", png(PAGE)], modality="image", instruction=""))
+    assert (lone * embedder.encode(None, [PHOTO, PAGE])).sum(1).min() >= SAME
     # As a query: the trained instruction of an image row, as encode_queries applies it.
     query = vectors(post(server, [{"text": "two pages", "image": [png(PHOTO), "page.png"]}]))
     assert (query * embedder.encode_queries(["two pages"], [[PHOTO, PAGE]])).sum(1).min() >= SAME
