@@ -164,7 +164,11 @@ def _decode_file(handle: BinaryIO, label: str, cfg: ImageConfig, config: ServeCo
             _check_seconds(seconds, label, config)
             pixels = 0
             for frame in container.decode(stream):
-                _check_frames(len(frames) + 1, label, config)
+                if len(frames) == config.max_video_frames:
+                    raise BadRequest(
+                        f"{label} has more than {config.max_video_frames} frames (--max-video-frames)",
+                        code="too_many_frames",
+                    )
                 if frame.width * frame.height > limit:
                     raise BadRequest(
                         f"{label}: a frame of {frame.width}x{frame.height} pixels exceeds the "

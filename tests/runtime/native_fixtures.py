@@ -51,3 +51,20 @@ def write_pictures(folder: Path) -> dict[str, Path]:
     for number, frame in enumerate(FRAMES):
         Image.fromarray(frame).save(clip / f"{number:02d}.png")
     return {"photo": folder / "photo.png", "page": folder / "page.png", "clip": clip}
+
+
+def write_video(path: Path, frames: int = 8, fps: int = 4, size: tuple[int, int] = (64, 48)) -> Path:
+    """A small MPEG-4 file of random frames (needs PyAV: callers importorskip it)."""
+    import av
+
+    rng = np.random.default_rng(11)
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for _ in range(frames):
+            pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

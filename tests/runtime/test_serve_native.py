@@ -16,7 +16,7 @@ pytest.importorskip("starlette", reason="the serve extra is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra is not installed")
 httpx = pytest.importorskip("httpx")
 
-from native_fixtures import FRAMES, PAGE, PHOTO, native_artifact, write_pictures  # noqa: E402,F401
+from native_fixtures import FRAMES, PAGE, PHOTO, native_artifact, write_pictures, write_video  # noqa: E402,F401
 from runtime_fixtures import runtime_artifact  # noqa: E402,F401  (a fixture)
 from serve_fixtures import ThreadServer, data_uri  # noqa: E402
 
@@ -155,6 +155,25 @@ def test_video_files_are_decoded_or_refused_clearly(server):
         assert answer.status_code == 400, answer.text
         error = answer.json()["error"]
         assert error["code"] in ("video_not_supported", "invalid_video") and "input[0]" in error["message"]
+
+
+def test_a_video_file_and_a_video_data_uri_equal_the_embedders(server, embedder, root, tmp_path):
+    pytest.importorskip("av", reason="PyAV (the [video] extra) is not installed")
+    movie = write_video(root / "four.mp4", frames=4, fps=2)  # 2 s
+    sent = "data:video/mp4;base64," + base64.b64encode(movie.read_bytes()).decode()
+    served = vectors(post(server, [{"video": "four.mp4"}, [video_part(sent)]], instruction=""))
+    want = embedder.encode(videos=[movie, movie])
+    assert (served * want).sum(1).min() >= SAME
+    limited = ServeConfig(model_name=NAME, image_root=root, max_video_seconds=1.5)
+    with ThreadServer(create_app(embedder, limited)) as strict:
+        answer = post(strict, ["fine", {"video": "four.mp4"}])
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "video_too_long", answer.text
+        assert "input[1]" in answer.json()["error"]["message"]
+    limited = ServeConfig(model_name=NAME, image_root=root, max_video_frames=3)
+    with ThreadServer(create_app(embedder, limited)) as strict:
+        answer = post(strict, [[video_part(sent)]])
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "too_many_frames", answer.text
+        assert "more than 3 frames" in answer.json()["error"]["message"]
 
 
 def test_a_fixed_size_artifact_refuses_several_images_and_videos(runtime_artifact, root):
