@@ -98,17 +98,22 @@ def sampled_visual(
     """The frames ``sample_indices`` kept of a video of ``total`` frames (RGB images) -> its
     patches and grid. A caller that reads frames itself (lame-serve, from a confined folder)
     decodes only the kept ones and finishes here, as ``video_visual`` does."""
-    first = images[0]
-    factor = cfg.patch_size * cfg.merge_size
-    # A frame never gets more pixels than an image (the graph's patch bound follows max_pixels).
-    most = min(cfg.video_max_pixels, cfg.max_pixels)
-    height, width = smart_resize(first.height, first.width, factor, min(cfg.video_min_pixels, most), most)
+    height, width = frame_size(images[0], cfg)
     stack = np.stack([_normalised(img, height, width, cfg) for img in images])
     patches, grid_t = patchify_frames(stack, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
     seconds_per_step = cfg.temporal_patch_size / (source_fps * len(images) / total) if source_fps else 1.0
     interval = (cfg.tokens_per_second or 1.0) * seconds_per_step if cfg.tokens_per_second else 1.0
     grid = (grid_t, height // cfg.patch_size, width // cfg.patch_size)
     return Visual(patches, grid, interval=interval, split_time=cfg.split_time)
+
+
+def frame_size(first: Image.Image, cfg: ImageConfig) -> tuple[int, int]:
+    """(height, width) every frame of a video is resized to, from its first frame."""
+    factor = cfg.patch_size * cfg.merge_size
+    # A frame never gets more pixels than an image (the graph's patch bound follows max_pixels).
+    most = min(cfg.video_max_pixels, cfg.max_pixels)
+    height, width = smart_resize(first.height, first.width, factor, min(cfg.video_min_pixels, most), most)
+    return height, width
 
 
 def _read_frames(video: Any, fps: float | None) -> tuple[list[Any], float | None]:

@@ -120,7 +120,7 @@ PROG = "lame-serve"
     type=click.IntRange(min=1),
     default=100_000_000,
     show_default=True,
-    help="Pixels decoded for one video, all its frames together.",
+    help="Pixels of one video, all its frames together (as decoded and as resized for the model).",
 )
 @click.option(
     "--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="Rows per model call."

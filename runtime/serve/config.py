@@ -27,7 +27,7 @@ class ServeConfig:
     max_images_per_item: int = 8
     max_video_frames: int = 512  # frames one video may hold (files in a folder, frames in a file)
     max_video_seconds: float = 600.0  # a video file's duration (a folder of frames has none)
-    max_video_pixels: int = 100_000_000  # pixels decoded for one video, all frames together
+    max_video_pixels: int = 100_000_000  # one video's pixels, as decoded and as resized
     max_k: int = 100
     # Dynamic batching (lame_runtime.serve.batching).
     batching: bool = True

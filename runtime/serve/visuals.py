@@ -28,7 +28,13 @@ import numpy as np
 from lame_runtime.errors import InputError, InputTypeError, IntegrityError, MissingFileError
 from lame_runtime.inputs.grid import Visual
 from lame_runtime.inputs.images import ImageConfig, default_max_pixels, load_image, open_under, walk_under
-from lame_runtime.inputs.native import FRAME_SUFFIXES, image_visual, sample_indices, sampled_visual
+from lame_runtime.inputs.native import (
+    FRAME_SUFFIXES,
+    frame_size,
+    image_visual,
+    sample_indices,
+    sampled_visual,
+)
 from lame_runtime.serve.config import ServeConfig
 from lame_runtime.serve.errors import BadRequest
 from lame_runtime.serve.schema import LocalImage, Row, VideoData, _decode_bytes, _decode_local, _shown
@@ -123,6 +129,7 @@ def _folder(
             frame = _named(f"{label}: frame {names[index]!r}", load_image, handle, limit)
         pixels = _check_pixels(pixels + frame.width * frame.height, label, config)
         frames.append(frame)
+    _check_resized(frames, cfg, label, config)
     return _named(label, sampled_visual, frames, len(names), None, cfg)
 
 
@@ -137,10 +144,18 @@ def _check_frames(count: int, label: str, config: ServeConfig) -> None:
 def _check_pixels(pixels: int, label: str, config: ServeConfig) -> int:
     if pixels > config.max_video_pixels:
         raise BadRequest(
-            f"{label} decodes to more than {config.max_video_pixels:,} pixels (--max-video-pixels)",
+            f"{label} holds more than {config.max_video_pixels:,} pixels, its frames as decoded or "
+            "as resized for the model (--max-video-pixels)",
             code="video_too_large",
         )
     return pixels
+
+
+def _check_resized(frames: list[Any], cfg: ImageConfig, label: str, config: ServeConfig) -> None:
+    """The sampled frames at the model's size (small frames grow to ``video_min_pixels``): what
+    the queued patches hold, four bytes a value."""
+    height, width = frame_size(frames[0], cfg)
+    _check_pixels(len(frames) * height * width, label, config)
 
 
 def _decode_file(handle: BinaryIO, label: str, cfg: ImageConfig, config: ServeConfig, limit: int) -> Visual:
@@ -189,6 +204,7 @@ def _decode_file(handle: BinaryIO, label: str, cfg: ImageConfig, config: ServeCo
         raise BadRequest(f"{label} has no frames", code="invalid_video")
     keep = sample_indices(len(frames), rate, cfg)
     pictures = [_named(label, load_image, frames[i], limit) for i in keep]
+    _check_resized(pictures, cfg, label, config)
     return _named(label, sampled_visual, pictures, len(frames), rate, cfg)
 
 

@@ -146,6 +146,18 @@ def test_refusals_name_the_item(server, name, item, status, code, words):
     assert post(server, ["still serving"]).status_code == 200
 
 
+def test_the_pixel_limit_counts_frames_as_the_model_sees_them(embedder, root):
+    """The clip's 4 sampled frames hold 4 x 40 x 56 = 8,960 pixels as decoded but 4 x 64 x 80 =
+    20,480 resized to the model's frame size: a limit between the two refuses it."""
+    config = ServeConfig(model_name=NAME, image_root=root, max_video_pixels=10_000)
+    with ThreadServer(create_app(embedder, config)) as strict:
+        answer = post(strict, ["fine", {"video": "clip"}])
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "video_too_large" and "input[1]" in error["message"]
+        assert post(strict, [{"image": ["photo.png", "page.png"]}]).status_code == 200
+
+
 def test_video_files_are_decoded_or_refused_clearly(server):
     """Without PyAV a video file or data URI is refused as unsupported; with it, these bytes
     are no video. Either way: one 400 naming the item."""
