@@ -177,6 +177,7 @@ def _decode_file(handle: BinaryIO, label: str, cfg: ImageConfig, config: ServeCo
             rate = float(stream.average_rate) if stream.average_rate else None
             seconds = float(container.duration) / 1_000_000 if container.duration else None
             _check_seconds(seconds, label, config)
+            _check_frame(stream.width or 0, stream.height or 0, label, limit)  # before any decode
             pixels = 0
             for frame in container.decode(stream):
                 if len(frames) == config.max_video_frames:
@@ -184,12 +185,7 @@ def _decode_file(handle: BinaryIO, label: str, cfg: ImageConfig, config: ServeCo
                         f"{label} has more than {config.max_video_frames} frames (--max-video-frames)",
                         code="too_many_frames",
                     )
-                if frame.width * frame.height > limit:
-                    raise BadRequest(
-                        f"{label}: a frame of {frame.width}x{frame.height} pixels exceeds the "
-                        f"limit of {limit:,} pixels (--max-pixels)",
-                        code="video_too_large",
-                    )
+                _check_frame(frame.width, frame.height, label, limit)
                 pixels = _check_pixels(pixels + frame.width * frame.height, label, config)
                 frames.append(frame.to_ndarray(format="rgb24"))
                 if rate:
@@ -197,15 +193,24 @@ def _decode_file(handle: BinaryIO, label: str, cfg: ImageConfig, config: ServeCo
     except BadRequest:
         raise
     except Exception as err:  # noqa: BLE001  (PyAV raises its own classes for every bad file)
-        raise BadRequest(
-            f"{label}: cannot decode the video ({type(err).__name__}: {err})", code="invalid_video"
-        ) from None
+        # strerror, not str(err): PyAV's message ends with the handle's name (a descriptor)
+        reason = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise BadRequest(f"{label}: cannot decode the video ({reason})", code="invalid_video") from None
     if not frames:
         raise BadRequest(f"{label} has no frames", code="invalid_video")
     keep = sample_indices(len(frames), rate, cfg)
     pictures = [_named(label, load_image, frames[i], limit) for i in keep]
     _check_resized(pictures, cfg, label, config)
     return _named(label, sampled_visual, pictures, len(frames), rate, cfg)
+
+
+def _check_frame(width: int, height: int, label: str, limit: int) -> None:
+    if width * height > limit:
+        raise BadRequest(
+            f"{label}: a frame of {width}x{height} pixels exceeds the limit of {limit:,} pixels "
+            "(--max-pixels)",
+            code="video_too_large",
+        )
 
 
 def _check_seconds(seconds: float | None, label: str, config: ServeConfig) -> None:
