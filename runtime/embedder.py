@@ -25,6 +25,7 @@ from lame_runtime.errors import InputError, InputTypeError
 from lame_runtime.inputs.images import check_max_pixels, preprocess_images
 from lame_runtime.inputs.instructions import modality
 from lame_runtime.inputs.instructions import pick as pick_instruction
+from lame_runtime.inputs.native import native_feed
 from lame_runtime.inputs.pipeline import FeedPipeline, encode_iter, encode_pipelined
 from lame_runtime.inputs.preprocess import Preprocessor, align_inputs, format_query, native_rows
 from lame_runtime.inputs.routing import route
@@ -449,7 +450,8 @@ class Embedder:
     ) -> np.ndarray:
         """-> unit vectors of rows the caller already tokenised, each the full token row the
         preprocessor builds ([BOS], the visual tokens of its image, its text), with the row's
-        image (decoded; None for text-only rows). A service that tokenises each text once to
+        image (decoded; None for text-only rows; at native resolution its list of ``Visual``s,
+        one per image or video, in its row's order). A service that tokenises each text once to
         count and check it feeds those same tokens here instead of tokenising again."""
         size = self.check_dimensions(dimensions)
         if len(rows) != len(images):
@@ -460,12 +462,18 @@ class Embedder:
         for start in range(0, len(rows), batch_size):
             part, pictures = rows[start : start + batch_size], list(images[start : start + batch_size])
             ids, mask = self.preprocessor.text.pad_rows(part)
-            feed = {
-                "input_ids": ids,
-                "attention_mask": mask,
-                "pixel_values": preprocess_images(pictures, cfg, None, start, self.preprocessor.max_pixels),
-                "image_mask": np.asarray([p is not None for p in pictures], dtype=np.int64),
-            }
+            if cfg.native:  # images[i]: row i's Visual list (lame_runtime.inputs.native), or None
+                marks = ids == self.preprocessor.text.special["image"]
+                feed = native_feed(ids, mask, marks, [list(p or ()) for p in pictures], cfg)
+            else:
+                feed = {
+                    "input_ids": ids,
+                    "attention_mask": mask,
+                    "pixel_values": preprocess_images(
+                        pictures, cfg, None, start, self.preprocessor.max_pixels
+                    ),
+                    "image_mask": np.asarray([p is not None for p in pictures], dtype=np.int64),
+                }
             chunks.append(self.infer(feed))
         return unit_prefix(np.concatenate(chunks), size)
 

@@ -15,7 +15,6 @@ from typing import Any, Iterator, Sequence
 import click
 
 from lame_runtime.artifact.contract import PRECISIONS, ArtifactError
-from lame_runtime.artifact.paths import contained_path
 from lame_runtime.cli.corpus import embed_corpus_command, index_shards_command
 from lame_runtime.cli.info import info_command
 from lame_runtime.cli.tensorrt import build_engine_command, embedder_options, gpu_options, triton_command
@@ -26,6 +25,7 @@ from lame_runtime.inputs.instructions import pick as pick_instruction
 from lame_runtime.persist import parse_json
 from lame_runtime.retrieval.index_io import STORAGES, index_exists
 from lame_runtime.retrieval.indexing import BUILD_KEY, image_items
+from lame_runtime.retrieval.visual_items import dataset_path
 
 PROG = "lame-search"
 FLAGS = Spelling(instruction="--instruction TEXT", empty="''", task="--task NAME")  # in errors
@@ -43,30 +43,47 @@ USER_ERRORS = (
 
 
 # --------------------------------------------------------------------------- items to index
-def dataset_items(root: Path) -> list[tuple[str, dict[str, Any], str | None, str | None]]:
+def dataset_items(root: Path) -> list[tuple[str, dict[str, Any], str | None, Any]]:
     """Distinct candidates of ``root/eval.jsonl`` in first-seen order: (id, payload, text, image).
 
-    An id is the image path relative to the dataset, the text, or ``"<path> :: <text>"``.
+    An id is the image path relative to the dataset, the text, or ``"<path> :: <text>"``. A
+    candidate may also give ``"image"`` as a list of paths and a ``"video"`` (a video file or a
+    folder of frames), for a native-resolution model: its image is then
+    ``{"image": [...], "video": ...}`` (``lame_runtime.retrieval.visual_items``) and its id
+    joins every path and the text.
     """
-    items: dict[str, tuple[str, dict[str, Any], str | None, str | None]] = {}
+    items: dict[str, tuple[str, dict[str, Any], str | None, Any]] = {}
     for where, candidate in _eval_candidates(root):
-        text, image = candidate.get("text"), candidate.get("image")
+        text, image, video = candidate.get("text"), candidate.get("image"), candidate.get("video")
+        many = isinstance(image, list)
+        images: list[Any] = image if isinstance(image, list) else [image] if image is not None else []
         if (
             (text is not None and not isinstance(text, str))
-            or (image is not None and not isinstance(image, str))
-            or not (text or image)
+            or not all(isinstance(path, str) and path for path in images)
+            or (many and not images)
+            or (video is not None and not (isinstance(video, str) and video))
+            or not (text or images or video)
         ):
-            raise InputError(f"{where}: a candidate needs a string 'text' and/or 'image'")
+            raise InputError(
+                f"{where}: a candidate needs a string 'text', 'image' (a path or a list of paths) "
+                "and/or 'video' (a path)"
+            )
         payload: dict[str, Any] = {}
-        if image:
-            path = contained_path(root, image, f"{where}: image path", folder="dataset")
-            if not path.is_file():
-                raise MissingFileError(f"{where}: image file not found: {path}")
-            payload["path"] = str(path.resolve())
+        paths = [dataset_path(root, path, where, "image file") for path in images]
+        if paths:
+            payload["paths" if many else "path"] = (
+                [str(p.resolve()) for p in paths] if many else str(paths[0].resolve())
+            )
+        clip = dataset_path(root, video, where, "video") if video else None
+        if clip is not None:
+            payload["video"] = str(clip.resolve())
         if text:
             payload["text"] = text
-        item_id = " :: ".join(part for part in (image, text) if part)
-        items.setdefault(item_id, (item_id, payload, text or None, str(root / image) if image else None))
+        item_id = " :: ".join(part for part in (*images, video, text) if part)
+        visual: Any = str(root / images[0]) if images and not many and clip is None else None
+        if many or clip is not None:
+            visual = {"image": [str(root / path) for path in images], "video": str(clip) if clip else None}
+        items.setdefault(item_id, (item_id, payload, text or None, visual))
     if not items:
         raise InputError(f"{root / EVAL_FILE} has no candidates")
     return list(items.values())

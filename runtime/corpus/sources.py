@@ -4,7 +4,9 @@ Sources: a folder of images (ids: paths relative to it, exactly as ``lame-search
 --images`` names them), a JSON-lines file (one object a line: ``id``, ``text`` and/or
 ``image``, any other keys are metadata), or Parquet (one file or a folder of ``*.parquet``;
 columns ``id``, ``text`` and/or ``image`` -- a path string or the encoded bytes -- and any
-other columns as metadata).
+other columns as metadata). One image per item: an item with a ``video`` (or a list of images)
+is an error of that item here (``lame-search index --data`` embeds those with a
+native-resolution model), never metadata silently left unembedded.
 
 Shard identity is positional: shard ``k`` is the ``k``-th run of ``shard_size`` items in a
 fixed order (sorted files; file order for lines and rows; a Parquet shard never spans two
@@ -191,7 +193,11 @@ def _row(position: int, item_id: Any, text: Any, image: Any, metadata: dict[str,
     elif text is not None and not isinstance(text, str):
         error = f"text must be a string, got {type(text).__name__}"
     elif image is not None and not isinstance(image, (str, bytes)):
-        error = f"image must be a path or bytes, got {type(image).__name__}"
+        error = f"image must be a path or bytes, got {type(image).__name__}" + (
+            " (several images per item: index them with `lame-search index --data`)"
+            if isinstance(image, list)
+            else ""
+        )
     elif not (text or image):
         error = "the item has neither text nor image"
     else:  # what the shards and Qdrant will store must be writable (the index's own checks)
@@ -249,6 +255,7 @@ def _read_jsonl(spec: dict[str, Any]) -> list[dict[str, Any]]:
                 _image_value(value.get("image"), path.parent),
                 metadata,
             )
+            _refuse_video(row, value)
             if row["error"]:
                 row["error"] = f"{path.name}:{number}: {row['error']}"
         rows.append(row)
@@ -289,5 +296,16 @@ def _read_parquet(spec: dict[str, Any], images: bool) -> list[dict[str, Any]]:
     for i, record in enumerate(table.to_pylist()):
         metadata = {k: v for k, v in record.items() if k not in CONTENT}
         image = _image_value(record.get("image"), folder)
-        rows.append(_row(spec["first"] + i, record.get("id"), record.get("text"), image, metadata))
+        row = _row(spec["first"] + i, record.get("id"), record.get("text"), image, metadata)
+        rows.append(_refuse_video(row, record))
     return rows
+
+
+def _refuse_video(row: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
+    if value.get("video") is not None and not row["error"]:
+        row["error"] = (
+            "the item has a video: embed-corpus embeds texts and single images (index videos "
+            "with `lame-search index --data` and a native-resolution model)"
+        )
+        row["text"] = row["image"] = None
+    return row

@@ -402,6 +402,23 @@ PATH_MAX = 4096
 def open_under(
     root: str | Path, relative: str, what: str = "image path", folder: str = "folder", sent: str | None = None
 ) -> BinaryIO:
+    handle = walk_under(root, relative, what, folder, sent)
+    if isinstance(handle, int):  # walk_under returns folders only when asked to
+        os.close(handle)
+        raise InputError(
+            f"{what} {_shown(relative if sent is None else sent)} is a folder, not an image file"
+        )
+    return handle
+
+
+def walk_under(
+    root: str | Path,
+    relative: str,
+    what: str = "image path",
+    folder: str = "folder",
+    sent: str | None = None,
+    folders: bool = False,
+) -> BinaryIO | int:
     """Open ``relative`` for reading, confined to ``root``, race-free; -> a binary handle.
 
     Checking a resolved path and then opening the name again lets a symlink swapped in between
@@ -416,6 +433,9 @@ def open_under(
     rewrote it): ``IntegrityError`` for a path leading outside,
     ``MissingFileError`` for a missing file, ``InputError`` for the rest (NUL byte, a name
     too long, a symlink loop, a folder or a device instead of a file, no permission).
+
+    ``folders``: a folder is taken too, returned as an open descriptor (the caller closes it;
+    a video given as a folder of frames lists it and opens each frame through here).
     """
     if not isinstance(relative, str) or not relative.strip():
         raise InputTypeError(f"{what} must be a non-empty string, got {type(relative).__name__}")
@@ -428,7 +448,7 @@ def open_under(
         raise InputError(f"{label} is not valid Unicode (a lone surrogate)") from None
     if len(encoded) > PATH_MAX:
         raise InputError(f"{label} is longer than {PATH_MAX} bytes")
-    if relative.endswith("/"):
+    if relative.endswith("/") and not folders:
         raise InputError(f"{label} ends with '/': it names a folder, not an image file")
     if relative.startswith(("/", "\\")):
         raise IntegrityError(f"{label} is absolute: it must be relative to the {folder} folder")
@@ -477,6 +497,8 @@ def open_under(
                 continue
             try:
                 mode = os.fstat(fd).st_mode
+                if folders and stat.S_ISDIR(mode):
+                    return fd
                 if not stat.S_ISREG(mode):
                     kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
                     raise InputError(f"{label} is {kind}, not an image file")

@@ -85,9 +85,12 @@ def image_visual(image: Any, cfg: ImageConfig, max_pixels: int | None = None) ->
 
 
 def sample_indices(total: int, source_fps: float | None, cfg: ImageConfig) -> np.ndarray:
-    """Which of ``total`` frames to keep: ``video_fps`` frames per second (``source_fps`` known;
-    else every frame), within [video_min_frames, video_max_frames], a multiple of the temporal
-    patch, spread uniformly (the Qwen-VL video processors' rule)."""
+    """Which of ``total`` frames to keep, by the family's video processor: Qwen3-VL's rule
+    (:func:`qwen3_sample_indices`) for a model with per-step time grids, else Qwen2/2.5-VL's:
+    ``video_fps`` frames per second (``source_fps`` known; else every frame), within
+    [video_min_frames, video_max_frames], a multiple of the temporal patch, spread uniformly."""
+    if cfg.split_time:
+        return qwen3_sample_indices(total, source_fps, cfg)
     step = cfg.temporal_patch_size
     if total < 1:
         raise InputError("the video has no frames")
@@ -95,7 +98,8 @@ def sample_indices(total: int, source_fps: float | None, cfg: ImageConfig) -> np
     wanted = total if not source_fps else total / source_fps * cfg.video_fps
     wanted = min(max(wanted, cfg.video_min_frames), most, total)
     count = max(1, math.floor(wanted / step) * step) if total >= step else total
-    return np.arange(0, total, total / count).astype(np.int64)[:count]
+    indices: np.ndarray = np.arange(0, total, total / count).astype(np.int64)[:count]
+    return indices
 
 
 def video_visual(
@@ -105,30 +109,38 @@ def video_visual(
     folder of frame files (sorted by name), or a video file (PyAV). ``fps``: the frame rate of
     given frames (a file knows its own); None samples every frame up to the limits."""
     frames, source_fps = _read_frames(video, fps)
-    qwen3 = cfg.split_time  # Qwen3-VL's video processor: its own sampling, budget and timestamps
-    keep = (
-        qwen3_sample_indices(len(frames), source_fps, cfg)
-        if qwen3
-        else sample_indices(len(frames), source_fps, cfg)
-    )
+    keep = sample_indices(len(frames), source_fps, cfg)
     limit = check_max_pixels(max_pixels) or default_max_pixels(cfg)
     images = [load_image(frames[i], limit) for i in keep]
-    first = images[0]
-    factor = cfg.patch_size * cfg.merge_size
-    if qwen3:  # the budget covers the clip; a frame still gets at most an image's pixels
-        height, width = clip_resize(len(keep), first.height, first.width, cfg)
-    else:  # a frame never gets more pixels than an image (the graph's patch bound follows max_pixels)
-        most = min(cfg.video_max_pixels, cfg.max_pixels)
-        height, width = smart_resize(first.height, first.width, factor, min(cfg.video_min_pixels, most), most)
+    return sampled_visual(images, keep, len(frames), source_fps, cfg)
+
+
+def sampled_visual(
+    images: list[Image.Image], keep: np.ndarray, total: int, source_fps: float | None, cfg: ImageConfig
+) -> Visual:
+    """The frames ``sample_indices`` kept (``keep``) of a video of ``total`` frames, as RGB
+    images -> its patches and grid. A caller that reads frames itself (lame-serve, from a
+    confined folder) decodes only the kept ones and finishes here, as ``video_visual`` does."""
+    height, width = frame_size(images[0], cfg, len(images))
     stack = np.stack([_normalised(img, height, width, cfg) for img in images])
     patches, grid_t = patchify_frames(stack, cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size)
     grid = (grid_t, height // cfg.patch_size, width // cfg.patch_size)
-    if qwen3:
+    if cfg.split_time:  # Qwen3-VL: the prompt writes each step's time
         stamps = step_timestamps(keep, source_fps or QWEN3_DEFAULT_FPS, cfg.temporal_patch_size)
         return Visual(patches, grid, split_time=True, timestamps=stamps)
-    seconds_per_step = cfg.temporal_patch_size / (source_fps * len(keep) / len(frames)) if source_fps else 1.0
+    seconds_per_step = cfg.temporal_patch_size / (source_fps * len(images) / total) if source_fps else 1.0
     interval = cfg.tokens_per_second * seconds_per_step if cfg.tokens_per_second else 1.0
     return Visual(patches, grid, interval=interval)
+
+
+def frame_size(first: Image.Image, cfg: ImageConfig, count: int) -> tuple[int, int]:
+    """(height, width) every frame of a video of ``count`` sampled frames is resized to."""
+    if cfg.split_time:  # Qwen3-VL: the budget covers the clip; a frame at most an image's pixels
+        return clip_resize(count, first.height, first.width, cfg)
+    # A frame never gets more pixels than an image (the graph's patch bound follows max_pixels).
+    factor = cfg.patch_size * cfg.merge_size
+    most = min(cfg.video_max_pixels, cfg.max_pixels)
+    return smart_resize(first.height, first.width, factor, min(cfg.video_min_pixels, most), most)
 
 
 # Qwen3-VL's video processor assumes 24 fps for frames whose rate is unknown.

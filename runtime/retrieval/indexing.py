@@ -31,6 +31,7 @@ from lame_runtime.inputs.preprocess import format_query
 from lame_runtime.persist import atomic_write_text, parse_json, sha256, writer_lock
 from lame_runtime.retrieval.index import Index
 from lame_runtime.retrieval.index_io import check_id, check_storable, index_exists, index_files
+from lame_runtime.retrieval.visual_items import check_fixed, native_prepared
 
 BUILD_KEY = "build"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -61,7 +62,9 @@ def image_items(root: Path, pattern: str = "*") -> list[tuple[str, dict[str, Any
 
 REPORT_SUFFIX = ".skipped.jsonl"
 ITEM_ERRORS = (InputError, InputTypeError, MissingFileError)
-Item = tuple[Any, Any, Any, Any]  # (id, payload, text, image)
+# (id, payload, text, image): the image a path, or {"image": [paths], "video": path} for a
+# native-resolution model (lame_runtime.retrieval.visual_items)
+Item = tuple[Any, Any, Any, Any]
 
 
 @dataclass
@@ -250,13 +253,19 @@ def embed_batches(
     """Yield ``(start, chunk, vectors, ids, skipped)`` per batch of ``items[start:]``.
 
     Images of the next batches decode in ``embedder.pipeline``'s thread pool while the model
-    runs on this one (``_embed``). One bad item fails the run unless ``skip_bad``: then the
+    runs on this one (``_embed``); a native-resolution model's batches (several images per
+    item, videos) are built serially (``visual_items.native_prepared``). One bad item fails the run unless ``skip_bad``: then the
     batch's good items are embedded together (the same batch an uninterrupted run embeds) and
     the bad ones come back as skipped-item records.
     """
     instruction = embedder.artifact.instruction("document")
     rows = ((item[0], format_query(item[2], instruction), item[3]) for item in items[start:])
-    stream = embedder.pipeline.prepared(rows, batch_size, skip_bad=skip_bad, start=start)
+    stream: Iterator[Any]
+    if embedder.preprocessor.image.native:  # several images per item, videos
+        stream = native_prepared(embedder.preprocessor, rows, batch_size, skip_bad, start)
+    else:
+        check_fixed(items)
+        stream = embedder.pipeline.prepared(rows, batch_size, skip_bad=skip_bad, start=start)
     while True:
         try:
             prepared = next(stream, None)

@@ -28,7 +28,7 @@ from starlette.routing import Route
 from lame_runtime.embedder import unit_prefix
 from lame_runtime.errors import InputError
 from lame_runtime.inputs.preprocess import format_query
-from lame_runtime.serve import schema
+from lame_runtime.serve import schema, visuals
 from lame_runtime.serve.batching import Batcher, Job
 from lame_runtime.serve.boundary import HostCheck, read_body
 from lame_runtime.serve.config import ServeConfig
@@ -68,6 +68,7 @@ class Service:
         self.name = config.model_name or embedder.artifact.path.name
         self.text = embedder.preprocessor.text
         self.image_tokens = embedder.preprocessor.image.num_tokens
+        self.native = embedder.preprocessor.image.native  # several images per row, videos
         self.metrics = Metrics()
         if documents is not None:
             documents.on_save = self._saved
@@ -157,7 +158,8 @@ class Service:
         """-> (unit vectors, tokens the model ran on, indices of truncated texts)."""
         self.batcher.arrive()
         try:
-            if any(row.image is not None for row in rows) or len(rows) > INLINE_ROWS:
+            visuals.check_rows(rows, self.native)
+            if any(row.image is not None or row.video is not None for row in rows) or len(rows) > INLINE_ROWS:
                 token_ids, tokens, truncated = await run_in_threadpool(
                     self._prepare, rows, input_type, instruction, task
                 )
@@ -176,7 +178,12 @@ class Service:
     ) -> tuple[list[Any], int, list[int]]:
         """Blocking: decode images, apply the trained instruction, tokenise each text once
         (``tokens.token_rows``): -> (the token rows, their token count, truncated rows)."""
-        schema.decode(rows, self.embedder.preprocessor.image, self.config.max_pixels, self.config.image_root)
+        if self.native:  # row.image becomes the row's list of visuals
+            visuals.decode_rows(rows, self.embedder.preprocessor.image, self.config)
+        else:
+            schema.decode(
+                rows, self.embedder.preprocessor.image, self.config.max_pixels, self.config.image_root
+            )
         texts = [row.text for row in rows]
         marks = [True if row.image is not None else None for row in rows]
         if input_type == "query":
@@ -187,9 +194,15 @@ class Service:
             )
             chosen = [document] * len(rows)
         formatted = [format_query(text, inst) for text, inst in zip(texts, chosen)]
-        token_ids, truncated = token_rows(
-            self.text, formatted, [row.image is not None for row in rows], self.image_tokens
-        )
+        if self.native:
+            merge = self.embedder.preprocessor.image.merge_size
+            token_ids, truncated = visuals.token_rows(
+                self.text, formatted, [row.image for row in rows], merge
+            )
+        else:
+            token_ids, truncated = token_rows(
+                self.text, formatted, [row.image is not None for row in rows], self.image_tokens
+            )
         if truncated:
             self.metrics.truncated.inc(len(truncated))
         return token_ids, sum(len(row) for row in token_ids), truncated
@@ -237,9 +250,12 @@ class Service:
             self.metrics.index_size.set(len(self.documents))
         # /ready means a first vector has been computed (both graphs, when there are two).
         cfg = self.embedder.preprocessor.image
-        blank = np.zeros((cfg.height, cfg.width, 3), np.uint8)
-        warm, _ = token_rows(self.text, ["warm-up", None], [False, True], self.image_tokens)
-        job = self.batcher.submit(warm, [None, blank])
+        if self.native:
+            warm, pictures = visuals.warm_rows(self.text, cfg)
+        else:
+            warm, _ = token_rows(self.text, ["warm-up", None], [False, True], self.image_tokens)
+            pictures = [None, np.zeros((cfg.height, cfg.width, 3), np.uint8)]
+        job = self.batcher.submit(warm, pictures)
         await job.future
         self.metrics.set_providers(self.embedder)
         self.ready = True

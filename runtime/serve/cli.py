@@ -92,7 +92,35 @@ PROG = "lame-serve"
     "--image-root",
     type=click.Path(file_okay=False),
     default=None,
-    help="Allow local image paths in requests, only under this folder.",
+    help="Allow local image and video paths (a file or a folder of frames) in requests, only under this folder.",
+)
+@click.option(
+    "--max-images-per-item",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Images in one item (native-resolution models; a fixed-size one takes one).",
+)
+@click.option(
+    "--max-video-frames",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Frames one video may hold (files in a folder, frames in a file).",
+)
+@click.option(
+    "--max-video-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Duration of a video file.",
+)
+@click.option(
+    "--max-video-pixels",
+    type=click.IntRange(min=1),
+    default=100_000_000,
+    show_default=True,
+    help="Pixels of one video, all its frames together (as decoded and as resized for the model).",
 )
 @click.option(
     "--max-batch", type=click.IntRange(min=1), default=32, show_default=True, help="Rows per model call."
@@ -158,6 +186,10 @@ def command(
     api_key_file: Any,
     auth_reads: Any,
     image_root: Any,
+    max_images_per_item: Any,
+    max_video_frames: Any,
+    max_video_seconds: Any,
+    max_video_pixels: Any,
     max_batch: Any,
     max_wait_ms: Any,
     no_batching: Any,
@@ -203,6 +235,10 @@ def command(
         max_text_chars=max_text_chars,
         max_pixels=gpu.get("max_pixels"),
         image_root=Path(image_root) if image_root else None,
+        max_images_per_item=max_images_per_item,
+        max_video_frames=max_video_frames,
+        max_video_seconds=max_video_seconds,
+        max_video_pixels=max_video_pixels,
         batching=not no_batching,
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,

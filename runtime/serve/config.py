@@ -23,6 +23,11 @@ class ServeConfig:
     max_text_chars: int = 100_000  # longer texts are refused; past max_text_tokens: cut
     max_pixels: int | None = None  # None: the runtime's default (from the model's input)
     image_root: Path | None = None  # local image paths only under this folder
+    # Native-resolution artifacts only (a fixed-size one takes one image per item, no video).
+    max_images_per_item: int = 8
+    max_video_frames: int = 512  # frames one video may hold (files in a folder, frames in a file)
+    max_video_seconds: float = 600.0  # a video file's duration (a folder of frames has none)
+    max_video_pixels: int = 100_000_000  # one video's pixels, as decoded and as resized
     max_k: int = 100
     # Dynamic batching (lame_runtime.serve.batching).
     batching: bool = True
@@ -42,10 +47,22 @@ class ServeConfig:
     save_interval_s: float = 30.0  # a writable index is saved this often when changed
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_items", "max_text_chars", "max_k", "max_batch", "max_queue"):
+        for name in (
+            "max_body_bytes",
+            "max_items",
+            "max_text_chars",
+            "max_k",
+            "max_batch",
+            "max_queue",
+            "max_images_per_item",
+            "max_video_frames",
+            "max_video_pixels",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
+        if not self.max_video_seconds > 0:
+            raise InputError(f"max_video_seconds must be > 0, got {self.max_video_seconds!r}")
         for name in ("max_wait_ms", "request_timeout_s", "save_interval_s"):
             if not getattr(self, name) >= 0:
                 raise InputError(f"{name} must be >= 0, got {getattr(self, name)!r}")

@@ -5,8 +5,10 @@ Inputs accepted by ``POST /v1/embeddings`` (``input``), one row each:
 * a string (text), or, with ``"modality": "image"`` (infinity's form), an image reference;
 * a list of content parts: ``{"type": "text", "text": ...}`` and
   ``{"type": "image_url", "image_url": {"url": ...}}`` (OpenAI / vLLM; ``image_url`` may also be
-  the string itself), at most one image per row (the model embeds one);
-* an object ``{"text": ..., "image": ...}`` (either or both).
+  the string itself); a native-resolution artifact also takes several images per row and
+  one ``{"type": "video_url", "video_url": {"url": ...}}`` (``lame_runtime.serve.visuals``),
+  a fixed-size one a single image;
+* an object ``{"text": ..., "image": ..., "video": ...}`` (any of them; ``image`` may be a list).
 
 ``input_type`` (``POST /v1/embeddings`` and ``POST /v1/search``): ``"query"`` (default: the
 trained query instruction of each row's modality) or ``"document"`` (the document instruction,
@@ -28,7 +30,7 @@ import io
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +75,30 @@ class LocalImage:
 
 
 @dataclass
+class VideoData:
+    """A video sent as a data URI: its bytes (decoded by ``visuals``, which needs PyAV)."""
+
+    data: bytes
+    where: str
+
+
+@dataclass
 class Row:
-    """One embedding row: text and/or an image reference (decoded later by ``decode``)."""
+    """One embedding row: text and/or an image reference (decoded later by ``decode``).
+
+    ``images``: every image of the row in the order given (``image`` is the first); ``video``:
+    its video (``lame_runtime.serve.visuals``). Only a native-resolution artifact takes more
+    than ``image``; at native resolution ``image`` becomes the row's decoded visuals."""
 
     text: str | None
     image: Any = None  # bytes (a data URI) or a LocalImage; a PIL image once decoded
     where: str = "input"
+    images: list[Any] = field(default_factory=list)
+    video: Any = None
+
+    def __post_init__(self) -> None:
+        if self.image is not None and not self.images:
+            self.images = [self.image]
 
 
 @dataclass
@@ -209,7 +229,7 @@ def parse_item(item: Any, where: str, config: ServeConfig, modality: str = "text
     if isinstance(item, dict) and "type" in item:
         item = [item]
     if isinstance(item, list):
-        texts, images = [], []
+        texts, images, videos = [], [], []
         for j, part in enumerate(item):
             at = f"{where}[{j}]"
             if not isinstance(part, dict):
@@ -225,37 +245,62 @@ def parse_item(item: Any, where: str, config: ServeConfig, modality: str = "text
                 ref = part.get(kind)
                 ref = ref.get("url") if isinstance(ref, dict) else ref
                 images.append(image_source(ref, f"{at}.{kind}", config))
+            elif kind in ("video_url", "video"):
+                ref = part.get(kind)
+                ref = ref.get("url") if isinstance(ref, dict) else ref
+                videos.append(video_source(ref, f"{at}.{kind}", config))
             else:
                 raise BadRequest(
-                    f"{at}.type must be 'text' or 'image_url', got {kind!r}", code="invalid_value"
+                    f"{at}.type must be 'text', 'image_url' or 'video_url', got {kind!r}",
+                    code="invalid_value",
                 )
-        if len(images) > 1:
-            raise BadRequest(
-                f"{where} has {len(images)} images; the model embeds one image per "
-                "item (send them as separate items)",
-                code="too_many_images",
-            )
-        if not texts and not images:
+        if not texts and not images and not videos:
             raise BadRequest(f"{where} has no content parts", code="empty_input")
-        return Row(" ".join(texts) if texts else None, images[0] if images else None, where)
+        return visual_row(" ".join(texts) if texts else None, images, videos, where, config)
     if isinstance(item, dict):
-        unknown = set(item) - {"text", "image"}
+        unknown = set(item) - {"text", "image", "video"}
         if unknown or not item:
             raise BadRequest(
-                f"{where} must have 'text' and/or 'image' (got keys {sorted(item)})", code="invalid_input"
+                f"{where} must have 'text', 'image' and/or 'video' (got keys {sorted(item)})",
+                code="invalid_input",
             )
         text = check_text(item["text"], f"{where}.text", config) if item.get("text") is not None else None
-        image = (
-            image_source(item["image"], f"{where}.image", config) if item.get("image") is not None else None
+        given = item.get("image")
+        if isinstance(given, list):
+            images = [image_source(ref, f"{where}.image[{j}]", config) for j, ref in enumerate(given)]
+        else:
+            images = [image_source(given, f"{where}.image", config)] if given is not None else []
+        videos = (
+            [video_source(item["video"], f"{where}.video", config)] if item.get("video") is not None else []
         )
-        if text is None and image is None:
-            raise BadRequest(f"{where} has neither text nor image", code="empty_input")
-        return Row(text, image, where)
+        if text is None and not images and not videos:
+            raise BadRequest(f"{where} has neither text nor image nor video", code="empty_input")
+        return visual_row(text, images, videos, where, config)
     raise BadRequest(
         f"{where} must be a string, a list of content parts or an object with "
-        f"'text'/'image', got {_kind(item)}",
+        f"'text'/'image'/'video', got {_kind(item)}",
         code="invalid_type",
     )
+
+
+def visual_row(
+    text: str | None, images: list[Any], videos: list[Any], where: str, config: ServeConfig
+) -> Row:
+    """A row's parts -> ``Row``, within the per-item limits (whether the model takes several
+    images or a video is checked against the artifact: ``visuals.check_rows``)."""
+    if len(images) > config.max_images_per_item:
+        raise BadRequest(
+            f"{where} has {len(images)} images; at most {config.max_images_per_item} per item "
+            "(--max-images-per-item)",
+            code="too_many_images",
+        )
+    if len(videos) > 1:
+        raise BadRequest(
+            f"{where} has {len(videos)} videos; the model embeds one video per item "
+            "(send them as separate items)",
+            code="too_many_videos",
+        )
+    return Row(text, images[0] if images else None, where, images, videos[0] if videos else None)
 
 
 def check_text(text: Any, where: str, config: ServeConfig) -> str:
@@ -298,20 +343,53 @@ def image_source(ref: Any, where: str, config: ServeConfig) -> bytes | LocalImag
             raise BadRequest(
                 f"{where}: the data URI is not valid base64 ({err})", code="invalid_base64"
             ) from None
+    return local_source(ref, where, config, "image")
+
+
+def video_source(ref: Any, where: str, config: ServeConfig) -> VideoData | LocalImage:
+    """A video reference -> ``VideoData`` (a data URI's bytes) or a ``LocalImage`` (a
+    video file or a folder of frames under ``--image-root``)."""
+    if not isinstance(ref, str) or not ref:
+        raise BadRequest(
+            f"{where} must be a data URI or a video path string, got {_kind(ref)}", code="invalid_type"
+        )
+    if ref.startswith("data:"):
+        match = _DATA_URI.match(ref)
+        if match is None or not match["b64"]:
+            raise BadRequest(
+                f"{where}: only base64 data URIs are accepted (data:video/mp4;base64,...)",
+                code="invalid_video",
+            )
+        if not (match["type"] or "").startswith("video/"):
+            raise BadRequest(
+                f"{where}: data URI media type {match['type']!r} is not a video (video/mp4, ...)",
+                code="invalid_video",
+            )
+        try:
+            return VideoData(base64.b64decode(match["data"], validate=True), where)
+        except (binascii.Error, ValueError) as err:
+            raise BadRequest(
+                f"{where}: the data URI is not valid base64 ({err})", code="invalid_base64"
+            ) from None
+    return local_source(ref, where, config, "video")
+
+
+def local_source(ref: str, where: str, config: ServeConfig, kind: str) -> LocalImage:
+    """A local path (or ``file://``) confined to ``--image-root``; URLs and other paths refused."""
     sent = ref
     if ref.startswith("file://"):
         ref = ref[len("file://") :]
     elif _SCHEME.match(ref):
         raise BadRequest(
-            f"{where}: remote image URLs are refused ({ref.split('://')[0]}://): "
-            "this server fetches nothing; send the image as a data URI",
+            f"{where}: remote {kind} URLs are refused ({ref.split('://')[0]}://): "
+            f"this server fetches nothing; send the {kind} as a data URI",
             code="remote_url_refused",
         )
     root = config.image_root
     if root is None:
         raise BadRequest(
-            f"{where}: local image paths are refused: the server was started "
-            "without --image-root; send the image as a data URI",
+            f"{where}: local {kind} paths are refused: the server was started "
+            f"without --image-root; send the {kind} as a data URI",
             code="local_path_refused",
         )
     if ref.startswith("/"):
@@ -323,7 +401,7 @@ def image_source(ref: Any, where: str, config: ServeConfig) -> bytes | LocalImag
                 ref = ref[len(base) :]
                 break
         else:
-            raise IntegrityError(f"{where}: image path {_shown(sent)} is outside --image-root")
+            raise IntegrityError(f"{where}: {kind} path {_shown(sent)} is outside --image-root")
     return LocalImage(ref, sent, where)
 
 
@@ -410,7 +488,7 @@ def parse_documents(body: dict[str, Any], config: ServeConfig) -> tuple[list[str
         item_id = doc.get("id")
         if not isinstance(item_id, str) or not item_id:
             raise BadRequest(f"{where}.id must be a non-empty string", code="invalid_type")
-        content = doc.get("content", {k: doc[k] for k in ("text", "image") if k in doc})
+        content = doc.get("content", {k: doc[k] for k in ("text", "image", "video") if k in doc})
         ids.append(item_id)
         rows.append(parse_item(content, where, config))
         payloads.append(doc.get("payload"))
