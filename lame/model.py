@@ -18,7 +18,7 @@ from lame.heads import DecoderHead, EmbeddingHead
 from lame.methods import LameOutput, get_method
 from lame.methods.decoding import greedy_generate
 from lame.native import append_positions, native_features, native_image_config
-from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor, align_inputs, format_query, native_rows
+from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor, format_query
 
 
 class LameModel(nn.Module):
@@ -246,18 +246,16 @@ class LameModel(nn.Module):
         picks from :attr:`instructions` (the checkpoint's trained table; empty: none)."""
         from lame_runtime.inputs.instructions import modality, pick
 
-        rows, pictures, clips = self._rows(texts, images, videos)
+        rows, pictures, clips = self.preprocessor.rows(texts, images, videos)
         if instruction is not None:
             per_row: list[str | None] = [instruction] * len(rows)
         else:
             table = self.instructions
             per_row = [
                 pick(table, modality(t, i if c is None else c), task)
-                for t, i, c in zip(rows, pictures, clips)
+                for t, i, c in zip(rows, pictures, clips or [None] * len(rows))
             ]
-        return self._encode(
-            rows, pictures, per_row, dimensions, batch_size, True, clips if videos is not None else None
-        )
+        return self._encode(rows, pictures, per_row, dimensions, batch_size, True, clips)
 
     def encode_documents(
         self,
@@ -300,7 +298,7 @@ class LameModel(nn.Module):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         size = self._check_dimensions(dimensions)
-        texts, images, clips = self._rows(texts, images, videos)
+        texts, images, clips = self.preprocessor.rows(texts, images, videos)
         if len(instructions) == 1:
             instructions = instructions * len(texts)
         for instruction in set(instructions):
@@ -315,7 +313,7 @@ class LameModel(nn.Module):
             for start in range(0, count, batch_size):
                 part = slice(start, start + batch_size)
                 feed = self.preprocessor(
-                    texts[part], images[part], start, clips[part] if videos is not None else None
+                    texts[part], images[part], start, None if clips is None else clips[part]
                 )
                 tensors = self.feed_to_tensors(feed)
                 out = self.method.encode_query(self, tensors) if query else self(**tensors)
@@ -326,16 +324,6 @@ class LameModel(nn.Module):
             return np.zeros((0, size), np.float32)
         vectors = np.concatenate(chunks).astype(np.float32)
         return vectors if size == self.config.embed_dim else unit_prefix(vectors, size)
-
-    def _rows(self, texts, images, videos) -> tuple[list, list, list]:
-        """Validated rows (texts, images, videos); several images per row and videos need a
-        native-resolution model (the preprocessor says so otherwise)."""
-        if self.preprocessor.image.native:
-            return native_rows(texts, images, videos, 0)
-        if videos is not None:
-            self.preprocessor([None], None, 0, videos[:1])  # raises: fixed-size models read no video
-        rows, pictures = align_inputs(texts, images)
-        return rows, pictures, [None] * len(rows)
 
     def _check_dimensions(self, dimensions: int | None) -> int:
         if dimensions is None:

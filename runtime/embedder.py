@@ -27,7 +27,7 @@ from lame_runtime.inputs.instructions import modality
 from lame_runtime.inputs.instructions import pick as pick_instruction
 from lame_runtime.inputs.native import native_feed
 from lame_runtime.inputs.pipeline import FeedPipeline, encode_iter, encode_pipelined
-from lame_runtime.inputs.preprocess import Preprocessor, align_inputs, format_query, native_rows
+from lame_runtime.inputs.preprocess import Preprocessor, format_query
 from lame_runtime.inputs.routing import route
 from lame_runtime.options import BACKENDS, RuntimeOptions, merge_legacy
 
@@ -283,11 +283,9 @@ class Embedder:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         size = self.check_dimensions(dimensions)
         _check_instruction(instruction)
+        rows, pictures, clips = self.preprocessor.rows(texts, images, videos)
         if self.preprocessor.image.native:
-            return self._encode_native(texts, images, videos, instruction, size, int(batch_size))
-        if videos is not None:
-            self.preprocessor([None], None, 0, videos)  # raises: a fixed-size model reads no video
-        rows, pictures = align_inputs(texts, images)
+            return self._encode_native(rows, pictures, clips, instruction, size, int(batch_size))
         if instruction:
             rows = [format_query(t, instruction) for t in rows]
         if not rows:
@@ -305,20 +303,26 @@ class Embedder:
 
     def _encode_native(
         self,
-        texts: Sequence[str | None] | None,
-        images: Sequence[Any] | None,
-        videos: Sequence[Any] | None,
+        rows: list[str | None],
+        pictures: list[Any],
+        clips: list[Any] | None,
         instruction: str | None,
         size: int,
         step: int,
     ) -> np.ndarray:
-        rows, pictures, clips = native_rows(texts, images, videos, 0)
         if instruction:
             rows = [format_query(t, instruction) for t in rows]
         if not rows:
             return np.zeros((0, size), dtype=np.float32)
         chunks = [
-            self.infer(self.preprocessor(rows[i : i + step], pictures[i : i + step], i, clips[i : i + step]))
+            self.infer(
+                self.preprocessor(
+                    rows[i : i + step],
+                    pictures[i : i + step],
+                    i,
+                    None if clips is None else clips[i : i + step],
+                )
+            )
             for i in range(0, len(rows), step)
         ]
         return unit_prefix(np.concatenate(chunks), size)
@@ -366,22 +370,11 @@ class Embedder:
         if those disagree ``InputError`` asks for ``instruction=`` or ``task=``
         (see ``lame_runtime.inputs.instructions``).
         """
-        texts, images, videos = self._rows(texts, images, videos)
+        texts, images, videos = self.preprocessor.rows(texts, images, videos)
         # A video row picks its instruction as an image row does.
         shown = images if videos is None else [i if v is None else v for i, v in zip(images, videos)]
         per_row = self.query_instructions(texts, shown, instruction, task)
         return self._encode_rows(per_row, texts, images, batch_size, dimensions, videos)
-
-    def _rows(
-        self, texts: Sequence[str | None] | None, images: Sequence[Any] | None, videos: Sequence[Any] | None
-    ) -> tuple[list[str | None], list[Any], list[Any] | None]:
-        if self.preprocessor.image.native:
-            rows, pictures, clips = native_rows(texts, images, videos, 0)
-            return rows, pictures, clips if videos is not None else None
-        if videos is not None:
-            self.preprocessor([None], None, 0, videos)  # raises: a fixed-size model reads no video
-        rows, pictures = align_inputs(texts, images)
-        return rows, pictures, None
 
     def query_instructions(
         self,
@@ -421,7 +414,7 @@ class Embedder:
         if instruction is None:
             instruction = self.artifact.instruction("document")
         _check_instruction(instruction)
-        texts, images, videos = self._rows(texts, images, videos)
+        texts, images, videos = self.preprocessor.rows(texts, images, videos)
         return self._encode_rows([instruction] * len(texts), texts, images, batch_size, dimensions, videos)
 
     def _encode_rows(

@@ -56,6 +56,27 @@ class Preprocessor:
             raise InputError(f"{config_path}: bad 'image' config: {err}") from err
         return cls(text, image)
 
+    def rows(
+        self,
+        texts: Sequence[str | None] | None,
+        images: Sequence[Any] | None,
+        videos: Sequence[Any] | None = None,
+        first_index: int = 0,
+    ) -> tuple[list[str | None], list[Any], list[Any] | None]:
+        """The caller's inputs validated as rows (texts, images, videos; videos None when none
+        were given), by this model's rules: several images per row and videos need a
+        native-resolution model, and a fixed-size one refuses them in one line."""
+        if self.image.native:
+            rows, pictures, clips = native_rows(texts, images, videos, first_index)
+            return rows, pictures, clips if videos is not None else None
+        if videos is not None:
+            raise InputError(
+                "this model reads fixed-size images only; videos need a native-resolution "
+                "model (a Qwen-VL family trained or imported with resolution 'native')"
+            )
+        rows, pictures = align_inputs(texts, images, first_index)
+        return rows, pictures, None
+
     def _native(
         self,
         texts: Sequence[str | None] | None,
@@ -100,12 +121,7 @@ class Preprocessor:
         one image per row and no video."""
         if self.image.native:
             return self._native(texts, images, videos, first_index)
-        if videos is not None:
-            raise InputError(
-                "this model reads fixed-size images only; videos need a native-resolution "
-                "model (a Qwen-VL family trained or imported with resolution 'native')"
-            )
-        texts, images = align_inputs(texts, images, first_index)
+        texts, images, _ = self.rows(texts, images, videos, first_index)
         if not texts:
             raise InputError("nothing to preprocess: empty input")
         for row, image in enumerate(images):
