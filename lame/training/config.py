@@ -41,13 +41,19 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=lambda: list(lora.DEFAULT_TARGETS))
     eval_limit: int | None = None  # evaluate on at most this many rows (spread over tasks)
     final_eval: bool = True  # evaluate on the eval split after training
+    decoder_rows: int | None = None  # reconstruction on the first N rows of each (per-process)
+    # batch only: a budget knob for a costly latent decoder (None: every row)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         check_precision(self.precision)
         self.lora_targets = list(self.lora_targets)
-        for name, value in (("chunk_size", self.chunk_size), ("eval_limit", self.eval_limit)):
+        for name, value in (
+            ("chunk_size", self.chunk_size),
+            ("eval_limit", self.eval_limit),
+            ("decoder_rows", self.decoder_rows),
+        ):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if self.lora_rank < 0:
