@@ -12,6 +12,9 @@ Layout::
                              unmerged weights), for exact resume
     meta.json                stage, step, latest metrics
     metrics.jsonl            the whole training log up to this step
+    latent_decoder.safetensors  only with a pretrained latent decoder: what training changed
+                             in it (projection, adapters); its own weights stay in its
+                             directory and are never needed to load, evaluate or export
 """
 
 from __future__ import annotations
@@ -64,14 +67,12 @@ def save_checkpoint(
     def write(tmp: Path) -> None:
         model.config.save(tmp / "config.json")
         (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2))
-        source = model.state_dict() if weights is None else weights
-        state = {
-            k: v.detach().float().contiguous().cpu()
-            if v.is_floating_point()
-            else v.detach().contiguous().cpu()
-            for k, v in source.items()
-        }
-        save_file(state, str(tmp / MODEL_FILE), metadata={"format": "pt", "lame": "1"})
+        from lame.lm_decoder import STATE_FILE, split_state
+
+        source, decoder = split_state(model, model.state_dict() if weights is None else weights)
+        save_file(_cpu(source), str(tmp / MODEL_FILE), metadata={"format": "pt", "lame": "1"})
+        if decoder:
+            save_file(_cpu(decoder), str(tmp / STATE_FILE))
         model.preprocessor.save(tmp)
         _save_trainer_state(tmp, meta, optimizer, resume_tensors or {})
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -80,6 +81,13 @@ def save_checkpoint(
             extra_files(tmp)
 
     atomic_write_dir(directory, write, marker="meta.json")
+
+
+def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {
+        k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().contiguous().cpu()
+        for k, v in tensors.items()
+    }
 
 
 def _save_trainer_state(

@@ -19,6 +19,7 @@ from lame_runtime.inputs.images import ImageConfig
 from lame_runtime.persist import read_json
 
 POOLINGS = ("embed", "attention")
+DECODER_MODES = ("frozen", "lora", "full")  # how a pretrained latent decoder LM trains
 # METHODS (lame.methods, one module each): lame: the method. discriminative: K=0, [EMBED] only
 # (VLM2Vec). cot: generate a rationale, then embed (UME-R1). latent: K sequential latent steps,
 # each fed the last hidden state (Coconut). lm: generative pre-training (next-token loss only).
@@ -52,6 +53,28 @@ class BackboneConfig:
 
 
 @dataclass
+class LatentDecoderConfig:
+    """A pretrained causal LM (local Hugging Face directory) as the latent decoder: the K reason
+    states, projected to its embedding width, are its prefix and it is teacher-forced on the
+    answer in its own tokenizer. Training only: the weights stay in ``path`` (never in
+    model.safetensors), so a checkpoint loads, evaluates and exports without the directory."""
+
+    path: str
+    sha256: str | None = None  # of the directory's *.safetensors, recorded when training starts
+    mode: str = "frozen"  # frozen | lora (rank ``lora_rank`` on q/v) | full
+    lora_rank: int = 8
+    model_type: str | None = None  # from its config.json, for the record
+
+    def validate(self) -> None:
+        if not isinstance(self.path, str) or not self.path:
+            raise ValueError("latent_decoder.path must be a directory path")
+        if self.mode not in DECODER_MODES:
+            raise ValueError(f"latent_decoder.mode must be one of {DECODER_MODES}, got {self.mode!r}")
+        if self.lora_rank < 1:
+            raise ValueError(f"latent_decoder.lora_rank must be >= 1, got {self.lora_rank}")
+
+
+@dataclass
 class LameConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
@@ -77,12 +100,15 @@ class LameConfig:
     max_rationale_tokens: int = 64  # cot, lm: training rationales are cut to this many tokens
     max_new_tokens: int = 128  # cot: generation budget per query at inference
     w_lm: float = 1.0  # cot, lm: weight of the next-token loss on the rationale
+    latent_decoder: LatentDecoderConfig | None = None  # None: the small DecoderHead
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):
             self.backbone = BackboneConfig(**self.backbone)
         if isinstance(self.image, dict):
             self.image = ImageConfig.from_dict(self.image)
+        if isinstance(self.latent_decoder, dict):
+            self.latent_decoder = LatentDecoderConfig(**self.latent_decoder)
         self.validate()
 
     def validate(self) -> None:
@@ -122,6 +148,13 @@ class LameConfig:
                 raise ValueError(
                     f"resolution 'native' serves the one-pass methods (lame, discriminative); "
                     f"method {self.method!r} decodes step by step with fixed-size images"
+                )
+        if self.latent_decoder is not None:
+            self.latent_decoder.validate()
+            if not self.uses_decoder:
+                raise ValueError(
+                    "latent_decoder needs a decoder to replace: method 'lame' with "
+                    "num_reason_tokens > 0 and w_reconstruction > 0"
                 )
 
     def _validate_matryoshka(self) -> None:

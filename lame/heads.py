@@ -45,6 +45,7 @@ class DecoderHead(nn.Module):
         )
         self.decoder = nn.TransformerDecoder(layer, layers)
         self.out = nn.Linear(dim, vocab)
+        self.ignore_index = -100  # the model sets its pad id: the collator pads targets with it
 
     def forward(self, reason_states: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         """-> logits [B, T, vocab] for decoder input ids [B, T]."""
@@ -65,12 +66,18 @@ class DecoderHead(nn.Module):
         """Token-level cross-entropy, summed and divided by ``tokens`` (default: the number of
         target tokens here; with several processes, the global count / world size, so that
         the ranks' average is the global per-token mean whatever each rank's answer lengths)."""
-        logits = self(reason_states, inputs)
-        total = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            targets.reshape(-1),
-            ignore_index=ignore_index,
-            reduction="sum",
-        )
-        count = tokens if tokens is not None else (targets != ignore_index).sum().clamp(min=1)
-        return total / count
+        return token_loss(self(reason_states, inputs), targets, ignore_index, tokens)
+
+
+def token_loss(
+    logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, tokens: float | torch.Tensor | None
+) -> torch.Tensor:
+    """Cross-entropy summed over target tokens, divided by ``tokens`` (default: their count)."""
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=ignore_index,
+        reduction="sum",
+    )
+    count = tokens if tokens is not None else (targets != ignore_index).sum().clamp(min=1)
+    return total / count

@@ -44,7 +44,9 @@ class LameModel(nn.Module):
         self.summary_tokens = nn.Parameter(torch.randn(config.num_summary_tokens, hidden) * 0.02)
         self.embed_head = EmbeddingHead(hidden, config.embed_dim, config.pooling, config.embed_projection)
         self.decoder_head = None
-        if config.uses_decoder:
+        # A pretrained latent decoder (config.latent_decoder) is training-only: the trainer
+        # attaches it (lame.lm_decoder.attach), so loading a checkpoint never needs its directory.
+        if config.uses_decoder and config.latent_decoder is None:
             self.decoder_head = DecoderHead(
                 hidden,
                 preprocessor.text.vocab_size,
@@ -53,6 +55,7 @@ class LameModel(nn.Module):
                 config.decoder_heads,
                 config.max_answer_tokens,
             )
+            self.decoder_head.ignore_index = self.pad_token_id
 
     @property
     def num_latent(self) -> int:

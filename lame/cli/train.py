@@ -46,6 +46,16 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
     for key in ("resolution", "min_pixels", "max_pixels"):
         if overrides.get(key) is not None:
             model.setdefault("image", {})[key] = overrides[key]
+    if overrides.get("latent_decoder"):
+        from pathlib import Path
+
+        model["latent_decoder"] = {
+            "path": str(Path(overrides["latent_decoder"]).resolve()),
+            "mode": overrides.get("latent_decoder_mode") or "frozen",
+            "lora_rank": overrides.get("latent_decoder_lora_rank") or 8,
+        }
+    elif overrides.get("latent_decoder_mode") or overrides.get("latent_decoder_lora_rank"):
+        raise ValueError("--latent-decoder-mode and --latent-decoder-lora-rank need --latent-decoder DIR")
     if overrides.get("backbone_path"):
         model.setdefault("backbone", {})["path"] = overrides["backbone_path"]
     # The backbone directory's architecture, tokenizer patch sizes and the resolution, checked
@@ -165,6 +175,29 @@ def build_configs(preset: str, overrides: dict) -> tuple[LameConfig, TrainConfig
     help="Weight of the decoder-head loss (0 turns the decoder off).",
 )
 @click.option("--w-diversity", type=float, default=None, help="Weight of the diversity term.")
+@click.option(
+    "--latent-decoder",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A local pretrained causal LM (Qwen3/Qwen2/Llama: config.json, safetensors, "
+    "tokenizer.json) as the latent decoder instead of the small head: the K reason states, "
+    "projected, are its prefix; it reconstructs the answer in its own tokenizer. Training "
+    "only: checkpoints record its path and hash, never its weights.",
+)
+@click.option(
+    "--latent-decoder-mode",
+    type=click.Choice(["frozen", "lora", "full"]),
+    default=None,
+    help="How the --latent-decoder LM trains (default frozen; the projection always trains).",
+)
+@click.option("--latent-decoder-lora-rank", type=int, default=None, help="LoRA rank with mode lora (8).")
+@click.option(
+    "--decoder-rows",
+    type=int,
+    default=None,
+    help="Reconstruction on the first N rows of each batch only (a budget knob for a costly "
+    "latent decoder; default every row).",
+)
 @click.option(
     "--matryoshka",
     default=None,

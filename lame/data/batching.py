@@ -141,7 +141,17 @@ class Collator:
         max_answer_tokens: int,
         hard_negatives: int,
         rationale_tokens: int = 0,
+        decoder_rows: int | None = None,
+        answer_encoder: Callable[[Sequence[str], int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        answer_ignore: int | None = None,
     ):
+        """``decoder_rows``: answer targets for the first N rows only (the others' targets are
+        all ``answer_ignore``, so the objective skips them in the decoder pass);
+        ``answer_encoder`` (texts, max tokens) -> (inputs, targets) replaces the dataset
+        tokenizer's ids, e.g. a pretrained latent decoder's own tokenizer."""
+        self.decoder_rows = decoder_rows
+        self.answer_encoder = answer_encoder
+        self.answer_ignore = preprocessor.text.special["pad"] if answer_ignore is None else answer_ignore
         self.pre = preprocessor
         self.max_answer_tokens = max_answer_tokens
         self.hard_negatives = hard_negatives
@@ -186,6 +196,15 @@ class Collator:
         return items, valid
 
     def _answers(self, rows: Sequence[TrainRow]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.answer_encoder is not None:
+            inputs, targets = self.answer_encoder([_answer(r) for r in rows], self.max_answer_tokens)
+        else:
+            inputs, targets = self._own_answers(rows)
+        if self.decoder_rows is not None:
+            targets[self.decoder_rows :] = self.answer_ignore
+        return inputs, targets
+
+    def _own_answers(self, rows: Sequence[TrainRow]) -> tuple[torch.Tensor, torch.Tensor]:
         special = self.pre.text.special
         encoded = [self.pre.text.encode_text(_answer(r))[: self.max_answer_tokens] for r in rows]
         length = max(len(e) for e in encoded) + 1

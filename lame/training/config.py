@@ -44,13 +44,15 @@ class TrainConfig:
     # At most this many visual tokens (after merging) per step, over the queries, targets and
     # hard negatives of a batch: batches are cut, whole rows at a time (lame.data.batching.BatchPlan).
     max_batch_visual_tokens: int | None = None
+    decoder_rows: int | None = None  # reconstruction on the first N rows of each (per-process)
+    # batch only: a budget knob for a costly latent decoder (None: every row)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
         check_precision(self.precision)
         self.lora_targets = list(self.lora_targets)
-        limits = ("chunk_size", "eval_limit", "max_batch_visual_tokens")
+        limits = ("chunk_size", "eval_limit", "max_batch_visual_tokens", "decoder_rows")
         for name, value in ((name, getattr(self, name)) for name in limits):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")

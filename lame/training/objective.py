@@ -78,7 +78,7 @@ def answer_tokens(model, batch: dict) -> float:
     """Reconstruction denominator: answer tokens of the whole (global) batch per rank."""
     if model.decoder_head is None:
         return 1.0
-    count = int((batch["decoder_target"] != model.pad_token_id).sum())
+    count = int((batch["decoder_target"] != model.decoder_head.ignore_index).sum())
     return max(per_rank_share(count), 1.0)
 
 
@@ -93,16 +93,24 @@ def row_terms(
     terms: dict[str, torch.Tensor] = {}
     total = None
     if model.decoder_head is not None:
-        terms["reconstruction"] = model.decoder_head.loss(
-            reason_states,
-            batch["decoder_input"],
-            batch["decoder_target"],
-            ignore_index=model.pad_token_id,
-            tokens=tokens,
-        )
+        terms["reconstruction"] = reconstruction(model, batch, reason_states, tokens)
         total = cfg.w_reconstruction * terms["reconstruction"]
     if get_method(cfg.method).diversity and cfg.num_reason_tokens > 1 and cfg.w_diversity > 0:
         terms["diversity"] = diversity_penalty(reason_states) * share
         weighted = cfg.w_diversity * terms["diversity"]
         total = weighted if total is None else total + weighted
     return terms, total
+
+
+def reconstruction(model, batch: dict, reason_states: torch.Tensor, tokens: float) -> torch.Tensor:
+    """The decoder's loss on the rows that have answer targets (all of them unless the
+    collator's ``decoder_rows`` left some without): a row without targets adds nothing, and
+    leaving it out of the decoder pass is what makes a costly decoder affordable."""
+    head = model.decoder_head
+    inputs, targets = batch["decoder_input"], batch["decoder_target"]
+    keep = (targets != head.ignore_index).any(1)
+    if not bool(keep.all()):
+        if not bool(keep.any()):
+            return reason_states.sum() * 0.0  # keeps the term (and the graph) in every step
+        reason_states, inputs, targets = reason_states[keep], inputs[keep], targets[keep]
+    return head.loss(reason_states, inputs, targets, ignore_index=head.ignore_index, tokens=tokens)

@@ -62,6 +62,8 @@ def set_trainable(model, stage: str) -> list[torch.nn.Parameter]:
             param.requires_grad_(stage != "warmup" and lora.is_adapter_parameter(name))
         for param in model.backbone.connector_parameters():  # new glue, e.g. lame-small's projector
             param.requires_grad_(True)
+    if hasattr(model.decoder_head, "apply_mode"):  # a pretrained latent decoder: by its own mode
+        model.decoder_head.apply_mode()
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -86,6 +88,8 @@ def _optimizer(model, params: list[torch.nn.Parameter], cfg: TrainConfig) -> tor
     pretrained = {id(p) for p in model.backbone.parameters()} - {
         id(p) for p in model.backbone.connector_parameters()
     }
+    if hasattr(model.decoder_head, "pretrained_parameters"):  # a fully trained latent decoder LM
+        pretrained |= {id(p) for p in model.decoder_head.pretrained_parameters()}
     groups = []
     for is_new, scale in ((False, 1.0), (True, cfg.new_lr_scale)):
         part = [p for p in params if (id(p) not in pretrained) == is_new]
@@ -108,7 +112,10 @@ class Trainer:
         out_dir: Path,
         show_progress: bool = True,
         device: str | torch.device = "cpu",
+        decoder_state: Path | None = None,
     ):
+        """``decoder_state``: a checkpoint whose latent-decoder state (projection, adapters)
+        a pretrained latent decoder starts from (a resumed or continued run)."""
         self.model, self.cfg, self.out_dir = model, cfg, Path(out_dir)
         self.device = resolve_device(device)
         method = get_method(model.config.method)
@@ -119,8 +126,14 @@ class Trainer:
         self.plan = method.stage_plan(cfg)  # the method's stages (lm: joint only)
         if cfg.lora_rank:
             lora.apply_lora(model, cfg.lora_rank, cfg.lora_targets)
+        if model.config.latent_decoder is not None and model.decoder_head is None:
+            from lame import lm_decoder
+
+            lm_decoder.attach(model, decoder_state)
         if cfg.grad_checkpointing:
             model.backbone.enable_gradient_checkpointing()
+            if hasattr(model.decoder_head, "enable_gradient_checkpointing"):
+                model.decoder_head.enable_gradient_checkpointing()
         model.to(self.device)
         self.autocast = functools.partial(autocast, self.device, cfg.precision)
         self.rows = load_train(data_dir)
@@ -148,6 +161,9 @@ class Trainer:
             model.config.max_answer_tokens,
             cfg.hard_negatives,
             model.config.max_rationale_tokens if method.writes_text else 0,
+            decoder_rows=cfg.decoder_rows,
+            answer_encoder=getattr(model.decoder_head, "encode_answers", None),
+            answer_ignore=getattr(model.decoder_head, "ignore_index", None),
         )
         # A method without a retrieval embedding (lm pre-training) is not scored by retrieval:
         # lame-eval --generate scores what it writes.
@@ -338,6 +354,10 @@ def train(
     if train_config.threads:
         torch.set_num_threads(train_config.threads)
     device = resolve_device(device)  # a missing GPU is one clear error, before any work
+    if model_config is not None and model_config.latent_decoder is not None:
+        from lame.lm_decoder import check_decoder_dir
+
+        check_decoder_dir(model_config.latent_decoder.path)  # before anything is written
     ddp.setup(device)  # joins the process group only when launched by torchrun
     out_dir = Path(out_dir)
     if resume and _has_checkpoint(out_dir):
@@ -365,7 +385,15 @@ def train(
 
         model_config = with_backbone_dir(model_config)
         model = LameModel(model_config, preprocessor_for(data_dir, model_config))
-    trainer = Trainer(model, train_config, Path(data_dir), out_dir, show_progress, device)
+    trainer = Trainer(
+        model,
+        train_config,
+        Path(data_dir),
+        out_dir,
+        show_progress,
+        device,
+        decoder_state=Path(init_from) if init_from is not None else None,  # used if it has one
+    )
     ddp.broadcast_parameters(trainer.model)  # on the device: NCCL broadcasts GPU tensors
     return trainer.run()
 
@@ -439,7 +467,7 @@ def _resume(data_dir, out_dir: Path, requested: TrainConfig, show_progress: bool
     if meta.get("done"):
         return meta.get("eval", {})
     model = load_model(out_dir)  # merged weights; LoRA's own state is restored below
-    trainer = Trainer(model, saved, Path(data_dir), out_dir, show_progress, device)
+    trainer = Trainer(model, saved, Path(data_dir), out_dir, show_progress, device, decoder_state=out_dir)
     if saved.lora_rank:
         lora.restore_resume_tensors(trainer.model, read_trainer_tensors(out_dir))
     trainer.metrics = read_metrics(out_dir)

@@ -23,6 +23,10 @@
 #                 LaME variants from the lm checkpoint, to be chosen on the validation split.
 #   *-long:       gen-lame-long gen-discriminative-long: LONG_STEPS (default 1000) steps
 #                 from the lm checkpoint, for the retrieval side to learn to read too.
+#   decoders:     gen-lame-rows (LaME from the lm checkpoint, reconstruction on the first
+#                 DECODER_ROWS rows of each batch) and gen-lame-smollm2 (the same with the
+#                 pretrained SmolLM2-135M as latent decoder, --latent-decoder DECODER_DIR,
+#                 frozen; made with python -m lame.decoder_dirs smollm2 DECODER_DIR if missing).
 #   wall-*:       wall-discriminative wall-cot wall-latent: the from-scratch method given
 #                 LaME's training wall time instead of its step count: steps = the method's
 #                 steps x (LaME's training seconds / the method's), both read from the same
@@ -52,6 +56,8 @@ BATCH=${BATCH:-}
 GEN_N=${GEN_N:-200}
 MATRYOSHKA=${MATRYOSHKA:-32,64,128}
 LONG_STEPS=${LONG_STEPS:-1000}
+DECODER_ROWS=${DECODER_ROWS:-8}
+DECODER_DIR=${DECODER_DIR:-runs/decoders/smollm2-135m}
 PRESET=${PRESET:-small}
 declare -A ARGS=(
   [lame]=""
@@ -80,6 +86,8 @@ declare -A ARGS=(
   [gen-warmup40]="--method lame --warmup-fraction 0.4"
   [gen-lame-long]="--method lame --max-steps $LONG_STEPS"
   [gen-discriminative-long]="--method discriminative --max-steps $LONG_STEPS"
+  [gen-lame-rows]="--method lame --decoder-rows $DECODER_ROWS"
+  [gen-lame-smollm2]="--method lame --decoder-rows $DECODER_ROWS --latent-decoder $DECODER_DIR"
   [wall-discriminative]="--method discriminative"
   [wall-cot]="--method cot"
   [wall-latent]="--method latent"
@@ -87,9 +95,12 @@ declare -A ARGS=(
 ORDER=(lame discriminative cot latent k2 k4 k16 no-mask no-decoder no-diversity one-stage
        lm gen-lame gen-discriminative gen-cot gen-latent gen-no-mask gen-no-decoder gen-k2
        matryoshka gen-matryoshka gen-w-rec2 gen-k4 gen-warmup40 gen-lame-long
-       gen-discriminative-long
+       gen-discriminative-long gen-lame-rows gen-lame-smollm2
        wall-discriminative wall-cot wall-latent)
 [ -f "$DATA/train.jsonl" ] || lame-data digits "$DATA"
+if [[ " ${*:-${ORDER[*]}} " == *" gen-lame-smollm2 "* ]] && [ ! -f "$DECODER_DIR/config.json" ]; then
+  python -m lame.decoder_dirs smollm2 "$DECODER_DIR"
+fi
 
 finish() {  # finish OUT SECONDS: add the wall time to OUT/NAME.tmp.json, then publish NAME.json
   python - "$1" "$2" "$3" <<'PY'
