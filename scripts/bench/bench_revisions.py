@@ -118,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         base_tree = work / "base"
         subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_tree), args.base], check=True
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base_tree), args.base],
+            check=True,
+            capture_output=True,
         )
         try:
             roots = {
@@ -151,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             base_vectors, head_vectors = np.load(work / "base.npy"), np.load(work / "head.npy")
         finally:
             subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)], check=False
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)],
+                check=False,
+                capture_output=True,
             )
     differing = sorted(
         k
