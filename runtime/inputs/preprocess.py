@@ -94,7 +94,7 @@ class Preprocessor:
             for row, (image, video) in enumerate(zip(pictures, clips))
         ]
         merge = self.image.merge_size
-        counts = [[_placeholders(v, merge) for v in row] for row in visuals]
+        counts = [[placeholders(v, merge) for v in row] for row in visuals]
         ids, mask = self.text.encode_visual_rows(rows, counts)
         return native_feed(ids, mask, ids == self.text.special["image"], visuals, self.image)
 
@@ -246,7 +246,9 @@ def native_rows(
     return rows, pictures, clips
 
 
-def _placeholders(visual: Visual, merge: int) -> int | VideoSpan:
+def placeholders(visual: Visual, merge: int) -> int | VideoSpan:
+    """How a prompt holds ``visual``: its placeholder count, or for a video with timestamps
+    (Qwen3-VL) a :class:`VideoSpan` whose steps a template writes apart."""
     if visual.timestamps is None:
         return visual.tokens(merge)
     steps = visual.grid[0]

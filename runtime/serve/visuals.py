@@ -35,6 +35,7 @@ from lame_runtime.inputs.native import (
     sample_indices,
     sampled_visual,
 )
+from lame_runtime.inputs.preprocess import placeholders
 from lame_runtime.serve.config import ServeConfig
 from lame_runtime.serve.errors import BadRequest
 from lame_runtime.serve.schema import LocalImage, Row, VideoData, _decode_bytes, _decode_local, _shown
@@ -230,7 +231,7 @@ def token_rows(
     rows: list[list[int]] = []
     truncated: list[int] = []
     for i, (body, row) in enumerate(zip(formatted, visuals)):
-        counts = [visual.tokens(merge) for visual in row or ()]
+        counts = [placeholders(visual, merge) for visual in row or ()]
         total: int | None = 0
         if text.template is not None:
             ids, mask = text.encode_visual_rows([body], [counts])
@@ -241,7 +242,8 @@ def token_rows(
             tokens: list[int] = []
             if body:
                 tokens, total = text.encode_limited(body, limit)
-            rows.append([text.special["bos"], *[text.special["image"]] * sum(counts), *tokens])
+            visual_tokens = sum(visual.tokens(merge) for visual in row or ())
+            rows.append([text.special["bos"], *[text.special["image"]] * visual_tokens, *tokens])
         if total is None or total > limit:
             truncated.append(i)
     return rows, truncated

@@ -80,3 +80,43 @@ def test_native_import_exports_and_serves_through_the_embedder(imported_native, 
         reference_embeddings(directory, ROWS, MAX_PIXELS),
     )
     assert cosines.min() >= 0.9999, cosines
+
+
+def test_native_import_serves_the_model_cards_vectors(imported_native, tmp_path):
+    """lame-serve on the imported native artifact: images (one, and two in one item) and a video
+    folder under --image-root give the card's vectors. A folder carries no frame rate, so the
+    card's own default for such frames (24 fps) samples it on both sides."""
+    pytest.importorskip("uvicorn", reason="the serve extra is not installed")
+    import httpx
+    from PIL import Image
+    from serve_fixtures import ThreadServer
+
+    from lame_runtime.serve.app import create_app
+    from lame_runtime.serve.config import ServeConfig
+
+    directory, ckpt = imported_native
+    art = tmp_path / "art"
+    assert export_main(["--ckpt", str(ckpt), "--out", str(art), "--max-sequence", "1024"]) == 0
+    root = tmp_path / "root"
+    (root / "clip").mkdir(parents=True)
+    for name, picture in (("photo", PHOTO), ("page", PAGE), ("wide", WIDE)):
+        Image.fromarray(picture).save(root / f"{name}.png")
+    for number, frame in enumerate(CLIP):
+        Image.fromarray(frame).save(root / "clip" / f"{number:02d}.png")
+    items = [
+        {"text": "find the image", "image": "photo.png"},
+        {"image": "page.png"},
+        {"text": "two three", "image": ["photo.png", "wide.png"]},
+        {"text": "how many", "video": "clip"},
+        "seven",
+    ]
+    rows = [dict(row, fps=24.0) if "video" in row else row for row in ROWS]
+    config = ServeConfig(model_name="card", image_root=root, request_timeout_s=120)
+    with ThreadServer(create_app(Embedder(art), config)) as server:
+        answer = httpx.post(
+            server.url + "/v1/embeddings", json={"model": "card", "input": items}, timeout=120
+        )
+    assert answer.status_code == 200, answer.text
+    served = np.asarray([row["embedding"] for row in answer.json()["data"]])
+    cosines = _cosines(served, reference_embeddings(directory, rows, MAX_PIXELS))
+    assert cosines.min() >= 0.9999, cosines
