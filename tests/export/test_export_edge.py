@@ -138,24 +138,83 @@ def test_tampered_shared_data_is_refused_for_the_text_graph(edge_artifact, tmp_p
         Artifact.open(copy).file_for("fp32", graph="text")
 
 
+def _without_routed(edge_artifact: Path, tmp_path: Path) -> Path:
+    """A copy of the artifact without routed graphs (as older exports)."""
+    copy = tmp_path / "no_routed"
+    shutil.copytree(edge_artifact, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    for entry in manifest["models"].values():
+        name = entry.pop("routed")["path"]
+        del manifest["files"][name]
+        (copy / name).unlink()
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    return copy
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_both_sessions_use_one_mapped_copy(edge_artifact, precision):
-    shared = Embedder(edge_artifact, precision=precision)
-    assert shared.routes_text and shared.shares_weights
+def test_one_session_serves_both_routes(edge_artifact, precision):
+    """The default Embedder opens the routed graph only: text rows take its text branch, image
+    rows its full branch, with the same vectors as two separate sessions."""
+    routed = Embedder(edge_artifact, precision=precision)
+    assert routed.uses_routed_graph and routed.shares_weights and routed._text_backend is None
+    ops = [n.op_type for n in onnx.load(str(routed.artifact.file_for(precision, graph="routed"))).graph.node]
+    assert ops == ["ReduceMax", "Cast", "If"]
+    separate = Embedder(edge_artifact, precision=precision, options=RuntimeOptions(share_weights=False))
+    assert not separate.uses_routed_graph and separate._text_backend is not None
+    np.testing.assert_allclose(routed.encode(TEXTS, IMAGES), separate.encode(TEXTS, IMAGES), atol=1e-5)
+    # text-only and image-only batches too (each call takes one branch)
+    np.testing.assert_allclose(routed.encode(TEXTS[:2]), separate.encode(TEXTS[:2]), atol=1e-5)
+    np.testing.assert_allclose(
+        routed.encode([None], IMAGES[2:]), separate.encode([None], IMAGES[2:]), atol=1e-5
+    )
+
+
+def test_routed_graph_refers_to_the_graphs_data_only(edge_artifact):
+    manifest = json.loads((edge_artifact / MANIFEST).read_text())
+    for precision in PRECISIONS:
+        entry = manifest["models"][precision]
+        assert set(entry["routed"]["external_data"]) == set(entry["external_data"]) | set(
+            entry["text"]["external_data"]
+        )
+        # structure only: every weight stays in the data files it was written to
+        assert (
+            manifest["files"][entry["routed"]["path"]]["bytes"]
+            < 2 * manifest["files"][entry["path"]]["bytes"]
+        )
+
+
+def test_routed_graph_is_added_to_an_older_export(edge_artifact, tmp_path):
+    from lame_export.routed_graph import ROUTED_FILES, add_routed_graphs
+
+    copy = _without_routed(edge_artifact, tmp_path)
+    assert not any((copy / name).exists() for name in ROUTED_FILES.values())
+    assert not Embedder(copy, precision="int4").uses_routed_graph
+    assert sorted(add_routed_graphs(copy)) == sorted(PRECISIONS)
+    assert add_routed_graphs(copy) == {}  # already there: nothing to do
+    embedder = Embedder(copy, precision="int4")
+    assert embedder.uses_routed_graph
+    want = Embedder(edge_artifact, precision="int4").encode(TEXTS, IMAGES)
+    np.testing.assert_allclose(embedder.encode(TEXTS, IMAGES), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_both_sessions_use_one_mapped_copy(edge_artifact, precision, tmp_path):
+    """Without a routed graph (older exports) the two sessions share one mapping instead."""
+    copy = _without_routed(edge_artifact, tmp_path)
+    shared = Embedder(copy, precision=precision)
+    assert shared.routes_text and shared.shares_weights and not shared.uses_routed_graph
     text_tensors = [
-        t
-        for t in external_tensors(edge_artifact / TEXT_FILES[precision])
-        if t.location == f"{FILES[precision]}.data"
+        t for t in external_tensors(copy / TEXT_FILES[precision]) if t.location == f"{FILES[precision]}.data"
     ]
     # Sub-byte tensors (int4's packed UINT4 embedding table) have no NumPy dtype to map them
-    # as: ORT loads those itself (a known gap, in the README); every other one is shared.
+    # as: ORT loads those itself; every other one is shared.
     mappable = [t for t in text_tensors if t.data_type in NUMPY_TYPES]
     assert shared._text_backend.shared_initializers == len(mappable) > 0
-    full_tensors = external_tensors(edge_artifact / FILES[precision])
+    full_tensors = external_tensors(copy / FILES[precision])
     # every text tensor is one of the full graph's (offset, length): no second buffer for it
     assert {(t.offset, t.length) for t in text_tensors} <= {(t.offset, t.length) for t in full_tensors}
-    assert shared._shared.shared_bytes <= (edge_artifact / f"{FILES[precision]}.data").stat().st_size
-    separate = Embedder(edge_artifact, precision=precision, options=RuntimeOptions(share_weights=False))
+    assert shared._shared.shared_bytes <= (copy / f"{FILES[precision]}.data").stat().st_size
+    separate = Embedder(copy, precision=precision, options=RuntimeOptions(share_weights=False))
     assert not separate.shares_weights and separate._text_backend.shared_initializers == 0
     a, b = shared.encode(TEXTS, IMAGES), separate.encode(TEXTS, IMAGES)
     # Sharing changes memory, not results -- except int4: without pre-packing MatMulNBits runs
