@@ -330,5 +330,13 @@ def test_info_reports_the_memory_budget(edge_artifact, capsys):
             <= row["resident_weights_bytes"]
             < row["full_graph_bytes"] + row["text_graph_bytes"]
         ), row
-        assert row["measured"]["routes_text"] and row["measured"]["peak_rss_mb"] > 10
+        measured = row["measured"]
+        assert measured["routes_text"] and measured["routed_graph"] and measured["peak_rss_mb"] > 10
+        # load, then the first vector; process start -> first vector includes both
+        assert measured["open_s"] > 0 and measured["first_vector_s"] > 0
+        assert measured["cold_start_s"] > measured["open_s"]
     assert rows["int4"]["full_graph_bytes"] < rows["fp32"]["full_graph_bytes"]
+    assert main(["info", str(edge_artifact), "--measure"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "load s" in table[1] and "1st vector s" in table[1] and "cold start s" in table[1]
+    assert len(table) == 2 + len(rows)
