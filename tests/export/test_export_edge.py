@@ -340,3 +340,19 @@ def test_info_reports_the_memory_budget(edge_artifact, capsys):
     table = capsys.readouterr().out.splitlines()
     assert "load s" in table[1] and "1st vector s" in table[1] and "cold start s" in table[1]
     assert len(table) == 2 + len(rows)
+
+
+@pytest.mark.parametrize("options", [RuntimeOptions(), RuntimeOptions(share_weights=False)])
+def test_fp16_on_the_cpu_warns_once(edge_artifact, options):
+    """One warning per Embedder naming the CPU precisions, however many sessions it opens
+    (two without the routed graph); fp32 gets none. fp16 still runs."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        embedder = Embedder(edge_artifact, precision="fp16", options=options)
+        vectors = embedder.encode(TEXTS, IMAGES)
+        Embedder(edge_artifact, precision="fp32", options=options).encode(TEXTS, IMAGES)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "int8 or int4" in messages[0] and "CPUExecutionProvider" in messages[0]
+    assert np.isfinite(vectors).all()
