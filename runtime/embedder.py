@@ -150,10 +150,21 @@ class Embedder:
             reported=self._fallback_reported,
             expect=(self.artifact.dim, self.artifact.inputs),
             shared=None if graph == "routed" else self._shared_weights(),
+            session_cache=self._session_cache(graph),
         )
         self._fallback_reported = tuple(set(self._fallback_reported) | set(backend.fallback))
         self._warn_cpu_precision(backend.providers)
         return backend
+
+    def _session_cache(self, graph: str) -> tuple[Path, dict[str, str]] | None:
+        """(folder, the graph's files -> their manifest sha256): what keys a saved session."""
+        if self.options.session_cache is None:
+            return None
+        entry = self.artifact.models[self.precision]
+        entry = entry if graph == "full" else entry[graph]
+        files = self.artifact.manifest["files"]
+        names = [entry["path"], *entry["external_data"]]
+        return Path(self.options.session_cache), {name: files[name]["sha256"] for name in names}
 
     def _warn_cpu_precision(self, active: Sequence[str]) -> None:
         # ONNX Runtime's CPU provider has few fp16 kernels: it casts around them, so the fp16

@@ -76,6 +76,12 @@ class RuntimeOptions:
     """The full and the text graph use one mapped copy of the weights they share on disk;
     False: each session loads (and pre-packs) its own."""
 
+    session_cache: str | Path | None = None
+    """A folder where the first start on this machine saves ONNX Runtime's optimized graph with
+    its pre-packed weights, which later starts load instead of optimising and packing again
+    (``lame_runtime.engines.session_cache``; CPU provider only; about the graph's size again on
+    disk). None: every start builds its sessions from the artifact's graphs."""
+
     pipeline: PipelineOptions | None = None
     """Decode threads, prefetch depth and JPEG draft mode of the image pipeline
     (``lame_runtime.inputs.pipeline``; None: its defaults)."""

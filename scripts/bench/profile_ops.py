@@ -1,7 +1,7 @@
 """Per-operator time of one graph at several precisions, side by side (ONNX Runtime's profiler).
 
     python scripts/bench/profile_ops.py --model ART [--precisions fp32,int8] [--rows image]
-        [--batch 2] [--runs 5] [--threads 2] [--top 15]
+        [--batch 2] [--runs 5] [--threads 2] [--top 15] [--json OUT]
 
 Where the time of a precision's graph goes: each precision's session (the graph the default
 ``Embedder`` runs for these rows) is profiled over ``--runs`` calls after a warm-up; kernel
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--json", type=Path, help="also write {precision: {operator: ms per call}} here")
     args = parser.parse_args(argv)
     precisions = [p for p in args.precisions.split(",") if p]
     with tempfile.TemporaryDirectory() as folder:
@@ -82,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             for p, (_, session) in sessions.items():
                 session.run(None, feeds[p])
         tables = {p: per_op(Path(session.end_profiling())) for p, (_, session) in sessions.items()}
+    if args.json:
+        args.json.write_text(
+            json.dumps({"rows": args.rows, "batch": args.batch, "ms_per_call": tables}, indent=1)
+        )
     first = precisions[0]
     ops = sorted(
         {op for t in tables.values() for op in t}, key=lambda op: -max(t.get(op, 0) for t in tables.values())

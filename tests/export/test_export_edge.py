@@ -356,3 +356,30 @@ def test_fp16_on_the_cpu_warns_once(edge_artifact, options):
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1 and "int8 or int4" in messages[0] and "CPUExecutionProvider" in messages[0]
     assert np.isfinite(vectors).all()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_session_cache_reloads_the_optimized_graph(edge_artifact, tmp_path, precision):
+    """The first start saves ORT's optimized graph with its pre-packed weights; the next loads
+    it (same vectors); a saved file that no longer matches its sha256 is rebuilt, not used."""
+    cache = tmp_path / "sessions"
+    options = RuntimeOptions(session_cache=cache)
+    want = Embedder(edge_artifact, precision=precision).encode(TEXTS, IMAGES)
+    first = Embedder(edge_artifact, precision=precision, options=options)
+    assert not first._backend.cached
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    saved = json.loads((entry / "entry.json").read_text())["files"]
+    assert {"model.onnx", "model.onnx.data"} <= set(saved)
+    second = Embedder(edge_artifact, precision=precision, options=options)
+    assert second._backend.cached and second.uses_routed_graph
+    np.testing.assert_allclose(second.encode(TEXTS, IMAGES), want, atol=1e-6)
+    np.testing.assert_allclose(first.encode(TEXTS, IMAGES), want, atol=1e-6)
+    del first, second
+    data = entry / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    third = Embedder(edge_artifact, precision=precision, options=options)
+    assert not third._backend.cached  # the tampered entry was dropped and saved again
+    np.testing.assert_allclose(third.encode(TEXTS, IMAGES), want, atol=1e-6)
+    assert Embedder(edge_artifact, precision=precision, options=options)._backend.cached
