@@ -87,6 +87,13 @@ def memory_budget(path: str | Path, measure: bool = False) -> list[dict[str, Any
             else []
         )
 
+        # The routed graph (both in one) is structure only: its data is the two graphs'.
+        routed = (
+            [entry["routed"]["path"], *entry["routed"]["external_data"]]
+            if artifact.has_routed_graph(precision)
+            else []
+        )
+
         def size(names: list[str]) -> int:
             return sum(files[name].bytes for name in names)
 
@@ -95,7 +102,7 @@ def memory_budget(path: str | Path, measure: bool = False) -> list[dict[str, Any
             "full_graph_bytes": size(full),
             "text_graph_bytes": size(text),
             "text_weights_shared": bool(text[1:]) and set(text[1:]) <= set(full[1:]),
-            "resident_weights_bytes": size(sorted(set(full) | set(text))),
+            "resident_weights_bytes": size(sorted(set(full) | set(text) | set(routed))),
         }
         if measure:
             row["measured"] = measure_peak_rss(artifact.path, precision)
