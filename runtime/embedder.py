@@ -151,6 +151,7 @@ class Embedder:
             expect=(self.artifact.dim, self.artifact.inputs),
             shared=None if graph == "routed" else self._shared_weights(),
             session_cache=self._session_cache(graph),
+            prepack=self.prepacks,
         )
         self._fallback_reported = tuple(set(self._fallback_reported) | set(backend.fallback))
         self._warn_cpu_precision(backend.providers)
@@ -192,6 +193,13 @@ class Embedder:
                 return None
             self._shared = SharedWeights(self.artifact.path, common)
         return self._shared
+
+    @property
+    def prepacks(self) -> bool:
+        """Whether ONNX Runtime pre-packs this precision's weights (``RuntimeOptions.prepack``)."""
+        if self.options.prepack is not None:
+            return self.options.prepack
+        return self.precision in ("int8", "int4")
 
     @property
     def uses_routed_graph(self) -> bool:

@@ -101,6 +101,7 @@ def memory_budget(path: str | Path, measure: bool = False) -> list[dict[str, Any
             "precision": precision,
             "full_graph_bytes": size(full),
             "text_graph_bytes": size(text),
+            "routed_graph_bytes": size(routed[:1]),
             "text_weights_shared": bool(text[1:]) and set(text[1:]) <= set(full[1:]),
             "resident_weights_bytes": size(sorted(set(full) | set(text) | set(routed))),
         }

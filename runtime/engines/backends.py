@@ -99,6 +99,7 @@ class OnnxRuntimeBackend:
         expect: tuple[int, Sequence[TensorSpec]] | None = None,
         shared: SharedWeights | None = None,
         session_cache: tuple[Path, dict[str, str]] | None = None,
+        prepack: bool = True,
     ) -> None:
         # expect: (embedding_dim, input specs) from the manifest, checked against the graph.
         # shared: a lame_runtime.engines.shared_weights.SharedWeights whose mapped initializers
@@ -119,6 +120,8 @@ class OnnxRuntimeBackend:
             # cores from anything else in the process (another session, torch, the app).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.shared_initializers = shared.apply(options, model_path) if shared else 0
+        if not prepack and not self.shared_initializers:  # sharing turns it off already
+            options.add_session_config_entry("session.disable_prepacking", "1")
         # session_cache: (folder, the graph's files -> sha256), lame_runtime.engines.session_cache.
         staging, key, graph = None, "", Path(model_path)
         self.cached = False

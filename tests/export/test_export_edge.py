@@ -328,8 +328,9 @@ def test_info_reports_the_memory_budget(edge_artifact, capsys):
         assert (
             row["full_graph_bytes"]
             <= row["resident_weights_bytes"]
-            < row["full_graph_bytes"] + row["text_graph_bytes"]
+            < row["full_graph_bytes"] + row["text_graph_bytes"] + row["routed_graph_bytes"]
         ), row
+        assert 0 < row["routed_graph_bytes"] < row["full_graph_bytes"] + row["text_graph_bytes"]
         measured = row["measured"]
         assert measured["routes_text"] and measured["routed_graph"] and measured["peak_rss_mb"] > 10
         # load, then the first vector; process start -> first vector includes both
@@ -383,3 +384,25 @@ def test_session_cache_reloads_the_optimized_graph(edge_artifact, tmp_path, prec
     assert not third._backend.cached  # the tampered entry was dropped and saved again
     np.testing.assert_allclose(third.encode(TEXTS, IMAGES), want, atol=1e-6)
     assert Embedder(edge_artifact, precision=precision, options=options)._backend.cached
+
+
+def test_prepacking_is_chosen_per_precision(edge_artifact):
+    """int8 and int4 pre-pack (their kernels need it); fp32 does not unless asked (it costs most
+    of the load time for a small gain); either way the vectors are the same."""
+
+    def disabled(embedder) -> str:
+        options = embedder._backend.session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.disable_prepacking")
+        except RuntimeError:  # never set
+            return "0"
+
+    assert [Embedder(edge_artifact, precision=p).prepacks for p in PRECISIONS] == [False, False, True, True]
+    plain, packed = (
+        Embedder(edge_artifact, precision="fp32", options=RuntimeOptions(prepack=choice))
+        for choice in (None, True)
+    )
+    assert (plain.prepacks, packed.prepacks) == (False, True)
+    assert (disabled(plain), disabled(packed)) == ("1", "0")
+    assert disabled(Embedder(edge_artifact, precision="int4")) == "0"
+    np.testing.assert_allclose(plain.encode(TEXTS, IMAGES), packed.encode(TEXTS, IMAGES), atol=1e-5)
