@@ -58,7 +58,7 @@ def latency(runs: Path, out: Path, machine: str) -> None:
             row = [precision, label]
             for modality in ("text", "image"):
                 value, base = cells[(precision, modality)], cells[("fp32", modality)]
-                row.append(f"{value:.1f} ({value / base:.2f})")
+                row.append(f"{value:.2f} ({value / base:.2f})")
             rows.append(row)
     if rows:
         header = [
