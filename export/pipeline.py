@@ -25,6 +25,7 @@ import torch
 from lame.checkpoint import MODEL_FILE, resolve
 from lame_export.onnx_export import export_onnx, parameter_bytes, reason_token_initializer
 from lame_export.precision import data_file
+from lame_export.routed_graph import ROUTED_FILES
 from lame_export.spec import ExportSpec, parity_feeds
 from lame_export.text_graph import TEXT_FILES, build_text_graphs, check_text_parity, convert_text_graph
 from lame_export.trt_lint import int4_lint, lint
@@ -186,6 +187,12 @@ def _share(stage: Path, precision: str, external: bool, report: dict) -> None:
 
         report.setdefault("shared_weights", {})[precision] = share_text_weights(
             stage / FILES[precision], stage / TEXT_FILES[precision]
+        )
+        # Both graphs in one (lame_export.routed_graph): one session, weights pre-packed once.
+        from lame_export.routed_graph import build_routed_graph
+
+        report.setdefault("routed_graph", {})[precision] = build_routed_graph(
+            stage / FILES[precision], stage / TEXT_FILES[precision], stage / ROUTED_FILES[precision]
         )
 
 
@@ -372,6 +379,7 @@ def _write_manifest(
                 FILES[p],
                 external_data_locations(stage / FILES[p]),
                 graph_files(TEXT_FILES[p]) if text_graph else None,
+                graph_files(ROUTED_FILES[p]) if (stage / ROUTED_FILES[p]).is_file() else None,
             )
             for p in precisions
         },

@@ -19,7 +19,7 @@ from lame_runtime.engines.backends import (
     load_tensorrt,
     provider_defaults,
 )
-from lame_runtime.engines.providers import CPU_EP
+from lame_runtime.engines.providers import CPU_EP, TENSORRT_EP
 from lame_runtime.engines.tensorrt.backend import running_device
 from lame_runtime.errors import InputError, InputTypeError
 from lame_runtime.inputs.images import check_max_pixels, preprocess_images
@@ -107,7 +107,7 @@ class Embedder:
         self._lock = threading.Lock()  # guards lazy backend creation across threads
         if not options.lazy:
             self._load_backend()
-            if self.routes_text:
+            if self.routes_text and not self.uses_routed_graph:
                 self._load_text_backend()
 
     def _pick_precision(self, precision: str) -> str:
@@ -133,7 +133,7 @@ class Embedder:
                         self.options.verify,
                     )
                 else:
-                    self._backend = self._onnx_backend(graph="full")
+                    self._backend = self._onnx_backend(graph="routed" if self.uses_routed_graph else "full")
             return self._backend
 
     def _onnx_backend(self, graph: str) -> OnnxRuntimeBackend:
@@ -150,11 +150,23 @@ class Embedder:
             defaults=provider_defaults(self.artifact, self.precision, self._device_id, options.cache_dir),
             reported=self._fallback_reported,
             expect=(self.artifact.dim, self.artifact.inputs),
-            shared=self._shared_weights(),
+            shared=None if graph == "routed" else self._shared_weights(),
+            session_cache=self._session_cache(graph),
+            prepack=self.prepacks,
         )
         self._fallback_reported = tuple(set(self._fallback_reported) | set(backend.fallback))
         self._warn_cpu_precision(backend.providers)
         return backend
+
+    def _session_cache(self, graph: str) -> tuple[Path, dict[str, str]] | None:
+        """(folder, the graph's files -> their manifest sha256): what keys a saved session."""
+        if self.options.session_cache is None:
+            return None
+        entry = self.artifact.models[self.precision]
+        entry = entry if graph == "full" else entry[graph]
+        files = self.artifact.manifest["files"]
+        names = [entry["path"], *entry["external_data"]]
+        return Path(self.options.session_cache), {name: files[name]["sha256"] for name in names}
 
     def _warn_cpu_precision(self, active: Sequence[str]) -> None:
         # ONNX Runtime's CPU provider has few fp16 kernels: it casts around them, so the fp16
@@ -184,8 +196,32 @@ class Embedder:
         return self._shared
 
     @property
+    def prepacks(self) -> bool:
+        """Whether ONNX Runtime pre-packs this precision's weights (``RuntimeOptions.prepack``)."""
+        if self.options.prepack is not None:
+            return self.options.prepack
+        return self.precision in ("int8", "int4")
+
+    @property
+    def uses_routed_graph(self) -> bool:
+        """One session over the artifact's routed graph serves both routes: one copy of the
+        weights, pre-packed (``share_weights`` on, text routing on, the artifact has one, and
+        the TensorRT EP, which runs subgraphs poorly, was not asked for)."""
+        providers = self.options.providers or ()
+        names = [p if isinstance(p, str) else p[0] for p in providers]
+        return (
+            self.options.share_weights
+            and self.routes_text
+            and self.artifact.has_routed_graph(self.precision)
+            and TENSORRT_EP not in names
+        )
+
+    @property
     def shares_weights(self) -> bool:
-        """Whether the loaded sessions use one in-memory copy of their common weights."""
+        """Whether text and image rows run over one in-memory copy of their common weights
+        (one session over the routed graph, or two over one mapping)."""
+        if self.uses_routed_graph:
+            return True
         return self._shared is not None and self._shared.shared_bytes > 0
 
     @property
@@ -228,6 +264,17 @@ class Embedder:
         output = self.artifact.output_name
         if not self.routes_text:
             return self._load_backend().infer(feed)[output]
+        if self.uses_routed_graph:
+            backend = self._load_backend()
+            # The text branch reads input_ids and attention_mask only; an image_mask of zeros
+            # selects it, and pixel_values goes in empty (batch 0).
+            empty = feed["pixel_values"][:0]
+
+            def text_rows(rows: dict[str, np.ndarray]) -> np.ndarray:
+                zeros = np.zeros(len(rows["input_ids"]), dtype=feed["image_mask"].dtype)
+                return backend.infer({**rows, "pixel_values": empty, "image_mask": zeros})[output]
+
+            return route(feed, lambda rows: backend.infer(rows)[output], text_rows)
         return route(
             feed,
             lambda rows: self._load_backend().infer(rows)[output],

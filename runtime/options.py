@@ -76,6 +76,18 @@ class RuntimeOptions:
     """The full and the text graph use one mapped copy of the weights they share on disk;
     False: each session loads (and pre-packs) its own."""
 
+    prepack: bool | None = None
+    """Let ONNX Runtime pre-pack the weights at session creation (MLAS re-lays MatMul weights
+    into its own layout). None: per precision -- on for int8 and int4, whose kernels need it
+    (int4's ``MatMulNBits`` is several times slower unpacked), off for fp32 and fp16, where it
+    costs most of the load time and a second copy of the weights at load for a small gain."""
+
+    session_cache: str | Path | None = None
+    """A folder where the first start on this machine saves ONNX Runtime's optimized graph with
+    its pre-packed weights, which later starts load instead of optimising and packing again
+    (``lame_runtime.engines.session_cache``; CPU provider only; about the graph's size again on
+    disk). None: every start builds its sessions from the artifact's graphs."""
+
     pipeline: PipelineOptions | None = None
     """Decode threads, prefetch depth and JPEG draft mode of the image pipeline
     (``lame_runtime.inputs.pipeline``; None: its defaults)."""

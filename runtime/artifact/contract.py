@@ -13,6 +13,9 @@ Format 2 (format 1 artifacts are still read; they hashed their graphs only)::
 
 ``text`` (optional: older exports lack it) is the text-only graph of that precision: no vision
 tower and no ``pixel_values`` input; the ``Embedder`` routes text-only rows to it.
+``routed`` (optional) holds both in one graph (an ``If`` on ``image_mask``: a call without
+image rows skips the vision tower), so one session keeps one pre-packed copy of the weights
+(``lame_export.routed_graph``); the ``Embedder`` serves it when present.
 Every file of the artifact is listed in ``files`` and verified before use: the shared files at
 ``open``, a precision's graph and data files when that precision is first loaded. Hashes are
 cached per file version (see ``artifact_files.HashCache``), so a 2 GB model is hashed once, not
@@ -132,10 +135,15 @@ class Artifact:
         """Whether ``precision`` has a text-only graph (exports before it existed do not)."""
         return isinstance(self.models.get(precision, {}).get("text"), dict)
 
+    def has_routed_graph(self, precision: str) -> bool:
+        """Whether ``precision`` has the full and the text graph in one (``routed``)."""
+        return isinstance(self.models.get(precision, {}).get("routed"), dict)
+
     def file_for(self, precision: str, verify: bool | None = None, graph: str = "full") -> Path:
         """The graph of ``precision``, with its external-data files checked (inside the folder,
         listed in the manifest) and, if ``verify`` (default: as opened), hash-verified.
-        ``graph="text"``: its text-only graph (no vision tower, no ``pixel_values``)."""
+        ``graph="text"``: its text-only graph (no vision tower, no ``pixel_values``);
+        ``graph="routed"``: both in one graph."""
         if precision not in self.models:
             raise ArtifactError(
                 f"{self.path} has no {precision} model; it has {', '.join(self.precisions) or 'none'}"
@@ -148,6 +156,10 @@ class Artifact:
                     "before text graphs existed): the full graph serves text"
                 )
             entry = entry["text"]
+        elif graph == "routed":
+            if not self.has_routed_graph(precision):
+                raise ArtifactError(f"{self.path} has no routed {precision} graph")
+            entry = entry["routed"]
         graph_path = self._member(entry["path"])
         for name in [entry["path"], *entry["external_data"]]:
             if not self._member(name).is_file():

@@ -146,6 +146,10 @@ def _check_models(where: str, manifest: JsonObject) -> None:
             if not isinstance(entry["text"], dict):
                 raise ArtifactError(f"{item}['text'] must be an object")
             _check_graph_entry(f"{item}['text']", entry["text"], files)
+        if "routed" in entry:  # full + text graph in one (an If on image_mask); optional
+            if not isinstance(entry["routed"], dict):
+                raise ArtifactError(f"{item}['routed'] must be an object")
+            _check_graph_entry(f"{item}['routed']", entry["routed"], files)
 
 
 def _check_graph_entry(item: str, entry: JsonObject, files: JsonObject) -> None:
@@ -254,16 +258,24 @@ class GraphFiles:
     path: str
     external_data: list[str] = field(default_factory=list)
     text: GraphFiles | None = None  # the text-only graph of the same precision, if exported
+    routed: GraphFiles | None = None  # both in one graph (lame_export.routed_graph), if exported
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GraphFiles:
-        text = data.get("text")
-        return cls(data["path"], list(data["external_data"]), cls.from_json(text) if text else None)
+        text, routed = data.get("text"), data.get("routed")
+        return cls(
+            data["path"],
+            list(data["external_data"]),
+            cls.from_json(text) if text else None,
+            cls.from_json(routed) if routed else None,
+        )
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "external_data": list(self.external_data)}
         if self.text is not None:
             out["text"] = self.text.to_json()
+        if self.routed is not None:
+            out["routed"] = self.routed.to_json()
         return out
 
 
@@ -406,7 +418,7 @@ class Manifest:
         """Every graph and external-data file the models name (the shared files are the rest)."""
         names: set[str] = set()
         for entry in self.models.values():
-            for graph in (entry, entry.text):
+            for graph in (entry, entry.text, entry.routed):
                 if graph is not None:
                     names.update([graph.path, *graph.external_data])
         return names

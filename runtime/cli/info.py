@@ -13,15 +13,16 @@ import click
 @click.option(
     "--measure",
     is_flag=True,
-    help="Also open each precision in a fresh process, embed 8 texts and 2 images, "
-    "and report its peak RSS (seconds to minutes at 2B widths).",
+    help="Also open each precision in a fresh process, embed one text, then 8 texts and 2 "
+    "images, and report its peak RSS, the Embedder's load time, the time to the first vector "
+    "and process start -> first vector (seconds to minutes at 2B widths).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def info_command(model: str, measure: bool, as_json: bool) -> int:
     """The embedding sizes served (the full size and any Matryoshka prefixes), then per
     precision: graph file sizes, the weights a routed Embedder maps (weights the text
     graph shares with the full graph counted once), and with --measure the peak RSS of a first
-    text and image query."""
+    text and image query, the load time and the time to the first vector."""
     from lame_runtime.artifact.budget import memory_budget
     from lame_runtime.artifact.contract import Artifact
 
@@ -50,7 +51,8 @@ def info_command(model: str, measure: bool, as_json: bool) -> int:
         return f"{n / 2**20:,.1f}"
 
     head = f"{'precision':<10} {'full MiB':>10} {'text MiB':>10} {'shared':>7} {'weights MiB':>12}"
-    click.echo(head + (f" {'peak RSS MiB':>13} {'first query s':>14}" if measure else ""))
+    measured = f" {'peak RSS MiB':>13} {'load s':>7} {'1st vector s':>13} {'cold start s':>13}"
+    click.echo(head + (measured if measure else ""))
     for row in rows:
         line = (
             f"{row['precision']:<10} {mib(row['full_graph_bytes']):>10} "
@@ -58,6 +60,10 @@ def info_command(model: str, measure: bool, as_json: bool) -> int:
             f"{mib(row['resident_weights_bytes']):>12}"
         )
         if measure:
-            line += f" {row['measured']['peak_rss_mb']:>13,.1f} {row['measured']['encode_s']:>14}"
+            m = row["measured"]
+            line += (
+                f" {m['peak_rss_mb']:>13,.1f} {m['open_s']:>7.2f} {m['first_vector_s']:>13.2f}"
+                f" {m['cold_start_s']:>13.2f}"
+            )
         click.echo(line)
     return 0

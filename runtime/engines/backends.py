@@ -8,6 +8,7 @@ wrong dtype or rank is reported by name instead of failing deep inside ONNX Runt
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
@@ -16,6 +17,7 @@ import numpy as np
 from lame_runtime.artifact.contract import Artifact, TensorSpec
 from lame_runtime.engines.providers import (
     CACHE_DIR_NAME,
+    CPU_EP,
     ProviderDefaults,
     check_fallback,
     normalize_providers,
@@ -97,6 +99,8 @@ class OnnxRuntimeBackend:
         reported: Sequence[str] = (),
         expect: tuple[int, Sequence[TensorSpec]] | None = None,
         shared: SharedWeights | None = None,
+        session_cache: tuple[Path, dict[str, str]] | None = None,
+        prepack: bool = True,
     ) -> None:
         # expect: (embedding_dim, input specs) from the manifest, checked against the graph.
         # shared: a lame_runtime.engines.shared_weights.SharedWeights whose mapped initializers
@@ -117,13 +121,36 @@ class OnnxRuntimeBackend:
             # cores from anything else in the process (another session, torch, the app).
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.shared_initializers = shared.apply(options, model_path) if shared else 0
+        if not prepack and not self.shared_initializers:  # sharing turns it off already
+            options.add_session_config_entry("session.disable_prepacking", "1")
+        # session_cache: (folder, the graph's files -> sha256), lame_runtime.engines.session_cache.
+        staging, key, graph = None, "", Path(model_path)
+        self.cached = False
+        if (
+            session_cache is not None
+            and not self.shared_initializers
+            and [n for n, _ in resolved] == [CPU_EP]
+        ):
+            from lame_runtime.engines import session_cache as cache
+
+            folder, sources = session_cache
+            key = cache.cache_key(sources)
+            saved = cache.cached_graph(folder, key)
+            if saved is not None:
+                graph, self.cached = saved, True
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            else:
+                shutil.rmtree(Path(folder) / key, ignore_errors=True)  # absent, or failed its check
+                staging = cache.save_options(options, folder, key)
         try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=resolved)
+            self.session = ort.InferenceSession(str(graph), options, providers=resolved)
         except Exception as err:  # ORT raises its own exception types; name the file
             raise BackendError(
                 f"ONNX Runtime could not load {model_path} with providers "
                 f"{[name for name, _ in resolved]}: {err}"
             ) from err
+        if staging is not None:
+            cache.commit(staging, session_cache[0], key)  # type: ignore[index]
         self.output_name = output_name
         self.providers = self.session.get_providers()
         if expect is not None:

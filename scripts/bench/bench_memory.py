@@ -10,7 +10,9 @@ one copy of the weights):
 
 * ``route_text=False``            every row through the full graph;
 * ``routed, share_weights=False`` both graphs, each session with its own copy;
-* ``routed, share_weights=True``  both graphs over one mapped copy (the default).
+* ``routed, share_weights=True``  the default: one session over the artifact's routed graph
+  (one copy of the weights, pre-packed once), or, for exports without one, both graphs over one
+  mapped copy with pre-packing off.
 
 Torch-free: runs where the runtime is installed (a Jetson included).
 """

@@ -64,7 +64,13 @@ def measure(embedder, inputs: dict, calls: int, batch: int) -> float:
 
 
 def throughput(
-    artifact: Path, precisions: list[str], batches: list[int], reps: int, min_seconds: float, threads: int
+    artifact: Path,
+    precisions: list[str],
+    batches: list[int],
+    reps: int,
+    min_seconds: float,
+    threads: int,
+    image_batches: list[int] | None = None,
 ) -> list[dict]:
     from lame_runtime import Embedder, RuntimeOptions
 
@@ -76,7 +82,7 @@ def throughput(
             artifact, precision=precision, options=RuntimeOptions(threads=threads or None, spin=False)
         )
         for modality in ("text", "image"):
-            for batch in batches:
+            for batch in batches if modality == "text" or image_batches is None else image_batches:
                 inputs = make_inputs(embedder, batch, modality)
                 configs.append(
                     {
@@ -114,21 +120,31 @@ def render(report: dict) -> str:
         f"machine: {report['env']['cpus']} CPUs, onnxruntime {report['env']['onnxruntime']}, "
         f"threads={report['env']['threads'] or 'ORT default'}",
         "",
-        f"cold start (fresh process, median of {cold['runs']}):",
-        f"  import lame_runtime   {cold['import_s'] * 1000:8.1f} ms",
-        f"  Embedder(...)        {cold['load_s'] * 1000:8.1f} ms",
-        f"  first vector         {cold['first_vector_s'] * 1000:8.1f} ms",
-        f"  total (in process)   {cold['total_s'] * 1000:8.1f} ms",
-        f"  process wall time    {cold['process_wall_s'] * 1000:8.1f} ms (with interpreter start)",
-        "",
-        f"throughput (embeddings/s, median of {report['reps']} interleaved repetitions):",
-        f"  {'precision':<10}{'modality':<10}{'batch':>6}{'emb/s':>12}{'min':>10}{'max':>10}",
     ]
+    if cold is not None:
+        lines += [
+            f"cold start (fresh process, median of {cold['runs']}):",
+            f"  import lame_runtime   {cold['import_s'] * 1000:8.1f} ms",
+            f"  Embedder(...)        {cold['load_s'] * 1000:8.1f} ms",
+            f"  first vector         {cold['first_vector_s'] * 1000:8.1f} ms",
+            f"  total (in process)   {cold['total_s'] * 1000:8.1f} ms",
+            f"  process wall time    {cold['process_wall_s'] * 1000:8.1f} ms (with interpreter start)",
+            "",
+        ]
+    lines += [
+        f"throughput (embeddings/s, median of {report['reps']} interleaved repetitions; "
+        "x fp32: ratio to fp32's median, same modality and batch):",
+        f"  {'precision':<10}{'modality':<10}{'batch':>6}{'emb/s':>12}{'min':>10}{'max':>10}{'x fp32':>8}",
+    ]
+    fp32 = {
+        (r["modality"], r["batch"]): r["emb_per_s"] for r in report["throughput"] if r["precision"] == "fp32"
+    }
     for row in report["throughput"]:
+        base = fp32.get((row["modality"], row["batch"]))
         lines.append(
             f"  {row['precision']:<10}{row['modality']:<10}{row['batch']:>6}"
-            f"{row['emb_per_s']:>12.1f}{min(row['runs']):>10.1f}"
-            f"{max(row['runs']):>10.1f}"
+            f"{row['emb_per_s']:>12.1f}{min(row['runs']):>10.1f}{max(row['runs']):>10.1f}"
+            + (f"{row['emb_per_s'] / base:>8.2f}" if base else f"{'':>8}")
         )
     return "\n".join(lines)
 
@@ -138,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("artifact", type=Path, help="export artifact directory")
     parser.add_argument("--json", dest="json_out", type=Path, help="also write the report here")
     parser.add_argument("--reps", type=int, default=5, help="throughput repetitions (>= 5)")
-    parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument("--cold-runs", type=int, default=3, help="0: skip (bench_cold_start.py has more)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument(
+        "--image-batches", type=int, nargs="+", default=None, help="image rows' batches (default: --batches)"
+    )
     parser.add_argument(
         "--precisions", nargs="+", default=None, help="default: every precision in the artifact"
     )
@@ -167,9 +186,15 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
         },
         "reps": args.reps,
-        "cold_start": cold_start(args.artifact, args.cold_runs, args.threads),
+        "cold_start": cold_start(args.artifact, args.cold_runs, args.threads) if args.cold_runs else None,
         "throughput": throughput(
-            args.artifact, precisions, args.batches, args.reps, args.min_seconds, args.threads
+            args.artifact,
+            precisions,
+            args.batches,
+            args.reps,
+            args.min_seconds,
+            args.threads,
+            args.image_batches,
         ),
     }
     print(render(report))

@@ -138,24 +138,83 @@ def test_tampered_shared_data_is_refused_for_the_text_graph(edge_artifact, tmp_p
         Artifact.open(copy).file_for("fp32", graph="text")
 
 
+def _without_routed(edge_artifact: Path, tmp_path: Path) -> Path:
+    """A copy of the artifact without routed graphs (as older exports)."""
+    copy = tmp_path / "no_routed"
+    shutil.copytree(edge_artifact, copy)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    for entry in manifest["models"].values():
+        name = entry.pop("routed")["path"]
+        del manifest["files"][name]
+        (copy / name).unlink()
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    return copy
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_both_sessions_use_one_mapped_copy(edge_artifact, precision):
-    shared = Embedder(edge_artifact, precision=precision)
-    assert shared.routes_text and shared.shares_weights
+def test_one_session_serves_both_routes(edge_artifact, precision):
+    """The default Embedder opens the routed graph only: text rows take its text branch, image
+    rows its full branch, with the same vectors as two separate sessions."""
+    routed = Embedder(edge_artifact, precision=precision)
+    assert routed.uses_routed_graph and routed.shares_weights and routed._text_backend is None
+    ops = [n.op_type for n in onnx.load(str(routed.artifact.file_for(precision, graph="routed"))).graph.node]
+    assert ops == ["ReduceMax", "Cast", "If"]
+    separate = Embedder(edge_artifact, precision=precision, options=RuntimeOptions(share_weights=False))
+    assert not separate.uses_routed_graph and separate._text_backend is not None
+    np.testing.assert_allclose(routed.encode(TEXTS, IMAGES), separate.encode(TEXTS, IMAGES), atol=1e-5)
+    # text-only and image-only batches too (each call takes one branch)
+    np.testing.assert_allclose(routed.encode(TEXTS[:2]), separate.encode(TEXTS[:2]), atol=1e-5)
+    np.testing.assert_allclose(
+        routed.encode([None], IMAGES[2:]), separate.encode([None], IMAGES[2:]), atol=1e-5
+    )
+
+
+def test_routed_graph_refers_to_the_graphs_data_only(edge_artifact):
+    manifest = json.loads((edge_artifact / MANIFEST).read_text())
+    for precision in PRECISIONS:
+        entry = manifest["models"][precision]
+        assert set(entry["routed"]["external_data"]) == set(entry["external_data"]) | set(
+            entry["text"]["external_data"]
+        )
+        # structure only: every weight stays in the data files it was written to
+        assert (
+            manifest["files"][entry["routed"]["path"]]["bytes"]
+            < 2 * manifest["files"][entry["path"]]["bytes"]
+        )
+
+
+def test_routed_graph_is_added_to_an_older_export(edge_artifact, tmp_path):
+    from lame_export.routed_graph import ROUTED_FILES, add_routed_graphs
+
+    copy = _without_routed(edge_artifact, tmp_path)
+    assert not any((copy / name).exists() for name in ROUTED_FILES.values())
+    assert not Embedder(copy, precision="int4").uses_routed_graph
+    assert sorted(add_routed_graphs(copy)) == sorted(PRECISIONS)
+    assert add_routed_graphs(copy) == {}  # already there: nothing to do
+    embedder = Embedder(copy, precision="int4")
+    assert embedder.uses_routed_graph
+    want = Embedder(edge_artifact, precision="int4").encode(TEXTS, IMAGES)
+    np.testing.assert_allclose(embedder.encode(TEXTS, IMAGES), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_both_sessions_use_one_mapped_copy(edge_artifact, precision, tmp_path):
+    """Without a routed graph (older exports) the two sessions share one mapping instead."""
+    copy = _without_routed(edge_artifact, tmp_path)
+    shared = Embedder(copy, precision=precision)
+    assert shared.routes_text and shared.shares_weights and not shared.uses_routed_graph
     text_tensors = [
-        t
-        for t in external_tensors(edge_artifact / TEXT_FILES[precision])
-        if t.location == f"{FILES[precision]}.data"
+        t for t in external_tensors(copy / TEXT_FILES[precision]) if t.location == f"{FILES[precision]}.data"
     ]
     # Sub-byte tensors (int4's packed UINT4 embedding table) have no NumPy dtype to map them
-    # as: ORT loads those itself (a known gap, in the README); every other one is shared.
+    # as: ORT loads those itself; every other one is shared.
     mappable = [t for t in text_tensors if t.data_type in NUMPY_TYPES]
     assert shared._text_backend.shared_initializers == len(mappable) > 0
-    full_tensors = external_tensors(edge_artifact / FILES[precision])
+    full_tensors = external_tensors(copy / FILES[precision])
     # every text tensor is one of the full graph's (offset, length): no second buffer for it
     assert {(t.offset, t.length) for t in text_tensors} <= {(t.offset, t.length) for t in full_tensors}
-    assert shared._shared.shared_bytes <= (edge_artifact / f"{FILES[precision]}.data").stat().st_size
-    separate = Embedder(edge_artifact, precision=precision, options=RuntimeOptions(share_weights=False))
+    assert shared._shared.shared_bytes <= (copy / f"{FILES[precision]}.data").stat().st_size
+    separate = Embedder(copy, precision=precision, options=RuntimeOptions(share_weights=False))
     assert not separate.shares_weights and separate._text_backend.shared_initializers == 0
     a, b = shared.encode(TEXTS, IMAGES), separate.encode(TEXTS, IMAGES)
     # Sharing changes memory, not results -- except int4: without pre-packing MatMulNBits runs
@@ -269,7 +328,81 @@ def test_info_reports_the_memory_budget(edge_artifact, capsys):
         assert (
             row["full_graph_bytes"]
             <= row["resident_weights_bytes"]
-            < row["full_graph_bytes"] + row["text_graph_bytes"]
+            < row["full_graph_bytes"] + row["text_graph_bytes"] + row["routed_graph_bytes"]
         ), row
-        assert row["measured"]["routes_text"] and row["measured"]["peak_rss_mb"] > 10
+        assert 0 < row["routed_graph_bytes"] < row["full_graph_bytes"] + row["text_graph_bytes"]
+        measured = row["measured"]
+        assert measured["routes_text"] and measured["routed_graph"] and measured["peak_rss_mb"] > 10
+        # load, then the first vector; process start -> first vector includes both
+        assert measured["open_s"] > 0 and measured["first_vector_s"] > 0
+        assert measured["cold_start_s"] > measured["open_s"]
     assert rows["int4"]["full_graph_bytes"] < rows["fp32"]["full_graph_bytes"]
+    assert main(["info", str(edge_artifact), "--measure"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "load s" in table[1] and "1st vector s" in table[1] and "cold start s" in table[1]
+    assert len(table) == 2 + len(rows)
+
+
+@pytest.mark.parametrize("options", [RuntimeOptions(), RuntimeOptions(share_weights=False)])
+def test_fp16_on_the_cpu_warns_once(edge_artifact, options):
+    """One warning per Embedder naming the CPU precisions, however many sessions it opens
+    (two without the routed graph); fp32 gets none. fp16 still runs."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        embedder = Embedder(edge_artifact, precision="fp16", options=options)
+        vectors = embedder.encode(TEXTS, IMAGES)
+        Embedder(edge_artifact, precision="fp32", options=options).encode(TEXTS, IMAGES)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "int8 or int4" in messages[0] and "CPUExecutionProvider" in messages[0]
+    assert np.isfinite(vectors).all()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_session_cache_reloads_the_optimized_graph(edge_artifact, tmp_path, precision):
+    """The first start saves ORT's optimized graph with its pre-packed weights; the next loads
+    it (same vectors); a saved file that no longer matches its sha256 is rebuilt, not used."""
+    cache = tmp_path / "sessions"
+    options = RuntimeOptions(session_cache=cache)
+    want = Embedder(edge_artifact, precision=precision).encode(TEXTS, IMAGES)
+    first = Embedder(edge_artifact, precision=precision, options=options)
+    assert not first._backend.cached
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    saved = json.loads((entry / "entry.json").read_text())["files"]
+    assert {"model.onnx", "model.onnx.data"} <= set(saved)
+    second = Embedder(edge_artifact, precision=precision, options=options)
+    assert second._backend.cached and second.uses_routed_graph
+    np.testing.assert_allclose(second.encode(TEXTS, IMAGES), want, atol=1e-6)
+    np.testing.assert_allclose(first.encode(TEXTS, IMAGES), want, atol=1e-6)
+    del first, second
+    data = entry / "model.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    third = Embedder(edge_artifact, precision=precision, options=options)
+    assert not third._backend.cached  # the tampered entry was dropped and saved again
+    np.testing.assert_allclose(third.encode(TEXTS, IMAGES), want, atol=1e-6)
+    assert Embedder(edge_artifact, precision=precision, options=options)._backend.cached
+
+
+def test_prepacking_is_chosen_per_precision(edge_artifact):
+    """int8 and int4 pre-pack (their kernels need it); fp32 does not unless asked (it costs most
+    of the load time for a small gain); either way the vectors are the same."""
+
+    def disabled(embedder) -> str:
+        options = embedder._backend.session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.disable_prepacking")
+        except RuntimeError:  # never set
+            return "0"
+
+    assert [Embedder(edge_artifact, precision=p).prepacks for p in PRECISIONS] == [False, False, True, True]
+    plain, packed = (
+        Embedder(edge_artifact, precision="fp32", options=RuntimeOptions(prepack=choice))
+        for choice in (None, True)
+    )
+    assert (plain.prepacks, packed.prepacks) == (False, True)
+    assert (disabled(plain), disabled(packed)) == ("1", "0")
+    assert disabled(Embedder(edge_artifact, precision="int4")) == "0"
+    np.testing.assert_allclose(plain.encode(TEXTS, IMAGES), packed.encode(TEXTS, IMAGES), atol=1e-5)
