@@ -142,7 +142,7 @@ def export_checkpoint(
         if options.text_graph:
             progress("exporting the text-only graph (no vision tower)")
             build_text_graphs(model, stage, spec, external, report)
-            _share(stage, "fp32", external, report)
+            _share(stage, "fp32", external, report, routed=not spec.native)
         precisions = ["fp32"] + ["fp16"] * options.fp16 + ["int8"] * options.int8 + ["int4"] * options.int4
         feeds = parity_feeds(model.preprocessor)
         dims = model.config.matryoshka_dims or ()  # gated at every served size
@@ -157,7 +157,7 @@ def export_checkpoint(
                     report["tensorrt_lint_int4"] = int4_lint(stage / FILES["int4"])
                 if options.text_graph:
                     convert_text_graph(precision, stage, options, external, progress)
-                    _share(stage, precision, external, report)
+                    _share(stage, precision, external, report, routed=not spec.native)
             progress(f"parity check {precision}")
             report[precision] = _parity(references, feeds, stage / FILES[precision], precision, report, dims)
             if options.text_graph:
@@ -179,7 +179,7 @@ def export_checkpoint(
     return report
 
 
-def _share(stage: Path, precision: str, external: bool, report: dict) -> None:
+def _share(stage: Path, precision: str, external: bool, report: dict, routed: bool = True) -> None:
     """With external data, the text graph's weights become references into the full graph's
     ``.data`` (``lame_export.shared_weights``): one copy on disk and, at run time, in memory."""
     if external:
@@ -188,6 +188,10 @@ def _share(stage: Path, precision: str, external: bool, report: dict) -> None:
         report.setdefault("shared_weights", {})[precision] = share_text_weights(
             stage / FILES[precision], stage / TEXT_FILES[precision]
         )
+        if not routed:
+            # A native-resolution graph has no image_mask to branch on; its text rows are
+            # routed by the runtime to the text graph as two sessions sharing the weights.
+            return
         # Both graphs in one (lame_export.routed_graph): one session, weights pre-packed once.
         from lame_export.routed_graph import build_routed_graph
 
