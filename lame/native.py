@@ -12,6 +12,15 @@ import torch
 # Inputs of a native-resolution feed besides input_ids / attention_mask / pixel_values; a family
 # adds its own grid inputs (``Backbone.native_inputs``).
 NATIVE_SEQUENCE_INPUTS = ("visual_index", "position_ids")
+# Inputs with one entry per patch slice (dim 0), not per row.
+SLICE_INPUTS = (
+    "pixel_values",
+    "patch_mask",
+    "vision_positions",
+    "window_ids",
+    "position_taps",
+    "position_weights",
+)
 
 
 def native_features(
@@ -76,3 +85,22 @@ def native_image_config(image, backbone):
         extra["position_side"] = backbone.position_side
         extra["split_time"] = True
     return replace(image, **extra)
+
+
+def select_rows(feed: dict[str, torch.Tensor], part: slice, merge_unit: int) -> dict[str, torch.Tensor]:
+    """``part`` of a feed's rows (GradCache chunks). A native feed keeps the patch slices of
+    those rows only, with ``visual_index`` renumbered into them, so a chunk runs the vision
+    tower on its own images; a fixed-size feed is sliced row-wise."""
+    if "visual_index" not in feed:
+        return {name: value[part] for name, value in feed.items()}
+    index = feed["visual_index"][part]
+    per_slice = feed["pixel_values"].shape[1] // merge_unit
+    used = torch.unique(index[index >= 0] // per_slice)
+    if used.numel() == 0:  # a chunk of text rows: one all-padding slice keeps the shapes valid
+        used = torch.zeros(1, dtype=index.dtype, device=index.device)
+    renumbered = torch.searchsorted(used, (index // per_slice).clamp(min=0)) * per_slice + index % per_slice
+    out = {name: feed[name][used] for name in SLICE_INPUTS if name in feed}
+    out["input_ids"], out["attention_mask"] = feed["input_ids"][part], feed["attention_mask"][part]
+    out["visual_index"] = torch.where(index >= 0, renumbered, index)
+    out["position_ids"] = feed["position_ids"][:, part]
+    return out

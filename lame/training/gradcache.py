@@ -29,6 +29,7 @@ from typing import Callable, ContextManager
 import torch
 
 from lame.methods import get_method
+from lame.native import select_rows
 from lame.training.objective import answer_tokens, contrastive_loss, row_terms
 from lame_runtime.errors import InputError
 
@@ -41,8 +42,8 @@ def chunk_slices(rows: int, chunk_size: int) -> list[slice]:
     return [slice(start, min(start + chunk_size, rows)) for start in range(0, rows, chunk_size)]
 
 
-def _rows(feed: dict[str, torch.Tensor], part: slice) -> dict[str, torch.Tensor]:
-    return {name: value[part] for name, value in feed.items()}
+def _rows(model, feed: dict[str, torch.Tensor], part: slice) -> dict[str, torch.Tensor]:
+    return select_rows(feed, part, model.preprocessor.image.merge_size**2)
 
 
 def _per_row(rows: slice, per: int) -> slice:
@@ -95,7 +96,7 @@ def chunked_backward(
             states.append(_RngState(device))
             for side, per in sides.items():
                 with forward_context():
-                    out = model(**_rows(batch[side], _per_row(part, per)))
+                    out = model(**_rows(model, batch[side], _per_row(part, per)))
                 cached[side].append(out.embedding.detach())
     leaves = {side: torch.cat(chunks).requires_grad_(True) for side, chunks in cached.items()}
 
@@ -117,7 +118,7 @@ def chunked_backward(
         for side, per in sides.items():
             span = _per_row(part, per)
             with forward_context():
-                out = model(**_rows(batch[side], span))
+                out = model(**_rows(model, batch[side], span))
                 surrogate = (out.embedding * grads[side][span]).sum()
                 if side == "query":
                     chunk_batch = {

@@ -347,10 +347,6 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) into ``out_dir`` on ``device`` (auto/cpu/cuda/cuda:N); returns the
     final evaluation (percent metrics)."""
-    if model_config is not None and model_config.image.native and train_config.chunk_size:
-        # GradCache cuts a batch into row chunks; a native feed packs its images as slices
-        # shared by the rows, which that cut does not follow yet.
-        raise ValueError("chunk_size (GradCache) is not available at native resolution yet; leave it unset")
     if train_config.threads:
         torch.set_num_threads(train_config.threads)
     device = resolve_device(device)  # a missing GPU is one clear error, before any work
