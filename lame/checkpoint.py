@@ -67,7 +67,7 @@ def save_checkpoint(
     def write(tmp: Path) -> None:
         model.config.save(tmp / "config.json")
         (tmp / "train_config.json").write_text(json.dumps(train_config, indent=2))
-        from lame.lm_decoder import STATE_FILE, split_state
+        from lame.decoders.lm import STATE_FILE, split_state
 
         source, decoder = split_state(model, model.state_dict() if weights is None else weights)
         save_file(_cpu(source), str(tmp / MODEL_FILE), metadata={"format": "pt", "lame": "1"})

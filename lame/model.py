@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from lame.backbones import build_backbone
+from lame.backbones.native import append_positions, native_features, native_image_config
 from lame.config import LameConfig
 from lame.heads import DecoderHead, EmbeddingHead
 from lame.methods import LameOutput, get_method
 from lame.methods.decoding import greedy_generate
-from lame.native import append_positions, native_features, native_image_config
 from lame_runtime.inputs.preprocess import INPUT_NAMES, Preprocessor, format_query
 
 
@@ -45,7 +45,7 @@ class LameModel(nn.Module):
         self.embed_head = EmbeddingHead(hidden, config.embed_dim, config.pooling, config.embed_projection)
         self.decoder_head = None
         # A pretrained latent decoder (config.latent_decoder) is training-only: the trainer
-        # attaches it (lame.lm_decoder.attach), so loading a checkpoint never needs its directory.
+        # attaches it (lame.decoders.lm.attach), so loading a checkpoint never needs its directory.
         if config.uses_decoder and config.latent_decoder is None:
             self.decoder_head = DecoderHead(
                 hidden,
@@ -71,7 +71,7 @@ class LameModel(nn.Module):
         **native: torch.Tensor,
     ) -> LameOutput:
         """Fixed-size inputs (``pixel_values`` [B, P, D] + ``image_mask``), or native-resolution
-        ones (``pixel_values`` [S, P, D] slices + the grid inputs of :mod:`lame.native`)."""
+        ones (``pixel_values`` [S, P, D] slices + the grid inputs of :mod:`lame.backbones.native`)."""
         return self.method.forward(self, input_ids, attention_mask, pixel_values, image_mask, **native)
 
     def hidden_states(

@@ -28,8 +28,8 @@ from typing import Callable, ContextManager
 
 import torch
 
+from lame.backbones.native import select_rows
 from lame.methods import get_method
-from lame.native import select_rows
 from lame.training.objective import answer_tokens, contrastive_loss, row_terms
 from lame_runtime.errors import InputError
 

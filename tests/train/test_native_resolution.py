@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from lame.backbones.native import native_image_config
 from lame.config import LameConfig, load_preset
-from lame.native import native_image_config
 from lame_runtime.inputs.grid import patchify_frames
 from lame_runtime.inputs.native import image_visual, native_feed, video_visual
 

@@ -6,8 +6,8 @@
 * ``tiny``: a randomly initialised two-layer Qwen3 with a character-level tokenizer, for tests
   and CPU smoke runs.
 
-    python -m lame.decoder_dirs smollm2 runs/decoders/smollm2-135m
-    python -m lame.decoder_dirs tiny runs/decoders/tiny-qwen3
+    python -m lame.decoders.directories smollm2 runs/decoders/smollm2-135m
+    python -m lame.decoders.directories tiny runs/decoders/tiny-qwen3
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ def write_tiny(out_dir: str | Path, seed: int = 0, hidden: int = 32, layers: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lame.decoder_dirs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m lame.decoders.directories", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("kind", choices=["smollm2", "tiny"])
     parser.add_argument("out_dir")
     args = parser.parse_args(argv)
