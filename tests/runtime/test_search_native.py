@@ -19,7 +19,7 @@ from lame_runtime import Embedder, Index
 from lame_runtime.cli.search import main
 from lame_runtime.corpus.sources import plan_source, read_shard
 
-pytestmark = pytest.mark.runtime
+# Not marked `runtime`: the native artifact these tests serve is built with torch (digits_dir).
 CLIP_TEXT = "a short clip of static"
 CANDIDATES = [
     {"text": "a photo of noise", "image": "photo.png"},

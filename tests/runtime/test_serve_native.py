@@ -24,7 +24,7 @@ from lame_runtime import Embedder  # noqa: E402
 from lame_runtime.serve.app import create_app  # noqa: E402
 from lame_runtime.serve.config import ServeConfig  # noqa: E402
 
-pytestmark = pytest.mark.runtime
+# Not marked `runtime`: the native artifact these tests serve is built with torch (digits_dir).
 NAME = "native-test"
 SAME = 0.99999
 
