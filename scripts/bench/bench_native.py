@@ -86,7 +86,7 @@ def export(work: Path) -> dict:
     return out
 
 
-def rows(kind: str, batch: int, native: bool):
+def rows(kind: str, batch: int):
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -110,7 +110,7 @@ def measure(work: Path, artifact: str, precision: str, kind: str, batch: int, ro
     from lame_runtime import Embedder, RuntimeOptions
 
     embedder = Embedder(work / artifact, precision=precision, options=RuntimeOptions(threads=2))
-    texts, images, videos = rows(kind, batch, native=artifact.endswith("native"))
+    texts, images, videos = rows(kind, batch)
     if videos is not None and not embedder.preprocessor.image.native:
         return {
             "artifact": artifact,
@@ -136,7 +136,10 @@ def measure(work: Path, artifact: str, precision: str, kind: str, batch: int, ro
         "batch": batch,
         "emb_per_s": round(rounds * batch / seconds, 2),
         "peak_rss_mb": round(peak_rss_mb()),
-        "visual_tokens": int((feed["visual_index"] >= 0).sum()) if "visual_index" in feed else None,
+        # A fixed-size graph gives every image the preset's tokens; a native one, its own.
+        "visual_tokens": int((feed["visual_index"] >= 0).sum())
+        if "visual_index" in feed
+        else embedder.preprocessor.image.num_tokens,
         "sequence": int(feed["input_ids"].shape[1]),
     }
 
@@ -174,7 +177,7 @@ def table(work: Path, batch: int, rounds: int, repeats: int, data_out: str | Non
                 "native" if artifact.endswith("native") else "fixed 224x224",
                 precision,
                 kind,
-                str(tokens) if tokens is not None else "64",
+                str(tokens),
                 f"{sum(rates) / len(rates):.2f} (n={len(rates)})",
                 str(max(r["peak_rss_mb"] for r in items)),
             ]
