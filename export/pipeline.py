@@ -15,7 +15,7 @@ import json
 import platform
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +24,7 @@ import torch
 
 from lame.checkpoint import MODEL_FILE, resolve
 from lame_export.onnx_export import export_onnx, parameter_bytes, reason_token_initializer
-from lame_export.precision import data_file
+from lame_export.precision import WIDE_BLOCK_SIZE, data_file
 from lame_export.routed_graph import ROUTED_FILES
 from lame_export.spec import ExportSpec, parity_feeds
 from lame_export.text_graph import TEXT_FILES, build_text_graphs, check_text_parity, convert_text_graph
@@ -76,7 +76,7 @@ class ExportOptions:
     calib_size: int = 128
     int8_for_tensorrt: bool = False  # symmetric int8 activations (TensorRT Q/DQ needs them)
     int4: bool = False  # weight-only int4 (MatMulNBits), no calibration needed
-    int4_block_size: int = 16  # see Int4Options.block_size
+    int4_block_size: int | None = None  # None: by width (see Int4Options.block_size)
     int4_accuracy_level: int = 4
     int4_embeddings: bool = True
     opset: int = 18
@@ -149,21 +149,40 @@ def export_checkpoint(
         progress("PyTorch reference embeddings")
         references = _references(model, feeds)
         _release_weights(model)
-        for precision in precisions:
+
+        def make(precision: str, opts: ExportOptions) -> None:
             if precision != "fp32":
                 progress(f"converting to {precision}")
-                _convert(precision, stage, model, options, progress, external)
+                _convert(precision, stage, model, opts, progress, external)
                 if precision == "int4":
                     report["tensorrt_lint_int4"] = int4_lint(stage / FILES["int4"])
-                if options.text_graph:
-                    convert_text_graph(precision, stage, options, external, progress)
+                if opts.text_graph:
+                    convert_text_graph(precision, stage, opts, external, progress)
                     _share(stage, precision, external, report, routed=not spec.native)
             progress(f"parity check {precision}")
             report[precision] = _parity(references, feeds, stage / FILES[precision], precision, report, dims)
-            if options.text_graph:
+            if opts.text_graph:
                 report.setdefault("text_graph", {})[precision] = check_text_parity(
                     references, feeds, stage / TEXT_FILES[precision], precision, report, dims
                 )
+
+        for precision in precisions:
+            failed_before = len(report["failures"])
+            make(precision, options)
+            if precision == "int4":
+                report["int4_blocks"] = _int4_block_sizes(stage / FILES["int4"])
+            if (
+                precision == "int4"
+                and len(report["failures"]) > failed_before
+                and _wide_int4(options, report)
+            ):
+                # The fast blocks cost too much here: the narrow ones, slower on a CPU, instead.
+                missed = "; ".join(report["failures"][failed_before:])
+                progress(f"int4 with blocks of {WIDE_BLOCK_SIZE} missed the gate ({missed}): blocks of 16")
+                del report["failures"][failed_before:]
+                make("int4", replace(options, int4_block_size=16))
+                report["int4_blocks"] = _int4_block_sizes(stage / FILES["int4"])
+                report["int4_wide_blocks_missed"] = missed
         # The retrieval gate opens the artifact through the runtime, so it needs a manifest;
         # the final one (with parity.json listed) replaces it below.
         progress("hashing the artifact's files")
@@ -177,6 +196,20 @@ def export_checkpoint(
 
     atomic_write_dir(Path(out), build, marker=MANIFEST)
     return report
+
+
+def _wide_int4(options: ExportOptions, report: dict) -> bool:
+    """Whether the int4 graph used the default wide blocks (so narrow ones remain to try)."""
+    return options.int4_block_size is None and WIDE_BLOCK_SIZE in report.get("int4_blocks", ())
+
+
+def _int4_block_sizes(graph: Path) -> list[int]:
+    import onnx
+
+    nodes = onnx.load(str(graph), load_external_data=False).graph.node
+    return sorted(
+        {a.i for n in nodes if n.domain == "com.microsoft" for a in n.attribute if a.name == "block_size"}
+    )
 
 
 def _share(stage: Path, precision: str, external: bool, report: dict, routed: bool = True) -> None:

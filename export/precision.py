@@ -79,26 +79,58 @@ def to_fp16(src: Path, dst: Path, external_data: bool = False) -> Path:
     return dst
 
 
+# Where ONNX Runtime's int4 kernel beats fp32 on a CPU: MLAS's int8-activation MatMulNBits path
+# runs at fp32's speed with 16-64 weights per scale and 1.4-1.75x (M 400-128) with 128
+# (scripts/bench/bench_matmulnbits.py, docs/runtime.md), so weights whose quantised axis is
+# long enough for 8+ blocks of 128 get 128 (group 128 is also what GPTQ/AWQ 4-bit releases of
+# 2B-8B VLMs use); narrower ones keep 16, which small models need for accuracy.
+WIDE_BLOCK_SIZE = 128
+WIDE_FROM = 1024
+
+
 @dataclass
 class Int4Options:
-    # Weights per scale along K. 16, not ORT's usual 32: on the main job's digits model (width
-    # 128) block 32 lost 2.26 points of hit@1 (fails the 2-point gate), block 16 lost 1.43;
-    # with fp32 scales and 4-bit zero points that is 6.25 bits a weight instead of 5.125.
-    block_size: int = 16
+    # Weights per scale along the quantised axis. None: 16 below WIDE_FROM weights, 128 from
+    # there. 16, not ORT's usual 32, below: on the main job's digits model (width 128) block
+    # 32 lost 2.26 points of hit@1 (fails the 2-point gate), block 16 lost 1.43; with fp32
+    # scales and 4-bit zero points that is 6.25 bits a weight instead of 5.125.
+    block_size: int | None = None
     accuracy_level: int = 4  # MatMulNBits compute type: 4 = int8 activations (fastest on CPU);
     # 0 = fp32 compute (slower, a little closer to fp32)
     embeddings: bool = True  # 4-bit token-embedding table too (the biggest tensor at 2B)
 
     def check(self) -> None:
-        if self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise InputError(f"int4 block size must be a power of two >= 16, got {self.block_size}")
+        size = self.block_size
+        if size is not None and (size < 16 or size & (size - 1)):
+            raise InputError(f"int4 block size must be a power of two >= 16, got {size}")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise InputError(f"int4 accuracy level must be 0-4, got {self.accuracy_level}")
+
+    def block_for(self, length: int) -> int:
+        """Weights per scale for a weight whose quantised axis has ``length`` entries."""
+        if self.block_size is not None:
+            return self.block_size
+        return WIDE_BLOCK_SIZE if length >= WIDE_FROM else 16
+
+
+def int4_blocks(model, options: Int4Options) -> dict[str, int]:
+    """Node name -> block size for every node the int4 quantiser would take: weight MatMuls
+    (quantised along K, the weight's first axis) and, with ``options.embeddings``, constant
+    Gathers (along the row)."""
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
+    blocks: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and len(weights.get(node.input[1], ())) == 2:
+            blocks[node.name] = options.block_for(weights[node.input[1]][0])
+        elif options.embeddings and node.op_type == "Gather" and len(weights.get(node.input[0], ())) == 2:
+            blocks[node.name] = options.block_for(weights[node.input[0]][1])
+    return blocks
 
 
 def to_int4(src: Path, dst: Path, options: Int4Options | None = None, external_data: bool = False) -> Path:
     """Weight-only int4 of an fp32 graph (``MatMulNBits``; TensorRT cannot parse it: see
-    ``lame_export.trt_lint.INT4_NOTE``)."""
+    ``lame_export.trt_lint.INT4_NOTE``). One quantiser pass per block size (ORT's quantiser
+    takes one size a pass), each leaving the other sizes' nodes for its own pass."""
     import gc
 
     import onnx
@@ -108,21 +140,24 @@ def to_int4(src: Path, dst: Path, options: Int4Options | None = None, external_d
     options = options or Int4Options()
     options.check()
     model = onnx.load(str(src))  # with its external data: the quantiser reads the weights
-    quantizer = MatMulNBitsQuantizer(
-        model,
-        bits=4,
-        block_size=options.block_size,
-        is_symmetric=True,
-        accuracy_level=options.accuracy_level,
-        quant_format=QuantFormat.QOperator,
-        op_types_to_quantize=("MatMul", "Gather") if options.embeddings else ("MatMul",),
-        quant_axes=(("MatMul", 0), ("Gather", 1)),
-    )
-    quantizer.process()
-    quantized = quantizer.model.model
-    del model, quantizer
-    gc.collect()
-    save_graph(quantized, Path(dst), external_data)
+    blocks = int4_blocks(model, options)
+    for size in sorted(set(blocks.values())):
+        quantizer = MatMulNBitsQuantizer(
+            model,
+            bits=4,
+            block_size=size,
+            is_symmetric=True,
+            accuracy_level=options.accuracy_level,
+            nodes_to_exclude=[name for name, other in blocks.items() if other != size],
+            quant_format=QuantFormat.QOperator,
+            op_types_to_quantize=("MatMul", "Gather") if options.embeddings else ("MatMul",),
+            quant_axes=(("MatMul", 0), ("Gather", 1)),
+        )
+        quantizer.process()
+        model = quantizer.model.model
+        del quantizer
+        gc.collect()
+    save_graph(model, Path(dst), external_data)
     return dst
 
 

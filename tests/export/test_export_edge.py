@@ -406,3 +406,78 @@ def test_prepacking_is_chosen_per_precision(edge_artifact):
     assert (disabled(plain), disabled(packed)) == ("1", "0")
     assert disabled(Embedder(edge_artifact, precision="int4")) == "0"
     np.testing.assert_allclose(plain.encode(TEXTS, IMAGES), packed.encode(TEXTS, IMAGES), atol=1e-5)
+
+
+def test_int4_block_size_follows_each_weights_width(tmp_path):
+    """By default a weight whose quantised axis has 1024+ entries gets blocks of 128 (where
+    the CPU kernel beats fp32), a narrower one 16; an explicit size applies to all."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from lame_export.precision import WIDE_BLOCK_SIZE, WIDE_FROM, to_int4
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "narrow": rng.standard_normal((64, 32)).astype(np.float32),
+        "wide": rng.standard_normal((WIDE_FROM, 32)).astype(np.float32),
+        "table": rng.standard_normal((10, WIDE_FROM)).astype(np.float32),
+    }
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed", axis=0),
+            helper.make_node("MatMul", ["x", "narrow"], ["y1"], name="narrow_mm"),
+            helper.make_node("MatMul", ["emb", "wide"], ["y2"], name="wide_mm"),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64]),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", 32]) for n in ("y1", "y2")],
+        [numpy_helper.from_array(w, name) for name, w in weights.items()],
+    )
+    src = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(src))
+
+    def blocks(options: Int4Options) -> dict[str, int]:
+        dst = to_int4(src, tmp_path / "q.onnx", options)
+        nodes = onnx.load(str(dst)).graph.node
+        return {
+            node.op_type: next(a.i for a in node.attribute if a.name == "block_size")
+            for node in nodes
+            if node.op_type == "GatherBlockQuantized"
+        } | {
+            node.name: next(a.i for a in node.attribute if a.name == "block_size")
+            for node in nodes
+            if node.op_type == "MatMulNBits"
+        }
+
+    auto = blocks(Int4Options())
+    assert sorted(auto.values()) == [16, WIDE_BLOCK_SIZE, WIDE_BLOCK_SIZE], auto
+    assert auto["GatherBlockQuantized"] == WIDE_BLOCK_SIZE
+    assert set(blocks(Int4Options(block_size=32)).values()) == {32}
+
+
+def test_int4_falls_back_to_narrow_blocks_when_the_wide_ones_miss_the_gate(
+    trained_ckpt, tmp_path, monkeypatch
+):
+    """Default int4: the fast wide blocks if they pass the parity gates, else blocks of 16
+    (said in the report), never a failed export that the narrow blocks would have passed."""
+    from lame_export import precision
+    from lame_export.validate import THRESHOLDS
+
+    monkeypatch.setattr(precision, "WIDE_FROM", 32)  # the tiny model's weights count as wide
+
+    def export(name: str, **int4) -> dict:
+        options = ExportOptions(int4=True, force=True, **int4)
+        return export_checkpoint(trained_ckpt, tmp_path / name, options)
+
+    wide, narrow = export("wide", int4_block_size=128), export("narrow", int4_block_size=16)
+    low, high = wide["int4"]["min_cosine"], narrow["int4"]["min_cosine"]
+    assert low < high  # wide blocks cost accuracy, which is why they are gated
+    monkeypatch.setitem(THRESHOLDS, "int4", (low + high) / 2)
+    report = export("auto")
+    assert report["int4_blocks"] == [16] and "int4 parity" in report["int4_wide_blocks_missed"]
+    assert not report["failures"]
+    monkeypatch.setitem(THRESHOLDS, "int4", low - 1e-3)
+    report = export("auto-wide")
+    assert report["int4_blocks"] == [128] and "int4_wide_blocks_missed" not in report

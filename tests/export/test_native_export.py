@@ -9,6 +9,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -58,6 +59,10 @@ def test_native_graph_passes_its_gates_at_every_size(native_artifact):
     assert report["fp32"]["min_cosine"] >= 0.9999
     assert report["text_graph"]["fp32"]["min_cosine"] >= 0.9999
     assert report["int8"]["passed"] and report["int4"]["passed"]  # each at its own threshold
+    # The Conv3d patch embedding is exported as a MatMul (quantised like every linear).
+    for name in ("model.onnx", "model_int8.onnx", "model_int4.onnx"):
+        ops = {node.op_type for node in onnx.load(str(artifact / name), load_external_data=False).graph.node}
+        assert "Conv" not in ops, name
     manifest = json.loads((artifact / "lame_artifact.json").read_text())
     names = [spec["name"] for spec in manifest["inputs"]]
     assert names[:3] == ["input_ids", "attention_mask", "pixel_values"] and "visual_index" in names
