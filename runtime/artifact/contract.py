@@ -26,6 +26,7 @@ sizes are still checked). The manifest's schema and checks live in
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,10 @@ class Artifact:
         found = (self.spec.instructions or {}).get(kind)
         return found if isinstance(found, str) else None
 
-    @property
+    @functools.cached_property
     def instructions(self) -> dict[str, Any]:
-        """The trained instructions per direction and task (lame_runtime.inputs.instructions)."""
+        """The trained instructions per direction and task (lame_runtime.inputs.instructions),
+        validated once (a service reads them on every request)."""
         from lame_runtime.inputs.instructions import check
 
         return check(self.manifest.get("instructions"), str(self.path))

@@ -10,7 +10,6 @@ JSON body, never a traceback.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import time
@@ -44,7 +43,8 @@ from lame_runtime.serve.errors import (
 )
 from lame_runtime.serve.guard import Guard, render
 from lame_runtime.serve.metrics import METRICS_TYPE, Metrics
-from lame_runtime.serve.tokens import token_rows
+from lame_runtime.serve.responses import embeddings_body
+from lame_runtime.serve.tokens import PendingText, record, token_rows
 
 log = logging.getLogger("lame_runtime.serve")
 TRUNCATED_HEADER = "X-LaME-Truncated"  # the input indices cut to the model's max_text_tokens
@@ -87,8 +87,19 @@ class Service:
         )
 
     # ------------------------------------------------------------------ model thread
-    def _encode(self, rows: list[Any], images: list[Any]) -> np.ndarray:
-        # Token rows from _prepare: nothing is tokenised again here (tokens.token_rows).
+    def _encode(self, pending: list[PendingText], images: list[Any]) -> np.ndarray:
+        """Tokenise the batch's texts once (``tokens``), note each row's count and cut on its
+        ``PendingText``, and embed those same token rows."""
+        formatted = [item.text for item in pending]
+        if self.native:  # images[i]: row i's list of visuals
+            merge = self.embedder.preprocessor.image.merge_size
+            rows, truncated = visuals.token_rows(self.text, formatted, images, merge)
+        else:
+            marks = [image is not None for image in images]
+            rows, truncated = token_rows(self.text, formatted, marks, self.image_tokens)
+        record(pending, rows, truncated)
+        if truncated:
+            self.metrics.truncated.inc(len(truncated))
         vectors: np.ndarray = self.embedder.encode_tokens(rows, images, batch_size=self.config.max_batch)
         return vectors
 
@@ -160,24 +171,27 @@ class Service:
         try:
             visuals.check_rows(rows, self.native)
             if any(row.image is not None or row.video is not None for row in rows) or len(rows) > INLINE_ROWS:
-                token_ids, tokens, truncated = await run_in_threadpool(
-                    self._prepare, rows, input_type, instruction, task
-                )
-            else:  # a few texts tokenise in microseconds: a thread hop would cost more
-                token_ids, tokens, truncated = self._prepare(rows, input_type, instruction, task)
-            job = self.batcher.submit(token_ids, [row.image for row in rows])
+                pending = await run_in_threadpool(self._prepare, rows, input_type, instruction, task)
+            else:  # a few texts take microseconds: a thread hop would cost more
+                pending = self._prepare(rows, input_type, instruction, task)
+            job = self.batcher.submit(pending, [row.image for row in rows])
         except HTTPError as err:
             self.metrics.rejected.labels(err.code).inc()
             raise
         finally:
             self.batcher.leave()
-        return await self._wait(request, job), tokens, truncated
+        vectors = await self._wait(request, job)  # the model thread has tokenised the rows
+        return (
+            vectors,
+            sum(item.tokens for item in pending),
+            [i for i, item in enumerate(pending) if item.cut],
+        )
 
     def _prepare(
         self, rows: list[schema.Row], input_type: str, instruction: str | None, task: str | None
-    ) -> tuple[list[Any], int, list[int]]:
-        """Blocking: decode images, apply the trained instruction, tokenise each text once
-        (``tokens.token_rows``): -> (the token rows, their token count, truncated rows)."""
+    ) -> list[PendingText]:
+        """Blocking: decode images, apply the trained instruction: -> each row's text on its
+        way to the model thread (which tokenises it with its batch)."""
         if self.native:  # row.image becomes the row's list of visuals
             visuals.decode_rows(rows, self.embedder.preprocessor.image, self.config)
         else:
@@ -193,41 +207,42 @@ class Service:
                 instruction if instruction is not None else self.embedder.artifact.instruction("document")
             )
             chosen = [document] * len(rows)
-        formatted = [format_query(text, inst) for text, inst in zip(texts, chosen)]
-        if self.native:
-            merge = self.embedder.preprocessor.image.merge_size
-            token_ids, truncated = visuals.token_rows(
-                self.text, formatted, [row.image for row in rows], merge
-            )
-        else:
-            token_ids, truncated = token_rows(
-                self.text, formatted, [row.image is not None for row in rows], self.image_tokens
-            )
-        if truncated:
-            self.metrics.truncated.inc(len(truncated))
-        return token_ids, sum(len(row) for row in token_ids), truncated
+        return [PendingText(format_query(text, inst)) for text, inst in zip(texts, chosen)]
 
     async def _wait(self, request: Request, job: Job) -> np.ndarray:
-        gone = asyncio.ensure_future(_disconnected(request))
-        timeout = self.config.request_timeout_s or None
+        """The job's vectors. If the client leaves first (``ClientGone``) or the request
+        outlives ``--request-timeout`` (``Timeout``), the job leaves the queue uncomputed.
+        Awaits the job's own future: one watcher task and one timer, no ``asyncio.wait``."""
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(self._watch(request, job))
+        timeout = self.config.request_timeout_s
+        timer = loop.call_later(timeout, self._give_up, job, "timeout") if timeout else None
         try:
-            waited: set[asyncio.Future[Any]] = {job.future, gone}
-            done, _ = await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if job.future.done():
-            vectors: np.ndarray = job.future.result()
+            vectors: np.ndarray = await job.future
             return vectors
+        finally:
+            watcher.cancel()
+            if timer is not None:
+                timer.cancel()
+
+    async def _watch(self, request: Request, job: Job) -> None:
+        await _disconnected(request)
+        self._give_up(job, "client_gone")
+
+    def _give_up(self, job: Job, reason: str) -> None:
+        if job.future.done():
+            return
         self.batcher.cancel(job)
-        job.future.cancel()
-        if gone in done:
-            self.metrics.rejected.labels("client_gone").inc()
-            raise ClientGone()
-        self.metrics.rejected.labels("timeout").inc()
-        raise Timeout(
-            f"the request was not served within {self.config.request_timeout_s:g} s "
-            "(--request-timeout); the server is overloaded or the batch is too large"
-        )
+        self.metrics.rejected.labels(reason).inc()
+        if reason == "client_gone":
+            job.future.set_exception(ClientGone())
+        else:
+            job.future.set_exception(
+                Timeout(
+                    f"the request was not served within {self.config.request_timeout_s:g} s "
+                    "(--request-timeout); the server is overloaded or the batch is too large"
+                )
+            )
 
     def need_documents(self) -> Documents:
         if self.documents is None:
@@ -250,12 +265,12 @@ class Service:
             self.metrics.index_size.set(len(self.documents))
         # /ready means a first vector has been computed (both graphs, when there are two).
         cfg = self.embedder.preprocessor.image
-        if self.native:
-            warm, pictures = visuals.warm_rows(self.text, cfg)
-        else:
-            warm, _ = token_rows(self.text, ["warm-up", None], [False, True], self.image_tokens)
-            pictures = [None, np.zeros((cfg.height, cfg.width, 3), np.uint8)]
-        job = self.batcher.submit(warm, pictures)
+        pictures: list[Any] = (
+            visuals.warm_visuals(cfg)
+            if self.native
+            else [None, np.zeros((cfg.height, cfg.width, 3), np.uint8)]
+        )
+        job = self.batcher.submit([PendingText("warm-up"), PendingText(None)], pictures)
         await job.future
         self.metrics.set_providers(self.embedder)
         self.ready = True
@@ -328,29 +343,9 @@ def create_app(
             request, req.rows, req.input_type, req.instruction, req.task
         )
         vectors = service.output(vectors, req.dimensions)
-        data = [
-            {
-                "object": "embedding",
-                "index": i,
-                "embedding": (
-                    base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
-                    if req.encoding_format == "base64"
-                    else v.tolist()
-                ),
-            }
-            for i, v in enumerate(vectors)
-        ]
         headers = {TRUNCATED_HEADER: ",".join(map(str, truncated))} if truncated else {}
-        return JSONResponse(
-            {
-                "object": "list",
-                "data": data,
-                "model": service.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-                "truncated": truncated,
-            },
-            headers=headers,
-        )
+        payload = embeddings_body(vectors, req.encoding_format, service.name, tokens, truncated)
+        return Response(payload, headers=headers, media_type="application/json")
 
     async def search(request: Request) -> Response:
         service.authorize(request, write=False)

@@ -44,6 +44,10 @@ class Job:
         return len(self.texts)
 
 
+# A job and what it gets: its vectors, or the error that failed it.
+Outcome = tuple[Job, np.ndarray | None, BaseException | None]
+
+
 class Batcher:
     """``await submit(texts, images)`` -> unit vectors [n, dim], computed with other requests'."""
 
@@ -175,27 +179,36 @@ class Batcher:
                 for job in jobs:
                     self._process([job])
                 return
-            self._deliver(jobs[0], None, err)
+            self._deliver([(jobs[0], None, err)])
             return
         self._observe(jobs, time.perf_counter() - started)
+        outcomes: list[Outcome] = []
         start = 0
         for job in jobs:
-            self._deliver(job, vectors[start : start + len(job)], None)
+            outcomes.append((job, vectors[start : start + len(job)], None))
             start += len(job)
+        self._deliver(outcomes)
 
     @staticmethod
-    def _deliver(job: Job, value: np.ndarray | None, err: BaseException | None) -> None:
-        job.done = True
+    def _deliver(outcomes: list[Outcome]) -> None:
+        """Hand each job its vectors (or error) on its event loop: one wake-up per loop for a
+        whole batch, not one per request."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for job, value, err in outcomes:
+            job.done = True
+            by_loop.setdefault(job.loop, []).append((job, value, err))
+        for loop, settled in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, settled)
+            except RuntimeError:  # the loop is closed (shutdown): nobody is waiting any more
+                log.debug("result dropped: event loop closed")
 
-        def settle() -> None:
-            if job.future.done():  # cancelled: the client left or timed out
-                return
-            if err is not None or value is None:
-                job.future.set_exception(err or RuntimeError("no vectors"))
-            else:
-                job.future.set_result(value)
 
-        try:
-            job.loop.call_soon_threadsafe(settle)
-        except RuntimeError:  # the loop is closed (shutdown): nobody is waiting any more
-            log.debug("result dropped: event loop closed")
+def _settle(outcomes: list[Outcome]) -> None:
+    for job, value, err in outcomes:
+        if job.future.done():  # cancelled: the client left or timed out
+            continue
+        if err is not None or value is None:
+            job.future.set_exception(err or RuntimeError("no vectors"))
+        else:
+            job.future.set_result(value)

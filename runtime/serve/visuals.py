@@ -249,9 +249,7 @@ def token_rows(
     return rows, truncated
 
 
-def warm_rows(text: Any, cfg: ImageConfig) -> tuple[list[list[int]], list[Any]]:
-    """A text row and a row with one small image: what the server's first batch computes."""
+def warm_visuals(cfg: ImageConfig) -> list[list[Visual] | None]:
+    """The visuals of the server's first batch: a text row (None) and a row with one small image."""
     blank = np.zeros((cfg.patch_size * cfg.merge_size * 2,) * 2 + (3,), np.uint8)
-    visuals: list[list[Visual] | None] = [None, [image_visual(blank, cfg)]]
-    rows, _ = token_rows(text, ["warm-up", None], visuals, cfg.merge_size)
-    return rows, visuals
+    return [None, [image_visual(blank, cfg)]]

@@ -3,7 +3,7 @@
 dynamic batching on and off, against in-process ``Embedder.encode`` in one run.
 
     python scripts/bench/bench_serve.py --model ARTIFACT [--requests 400] [--concurrency 1,8,32]
-        [--threads N] [--modality text|image] [--json OUT]
+        [--threads N] [--modality text|image] [--json OUT] [--runs N] [--data-out CSV]
 
 Each configuration gets a fresh server process (``python -m lame_runtime.serve.cli`` on
 127.0.0.1), a warm-up, then ``--requests`` requests from ``concurrency`` asyncio workers (one
@@ -252,30 +252,50 @@ def environment() -> dict:
     }
 
 
-def table(report: dict) -> str:
-    lines = [
-        f"| {report['modality']}, single-item requests | concurrency | requests/s | p50 ms "
-        "| p99 ms | in-process rows/s, batch 1 / 32 (just before) | served / in-process "
-        "batch 32 | batching on / off |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+TABLE_HEADER = [
+    "served / in-process",
+    "concurrency",
+    "requests/s",
+    "p50 ms",
+    "p99 ms",
+    "in-process rows/s, batch 1 / 32 (just before)",
+    "served / in-process batch 32",
+    "batching on / off",
+]
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    """One row per served cell; each ratio against the in-process figure measured just before."""
+    rows = []
     off = {r["concurrency"]: r for r in report["served"] if not r["batching"]}
     for row in report["served"]:
         ref = {int(k): v for k, v in row["in_process_rows_per_s"].items()}  # JSON: str keys
         ratio = row["requests_per_s"] / ref[32]
-        if row["batching"]:
+        on_off = ""
+        if row["batching"] and row["concurrency"] in off:
             other = off[row["concurrency"]]
             # each side against its own neighbour reference, so drift cancels
             other_ref = {int(k): v for k, v in other["in_process_rows_per_s"].items()}
             on_off = f"{ratio / (other['requests_per_s'] / other_ref[32]):.2f}x"
-        else:
-            on_off = ""
-        lines.append(
-            f"| lame-serve, batching {'on' if row['batching'] else 'off'} | "
-            f"{row['concurrency']} | {row['requests_per_s']:.1f} | {row['p50_ms']:.1f} "
-            f"| {row['p99_ms']:.1f} | {ref[1]:.1f} / {ref[32]:.1f} | {ratio:.2f} "
-            f"| {on_off} |"
+        rows.append(
+            [
+                f"lame-serve, batching {'on' if row['batching'] else 'off'}",
+                str(row["concurrency"]),
+                f"{row['requests_per_s']:.1f}",
+                f"{row['p50_ms']:.1f}",
+                f"{row['p99_ms']:.1f}",
+                f"{ref[1]:.1f} / {ref[32]:.1f}",
+                f"{ratio:.2f}",
+                on_off,
+            ]
         )
+    return rows
+
+
+def table(report: dict) -> str:
+    header = [f"{report['modality']}, single-item requests", *TABLE_HEADER[1:]]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     env = report["environment"]
     lines.append("")
     lines.append(
@@ -287,6 +307,15 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def write_data(path: Path, reports: list[dict], command: str) -> None:
+    """The docs' data file: every run's rows, a ``run`` column first (``lame`` is installed
+    wherever the docs are built)."""
+    from lame.evaluation.tables import provenance, write_table
+
+    rows = [[str(i + 1), *row] for i, report in enumerate(reports) for row in table_rows(report)]
+    write_table(path, ["run", *TABLE_HEADER], rows, provenance(command))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="export artifact directory")
@@ -296,11 +325,20 @@ def main(argv=None) -> int:
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--modality", choices=["text", "image"], default="text")
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole measurement")
+    parser.add_argument("--data-out", type=Path, help="also write the docs' CSV of every run here")
     args = parser.parse_args(argv)
-    report = run(args)
-    print(table(report))
+    reports = []
+    for _ in range(args.runs):
+        reports.append(run(args))
+        print(table(reports[-1]))
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        Path(args.json).write_text(json.dumps(reports if args.runs > 1 else reports[0], indent=2))
+    if args.data_out:
+        command = (
+            f"python scripts/bench/bench_serve.py --model ART --requests {args.requests} --runs {args.runs}"
+        )
+        write_data(args.data_out, reports, command)
     return 0
 
 
