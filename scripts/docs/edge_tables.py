@@ -3,7 +3,8 @@
     python scripts/docs/edge_tables.py --runs DIR [--out docs/results/data] [--machine TEXT]
 
 DIR holds what ``/tmp/edge_bench``-style runs wrote (any of them may be absent):
-``rt_after.json`` / ``rt_before.json`` (``bench_runtime.py --json``), ``mem_<p>.json``
+``rt_before.json`` / ``rt_after.json`` / ``rt_now.json`` (``bench_runtime.py --json``; the last
+to its own table), ``mem_<p>.json``
 (``bench_memory.py --json``), ``cold_before.json`` / ``cold_after.json`` / ``cold_cache.json``
 (``bench_cold_start.py --json``), ``prof_image.json`` (``profile_ops.py --json``), ``matmulnbits.json``
 (``bench_matmulnbits.py --json``). Each table
@@ -31,6 +32,10 @@ PROFILE = (
     "--batch 2 --runs 3 --threads 2 --top 20"
 )
 MATMULNBITS = "python scripts/bench/bench_matmulnbits.py --k 1536 --n 8960 --m 400 --threads 2 --rounds 5"
+NOW = (
+    "PROBE_ART exported by lame-export --ckpt PROBE_CKPT --out PROBE_ART --int8 --int4 "
+    "--int4-block-size 128 --calib PROBE/calib.npz --force"
+)
 BEFORE = "PROBE_BEFORE (PROBE_ART without its routed graphs: two sessions over one mapping, pre-packing off)"
 
 
@@ -45,30 +50,42 @@ def _prov(command: str, machine: str) -> dict:
 
 
 def latency(runs: Path, out: Path, machine: str) -> None:
-    rows = []
-    for label, name in (
-        ("two sessions, shared mapping (before)", "rt_before.json"),
-        ("routed graph, one session", "rt_after.json"),
-    ):
-        report = _load(runs / name)
-        if report is None:
-            continue
-        cells = {(r["precision"], r["modality"]): r["emb_per_s"] for r in report["throughput"]}
-        for precision in ("fp32", "int8", "int4"):
-            row = [precision, label]
-            for modality in ("text", "image"):
-                value, base = cells[(precision, modality)], cells[("fp32", modality)]
-                row.append(f"{value:.2f} ({value / base:.2f})")
-            rows.append(row)
-    if rows:
-        header = [
-            "precision",
-            "default `Embedder`",
-            "text batch 8, emb/s (× fp32)",
-            "image batch 2, emb/s (× fp32)",
-        ]
-        command = RUNTIME.format(art="PROBE_ART") + "; the same on " + BEFORE
-        write_table(out / "edge_latency.csv", header, rows, _prov(command, machine))
+    """``edge_latency.csv`` from the before/after runs, ``edge_latency_now.csv`` from
+    ``rt_now.json`` (the current export: int4 blocks of 128, patch embedding as MatMul)."""
+    tables = {
+        "edge_latency.csv": (
+            (
+                ("two sessions, shared mapping (before)", "rt_before.json"),
+                ("routed graph, one session", "rt_after.json"),
+            ),
+            RUNTIME.format(art="PROBE_ART") + "; the same on " + BEFORE,
+        ),
+        "edge_latency_now.csv": (
+            (("routed graph; int4 blocks of 128, patch embedding as MatMul", "rt_now.json"),),
+            RUNTIME.format(art="PROBE_ART") + "; " + NOW,
+        ),
+    }
+    header = [
+        "precision",
+        "default `Embedder`",
+        "text batch 8, emb/s (× fp32)",
+        "image batch 2, emb/s (× fp32)",
+    ]
+    for table, (sources, command) in tables.items():
+        rows = []
+        for label, name in sources:
+            report = _load(runs / name)
+            if report is None:
+                continue
+            cells = {(r["precision"], r["modality"]): r["emb_per_s"] for r in report["throughput"]}
+            for precision in ("fp32", "int8", "int4"):
+                row = [precision, label]
+                for modality in ("text", "image"):
+                    value, base = cells[(precision, modality)], cells[("fp32", modality)]
+                    row.append(f"{value:.2f} ({value / base:.2f})")
+                rows.append(row)
+        if rows:
+            write_table(out / table, header, rows, _prov(command, machine))
 
 
 def memory(runs: Path, out: Path, machine: str) -> None:
