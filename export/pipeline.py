@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from lame.checkpoint import MODEL_FILE, resolve
+from lame_export.graphs.routed import ROUTED_FILES
+from lame_export.graphs.text import TEXT_FILES, build_text_graphs, check_text_parity, convert_text_graph
 from lame_export.onnx_export import export_onnx, parameter_bytes, reason_token_initializer
 from lame_export.precision import WIDE_BLOCK_SIZE, data_file
-from lame_export.routed_graph import ROUTED_FILES
 from lame_export.spec import ExportSpec, parity_feeds
-from lame_export.text_graph import TEXT_FILES, build_text_graphs, check_text_parity, convert_text_graph
 from lame_export.trt_lint import int4_lint, lint
 from lame_export.validate import THRESHOLDS, parity_suite
 from lame_runtime.artifact.bounds import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQUENCE
@@ -214,9 +214,9 @@ def _int4_block_sizes(graph: Path) -> list[int]:
 
 def _share(stage: Path, precision: str, external: bool, report: dict, routed: bool = True) -> None:
     """With external data, the text graph's weights become references into the full graph's
-    ``.data`` (``lame_export.shared_weights``): one copy on disk and, at run time, in memory."""
+    ``.data`` (``lame_export.graphs.shared_weights``): one copy on disk and, at run time, in memory."""
     if external:
-        from lame_export.shared_weights import share_text_weights
+        from lame_export.graphs.shared_weights import share_text_weights
 
         report.setdefault("shared_weights", {})[precision] = share_text_weights(
             stage / FILES[precision], stage / TEXT_FILES[precision]
@@ -225,8 +225,8 @@ def _share(stage: Path, precision: str, external: bool, report: dict, routed: bo
             # A native-resolution graph has no image_mask to branch on; its text rows are
             # routed by the runtime to the text graph as two sessions sharing the weights.
             return
-        # Both graphs in one (lame_export.routed_graph): one session, weights pre-packed once.
-        from lame_export.routed_graph import build_routed_graph
+        # Both graphs in one (lame_export.graphs.routed): one session, weights pre-packed once.
+        from lame_export.graphs.routed import build_routed_graph
 
         report.setdefault("routed_graph", {})[precision] = build_routed_graph(
             stage / FILES[precision], stage / TEXT_FILES[precision], stage / ROUTED_FILES[precision]

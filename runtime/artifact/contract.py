@@ -15,7 +15,7 @@ Format 2 (format 1 artifacts are still read; they hashed their graphs only)::
 tower and no ``pixel_values`` input; the ``Embedder`` routes text-only rows to it.
 ``routed`` (optional) holds both in one graph (an ``If`` on ``image_mask``: a call without
 image rows skips the vision tower), so one session keeps one pre-packed copy of the weights
-(``lame_export.routed_graph``); the ``Embedder`` serves it when present.
+(``lame_export.graphs.routed``); the ``Embedder`` serves it when present.
 Every file of the artifact is listed in ``files`` and verified before use: the shared files at
 ``open``, a precision's graph and data files when that precision is first loaded. Hashes are
 cached per file version (see ``artifact_files.HashCache``), so a 2 GB model is hashed once, not

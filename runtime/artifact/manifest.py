@@ -258,7 +258,7 @@ class GraphFiles:
     path: str
     external_data: list[str] = field(default_factory=list)
     text: GraphFiles | None = None  # the text-only graph of the same precision, if exported
-    routed: GraphFiles | None = None  # both in one graph (lame_export.routed_graph), if exported
+    routed: GraphFiles | None = None  # both in one graph (lame_export.graphs.routed), if exported
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> GraphFiles:

@@ -1,7 +1,7 @@
 """One copy of the weights in memory for the full and the text-only graph of a precision.
 
 The exporter writes the text graph's weights as references into the full graph's ``.data``
-file (``lame_export.shared_weights``). Two ONNX Runtime sessions would still each load those
+file (``lame_export.graphs.shared_weights``). Two ONNX Runtime sessions would still each load those
 bytes into their own buffers; here the shared file is memory-mapped once, read-only, and every
 initializer that lives in it becomes an ``OrtValue`` over that mapping (no copy on the CPU, as
 ``OrtValue.ortvalue_from_numpy`` documents), handed to both sessions with

@@ -293,8 +293,8 @@ def export_text_graph(args) -> dict:
     """Only the fp32 text graph of a checkpoint (for measuring a big probe whose artifact was
     exported before text graphs existed, without re-exporting all of it)."""
     import lame
+    from lame_export.graphs.text import export_text_onnx
     from lame_export.spec import ExportSpec
-    from lame_export.text_graph import export_text_onnx
 
     start = time.perf_counter()
     model = lame.load(args.ckpt)

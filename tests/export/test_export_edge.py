@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 import pytest
 
+from lame_export.graphs.text import TEXT_FILES
 from lame_export.pipeline import FILES, ExportOptions, export_checkpoint
 from lame_export.precision import Int4Options
-from lame_export.text_graph import TEXT_FILES
 from lame_runtime import Embedder, RuntimeOptions
 from lame_runtime.artifact.contract import MANIFEST, Artifact
 from lame_runtime.engines.shared_weights import NUMPY_TYPES, external_tensors
@@ -184,7 +184,7 @@ def test_routed_graph_refers_to_the_graphs_data_only(edge_artifact):
 
 
 def test_routed_graph_is_added_to_an_older_export(edge_artifact, tmp_path):
-    from lame_export.routed_graph import ROUTED_FILES, add_routed_graphs
+    from lame_export.graphs.routed import ROUTED_FILES, add_routed_graphs
 
     copy = _without_routed(edge_artifact, tmp_path)
     assert not any((copy / name).exists() for name in ROUTED_FILES.values())

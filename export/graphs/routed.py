@@ -15,7 +15,7 @@ the same RSS as the full graph alone), so each precision keeps one copy of its w
 
 Structure only: the initializers keep their external-data references (the full graph's
 ``.data``, and the text graph's own small one), so the file is a few hundred kB. The text
-graph's tensors that are the full graph's (the same bytes: ``lame_export.shared_weights``
+graph's tensors that are the full graph's (the same bytes: ``lame_export.graphs.shared_weights``
 points them there) become references to the full graph's initializer of that name; all other
 names of each branch get a prefix, so the two never collide with each other or the outer scope.
 The graph takes the full graph's inputs; a call with no image row skips the vision tower
@@ -223,7 +223,7 @@ def build_routed_graph(full: Path, text: Path, dst: Path) -> dict:
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid(domain, version) for domain, version in sorted(opsets.items())],
-        producer_name="lame_export.routed_graph",
+        producer_name="lame_export.graphs.routed",
     )
     model.ir_version = max(full_proto.ir_version, text_proto.ir_version)
     onnx.save(model, str(dst))
@@ -257,7 +257,7 @@ def add_routed_graphs(folder: str | Path) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lame_export.routed_graph ART``: add routed graphs to an exported artifact."""
+    """``python -m lame_export.graphs.routed ART``: add routed graphs to an exported artifact."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
