@@ -1,10 +1,8 @@
 """Each request's texts tokenised once: the rows the model runs on, their count, their cuts.
 
 The usage count (``usage.prompt_tokens``), the truncation report (``truncated``,
-``X-LaME-Truncated``) and the model's input all come from the same token rows. They are built
-on the model thread, a batch at a time, from each row's ``PendingText`` (its text with the
-instruction applied), which gets the row's token count and cut back for the answer; on the
-event loop, tokenising cost each request 0.1 ms of the loop's time on a busy 2-core server.
+``X-LaME-Truncated``) and the model's input all come from the same token rows, built here on
+the request's thread; the model thread feeds them to ``Embedder.encode_tokens`` as they are.
 A row is what ``TextProcessor.encode_rows`` builds: [BOS], the image's visual tokens, the text's
 first ``max_text_tokens`` tokens. An artifact with a prompt template lays its rows out its own
 way: those rows come from ``encode_rows`` itself, and their truncation check tokenises a
@@ -14,24 +12,6 @@ bounded head of the text a second time.
 from __future__ import annotations
 
 from typing import Any, Sequence
-
-
-class PendingText:
-    """One row's text (instruction applied) on its way to the model thread, which tokenises it
-    with its batch and writes back what the answer reports (``record``)."""
-
-    __slots__ = ("text", "tokens", "cut")
-
-    def __init__(self, text: str | None):
-        self.text, self.tokens, self.cut = text, 0, False
-
-
-def record(pending: Sequence[PendingText], rows: Sequence[Sequence[int]], truncated: Sequence[int]) -> None:
-    """Each row's token count and whether its text was cut, onto its ``PendingText``."""
-    for item, row in zip(pending, rows):
-        item.tokens = len(row)
-    for i in truncated:
-        pending[i].cut = True
 
 
 def token_rows(

@@ -462,9 +462,9 @@ def test_client_disconnect_drops_its_queued_rows(embedder):
         assert b"200 OK" in first.recv(65536)
         first.close()
         text = httpx.get(running.url + "/metrics").text
-    # the model thread gets each row's text (it tokenises the batch itself)
-    assert len(seen) == 1 and "first" in seen[0][0].text, seen
-    assert not any("second" in row.text for row in seen[0]), seen
+    tokenizer = embedder.preprocessor.text  # the model thread gets token rows: read them back
+    assert len(seen) == 1 and "first" in tokenizer.decode(seen[0][0]), seen
+    assert not any("second" in tokenizer.decode(row) for row in seen[0]), seen
     assert 'lame_rejected_total{reason="client_gone"} 1.0' in text
 
 
