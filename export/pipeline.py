@@ -17,7 +17,7 @@ import shutil
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -251,35 +251,25 @@ def _check_reason_tokens(model, onnx_path: Path, report: dict) -> None:
 
 
 def _convert(precision: str, stage: Path, model, options: ExportOptions, progress, external: bool) -> None:
-    from lame_export.precision import to_fp16, to_int4, to_int8
+    from lame_export.precision import convert_graph
 
-    src = stage / FILES["fp32"]
-    if precision == "fp16":
-        to_fp16(src, stage / FILES["fp16"], external_data=external)
-        return
-    if precision == "int4":
-        to_int4(src, stage / FILES["int4"], options.int4_options(), external_data=external)
-        return
-    from lame_calibration import CalibrationReader
-    from lame_calibration import build as build_calibration
+    def int8_reader() -> Any:
+        from lame_calibration import CalibrationReader
+        from lame_calibration import build as build_calibration
 
-    calib: str | Path | None = options.calib_file
-    if calib is None:
-        if options.calib_data is None:
-            raise ValueError("--int8 needs --calib-data DIR or --calib FILE.npz")
-        progress(f"building a {options.calib_size}-sample calibration set")
-        calib = build_calibration(options.calib_data, stage, stage / "calib.npz", size=options.calib_size)
-    # MinMax ranges do not depend on how samples are batched; small batches keep the
-    # calibration session's activations (and the export's peak memory) small.
-    names = ExportSpec.for_model(model).input_names  # a native graph's inputs differ by family
-    reader = CalibrationReader(calib, batch_size=2, input_names=list(names))
-    to_int8(
-        src,
-        stage / FILES["int8"],
-        reader,
-        for_tensorrt=options.int8_for_tensorrt,
-        external_data=external,
-        progress=progress,
+        calib: str | Path | None = options.calib_file
+        if calib is None:
+            if options.calib_data is None:
+                raise ValueError("--int8 needs --calib-data DIR or --calib FILE.npz")
+            progress(f"building a {options.calib_size}-sample calibration set")
+            calib = build_calibration(options.calib_data, stage, stage / "calib.npz", size=options.calib_size)
+        # MinMax ranges do not depend on how samples are batched; small batches keep the
+        # calibration session's activations (and the export's peak memory) small.
+        names = ExportSpec.for_model(model).input_names  # a native graph's inputs differ by family
+        return CalibrationReader(calib, batch_size=2, input_names=list(names))
+
+    convert_graph(
+        precision, stage / FILES["fp32"], stage / FILES[precision], options, external, progress, int8_reader
     )
 
 

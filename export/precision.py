@@ -19,7 +19,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from lame_runtime.errors import InputError
 
@@ -159,6 +159,35 @@ def to_int4(src: Path, dst: Path, options: Int4Options | None = None, external_d
         gc.collect()
     save_graph(model, Path(dst), external_data)
     return dst
+
+
+def convert_graph(
+    precision: str,
+    src: Path,
+    dst: Path,
+    options: Any,
+    external: bool,
+    progress: Callable[[str], None],
+    int8_reader: Callable[[], Any],
+) -> Path:
+    """fp16, int4 or int8 of one fp32 graph, as ``lame-export`` makes them for the full and the
+    text graph alike. ``options``: the export's options (``int4_options()``,
+    ``int8_for_tensorrt``); ``int8_reader``: makes the graph's calibration reader, called for
+    int8 only."""
+    if precision == "fp16":
+        return to_fp16(src, dst, external_data=external)
+    if precision == "int4":
+        return to_int4(src, dst, options.int4_options(), external_data=external)
+    if precision != "int8":
+        raise ValueError(f"no conversion to {precision!r}")
+    return to_int8(
+        src,
+        dst,
+        int8_reader(),
+        for_tensorrt=options.int8_for_tensorrt,
+        external_data=external,
+        progress=progress,
+    )
 
 
 def weight_nodes(model, op_types=INT8_OP_TYPES) -> list[str]:

@@ -124,28 +124,18 @@ def build_text_graphs(model, stage: Path, spec: ExportSpec, external: bool, repo
 
 
 def convert_text_graph(precision: str, stage: Path, options, external: bool, progress) -> None:
-    """fp16/int8/int4 of the text graph with the same conversions as the full graph."""
-    from lame_export.precision import to_fp16, to_int4, to_int8
+    """fp16/int8/int4 of the text graph with the same conversions as the full graph (int8
+    calibrated on the text rows of the full graph's calibration set)."""
+    from lame_export.precision import convert_graph
 
-    src = stage / TEXT_FILES["fp32"]
-    if precision == "fp16":
-        to_fp16(src, stage / TEXT_FILES["fp16"], external_data=external)
-        return
-    if precision == "int4":
-        to_int4(src, stage / TEXT_FILES["int4"], options.int4_options(), external_data=external)
-        return
-    from lame_calibration import CalibrationReader
+    def int8_reader():
+        from lame_calibration import CalibrationReader
 
-    calib = options.calib_file or stage / "calib.npz"
-    reader = CalibrationReader(calib, batch_size=2, input_names=list(TEXT_INPUTS), text_only=True)
-    to_int8(
-        src,
-        stage / TEXT_FILES["int8"],
-        reader,
-        for_tensorrt=options.int8_for_tensorrt,
-        external_data=external,
-        progress=progress,
-    )
+        calib = options.calib_file or stage / "calib.npz"
+        return CalibrationReader(calib, batch_size=2, input_names=list(TEXT_INPUTS), text_only=True)
+
+    src, dst = stage / TEXT_FILES["fp32"], stage / TEXT_FILES[precision]
+    convert_graph(precision, src, dst, options, external, progress, int8_reader)
 
 
 def text_io_manifest(embed_dim: int) -> dict:
